@@ -1,0 +1,752 @@
+//===- MoEOps.cpp - Verifiers, folders and patterns of moe ops ------------===//
+//
+// Structural rules live here; every message names the values it compares so
+// that a user can fix the IR (or the config it came from) without guessing.
+//
+//===----------------------------------------------------------------------===//
+#include "moe/Dialect/MoE/IR/MoE.h"
+
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinTypes.h"
+#include "mlir/IR/OpImplementation.h"
+#include "mlir/IR/PatternMatch.h"
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/ADT/SmallSet.h"
+
+#include <cmath>
+
+using namespace mlir;
+using namespace mlir::moe;
+
+//===----------------------------------------------------------------------===//
+// Helpers
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+RankedTensorType tensorType(Value v) {
+  return cast<RankedTensorType>(v.getType());
+}
+
+/// Two extents agree when equal or when either is dynamic.
+bool sameDim(int64_t a, int64_t b) {
+  return ShapedType::isDynamic(a) || ShapedType::isDynamic(b) || a == b;
+}
+
+std::string dimStr(int64_t d) {
+  return ShapedType::isDynamic(d) ? "?" : std::to_string(d);
+}
+
+std::string shapeStr(ArrayRef<int64_t> shape) {
+  std::string s = "[";
+  for (auto [i, d] : llvm::enumerate(shape))
+    s += (i ? ", " : "") + dimStr(d);
+  return s + "]";
+}
+
+std::string shapeStr(Value v) { return shapeStr(tensorType(v).getShape()); }
+
+/// Checks `v` has the expected shape (dynamic entries match anything);
+/// `what` names the operand in the message.
+LogicalResult expectShape(Operation *op, RankedTensorType type,
+                          ArrayRef<int64_t> expected, StringRef what) {
+  ArrayRef<int64_t> shape = type.getShape();
+  bool ok = shape.size() == expected.size();
+  for (size_t i = 0; ok && i < shape.size(); ++i)
+    ok = sameDim(shape[i], expected[i]);
+  if (ok)
+    return success();
+  return op->emitOpError() << what << " has shape " << shapeStr(shape)
+                           << ", expected " << shapeStr(expected);
+}
+
+LogicalResult expectShape(Operation *op, Value v, ArrayRef<int64_t> expected,
+                          StringRef what) {
+  return expectShape(op, tensorType(v), expected, what);
+}
+
+LogicalResult expectSameElementType(Operation *op, Value a, Value b,
+                                    StringRef aName, StringRef bName) {
+  Type ea = tensorType(a).getElementType(), eb = tensorType(b).getElementType();
+  if (ea == eb)
+    return success();
+  return op->emitOpError() << aName << " element type " << ea
+                           << " differs from " << bName << " element type "
+                           << eb;
+}
+
+/// Checks the FFN weight set of `moe.expert_ffn` / `moe.mlp` / `moe.layer`.
+/// `lead` holds the leading dims (`{E}` for experts, `{}` for dense).
+LogicalResult verifyFFNWeights(Operation *op, Value gate, Value up, Value down,
+                               Activation act, ArrayRef<int64_t> lead,
+                               int64_t d, StringRef prefix) {
+  std::string p = prefix.str();
+  if (isGated(act) && !gate)
+    return op->emitOpError() << "activation '" << stringifyActivation(act)
+                             << "' needs a " << p << "gate weight";
+  if (!isGated(act) && gate)
+    return op->emitOpError() << "activation '" << stringifyActivation(act)
+                             << "' takes no " << p << "gate weight";
+  ArrayRef<int64_t> upShape = tensorType(up).getShape();
+  if (upShape.size() != lead.size() + 2)
+    return op->emitOpError() << p << "up weight has rank " << upShape.size()
+                             << ", expected " << lead.size() + 2;
+  int64_t f = upShape[lead.size()];
+  SmallVector<int64_t> fd(lead), df(lead);
+  fd.append({f, d});
+  df.append({d, f});
+  if (failed(expectShape(op, up, fd, p + "up weight")) ||
+      failed(expectShape(op, down, df, p + "down weight")))
+    return failure();
+  if (gate && failed(expectShape(op, gate, fd, p + "gate weight")))
+    return failure();
+  return success();
+}
+
+} // namespace
+
+//===----------------------------------------------------------------------===//
+// MeshOp
+//===----------------------------------------------------------------------===//
+
+LogicalResult MeshOp::verify() {
+  ArrayRef<int64_t> shape = getShape();
+  if (getAxes().size() != shape.size())
+    return emitOpError() << "has " << getAxes().size() << " axis names but "
+                         << shape.size() << " axis sizes";
+  llvm::SmallSet<StringRef, 4> seen;
+  for (auto [name, size] : llvm::zip(getAxes(), shape)) {
+    StringRef n = cast<StringAttr>(name).getValue();
+    if (n.empty())
+      return emitOpError() << "has an empty axis name";
+    if (!seen.insert(n).second)
+      return emitOpError() << "axis '" << n << "' appears twice";
+    if (size < 1)
+      return emitOpError() << "axis '" << n << "' has size " << size
+                           << ", expected at least 1";
+  }
+  return success();
+}
+
+int64_t MeshOp::getAxisIndex(StringRef name) {
+  for (auto [i, a] : llvm::enumerate(getAxes()))
+    if (cast<StringAttr>(a).getValue() == name)
+      return i;
+  return -1;
+}
+
+int64_t MeshOp::getGroupSize(ArrayAttr axes) {
+  int64_t n = 1;
+  for (Attribute a : axes) {
+    int64_t i = getAxisIndex(cast<StringAttr>(a).getValue());
+    if (i < 0)
+      return -1;
+    n *= getShape()[i];
+  }
+  return n;
+}
+
+int64_t MeshOp::getNumRanks() {
+  int64_t n = 1;
+  for (int64_t s : getShape())
+    n *= s;
+  return n;
+}
+
+//===----------------------------------------------------------------------===//
+// Model graph and routing
+//===----------------------------------------------------------------------===//
+
+LogicalResult RMSNormOp::verify() {
+  if (!(getEps().convertToFloat() > 0))
+    return emitOpError() << "eps (" << getEps().convertToFloat()
+                         << ") must be positive";
+  int64_t d = tensorType(getInput()).getDimSize(1);
+  if (failed(expectShape(*this, getWeight(), {d}, "weight")) ||
+      failed(expectSameElementType(*this, getInput(), getWeight(), "input",
+                                   "weight")))
+    return failure();
+  if (getOutput().getType() != getInput().getType())
+    return emitOpError() << "result type " << getOutput().getType()
+                         << " differs from input type "
+                         << getInput().getType();
+  return success();
+}
+
+LogicalResult RouterOp::verify() {
+  auto x = tensorType(getInput()), w = tensorType(getWeight());
+  if (!sameDim(x.getDimSize(1), w.getDimSize(1)))
+    return emitOpError() << "router weight has " << dimStr(w.getDimSize(1))
+                         << " columns but tokens have D = "
+                         << dimStr(x.getDimSize(1));
+  if (failed(expectSameElementType(*this, getInput(), getWeight(), "input",
+                                   "weight")))
+    return failure();
+  return expectShape(*this, getLogits(), {x.getDimSize(0), w.getDimSize(0)},
+                     "result");
+}
+
+LogicalResult TopKOp::verify() {
+  auto logits = tensorType(getLogits());
+  int64_t t = logits.getDimSize(0), e = logits.getDimSize(1);
+  int64_t k = getK(), groups = getNumGroups(), kept = getGroupsKept();
+  if (!ShapedType::isDynamic(e) && k > e)
+    return emitOpError() << "k (" << k << ") exceeds the number of experts ("
+                         << e << ")";
+  if (getBias() && failed(expectShape(*this, getBias(), {e}, "bias")))
+    return failure();
+  if (kept > groups)
+    return emitOpError() << "groups_kept (" << kept
+                         << ") exceeds num_groups (" << groups << ")";
+  if (!ShapedType::isDynamic(e)) {
+    if (e % groups != 0)
+      return emitOpError() << "num_groups (" << groups
+                           << ") does not divide the number of experts (" << e
+                           << ")";
+    if (k > kept * (e / groups))
+      return emitOpError() << "k (" << k << ") exceeds the "
+                           << kept * (e / groups)
+                           << " experts selectable in " << kept
+                           << " kept groups";
+    if (groups > 1 && getGroupScore() == GroupScore::top2_sum &&
+        e / groups < 2)
+      return emitOpError() << "group score 'top2_sum' needs at least 2 "
+                              "experts per group, got "
+                           << e / groups;
+  }
+  if (!(getRoutedScaling().convertToFloat() > 0))
+    return emitOpError() << "routed_scaling ("
+                         << getRoutedScaling().convertToFloat()
+                         << ") must be positive";
+  if (failed(expectShape(*this, getWeights(), {t, k}, "weights result")) ||
+      failed(expectShape(*this, getIndices(), {t, k}, "indices result")))
+    return failure();
+  return expectShape(*this, getScores(), {t, e}, "scores result");
+}
+
+LogicalResult AssignOp::verify() {
+  auto idx = tensorType(getIndices());
+  int64_t t = idx.getDimSize(0), groups = getGroups();
+  if (isDropless() && groups != 1)
+    return emitOpError() << "dropless assignment (capacity 0) has no token "
+                            "groups, got groups = "
+                         << groups;
+  if (!ShapedType::isDynamic(t) && t % groups != 0)
+    return emitOpError() << "groups (" << groups
+                         << ") does not divide the number of tokens (" << t
+                         << ")";
+  if (failed(expectShape(*this, getPositions(), idx.getShape(),
+                         "positions result")))
+    return failure();
+  return expectShape(*this, getCounts(), {groups, getNumExperts()},
+                     "counts result");
+}
+
+//===----------------------------------------------------------------------===//
+// Dispatch, expert FFN, combine
+//===----------------------------------------------------------------------===//
+
+LogicalResult DispatchOp::verify() {
+  auto x = tensorType(getInput()), out = tensorType(getOutput());
+  if (!sameDim(out.getShape().back(), x.getDimSize(1)))
+    return emitOpError() << "buffer rows have " << dimStr(out.getShape().back())
+                         << " elements but tokens have D = "
+                         << dimStr(x.getDimSize(1));
+  if (!sameDim(tensorType(getPositions()).getDimSize(0), x.getDimSize(0)))
+    return emitOpError() << "positions are for "
+                         << dimStr(tensorType(getPositions()).getDimSize(0))
+                         << " tokens but the input has "
+                         << dimStr(x.getDimSize(0));
+  return expectSameElementType(*this, getInput(), getOutput(), "input",
+                               "result");
+}
+
+LogicalResult ExpertFFNOp::verify() {
+  auto x = tensorType(getInput());
+  auto up = tensorType(getUp());
+  int64_t e = up.getDimSize(0), d = x.getShape().back();
+  if (x.getRank() == 2 && !getCounts())
+    return emitOpError() << "packed (2-D) input needs counts";
+  if (x.getRank() == 3 && !sameDim(x.getDimSize(0), e))
+    return emitOpError() << "capacity buffer has " << dimStr(x.getDimSize(0))
+                         << " experts but the weights have " << dimStr(e);
+  if (failed(verifyFFNWeights(*this, getGate(), getUp(), getDown(),
+                              getActivation(), {e}, d, "")))
+    return failure();
+  if (Value counts = getCounts()) {
+    auto c = tensorType(counts);
+    if (!sameDim(c.getDimSize(1), e))
+      return emitOpError() << "counts have " << dimStr(c.getDimSize(1))
+                           << " experts but the weights have " << dimStr(e);
+    int64_t s = c.getDimSize(0), r = x.getRank() == 3 ? x.getDimSize(1) : 0;
+    if (x.getRank() == 3 && !ShapedType::isDynamic(s) &&
+        !ShapedType::isDynamic(r) && r % s != 0)
+      return emitOpError() << "capacity rows per expert (" << r
+                           << ") are not divisible by the " << s
+                           << " count segments";
+  }
+  for (auto [w, name] : {std::pair{getUp(), "up weight"},
+                         std::pair{getDown(), "down weight"}})
+    if (failed(expectSameElementType(*this, getInput(), w, "input", name)))
+      return failure();
+  if (getOutput().getType() != getInput().getType())
+    return emitOpError() << "result type " << getOutput().getType()
+                         << " differs from input type "
+                         << getInput().getType();
+  return success();
+}
+
+LogicalResult CombineOp::verify() {
+  auto y = tensorType(getInput()), pos = tensorType(getPositions());
+  int64_t t = pos.getDimSize(0), k = pos.getDimSize(1),
+          d = y.getShape().back();
+  if (failed(expectShape(*this, getWeights(), {t, k}, "weights")) ||
+      failed(expectShape(*this, getOutput(), {t, d}, "result")) ||
+      failed(expectSameElementType(*this, getInput(), getOutput(), "input",
+                                   "result")))
+    return failure();
+  if (Value p = getPassthrough())
+    if (failed(expectShape(*this, p, {t, d}, "passthrough")))
+      return failure();
+  return success();
+}
+
+LogicalResult MLPOp::verify() {
+  int64_t d = tensorType(getInput()).getDimSize(1);
+  if (failed(verifyFFNWeights(*this, getGate(), getUp(), getDown(),
+                              getActivation(), {}, d, "")))
+    return failure();
+  if (Value g = getSigmoidGate())
+    if (failed(expectShape(*this, g, {1, d}, "sigmoid gate")))
+      return failure();
+  if (getOutput().getType() != getInput().getType())
+    return emitOpError() << "result type " << getOutput().getType()
+                         << " differs from input type "
+                         << getInput().getType();
+  return success();
+}
+
+LogicalResult ExpertLoadOp::verify() {
+  auto s = tensorType(getScores());
+  if (!sameDim(tensorType(getIndices()).getDimSize(0), s.getDimSize(0)))
+    return emitOpError() << "indices are for "
+                         << dimStr(tensorType(getIndices()).getDimSize(0))
+                         << " tokens but scores for "
+                         << dimStr(s.getDimSize(0));
+  return expectShape(*this, getStats(), {2, s.getDimSize(1)}, "result");
+}
+
+LogicalResult LoadBalanceLossOp::verify() {
+  if (tensorType(getStats()).getDimSize(0) != 2)
+    return emitOpError() << "stats have shape " << shapeStr(getStats())
+                         << ", expected [2, E] (counts and score sums)";
+  return success();
+}
+
+LogicalResult ZLossOp::verify() {
+  int64_t t = tensorType(getLogits()).getDimSize(0);
+  if (!ShapedType::isDynamic(t) && getTokens() < t)
+    return emitOpError() << "tokens (" << getTokens()
+                         << ") is less than the " << t
+                         << " tokens of the logits";
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// LayerOp
+//===----------------------------------------------------------------------===//
+
+int64_t LayerOp::computeCapacity() {
+  if (getCapacity() > 0)
+    return getCapacity();
+  float cf = getCapacityFactor().convertToFloat();
+  if (cf <= 0)
+    return 0;
+  int64_t t = tensorType(getInput()).getDimSize(0) / getTokenGroups();
+  double c = std::ceil(double(cf) * double(t) * double(getTopK()) /
+                       double(getNumExperts()));
+  return std::max<int64_t>(std::max<int64_t>(int64_t(c), 1), getMinCapacity());
+}
+
+LogicalResult LayerOp::verify() {
+  auto x = tensorType(getInput());
+  int64_t t = x.getDimSize(0), d = x.getDimSize(1);
+  int64_t e = getNumExperts(), k = getTopK();
+  if (k > e)
+    return emitOpError() << "top_k (" << k
+                         << ") exceeds the number of experts (" << e << ")";
+  if (failed(expectShape(*this, getRouterWeight(), {e, d}, "router weight")))
+    return failure();
+  if (getBias() && failed(expectShape(*this, getBias(), {e}, "bias")))
+    return failure();
+  if (tensorType(getUp()).getDimSize(0) != e)
+    return emitOpError() << "expert weights hold "
+                         << dimStr(tensorType(getUp()).getDimSize(0))
+                         << " experts but num_experts is " << e;
+  if (failed(verifyFFNWeights(*this, getGate(), getUp(), getDown(),
+                              getActivation(), {e}, d, "expert ")))
+    return failure();
+
+  int64_t groups = getNumGroups(), kept = getGroupsKept();
+  if (e % groups != 0)
+    return emitOpError() << "num_groups (" << groups
+                         << ") does not divide the number of experts (" << e
+                         << ")";
+  if (kept > groups)
+    return emitOpError() << "groups_kept (" << kept << ") exceeds num_groups ("
+                         << groups << ")";
+  if (k > kept * (e / groups))
+    return emitOpError() << "top_k (" << k << ") exceeds the "
+                         << kept * (e / groups) << " experts selectable in "
+                         << kept << " kept groups";
+  if (groups > 1 && getGroupScore() == GroupScore::top2_sum && e / groups < 2)
+    return emitOpError() << "group score 'top2_sum' needs at least 2 experts "
+                            "per group, got "
+                         << e / groups;
+  if (!(getRoutedScaling().convertToFloat() > 0))
+    return emitOpError() << "routed_scaling ("
+                         << getRoutedScaling().convertToFloat()
+                         << ") must be positive";
+
+  float cf = getCapacityFactor().convertToFloat();
+  if (cf < 0)
+    return emitOpError() << "capacity_factor (" << cf
+                         << ") must be >= 0 (0 = dropless)";
+  int64_t tg = getTokenGroups();
+  if (!ShapedType::isDynamic(t) && t % tg != 0)
+    return emitOpError() << "token_groups (" << tg
+                         << ") does not divide the number of tokens (" << t
+                         << ")";
+  if (isDropless() && tg != 1)
+    return emitOpError() << "token_groups (" << tg
+                         << ") needs a capacity: dropless routing has no "
+                            "token groups";
+  if (getDropPolicy() == DropPolicy::passthrough && isDropless())
+    return emitOpError() << "drop_policy 'passthrough' needs a capacity";
+
+  // Shared experts: count, intermediate size and weights agree.
+  int64_t ns = getNumSharedExperts(), fs = getSharedIntermediate();
+  bool hasShared = getSharedUp() || getSharedDown() || getSharedGate();
+  if (ns > 0 && !(getSharedUp() && getSharedDown()))
+    return emitOpError() << "num_shared_experts is " << ns
+                         << " but shared up/down weights are missing";
+  if (ns == 0 && hasShared)
+    return emitOpError()
+           << "shared expert weights given but num_shared_experts is 0";
+  if (ns > 0) {
+    if (failed(verifyFFNWeights(*this, getSharedGate(), getSharedUp(),
+                                getSharedDown(), getActivation(), {}, d,
+                                "shared ")))
+      return failure();
+    int64_t fsw = tensorType(getSharedUp()).getDimSize(0);
+    if (fs != fsw)
+      return emitOpError() << "shared_intermediate (" << fs
+                           << ") differs from the shared weights' "
+                           << dimStr(fsw) << " rows";
+  }
+  if (getSharedGated() != bool(getSharedSigmoidGate()))
+    return emitOpError() << (getSharedGated()
+                                 ? "shared_gated needs a shared_sigmoid_gate "
+                                   "weight"
+                                 : "shared_sigmoid_gate given without "
+                                   "shared_gated");
+  if (getSharedGated() && ns == 0)
+    return emitOpError() << "shared_gated without shared experts";
+  if (Value g = getSharedSigmoidGate())
+    if (failed(expectShape(*this, g, {1, d}, "shared sigmoid gate")))
+      return failure();
+
+  size_t losses = size_t(hasAuxLoss()) + size_t(hasZLoss());
+  if (getLosses().size() != losses)
+    return emitOpError() << "has " << getLosses().size()
+                         << " loss results but " << losses
+                         << " loss coefficients are non-zero";
+  if (getOutput().getType() != getInput().getType())
+    return emitOpError() << "result type " << getOutput().getType()
+                         << " differs from input type "
+                         << getInput().getType();
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Collectives
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+MeshOp lookupMesh(Operation *op, FlatSymbolRefAttr ref) {
+  return SymbolTable::lookupNearestSymbolFrom<MeshOp>(op, ref.getAttr());
+}
+
+/// The symbol-use check shared by every collective: the mesh exists and the
+/// axes are distinct axes of it.
+LogicalResult verifyMeshAxes(Operation *op, FlatSymbolRefAttr ref,
+                             ArrayAttr axes,
+                             SymbolTableCollection &symbolTable) {
+  auto mesh =
+      symbolTable.lookupNearestSymbolFrom<MeshOp>(op, ref.getAttr());
+  if (!mesh)
+    return op->emitOpError() << "refers to " << ref
+                             << ", which is not a moe.mesh";
+  if (axes.empty())
+    return op->emitOpError() << "names no mesh axes";
+  llvm::SmallSet<StringRef, 4> seen;
+  for (Attribute a : axes) {
+    StringRef name = cast<StringAttr>(a).getValue();
+    if (mesh.getAxisIndex(name) < 0)
+      return op->emitOpError() << "axis '" << name << "' is not an axis of "
+                               << ref;
+    if (!seen.insert(name).second)
+      return op->emitOpError() << "axis '" << name << "' appears twice";
+  }
+  return success();
+}
+
+/// Group size for static checks, or 0 when the mesh cannot be resolved yet
+/// (checked by verifySymbolUses).
+int64_t staticGroupSize(Operation *op, FlatSymbolRefAttr ref, ArrayAttr axes) {
+  MeshOp mesh = lookupMesh(op, ref);
+  if (!mesh)
+    return 0;
+  int64_t n = mesh.getGroupSize(axes);
+  return n < 0 ? 0 : n;
+}
+
+RankedTensorType resultTensor(Value result) {
+  if (auto f = dyn_cast<FutureType>(result.getType()))
+    return f.getValueType();
+  return cast<RankedTensorType>(result.getType());
+}
+
+LogicalResult verifyAllToAll(Operation *op, Value input, Value result,
+                             FlatSymbolRefAttr mesh, ArrayAttr axes,
+                             int64_t split, int64_t concat) {
+  auto in = tensorType(input);
+  RankedTensorType out = resultTensor(result);
+  int64_t rank = in.getRank();
+  if (split < 0 || split >= rank || concat < 0 || concat >= rank)
+    return op->emitOpError() << "split (" << split << ") and concat ("
+                             << concat << ") must be dimensions of the rank-"
+                             << rank << " input";
+  if (in.getElementType() != out.getElementType())
+    return op->emitOpError() << "result element type " << out.getElementType()
+                             << " differs from input element type "
+                             << in.getElementType();
+  int64_t n = staticGroupSize(op, mesh, axes);
+  if (n == 0)
+    return success();
+  int64_t s = in.getDimSize(split);
+  if (!ShapedType::isDynamic(s) && s % n != 0)
+    return op->emitOpError() << "split dimension " << split << " (" << s
+                             << ") is not divisible by the group size (" << n
+                             << ")";
+  SmallVector<int64_t> expected(in.getShape());
+  if (!ShapedType::isDynamic(s))
+    expected[split] = s / n;
+  if (!ShapedType::isDynamic(expected[concat]))
+    expected[concat] *= n;
+  return expectShape(op, out, expected, "result");
+}
+
+} // namespace
+
+#define MOE_COLLECTIVE_COMMON(OP)                                              \
+  LogicalResult OP::verifySymbolUses(SymbolTableCollection &symbolTable) {     \
+    return verifyMeshAxes(*this, getMeshAttr(), getAxes(), symbolTable);       \
+  }                                                                            \
+  MeshOp OP::getMeshOp() { return lookupMesh(*this, getMeshAttr()); }          \
+  int64_t OP::getGroupSize() {                                                 \
+    MeshOp mesh = getMeshOp();                                                 \
+    return mesh ? mesh.getGroupSize(getAxes()) : -1;                           \
+  }
+
+MOE_COLLECTIVE_COMMON(AllToAllOp)
+MOE_COLLECTIVE_COMMON(AllToAllStartOp)
+MOE_COLLECTIVE_COMMON(AllToAllVOp)
+MOE_COLLECTIVE_COMMON(AllToAllVStartOp)
+MOE_COLLECTIVE_COMMON(AllGatherOp)
+MOE_COLLECTIVE_COMMON(AllGatherStartOp)
+MOE_COLLECTIVE_COMMON(ReduceScatterOp)
+MOE_COLLECTIVE_COMMON(ReduceScatterStartOp)
+MOE_COLLECTIVE_COMMON(AllReduceOp)
+MOE_COLLECTIVE_COMMON(AllReduceStartOp)
+#undef MOE_COLLECTIVE_COMMON
+
+//===--- Verifiers --------------------------------------------------------===//
+
+namespace {
+
+LogicalResult verifyAllToAllV(Operation *op, Value input, Value sendCounts,
+                              Value recvCounts, Value result,
+                              FlatSymbolRefAttr mesh, ArrayAttr axes) {
+  auto in = tensorType(input);
+  RankedTensorType out = resultTensor(result);
+  if (out.getRank() != 2 || !sameDim(out.getDimSize(1), in.getDimSize(1)))
+    return op->emitOpError() << "result has shape " << shapeStr(out.getShape())
+                             << ", expected [rows, " << dimStr(in.getDimSize(1))
+                             << "]";
+  if (in.getElementType() != out.getElementType())
+    return op->emitOpError() << "result element type " << out.getElementType()
+                             << " differs from input element type "
+                             << in.getElementType();
+  int64_t n = staticGroupSize(op, mesh, axes);
+  if (n == 0)
+    return success();
+  for (auto [v, name] : {std::pair{sendCounts, "send_counts"},
+                         std::pair{recvCounts, "recv_counts"}}) {
+    auto c = tensorType(v);
+    if (c.hasStaticShape() && c.getNumElements() % n != 0)
+      return op->emitOpError()
+             << name << " has " << c.getNumElements()
+             << " elements, which do not split evenly over the group of " << n
+             << " ranks";
+  }
+  return success();
+}
+
+/// all_gather multiplies `dim` by the group size; reduce_scatter divides it.
+LogicalResult verifyDimCollective(Operation *op, Value input, Value result,
+                                  FlatSymbolRefAttr mesh, ArrayAttr axes,
+                                  int64_t dim, bool gather) {
+  auto in = tensorType(input);
+  RankedTensorType out = resultTensor(result);
+  if (dim < 0 || dim >= in.getRank())
+    return op->emitOpError() << "dim (" << dim
+                             << ") is not a dimension of the rank-"
+                             << in.getRank() << " input";
+  if (in.getElementType() != out.getElementType())
+    return op->emitOpError() << "result element type " << out.getElementType()
+                             << " differs from input element type "
+                             << in.getElementType();
+  int64_t n = staticGroupSize(op, mesh, axes);
+  if (n == 0)
+    return success();
+  SmallVector<int64_t> expected(in.getShape());
+  int64_t s = expected[dim];
+  if (!ShapedType::isDynamic(s)) {
+    if (!gather && s % n != 0)
+      return op->emitOpError() << "dimension " << dim << " (" << s
+                               << ") is not divisible by the group size (" << n
+                               << ")";
+    expected[dim] = gather ? s * n : s / n;
+  }
+  return expectShape(op, out, expected, "result");
+}
+
+LogicalResult verifyAllReduce(Operation *op, Value input, Value result) {
+  if (resultTensor(result) != tensorType(input))
+    return op->emitOpError() << "result type " << resultTensor(result)
+                             << " differs from input type " << input.getType();
+  return success();
+}
+
+} // namespace
+
+LogicalResult AllToAllOp::verify() {
+  return verifyAllToAll(*this, getInput(), getResult(), getMeshAttr(),
+                        getAxes(), getSplitDim(), getConcatDim());
+}
+LogicalResult AllToAllStartOp::verify() {
+  return verifyAllToAll(*this, getInput(), getResult(), getMeshAttr(),
+                        getAxes(), getSplitDim(), getConcatDim());
+}
+LogicalResult AllToAllVOp::verify() {
+  return verifyAllToAllV(*this, getInput(), getSendCounts(), getRecvCounts(),
+                         getResult(), getMeshAttr(), getAxes());
+}
+LogicalResult AllToAllVStartOp::verify() {
+  return verifyAllToAllV(*this, getInput(), getSendCounts(), getRecvCounts(),
+                         getResult(), getMeshAttr(), getAxes());
+}
+LogicalResult AllGatherOp::verify() {
+  return verifyDimCollective(*this, getInput(), getResult(), getMeshAttr(),
+                             getAxes(), getDim(), /*gather=*/true);
+}
+LogicalResult AllGatherStartOp::verify() {
+  return verifyDimCollective(*this, getInput(), getResult(), getMeshAttr(),
+                             getAxes(), getDim(), /*gather=*/true);
+}
+LogicalResult ReduceScatterOp::verify() {
+  return verifyDimCollective(*this, getInput(), getResult(), getMeshAttr(),
+                             getAxes(), getDim(), /*gather=*/false);
+}
+LogicalResult ReduceScatterStartOp::verify() {
+  return verifyDimCollective(*this, getInput(), getResult(), getMeshAttr(),
+                             getAxes(), getDim(), /*gather=*/false);
+}
+LogicalResult AllReduceOp::verify() {
+  return verifyAllReduce(*this, getInput(), getResult());
+}
+LogicalResult AllReduceStartOp::verify() {
+  return verifyAllReduce(*this, getInput(), getResult());
+}
+
+//===--- Folders: a group of one rank moves nothing -----------------------===//
+
+namespace {
+template <typename OpTy>
+OpFoldResult foldTrivialGroup(OpTy op) {
+  if (op.getGroupSize() == 1 && op.getInput().getType() == op.getType())
+    return op.getInput();
+  return {};
+}
+} // namespace
+
+OpFoldResult AllToAllOp::fold(FoldAdaptor) { return foldTrivialGroup(*this); }
+OpFoldResult AllGatherOp::fold(FoldAdaptor) { return foldTrivialGroup(*this); }
+OpFoldResult ReduceScatterOp::fold(FoldAdaptor) {
+  return foldTrivialGroup(*this);
+}
+OpFoldResult AllReduceOp::fold(FoldAdaptor) { return foldTrivialGroup(*this); }
+
+//===--- moe.wait: a start immediately waited is the synchronous form -----===//
+
+namespace {
+
+/// Rebuilds `start` as its synchronous twin `SyncOp` with the same operands
+/// and attributes, producing the waited tensor type.
+template <typename StartOp, typename SyncOp>
+LogicalResult replaceWithSync(WaitOp wait, PatternRewriter &rewriter) {
+  auto start = wait.getFuture().template getDefiningOp<StartOp>();
+  if (!start)
+    return failure();
+  auto sync = SyncOp::create(rewriter, start.getLoc(), wait.getType(),
+                             start->getOperands(), start->getAttrs());
+  rewriter.replaceOp(wait, sync.getResult());
+  rewriter.eraseOp(start);
+  return success();
+}
+
+struct FuseImmediateWait : OpRewritePattern<WaitOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(WaitOp wait,
+                                PatternRewriter &rewriter) const override {
+    Operation *start = wait.getFuture().getDefiningOp();
+    if (!start || start->getNextNode() != wait.getOperation())
+      return rewriter.notifyMatchFailure(
+          wait, "compute runs between the start and the wait");
+    if (!start->hasOneUse())
+      return rewriter.notifyMatchFailure(wait, "the future has other uses");
+    if (succeeded(replaceWithSync<AllToAllStartOp, AllToAllOp>(wait, rewriter)) ||
+        succeeded(
+            replaceWithSync<AllToAllVStartOp, AllToAllVOp>(wait, rewriter)) ||
+        succeeded(
+            replaceWithSync<AllGatherStartOp, AllGatherOp>(wait, rewriter)) ||
+        succeeded(replaceWithSync<ReduceScatterStartOp, ReduceScatterOp>(
+            wait, rewriter)) ||
+        succeeded(
+            replaceWithSync<AllReduceStartOp, AllReduceOp>(wait, rewriter)))
+      return success();
+    return rewriter.notifyMatchFailure(wait, "future is not from a start op");
+  }
+};
+
+} // namespace
+
+void WaitOp::getCanonicalizationPatterns(RewritePatternSet &results,
+                                         MLIRContext *context) {
+  results.add<FuseImmediateWait>(context);
+}
+
+#define GET_OP_CLASSES
+#include "moe/Dialect/MoE/IR/MoEOps.cpp.inc"

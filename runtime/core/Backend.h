@@ -1,0 +1,110 @@
+//===- Backend.h - One device's implementation of the kernels ---*- C++ -*-===//
+//
+// A Backend owns a device's memory and runs the compute kernels of the C ABI
+// on it. The context (Context.cpp) validates nothing device-specific: it
+// checks the sticky error, times the call, and forwards here. Every method
+// returns a Status whose message names the kernel and the offending value.
+//
+// Implementations: CpuBackend (runtime/cpu, C++ + OpenBLAS + OpenMP) and
+// CudaBackend (runtime/cuda, CUDA kernels + cuBLAS), created by
+// createCpuBackend / createCudaBackend.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_CORE_BACKEND_H
+#define MOERT_CORE_BACKEND_H
+
+#include "Status.h"
+
+#include <cstdint>
+#include <memory>
+
+namespace moert {
+
+class Backend {
+public:
+  virtual ~Backend() = default;
+
+  /// "cpu" or "cuda".
+  virtual const char *name() const = 0;
+  virtual moert_device_kind kind() const = 0;
+
+  //===--- Memory ---------------------------------------------------------===//
+  virtual Status alloc(int64_t bytes, void **out) = 0;
+  virtual void free(void *p) = 0;
+  virtual Status copyToDevice(void *dst, const void *src, int64_t bytes) = 0;
+  virtual Status copyToHost(void *dst, const void *src, int64_t bytes) = 0;
+  /// Device-to-device copy.
+  virtual Status copy(void *dst, const void *src, int64_t bytes) = 0;
+  virtual Status memsetZero(void *dst, int64_t bytes) = 0;
+  /// `height` rows of `widthBytes`, row r read at src + r*srcPitch and
+  /// written at dst + r*dstPitch (pack / unpack for collectives).
+  virtual Status copy2D(void *dst, int64_t dstPitch, const void *src,
+                        int64_t srcPitch, int64_t widthBytes,
+                        int64_t height) = 0;
+  /// Waits for all queued work (no-op where work is synchronous).
+  virtual Status synchronize() = 0;
+  /// Seconds elapsed on the device between two points; CPU: wall clock.
+  /// Used to time phases (see Context.cpp).
+  virtual double now() = 0;
+
+  //===--- Kernels (semantics: moert.h and docs/dialect.md) ---------------===//
+  virtual Status rmsnorm(const void *x, const void *w, void *y, int64_t T,
+                         int64_t D, float eps, int32_t dtype) = 0;
+  virtual Status add(const void *a, const void *b, void *y, int64_t n,
+                     int32_t dtype) = 0;
+  virtual Status router(const void *x, const void *w, float *logits,
+                        int64_t T, int64_t D, int64_t E, int32_t dtype) = 0;
+  virtual Status topk(const float *logits, const float *bias, float *weights,
+                      int32_t *indices, float *scores, int64_t T, int64_t E,
+                      int64_t k, int32_t scoreFn, int32_t renormalize,
+                      float scaling, int64_t numGroups, int64_t groupsKept,
+                      int32_t groupScore) = 0;
+  virtual Status assign(const int32_t *indices, int32_t *positions,
+                        int32_t *counts, int64_t T, int64_t k, int64_t E,
+                        int64_t capacity, int64_t groups) = 0;
+  virtual Status dispatch(const void *x, const int32_t *positions, void *out,
+                          int64_t T, int64_t k, int64_t D, int64_t outRows,
+                          int32_t dtype) = 0;
+  virtual Status expertFfn(const void *x, const int32_t *counts,
+                           const void *gate, const void *up, const void *down,
+                           void *y, int64_t E, int64_t segments,
+                           int64_t rowsPerExpert, int64_t totalRows, int64_t D,
+                           int64_t F, int32_t activation, int32_t dtype) = 0;
+  virtual Status combine(const void *y, const int32_t *positions,
+                         const float *weights, const void *passthrough,
+                         void *out, int64_t T, int64_t k, int64_t D,
+                         int32_t dtype) = 0;
+  virtual Status mlp(const void *x, const void *gate, const void *up,
+                     const void *down, const void *sigmoidGate, void *y,
+                     int64_t T, int64_t D, int64_t F, int32_t activation,
+                     int32_t dtype) = 0;
+  virtual Status expertLoad(const float *scores, const int32_t *indices,
+                            float *stats, int64_t T, int64_t k,
+                            int64_t E) = 0;
+  virtual Status loadBalanceLoss(const float *stats, float *out, int64_t E,
+                                 int64_t tokens, int64_t k, float coeff) = 0;
+  virtual Status zLoss(const float *logits, float *out, int64_t T, int64_t E,
+                       int64_t totalTokens, float coeff) = 0;
+  /// Elementwise sum of `n` elements into `acc` (used by reduce-scatter /
+  /// all-reduce on communicators without a native reduction).
+  virtual Status accumulate(void *acc, const void *x, int64_t n,
+                            int32_t dtype) = 0;
+};
+
+struct BackendOptions {
+  int32_t numThreads = 0; // CPU threads; 0 = default
+  int32_t deviceIndex = -1;
+  int32_t localRank = 0;
+};
+
+/// Creates the CPU backend (always available).
+Status createCpuBackend(const BackendOptions &opts,
+                        std::unique_ptr<Backend> &out);
+/// Creates the CUDA backend, or MOERT_ERR_UNSUPPORTED when the runtime was
+/// built without CUDA or no device is present.
+Status createCudaBackend(const BackendOptions &opts,
+                         std::unique_ptr<Backend> &out);
+
+} // namespace moert
+
+#endif // MOERT_CORE_BACKEND_H

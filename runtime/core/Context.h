@@ -1,0 +1,88 @@
+//===- Context.h - The state behind a moert_ctx handle ----------*- C++ -*-===//
+//
+// Shared by the compute entry points (Context.cpp), the collective entry
+// points (Collectives.cpp) and the world helpers. Not part of the C ABI.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_CORE_CONTEXT_H
+#define MOERT_CORE_CONTEXT_H
+
+#include "../comm/Communicator.h"
+#include "Backend.h"
+#include "Status.h"
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moert {
+
+/// Time and call counts per phase, bytes per collective and axis set.
+struct Stats {
+  struct Phase {
+    int64_t calls = 0;
+    double seconds = 0;
+  };
+  struct Collective {
+    int64_t calls = 0;
+    int64_t bytesSent = 0;
+  };
+  std::map<std::string, Phase> phases;
+  /// Keyed by (op, axis names joined with ",") e.g. ("all_to_all", "ep").
+  std::map<std::pair<std::string, std::string>, Collective> collectives;
+  /// Chrome trace events ("X" events), only when tracing is on.
+  std::vector<std::string> traceEvents;
+};
+
+} // namespace moert
+
+struct moert_ctx {
+  moert_ctx_options options{};
+  std::vector<int64_t> meshShape;
+  std::vector<std::string> meshAxes;
+  std::vector<int64_t> coords; // this rank on each mesh axis
+
+  std::unique_ptr<moert::Backend> backend;
+  std::unique_ptr<moert::Communicator> world;
+  /// Sub-communicator for every non-empty axis mask, made at creation.
+  std::map<int64_t, std::unique_ptr<moert::Communicator>> groups;
+
+  /// First failure (sticky); kernels are no-ops while it is set.
+  moert::Status sticky;
+
+  moert::Stats stats;
+  double traceOrigin = 0;
+
+  /// Arena for the entry point's intermediates (moert_arena).
+  void *arena = nullptr;
+  int64_t arenaBytes = 0;
+  /// Staging memory for packing collectives (device memory of the backend,
+  /// or host memory when the communicator wants host buffers).
+  void *staging = nullptr;
+  int64_t stagingBytes = 0;
+
+  std::string statsText; // owned storage for moert_ctx_stats_json
+  std::string traceText; // owned storage for moert_ctx_trace_json
+};
+
+namespace moert {
+
+/// Records `s` as the sticky error of `ctx` if none is set yet. Returns true
+/// when `s` was an error.
+bool fail(moert_ctx *ctx, const Status &s);
+
+/// Names of the axes in `axisMask`, joined with "," (e.g. "dp,ep").
+std::string axisNames(const moert_ctx *ctx, int64_t axisMask);
+
+/// Adds one call of `phase` that took `seconds`, and a trace event when
+/// tracing is on.
+void recordPhase(moert_ctx *ctx, const char *phase, double start,
+                 double seconds);
+void recordCollective(moert_ctx *ctx, const char *op, int64_t axisMask,
+                      int64_t bytesSent);
+
+} // namespace moert
+
+#endif // MOERT_CORE_CONTEXT_H

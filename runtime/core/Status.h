@@ -1,0 +1,53 @@
+//===- Status.h - Error values inside the runtime ---------------*- C++ -*-===//
+//
+// Errors inside the runtime are values: a code from the C ABI and a message
+// that names what failed. Nothing in the runtime aborts on bad input.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_CORE_STATUS_H
+#define MOERT_CORE_STATUS_H
+
+#include "moert/moert.h"
+
+#include <cstdarg>
+#include <string>
+#include <utility>
+
+namespace moert {
+
+class [[nodiscard]] Status {
+public:
+  Status() = default;
+  Status(moert_status code, std::string message)
+      : code_(code), message_(std::move(message)) {}
+
+  static Status ok() { return Status(); }
+  bool isOk() const { return code_ == MOERT_OK; }
+  explicit operator bool() const { return !isOk(); } // true on error
+  moert_status code() const { return code_; }
+  const std::string &message() const { return message_; }
+
+private:
+  moert_status code_ = MOERT_OK;
+  std::string message_;
+};
+
+/// printf-style error constructor: `return error(MOERT_ERR_INVALID, "k (%d)
+/// exceeds experts (%d)", k, e);`
+Status error(moert_status code, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/// Returns from the enclosing function when `expr` yields an error Status.
+#define MOERT_TRY(expr)                                                        \
+  do {                                                                         \
+    ::moert::Status moertTryStatus_ = (expr);                                  \
+    if (!moertTryStatus_.isOk())                                               \
+      return moertTryStatus_;                                                  \
+  } while (0)
+
+size_t dtypeSize(int32_t dtype);
+const char *dtypeName(int32_t dtype);
+
+} // namespace moert
+
+#endif // MOERT_CORE_STATUS_H
