@@ -271,6 +271,13 @@ void moert_reduce_scatter(moert_ctx *ctx, int64_t axis_mask, const void *in,
 void moert_all_reduce(moert_ctx *ctx, int64_t axis_mask, const void *in,
                       void *out, int64_t n, int32_t dtype);
 
+/* Keep this rank's chunk of `dim`: the dimension is cut into n equal
+ * chunks and chunk p (p = this rank's position in the group) is copied to
+ * `out`. No communication; counted as a phase, not a collective.          */
+void moert_slice(moert_ctx *ctx, int64_t axis_mask, const void *in, void *out,
+                 int64_t elem_bytes, int64_t d0, int64_t d1, int64_t d2,
+                 int64_t d3, int64_t dim);
+
 /* Async forms: same arguments, return a handle; moert_wait completes it.
  * Input and output must stay untouched until the wait.                     */
 void *moert_all_to_all_start(moert_ctx *ctx, int64_t axis_mask,

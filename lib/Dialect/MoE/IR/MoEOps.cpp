@@ -83,7 +83,7 @@ LogicalResult verifyFFNWeights(Operation *op, Value gate, Value up, Value down,
   std::string p = prefix.str();
   if (isGated(act) && !gate)
     return op->emitOpError() << "activation '" << stringifyActivation(act)
-                             << "' needs a " << p << "gate weight";
+                             << "' needs the " << p << "gate weight";
   if (!isGated(act) && gate)
     return op->emitOpError() << "activation '" << stringifyActivation(act)
                              << "' takes no " << p << "gate weight";
@@ -238,7 +238,7 @@ LogicalResult AssignOp::verify() {
   if (failed(expectShape(*this, getPositions(), idx.getShape(),
                          "positions result")))
     return failure();
-  return expectShape(*this, getCounts(), {groups, getNumExperts()},
+  return expectShape(*this, getCounts(), {groups, int64_t(getNumExperts())},
                      "counts result");
 }
 
@@ -345,7 +345,7 @@ LogicalResult LoadBalanceLossOp::verify() {
 
 LogicalResult ZLossOp::verify() {
   int64_t t = tensorType(getLogits()).getDimSize(0);
-  if (!ShapedType::isDynamic(t) && getTokens() < t)
+  if (!ShapedType::isDynamic(t) && int64_t(getTokens()) < t)
     return emitOpError() << "tokens (" << getTokens()
                          << ") is less than the " << t
                          << " tokens of the logits";
@@ -570,6 +570,7 @@ MOE_COLLECTIVE_COMMON(ReduceScatterOp)
 MOE_COLLECTIVE_COMMON(ReduceScatterStartOp)
 MOE_COLLECTIVE_COMMON(AllReduceOp)
 MOE_COLLECTIVE_COMMON(AllReduceStartOp)
+MOE_COLLECTIVE_COMMON(SliceOp)
 #undef MOE_COLLECTIVE_COMMON
 
 //===--- Verifiers --------------------------------------------------------===//
@@ -674,6 +675,10 @@ LogicalResult ReduceScatterStartOp::verify() {
   return verifyDimCollective(*this, getInput(), getResult(), getMeshAttr(),
                              getAxes(), getDim(), /*gather=*/false);
 }
+LogicalResult SliceOp::verify() {
+  return verifyDimCollective(*this, getInput(), getResult(), getMeshAttr(),
+                             getAxes(), getDim(), /*gather=*/false);
+}
 LogicalResult AllReduceOp::verify() {
   return verifyAllReduce(*this, getInput(), getResult());
 }
@@ -698,6 +703,7 @@ OpFoldResult ReduceScatterOp::fold(FoldAdaptor) {
   return foldTrivialGroup(*this);
 }
 OpFoldResult AllReduceOp::fold(FoldAdaptor) { return foldTrivialGroup(*this); }
+OpFoldResult SliceOp::fold(FoldAdaptor) { return foldTrivialGroup(*this); }
 
 //===--- moe.wait: a start immediately waited is the synchronous form -----===//
 

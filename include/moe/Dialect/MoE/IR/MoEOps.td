@@ -148,7 +148,7 @@ def MoE_TopKOp : MoE_Op<"topk", [Pure]> {
   let results = (outs MoE_F32_2D:$weights, MoE_I32_2D:$indices,
                       MoE_F32_2D:$scores);
   let assemblyFormat = [{
-    $logits (`bias` $bias^)? `k` `=` $k `score` `=` $score attr-dict `:`
+    $logits (`bias` $bias^)? `k` `=` $k `score` `=` `` $score attr-dict `:`
     functional-type(operands, results)
   }];
   let hasVerifier = 1;
@@ -237,7 +237,7 @@ def MoE_ExpertFFNOp : MoE_Op<"expert_ffn", [Pure, AttrSizedOperandSegments]> {
   let results = (outs MoE_ActBuffer:$output);
   let assemblyFormat = [{
     $input (`counts` $counts^)? (`gate` $gate^)? `up` $up `down` $down
-    `act` `=` $activation attr-dict `:` functional-type(operands, results)
+    `act` `=` `` $activation attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }
@@ -280,7 +280,7 @@ def MoE_MLPOp : MoE_Op<"mlp", [Pure, AttrSizedOperandSegments]> {
   let results = (outs MoE_Act2D:$output);
   let assemblyFormat = [{
     $input (`gate` $gate^)? `up` $up `down` $down
-    (`sigmoid_gate` $sigmoid_gate^)? `act` `=` $activation attr-dict `:`
+    (`sigmoid_gate` $sigmoid_gate^)? `act` `=` `` $activation attr-dict `:`
     functional-type(operands, results)
   }];
   let hasVerifier = 1;
@@ -550,6 +550,17 @@ def MoE_AllReduceOp : MoE_AllReduceBase<"all_reduce", MoE_AnyTensor> {
 def MoE_AllReduceStartOp
     : MoE_AllReduceBase<"all_reduce_start", MoE_FutureType> {
   let summary = "start an all-reduce; complete it with moe.wait";
+}
+
+def MoE_SliceOp : MoE_DimCollectiveBase<"slice", MoE_AnyTensor> {
+  let summary = "keep this rank's chunk of a dimension (no communication)";
+  let description = [{
+    Cuts dimension `dim` into `n` equal chunks (`n` = ranks in the group)
+    and keeps chunk `p`, where `p` is this rank's position in the group. The
+    inverse of `moe.all_gather`; duplicate token dropping uses it to send
+    only this tensor-parallel rank's share of a replicated buffer.
+  }];
+  let hasFolder = 1;
 }
 
 def MoE_WaitOp : MoE_Op<"wait", [

@@ -17,4 +17,48 @@ def MoEDecompose : Pass<"moe-decompose"> {
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }
 
+def MoEShard : Pass<"moe-shard", "::mlir::ModuleOp"> {
+  let summary = "Rewrite the decomposed graph into the per-rank program of a dp x ep x tp mesh";
+  let description = [{
+    Tokens are split over `dp x ep` and replicated over `tp`; experts are
+    split over `ep` and replicated over `dp` (and, with `expert-tp`, each
+    expert's FFN is split over `tp`: column-parallel gate/up, row-parallel
+    down, then an all-reduce over `tp`). Every grouped expert FFN gets the
+    expert-parallel exchange around it:
+
+    - capacity layout: `all_to_all` over `ep` (split experts, concatenate
+      slots) before, and its inverse after;
+    - dropless layout: an `all_to_all` of the per-expert counts, then an
+      uneven `all_to_all_v` of the rows, and its inverse after.
+
+    Load-balance statistics and the z-loss are summed over `dp x ep`.
+    Function arguments and results get their per-rank shapes plus
+    `moe.shard` / `moe.global_shape`, which moe-compile writes to the
+    manifest. The mesh is `moe.mesh @mesh axes = ["dp", "ep", "tp"]`.
+    Run on decomposed graphs (after moe-decompose).
+  }];
+  let options = [
+    Option<"mesh", "mesh", "std::string", /*default=*/"\"\"",
+           "mesh as axis=size pairs, e.g. dp=1,ep=2,tp=2 (axes left out are 1)">,
+    Option<"expertTp", "expert-tp", "bool", /*default=*/"false",
+           "split each expert's FFN over tp">
+  ];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
+def MoEDropDuplicateTokens : Pass<"moe-drop-duplicate-tokens", "::mlir::ModuleOp"> {
+  let summary = "DeepSpeed-TED duplicate token dropping over the tp axis";
+  let description = [{
+    With `tp > 1` every tensor-parallel rank holds the same tokens, so the
+    expert-parallel all-to-alls send each token `tp` times. This pass makes
+    each tp rank send only its `1/tp` share of every dispatched row (a
+    `moe.slice` of the hidden dimension), all-gathers the shares over `tp`
+    after the all-to-all, and does the mirror image on the way back (with
+    expert tensor parallelism the all-reduce of the partial expert outputs
+    becomes a reduce-scatter). Per-rank all-to-all bytes drop by exactly
+    `tp`; the result is unchanged. Run after moe-shard.
+  }];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
 #endif // MOE_DIALECT_MOE_TRANSFORMS_PASSES_TD
