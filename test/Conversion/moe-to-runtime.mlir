@@ -1,0 +1,88 @@
+// RUN: moe-opt %s -split-input-file -moe-to-runtime -canonicalize | FileCheck %s
+
+// Each public function becomes moe_entry_<name>(ctx, args, results); each op
+// one moert_* call. Intermediates live in one arena planned from lifetimes.
+
+// CHECK-DAG: func.func private @moert_arena(!llvm.ptr, i64) -> !llvm.ptr
+// CHECK-DAG: func.func private @moert_rmsnorm(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, f32, i32)
+// CHECK-LABEL: func.func @moe_entry_mlp_block
+// CHECK-SAME: (%[[CTX:.*]]: !llvm.ptr, %[[ARGS:.*]]: !llvm.ptr, %[[RES:.*]]: !llvm.ptr)
+// CHECK-SAME: attributes {moe.arena_bytes = 8192 : i64}
+// CHECK: %[[X:.*]] = llvm.load %[[ARGS]] : !llvm.ptr -> !llvm.ptr
+// CHECK: llvm.getelementptr %[[ARGS]][1] : (!llvm.ptr) -> !llvm.ptr, !llvm.ptr
+// CHECK: %[[BASE:.*]] = call @moert_arena(%[[CTX]], %{{.*}}) : (!llvm.ptr, i64) -> !llvm.ptr
+// The final add writes straight into the caller's result buffer.
+// CHECK: %[[OUT:.*]] = llvm.load %[[RES]] : !llvm.ptr -> !llvm.ptr
+// CHECK: call @moert_rmsnorm(%[[CTX]], %[[X]], %{{.*}}, %[[BASE]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) : (!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, f32, i32) -> ()
+// CHECK: call @moert_mlp(%[[CTX]], %[[BASE]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[SECOND:.*]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}})
+// CHECK: call @moert_add(%[[CTX]], %[[X]], %[[SECOND]], %[[OUT]], %{{.*}}, %{{.*}})
+// CHECK-NOT: moert_copy
+// CHECK: return
+func.func @mlp_block(%x: tensor<16x64xf32>, %n: tensor<64xf32>, %g: tensor<32x64xf32>, %u: tensor<32x64xf32>, %d: tensor<64x32xf32>) -> tensor<16x64xf32> {
+  %0 = moe.rmsnorm %x, %n {eps = 1.0e-6 : f32} : (tensor<16x64xf32>, tensor<64xf32>) -> tensor<16x64xf32>
+  %1 = moe.mlp %0 gate %g up %u down %d act = swiglu : (tensor<16x64xf32>, tensor<32x64xf32>, tensor<32x64xf32>, tensor<64x32xf32>) -> tensor<16x64xf32>
+  %2 = moe.add %x, %1 : (tensor<16x64xf32>, tensor<16x64xf32>) -> tensor<16x64xf32>
+  return %2 : tensor<16x64xf32>
+}
+
+// -----
+
+// Buffers whose lifetimes do not overlap share arena space: %0 dies after %1
+// is made, so %2 reuses its 4 KiB (three 4 KiB values fit in 8 KiB).
+// CHECK-LABEL: func.func @moe_entry_reuse
+// CHECK-SAME: attributes {moe.arena_bytes = 8192 : i64}
+// A returned argument is copied into the result buffer.
+// CHECK: call @moert_copy(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}) : (!llvm.ptr, !llvm.ptr, !llvm.ptr, i64) -> ()
+func.func @reuse(%x: tensor<16x64xf32>) -> (tensor<16x64xf32>, tensor<16x64xf32>) {
+  %0 = moe.add %x, %x : (tensor<16x64xf32>, tensor<16x64xf32>) -> tensor<16x64xf32>
+  %1 = moe.add %0, %0 : (tensor<16x64xf32>, tensor<16x64xf32>) -> tensor<16x64xf32>
+  %2 = moe.add %1, %1 : (tensor<16x64xf32>, tensor<16x64xf32>) -> tensor<16x64xf32>
+  %3 = moe.add %2, %2 : (tensor<16x64xf32>, tensor<16x64xf32>) -> tensor<16x64xf32>
+  return %3, %x : tensor<16x64xf32>, tensor<16x64xf32>
+}
+
+// -----
+
+// The routing chain, with enums and shapes as constants.
+// CHECK-LABEL: func.func @moe_entry_routing
+// CHECK-DAG: %[[E:.*]] = arith.constant 8 : i64
+// CHECK-DAG: %[[SIGMOID:.*]] = arith.constant 1 : i32
+// CHECK-DAG: %[[SCALE:.*]] = arith.constant 2.500000e+00 : f32
+// CHECK: call @moert_router
+// CHECK: call @moert_topk(%{{.*}}, %{{.*}}, %[[BIAS:.*]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[E]], %{{.*}}, %[[SIGMOID]], %{{.*}}, %[[SCALE]]
+// CHECK: call @moert_assign
+// CHECK: call @moert_dispatch
+// CHECK: call @moert_expert_ffn
+// CHECK: call @moert_combine
+func.func @routing(%x: tensor<16x64xf32>, %wr: tensor<8x64xf32>, %b: tensor<8xf32>, %u: tensor<8x32x64xf32>, %d: tensor<8x64x32xf32>) -> tensor<16x64xf32> {
+  %l = moe.router %x, %wr : (tensor<16x64xf32>, tensor<8x64xf32>) -> tensor<16x8xf32>
+  %w, %i, %s = moe.topk %l bias %b k = 2 score = sigmoid {renormalize, routed_scaling = 2.5 : f32} : (tensor<16x8xf32>, tensor<8xf32>) -> (tensor<16x2xf32>, tensor<16x2xi32>, tensor<16x8xf32>)
+  %p, %c = moe.assign %i experts = 8 : (tensor<16x2xi32>) -> (tensor<16x2xi32>, tensor<1x8xi32>)
+  %buf = moe.dispatch %x, %p : (tensor<16x64xf32>, tensor<16x2xi32>) -> tensor<32x64xf32>
+  %y = moe.expert_ffn %buf counts %c up %u down %d act = relu : (tensor<32x64xf32>, tensor<1x8xi32>, tensor<8x32x64xf32>, tensor<8x64x32xf32>) -> tensor<32x64xf32>
+  %o = moe.combine %y, %p, %w : (tensor<32x64xf32>, tensor<16x2xi32>, tensor<16x2xf32>) -> tensor<16x64xf32>
+  return %o : tensor<16x64xf32>
+}
+
+// -----
+
+// Collectives pass the mesh axes as a bit mask (ep = axis 1 -> 2, tp = axis
+// 2 -> 4); the mesh itself is gone (it lives on in the manifest).
+// CHECK-NOT: moe.mesh
+// CHECK-LABEL: func.func @moe_entry_collectives
+// CHECK-DAG: %[[EP:.*]] = arith.constant 2 : i64
+// CHECK-DAG: %[[TP:.*]] = arith.constant 4 : i64
+// CHECK: call @moert_all_to_all(%{{.*}}, %[[EP]],
+// CHECK: call @moert_all_gather(%{{.*}}, %[[TP]],
+// CHECK: %[[H:.*]] = call @moert_all_reduce_start(%{{.*}}, %[[TP]], {{.*}}) : {{.*}} -> !llvm.ptr
+// CHECK: call @moert_add
+// CHECK: call @moert_wait(%{{.*}}, %[[H]])
+moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [1, 2, 2]
+func.func @collectives(%x: tensor<8x4x32xf32>, %r: tensor<16x32xf32>) -> (tensor<4x8x32xf32>, tensor<16x64xf32>, tensor<16x32xf32>, tensor<16x32xf32>) {
+  %0 = moe.all_to_all %x on @mesh ["ep"] split = 0 concat = 1 : (tensor<8x4x32xf32>) -> tensor<4x8x32xf32>
+  %1 = moe.all_gather %r on @mesh ["tp"] dim = 1 : (tensor<16x32xf32>) -> tensor<16x64xf32>
+  %f = moe.all_reduce_start %r on @mesh ["tp"] : (tensor<16x32xf32>) -> !moe.future<tensor<16x32xf32>>
+  %2 = moe.add %r, %r : (tensor<16x32xf32>, tensor<16x32xf32>) -> tensor<16x32xf32>
+  %3 = moe.wait %f : !moe.future<tensor<16x32xf32>>
+  return %0, %1, %2, %3 : tensor<4x8x32xf32>, tensor<16x64xf32>, tensor<16x32xf32>, tensor<16x32xf32>
+}

@@ -1,0 +1,56 @@
+// RUN: moe-opt %s -split-input-file -moe-shard="mesh=dp=2,ep=4" -verify-diagnostics
+
+// Meshes that do not fit the model are diagnosed with the numbers involved.
+
+// expected-error @+1 {{input "hidden_states" has 12 tokens, not divisible by dp x ep = 8}}
+func.func @tokens(%x: tensor<12x32xf32> {moe.input = "hidden_states"}, %n: tensor<32xf32> {moe.weight = "n"}) -> tensor<12x32xf32> {
+  %y = moe.rmsnorm %x, %n {eps = 1.0e-6 : f32} : (tensor<12x32xf32>, tensor<32xf32>) -> tensor<12x32xf32>
+  return %y : tensor<12x32xf32>
+}
+
+// -----
+
+// expected-error @+1 {{expert weight "experts.{e}.up" has 6 experts in dimension 0, not divisible by ep = 4}}
+func.func @experts(%x: tensor<16x32xf32> {moe.input = "hidden_states"}, %b: tensor<96x32xf32> {moe.weight = "b"}, %c: tensor<1x6xi32> {moe.weight = "c"}, %u: tensor<6x48x32xf32> {moe.weight = "experts.{e}.up"}, %d: tensor<6x32x48xf32> {moe.weight = "experts.{e}.down"}) -> tensor<96x32xf32> {
+  %y = moe.expert_ffn %b counts %c up %u down %d act = relu : (tensor<96x32xf32>, tensor<1x6xi32>, tensor<6x48x32xf32>, tensor<6x32x48xf32>) -> tensor<96x32xf32>
+  return %y : tensor<96x32xf32>
+}
+
+// -----
+
+func.func @groups(%x: tensor<16x32xf32> {moe.input = "hidden_states"}, %i: tensor<16x1xi32> {moe.weight = "i"}) -> tensor<16x1xi32> {
+  // expected-error @+1 {{has 4 token groups, not divisible by dp x ep = 8; capacity is per token group, so each rank must hold whole groups (set token_groups to a multiple of dp x ep)}}
+  %p, %c = moe.assign %i experts = 8 {capacity = 2 : i64, groups = 4 : i64} : (tensor<16x1xi32>) -> (tensor<16x1xi32>, tensor<4x8xi32>)
+  return %p : tensor<16x1xi32>
+}
+
+// -----
+
+// expected-error @+1 {{moe-shard needs an argument with moe.input (the tokens) to know what to split over dp x ep}}
+func.func @no_tokens(%x: tensor<16x32xf32> {moe.weight = "x"}) -> tensor<16x32xf32> {
+  return %x : tensor<16x32xf32>
+}
+
+// -----
+
+func.func @layer(%x: tensor<16x32xf32> {moe.input = "hidden_states"}, %wr: tensor<8x32xf32> {moe.weight = "r"}, %u: tensor<8x48x32xf32> {moe.weight = "u.{e}"}, %d: tensor<8x32x48xf32> {moe.weight = "d.{e}"}) -> tensor<16x32xf32> {
+  // expected-error @+1 {{must be decomposed before moe-shard (run moe-decompose first)}}
+  %y = moe.layer %x router %wr up %u down %d {num_experts = 8 : i64, top_k = 2 : i64, activation = #moe<activation relu>} : (tensor<16x32xf32>, tensor<8x32xf32>, tensor<8x48x32xf32>, tensor<8x32x48xf32>) -> tensor<16x32xf32>
+  return %y : tensor<16x32xf32>
+}
+
+// -----
+
+func.func @computed_weights(%x: tensor<16x32xf32> {moe.input = "hidden_states"}, %b: tensor<16x32xf32> {moe.weight = "b"}, %c: tensor<1x8xi32> {moe.weight = "c"}, %u: tensor<8x48x32xf32> {moe.weight = "u"}, %d: tensor<8x32x48xf32> {moe.weight = "d"}) -> tensor<16x32xf32> {
+  %u2 = moe.add %u, %u : (tensor<8x48x32xf32>, tensor<8x48x32xf32>) -> tensor<8x48x32xf32>
+  // expected-error @+1 {{moe-shard needs expert weights to be function arguments so that each rank loads only its experts}}
+  %y = moe.expert_ffn %b counts %c up %u2 down %d act = relu : (tensor<16x32xf32>, tensor<1x8xi32>, tensor<8x48x32xf32>, tensor<8x32x48xf32>) -> tensor<16x32xf32>
+  return %y : tensor<16x32xf32>
+}
+
+// -----
+
+// expected-error @+1 {{moe-shard: the module already has a moe.mesh (it is sharded already)}}
+module {
+  moe.mesh @mesh axes = ["ep"] shape = [2]
+}
