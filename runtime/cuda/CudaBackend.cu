@@ -1,1 +1,728 @@
-// placeholder
+//===- CudaBackend.cu - The CUDA implementation of moert::Backend --------===//
+//
+// One stream per backend; every kernel, copy and cuBLAS call is queued on it,
+// so memory released to the caching allocator can be reused at once. Heavy
+// math goes to cuBLAS with f32 accumulation (CUBLAS_COMPUTE_32F, never TF32);
+// routing, permutation and elementwise work are the kernels of Routing.cu,
+// Permute.cu and Elementwise.cu.
+//
+// Expert FFN: the live rows of each (segment, expert) block form one GEMM
+// problem. The per-block counts live on the device; they are copied to the
+// host once per call (S*E ints) to size the problems. All problems of a
+// layer run as one cublasGemmGroupedBatchedEx call (or a loop of
+// cublasGemmEx for few problems, or where the grouped form is unsupported;
+// MOERT_CUDA_GEMM=grouped|loop overrides the choice). Intermediate
+// activations are kept packed (only live rows) in the storage dtype.
+//
+//===----------------------------------------------------------------------===//
+#include "CudaAllocator.h"
+#include "CudaBackend.h"
+#include "CudaCommon.h"
+#include "CudaKernels.h"
+
+#include <chrono>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moert {
+
+namespace {
+
+using cuda::DeviceAllocator;
+using cuda::LaunchEnv;
+using cuda::PinnedBuffer;
+using cuda::Scratch;
+
+enum class GemmMode { Auto, Grouped, Loop };
+
+/// Problems of one batched "Y = X . W^T" (row-major) GEMM: Y[m_p, n] =
+/// X[m_p, k] . W[n, k]^T for each problem p, with shared n and k.
+struct LinearBatch {
+  std::vector<const void *> x, w;
+  std::vector<void *> y;
+  std::vector<int> m;
+  void add(const void *xp, const void *wp, void *yp, int rows) {
+    x.push_back(xp);
+    w.push_back(wp);
+    y.push_back(yp);
+    m.push_back(rows);
+  }
+  size_t size() const { return m.size(); }
+};
+
+class CudaBackend final : public Backend {
+public:
+  explicit CudaBackend(int device) : device_(device) {}
+  ~CudaBackend() override;
+
+  Status init();
+
+  const char *name() const override { return "cuda"; }
+  moert_device_kind kind() const override { return MOERT_DEVICE_CUDA; }
+  cudaStream_t stream() const { return stream_; }
+
+  Status alloc(int64_t bytes, void **out) override;
+  void free(void *p) override;
+  Status copyToDevice(void *dst, const void *src, int64_t bytes) override;
+  Status copyToHost(void *dst, const void *src, int64_t bytes) override;
+  Status copy(void *dst, const void *src, int64_t bytes) override;
+  Status memsetZero(void *dst, int64_t bytes) override;
+  Status copy2D(void *dst, int64_t dstPitch, const void *src, int64_t srcPitch,
+                int64_t widthBytes, int64_t height) override;
+  Status synchronize() override;
+  double now() override;
+
+  Status rmsnorm(const void *x, const void *w, void *y, int64_t T, int64_t D,
+                 float eps, int32_t dtype) override;
+  Status add(const void *a, const void *b, void *y, int64_t n,
+             int32_t dtype) override;
+  Status router(const void *x, const void *w, float *logits, int64_t T,
+                int64_t D, int64_t E, int32_t dtype) override;
+  Status topk(const float *logits, const float *bias, float *weights,
+              int32_t *indices, float *scores, int64_t T, int64_t E, int64_t k,
+              int32_t scoreFn, int32_t renormalize, float scaling,
+              int64_t numGroups, int64_t groupsKept,
+              int32_t groupScore) override;
+  Status assign(const int32_t *indices, int32_t *positions, int32_t *counts,
+                int64_t T, int64_t k, int64_t E, int64_t capacity,
+                int64_t groups) override;
+  Status dispatch(const void *x, const int32_t *positions, void *out, int64_t T,
+                  int64_t k, int64_t D, int64_t outRows,
+                  int32_t dtype) override;
+  Status expertFfn(const void *x, const int32_t *counts, const void *gate,
+                   const void *up, const void *down, void *y, int64_t E,
+                   int64_t segments, int64_t rowsPerExpert, int64_t totalRows,
+                   int64_t D, int64_t F, int32_t activation,
+                   int32_t dtype) override;
+  Status combine(const void *y, const int32_t *positions, const float *weights,
+                 const void *passthrough, void *out, int64_t T, int64_t k,
+                 int64_t D, int32_t dtype) override;
+  Status mlp(const void *x, const void *gate, const void *up, const void *down,
+             const void *sigmoidGate, void *y, int64_t T, int64_t D, int64_t F,
+             int32_t activation, int32_t dtype) override;
+  Status expertLoad(const float *scores, const int32_t *indices, float *stats,
+                    int64_t T, int64_t k, int64_t E) override;
+  Status loadBalanceLoss(const float *stats, float *out, int64_t E,
+                         int64_t tokens, int64_t k, float coeff) override;
+  Status zLoss(const float *logits, float *out, int64_t T, int64_t E,
+               int64_t totalTokens, float coeff) override;
+  Status accumulate(void *acc, const void *x, int64_t n,
+                    int32_t dtype) override;
+
+private:
+  /// Makes this backend's device current (another context of the process
+  /// may have switched it).
+  Status enter(const char *op);
+  LaunchEnv env() { return LaunchEnv{stream_, allocator_.get(), smCount_}; }
+
+  /// Y[m, n] = X[m, k] . W[n, k]^T, row-major, leading dims = row lengths.
+  Status linear(const char *op, const void *x, const void *w, void *y,
+                int64_t m, int64_t n, int64_t k, cudaDataType_t abType,
+                cudaDataType_t yType);
+  /// Every problem of `batch` (shared n, k; storage type `type`).
+  Status linearBatch(const char *op, const LinearBatch &batch, int64_t n,
+                     int64_t k, cudaDataType_t type);
+  Status linearLoop(const char *op, const LinearBatch &batch, int64_t n,
+                    int64_t k, cudaDataType_t type);
+  Status linearGrouped(const char *op, const LinearBatch &batch, int64_t n,
+                       int64_t k, cudaDataType_t type, bool &unsupported);
+
+  int device_;
+  int smCount_ = 1;
+  int maxPitch_ = INT_MAX;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  std::unique_ptr<DeviceAllocator> allocator_;
+  void *cublasWorkspace_ = nullptr;
+  GemmMode gemmMode_ = GemmMode::Auto;
+  bool groupedUnsupported_ = false;
+
+  PinnedBuffer countsHost_;
+  PinnedBuffer pointersHost_;
+  /// Recorded after the last copy out of pointersHost_: the buffer may be
+  /// rewritten once it has completed.
+  cudaEvent_t pointersCopied_ = nullptr;
+  bool pointersPending_ = false;
+
+  // Host-side arrays of the grouped GEMM (kept to avoid reallocation).
+  std::vector<cublasOperation_t> transA_, transB_;
+  std::vector<int> mArr_, nArr_, kArr_, ldaArr_, ldbArr_, ldcArr_, sizeArr_;
+  std::vector<float> alphaArr_, betaArr_;
+};
+
+constexpr size_t kCublasWorkspaceBytes = size_t(32) << 20;
+
+Status CudaBackend::init() {
+  const char *op = "createCudaBackend";
+  MOERT_CUDA(op, cudaSetDevice(device_));
+  MOERT_CUDA(op, cudaDeviceGetAttribute(
+                     &smCount_, cudaDevAttrMultiProcessorCount, device_));
+  MOERT_CUDA(op,
+             cudaDeviceGetAttribute(&maxPitch_, cudaDevAttrMaxPitch, device_));
+  // A blocking stream: work that others queue on the legacy default stream
+  // (e.g. NCCL given a null stream, or a caller's events) is ordered with it.
+  MOERT_CUDA(op, cudaStreamCreateWithFlags(&stream_, cudaStreamDefault));
+  MOERT_CUDA(
+      op, cudaEventCreateWithFlags(&pointersCopied_, cudaEventDisableTiming));
+  allocator_ = std::make_unique<DeviceAllocator>(stream_);
+  MOERT_CUBLAS(op, cublasCreate(&cublas_));
+  MOERT_CUBLAS(op, cublasSetStream(cublas_, stream_));
+  MOERT_CUBLAS(op, cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+  MOERT_TRY(allocator_->allocate(kCublasWorkspaceBytes, &cublasWorkspace_,
+                                 "cuBLAS workspace"));
+  MOERT_CUBLAS(
+      op, cublasSetWorkspace(cublas_, cublasWorkspace_, kCublasWorkspaceBytes));
+  if (const char *mode = std::getenv("MOERT_CUDA_GEMM")) {
+    if (!std::strcmp(mode, "grouped"))
+      gemmMode_ = GemmMode::Grouped;
+    else if (!std::strcmp(mode, "loop"))
+      gemmMode_ = GemmMode::Loop;
+    else if (std::strcmp(mode, "auto") && *mode)
+      return error(MOERT_ERR_INVALID,
+                   "%s: MOERT_CUDA_GEMM='%s' (expected grouped, loop or auto)",
+                   op, mode);
+  }
+  return Status::ok();
+}
+
+CudaBackend::~CudaBackend() {
+  // Nothing here can report: finish queued work, then release in reverse.
+  if (stream_)
+    (void)cudaStreamSynchronize(stream_);
+  if (cublas_)
+    (void)cublasDestroy(cublas_);
+  allocator_.reset();
+  if (pointersCopied_)
+    (void)cudaEventDestroy(pointersCopied_);
+  if (stream_)
+    (void)cudaStreamDestroy(stream_);
+}
+
+Status CudaBackend::enter(const char *op) {
+  int current = -1;
+  MOERT_CUDA(op, cudaGetDevice(&current));
+  if (current != device_)
+    MOERT_CUDA(op, cudaSetDevice(device_));
+  return Status::ok();
+}
+
+//===--- Memory
+//-------------------------------------------------------------===//
+
+Status CudaBackend::alloc(int64_t bytes, void **out) {
+  MOERT_TRY(enter("moert_alloc"));
+  return allocator_->allocate(bytes, out, "moert_alloc");
+}
+
+void CudaBackend::free(void *p) {
+  if (p && enter("moert_free").isOk())
+    allocator_->release(p);
+}
+
+Status CudaBackend::copyToDevice(void *dst, const void *src, int64_t bytes) {
+  const char *op = "moert_copy_to_device";
+  if (bytes <= 0)
+    return Status::ok();
+  MOERT_TRY(enter(op));
+  MOERT_CUDA(op, cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes),
+                                 cudaMemcpyDefault, stream_));
+  MOERT_CUDA(op, cudaStreamSynchronize(stream_));
+  return Status::ok();
+}
+
+Status CudaBackend::copyToHost(void *dst, const void *src, int64_t bytes) {
+  const char *op = "moert_copy_to_host";
+  if (bytes <= 0)
+    return Status::ok();
+  MOERT_TRY(enter(op));
+  MOERT_CUDA(op, cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes),
+                                 cudaMemcpyDefault, stream_));
+  MOERT_CUDA(op, cudaStreamSynchronize(stream_));
+  return Status::ok();
+}
+
+Status CudaBackend::copy(void *dst, const void *src, int64_t bytes) {
+  const char *op = "moert_copy";
+  if (bytes <= 0 || dst == src)
+    return Status::ok();
+  MOERT_TRY(enter(op));
+  MOERT_CUDA(op, cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes),
+                                 cudaMemcpyDefault, stream_));
+  return Status::ok();
+}
+
+Status CudaBackend::memsetZero(void *dst, int64_t bytes) {
+  const char *op = "memsetZero";
+  if (bytes <= 0)
+    return Status::ok();
+  MOERT_TRY(enter(op));
+  MOERT_CUDA(op, cudaMemsetAsync(dst, 0, static_cast<size_t>(bytes), stream_));
+  return Status::ok();
+}
+
+Status CudaBackend::copy2D(void *dst, int64_t dstPitch, const void *src,
+                           int64_t srcPitch, int64_t widthBytes,
+                           int64_t height) {
+  const char *op = "copy2D";
+  if (widthBytes <= 0 || height <= 0)
+    return Status::ok();
+  if ((height > 1 && (dstPitch < widthBytes || srcPitch < widthBytes)) ||
+      dstPitch < 0 || srcPitch < 0)
+    return error(MOERT_ERR_INVALID,
+                 "%s: pitches (dst %lld, src %lld) smaller than the row width "
+                 "%lld",
+                 op, (long long)dstPitch, (long long)srcPitch,
+                 (long long)widthBytes);
+  MOERT_TRY(enter(op));
+  if (dstPitch <= maxPitch_ && srcPitch <= maxPitch_ &&
+      widthBytes <= maxPitch_) {
+    MOERT_CUDA(op, cudaMemcpy2DAsync(dst, static_cast<size_t>(dstPitch), src,
+                                     static_cast<size_t>(srcPitch),
+                                     static_cast<size_t>(widthBytes),
+                                     static_cast<size_t>(height),
+                                     cudaMemcpyDefault, stream_));
+    return Status::ok();
+  }
+  // Pitches beyond what cudaMemcpy2D accepts: one copy per row.
+  for (int64_t r = 0; r < height; ++r)
+    MOERT_CUDA(op,
+               cudaMemcpyAsync(static_cast<char *>(dst) + r * dstPitch,
+                               static_cast<const char *>(src) + r * srcPitch,
+                               static_cast<size_t>(widthBytes),
+                               cudaMemcpyDefault, stream_));
+  return Status::ok();
+}
+
+Status CudaBackend::synchronize() {
+  const char *op = "moert_synchronize";
+  MOERT_TRY(enter(op));
+  MOERT_CUDA(op, cudaStreamSynchronize(stream_));
+  return Status::ok();
+}
+
+double CudaBackend::now() {
+  // Phases are timed by the context from two now() calls: waiting for the
+  // stream makes the wall-clock difference the device time of the phase.
+  // An error here shows up again at the next checked call.
+  (void)cudaStreamSynchronize(stream_);
+  return std::chrono::duration<double>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+//===--- cuBLAS
+//---------------------------------------------------------------===//
+
+Status CudaBackend::linear(const char *op, const void *x, const void *w,
+                           void *y, int64_t m, int64_t n, int64_t k,
+                           cudaDataType_t abType, cudaDataType_t yType) {
+  if (m == 0 || n == 0)
+    return Status::ok();
+  if (m > INT_MAX || n > INT_MAX || k > INT_MAX)
+    return error(MOERT_ERR_INVALID,
+                 "%s: GEMM of %lld x %lld x %lld exceeds cuBLAS's int sizes",
+                 op, (long long)m, (long long)n, (long long)k);
+  const float alpha = 1.0f, beta = 0.0f;
+  // Row-major Y = X W^T is column-major Y^T (n x m) = W^T(op T) X^T.
+  MOERT_CUBLAS(op, cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, int(n),
+                                int(m), int(k), &alpha, w, abType, int(k), x,
+                                abType, int(k), &beta, y, yType, int(n),
+                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return Status::ok();
+}
+
+Status CudaBackend::linearLoop(const char *op, const LinearBatch &batch,
+                               int64_t n, int64_t k, cudaDataType_t type) {
+  for (size_t p = 0; p < batch.size(); ++p)
+    MOERT_TRY(linear(op, batch.x[p], batch.w[p], batch.y[p], batch.m[p], n, k,
+                     type, type));
+  return Status::ok();
+}
+
+Status CudaBackend::linearGrouped(const char *op, const LinearBatch &batch,
+                                  int64_t n, int64_t k, cudaDataType_t type,
+                                  bool &unsupported) {
+  unsupported = false;
+  const size_t P = batch.size();
+  // Device arrays of A (= W), B (= X) and C (= Y) pointers, staged through
+  // pinned memory that the previous call's copy must be done with.
+  if (pointersPending_) {
+    MOERT_CUDA(op, cudaEventSynchronize(pointersCopied_));
+    pointersPending_ = false;
+  }
+  const size_t bytes = 3 * P * sizeof(void *);
+  MOERT_TRY(pointersHost_.reserve(bytes, op));
+  const void **host = pointersHost_.as<const void *>();
+  for (size_t p = 0; p < P; ++p) {
+    host[p] = batch.w[p];
+    host[P + p] = batch.x[p];
+    host[2 * P + p] = batch.y[p];
+  }
+  Scratch dev(*allocator_);
+  MOERT_TRY(dev.allocate(static_cast<int64_t>(bytes), op));
+  MOERT_CUDA(op, cudaMemcpyAsync(dev.get(), host, bytes, cudaMemcpyHostToDevice,
+                                 stream_));
+  MOERT_CUDA(op, cudaEventRecord(pointersCopied_, stream_));
+  pointersPending_ = true;
+
+  transA_.assign(P, CUBLAS_OP_T);
+  transB_.assign(P, CUBLAS_OP_N);
+  mArr_.assign(P, int(n));
+  nArr_.assign(batch.m.begin(), batch.m.end());
+  kArr_.assign(P, int(k));
+  ldaArr_.assign(P, int(k));
+  ldbArr_.assign(P, int(k));
+  ldcArr_.assign(P, int(n));
+  sizeArr_.assign(P, 1);
+  alphaArr_.assign(P, 1.0f);
+  betaArr_.assign(P, 0.0f);
+  void *const *devPtrs = dev.as<void *>();
+  cublasStatus_t st = cublasGemmGroupedBatchedEx(
+      cublas_, transA_.data(), transB_.data(), mArr_.data(), nArr_.data(),
+      kArr_.data(), alphaArr_.data(), devPtrs, type, ldaArr_.data(),
+      devPtrs + P, type, ldbArr_.data(), betaArr_.data(), devPtrs + 2 * P, type,
+      ldcArr_.data(), int(P), sizeArr_.data(), CUBLAS_COMPUTE_32F);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED || st == CUBLAS_STATUS_ARCH_MISMATCH) {
+    unsupported = true;
+    return Status::ok();
+  }
+  return cuda::cublasCheck(st, op,
+                           "cublasGemmGroupedBatchedEx(group_count=P, "
+                           "CUBLAS_COMPUTE_32F)");
+}
+
+Status CudaBackend::linearBatch(const char *op, const LinearBatch &batch,
+                                int64_t n, int64_t k, cudaDataType_t type) {
+  if (batch.size() == 0 || n == 0)
+    return Status::ok();
+  if (n > INT_MAX || k > INT_MAX || batch.size() > size_t(INT_MAX))
+    return error(MOERT_ERR_INVALID,
+                 "%s: GEMM sizes n=%lld k=%lld or %zu problems exceed "
+                 "cuBLAS's int sizes",
+                 op, (long long)n, (long long)k, batch.size());
+  bool grouped = false;
+  switch (gemmMode_) {
+  case GemmMode::Grouped:
+    grouped = true;
+    break;
+  case GemmMode::Loop:
+    grouped = false;
+    break;
+  case GemmMode::Auto:
+    // A few large GEMMs run as fast one by one (each gets its own tuned
+    // kernel); many small ones need the single grouped launch.
+    grouped = batch.size() > 16;
+    break;
+  }
+  if (grouped && !groupedUnsupported_) {
+    bool unsupported = false;
+    MOERT_TRY(linearGrouped(op, batch, n, k, type, unsupported));
+    if (!unsupported)
+      return Status::ok();
+    groupedUnsupported_ = true; // e.g. f32 on a cuBLAS without it: loop
+  }
+  return linearLoop(op, batch, n, k, type);
+}
+
+//===--- Kernels
+//----------------------------------------------------------------===//
+
+Status CudaBackend::rmsnorm(const void *x, const void *w, void *y, int64_t T,
+                            int64_t D, float eps, int32_t dtype) {
+  MOERT_TRY(enter("moert_rmsnorm"));
+  return cuda::launchRmsnorm(env(), x, w, y, T, D, eps, dtype);
+}
+
+Status CudaBackend::add(const void *a, const void *b, void *y, int64_t n,
+                        int32_t dtype) {
+  MOERT_TRY(enter("moert_add"));
+  return cuda::launchAdd(env(), a, b, y, n, dtype);
+}
+
+Status CudaBackend::router(const void *x, const void *w, float *logits,
+                           int64_t T, int64_t D, int64_t E, int32_t dtype) {
+  const char *op = "moert_router";
+  MOERT_TRY(enter(op));
+  if (T < 0 || D < 1 || E < 1)
+    return error(MOERT_ERR_INVALID, "%s: invalid shape T=%lld D=%lld E=%lld",
+                 op, (long long)T, (long long)D, (long long)E);
+  cudaDataType_t type;
+  MOERT_TRY(cuda::cudaDataTypeOf(dtype, op, type));
+  return linear(op, x, w, logits, T, E, D, type, CUDA_R_32F);
+}
+
+Status CudaBackend::topk(const float *logits, const float *bias, float *weights,
+                         int32_t *indices, float *scores, int64_t T, int64_t E,
+                         int64_t k, int32_t scoreFn, int32_t renormalize,
+                         float scaling, int64_t numGroups, int64_t groupsKept,
+                         int32_t groupScore) {
+  MOERT_TRY(enter("moert_topk"));
+  return cuda::launchTopk(env(), logits, bias, weights, indices, scores, T, E,
+                          k, scoreFn, renormalize, scaling, numGroups,
+                          groupsKept, groupScore);
+}
+
+Status CudaBackend::assign(const int32_t *indices, int32_t *positions,
+                           int32_t *counts, int64_t T, int64_t k, int64_t E,
+                           int64_t capacity, int64_t groups) {
+  MOERT_TRY(enter("moert_assign"));
+  return cuda::launchAssign(env(), indices, positions, counts, T, k, E,
+                            capacity, groups);
+}
+
+Status CudaBackend::dispatch(const void *x, const int32_t *positions, void *out,
+                             int64_t T, int64_t k, int64_t D, int64_t outRows,
+                             int32_t dtype) {
+  MOERT_TRY(enter("moert_dispatch"));
+  return cuda::launchDispatch(env(), x, positions, out, T, k, D, outRows,
+                              dtype);
+}
+
+Status CudaBackend::combine(const void *y, const int32_t *positions,
+                            const float *weights, const void *passthrough,
+                            void *out, int64_t T, int64_t k, int64_t D,
+                            int32_t dtype) {
+  MOERT_TRY(enter("moert_combine"));
+  return cuda::launchCombine(env(), y, positions, weights, passthrough, out, T,
+                             k, D, dtype);
+}
+
+static bool isGated(int32_t activation) {
+  return activation == MOERT_ACT_SWIGLU || activation == MOERT_ACT_GEGLU;
+}
+
+Status CudaBackend::expertFfn(const void *x, const int32_t *counts,
+                              const void *gate, const void *up,
+                              const void *down, void *y, int64_t E, int64_t S,
+                              int64_t R, int64_t totalRows, int64_t D,
+                              int64_t F, int32_t activation, int32_t dtype) {
+  const char *op = "moert_expert_ffn";
+  MOERT_TRY(enter(op));
+  cudaDataType_t type;
+  MOERT_TRY(cuda::cudaDataTypeOf(dtype, op, type));
+  const int64_t es = static_cast<int64_t>(dtypeSize(dtype));
+  if (activation < MOERT_ACT_RELU || activation > MOERT_ACT_GEGLU)
+    return error(MOERT_ERR_INVALID, "%s: unknown activation %d", op,
+                 activation);
+  const bool gated = isGated(activation);
+  if (E < 1 || S < 1 || R < 0 || D < 1 || F < 1 || totalRows < 0)
+    return error(MOERT_ERR_INVALID,
+                 "%s: invalid shape E=%lld segments=%lld rows_per_expert=%lld "
+                 "total_rows=%lld D=%lld F=%lld",
+                 op, (long long)E, (long long)S, (long long)R,
+                 (long long)totalRows, (long long)D, (long long)F);
+  if (!up || !down || (gated && !gate))
+    return error(MOERT_ERR_INVALID,
+                 "%s: missing weights (gate %s, up %s, down %s) for "
+                 "activation %d",
+                 op, gate ? "set" : "null", up ? "set" : "null",
+                 down ? "set" : "null", activation);
+  if (R > 0 && R % S != 0)
+    return error(MOERT_ERR_INVALID,
+                 "%s: rows_per_expert=%lld is not a multiple of segments=%lld",
+                 op, (long long)R, (long long)S);
+  if (R == 0 && !counts)
+    return error(MOERT_ERR_INVALID,
+                 "%s: the packed layout (rows_per_expert == 0) needs counts",
+                 op);
+
+  // 1. The live blocks: (expert, first row of x / y, rows).
+  struct Block {
+    int64_t expert, row, rows;
+  };
+  std::vector<Block> blocks;
+  const int64_t C = R > 0 ? R / S : 0;
+  int64_t live = 0;
+  if (counts) {
+    MOERT_TRY(countsHost_.reserve(sizeof(int32_t) * S * E, op));
+    MOERT_CUDA(op, cudaMemcpyAsync(countsHost_.as<int32_t>(), counts,
+                                   sizeof(int32_t) * S * E,
+                                   cudaMemcpyDeviceToHost, stream_));
+    MOERT_CUDA(op, cudaStreamSynchronize(stream_));
+    pointersPending_ = false; // the stream is idle
+    const int32_t *c = countsHost_.as<int32_t>();
+    for (int64_t s = 0; s < S; ++s) {
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t n = c[s * E + e];
+        if (n < 0 || (R > 0 && n > C))
+          return error(MOERT_ERR_INVALID,
+                       "%s: counts[%lld,%lld]=%lld outside [0, %lld]", op,
+                       (long long)s, (long long)e, (long long)n,
+                       (long long)(R > 0 ? C : totalRows));
+        if (n == 0) {
+          continue;
+        }
+        const int64_t row = R > 0 ? e * R + s * C : live;
+        blocks.push_back({e, row, n});
+        live += n;
+      }
+    }
+    if (R == 0 && live > totalRows)
+      return error(MOERT_ERR_INVALID,
+                   "%s: counts sum to %lld rows, more than total_rows=%lld", op,
+                   (long long)live, (long long)totalRows);
+  } else {
+    for (int64_t e = 0; e < E && R > 0; ++e)
+      blocks.push_back({e, e * R, R});
+    live = E * R;
+  }
+  if (live > INT_MAX)
+    return error(MOERT_ERR_INVALID, "%s: %lld live rows exceed int32", op,
+                 (long long)live);
+
+  // 2. Rows that no block covers are zero.
+  if (R == 0 && totalRows > live)
+    MOERT_CUDA(op,
+               cudaMemsetAsync(static_cast<char *>(y) + live * D * es, 0,
+                               static_cast<size_t>((totalRows - live) * D * es),
+                               stream_));
+  if (R > 0 && counts)
+    MOERT_TRY(cuda::launchZeroDeadRows(env(), y, counts, E, S, C, D, dtype));
+  if (blocks.empty())
+    return Status::ok();
+
+  // 3. h = x W1^T (and u = x Wu^T) for the live rows, packed.
+  Scratch hBuf(*allocator_), uBuf(*allocator_);
+  MOERT_TRY(hBuf.allocate(live * F * es, op));
+  if (gated)
+    MOERT_TRY(uBuf.allocate(live * F * es, op));
+  const char *xb = static_cast<const char *>(x);
+  char *yb = static_cast<char *>(y);
+  const char *w1 = static_cast<const char *>(gated ? gate : up);
+  const char *wu = static_cast<const char *>(up);
+  const char *wd = static_cast<const char *>(down);
+  LinearBatch first, second;
+  int64_t packed = 0;
+  for (const Block &b : blocks) {
+    first.add(xb + b.row * D * es, w1 + b.expert * F * D * es,
+              hBuf.as<char>() + packed * F * es, int(b.rows));
+    packed += b.rows;
+  }
+  if (gated) {
+    packed = 0;
+    for (const Block &b : blocks) {
+      first.add(xb + b.row * D * es, wu + b.expert * F * D * es,
+                uBuf.as<char>() + packed * F * es, int(b.rows));
+      packed += b.rows;
+    }
+  }
+  MOERT_TRY(linearBatch(op, first, F, D, type));
+  // 4. h = act(h) (* u), one pass over the packed rows.
+  MOERT_TRY(cuda::launchActivation(env(), hBuf.get(),
+                                   gated ? uBuf.get() : nullptr, live * F,
+                                   activation, dtype, op));
+  // 5. y = h Wd^T into the blocks' own rows.
+  packed = 0;
+  for (const Block &b : blocks) {
+    second.add(hBuf.as<char>() + packed * F * es, wd + b.expert * D * F * es,
+               yb + b.row * D * es, int(b.rows));
+    packed += b.rows;
+  }
+  return linearBatch(op, second, D, F, type);
+}
+
+Status CudaBackend::mlp(const void *x, const void *gate, const void *up,
+                        const void *down, const void *sigmoidGate, void *y,
+                        int64_t T, int64_t D, int64_t F, int32_t activation,
+                        int32_t dtype) {
+  const char *op = "moert_mlp";
+  MOERT_TRY(enter(op));
+  cudaDataType_t type;
+  MOERT_TRY(cuda::cudaDataTypeOf(dtype, op, type));
+  if (activation < MOERT_ACT_RELU || activation > MOERT_ACT_GEGLU)
+    return error(MOERT_ERR_INVALID, "%s: unknown activation %d", op,
+                 activation);
+  const bool gated = isGated(activation);
+  if (T < 0 || D < 1 || F < 1)
+    return error(MOERT_ERR_INVALID, "%s: invalid shape T=%lld D=%lld F=%lld",
+                 op, (long long)T, (long long)D, (long long)F);
+  if (!up || !down || (gated && !gate))
+    return error(MOERT_ERR_INVALID,
+                 "%s: missing weights (gate %s, up %s, down %s) for "
+                 "activation %d",
+                 op, gate ? "set" : "null", up ? "set" : "null",
+                 down ? "set" : "null", activation);
+  if (T == 0)
+    return Status::ok();
+  const int64_t es = static_cast<int64_t>(dtypeSize(dtype));
+  Scratch hBuf(*allocator_), uBuf(*allocator_);
+  MOERT_TRY(hBuf.allocate(T * F * es, op));
+  MOERT_TRY(linear(op, x, gated ? gate : up, hBuf.get(), T, F, D, type, type));
+  if (gated) {
+    MOERT_TRY(uBuf.allocate(T * F * es, op));
+    MOERT_TRY(linear(op, x, up, uBuf.get(), T, F, D, type, type));
+  }
+  MOERT_TRY(cuda::launchActivation(env(), hBuf.get(),
+                                   gated ? uBuf.get() : nullptr, T * F,
+                                   activation, dtype, op));
+  MOERT_TRY(linear(op, hBuf.get(), down, y, T, D, F, type, type));
+  if (sigmoidGate)
+    MOERT_TRY(
+        cuda::launchSigmoidGateScale(env(), x, sigmoidGate, y, T, D, dtype));
+  return Status::ok();
+}
+
+Status CudaBackend::expertLoad(const float *scores, const int32_t *indices,
+                               float *stats, int64_t T, int64_t k, int64_t E) {
+  MOERT_TRY(enter("moert_expert_load"));
+  return cuda::launchExpertLoad(env(), scores, indices, stats, T, k, E);
+}
+
+Status CudaBackend::loadBalanceLoss(const float *stats, float *out, int64_t E,
+                                    int64_t tokens, int64_t k, float coeff) {
+  MOERT_TRY(enter("moert_load_balance_loss"));
+  return cuda::launchLoadBalanceLoss(env(), stats, out, E, tokens, k, coeff);
+}
+
+Status CudaBackend::zLoss(const float *logits, float *out, int64_t T, int64_t E,
+                          int64_t totalTokens, float coeff) {
+  MOERT_TRY(enter("moert_z_loss"));
+  return cuda::launchZLoss(env(), logits, out, T, E, totalTokens, coeff);
+}
+
+Status CudaBackend::accumulate(void *acc, const void *x, int64_t n,
+                               int32_t dtype) {
+  MOERT_TRY(enter("accumulate"));
+  return cuda::launchAccumulate(env(), acc, x, n, dtype);
+}
+
+} // namespace
+
+void *cudaBackendStream(Backend &backend) {
+  if (backend.kind() != MOERT_DEVICE_CUDA)
+    return nullptr;
+  return static_cast<CudaBackend &>(backend).stream();
+}
+
+Status createCudaBackend(const BackendOptions &opts,
+                         std::unique_ptr<Backend> &out) {
+  const char *op = "createCudaBackend";
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return error(MOERT_ERR_UNSUPPORTED,
+                 "%s: no usable CUDA device: cudaGetDeviceCount failed: %s "
+                 "(%s)",
+                 op, cudaGetErrorString(err), cudaGetErrorName(err));
+  }
+  if (count == 0)
+    return error(MOERT_ERR_UNSUPPORTED,
+                 "%s: cudaGetDeviceCount reports no CUDA device", op);
+  int device = opts.deviceIndex >= 0 ? opts.deviceIndex
+                                     : (opts.localRank % count + count) % count;
+  if (device >= count)
+    return error(MOERT_ERR_INVALID,
+                 "%s: device_index %d, but only %d CUDA device(s) are visible",
+                 op, device, count);
+  auto backend = std::make_unique<CudaBackend>(device);
+  MOERT_TRY(backend->init());
+  out = std::move(backend);
+  return Status::ok();
+}
+
+} // namespace moert

@@ -215,12 +215,12 @@ llvm::json::Object describeMesh(ModuleOp module) {
 }
 
 std::string fnv1a64(StringRef bytes) {
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = 0xcbf29ce484222325ull; // FNV-1a 64 offset basis
   for (unsigned char c : bytes) {
     h ^= c;
     h *= 1099511628211ull;
   }
-  return llvm::formatv("{0:x16}", h).str();
+  return llvm::formatv("{0}", llvm::format_hex_no_prefix(h, 16)).str();
 }
 
 //===----------------------------------------------------------------------===//
