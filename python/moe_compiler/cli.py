@@ -1,0 +1,337 @@
+"""Command line: ``python3 -m moe_compiler <subcommand> ...`` (``--help`` everywhere).
+
+Every user error (bad config field, unknown preset, mesh that does not divide the
+model, bad weights file) is one line on stderr naming the field or file, and a
+non-zero exit: 1 for those, 2 for command-line usage errors (argparse's code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from . import __version__
+from .configs import ConfigError, MoEConfig, load_hf_config, parse_layers, parse_mesh
+from .presets import PRESETS, get_preset
+from .safetensors import SafetensorsError, SafetensorsFile, save
+
+PROG = "python3 -m moe_compiler"
+
+
+# -- shared options ---------------------------------------------------------------------
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--hf-config", metavar="CONFIG.json",
+                   help="a Hugging Face config.json (or a directory holding one)")
+    g.add_argument("--preset", metavar="NAME", help=f"a preset: {', '.join(PRESETS)}")
+
+
+def _add_layers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layers", metavar="A:B",
+                   help="the layer range [A, B) of the graph (default: all layers)")
+
+
+def _add_routing(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("routing overrides (emit and reference must get the same ones)")
+    g.add_argument("--capacity-factor", type=float, metavar="CF",
+                   help="C = ceil(CF * T_group * k / E); 0 = dropless (default: the config's)")
+    g.add_argument("--capacity", type=int, metavar="N",
+                   help="absolute capacity per expert and token group (overrides CF)")
+    g.add_argument("--min-capacity", type=int, metavar="N", help="lower bound on C")
+    g.add_argument("--token-groups", type=int, metavar="G",
+                   help="split the T tokens into G equal groups for capacity")
+    g.add_argument("--drop-policy", choices=("zero", "passthrough"),
+                   help="what a dropped assignment contributes (0, or weight * x)")
+    g.add_argument("--aux-loss-coeff", type=float, metavar="A",
+                   help="emit the load-balance loss with this coefficient")
+    g.add_argument("--z-loss-coeff", type=float, metavar="B",
+                   help="emit the router z-loss with this coefficient")
+    g.add_argument("--losses", action="store_true",
+                   help="emit both losses with the model's published coefficients")
+    g.add_argument("--norm", choices=("rmsnorm", "layernorm"),
+                   help="override the norm (DBRX's LayerNorm has no dialect op yet)")
+
+
+def _load_model(args: argparse.Namespace) -> MoEConfig:
+    return get_preset(args.preset) if args.preset else load_hf_config(args.hf_config)
+
+
+def _config_or_preset(text: str) -> MoEConfig:
+    if os.path.exists(text):
+        return load_hf_config(text)
+    if text in PRESETS:
+        return get_preset(text)
+    raise ConfigError(f"{text}: neither a config.json path nor a preset "
+                      f"({', '.join(PRESETS)})")
+
+
+def _routed(args: argparse.Namespace) -> MoEConfig:
+    cfg = _load_model(args)
+    aux, z = args.aux_loss_coeff, args.z_loss_coeff
+    if args.losses:
+        aux = cfg.published_aux_loss_coeff if aux is None else aux
+        z = cfg.published_z_loss_coeff if z is None else z
+    return cfg.with_overrides(
+        capacity_factor=args.capacity_factor, capacity=args.capacity,
+        min_capacity=args.min_capacity, token_groups=args.token_groups,
+        drop_policy=args.drop_policy, aux_loss_coeff=aux, z_loss_coeff=z, norm=args.norm)
+
+
+# -- subcommands ------------------------------------------------------------------------
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .info import model_info
+
+    cfg = _config_or_preset(args.model)
+    mesh = parse_mesh(args.mesh)
+    mesh.check(cfg, tokens=args.tokens)
+    info = model_info(cfg, mesh, tokens=args.tokens, dtype=args.dtype, dtd=args.dtd)
+    if args.json:
+        print(json.dumps(info.as_dict(), indent=2, sort_keys=True))
+        return 0
+    g = 1e9
+    print(f"model            {cfg.name} ({cfg.family}), {cfg.num_layers} layers, "
+          f"{info.moe_layers} MoE layers")
+    print(f"experts          {cfg.num_experts} routed, top-{cfg.top_k}"
+          + (f", {cfg.num_shared_experts} shared" if cfg.num_shared_experts else ""))
+    print(f"params total     {info.params_total:,} ({info.params_total / g:.2f}B)")
+    print(f"params active    {info.params_active:,} ({info.params_active / g:.2f}B)")
+    print(f"FLOPs/token      {info.flops_per_token:,} ({info.flops_per_token / g:.2f} GFLOP, "
+          "2 per MAC, attention projections + FFN + router + LM head)")
+    print(f"all-to-all/token {info.a2a_bytes_per_token_per_layer:,.0f} bytes per MoE layer "
+          f"(dispatch + combine, {args.dtype}, (ep-1)/ep leave the rank)")
+    print(f"memory/rank      {info.memory_per_rank_bytes:,} bytes "
+          f"({info.memory_per_rank_bytes / 2**30:.2f} GiB: weights "
+          f"{info.weights_per_rank_bytes / 2**30:.2f} GiB + activations of "
+          f"{args.tokens} tokens {info.activations_per_rank_bytes / 2**30:.3f} GiB)")
+    print(f"mesh             {info.mesh}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    cfg = _config_or_preset(args.model)
+    print(json.dumps(cfg.summary(), indent=2))
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .info import count_params
+
+    rows = []
+    for p in PRESETS.values():
+        c = count_params(p.build())
+        rows.append({"name": p.name, "row": p.row, "params_total": c.total,
+                     "params_active": c.active, "seed_total": p.seed_total,
+                     "seed_active": p.seed_active, "note": p.note})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['name']:24s} {r['params_total'] / 1e9:9.2f}B total "
+              f"{r['params_active'] / 1e9:8.2f}B active   {r['row']}")
+    return 0
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    from .emit import emit_module
+
+    cfg = _routed(args)
+    layers = parse_layers(args.layers, cfg.num_layers)
+    source = args.hf_config or f"preset {args.preset}"
+    text = emit_module(cfg, args.tokens, layers, args.dtype, source=source)
+    _write_text(args.output, text)
+    return 0
+
+
+def _write_text(path: str, text: str) -> None:
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def cmd_init_weights(args: argparse.Namespace) -> int:
+    from .weights import init_weights
+
+    cfg = _load_model(args)
+    layers = parse_layers(args.layers, cfg.num_layers)
+    n = init_weights(cfg, args.output, args.seed, layers, args.scale, args.dtype)
+    print(f"wrote {n} tensors to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_init_inputs(args: argparse.Namespace) -> int:
+    from .weights import init_inputs
+
+    cfg = _load_model(args)
+    if args.tokens <= 0:
+        raise ConfigError(f"tokens: must be positive (got {args.tokens})")
+    init_inputs(cfg, args.output, args.tokens, args.seed, args.dtype)
+    return 0
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    from .reference import model_forward
+
+    cfg = _routed(args)
+    layers = parse_layers(args.layers, cfg.num_layers)
+    with SafetensorsFile(args.inputs) as xf:
+        x = xf.get("hidden_states")
+    with SafetensorsFile(args.weights) as wf:
+        out = model_forward(cfg, x, wf.get, layers)
+    save(args.output, {k: np.asarray(v, dtype=np.float32) for k, v in out.items()},
+         metadata={"generator": "moe_compiler reference (float64, written as f32)"})
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .driver import compile_module
+
+    if args.mesh:
+        parse_mesh(args.mesh)  # one-line error before the tool runs
+    return compile_module(args.model, args.output, args.mesh, args.dtd, args.extra)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .driver import run_module
+
+    # --check and its tolerances are moe-run's own options: one implementation of
+    # the comparison, the same one the lit integration tests use.
+    extra = []
+    for flag, value in (("--check", args.check), ("--rtol", args.rtol),
+                        ("--atol", args.atol)):
+        if value is not None:
+            extra += [flag, str(value)]
+    return run_module(args.module, args.weights, args.inputs, args.output,
+                      args.mesh_ranks, extra + args.extra)
+
+
+# -- parser -----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="moe-compiler front end: Hugging Face MoE configs and presets "
+        "to MLIR, a float64 reference, and drivers for moe-compile / moe-run.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+
+    s = sub.add_parser("info", help="parameters, FLOPs, all-to-all bytes and memory",
+                       description="Parameters (total/active), FLOPs per token, all-to-all "
+                       "bytes per token per MoE layer and memory per rank for a mesh.")
+    s.add_argument("model", metavar="CONFIG_OR_PRESET", help="config.json path or preset name")
+    s.add_argument("--mesh", metavar="dp=..,ep=..,tp=..", help="device mesh (default: 1 rank)")
+    s.add_argument("--tokens", type=int, default=4096, metavar="T",
+                   help="tokens per step, for activation memory (default 4096)")
+    s.add_argument("--dtype", choices=("bf16", "f16", "f32"), default="bf16",
+                   help="bytes of weights and activations (default bf16)")
+    s.add_argument("--dtd", action="store_true",
+                   help="duplicate token dropping: tp ranks do not resend the same tokens")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("config", help="print the normalized config",
+                       description="Print the normalized MoE config of a config.json or preset.")
+    s.add_argument("model", metavar="CONFIG_OR_PRESET", help="config.json path or preset name")
+    s.set_defaults(func=cmd_config)
+
+    s = sub.add_parser("presets", help="list the presets (seed table rows)",
+                       description="List the presets with their parameter counts.")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_presets)
+
+    s = sub.add_parser("emit", help="write the model graph as MLIR",
+                       description="Write the FFN stack of a layer range as MLIR in the moe "
+                       "dialect, arguments annotated per docs/module-format.md.")
+    _add_model(s)
+    s.add_argument("--tokens", type=int, required=True, metavar="T", help="tokens T")
+    _add_layers(s)
+    s.add_argument("--dtype", choices=("f32", "bf16", "f16"), default="f32",
+                   help="tensor element type (default f32)")
+    _add_routing(s)
+    s.add_argument("-o", "--output", required=True, metavar="MODEL.mlir", help="'-' = stdout")
+    s.set_defaults(func=cmd_emit)
+
+    s = sub.add_parser("init-weights", help="seeded random weights under HF names",
+                       description="Write seeded random weights for a layer range, under the "
+                       "family's Hugging Face names and shapes.")
+    _add_model(s)
+    _add_layers(s)
+    s.add_argument("--seed", type=int, required=True, help="random seed")
+    s.add_argument("--scale", type=float, default=None,
+                   help="standard deviation of every matrix (default 1/sqrt(fan_in), which "
+                   "keeps activations O(1); 0.02 = HF initializer_range)")
+    s.add_argument("--dtype", choices=("f32", "bf16", "f16"), default="f32",
+                   help="file dtype (default f32)")
+    s.add_argument("-o", "--output", required=True, metavar="W.safetensors")
+    s.set_defaults(func=cmd_init_weights)
+
+    s = sub.add_parser("init-inputs", help="seeded random hidden_states [T, D]",
+                       description="Write a tensor 'hidden_states' [T, D] drawn from N(0, 1).")
+    _add_model(s)
+    s.add_argument("--tokens", type=int, required=True, metavar="T")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--dtype", choices=("f32", "bf16", "f16"), default="f32")
+    s.add_argument("-o", "--output", required=True, metavar="X.safetensors")
+    s.set_defaults(func=cmd_init_inputs)
+
+    s = sub.add_parser("reference", help="float64 reference forward",
+                       description="Run the float64 numpy reference of the model graph and "
+                       "write its outputs as f32.")
+    _add_model(s)
+    _add_layers(s)
+    s.add_argument("--weights", required=True, metavar="W.safetensors")
+    s.add_argument("--inputs", required=True, metavar="X.safetensors")
+    _add_routing(s)
+    s.add_argument("-o", "--output", required=True, metavar="REF.safetensors")
+    s.set_defaults(func=cmd_reference)
+
+    s = sub.add_parser("compile", help="run moe-compile",
+                       description="Run moe-compile MODEL.mlir -o OUT_DIR; arguments after "
+                       "the known ones are passed through. Exit code is moe-compile's.")
+    s.add_argument("model", metavar="MODEL.mlir")
+    s.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    s.add_argument("--mesh", metavar="dp=..,ep=..,tp=..")
+    s.add_argument("--dtd", action="store_true", help="duplicate token dropping")
+    s.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("run", help="run moe-run (under mpirun for several ranks)",
+                       description="Run a compiled module; with N > 1 ranks in its manifest "
+                       "(or --mesh-ranks N) under mpirun. Unknown arguments (--stats, "
+                       "--trace, --repeat, ...) go to moe-run; its exit code is returned.")
+    s.add_argument("module", metavar="OUT_DIR")
+    s.add_argument("--weights", required=True, metavar="W.safetensors")
+    s.add_argument("--inputs", required=True, metavar="X.safetensors")
+    s.add_argument("--output", required=True, metavar="Y.safetensors")
+    s.add_argument("--check", metavar="REF.safetensors",
+                   help="moe-run compares every output with REF (exit 1 on a mismatch)")
+    s.add_argument("--mesh-ranks", type=int, metavar="N", help="override the rank count")
+    s.add_argument("--rtol", type=float, help="relative tolerance of --check (moe-run's)")
+    s.add_argument("--atol", type=float, help="absolute tolerance of --check (moe-run's)")
+    s.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in ("compile", "run"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = [a for a in extra if a != "--"]
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, SafetensorsError) as e:
+        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        print(f"{PROG} {args.command}: error:{where}: {e.strerror}", file=sys.stderr)
+        return 1

@@ -1,0 +1,260 @@
+"""Float64 numpy reference of the numerical spec (ARCHITECTURE.md section 3).
+
+This is the ground truth the compiled modules are checked against, so it is written
+for clarity, not speed: plain float64, one step per spec item, no fusion.
+
+Two choices keep it bit-for-bit comparable with what the compiler sees:
+* attributes the dialect stores as f32 (capacity factor, routed scaling, eps, loss
+  coefficients) are rounded to f32 first, so ``C = ceil(cf * T_group * k / E)``
+  uses the same ``cf`` the compiled module reads, evaluated left to right in double;
+* ties in top-k (and in group selection) go to the lower index.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .configs import ConfigError, MoEConfig
+from .layout import Sublayer, load_operand, sublayers
+
+__all__ = [
+    "Routing",
+    "activation",
+    "capacity_for",
+    "ffn",
+    "kept_mask",
+    "layernorm",
+    "model_forward",
+    "moe_layer",
+    "rmsnorm",
+    "route",
+]
+
+
+def _f32(x: float) -> float:
+    """The value an f32 attribute holds."""
+    return float(np.float32(x))
+
+
+# -- elementwise ------------------------------------------------------------------------
+
+try:  # scipy is optional; math.erf is exact but slow per element
+    from scipy.special import erf as _erf  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the environment
+    _erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact GeLU: x * Phi(x) with the error function (not the tanh approximation)."""
+    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def logsumexp(x: np.ndarray) -> np.ndarray:
+    m = x.max(axis=-1)
+    return m + np.log(np.exp(x - m[..., None]).sum(axis=-1))
+
+
+def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + _f32(eps)) * w
+
+
+def layernorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm without bias (DBRX's norm_2)."""
+    c = x - x.mean(axis=-1, keepdims=True)
+    return c / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + _f32(eps)) * w
+
+
+def activation(name: str, x: np.ndarray) -> np.ndarray:
+    """The pointwise function of an FFN: relu/gelu directly, swiglu/geglu's gate side."""
+    if name == "relu":
+        return np.maximum(x, 0.0)
+    if name in ("gelu", "geglu"):
+        return gelu(x)
+    if name == "swiglu":
+        return silu(x)
+    raise ConfigError(f"activation {name!r} is not relu, gelu, swiglu or geglu")
+
+
+def ffn(x: np.ndarray, act: str, gate: np.ndarray | None, up: np.ndarray,
+        down: np.ndarray) -> np.ndarray:
+    """One FFN with HF layouts: gate/up [F, D], down [D, F]."""
+    if act in ("swiglu", "geglu"):
+        if gate is None:
+            raise ConfigError(f"activation {act} needs a gate weight")
+        h = activation(act, x @ gate.T) * (x @ up.T)
+    else:
+        h = activation(act, x @ up.T)
+    return h @ down.T
+
+
+# -- routing ----------------------------------------------------------------------------
+
+@dataclass
+class Routing:
+    """What the router decided for T tokens."""
+
+    logits: np.ndarray  # [T, E]
+    scores: np.ndarray  # [T, E] softmax or sigmoid of logits
+    idx: np.ndarray  # [T, k] chosen experts, best first
+    weights: np.ndarray  # [T, k] combine weights (after renormalize and scaling)
+
+
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest per row; ties to the lower index (stable sort)."""
+    return np.argsort(-values, axis=-1, kind="stable")[..., :k]
+
+
+def route(x: np.ndarray, router: np.ndarray, cfg: MoEConfig, num_experts: int,
+          bias: np.ndarray | None = None) -> Routing:
+    """Spec items 1-4: logits, scores, selection (bias, groups, top-k), weights."""
+    t = x.shape[0]
+    e, k = num_experts, cfg.top_k
+    logits = x @ router.T
+    scores = softmax(logits) if cfg.score_func == "softmax" else sigmoid(logits)
+    sel = scores + bias if bias is not None else scores.copy()
+    if cfg.num_groups > 1:
+        g = cfg.num_groups
+        grouped = sel.reshape(t, g, e // g)
+        if cfg.group_score == "max":
+            gscore = grouped.max(axis=-1)
+        else:  # top2_sum: the sum of the two best selection scores of the group
+            gscore = -np.sort(-grouped, axis=-1)[..., :2].sum(axis=-1)
+        keep = np.zeros((t, g), dtype=bool)
+        np.put_along_axis(keep, _top(gscore, cfg.groups_kept), True, axis=-1)
+        sel = np.where(np.repeat(keep, e // g, axis=-1), sel, -np.inf)
+    idx = _top(sel, k)
+    w = np.take_along_axis(scores, idx, axis=-1)
+    if cfg.renormalize:
+        w = w / w.sum(axis=-1, keepdims=True)
+    w = w * _f32(cfg.routed_scaling)
+    return Routing(logits, scores, idx, w)
+
+
+def capacity_for(cfg: MoEConfig, tokens_per_group: int, num_experts: int) -> int:
+    """Spec item 5: the per-expert capacity of one token group (0 = dropless).
+
+    As moe.layer defines it: an absolute ``capacity`` is used as is; otherwise
+    ``max(min_capacity, 1, ceil(f32(cf) * T_group * k / E))`` evaluated in double.
+    """
+    if cfg.capacity > 0:
+        return cfg.capacity
+    if cfg.capacity_factor <= 0:
+        return 0
+    c = math.ceil(_f32(cfg.capacity_factor) * tokens_per_group * cfg.top_k / num_experts)
+    return max(c, 1, cfg.min_capacity)
+
+
+def kept_mask(idx: np.ndarray, cfg: MoEConfig, num_experts: int) -> np.ndarray:
+    """[T, k] bool: which assignments survive capacity (slot-major, tokens in order)."""
+    t, k = idx.shape
+    groups = cfg.token_groups
+    if cfg.capacity <= 0 and cfg.capacity_factor <= 0:
+        return np.ones((t, k), dtype=bool)
+    if t % groups:
+        raise ConfigError(f"token_groups={groups} does not divide tokens={t}")
+    tg = t // groups
+    cap = capacity_for(cfg, tg, num_experts)
+    kept = np.zeros((t, k), dtype=bool)
+    for g in range(groups):
+        rows = slice(g * tg, (g + 1) * tg)
+        used = np.zeros(num_experts, dtype=np.int64)
+        for j in range(k):  # every token's j-th choice before any (j+1)-th
+            onehot = np.eye(num_experts, dtype=np.int64)[idx[rows, j]]
+            position = used + np.cumsum(onehot, axis=0) - 1  # queue position per expert
+            kept[rows, j] = np.take_along_axis(position, idx[rows, j, None], axis=1)[:, 0] < cap
+            used += onehot.sum(axis=0)
+    return kept
+
+
+# -- layers -----------------------------------------------------------------------------
+
+def moe_layer(x: np.ndarray, w: dict[str, np.ndarray], cfg: MoEConfig,
+              num_experts: int) -> tuple[np.ndarray, float, float]:
+    """One MoE block: returns (y, load-balance loss, z-loss) for tokens ``x`` [T, D]."""
+    r = route(x, w["router"], cfg, num_experts, w.get("bias"))
+    kept = kept_mask(r.idx, cfg, num_experts)
+    y = np.zeros_like(x)
+    gate = w.get("gate")
+    for e in range(num_experts):
+        tok, slot = np.nonzero((r.idx == e) & kept)
+        if tok.size:
+            out = ffn(x[tok], cfg.activation, None if gate is None else gate[e],
+                      w["up"][e], w["down"][e])
+            np.add.at(y, tok, r.weights[tok, slot, None] * out)
+    if cfg.drop_policy == "passthrough":
+        dropped = ~kept
+        y += (r.weights * dropped).sum(axis=1, keepdims=True) * x
+    if cfg.num_shared_experts:
+        s = ffn(x, cfg.activation, w.get("shared_gate"), w["shared_up"], w["shared_down"])
+        if cfg.shared_gated:
+            s = s * sigmoid(x @ w["shared_sigmoid_gate"].T)
+        y += s
+    t, k = r.idx.shape
+    f = np.bincount(r.idx.ravel(), minlength=num_experts) / (t * k)
+    p = r.scores.mean(axis=0)
+    aux = _f32(cfg.aux_loss_coeff) * num_experts * float(np.sum(f * p))
+    z = _f32(cfg.z_loss_coeff) * float(np.mean(logsumexp(r.logits) ** 2))
+    return y, aux, z
+
+
+def _norm(cfg: MoEConfig, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    if cfg.norm == "layernorm":
+        return layernorm(x, w, cfg.norm_eps)
+    return rmsnorm(x, w, cfg.norm_eps)
+
+
+def sublayer_forward(cfg: MoEConfig, sub: Sublayer, h: np.ndarray,
+                     get: Callable[[str], np.ndarray]) -> tuple[np.ndarray, float, float]:
+    """``h + FFN(norm(h))`` for one sublayer, with its losses."""
+    w = {s.role: load_operand(s, get).astype(np.float64) for s in sub.specs()}
+    n = _norm(cfg, h, w["norm"])
+    if sub.kind == "moe":
+        y, aux, z = moe_layer(n, w, cfg, sub.num_experts)
+    else:
+        y = ffn(n, cfg.dense_act, w.get("gate"), w["up"], w["down"])
+        if "sigmoid_gate" in w:
+            y = y * sigmoid(n @ w["sigmoid_gate"].T)
+        aux = z = 0.0
+    return h + y, aux, z
+
+
+def model_forward(cfg: MoEConfig, hidden_states: np.ndarray,
+                  get: Callable[[str], np.ndarray],
+                  layers: range | None = None) -> dict[str, np.ndarray]:
+    """The model graph of ``layers``: outputs by name (float64).
+
+    ``get`` maps a Hugging Face tensor name to its array (e.g. a lazy
+    SafetensorsFile.get), so only the tensors of the layer range are read.
+    """
+    h = np.asarray(hidden_states, dtype=np.float64)
+    if h.ndim != 2 or h.shape[1] != cfg.hidden_size:
+        raise ConfigError(f"inputs: hidden_states has shape {list(h.shape)}, expected "
+                          f"[T, {cfg.hidden_size}]")
+    aux_total = z_total = 0.0
+    for sub in sublayers(cfg, layers):
+        h, aux, z = sublayer_forward(cfg, sub, h, get)
+        aux_total += aux
+        z_total += z
+    out = {"hidden_states": h}
+    if cfg.aux_loss_coeff > 0:
+        out["aux_loss"] = np.array(aux_total)
+    if cfg.z_loss_coeff > 0:
+        out["z_loss"] = np.array(z_total)
+    return out
