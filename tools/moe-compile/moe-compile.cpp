@@ -460,6 +460,22 @@ llvm::Error compile(MLIRContext &context, StringRef staging,
   return writeFile(staging + "/manifest.json", text);
 }
 
+/// A fresh hidden directory `<parent>/.<name>.partial-XXXXXX`.
+std::error_code makeStagingDirectory(StringRef parent,
+                                     SmallString<128> &staging) {
+  SmallString<128> model(parent);
+  llvm::sys::path::append(model, "." + llvm::sys::path::filename(outputDir) +
+                                     ".partial-%%%%%%");
+  std::error_code ec;
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    llvm::sys::fs::createUniquePath(model, staging, /*MakeAbsolute=*/false);
+    ec = llvm::sys::fs::create_directory(staging, /*IgnoreExisting=*/false);
+    if (ec != std::errc::file_exists)
+      return ec;
+  }
+  return ec;
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -503,9 +519,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   SmallString<128> staging;
-  if (std::error_code ec = llvm::sys::fs::createUniqueDirectory(
-          parent + "/." + llvm::sys::path::filename(outputDir) + ".partial",
-          staging)) {
+  if (std::error_code ec = makeStagingDirectory(parent, staging)) {
     llvm::errs() << "moe-compile: cannot create a staging directory in "
                  << parent << ": " << ec.message() << "\n";
     return 1;

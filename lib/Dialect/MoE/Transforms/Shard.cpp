@@ -136,6 +136,14 @@ LogicalResult FunctionSharder::shardArguments() {
   if (r.wasInterrupted())
     return failure();
 
+  bool hasTokens = llvm::any_of(func.getArguments(), [&](BlockArgument a) {
+    DictionaryAttr attrs = func.getArgAttrDict(a.getArgNumber());
+    return attrs && attrs.get("moe.input");
+  });
+  if (!hasTokens)
+    return func.emitError("moe-shard needs an argument with moe.input (the "
+                          "tokens) to know what to split over dp x ep");
+
   SmallVector<Type> argTypes;
   for (BlockArgument arg : func.getArguments()) {
     auto global = typeOf(arg);
@@ -172,9 +180,6 @@ LogicalResult FunctionSharder::shardArguments() {
     arg.setType(withShape(global, local));
     argTypes.push_back(arg.getType());
   }
-  if (globalTokens < 0)
-    return func.emitError("moe-shard needs an argument with moe.input (the "
-                          "tokens) to know what to split over dp x ep");
   func.setFunctionType(
       b.getFunctionType(argTypes, func.getFunctionType().getResults()));
   return success();
