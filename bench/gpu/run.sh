@@ -4,8 +4,11 @@
 # CUDA unit tests, the whole-layer benchmark (moe-gpu-bench: correctness
 # against the CPU backend, then timings) and the PyTorch baselines
 # (torch_ref.py), and prints one table. Everything lands in $OUT:
-#   run.log  build.log  unittests.xml  bench.json  torch.json  summary.txt
+#   run.log  build.log  unittests.xml  families.json  bench.json  torch.json
+#   summary.txt
 #
+# Before: bench/gpu/prepare_families.sh here (modules of every family, compiled
+# with the MLIR compiler the GPU machine lacks), then carry gpu-pack/.
 # Usage (repository root on the GPU machine):
 #   bench/gpu/run.sh            # full sizes (about 5 to 7 minutes)
 #   bench/gpu/run.sh --quick    # small layers, for a smoke test
@@ -115,7 +118,7 @@ run 90 configure cmake "${cmake_args[@]}" > "$OUT/build.log" 2>&1 ||
   { tail -30 "$OUT/build.log"; status=1; }
 
 step "build"
-targets=(moert moe-gpu-bench)
+targets=(moert moe-gpu-bench moe-run)
 [ $tests = ON ] && targets+=(moe-unittests)
 if [ $status -eq 0 ]; then
   # -k 0: a broken test file does not keep the benchmark from building.
@@ -133,6 +136,15 @@ if [ $status -eq 0 ] && [ $tests = ON ]; then
     --gtest_filter='CudaBackendTest.*:NcclCommunicatorTest.*' \
     --gtest_output="xml:$OUT/unittests.xml" 2>&1 | tail -60
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if [ -d "$root/gpu-pack" ] && [ -x "$build/bin/moe-run" ]; then
+  step "every family, compiled here, run with moe-run --device cuda"
+  run 120 families python3 "$root/bench/gpu/check_families.py" \
+    --pack "$root/gpu-pack" --moe-run "$build/bin/moe-run" --device cuda \
+    --json "$OUT/families.json" || status=1
+else
+  echo "(no gpu-pack: run bench/gpu/prepare_families.sh on the build machine and carry it)"
 fi
 
 dump=$build/dump
