@@ -1,1 +1,775 @@
-// placeholder: to be written
+//===- Context.cpp - Host API and compute entry points of the C ABI -------===//
+//
+// The context owns a backend (the device), a world communicator and one
+// sub-communicator per set of mesh axes. Compute entry points share one shape:
+// skip when the sticky error is set, validate the arguments (everything that
+// does not depend on the device or on data), time the backend call and record
+// it as a phase; the first failure becomes the sticky error. The collective
+// entry points live in runtime/comm/Collectives.cpp.
+//
+//===----------------------------------------------------------------------===//
+#include "Context.h"
+
+#include <cinttypes>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+
+using namespace moert;
+
+namespace {
+
+thread_local std::string lastError;
+
+void setLastError(const Status &s) { lastError = s.message(); }
+
+std::string formatV(const char *fmt, va_list args) {
+  va_list copy;
+  va_copy(copy, args);
+  int len = std::vsnprintf(nullptr, 0, fmt, copy);
+  va_end(copy);
+  std::string text(len > 0 ? static_cast<size_t>(len) : 0, '\0');
+  if (len > 0)
+    std::vsnprintf(&text[0], text.size() + 1, fmt, args);
+  return text;
+}
+
+/// Validates the arguments of one entry point; the first failed check wins
+/// and every message starts with the entry point's name.
+class Args {
+public:
+  explicit Args(const char *fn) : fn_(fn) {}
+
+  using Pointers = std::initializer_list<std::pair<const char *, const void *>>;
+  using Dims = std::initializer_list<std::pair<const char *, int64_t>>;
+
+  Args &ptr(const char *name, const void *p) {
+    return require(p != nullptr, "%s is null", name);
+  }
+  Args &ptrs(Pointers list) {
+    for (const auto &[name, p] : list)
+      ptr(name, p);
+    return *this;
+  }
+  Args &positive(const char *name, int64_t v) {
+    return require(v > 0, "%s (%" PRId64 ") must be positive", name, v);
+  }
+  Args &positive(Dims list) {
+    for (const auto &[name, v] : list)
+      positive(name, v);
+    return *this;
+  }
+  Args &nonNegative(const char *name, int64_t v) {
+    return require(v >= 0, "%s (%" PRId64 ") must not be negative", name, v);
+  }
+  Args &dtype(int32_t d) {
+    return require(dtypeSize(d) != 0, "unknown dtype %d", d);
+  }
+  Args &require(bool ok, const char *fmt, ...)
+      __attribute__((format(printf, 3, 4))) {
+    if (ok || !status_.isOk())
+      return *this;
+    va_list args;
+    va_start(args, fmt);
+    status_ =
+        Status(MOERT_ERR_INVALID, std::string(fn_) + ": " + formatV(fmt, args));
+    va_end(args);
+    return *this;
+  }
+  Status status() const { return status_; }
+
+private:
+  const char *fn_;
+  Status status_;
+};
+
+bool isGlu(int32_t act) {
+  return act == MOERT_ACT_SWIGLU || act == MOERT_ACT_GEGLU;
+}
+
+/// Checks the activation and that `gate` is given exactly for GLU forms.
+Args &checkFfnWeights(Args &a, int32_t act, const void *gate, const void *up,
+                      const void *down) {
+  a.require(act >= MOERT_ACT_RELU && act <= MOERT_ACT_GEGLU,
+            "unknown activation %d (expected 0 = relu, 1 = gelu, 2 = swiglu, "
+            "3 = geglu)",
+            act);
+  a.require(!isGlu(act) || gate, "gate is null but activation %d is gated",
+            act);
+  a.require(isGlu(act) || !gate,
+            "gate must be null for the ungated activation %d", act);
+  return a.ptr("up", up).ptr("down", down);
+}
+
+/// Runs one compute entry point: no-op under a sticky error, otherwise
+/// `body` validates and calls the backend, and the call is timed as the
+/// phase named after `fn`.
+template <typename Body>
+void runKernel(moert_ctx *ctx, const char *fn, Body &&body) {
+  if (!ctx) {
+    setLastError(error(MOERT_ERR_INVALID, "%s: null context", fn));
+    return;
+  }
+  if (!ctx->sticky.isOk())
+    return;
+  double start = ctx->backend->now();
+  Status s = body();
+  if (fail(ctx, s))
+    return;
+  // The phase is the entry point's name without the "moert_" prefix.
+  recordPhase(ctx, fn + 6, start, ctx->backend->now() - start);
+}
+
+/// Result of a host API call with a context: failures are also sticky so
+/// that the driver finds them in moert_ctx_error().
+moert_status hostResult(moert_ctx *ctx, const Status &s) {
+  if (s.isOk())
+    return MOERT_OK;
+  setLastError(s);
+  if (ctx)
+    fail(ctx, s);
+  return s.code();
+}
+
+Status checkCtx(const moert_ctx *ctx, const char *fn) {
+  if (!ctx)
+    return error(MOERT_ERR_INVALID, "%s: null context", fn);
+  return Status::ok();
+}
+
+std::string jsonEscape(const std::string &s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+//===--- Context creation -------------------------------------------------===//
+
+Status validateOptions(const moert_ctx_options &o) {
+  Args a("moert_ctx_create");
+  a.require(o.device == MOERT_DEVICE_CPU || o.device == MOERT_DEVICE_CUDA,
+            "unknown device %d (expected 0 = cpu or 1 = cuda)", o.device);
+  a.require(o.comm >= MOERT_COMM_SINGLE && o.comm <= MOERT_COMM_NCCL,
+            "unknown communicator %d (expected 0 = single, 1 = mpi, 2 = nccl)",
+            o.comm);
+  a.require(o.comm != MOERT_COMM_NCCL || o.device == MOERT_DEVICE_CUDA,
+            "the nccl communicator needs the cuda device (device is %d)",
+            o.device);
+  a.nonNegative("num_threads", o.num_threads);
+  // One sub-communicator per axis subset is made eagerly: keep that small.
+  a.require(o.mesh_rank >= 0 && o.mesh_rank <= 8,
+            "mesh_rank (%d) must be in [0, 8]", o.mesh_rank);
+  a.require(o.mesh_rank == 0 || o.mesh_shape, "mesh_shape is null");
+  for (int32_t i = 0; a.status().isOk() && i < o.mesh_rank; ++i)
+    a.require(o.mesh_shape[i] > 0, "mesh axis %d has size %" PRId64, i,
+              o.mesh_shape[i]);
+  return a.status();
+}
+
+/// Local rank as set by common launchers; selects the CUDA device.
+int32_t localRankFromEnv() {
+  for (const char *var : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
+                          "SLURM_LOCALID", "LOCAL_RANK"})
+    if (const char *v = std::getenv(var))
+      return static_cast<int32_t>(std::atoi(v));
+  return 0;
+}
+
+Status createBackend(moert_ctx &ctx) {
+  BackendOptions bo;
+  bo.numThreads = ctx.options.num_threads;
+  bo.deviceIndex = ctx.options.device_index;
+  bo.localRank = localRankFromEnv();
+  if (ctx.options.device == MOERT_DEVICE_CUDA)
+    return createCudaBackend(bo, ctx.backend);
+  return createCpuBackend(bo, ctx.backend);
+}
+
+Status createWorld(moert_ctx &ctx) {
+  CommOptions co;
+  co.timeoutSeconds = ctx.options.timeout_s > 0 ? ctx.options.timeout_s : 300;
+  switch (ctx.options.comm) {
+  case MOERT_COMM_MPI:
+    return createMpiCommunicator(co, ctx.world);
+  case MOERT_COMM_NCCL:
+    // The backend exposes no stream: NCCL runs on the default stream.
+    return createNcclCommunicator(co, nullptr, ctx.world);
+  default:
+    return createSingleCommunicator(co, ctx.world);
+  }
+}
+
+/// Copies the mesh out of the caller's arrays, checks it covers the world
+/// and computes this rank's coordinates (row-major, last axis fastest).
+Status setUpMesh(moert_ctx &ctx) {
+  const moert_ctx_options &o = ctx.options;
+  int64_t ranks = 1;
+  std::string shape;
+  for (int32_t i = 0; i < o.mesh_rank; ++i) {
+    ctx.meshShape.push_back(o.mesh_shape[i]);
+    ctx.meshAxes.push_back(o.mesh_axes && o.mesh_axes[i]
+                               ? o.mesh_axes[i]
+                               : "axis" + std::to_string(i));
+    ranks *= o.mesh_shape[i];
+    shape += (i ? "x" : "") + std::to_string(o.mesh_shape[i]);
+  }
+  int world = ctx.world->size();
+  if (ranks != world)
+    return error(MOERT_ERR_INVALID,
+                 "moert_ctx_create: the mesh [%s] has %" PRId64
+                 " ranks but the world has %d",
+                 shape.c_str(), ranks, world);
+  ctx.coords.assign(ctx.meshShape.size(), 0);
+  int64_t rest = ctx.world->rank();
+  for (size_t i = ctx.meshShape.size(); i-- > 0;) {
+    ctx.coords[i] = rest % ctx.meshShape[i];
+    rest /= ctx.meshShape[i];
+  }
+  ctx.options.mesh_shape = ctx.meshShape.data();
+  ctx.options.mesh_axes = nullptr; // the names live in ctx.meshAxes
+  return Status::ok();
+}
+
+/// Ranks that agree on the axes outside `mask` share a group; inside it they
+/// are ordered row-major by their coordinates on the axes in `mask`.
+Status createGroups(moert_ctx &ctx) {
+  int64_t axes = static_cast<int64_t>(ctx.meshShape.size());
+  for (int64_t mask = 1; mask < (int64_t(1) << axes); ++mask) {
+    int64_t color = 0, key = 0;
+    for (int64_t i = 0; i < axes; ++i) {
+      if (mask & (int64_t(1) << i))
+        key = key * ctx.meshShape[i] + ctx.coords[i];
+      else
+        color = color * ctx.meshShape[i] + ctx.coords[i];
+    }
+    std::unique_ptr<Communicator> group;
+    MOERT_TRY(ctx.world->split(static_cast<int>(color), static_cast<int>(key),
+                               group));
+    ctx.groups[mask] = std::move(group);
+  }
+  return Status::ok();
+}
+
+Status createContext(const moert_ctx_options *o, moert_ctx **out,
+                     std::unique_ptr<moert_ctx> &ctx) {
+  if (!o || !out)
+    return error(MOERT_ERR_INVALID, "moert_ctx_create: %s is null",
+                 o ? "out" : "options");
+  *out = nullptr;
+  MOERT_TRY(validateOptions(*o));
+  ctx = std::make_unique<moert_ctx>();
+  ctx->options = *o;
+  MOERT_TRY(createBackend(*ctx));
+  MOERT_TRY(createWorld(*ctx));
+  MOERT_TRY(setUpMesh(*ctx));
+  MOERT_TRY(createGroups(*ctx));
+  ctx->traceOrigin = ctx->backend->now();
+  return Status::ok();
+}
+
+} // namespace
+
+//===--- Internal helpers shared with Collectives.cpp ---------------------===//
+
+namespace moert {
+
+bool fail(moert_ctx *ctx, const Status &s) {
+  if (s.isOk())
+    return false;
+  if (ctx->sticky.isOk())
+    ctx->sticky = s;
+  return true;
+}
+
+std::string axisNames(const moert_ctx *ctx, int64_t axisMask) {
+  std::string names;
+  for (int64_t i = 0; i < 63; ++i) {
+    if (!(axisMask & (int64_t(1) << i)))
+      continue;
+    if (!names.empty())
+      names += ",";
+    names += i < static_cast<int64_t>(ctx->meshAxes.size())
+                 ? ctx->meshAxes[i]
+                 : "axis" + std::to_string(i);
+  }
+  return names;
+}
+
+void recordPhase(moert_ctx *ctx, const char *phase, double start,
+                 double seconds) {
+  Stats::Phase &p = ctx->stats.phases[phase];
+  p.calls += 1;
+  p.seconds += seconds;
+  if (!ctx->options.record_trace)
+    return;
+  char event[256];
+  std::snprintf(event, sizeof event,
+                "{\"name\": \"%s\", \"ph\": \"X\", \"ts\": %.3f, \"dur\": "
+                "%.3f, \"pid\": %d, \"tid\": 0}",
+                jsonEscape(phase).c_str(), (start - ctx->traceOrigin) * 1e6,
+                seconds * 1e6, ctx->world ? ctx->world->rank() : 0);
+  ctx->stats.traceEvents.push_back(event);
+}
+
+void recordCollective(moert_ctx *ctx, const char *op, int64_t axisMask,
+                      int64_t bytesSent) {
+  Stats::Collective &c = ctx->stats.collectives[{op, axisNames(ctx, axisMask)}];
+  c.calls += 1;
+  c.bytesSent += bytesSent;
+}
+
+} // namespace moert
+
+//===--- Host API ---------------------------------------------------------===//
+// (The C linkage comes from the declarations in moert.h.)
+
+void moert_ctx_options_init(moert_ctx_options *o) {
+  if (!o)
+    return;
+  std::memset(o, 0, sizeof *o);
+  o->device = MOERT_DEVICE_CPU;
+  o->device_index = -1;
+  o->comm = MOERT_COMM_SINGLE;
+  o->timeout_s = 300.0;
+}
+
+moert_status moert_ctx_create(const moert_ctx_options *o, moert_ctx **out) {
+  std::unique_ptr<moert_ctx> ctx;
+  Status s = createContext(o, out, ctx);
+  if (!s.isOk()) {
+    if (ctx)
+      moert_ctx_destroy(ctx.release());
+    return hostResult(nullptr, s);
+  }
+  *out = ctx.release();
+  return MOERT_OK;
+}
+
+void moert_ctx_destroy(moert_ctx *ctx) {
+  if (!ctx)
+    return;
+  if (ctx->backend) {
+    ctx->backend->free(ctx->arena);
+    ctx->backend->free(ctx->staging);
+  }
+  // Sub-communicators go before the world they were split from.
+  ctx->groups.clear();
+  ctx->world.reset();
+  ctx->backend.reset();
+  delete ctx;
+}
+
+const char *moert_last_error(void) { return lastError.c_str(); }
+
+moert_status moert_ctx_status(const moert_ctx *ctx) {
+  return ctx ? ctx->sticky.code() : MOERT_ERR_INVALID;
+}
+
+const char *moert_ctx_error(const moert_ctx *ctx) {
+  return ctx ? ctx->sticky.message().c_str() : "null context";
+}
+
+void moert_ctx_clear_error(moert_ctx *ctx) {
+  if (ctx)
+    ctx->sticky = Status::ok();
+}
+
+int32_t moert_ctx_rank(const moert_ctx *ctx) {
+  return ctx ? ctx->world->rank() : -1;
+}
+
+int32_t moert_ctx_world_size(const moert_ctx *ctx) {
+  return ctx ? ctx->world->size() : 0;
+}
+
+int64_t moert_ctx_coord(const moert_ctx *ctx, int32_t axis) {
+  if (!ctx || axis < 0 || axis >= static_cast<int32_t>(ctx->coords.size()))
+    return -1;
+  return ctx->coords[axis];
+}
+
+moert_status moert_alloc(moert_ctx *ctx, int64_t bytes, void **out) {
+  Status s = checkCtx(ctx, "moert_alloc");
+  if (s.isOk())
+    s = Args("moert_alloc")
+            .ptr("out", out)
+            .nonNegative("bytes", bytes)
+            .status();
+  if (s.isOk())
+    s = ctx->backend->alloc(bytes, out);
+  return hostResult(ctx, s);
+}
+
+void moert_free(moert_ctx *ctx, void *p) {
+  if (ctx && p)
+    ctx->backend->free(p);
+}
+
+namespace {
+Status checkCopy(const moert_ctx *ctx, const char *fn, const void *dst,
+                 const void *src, int64_t bytes) {
+  MOERT_TRY(checkCtx(ctx, fn));
+  Args a(fn);
+  a.nonNegative("bytes", bytes);
+  if (bytes > 0)
+    a.ptr("dst", dst).ptr("src", src);
+  return a.status();
+}
+} // namespace
+
+moert_status moert_copy_to_device(moert_ctx *ctx, void *dst, const void *src,
+                                  int64_t bytes) {
+  Status s = checkCopy(ctx, "moert_copy_to_device", dst, src, bytes);
+  if (s.isOk() && bytes > 0)
+    s = ctx->backend->copyToDevice(dst, src, bytes);
+  return hostResult(ctx, s);
+}
+
+moert_status moert_copy_to_host(moert_ctx *ctx, void *dst, const void *src,
+                                int64_t bytes) {
+  Status s = checkCopy(ctx, "moert_copy_to_host", dst, src, bytes);
+  if (s.isOk() && bytes > 0)
+    s = ctx->backend->copyToHost(dst, src, bytes);
+  return hostResult(ctx, s);
+}
+
+moert_status moert_synchronize(moert_ctx *ctx) {
+  Status s = checkCtx(ctx, "moert_synchronize");
+  if (s.isOk())
+    s = ctx->backend->synchronize();
+  return hostResult(ctx, s);
+}
+
+const char *moert_ctx_stats_json(moert_ctx *ctx) {
+  if (!ctx)
+    return "{}";
+  std::string &t = ctx->statsText;
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "{\"rank\": %d, \"device\": \"",
+                ctx->world->rank());
+  t = buf;
+  t += jsonEscape(ctx->backend->name()) + "\", \"phases\": [";
+  const char *sep = "";
+  for (const auto &[name, p] : ctx->stats.phases) {
+    std::snprintf(buf, sizeof buf,
+                  "\", \"calls\": %" PRId64 ", \"seconds\": %.9g}", p.calls,
+                  p.seconds);
+    t += sep + std::string("{\"name\": \"") + jsonEscape(name) + buf;
+    sep = ", ";
+  }
+  t += "], \"collectives\": [";
+  sep = "";
+  for (const auto &[key, c] : ctx->stats.collectives) {
+    std::snprintf(buf, sizeof buf,
+                  "\", \"calls\": %" PRId64 ", \"bytes_sent\": %" PRId64 "}",
+                  c.calls, c.bytesSent);
+    t += sep + std::string("{\"op\": \"") + jsonEscape(key.first) +
+         "\", \"axis\": \"" + jsonEscape(key.second) + buf;
+    sep = ", ";
+  }
+  t += "]}";
+  return t.c_str();
+}
+
+void moert_ctx_reset_stats(moert_ctx *ctx) {
+  if (ctx)
+    ctx->stats = Stats();
+}
+
+const char *moert_ctx_trace_json(moert_ctx *ctx) {
+  if (!ctx)
+    return "";
+  std::string &t = ctx->traceText;
+  t.clear();
+  for (const std::string &e : ctx->stats.traceEvents) {
+    if (!t.empty())
+      t += ",\n";
+    t += e;
+  }
+  return t.c_str();
+}
+
+//===--- Kernel ABI: memory -----------------------------------------------===//
+
+void *moert_arena(moert_ctx *ctx, int64_t bytes) {
+  // Not skipped under a sticky error: generated host code may touch the
+  // arena directly, so it gets memory whenever memory can be had.
+  if (!ctx) {
+    setLastError(error(MOERT_ERR_INVALID, "moert_arena: null context"));
+    return nullptr;
+  }
+  if (bytes < 0) {
+    fail(ctx,
+         error(MOERT_ERR_INVALID,
+               "moert_arena: bytes (%" PRId64 ") must not be negative", bytes));
+    return nullptr;
+  }
+  if (ctx->arena && bytes <= ctx->arenaBytes)
+    return ctx->arena;
+  ctx->backend->free(ctx->arena);
+  ctx->arena = nullptr;
+  ctx->arenaBytes = 0;
+  void *p = nullptr;
+  if (fail(ctx, ctx->backend->alloc(bytes, &p)))
+    return nullptr;
+  ctx->arena = p;
+  ctx->arenaBytes = bytes;
+  return p;
+}
+
+void moert_copy(moert_ctx *ctx, const void *src, void *dst, int64_t bytes) {
+  runKernel(ctx, "moert_copy", [&] {
+    MOERT_TRY(checkCopy(ctx, "moert_copy", dst, src, bytes));
+    return bytes > 0 ? ctx->backend->copy(dst, src, bytes) : Status::ok();
+  });
+}
+
+//===--- Kernel ABI: compute ----------------------------------------------===//
+
+void moert_rmsnorm(moert_ctx *ctx, const void *x, const void *w, void *y,
+                   int64_t T, int64_t D, float eps, int32_t dtype) {
+  runKernel(ctx, "moert_rmsnorm", [&] {
+    Args a("moert_rmsnorm");
+    a.ptrs({{"x", x}, {"w", w}, {"y", y}}).positive({{"T", T}, {"D", D}});
+    a.require(eps >= 0, "eps (%g) must not be negative", eps).dtype(dtype);
+    MOERT_TRY(a.status());
+    return ctx->backend->rmsnorm(x, w, y, T, D, eps, dtype);
+  });
+}
+
+void moert_add(moert_ctx *ctx, const void *a, const void *b, void *y, int64_t n,
+               int32_t dtype) {
+  runKernel(ctx, "moert_add", [&] {
+    Args args("moert_add");
+    args.nonNegative("n", n).dtype(dtype);
+    if (n > 0)
+      args.ptrs({{"a", a}, {"b", b}, {"y", y}});
+    MOERT_TRY(args.status());
+    return n > 0 ? ctx->backend->add(a, b, y, n, dtype) : Status::ok();
+  });
+}
+
+void moert_router(moert_ctx *ctx, const void *x, const void *w, float *logits,
+                  int64_t T, int64_t D, int64_t E, int32_t dtype) {
+  runKernel(ctx, "moert_router", [&] {
+    Args a("moert_router");
+    a.ptrs({{"x", x}, {"w", w}, {"logits", logits}});
+    a.positive({{"T", T}, {"D", D}, {"E", E}}).dtype(dtype);
+    MOERT_TRY(a.status());
+    return ctx->backend->router(x, w, logits, T, D, E, dtype);
+  });
+}
+
+namespace {
+Status checkTopk(const float *logits, const float *weights,
+                 const int32_t *indices, const float *scores, int64_t T,
+                 int64_t E, int64_t k, int32_t scoreFn, int64_t numGroups,
+                 int64_t groupsKept, int32_t groupScore) {
+  Args a("moert_topk");
+  a.ptrs({{"logits", logits},
+          {"weights", weights},
+          {"indices", indices},
+          {"scores", scores}});
+  a.positive({{"T", T}, {"E", E}, {"k", k}});
+  a.require(k <= E,
+            "k (%" PRId64 ") exceeds the number of experts (%" PRId64 ")", k,
+            E);
+  a.require(scoreFn == MOERT_SCORE_SOFTMAX || scoreFn == MOERT_SCORE_SIGMOID,
+            "unknown score function %d (expected 0 = softmax or 1 = sigmoid)",
+            scoreFn);
+  a.require(groupScore == MOERT_GROUP_SCORE_MAX ||
+                groupScore == MOERT_GROUP_SCORE_TOP2_SUM,
+            "unknown group score %d (expected 0 = max or 1 = top2_sum)",
+            groupScore);
+  a.nonNegative("num_groups", numGroups);
+  if (numGroups <= 1 || !a.status().isOk())
+    return a.status();
+  a.require(E % numGroups == 0,
+            "num_groups (%" PRId64 ") does not divide the number of experts "
+            "(%" PRId64 ")",
+            numGroups, E);
+  a.require(groupsKept >= 1 && groupsKept <= numGroups,
+            "groups_kept (%" PRId64 ") must be in [1, num_groups = %" PRId64
+            "]",
+            groupsKept, numGroups);
+  int64_t perGroup = E / numGroups;
+  a.require(groupScore != MOERT_GROUP_SCORE_TOP2_SUM || perGroup >= 2,
+            "the top2_sum group score needs 2 experts per group, not %" PRId64,
+            perGroup);
+  a.require(k <= groupsKept * perGroup,
+            "k (%" PRId64 ") exceeds the %" PRId64 " experts of the %" PRId64
+            " kept groups",
+            k, groupsKept * perGroup, groupsKept);
+  return a.status();
+}
+} // namespace
+
+void moert_topk(moert_ctx *ctx, const float *logits, const float *bias,
+                float *weights, int32_t *indices, float *scores, int64_t T,
+                int64_t E, int64_t k, int32_t score_fn, int32_t renormalize,
+                float scaling, int64_t num_groups, int64_t groups_kept,
+                int32_t group_score) {
+  runKernel(ctx, "moert_topk", [&] {
+    MOERT_TRY(checkTopk(logits, weights, indices, scores, T, E, k, score_fn,
+                        num_groups, groups_kept, group_score));
+    return ctx->backend->topk(logits, bias, weights, indices, scores, T, E, k,
+                              score_fn, renormalize, scaling, num_groups,
+                              groups_kept, group_score);
+  });
+}
+
+void moert_assign(moert_ctx *ctx, const int32_t *indices, int32_t *positions,
+                  int32_t *counts, int64_t T, int64_t k, int64_t E,
+                  int64_t capacity, int64_t groups) {
+  runKernel(ctx, "moert_assign", [&] {
+    Args a("moert_assign");
+    a.ptrs(
+        {{"indices", indices}, {"positions", positions}, {"counts", counts}});
+    a.positive({{"T", T}, {"k", k}, {"E", E}});
+    a.nonNegative("capacity", capacity).nonNegative("groups", groups);
+    a.require(T * k <= INT32_MAX, "T*k (%" PRId64 ") overflows int32", T * k);
+    if (capacity > 0) {
+      a.positive("groups", groups);
+      a.require(groups <= 0 || T % groups == 0,
+                "groups (%" PRId64 ") does not divide T (%" PRId64 ")", groups,
+                T);
+      a.require(E * groups * capacity <= INT32_MAX,
+                "E*groups*capacity (%" PRId64 ") overflows int32",
+                E * groups * capacity);
+    }
+    MOERT_TRY(a.status());
+    return ctx->backend->assign(indices, positions, counts, T, k, E, capacity,
+                                groups);
+  });
+}
+
+void moert_dispatch(moert_ctx *ctx, const void *x, const int32_t *positions,
+                    void *out, int64_t T, int64_t k, int64_t D,
+                    int64_t out_rows, int32_t dtype) {
+  runKernel(ctx, "moert_dispatch", [&] {
+    Args a("moert_dispatch");
+    a.ptrs({{"x", x}, {"positions", positions}});
+    a.positive({{"T", T}, {"k", k}, {"D", D}});
+    a.nonNegative("out_rows", out_rows).dtype(dtype);
+    if (out_rows > 0)
+      a.ptr("out", out);
+    MOERT_TRY(a.status());
+    return ctx->backend->dispatch(x, positions, out, T, k, D, out_rows, dtype);
+  });
+}
+
+namespace {
+Status checkExpertFfn(const void *x, const int32_t *counts, const void *gate,
+                      const void *up, const void *down, const void *y,
+                      int64_t E, int64_t S, int64_t R, int64_t totalRows,
+                      int64_t D, int64_t F, int32_t act, int32_t dtype) {
+  Args a("moert_expert_ffn");
+  a.ptrs({{"x", x}, {"y", y}});
+  checkFfnWeights(a, act, gate, up, down);
+  a.positive({{"E", E}, {"segments", S}, {"D", D}, {"F", F}});
+  a.nonNegative("rows_per_expert", R).nonNegative("total_rows", totalRows);
+  a.dtype(dtype);
+  if (R == 0)
+    return a.ptr("counts", counts).status();
+  a.require(R % S == 0,
+            "rows_per_expert (%" PRId64 ") is not a multiple of segments "
+            "(%" PRId64 ")",
+            R, S);
+  a.require(totalRows == E * R,
+            "total_rows (%" PRId64 ") must be E*rows_per_expert = %" PRId64
+            " in the capacity layout",
+            totalRows, E * R);
+  return a.status();
+}
+} // namespace
+
+void moert_expert_ffn(moert_ctx *ctx, const void *x, const int32_t *counts,
+                      const void *gate, const void *up, const void *down,
+                      void *y, int64_t E, int64_t segments,
+                      int64_t rows_per_expert, int64_t total_rows, int64_t D,
+                      int64_t F, int32_t activation, int32_t dtype) {
+  runKernel(ctx, "moert_expert_ffn", [&] {
+    MOERT_TRY(checkExpertFfn(x, counts, gate, up, down, y, E, segments,
+                             rows_per_expert, total_rows, D, F, activation,
+                             dtype));
+    return ctx->backend->expertFfn(x, counts, gate, up, down, y, E, segments,
+                                   rows_per_expert, total_rows, D, F,
+                                   activation, dtype);
+  });
+}
+
+void moert_combine(moert_ctx *ctx, const void *y, const int32_t *positions,
+                   const float *weights, const void *passthrough, void *out,
+                   int64_t T, int64_t k, int64_t D, int32_t dtype) {
+  runKernel(ctx, "moert_combine", [&] {
+    Args a("moert_combine");
+    a.ptrs({{"y", y},
+            {"positions", positions},
+            {"weights", weights},
+            {"out", out}});
+    a.positive({{"T", T}, {"k", k}, {"D", D}}).dtype(dtype);
+    MOERT_TRY(a.status());
+    return ctx->backend->combine(y, positions, weights, passthrough, out, T, k,
+                                 D, dtype);
+  });
+}
+
+void moert_mlp(moert_ctx *ctx, const void *x, const void *gate, const void *up,
+               const void *down, const void *sigmoid_gate, void *y, int64_t T,
+               int64_t D, int64_t F, int32_t activation, int32_t dtype) {
+  runKernel(ctx, "moert_mlp", [&] {
+    Args a("moert_mlp");
+    a.ptrs({{"x", x}, {"y", y}});
+    checkFfnWeights(a, activation, gate, up, down);
+    a.positive({{"T", T}, {"D", D}, {"F", F}}).dtype(dtype);
+    MOERT_TRY(a.status());
+    return ctx->backend->mlp(x, gate, up, down, sigmoid_gate, y, T, D, F,
+                             activation, dtype);
+  });
+}
+
+void moert_expert_load(moert_ctx *ctx, const float *scores,
+                       const int32_t *indices, float *stats, int64_t T,
+                       int64_t k, int64_t E) {
+  runKernel(ctx, "moert_expert_load", [&] {
+    Args a("moert_expert_load");
+    a.ptrs({{"scores", scores}, {"indices", indices}, {"stats", stats}});
+    MOERT_TRY(a.positive({{"T", T}, {"k", k}, {"E", E}}).status());
+    return ctx->backend->expertLoad(scores, indices, stats, T, k, E);
+  });
+}
+
+void moert_load_balance_loss(moert_ctx *ctx, const float *stats, float *out,
+                             int64_t E, int64_t tokens, int64_t k,
+                             float coeff) {
+  runKernel(ctx, "moert_load_balance_loss", [&] {
+    Args a("moert_load_balance_loss");
+    a.ptrs({{"stats", stats}, {"out", out}});
+    MOERT_TRY(a.positive({{"E", E}, {"tokens", tokens}, {"k", k}}).status());
+    return ctx->backend->loadBalanceLoss(stats, out, E, tokens, k, coeff);
+  });
+}
+
+void moert_z_loss(moert_ctx *ctx, const float *logits, float *out, int64_t T,
+                  int64_t E, int64_t total_tokens, float coeff) {
+  runKernel(ctx, "moert_z_loss", [&] {
+    Args a("moert_z_loss");
+    a.ptrs({{"logits", logits}, {"out", out}});
+    a.positive({{"T", T}, {"E", E}, {"total_tokens", total_tokens}});
+    MOERT_TRY(a.status());
+    return ctx->backend->zLoss(logits, out, T, E, total_tokens, coeff);
+  });
+}

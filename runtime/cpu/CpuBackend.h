@@ -1,0 +1,133 @@
+//===- CpuBackend.h - The kernels on host memory ----------------*- C++ -*-===//
+//
+// f32 kernels on the host: OpenBLAS for the GEMMs (router, expert FFN, MLP),
+// OpenMP for everything else. Other dtypes answer MOERT_ERR_UNSUPPORTED.
+// Scratch memory is held here and only grows, so steady-state calls do not
+// allocate. One backend serves one context and is not thread-safe.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_CPU_CPUBACKEND_H
+#define MOERT_CPU_CPUBACKEND_H
+
+#include "../core/Backend.h"
+
+#include <vector>
+
+namespace moert {
+
+/// A 64-byte aligned float buffer that only ever grows.
+class Workspace {
+public:
+  Workspace() = default;
+  Workspace(const Workspace &) = delete;
+  Workspace &operator=(const Workspace &) = delete;
+  ~Workspace();
+  /// Makes room for `n` floats; the contents are not kept.
+  Status reserve(int64_t n, const char *fn);
+  float *data() const { return data_; }
+
+private:
+  float *data_ = nullptr;
+  int64_t size_ = 0;
+};
+
+/// A run of consecutive live rows of one expert in the FFN input.
+struct RowBlock {
+  int64_t row;
+  int64_t rows;
+};
+
+class CpuBackend final : public Backend {
+public:
+  explicit CpuBackend(int32_t numThreads);
+
+  const char *name() const override { return "cpu"; }
+  moert_device_kind kind() const override { return MOERT_DEVICE_CPU; }
+
+  Status alloc(int64_t bytes, void **out) override;
+  void free(void *p) override;
+  Status copyToDevice(void *dst, const void *src, int64_t bytes) override;
+  Status copyToHost(void *dst, const void *src, int64_t bytes) override;
+  Status copy(void *dst, const void *src, int64_t bytes) override;
+  Status memsetZero(void *dst, int64_t bytes) override;
+  Status copy2D(void *dst, int64_t dstPitch, const void *src, int64_t srcPitch,
+                int64_t widthBytes, int64_t height) override;
+  Status synchronize() override { return Status::ok(); }
+  double now() override;
+
+  Status rmsnorm(const void *x, const void *w, void *y, int64_t T, int64_t D,
+                 float eps, int32_t dtype) override;
+  Status add(const void *a, const void *b, void *y, int64_t n,
+             int32_t dtype) override;
+  Status router(const void *x, const void *w, float *logits, int64_t T,
+                int64_t D, int64_t E, int32_t dtype) override;
+  Status topk(const float *logits, const float *bias, float *weights,
+              int32_t *indices, float *scores, int64_t T, int64_t E, int64_t k,
+              int32_t scoreFn, int32_t renormalize, float scaling,
+              int64_t numGroups, int64_t groupsKept,
+              int32_t groupScore) override;
+  Status assign(const int32_t *indices, int32_t *positions, int32_t *counts,
+                int64_t T, int64_t k, int64_t E, int64_t capacity,
+                int64_t groups) override;
+  Status dispatch(const void *x, const int32_t *positions, void *out, int64_t T,
+                  int64_t k, int64_t D, int64_t outRows,
+                  int32_t dtype) override;
+  Status expertFfn(const void *x, const int32_t *counts, const void *gate,
+                   const void *up, const void *down, void *y, int64_t E,
+                   int64_t segments, int64_t rowsPerExpert, int64_t totalRows,
+                   int64_t D, int64_t F, int32_t activation,
+                   int32_t dtype) override;
+  Status combine(const void *y, const int32_t *positions, const float *weights,
+                 const void *passthrough, void *out, int64_t T, int64_t k,
+                 int64_t D, int32_t dtype) override;
+  Status mlp(const void *x, const void *gate, const void *up, const void *down,
+             const void *sigmoidGate, void *y, int64_t T, int64_t D, int64_t F,
+             int32_t activation, int32_t dtype) override;
+  Status expertLoad(const float *scores, const int32_t *indices, float *stats,
+                    int64_t T, int64_t k, int64_t E) override;
+  Status loadBalanceLoss(const float *stats, float *out, int64_t E,
+                         int64_t tokens, int64_t k, float coeff) override;
+  Status zLoss(const float *logits, float *out, int64_t T, int64_t E,
+               int64_t totalTokens, float coeff) override;
+  Status accumulate(void *acc, const void *x, int64_t n,
+                    int32_t dtype) override;
+
+  /// Most rows of one FFN chunk; 0 (the default) sizes chunks to keep the
+  /// workspace under kFfnWorkspaceBytes. For tests and benchmarks.
+  void setFfnChunkRows(int64_t rows) { ffnChunkRows_ = rows; }
+  static constexpr int64_t kFfnWorkspaceBytes = int64_t(256) << 20;
+
+private:
+  /// The FFN weights of one expert (gate is null for ungated activations).
+  struct FfnWeights {
+    const float *gate;
+    const float *up;
+    const float *down;
+  };
+
+  Status collectBlocks(const int32_t *counts, float *y, int64_t E, int64_t S,
+                       int64_t R, int64_t totalRows, int64_t D);
+  int64_t chunkRows(int64_t live, int64_t D, int64_t F,
+                    int32_t activation) const;
+  Status runFfn(const float *x, float *y, const RowBlock *blocks,
+                int64_t numBlocks, const FfnWeights &w, int64_t D, int64_t F,
+                int32_t activation);
+  void ffnChunk(const float *x, float *y, int64_t rows, const FfnWeights &w,
+                int64_t D, int64_t F, int32_t activation);
+
+  int threads_;
+  int64_t ffnChunkRows_ = 0;
+  Workspace ffnWork_;
+  /// Live row blocks of every expert: blocks of e are
+  /// blocks_[blockStart_[e] .. blockStart_[e+1]).
+  std::vector<RowBlock> blocks_;
+  std::vector<int64_t> blockStart_;
+  std::vector<int32_t> rowSource_; // dispatch: source token of each out row
+  std::vector<int64_t> cursor_;    // next row of each expert / (s, e) block
+  std::vector<double> sums_;       // expert_load: per-expert sums
+  std::vector<float> groupScratch_;
+};
+
+} // namespace moert
+
+#endif // MOERT_CPU_CPUBACKEND_H

@@ -1,0 +1,255 @@
+//===- CpuFfn.cpp - Grouped expert FFN and dense MLP ----------------------===//
+//
+// Each expert runs three GEMMs (two for ungated activations) over only its
+// live rows, with the activation fused into one pass over the GEMM outputs.
+// OpenBLAS repacks the whole weight matrix on every call, so an expert's rows
+// go through as few and as large GEMMs as the workspace budget allows, in
+// chunks of equal size. A chunk that spans several segments is gathered into
+// contiguous rows first, so that many small segments still make one large
+// GEMM.
+//
+//===----------------------------------------------------------------------===//
+#include "CpuBackend.h"
+#include "CpuMath.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstring>
+
+namespace moert {
+
+using namespace cpu;
+
+namespace {
+
+bool isGated(int32_t act) {
+  return act == MOERT_ACT_SWIGLU || act == MOERT_ACT_GEGLU;
+}
+
+/// c[m,n] = a[m,kk] . b[n,kk]^T (weights are stored [out, in]).
+void gemmNT(const float *a, const float *b, float *c, int64_t m, int64_t n,
+            int64_t kk) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, kk, 1.0f, a, kk, b,
+              kk, 0.0f, c, n);
+}
+
+/// h = act(h) * u (gated) or h = act(h), one pass over the GEMM outputs.
+void activateRange(int32_t act, float *h, const float *u, int64_t n) {
+  switch (act) {
+  case MOERT_ACT_RELU:
+    for (int64_t i = 0; i < n; ++i)
+      h[i] = relu(h[i]);
+    return;
+  case MOERT_ACT_GELU:
+    return geluTimes(h, nullptr, n);
+  case MOERT_ACT_SWIGLU:
+    return siluTimes(h, u, n);
+  default:
+    return geluTimes(h, u, n);
+  }
+}
+
+void activate(int32_t act, float *h, const float *u, int64_t n, int threads) {
+  const int64_t block = 8192; // a multiple of the vector width
+#pragma omp parallel for num_threads(threads) schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; i += block)
+    activateRange(act, h + i, u ? u + i : nullptr, std::min(block, n - i));
+}
+
+/// Position in a list of row blocks.
+struct Cursor {
+  int64_t block = 0;
+  int64_t offset = 0;
+};
+
+/// Moves `cur` over up to `want` rows, calling fn(row, rows) per contiguous
+/// piece; returns the number of rows passed.
+template <typename Fn>
+int64_t walkRows(const RowBlock *blocks, int64_t numBlocks, Cursor &cur,
+                 int64_t want, Fn &&fn) {
+  int64_t done = 0;
+  while (done < want && cur.block < numBlocks) {
+    const RowBlock &b = blocks[cur.block];
+    int64_t n = std::min(want - done, b.rows - cur.offset);
+    fn(b.row + cur.offset, n);
+    done += n;
+    cur.offset += n;
+    if (cur.offset == b.rows) {
+      ++cur.block;
+      cur.offset = 0;
+    }
+  }
+  return done;
+}
+
+} // namespace
+
+void CpuBackend::ffnChunk(const float *x, float *y, int64_t rows,
+                          const FfnWeights &w, int64_t D, int64_t F,
+                          int32_t activation) {
+  float *h = ffnWork_.data();
+  float *u = nullptr;
+  if (isGated(activation)) {
+    u = h + rows * F;
+    gemmNT(x, w.gate, h, rows, F, D);
+    gemmNT(x, w.up, u, rows, F, D);
+  } else {
+    gemmNT(x, w.up, h, rows, F, D);
+  }
+  activate(activation, h, u, rows * F, threads_);
+  gemmNT(h, w.down, y, rows, D, F);
+}
+
+int64_t CpuBackend::chunkRows(int64_t live, int64_t D, int64_t F,
+                              int32_t activation) const {
+  int64_t rowBytes =
+      ((isGated(activation) ? 2 : 1) * F + 2 * D) * int64_t(sizeof(float));
+  int64_t limit = ffnChunkRows_ > 0
+                      ? ffnChunkRows_
+                      : std::max<int64_t>(64, kFfnWorkspaceBytes / rowBytes);
+  // Equal chunks: a small tail chunk would cost a full weight repacking.
+  int64_t chunks = (live + limit - 1) / limit;
+  return (live + chunks - 1) / chunks;
+}
+
+Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
+                          int64_t numBlocks, const FfnWeights &w, int64_t D,
+                          int64_t F, int32_t activation) {
+  int64_t live = 0;
+  for (int64_t b = 0; b < numBlocks; ++b)
+    live += blocks[b].rows;
+  if (live == 0)
+    return Status::ok();
+  int64_t chunk = chunkRows(live, D, F, activation);
+  int64_t hidden = (isGated(activation) ? 2 : 1) * chunk * F;
+  MOERT_TRY(ffnWork_.reserve(hidden + 2 * chunk * D, "moert_expert_ffn"));
+  float *xg = ffnWork_.data() + hidden;
+  float *yg = xg + chunk * D;
+  size_t rowBytes = static_cast<size_t>(D) * sizeof(float);
+  Cursor cur;
+  while (cur.block < numBlocks) {
+    Cursor start = cur, probe = cur;
+    int64_t pieces = 0, first = 0;
+    int64_t rows =
+        walkRows(blocks, numBlocks, probe, chunk, [&](int64_t row, int64_t) {
+          if (pieces++ == 0)
+            first = row;
+        });
+    if (pieces == 1) {
+      ffnChunk(x + first * D, y + first * D, rows, w, D, F, activation);
+      cur = probe;
+      continue;
+    }
+    int64_t at = 0;
+    walkRows(blocks, numBlocks, cur, chunk, [&](int64_t row, int64_t n) {
+      std::memcpy(xg + at * D, x + row * D, n * rowBytes);
+      at += n;
+    });
+    ffnChunk(xg, yg, rows, w, D, F, activation);
+    at = 0;
+    walkRows(blocks, numBlocks, start, chunk, [&](int64_t row, int64_t n) {
+      std::memcpy(y + row * D, yg + at * D, n * rowBytes);
+      at += n;
+    });
+  }
+  return Status::ok();
+}
+
+/// Fills blocks_ / blockStart_ with the live rows of every expert (adjacent
+/// blocks merged) and zeroes the rows of y that no expert writes.
+Status CpuBackend::collectBlocks(const int32_t *counts, float *y, int64_t E,
+                                 int64_t S, int64_t R, int64_t totalRows,
+                                 int64_t D) {
+  int64_t C = R / S; // capacity layout: rows of one segment of one expert
+  int64_t sum = 0;
+  for (int64_t i = 0; counts && i < S * E; ++i) {
+    int32_t c = counts[i];
+    if (c < 0 || (R > 0 && c > C))
+      return error(MOERT_ERR_INVALID,
+                   "moert_expert_ffn: counts[%" PRId64 ",%" PRId64
+                   "] = %d is outside [0, %" PRId64 "]",
+                   i / E, i % E, c, R > 0 ? C : totalRows);
+    sum += c;
+  }
+  if (R == 0 && sum > totalRows)
+    return error(MOERT_ERR_INVALID,
+                 "moert_expert_ffn: the counts sum to %" PRId64
+                 " rows but x has %" PRId64,
+                 sum, totalRows);
+  if (R == 0) { // packed: segment-major offsets of every (s, e) block
+    cursor_.resize(static_cast<size_t>(S * E));
+    for (int64_t i = 0, row = 0; i < S * E; row += counts[i++])
+      cursor_[i] = row;
+  }
+  blocks_.clear();
+  blockStart_.assign(static_cast<size_t>(E + 1), 0);
+  size_t rowBytes = static_cast<size_t>(D) * sizeof(float);
+  for (int64_t e = 0; e < E; ++e) {
+    for (int64_t s = 0; s < S; ++s) {
+      int64_t n = counts ? counts[s * E + e] : C;
+      int64_t row = R > 0 ? e * R + s * C : cursor_[s * E + e];
+      if (R > 0 && n < C)
+        std::memset(y + (row + n) * D, 0, (C - n) * rowBytes);
+      if (n == 0)
+        continue;
+      bool extends = blocks_.size() > size_t(blockStart_[e]) &&
+                     blocks_.back().row + blocks_.back().rows == row;
+      if (extends)
+        blocks_.back().rows += n;
+      else
+        blocks_.push_back({row, n});
+    }
+    blockStart_[e + 1] = static_cast<int64_t>(blocks_.size());
+  }
+  if (R == 0 && sum < totalRows)
+    std::memset(y + sum * D, 0, (totalRows - sum) * rowBytes);
+  return Status::ok();
+}
+
+Status CpuBackend::expertFfn(const void *x, const int32_t *counts,
+                             const void *gate, const void *up, const void *down,
+                             void *y, int64_t E, int64_t segments,
+                             int64_t rowsPerExpert, int64_t totalRows,
+                             int64_t D, int64_t F, int32_t activation,
+                             int32_t dtype) {
+  MOERT_TRY(requireF32("moert_expert_ffn", dtype));
+  auto *yf = static_cast<float *>(y);
+  MOERT_TRY(
+      collectBlocks(counts, yf, E, segments, rowsPerExpert, totalRows, D));
+  for (int64_t e = 0; e < E; ++e) {
+    FfnWeights w{gate ? static_cast<const float *>(gate) + e * F * D : nullptr,
+                 static_cast<const float *>(up) + e * F * D,
+                 static_cast<const float *>(down) + e * D * F};
+    MOERT_TRY(runFfn(static_cast<const float *>(x), yf,
+                     blocks_.data() + blockStart_[e],
+                     blockStart_[e + 1] - blockStart_[e], w, D, F, activation));
+  }
+  return Status::ok();
+}
+
+Status CpuBackend::mlp(const void *xv, const void *gate, const void *up,
+                       const void *down, const void *sigmoidGate, void *yv,
+                       int64_t T, int64_t D, int64_t F, int32_t activation,
+                       int32_t dtype) {
+  MOERT_TRY(requireF32("moert_mlp", dtype));
+  auto *x = static_cast<const float *>(xv);
+  auto *y = static_cast<float *>(yv);
+  FfnWeights w{static_cast<const float *>(gate), static_cast<const float *>(up),
+               static_cast<const float *>(down)};
+  RowBlock all{0, T};
+  MOERT_TRY(runFfn(x, y, &all, 1, w, D, F, activation));
+  if (!sigmoidGate)
+    return Status::ok();
+  auto *g = static_cast<const float *>(sigmoidGate);
+#pragma omp parallel for num_threads(threads_) if (T * D > 65536)
+  for (int64_t t = 0; t < T; ++t) {
+    float s = sigmoid(dot(x + t * D, g, D));
+    for (int64_t d = 0; d < D; ++d)
+      y[t * D + d] *= s;
+  }
+  return Status::ok();
+}
+
+} // namespace moert

@@ -1,0 +1,400 @@
+//===- ContextTest.cpp - Context creation, memory, sticky errors, stats ---===//
+#include "core/Context.h"
+#include "RuntimeTestUtil.h"
+
+#include <cblas.h>
+
+#include <cstring>
+#include <functional>
+
+using namespace moert_test;
+
+namespace {
+
+moert_status createWithMesh(std::vector<int64_t> shape,
+                            std::vector<const char *> names, moert_ctx **ctx) {
+  moert_ctx_options o;
+  moert_ctx_options_init(&o);
+  o.mesh_rank = static_cast<int32_t>(shape.size());
+  o.mesh_shape = shape.data();
+  o.mesh_axes = names.data();
+  return moert_ctx_create(&o, ctx);
+}
+
+TEST(ContextCreate, RejectsNullOptions) {
+  moert_ctx *ctx = reinterpret_cast<moert_ctx *>(1);
+  EXPECT_EQ(moert_ctx_create(nullptr, &ctx), MOERT_ERR_INVALID);
+  EXPECT_NE(std::string(moert_last_error()).find("options is null"),
+            std::string::npos)
+      << moert_last_error();
+}
+
+TEST(ContextCreate, MeshMustCoverTheWorld) {
+  moert_ctx *ctx = nullptr;
+  EXPECT_EQ(createWithMesh({2, 2}, {"ep", "tp"}, &ctx), MOERT_ERR_INVALID);
+  EXPECT_EQ(ctx, nullptr);
+  EXPECT_STREQ(moert_last_error(), "moert_ctx_create: the mesh [2x2] has 4 "
+                                   "ranks but the world has 1");
+}
+
+TEST(ContextCreate, RejectsUnknownEnumsAndBadAxes) {
+  moert_ctx_options o;
+  moert_ctx *ctx = nullptr;
+  moert_ctx_options_init(&o);
+  o.device = 7;
+  EXPECT_EQ(moert_ctx_create(&o, &ctx), MOERT_ERR_INVALID);
+  EXPECT_NE(std::string(moert_last_error()).find("unknown device 7"),
+            std::string::npos);
+  moert_ctx_options_init(&o);
+  o.comm = MOERT_COMM_NCCL; // needs the CUDA device
+  EXPECT_EQ(moert_ctx_create(&o, &ctx), MOERT_ERR_INVALID);
+  EXPECT_NE(std::string(moert_last_error()).find("nccl"), std::string::npos);
+  EXPECT_EQ(createWithMesh({1, 0}, {"ep", "tp"}, &ctx), MOERT_ERR_INVALID);
+  EXPECT_NE(std::string(moert_last_error()).find("mesh axis 1 has size 0"),
+            std::string::npos);
+}
+
+TEST(ContextCreate, MeshOfOnesPlacesRankAtOrigin) {
+  moert_ctx *ctx = nullptr;
+  ASSERT_EQ(createWithMesh({1, 1, 1}, {"dp", "ep", "tp"}, &ctx), MOERT_OK)
+      << moert_last_error();
+  EXPECT_EQ(moert_ctx_rank(ctx), 0);
+  EXPECT_EQ(moert_ctx_world_size(ctx), 1);
+  for (int32_t axis = 0; axis < 3; ++axis)
+    EXPECT_EQ(moert_ctx_coord(ctx, axis), 0);
+  EXPECT_EQ(moert_ctx_coord(ctx, 3), -1);
+  moert_ctx_destroy(ctx);
+}
+
+TEST(ContextCreate, NumThreadsSetsTheBlasPoolAndKeepsResults) {
+  int saved = openblas_get_num_threads();
+  int64_t T = 64, D = 512;
+  std::vector<float> x = randomVec(T * D, 30), w = randomVec(D, 31);
+  std::vector<float> one(T * D), many(T * D);
+  moert_ctx_options o;
+  moert_ctx_options_init(&o);
+  o.num_threads = 1;
+  moert_ctx *ctx = nullptr;
+  ASSERT_EQ(moert_ctx_create(&o, &ctx), MOERT_OK);
+  EXPECT_EQ(openblas_get_num_threads(), 1);
+  moert_rmsnorm(ctx, x.data(), w.data(), one.data(), T, D, 1e-6f, MOERT_F32);
+  moert_ctx_destroy(ctx);
+  o.num_threads = 2;
+  ASSERT_EQ(moert_ctx_create(&o, &ctx), MOERT_OK);
+  moert_rmsnorm(ctx, x.data(), w.data(), many.data(), T, D, 1e-6f, MOERT_F32);
+  EXPECT_EQ(moert_ctx_status(ctx), MOERT_OK);
+  moert_ctx_destroy(ctx);
+  EXPECT_EQ(one, many) << "rows do not depend on the thread count";
+  openblas_set_num_threads(saved);
+}
+
+using Context = CpuRuntimeTest;
+
+TEST_F(Context, AllocAndCopiesRoundTrip) {
+  std::vector<float> host = randomVec(100, 1), back(100, 0.0f);
+  void *dev = nullptr;
+  ASSERT_EQ(moert_alloc(ctx, 400, &dev), MOERT_OK);
+  ASSERT_NE(dev, nullptr);
+  EXPECT_EQ(moert_copy_to_device(ctx, dev, host.data(), 400), MOERT_OK);
+  EXPECT_EQ(moert_copy_to_host(ctx, back.data(), dev, 400), MOERT_OK);
+  EXPECT_EQ(back, host);
+  EXPECT_EQ(moert_synchronize(ctx), MOERT_OK);
+  moert_free(ctx, dev);
+  EXPECT_TRUE(ok());
+}
+
+TEST_F(Context, AllocRejectsNegativeSize) {
+  void *dev = nullptr;
+  EXPECT_EQ(moert_alloc(ctx, -1, &dev), MOERT_ERR_INVALID);
+  EXPECT_EQ(err(), "moert_alloc: bytes (-1) must not be negative");
+  EXPECT_STREQ(moert_last_error(), err().c_str());
+  moert_ctx_clear_error(ctx);
+}
+
+TEST_F(Context, ArenaGrowsOnlyForLargerRequests) {
+  void *small = moert_arena(ctx, 1000);
+  ASSERT_NE(small, nullptr);
+  EXPECT_EQ(moert_arena(ctx, 500), small);
+  EXPECT_EQ(moert_arena(ctx, 1000), small);
+  auto *big = static_cast<char *>(moert_arena(ctx, 1 << 20));
+  ASSERT_NE(big, nullptr);
+  std::memset(big, 1, 1 << 20); // the whole request is usable
+  EXPECT_EQ(moert_arena(ctx, 10), big);
+  EXPECT_TRUE(ok());
+}
+
+TEST_F(Context, CopyKernelCopies) {
+  std::vector<float> a = randomVec(33, 2), b(33, 0.0f);
+  moert_copy(ctx, a.data(), b.data(), 33 * sizeof(float));
+  EXPECT_TRUE(ok());
+  EXPECT_EQ(a, b);
+}
+
+TEST_F(Context, StickyErrorMakesLaterCallsNoOpsUntilCleared) {
+  std::vector<float> logits(4 * 8, 0.0f), w(4 * 9), s(4 * 8);
+  std::vector<int32_t> idx(4 * 9);
+  moert_topk(ctx, logits.data(), nullptr, w.data(), idx.data(), s.data(), 4, 8,
+             9, MOERT_SCORE_SOFTMAX, 0, 1.0f, 0, 0, 0);
+  EXPECT_EQ(moert_ctx_status(ctx), MOERT_ERR_INVALID);
+  EXPECT_EQ(err(), "moert_topk: k (9) exceeds the number of experts (8)");
+
+  std::vector<float> a{1, 2}, b{3, 4}, y{0, 0};
+  moert_add(ctx, a.data(), b.data(), y.data(), 2, MOERT_F32);
+  EXPECT_EQ(y, (std::vector<float>{0, 0})) << "a call under an error ran";
+  moert_rmsnorm(ctx, a.data(), b.data(), y.data(), 0, 2, 0.0f, MOERT_F32);
+  EXPECT_EQ(err(), "moert_topk: k (9) exceeds the number of experts (8)")
+      << "the first error must stick";
+
+  moert_ctx_clear_error(ctx);
+  EXPECT_EQ(moert_ctx_status(ctx), MOERT_OK);
+  EXPECT_EQ(err(), "");
+  moert_add(ctx, a.data(), b.data(), y.data(), 2, MOERT_F32);
+  EXPECT_TRUE(ok());
+  EXPECT_EQ(y, (std::vector<float>{4, 6}));
+}
+
+TEST_F(Context, NullContextReportsThroughLastError) {
+  float a = 1, y = 0;
+  moert_add(nullptr, &a, &a, &y, 1, MOERT_F32);
+  EXPECT_STREQ(moert_last_error(), "moert_add: null context");
+  EXPECT_EQ(y, 0.0f);
+  EXPECT_EQ(moert_ctx_status(nullptr), MOERT_ERR_INVALID);
+}
+
+TEST_F(Context, StatsJsonCountsPhasesAndSkipsFailedCalls) {
+  std::vector<float> x = randomVec(8, 3), w(4, 1.0f), y(8);
+  moert_rmsnorm(ctx, x.data(), w.data(), y.data(), 2, 4, 1e-6f, MOERT_F32);
+  moert_rmsnorm(ctx, x.data(), w.data(), y.data(), 2, 4, 1e-6f, MOERT_F32);
+  moert_add(ctx, x.data(), x.data(), y.data(), 8, MOERT_F32);
+  ASSERT_TRUE(ok());
+  moert_add(ctx, x.data(), x.data(), y.data(), 8, 42); // fails: not a phase
+  moert_ctx_clear_error(ctx);
+
+  std::string json = moert_ctx_stats_json(ctx);
+  EXPECT_EQ(json.rfind("{\"rank\": 0, \"device\": \"cpu\", \"phases\": [", 0),
+            0u)
+      << json;
+  EXPECT_NE(json.find("{\"name\": \"rmsnorm\", \"calls\": 2, \"seconds\": "),
+            std::string::npos)
+      << json;
+  EXPECT_NE(json.find("{\"name\": \"add\", \"calls\": 1, \"seconds\": "),
+            std::string::npos)
+      << json;
+  EXPECT_NE(json.find("\"collectives\": []}"), std::string::npos) << json;
+
+  moert_ctx_reset_stats(ctx);
+  EXPECT_EQ(std::string(moert_ctx_stats_json(ctx)),
+            "{\"rank\": 0, \"device\": \"cpu\", \"phases\": [], "
+            "\"collectives\": []}");
+}
+
+TEST(ContextStats, CollectivesAreKeyedByOpAndAxisNames) {
+  // Collectives.cpp reports through these helpers; check what JSON they make.
+  moert_ctx *ctx = nullptr;
+  ASSERT_EQ(createWithMesh({1, 1}, {"ep", "tp"}, &ctx), MOERT_OK);
+  EXPECT_EQ(moert::axisNames(ctx, 1), "ep");
+  EXPECT_EQ(moert::axisNames(ctx, 3), "ep,tp");
+  moert::recordCollective(ctx, "all_to_all", 1, 512);
+  moert::recordCollective(ctx, "all_to_all", 1, 256);
+  moert::recordCollective(ctx, "all_gather", 3, 0);
+  std::string json = moert_ctx_stats_json(ctx);
+  EXPECT_NE(json.find("\"collectives\": [{\"op\": \"all_gather\", \"axis\": "
+                      "\"ep,tp\", \"calls\": 1, \"bytes_sent\": 0}, "
+                      "{\"op\": \"all_to_all\", \"axis\": \"ep\", "
+                      "\"calls\": 2, \"bytes_sent\": 768}]}"),
+            std::string::npos)
+      << json;
+  moert_ctx_destroy(ctx);
+}
+
+TEST(ContextTrace, RecordsOneEventPerCallWhenAskedFor) {
+  moert_ctx_options o;
+  moert_ctx_options_init(&o);
+  o.record_trace = 1;
+  moert_ctx *ctx = nullptr;
+  ASSERT_EQ(moert_ctx_create(&o, &ctx), MOERT_OK);
+  float a[4] = {1, 2, 3, 4}, y[4];
+  moert_add(ctx, a, a, y, 4, MOERT_F32);
+  moert_copy(ctx, a, y, sizeof a);
+  std::string trace = moert_ctx_trace_json(ctx);
+  EXPECT_NE(trace.find("{\"name\": \"add\", \"ph\": \"X\", \"ts\": "),
+            std::string::npos)
+      << trace;
+  EXPECT_NE(trace.find("{\"name\": \"copy\", \"ph\": \"X\""), std::string::npos)
+      << trace;
+  EXPECT_NE(trace.find("},\n{"), std::string::npos) << "events are separated";
+  moert_ctx_destroy(ctx);
+
+  moert_ctx_options_init(&o);
+  ASSERT_EQ(moert_ctx_create(&o, &ctx), MOERT_OK);
+  moert_add(ctx, a, a, y, 4, MOERT_F32);
+  EXPECT_STREQ(moert_ctx_trace_json(ctx), "");
+  moert_ctx_destroy(ctx);
+}
+
+//===--- Argument validation: one bad call per row ------------------------===//
+
+struct BadCall {
+  const char *name;
+  std::function<void(moert_ctx *)> call;
+  moert_status code;
+  const char *message;
+};
+
+class Validation : public CpuRuntimeTest,
+                   public ::testing::WithParamInterface<BadCall> {};
+
+TEST_P(Validation, NamesTheKernelAndTheValue) {
+  GetParam().call(ctx);
+  EXPECT_EQ(moert_ctx_status(ctx), GetParam().code);
+  EXPECT_NE(err().find(GetParam().message), std::string::npos)
+      << "got: " << err();
+  moert_ctx_clear_error(ctx);
+}
+
+// Host buffers big enough for every call below.
+float F[256];
+int32_t I[256];
+
+const BadCall badCalls[] = {
+    {"RmsnormZeroD",
+     [](moert_ctx *c) { moert_rmsnorm(c, F, F, F, 2, 0, 1e-6f, MOERT_F32); },
+     MOERT_ERR_INVALID, "moert_rmsnorm: D (0) must be positive"},
+    {"RmsnormNullX",
+     [](moert_ctx *c) {
+       moert_rmsnorm(c, nullptr, F, F, 2, 4, 1e-6f, MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_rmsnorm: x is null"},
+    {"RmsnormBf16",
+     [](moert_ctx *c) { moert_rmsnorm(c, F, F, F, 2, 4, 1e-6f, MOERT_BF16); },
+     MOERT_ERR_UNSUPPORTED,
+     "moert_rmsnorm: dtype bf16 is not supported on the cpu backend"},
+    {"AddUnknownDtype", [](moert_ctx *c) { moert_add(c, F, F, F, 4, 9); },
+     MOERT_ERR_INVALID, "moert_add: unknown dtype 9"},
+    {"RouterNegativeE",
+     [](moert_ctx *c) { moert_router(c, F, F, F, 2, 4, -3, MOERT_F32); },
+     MOERT_ERR_INVALID, "moert_router: E (-3) must be positive"},
+    {"TopkUnknownScoreFn",
+     [](moert_ctx *c) {
+       moert_topk(c, F, 0, F, I, F, 2, 8, 2, 7, 0, 1, 0, 0, 0);
+     },
+     MOERT_ERR_INVALID, "moert_topk: unknown score function 7"},
+    {"TopkGroupsDoNotDivideE",
+     [](moert_ctx *c) {
+       moert_topk(c, F, 0, F, I, F, 2, 8, 2, 0, 0, 1, 3, 1, 0);
+     },
+     MOERT_ERR_INVALID,
+     "moert_topk: num_groups (3) does not divide the number of experts (8)"},
+    {"TopkTooManyKeptGroups",
+     [](moert_ctx *c) {
+       moert_topk(c, F, 0, F, I, F, 2, 8, 2, 0, 0, 1, 4, 5, 0);
+     },
+     MOERT_ERR_INVALID,
+     "moert_topk: groups_kept (5) must be in [1, "
+     "num_groups = 4]"},
+    {"TopkKBeyondKeptExperts",
+     [](moert_ctx *c) {
+       moert_topk(c, F, 0, F, I, F, 2, 8, 5, 0, 0, 1, 4, 2, 0);
+     },
+     MOERT_ERR_INVALID,
+     "moert_topk: k (5) exceeds the 4 experts of the 2 kept groups"},
+    {"TopkUnknownGroupScore",
+     [](moert_ctx *c) {
+       moert_topk(c, F, 0, F, I, F, 2, 8, 2, 0, 0, 1, 4, 2, 3);
+     },
+     MOERT_ERR_INVALID, "moert_topk: unknown group score 3"},
+    {"TopkNullScores",
+     [](moert_ctx *c) {
+       moert_topk(c, F, 0, F, I, nullptr, 2, 8, 2, 0, 0, 1, 0, 0, 0);
+     },
+     MOERT_ERR_INVALID, "moert_topk: scores is null"},
+    {"AssignGroupsDoNotDivideT",
+     [](moert_ctx *c) { moert_assign(c, I, I, I, 8, 1, 4, 2, 3); },
+     MOERT_ERR_INVALID, "moert_assign: groups (3) does not divide T (8)"},
+    {"AssignIndexOutOfRange",
+     [](moert_ctx *c) {
+       int32_t idx[4] = {0, 1, 8, 2}, pos[4], counts[8];
+       moert_assign(c, idx, pos, counts, 2, 2, 8, 0, 1);
+     },
+     MOERT_ERR_INVALID,
+     "moert_assign: indices[1,0] = 8 is not an expert in [0, 8)"},
+    {"DispatchPositionPastOutput",
+     [](moert_ctx *c) {
+       int32_t pos[2] = {0, 9};
+       moert_dispatch(c, F, pos, F, 1, 2, 4, 4, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_dispatch: positions[0,1] = 9 is past the 4 output rows"},
+    {"ExpertFfnGatedWithoutGate",
+     [](moert_ctx *c) {
+       moert_expert_ffn(c, F, I, nullptr, F, F, F, 2, 1, 0, 4, 4, 4,
+                        MOERT_ACT_SWIGLU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_expert_ffn: gate is null but activation 2 is gated"},
+    {"ExpertFfnUnknownActivation",
+     [](moert_ctx *c) {
+       moert_expert_ffn(c, F, I, F, F, F, F, 2, 1, 0, 4, 4, 4, 9, MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_expert_ffn: unknown activation 9"},
+    {"ExpertFfnCountPastCapacity",
+     [](moert_ctx *c) {
+       int32_t counts[2] = {1, 5};
+       moert_expert_ffn(c, F, counts, nullptr, F, F, F, 2, 1, 4, 8, 2, 2,
+                        MOERT_ACT_RELU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_expert_ffn: counts[0,1] = 5 is outside [0, 4]"},
+    {"ExpertFfnCountsPastRows",
+     [](moert_ctx *c) {
+       int32_t counts[2] = {3, 3};
+       moert_expert_ffn(c, F, counts, nullptr, F, F, F, 2, 1, 0, 5, 2, 2,
+                        MOERT_ACT_RELU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_expert_ffn: the counts sum to 6 rows but x has 5"},
+    {"ExpertFfnCapacityTotalRows",
+     [](moert_ctx *c) {
+       moert_expert_ffn(c, F, nullptr, nullptr, F, F, F, 2, 1, 4, 7, 2, 2,
+                        MOERT_ACT_RELU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_expert_ffn: total_rows (7) must be "
+     "E*rows_per_expert = 8"},
+    {"ExpertFfnF16",
+     [](moert_ctx *c) {
+       int32_t counts[2] = {1, 1};
+       moert_expert_ffn(c, F, counts, nullptr, F, F, F, 2, 1, 0, 2, 2, 2,
+                        MOERT_ACT_RELU, MOERT_F16);
+     },
+     MOERT_ERR_UNSUPPORTED, "moert_expert_ffn: dtype f16 is not supported"},
+    {"MlpGateForUngatedActivation",
+     [](moert_ctx *c) {
+       moert_mlp(c, F, F, F, F, nullptr, F, 2, 2, 2, MOERT_ACT_GELU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_mlp: gate must be null for the ungated activation 1"},
+    {"CombineNullWeights",
+     [](moert_ctx *c) {
+       moert_combine(c, F, I, nullptr, nullptr, F, 2, 1, 2, MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_combine: weights is null"},
+    {"ExpertLoadIndexOutOfRange",
+     [](moert_ctx *c) {
+       int32_t idx[2] = {0, -1};
+       moert_expert_load(c, F, idx, F, 2, 1, 4);
+     },
+     MOERT_ERR_INVALID,
+     "moert_expert_load: indices[1,0] = -1 is not an expert in [0, 4)"},
+    {"ZLossZeroTokens",
+     [](moert_ctx *c) { moert_z_loss(c, F, F, 2, 4, 0, 1.0f); },
+     MOERT_ERR_INVALID, "moert_z_loss: total_tokens (0) must be positive"},
+    {"CopyNullSource", [](moert_ctx *c) { moert_copy(c, nullptr, F, 4); },
+     MOERT_ERR_INVALID, "moert_copy: src is null"},
+};
+
+INSTANTIATE_TEST_SUITE_P(Kernels, Validation, ::testing::ValuesIn(badCalls),
+                         [](const auto &info) {
+                           return std::string(info.param.name);
+                         });
+
+} // namespace
