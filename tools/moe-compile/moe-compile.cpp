@@ -78,13 +78,14 @@ cl::opt<bool> expertTP("expert-tp",
                        cl::cat(category));
 cl::opt<std::string> target("target",
                             cl::desc("Default device recorded in the manifest "
-                                     "(moe-run --device overrides): cpu|cuda"),
-                            cl::init("cpu"), cl::cat(category));
+                                     "(moe-run --device overrides)"),
+                            cl::value_desc("cpu|cuda"), cl::init("cpu"),
+                            cl::cat(category));
 cl::opt<std::string> linker("linker",
                             cl::desc("C compiler driver used to link the "
                                      "shared library (default: cc, gcc, "
                                      "clang from PATH)"),
-                            cl::cat(category));
+                            cl::value_desc("program"), cl::cat(category));
 cl::opt<bool> printTimings("time", cl::desc("Print the time of every stage"),
                            cl::cat(category));
 cl::opt<bool> keepIR("print-ir",
@@ -485,7 +486,9 @@ int main(int argc, char **argv) {
   registerAsmPrinterCLOptions();
   registerMLIRContextCLOptions();
   registerPassManagerCLOptions();
-  cl::HideUnrelatedOptions({&category, &cl::getGeneralCategory()});
+  // libLLVM registers hundreds of backend options; --help shows ours (the
+  // MLIR pass-manager options such as --mlir-timing still work).
+  cl::HideUnrelatedOptions(category);
   cl::ParseCommandLineOptions(
       argc, argv,
       "moe-compile: compile a MoE model graph (moe dialect) into a module "
