@@ -11,6 +11,7 @@ docs/frontend.md.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "Mesh",
     "MoEConfig",
+    "NATIVE_MODEL_TYPE",
     "SUPPORTED_MODEL_TYPES",
     "from_hf_dict",
     "load_hf_config",
@@ -580,6 +582,132 @@ def _dbrx(f: _Fields, name: str) -> MoEConfig:
     )
 
 
+# -- the native format ("model_type": "moe_compiler") ---------------------------------
+
+NATIVE_MODEL_TYPE = "moe_compiler"
+# Conveniences of the native format besides MoEConfig's own fields.
+_NATIVE_EXTRA = ("model_type", "_name_or_path", "num_layers", "num_experts")
+
+
+def _str_list(f: _Fields, key: str) -> list[str]:
+    v = f.d.get(key) or []
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise f.error(key, f"must be a list of strings (got {v!r})")
+    return v
+
+
+def _reject_unknown(f: _Fields, allowed: list[str]) -> None:
+    for key in f.d:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else \
+                f"known: {', '.join(sorted(allowed))}"
+            raise f.error(key, f"is not a field of this format ({hint})")
+
+
+def _typed(f: _Fields, key: str, default: Any) -> Any:
+    """An optional field, typed (and defaulted) like the dataclass default ``default``."""
+    if isinstance(default, bool):
+        return f.bool(key, default)
+    if isinstance(default, int):
+        return f.int(key, default, minimum=1 if default >= 1 else 0)
+    if isinstance(default, float):
+        return f.float(key, default)
+    if isinstance(default, str):
+        return f.str(key, default)
+    raise AssertionError(f"no reader for field {key}")  # pragma: no cover
+
+
+def _native_dataclass(f: _Fields, cls: type) -> Any:
+    """An Arch or Attention from a JSON object with the dataclass's field names."""
+    fields = dataclasses.fields(cls)
+    _reject_unknown(f, [fl.name for fl in fields])
+    kw: dict[str, Any] = {}
+    for fl in fields:
+        if not f.has(fl.name):
+            continue
+        if fl.name == "attention":
+            kw[fl.name] = _native_dataclass(f.sub(fl.name), Attention)
+        elif fl.name == "decoder_layer_kinds":
+            kw[fl.name] = tuple(_str_list(f, fl.name))
+        elif fl.name == "decoder_layer_experts":
+            kw[fl.name] = tuple(f.int_list(fl.name))
+        else:
+            kw[fl.name] = _typed(f, fl.name, fl.default)
+    return cls(**kw)
+
+
+def _native(f: _Fields, name: str) -> MoEConfig:
+    """Our own format: MoEConfig's field names, family ``generic`` (docs/frontend.md).
+
+    Layers: ``layer_kinds`` (``moe``/``dense``/``moe+dense`` per layer) or
+    ``num_layers`` (all ``moe``). Experts: ``layer_experts`` (per layer, 0 for dense
+    layers) or ``num_experts`` (every sparse layer). ``hidden_size``, ``top_k``,
+    ``activation`` and the intermediate sizes the layers need are required; every
+    other field defaults as MoEConfig does.
+    """
+    fields = {fl.name: fl for fl in dataclasses.fields(MoEConfig)}
+    _reject_unknown(f, [k for k in fields if k != "family"] + list(_NATIVE_EXTRA))
+
+    if f.has("layer_kinds"):
+        kinds = tuple(_str_list(f, "layer_kinds"))
+        if not kinds:
+            raise f.error("layer_kinds", "must not be empty")
+        if f.has("num_layers") and f.int("num_layers") != len(kinds):
+            raise f.error("num_layers", f"({f.int('num_layers')}) disagrees with "
+                          f"layer_kinds ({len(kinds)} layers)")
+    elif f.has("num_layers"):
+        kinds = ("moe",) * f.int("num_layers")
+    else:
+        raise f.error("num_layers", "is missing (or give layer_kinds)")
+    for i, kind in enumerate(kinds):
+        if kind not in ("moe", "dense", "moe+dense"):
+            raise f.error("layer_kinds", f"[{i}] = {kind!r} is not moe, dense or moe+dense")
+
+    if f.has("layer_experts"):
+        if f.has("num_experts"):
+            raise f.error("num_experts", "and 'layer_experts' exclude each other")
+        experts = tuple(f.int_list("layer_experts"))
+        if len(experts) != len(kinds):
+            raise f.error("layer_experts", f"has {len(experts)} entries for "
+                          f"{len(kinds)} layers")
+        for i, (kind, e) in enumerate(zip(kinds, experts)):
+            if (kind == "dense") != (e == 0) or e < 0:
+                raise f.error("layer_experts", f"[{i}] = {e}: a {kind} layer needs "
+                              f"{'0' if kind == 'dense' else 'a positive count'}")
+    elif f.has("num_experts"):
+        e = f.int("num_experts")
+        experts = tuple(0 if k == "dense" else e for k in kinds)
+    elif all(k == "dense" for k in kinds):
+        experts = (0,) * len(kinds)
+    else:
+        raise f.error("num_experts", "is missing (or give layer_experts)")
+
+    sparse = any(k != "dense" for k in kinds)
+    dense = any(k != "moe" for k in kinds)
+    kw: dict[str, Any] = {
+        "hidden_size": f.int("hidden_size"),
+        "top_k": f.int("top_k") if sparse else f.int("top_k", 1),
+        "activation": f.str("activation"),
+        "moe_intermediate_size": (f.int("moe_intermediate_size") if sparse
+                                  else f.int("moe_intermediate_size", 0, minimum=0)),
+        "dense_intermediate_size": (f.int("dense_intermediate_size") if dense
+                                    else f.int("dense_intermediate_size", 0, minimum=0)),
+    }
+    for key, fl in fields.items():
+        if key in kw or key in ("name", "family", "layer_kinds", "layer_experts", "arch",
+                                "notes"):
+            continue
+        kw[key] = _typed(f, key, fl.default)
+    if kw["num_shared_experts"] and not f.has("shared_intermediate_size"):
+        # DeepSeek's convention: n shared experts of the routed experts' width.
+        kw["shared_intermediate_size"] = kw["num_shared_experts"] * kw["moe_intermediate_size"]
+    arch = _native_dataclass(f.sub("arch"), Arch) if f.has("arch") else Arch()
+    return MoEConfig(name=f.str("name", name), family="generic", layer_kinds=kinds,
+                     layer_experts=experts, arch=arch, notes=tuple(_str_list(f, "notes")),
+                     **kw)
+
+
 _LOADERS: dict[str, Callable[[_Fields, str], MoEConfig]] = {
     "mixtral": _mixtral,
     "qwen2_moe": _qwen_moe,
@@ -590,6 +718,7 @@ _LOADERS: dict[str, Callable[[_Fields, str], MoEConfig]] = {
     "olmoe": _olmoe,
     "switch_transformers": _switch,
     "dbrx": _dbrx,
+    NATIVE_MODEL_TYPE: _native,
 }
 SUPPORTED_MODEL_TYPES = tuple(sorted(_LOADERS))
 

@@ -289,3 +289,140 @@ def test_overrides_are_validated():
     assert c.with_overrides(capacity_factor=1.25, token_groups=None).capacity_factor == 1.25
     with pytest.raises(ConfigError, match="token_groups"):
         c.with_overrides(token_groups=0)
+
+
+# -- the native format ("model_type": "moe_compiler") ---------------------------------
+
+def _native(**changes):
+    d = {"model_type": "moe_compiler", "hidden_size": 16, "num_layers": 2, "num_experts": 4,
+         "top_k": 2, "moe_intermediate_size": 8, "activation": "gelu"}
+    d.update(changes)
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def test_native_minimal_defaults():
+    c = from_hf_dict(_native(), source="n.json")
+    assert (c.family, c.name, c.hidden_size, c.layer_kinds, c.layer_experts) == (
+        "generic", "n", 16, ("moe", "moe"), (4, 4))
+    assert (c.top_k, c.moe_intermediate_size, c.activation) == (2, 8, "gelu")
+    # Everything else as MoEConfig's defaults: softmax, dropless, no shared experts.
+    assert c.score_func == "softmax" and not c.renormalize and c.routed_scaling == 1.0
+    assert c.capacity_factor == 0 and c.token_groups == 1 and c.drop_policy == "zero"
+    assert c.num_shared_experts == 0 and c.aux_loss_coeff == 0 and c.norm == "rmsnorm"
+    # Generic weight names: model.layers.{i}.mlp.*, non-gated experts use up/down_proj.
+    sub = sublayers(c, range(1, 2))[0]
+    assert sub.norm.name == "model.layers.1.post_attention_layernorm.weight"
+    assert {w.role: w.name for w in sub.weights} == {
+        "router": "model.layers.1.mlp.gate.weight",
+        "up": "model.layers.1.mlp.experts.{e}.up_proj.weight",
+        "down": "model.layers.1.mlp.experts.{e}.down_proj.weight",
+    }
+
+
+def test_native_example_gshard():
+    c = load_hf_config(EXAMPLES / "tiny-gshard.json")
+    assert (c.name, c.family, c.top_k, c.activation) == ("tiny-gshard", "generic", 2, "gelu")
+    assert c.layer_kinds == ("dense", "moe", "dense", "moe")
+    assert c.layer_experts == (0, 8, 0, 8)
+    assert c.capacity_factor == 1.25 and c.token_groups == 4 and c.renormalize
+    assert c.dense_intermediate_size == 64 and c.published_aux_loss_coeff == 0.01
+    assert c.arch.vocab_size == 128 and c.arch.attention.num_heads == 4
+    dense = sublayers(c, range(0, 1))[0]
+    assert [w.name for w in dense.weights] == ["model.layers.0.mlp.up_proj.weight",
+                                               "model.layers.0.mlp.down_proj.weight"]
+
+
+def test_native_example_pr_moe_pyramid_and_residual_expert():
+    c = load_hf_config(EXAMPLES / "tiny-pr-moe.json")
+    assert c.layer_experts == (0, 4, 0, 8) and c.num_experts == 8 and c.top_k == 1
+    assert c.num_shared_experts == 1 and c.shared_intermediate_size == 64
+    assert not c.shared_gated and c.activation == "gelu" and c.capacity_factor == 0
+    last = sublayers(c, range(3, 4))[0]
+    assert last.get("router").shape == (8, 32)
+    assert last.get("shared_up").name == "model.layers.3.mlp.shared_experts.up_proj.weight"
+    assert last.get("shared_up").shape == (64, 32) and last.get("shared_gate") is None
+    Mesh(ep=4).check(c)
+    with pytest.raises(ConfigError, match="ep=8 does not divide num_experts=4"):
+        Mesh(ep=8).check(c)
+
+
+def test_native_all_fields():
+    c = from_hf_dict(_native(
+        name="custom", layer_kinds=["dense", "moe+dense", "moe"], num_layers=None,
+        num_experts=None, layer_experts=[0, 8, 8], dense_intermediate_size=32,
+        activation="swiglu", dense_activation="relu", score_func="sigmoid",
+        renormalize=True, routed_scaling=2.5, num_groups=4, groups_kept=2,
+        group_score="top2_sum", selection_bias=True, capacity_factor=1.5, min_capacity=2,
+        token_groups=2, drop_policy="passthrough", num_shared_experts=2,
+        shared_gated=True, norm="layernorm", norm_eps=1e-5, aux_loss_coeff=0.01,
+        z_loss_coeff=0.001, published_aux_loss_coeff=0.02, published_z_loss_coeff=0.002,
+        notes=["a note"], arch={"vocab_size": 100, "attention": {"num_heads": 2}}))
+    assert (c.name, c.layer_kinds, c.layer_experts) == (
+        "custom", ("dense", "moe+dense", "moe"), (0, 8, 8))
+    assert (c.dense_act, c.score_func, c.renormalize, c.routed_scaling) == (
+        "relu", "sigmoid", True, 2.5)
+    assert (c.num_groups, c.groups_kept, c.group_score, c.selection_bias) == (
+        4, 2, "top2_sum", True)
+    assert (c.capacity_factor, c.min_capacity, c.token_groups, c.drop_policy) == (
+        1.5, 2, 2, "passthrough")
+    # Shared width defaults to num_shared_experts x moe_intermediate_size (DeepSeek).
+    assert (c.num_shared_experts, c.shared_intermediate_size, c.shared_gated) == (2, 16, True)
+    assert (c.norm, c.norm_eps, c.aux_loss_coeff, c.z_loss_coeff) == (
+        "layernorm", 1e-5, 0.01, 0.001)
+    assert (c.published_aux_loss_coeff, c.published_z_loss_coeff) == (0.02, 0.002)
+    assert c.notes == ("a note",) and c.arch.vocab_size == 100
+    assert c.arch.attention.num_heads == 2
+    roles = [w.role for w in sublayers(c, range(1, 2))[0].weights]
+    assert roles[:2] == ["router", "bias"] and "shared_sigmoid_gate" in roles
+    assert [s.kind for s in sublayers(c)] == ["dense", "moe", "dense", "moe"]
+
+
+@pytest.mark.parametrize("drop,field", [
+    ("hidden_size", "hidden_size"), ("top_k", "top_k"), ("activation", "activation"),
+    ("moe_intermediate_size", "moe_intermediate_size"), ("num_layers", "num_layers"),
+    ("num_experts", "num_experts")])
+def test_native_missing_field(drop, field):
+    with pytest.raises(ConfigError, match=f"field '{field}' is missing") as e:
+        from_hf_dict(_native(**{drop: None}), source="n.json")
+    assert "n.json" in str(e.value) and "moe_compiler" in str(e.value)
+
+
+def test_native_dense_layers_need_their_width():
+    with pytest.raises(ConfigError, match="field 'dense_intermediate_size' is missing"):
+        from_hf_dict(_native(layer_kinds=["dense", "moe"], num_layers=None))
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"num_expert": 4}, "field 'num_expert' is not a field of this format "
+                        r"\(did you mean 'num_experts'\?\)"),
+    ({"family": "mixtral"}, "field 'family' is not a field"),
+    ({"arch": {"vocab": 3}}, "field 'arch.vocab' is not a field"),
+    ({"layer_experts": [4, 4]}, "'num_experts' and 'layer_experts' exclude each other"),
+    ({"num_experts": None, "layer_experts": [4]}, "layer_experts' has 1 entries for 2 layers"),
+    ({"num_experts": None, "layer_experts": [4, 0]}, r"layer_experts' \[1\] = 0"),
+    ({"layer_kinds": ["moe", "sparse"]}, r"layer_kinds' \[1\] = 'sparse'"),
+    ({"layer_kinds": ["moe"]}, r"num_layers' \(2\) disagrees with layer_kinds"),
+    ({"top_k": "2"}, "field 'top_k' must be an integer"),
+    ({"renormalize": 1}, "field 'renormalize' must be true or false"),
+    ({"capacity_factor": "big"}, "field 'capacity_factor' must be a number"),
+    ({"token_groups": 0}, "field 'token_groups' must be >= 1"),
+    ({"activation": "tanh"}, "activation 'tanh' is not one of"),
+    ({"top_k": 5}, r"top_k \(5\) exceeds the experts of layer 0"),
+    ({"drop_policy": "drop"}, "drop_policy 'drop' is not zero or passthrough"),
+])
+def test_native_bad_fields(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        from_hf_dict(_native(**changes), source="n.json")
+
+
+def test_native_config_through_the_cli(tmp_path, capsys):
+    from moe_compiler import cli
+
+    assert cli.main(["config", str(EXAMPLES / "tiny-pr-moe.json")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["family"] == "generic" and out["layer_experts"] == [0, 4, 0, 8]
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(_native(top_k=None)))
+    assert cli.main(["emit", "--hf-config", str(p), "--tokens", "8", "-o", "-"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "field 'top_k' is missing" in err
