@@ -947,11 +947,15 @@ bool checkTensor(const SafetensorsFile &ref, const TensorSpec &spec,
         worst = i;
     }
     maxAbs = std::max(maxAbs, std::isnan(err) ? INFINITY : err);
-    if (b[i] != 0)
-      maxRel = std::max(maxRel, err / std::fabs(b[i]));
+    // Relative error only where rtol, not atol, sets the tolerance: near-zero
+    // reference values make |err/ref| meaningless.
+    if (std::fabs(b[i]) >= atol / rtol)
+      maxRel = std::max(maxRel, std::isnan(err) ? INFINITY : err / std::fabs(b[i]));
   }
-  std::printf("check %-40s max abs err %.3e  max rel err %.3e  %s\n",
-              spec.name.c_str(), maxAbs, maxRel, bad ? "MISMATCH" : "ok");
+  std::printf("check %-40s max abs err %.3e  max rel err %.3e (|ref| >= "
+              "%g)  %s\n",
+              spec.name.c_str(), maxAbs, maxRel, atol / rtol,
+              bad ? "MISMATCH" : "ok");
   if (bad)
     std::printf("  %lld of %lld elements outside atol %g + rtol %g * |ref|; "
                 "worst at flat index %lld: got %.9g, expected %.9g\n",
