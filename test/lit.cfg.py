@@ -1,7 +1,7 @@
 # -*- Python -*-
-"""lit configuration of moe-compiler's tests."""
+"""lit configuration of moe-compiler's tests (lit provides `config`)."""
+# ruff: noqa: F821
 import os
-import shutil
 
 import lit.formats
 from lit.llvm import llvm_config

@@ -185,7 +185,7 @@ def shared(x, w):
 
 def layer_hf(x, w, c):
     """Loop over experts with index_select / index_add_ (HF style)."""
-    E, D = c["E"], c["D"]
+    E = c["E"]
     if c["score"] == "softmax":
         topi, topw = route_mixtral_hf(x, w, c)
         final = torch.zeros_like(x)
@@ -333,12 +333,14 @@ def main():
         x = w["x"]
         with torch.no_grad():
             out_hf = layer_hf(x, w, c)
-            r["hf_ms"] = time_ms(lambda: layer_hf(x, w, c), 2, args.runs)
+            r["hf_ms"] = time_ms(lambda x=x, w=w, c=c: layer_hf(x, w, c), 2,
+                                 args.runs)
             if pad is not None:
                 try:
                     out_gm = layer_grouped_mm(x, w, c, pad)
                     r["grouped_mm_ms"] = time_ms(
-                        lambda: layer_grouped_mm(x, w, c, pad), 2, args.runs)
+                        lambda x=x, w=w, c=c: layer_grouped_mm(x, w, c, pad),
+                        2, args.runs)
                     r["grouped_mm_vs_hf_rel_err"] = rel_err(out_gm, out_hf)
                 except Exception as e:  # noqa: BLE001 - report, go on
                     r["grouped_mm_error"] = f"{type(e).__name__}: {e}"[:300]

@@ -52,12 +52,10 @@ public:
   virtual Status allToAllV(const void *send, const int64_t *sendBytes,
                            const int64_t *sendDispls, void *recv,
                            const int64_t *recvBytes, const int64_t *recvDispls,
-                           const char *what,
-                           std::unique_ptr<Request> *req) = 0;
+                           const char *what, std::unique_ptr<Request> *req) = 0;
   /// recv holds size()*bytes: rank p's `bytes` at offset p*bytes.
   virtual Status allGather(const void *send, void *recv, int64_t bytes,
-                           const char *what,
-                           std::unique_ptr<Request> *req) = 0;
+                           const char *what, std::unique_ptr<Request> *req) = 0;
   /// Elementwise sum of `n` elements of `dtype` (MOERT_F32 at least).
   virtual Status allReduce(const void *send, void *recv, int64_t n,
                            int32_t dtype, const char *what,

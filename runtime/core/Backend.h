@@ -52,8 +52,8 @@ public:
                          int64_t D, float eps, int32_t dtype) = 0;
   virtual Status add(const void *a, const void *b, void *y, int64_t n,
                      int32_t dtype) = 0;
-  virtual Status router(const void *x, const void *w, float *logits,
-                        int64_t T, int64_t D, int64_t E, int32_t dtype) = 0;
+  virtual Status router(const void *x, const void *w, float *logits, int64_t T,
+                        int64_t D, int64_t E, int32_t dtype) = 0;
   virtual Status topk(const float *logits, const float *bias, float *weights,
                       int32_t *indices, float *scores, int64_t T, int64_t E,
                       int64_t k, int32_t scoreFn, int32_t renormalize,
@@ -79,8 +79,7 @@ public:
                      int64_t T, int64_t D, int64_t F, int32_t activation,
                      int32_t dtype) = 0;
   virtual Status expertLoad(const float *scores, const int32_t *indices,
-                            float *stats, int64_t T, int64_t k,
-                            int64_t E) = 0;
+                            float *stats, int64_t T, int64_t k, int64_t E) = 0;
   virtual Status loadBalanceLoss(const float *stats, float *out, int64_t E,
                                  int64_t tokens, int64_t k, float coeff) = 0;
   virtual Status zLoss(const float *logits, float *out, int64_t T, int64_t E,

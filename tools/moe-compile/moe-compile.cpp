@@ -284,19 +284,19 @@ llvm::Error emitObject(llvm::Module &llvmModule, StringRef path) {
 
 llvm::Error linkShared(StringRef object, StringRef library) {
   std::string driver;
-  for (StringRef candidate :
-       linker.empty() ? SmallVector<StringRef>{"cc", "gcc", "clang"}
-                      : SmallVector<StringRef>{linker}) {
+  for (StringRef candidate : linker.empty()
+                                 ? SmallVector<StringRef>{"cc", "gcc", "clang"}
+                                 : SmallVector<StringRef>{linker}) {
     if (auto p = llvm::sys::findProgramByName(candidate)) {
       driver = *p;
       break;
     }
   }
   if (driver.empty())
-    return makeError("no C compiler driver to link with (looked for " +
-                     (linker.empty() ? std::string("cc, gcc, clang")
-                                     : std::string(linker)) +
-                     " on PATH); install gcc or pass --linker");
+    return makeError(
+        "no C compiler driver to link with (looked for " +
+        (linker.empty() ? std::string("cc, gcc, clang") : std::string(linker)) +
+        " on PATH); install gcc or pass --linker");
   SmallString<128> log;
   llvm::sys::fs::createTemporaryFile("moe-compile-link", "log", log);
   std::optional<StringRef> redirects[] = {std::nullopt, StringRef(log),
@@ -446,15 +446,14 @@ llvm::Error compile(MLIRContext &context, StringRef staging,
   auto lib = llvm::MemoryBuffer::getFile(library);
   if (!lib)
     return makeError("cannot read back " + library);
-  llvm::json::Object manifest{
-      {"format", "moe-compiler-module"},
-      {"version", 1},
-      {"module_hash", fnv1a64((*lib)->getBuffer())},
-      {"library", "module.so"},
-      {"target", target.getValue()},
-      {"source", inputFile.getValue()},
-      {"mesh", std::move(mesh)},
-      {"entries", std::move(entries)}};
+  llvm::json::Object manifest{{"format", "moe-compiler-module"},
+                              {"version", 1},
+                              {"module_hash", fnv1a64((*lib)->getBuffer())},
+                              {"library", "module.so"},
+                              {"target", target.getValue()},
+                              {"source", inputFile.getValue()},
+                              {"mesh", std::move(mesh)},
+                              {"entries", std::move(entries)}};
   std::string text;
   llvm::raw_string_ostream os(text);
   os << llvm::formatv("{0:2}", llvm::json::Value(std::move(manifest))) << "\n";
@@ -497,8 +496,8 @@ int main(int argc, char **argv) {
       "OUT_DIR receives manifest.json, module.so and module.mlir "
       "(docs/module-format.md).\n");
   if (target != "cpu" && target != "cuda") {
-    llvm::errs() << "moe-compile: --target must be cpu or cuda, got '"
-                 << target << "'\n";
+    llvm::errs() << "moe-compile: --target must be cpu or cuda, got '" << target
+                 << "'\n";
     return 1;
   }
 

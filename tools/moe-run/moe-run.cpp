@@ -732,7 +732,8 @@ void Driver::runEntry() {
 /// the module fails to write can never pass --check with stale data.
 void Driver::poisonResults() {
   for (const TensorSpec &spec : entry_->results) {
-    std::vector<unsigned char> nan(static_cast<size_t>(spec.localBytes()), 0xFF);
+    std::vector<unsigned char> nan(static_cast<size_t>(spec.localBytes()),
+                                   0xFF);
     if (moert_copy_to_device(ctx_, results_[spec.index], nan.data(),
                              spec.localBytes()) != MOERT_OK)
       fatal(ctxError(ctx_, "poisoning the result buffers"));
@@ -950,7 +951,8 @@ bool checkTensor(const SafetensorsFile &ref, const TensorSpec &spec,
     // Relative error only where rtol, not atol, sets the tolerance: near-zero
     // reference values make |err/ref| meaningless.
     if (std::fabs(b[i]) >= atol / rtol)
-      maxRel = std::max(maxRel, std::isnan(err) ? INFINITY : err / std::fabs(b[i]));
+      maxRel =
+          std::max(maxRel, std::isnan(err) ? INFINITY : err / std::fabs(b[i]));
   }
   std::printf("check %-40s max abs err %.3e  max rel err %.3e (|ref| >= "
               "%g)  %s\n",
@@ -985,7 +987,8 @@ int Driver::finish() {
   Status s = gatherResults(globals);
   std::vector<std::string> stats, traces;
   if (s.isOk())
-    s = gatherStrings(rankStats(ctx_, loadSeconds_, h2dSeconds_, runSeconds_), stats);
+    s = gatherStrings(rankStats(ctx_, loadSeconds_, h2dSeconds_, runSeconds_),
+                      stats);
   if (s.isOk() && !opt_.trace.empty())
     s = gatherStrings(moert_ctx_trace_json(ctx_), traces);
   if (!s.isOk())

@@ -203,8 +203,8 @@ public:
       SmallVector<Type> argTypes;
       for (Value v : operands)
         argTypes.push_back(v.getType());
-      auto type = mb.getFunctionType(
-          argTypes, returnsPtr ? TypeRange{ptrTy} : TypeRange{});
+      auto type = mb.getFunctionType(argTypes, returnsPtr ? TypeRange{ptrTy}
+                                                          : TypeRange{});
       fn = func::FuncOp::create(mb, loc, sym, type);
       fn.setPrivate();
     }
@@ -361,11 +361,10 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
   EntryEmitter &e = *em;
   return TypeSwitch<Operation *, LogicalResult>(&op)
       .Case([&](RMSNormOp o) {
-        e.call("rmsnorm", {ptr(o.getInput()), ptr(o.getWeight()),
-                           ptr(o.getOutput()), dim(o.getInput(), 0),
-                           dim(o.getInput(), 1),
-                           e.f32(o.getEps().convertToFloat()),
-                           dtype(o.getInput())});
+        e.call("rmsnorm",
+               {ptr(o.getInput()), ptr(o.getWeight()), ptr(o.getOutput()),
+                dim(o.getInput(), 0), dim(o.getInput(), 1),
+                e.f32(o.getEps().convertToFloat()), dtype(o.getInput())});
         return success();
       })
       .Case([&](AddOp o) {
@@ -375,10 +374,10 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
         return success();
       })
       .Case([&](RouterOp o) {
-        e.call("router", {ptr(o.getInput()), ptr(o.getWeight()),
-                          ptr(o.getLogits()), dim(o.getInput(), 0),
-                          dim(o.getInput(), 1), dim(o.getWeight(), 0),
-                          dtype(o.getInput())});
+        e.call("router",
+               {ptr(o.getInput()), ptr(o.getWeight()), ptr(o.getLogits()),
+                dim(o.getInput(), 0), dim(o.getInput(), 1),
+                dim(o.getWeight(), 0), dtype(o.getInput())});
         return success();
       })
       .Case([&](TopKOp o) {
@@ -401,12 +400,11 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
       })
       .Case([&](DispatchOp o) {
         RankedTensorType out = tensorOf(o.getOutput());
-        e.call("dispatch",
-               {ptr(o.getInput()), ptr(o.getPositions()), ptr(o.getOutput()),
-                dim(o.getInput(), 0), dim(o.getPositions(), 1),
-                dim(o.getInput(), 1),
-                e.i64(out.getNumElements() / out.getShape().back()),
-                dtype(o.getInput())});
+        e.call("dispatch", {ptr(o.getInput()), ptr(o.getPositions()),
+                            ptr(o.getOutput()), dim(o.getInput(), 0),
+                            dim(o.getPositions(), 1), dim(o.getInput(), 1),
+                            e.i64(out.getNumElements() / out.getShape().back()),
+                            dtype(o.getInput())});
         return success();
       })
       .Case([&](ExpertFFNOp o) {
@@ -425,11 +423,11 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
         return success();
       })
       .Case([&](CombineOp o) {
-        e.call("combine", {ptr(o.getInput()), ptr(o.getPositions()),
-                           ptr(o.getWeights()), optPtr(o.getPassthrough()),
-                           ptr(o.getOutput()), dim(o.getPositions(), 0),
-                           dim(o.getPositions(), 1), dim(o.getOutput(), 1),
-                           dtype(o.getOutput())});
+        e.call("combine",
+               {ptr(o.getInput()), ptr(o.getPositions()), ptr(o.getWeights()),
+                optPtr(o.getPassthrough()), ptr(o.getOutput()),
+                dim(o.getPositions(), 0), dim(o.getPositions(), 1),
+                dim(o.getOutput(), 1), dtype(o.getOutput())});
         return success();
       })
       .Case([&](MLPOp o) {
@@ -454,18 +452,18 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
         return success();
       })
       .Case([&](ZLossOp o) {
-        e.call("z_loss", {ptr(o.getLogits()), ptr(o.getLoss()),
-                          dim(o.getLogits(), 0), dim(o.getLogits(), 1),
-                          e.i64(o.getTokens()),
-                          e.f32(o.getCoeff().convertToFloat())});
+        e.call("z_loss",
+               {ptr(o.getLogits()), ptr(o.getLoss()), dim(o.getLogits(), 0),
+                dim(o.getLogits(), 1), e.i64(o.getTokens()),
+                e.f32(o.getCoeff().convertToFloat())});
         return success();
       })
       .Case([&](WaitOp o) {
         e.call("wait", {handles.lookup(o.getFuture())});
         return success();
       })
-      .Case<AllToAllOp, AllToAllVOp, AllGatherOp, ReduceScatterOp,
-            AllReduceOp, SliceOp>([&](Operation *o) { return lowerCollective(*o, false); })
+      .Case<AllToAllOp, AllToAllVOp, AllGatherOp, ReduceScatterOp, AllReduceOp,
+            SliceOp>([&](Operation *o) { return lowerCollective(*o, false); })
       .Case<AllToAllStartOp, AllToAllVStartOp, AllGatherStartOp,
             ReduceScatterStartOp, AllReduceStartOp>(
           [&](Operation *o) { return lowerCollective(*o, true); })
@@ -507,12 +505,13 @@ LogicalResult FunctionLowering::lowerCollective(Operation &op, bool start) {
       args.push_back(e.i64(x));
     if (isa<AllToAllOp, AllToAllStartOp>(op)) {
       name = "all_to_all";
-      args.append({e.i64(op.getAttrOfType<IntegerAttr>("split_dim").getInt()),
-                   e.i64(op.getAttrOfType<IntegerAttr>("concat_dim").getInt())});
+      args.append(
+          {e.i64(op.getAttrOfType<IntegerAttr>("split_dim").getInt()),
+           e.i64(op.getAttrOfType<IntegerAttr>("concat_dim").getInt())});
     } else {
-      name = reduce ? "reduce_scatter"
-                    : isa<SliceOp>(op) ? "slice"
-                                       : "all_gather";
+      name = reduce             ? "reduce_scatter"
+             : isa<SliceOp>(op) ? "slice"
+                                : "all_gather";
       args.push_back(e.i64(op.getAttrOfType<IntegerAttr>("dim").getInt()));
       if (reduce)
         args.push_back(e.i32(dtypeCode(inTy.getElementType())));

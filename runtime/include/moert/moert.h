@@ -88,8 +88,8 @@ typedef struct moert_ctx_options {
   int32_t comm;         /* moert_comm_kind                                  */
   int32_t num_threads;  /* CPU threads per rank; 0 = runtime default        */
   int32_t mesh_rank;    /* number of mesh axes (0 = no mesh: world of 1)    */
-  const int64_t *mesh_shape;      /* [mesh_rank]                            */
-  const char *const *mesh_axes;   /* [mesh_rank] axis names                 */
+  const int64_t *mesh_shape;    /* [mesh_rank]                            */
+  const char *const *mesh_axes; /* [mesh_rank] axis names                 */
   double timeout_s;     /* a collective not done after this fails (<=0: 300)*/
   int32_t record_trace; /* keep per-call events for a Chrome trace          */
 } moert_ctx_options;
@@ -151,8 +151,8 @@ moert_status moert_world_barrier(moert_ctx *ctx);
 moert_status moert_world_gather(moert_ctx *ctx, const void *send, void *recv,
                                 int64_t bytes);
 /* Every rank receives world*bytes in rank order. */
-moert_status moert_world_allgather(moert_ctx *ctx, const void *send,
-                                   void *recv, int64_t bytes);
+moert_status moert_world_allgather(moert_ctx *ctx, const void *send, void *recv,
+                                   int64_t bytes);
 /* Rank 0's `bytes` host bytes are copied to every rank. */
 moert_status moert_world_broadcast(moert_ctx *ctx, void *buf, int64_t bytes);
 
@@ -168,8 +168,8 @@ void moert_copy(moert_ctx *ctx, const void *src, void *dst, int64_t bytes);
 void moert_rmsnorm(moert_ctx *ctx, const void *x, const void *w, void *y,
                    int64_t T, int64_t D, float eps, int32_t dtype);
 /* y = a + b, n elements                                                    */
-void moert_add(moert_ctx *ctx, const void *a, const void *b, void *y,
-               int64_t n, int32_t dtype);
+void moert_add(moert_ctx *ctx, const void *a, const void *b, void *y, int64_t n,
+               int32_t dtype);
 /* logits[T,E] (f32) = x[T,D] . w[E,D]^T, accumulated in f32                */
 void moert_router(moert_ctx *ctx, const void *x, const void *w, float *logits,
                   int64_t T, int64_t D, int64_t E, int32_t dtype);
@@ -219,10 +219,9 @@ void moert_combine(moert_ctx *ctx, const void *y, const int32_t *positions,
 /* Dense FFN (shared experts, dense layers): weights gate/up [F,D] (gate
  * NULL for relu/gelu), down [D,F]. If sigmoid_gate ([1,D]) is not NULL the
  * output row t is scaled by sigmoid(x[t] . sigmoid_gate).                  */
-void moert_mlp(moert_ctx *ctx, const void *x, const void *gate,
-               const void *up, const void *down, const void *sigmoid_gate,
-               void *y, int64_t T, int64_t D, int64_t F, int32_t activation,
-               int32_t dtype);
+void moert_mlp(moert_ctx *ctx, const void *x, const void *gate, const void *up,
+               const void *down, const void *sigmoid_gate, void *y, int64_t T,
+               int64_t D, int64_t F, int32_t activation, int32_t dtype);
 /* stats[2,E]: row 0 = number of assignments to e, row 1 = sum of scores of
  * e over tokens (both f32, partial over this rank's tokens).               */
 void moert_expert_load(moert_ctx *ctx, const float *scores,
@@ -230,8 +229,7 @@ void moert_expert_load(moert_ctx *ctx, const float *scores,
                        int64_t k, int64_t E);
 /* out[0] = coeff * E * sum_e (stats[0,e]/(tokens*k)) * (stats[1,e]/tokens) */
 void moert_load_balance_loss(moert_ctx *ctx, const float *stats, float *out,
-                             int64_t E, int64_t tokens, int64_t k,
-                             float coeff);
+                             int64_t E, int64_t tokens, int64_t k, float coeff);
 /* out[0] = coeff * sum_t logsumexp(logits[t])^2 / total_tokens            */
 void moert_z_loss(moert_ctx *ctx, const float *logits, float *out, int64_t T,
                   int64_t E, int64_t total_tokens, float coeff);
@@ -280,27 +278,25 @@ void moert_slice(moert_ctx *ctx, int64_t axis_mask, const void *in, void *out,
 
 /* Async forms: same arguments, return a handle; moert_wait completes it.
  * Input and output must stay untouched until the wait.                     */
-void *moert_all_to_all_start(moert_ctx *ctx, int64_t axis_mask,
-                             const void *in, void *out, int64_t elem_bytes,
-                             int64_t d0, int64_t d1, int64_t d2, int64_t d3,
+void *moert_all_to_all_start(moert_ctx *ctx, int64_t axis_mask, const void *in,
+                             void *out, int64_t elem_bytes, int64_t d0,
+                             int64_t d1, int64_t d2, int64_t d3,
                              int64_t split_dim, int64_t concat_dim);
 void *moert_all_to_all_v_start(moert_ctx *ctx, int64_t axis_mask,
                                const void *in, const int32_t *send_counts,
                                const int32_t *recv_counts, void *out,
-                               int64_t num_send_counts,
-                               int64_t num_recv_counts, int64_t row_bytes,
-                               int64_t in_rows, int64_t out_rows);
-void *moert_all_gather_start(moert_ctx *ctx, int64_t axis_mask,
-                             const void *in, void *out, int64_t elem_bytes,
-                             int64_t d0, int64_t d1, int64_t d2, int64_t d3,
-                             int64_t dim);
+                               int64_t num_send_counts, int64_t num_recv_counts,
+                               int64_t row_bytes, int64_t in_rows,
+                               int64_t out_rows);
+void *moert_all_gather_start(moert_ctx *ctx, int64_t axis_mask, const void *in,
+                             void *out, int64_t elem_bytes, int64_t d0,
+                             int64_t d1, int64_t d2, int64_t d3, int64_t dim);
 void *moert_reduce_scatter_start(moert_ctx *ctx, int64_t axis_mask,
                                  const void *in, void *out, int64_t d0,
                                  int64_t d1, int64_t d2, int64_t d3,
                                  int64_t dim, int32_t dtype);
-void *moert_all_reduce_start(moert_ctx *ctx, int64_t axis_mask,
-                             const void *in, void *out, int64_t n,
-                             int32_t dtype);
+void *moert_all_reduce_start(moert_ctx *ctx, int64_t axis_mask, const void *in,
+                             void *out, int64_t n, int32_t dtype);
 void moert_wait(moert_ctx *ctx, void *handle);
 
 #ifdef __cplusplus

@@ -81,7 +81,7 @@ def fnv1a64(path):
     with open(path, "rb") as f:
         for byte in f.read():
             h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return "%016x" % h
+    return f"{h:016x}"
 
 
 # ---------------------------------------------------------------- model
@@ -107,7 +107,7 @@ def reference(x, norm, bias, proj):
 def weights_tensors(norm, bias, proj):
     t = {"norm.weight": ("BF16", norm)}
     for e in range(E):
-        t["experts.%d.bias" % e] = ("F32", bias[e])
+        t[f"experts.{e}.bias"] = ("F32", bias[e])
     # The transpose flag: the file holds proj^T.
     t["proj.weight"] = ("F32", np.ascontiguousarray(proj.T))
     return t
@@ -155,8 +155,8 @@ def build_module(out_dir, cc, include, mesh_axes, mesh_shape, extra=()):
         n *= s
     lib = os.path.join(out_dir, "module.so")
     cmd = [cc, "-shared", "-fPIC", "-O1", "-I", include,
-           "-DLT=%d" % (T // n), "-DLE=%d" % (E // n),
-           "-DMASK=%d" % (1 if mesh_axes else 0), *extra,
+           f"-DLT={T // n}", f"-DLE={E // n}",
+           f"-DMASK={1 if mesh_axes else 0}", *extra,
            os.path.join(HERE, "module.c"), "-o", lib]
     subprocess.run(cmd, check=True)
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
@@ -171,7 +171,7 @@ def run(cmd, what):
         p = subprocess.run(cmd, capture_output=True, text=True,
                            timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
-        failures.append("%s: moe-run hung (more than %d s)" % (what, TIMEOUT))
+        failures.append(f"{what}: moe-run hung (more than {TIMEOUT} s)")
         return None
     return p
 
@@ -181,18 +181,16 @@ def check_good(cmd, what, out_path, expected):
     if p is None:
         return
     if p.returncode != 0:
-        failures.append("%s: exit %d\n%s%s" % (what, p.returncode, p.stdout,
-                                               p.stderr))
+        failures.append(f"{what}: exit {p.returncode}\n{p.stdout}{p.stderr}")
         return
     got = read_safetensors(out_path)
     for name, want in expected.items():
         if name not in got:
-            failures.append("%s: output lacks %s" % (what, name))
+            failures.append(f"{what}: output lacks {name}")
         elif not np.allclose(got[name], want, rtol=1e-4, atol=1e-5):
             err = np.abs(got[name] - want).max()
-            failures.append("%s: %s differs (max abs err %g)" %
-                            (what, name, err))
-    print("ok   %s" % what)
+            failures.append(f"{what}: {name} differs (max abs err {err:g})")
+    print(f"ok   {what}")
     return p
 
 
@@ -208,16 +206,15 @@ def check_bad(cmd, what, must_name, out_path):
         problems.append("exited 0")
     for word in must_name:
         if word not in text:
-            problems.append("message does not name %r" % word)
+            problems.append(f"message does not name {word!r}")
     if out_path and os.path.exists(out_path):
         problems.append("left an output file behind")
     if "Segmentation" in text or "core dumped" in text:
         problems.append("crashed")
     if problems:
-        failures.append("%s: %s\n--- output:\n%s" %
-                        (what, "; ".join(problems), text))
+        failures.append("{}: {}\n--- output:\n{}".format(what, "; ".join(problems), text))
     else:
-        print("ok   %s (exit %d)" % (what, p.returncode))
+        print(f"ok   {what} (exit {p.returncode})")
 
 
 # ---------------------------------------------------------------- cases
@@ -235,7 +232,7 @@ def good_cases(a, w, single, dp2, files, expected):
         s = json.load(open(stats))
         if not (isinstance(s, list) and len(s) == 1 and s[0]["rank"] == 0
                 and "run_seconds" in s[0] and "load_seconds" in s[0]):
-            failures.append("single rank: bad stats file %r" % s)
+            failures.append(f"single rank: bad stats file {s!r}")
         if "rmsnorm" not in p.stdout:
             failures.append("single rank: no phase table:\n" + p.stdout)
     if not a.mpiexec:
@@ -254,8 +251,7 @@ def good_cases(a, w, single, dp2, files, expected):
         coll = [c for c in s[1]["collectives"] if c["op"] == "all_gather"]
         want = (T // 2) * D * 4  # one local block to the one other rank
         if len(s) != 2 or not coll or coll[0]["bytes_sent"] != want:
-            failures.append("mpirun: stats %r (want all_gather %d bytes)" %
-                            (s, want))
+            failures.append(f"mpirun: stats {s!r} (want all_gather {want} bytes)")
         json.load(open(trace))
         if "collectives" not in p.stdout:
             failures.append("mpirun: no collectives table:\n" + p.stdout)
@@ -352,8 +348,7 @@ def module_cases(a, w, single, files):
                               "all_hidden": ("F32", np.zeros((T, D)))})
     p = run([a.moe_run, single, "--check", check] + args, "check mismatch")
     if p is not None and (p.returncode != 1 or "MISMATCH" not in p.stdout):
-        failures.append("check mismatch: exit %d\n%s%s" %
-                        (p.returncode, p.stdout, p.stderr))
+        failures.append(f"check mismatch: exit {p.returncode}\n{p.stdout}{p.stderr}")
     elif p is not None:
         print("ok   check mismatch (exit 1)")
 
@@ -410,7 +405,7 @@ def main():
     mpi_cases(a, w, single, dp2, files)
     for f in failures:
         print("FAIL " + f)
-    print("moe-run handwritten: %d failed" % len(failures))
+    print(f"moe-run handwritten: {len(failures)} failed")
     return 1 if failures else 0
 
 

@@ -73,14 +73,14 @@ TopKOp buildTopK(OpBuilder &b, Value logits, int64_t k, int64_t groups = 1,
   auto lt = cast<RankedTensorType>(logits.getType());
   int64_t t = lt.getDimSize(0);
   Type f32 = b.getF32Type(), i32 = b.getI32Type();
-  return TopKOp::create(
-      b, b.getUnknownLoc(), RankedTensorType::get({t, k}, f32),
-      RankedTensorType::get({t, k}, i32), lt, logits, Value(),
-      b.getI64IntegerAttr(k),
-      ScoreFuncAttr::get(b.getContext(), ScoreFunc::softmax), UnitAttr(),
-      b.getF32FloatAttr(1.0f), b.getI64IntegerAttr(groups),
-      b.getI64IntegerAttr(kept),
-      GroupScoreAttr::get(b.getContext(), GroupScore::max));
+  return TopKOp::create(b, b.getUnknownLoc(),
+                        RankedTensorType::get({t, k}, f32),
+                        RankedTensorType::get({t, k}, i32), lt, logits, Value(),
+                        b.getI64IntegerAttr(k),
+                        ScoreFuncAttr::get(b.getContext(), ScoreFunc::softmax),
+                        UnitAttr(), b.getF32FloatAttr(1.0f),
+                        b.getI64IntegerAttr(groups), b.getI64IntegerAttr(kept),
+                        GroupScoreAttr::get(b.getContext(), GroupScore::max));
 }
 
 TEST_F(MoEDialectTest, TopKAcceptsValidSelection) {

@@ -168,8 +168,7 @@ LogicalResult RMSNormOp::verify() {
     return failure();
   if (getOutput().getType() != getInput().getType())
     return emitOpError() << "result type " << getOutput().getType()
-                         << " differs from input type "
-                         << getInput().getType();
+                         << " differs from input type " << getInput().getType();
   return success();
 }
 
@@ -196,8 +195,8 @@ LogicalResult TopKOp::verify() {
   if (getBias() && failed(expectShape(*this, getBias(), {e}, "bias")))
     return failure();
   if (kept > groups)
-    return emitOpError() << "groups_kept (" << kept
-                         << ") exceeds num_groups (" << groups << ")";
+    return emitOpError() << "groups_kept (" << kept << ") exceeds num_groups ("
+                         << groups << ")";
   if (!ShapedType::isDynamic(e)) {
     if (e % groups != 0)
       return emitOpError() << "num_groups (" << groups
@@ -205,11 +204,9 @@ LogicalResult TopKOp::verify() {
                            << ")";
     if (k > kept * (e / groups))
       return emitOpError() << "k (" << k << ") exceeds the "
-                           << kept * (e / groups)
-                           << " experts selectable in " << kept
-                           << " kept groups";
-    if (groups > 1 && getGroupScore() == GroupScore::top2_sum &&
-        e / groups < 2)
+                           << kept * (e / groups) << " experts selectable in "
+                           << kept << " kept groups";
+    if (groups > 1 && getGroupScore() == GroupScore::top2_sum && e / groups < 2)
       return emitOpError() << "group score 'top2_sum' needs at least 2 "
                               "experts per group, got "
                            << e / groups;
@@ -285,21 +282,19 @@ LogicalResult ExpertFFNOp::verify() {
                            << ") are not divisible by the " << s
                            << " count segments";
   }
-  for (auto [w, name] : {std::pair{getUp(), "up weight"},
-                         std::pair{getDown(), "down weight"}})
+  for (auto [w, name] :
+       {std::pair{getUp(), "up weight"}, std::pair{getDown(), "down weight"}})
     if (failed(expectSameElementType(*this, getInput(), w, "input", name)))
       return failure();
   if (getOutput().getType() != getInput().getType())
     return emitOpError() << "result type " << getOutput().getType()
-                         << " differs from input type "
-                         << getInput().getType();
+                         << " differs from input type " << getInput().getType();
   return success();
 }
 
 LogicalResult CombineOp::verify() {
   auto y = tensorType(getInput()), pos = tensorType(getPositions());
-  int64_t t = pos.getDimSize(0), k = pos.getDimSize(1),
-          d = y.getShape().back();
+  int64_t t = pos.getDimSize(0), k = pos.getDimSize(1), d = y.getShape().back();
   if (failed(expectShape(*this, getWeights(), {t, k}, "weights")) ||
       failed(expectShape(*this, getOutput(), {t, d}, "result")) ||
       failed(expectSameElementType(*this, getInput(), getOutput(), "input",
@@ -321,8 +316,7 @@ LogicalResult MLPOp::verify() {
       return failure();
   if (getOutput().getType() != getInput().getType())
     return emitOpError() << "result type " << getOutput().getType()
-                         << " differs from input type "
-                         << getInput().getType();
+                         << " differs from input type " << getInput().getType();
   return success();
 }
 
@@ -346,9 +340,8 @@ LogicalResult LoadBalanceLossOp::verify() {
 LogicalResult ZLossOp::verify() {
   int64_t t = tensorType(getLogits()).getDimSize(0);
   if (!ShapedType::isDynamic(t) && int64_t(getTokens()) < t)
-    return emitOpError() << "tokens (" << getTokens()
-                         << ") is less than the " << t
-                         << " tokens of the logits";
+    return emitOpError() << "tokens (" << getTokens() << ") is less than the "
+                         << t << " tokens of the logits";
   return success();
 }
 
@@ -458,13 +451,11 @@ LogicalResult LayerOp::verify() {
 
   size_t losses = size_t(hasAuxLoss()) + size_t(hasZLoss());
   if (getLosses().size() != losses)
-    return emitOpError() << "has " << getLosses().size()
-                         << " loss results but " << losses
-                         << " loss coefficients are non-zero";
+    return emitOpError() << "has " << getLosses().size() << " loss results but "
+                         << losses << " loss coefficients are non-zero";
   if (getOutput().getType() != getInput().getType())
     return emitOpError() << "result type " << getOutput().getType()
-                         << " differs from input type "
-                         << getInput().getType();
+                         << " differs from input type " << getInput().getType();
   return success();
 }
 
@@ -483,19 +474,18 @@ MeshOp lookupMesh(Operation *op, FlatSymbolRefAttr ref) {
 LogicalResult verifyMeshAxes(Operation *op, FlatSymbolRefAttr ref,
                              ArrayAttr axes,
                              SymbolTableCollection &symbolTable) {
-  auto mesh =
-      symbolTable.lookupNearestSymbolFrom<MeshOp>(op, ref.getAttr());
+  auto mesh = symbolTable.lookupNearestSymbolFrom<MeshOp>(op, ref.getAttr());
   if (!mesh)
-    return op->emitOpError() << "refers to " << ref
-                             << ", which is not a moe.mesh";
+    return op->emitOpError()
+           << "refers to " << ref << ", which is not a moe.mesh";
   if (axes.empty())
     return op->emitOpError() << "names no mesh axes";
   llvm::SmallSet<StringRef, 4> seen;
   for (Attribute a : axes) {
     StringRef name = cast<StringAttr>(a).getValue();
     if (mesh.getAxisIndex(name) < 0)
-      return op->emitOpError() << "axis '" << name << "' is not an axis of "
-                               << ref;
+      return op->emitOpError()
+             << "axis '" << name << "' is not an axis of " << ref;
     if (!seen.insert(name).second)
       return op->emitOpError() << "axis '" << name << "' appears twice";
   }
@@ -525,21 +515,21 @@ LogicalResult verifyAllToAll(Operation *op, Value input, Value result,
   RankedTensorType out = resultTensor(result);
   int64_t rank = in.getRank();
   if (split < 0 || split >= rank || concat < 0 || concat >= rank)
-    return op->emitOpError() << "split (" << split << ") and concat ("
-                             << concat << ") must be dimensions of the rank-"
-                             << rank << " input";
+    return op->emitOpError()
+           << "split (" << split << ") and concat (" << concat
+           << ") must be dimensions of the rank-" << rank << " input";
   if (in.getElementType() != out.getElementType())
-    return op->emitOpError() << "result element type " << out.getElementType()
-                             << " differs from input element type "
-                             << in.getElementType();
+    return op->emitOpError()
+           << "result element type " << out.getElementType()
+           << " differs from input element type " << in.getElementType();
   int64_t n = staticGroupSize(op, mesh, axes);
   if (n == 0)
     return success();
   int64_t s = in.getDimSize(split);
   if (!ShapedType::isDynamic(s) && s % n != 0)
-    return op->emitOpError() << "split dimension " << split << " (" << s
-                             << ") is not divisible by the group size (" << n
-                             << ")";
+    return op->emitOpError()
+           << "split dimension " << split << " (" << s
+           << ") is not divisible by the group size (" << n << ")";
   SmallVector<int64_t> expected(in.getShape());
   if (!ShapedType::isDynamic(s))
     expected[split] = s / n;
@@ -583,13 +573,13 @@ LogicalResult verifyAllToAllV(Operation *op, Value input, Value sendCounts,
   auto in = tensorType(input);
   RankedTensorType out = resultTensor(result);
   if (out.getRank() != 2 || !sameDim(out.getDimSize(1), in.getDimSize(1)))
-    return op->emitOpError() << "result has shape " << shapeStr(out.getShape())
-                             << ", expected [rows, " << dimStr(in.getDimSize(1))
-                             << "]";
+    return op->emitOpError()
+           << "result has shape " << shapeStr(out.getShape())
+           << ", expected [rows, " << dimStr(in.getDimSize(1)) << "]";
   if (in.getElementType() != out.getElementType())
-    return op->emitOpError() << "result element type " << out.getElementType()
-                             << " differs from input element type "
-                             << in.getElementType();
+    return op->emitOpError()
+           << "result element type " << out.getElementType()
+           << " differs from input element type " << in.getElementType();
   int64_t n = staticGroupSize(op, mesh, axes);
   if (n == 0)
     return success();
@@ -612,13 +602,13 @@ LogicalResult verifyDimCollective(Operation *op, Value input, Value result,
   auto in = tensorType(input);
   RankedTensorType out = resultTensor(result);
   if (dim < 0 || dim >= in.getRank())
-    return op->emitOpError() << "dim (" << dim
-                             << ") is not a dimension of the rank-"
-                             << in.getRank() << " input";
+    return op->emitOpError()
+           << "dim (" << dim << ") is not a dimension of the rank-"
+           << in.getRank() << " input";
   if (in.getElementType() != out.getElementType())
-    return op->emitOpError() << "result element type " << out.getElementType()
-                             << " differs from input element type "
-                             << in.getElementType();
+    return op->emitOpError()
+           << "result element type " << out.getElementType()
+           << " differs from input element type " << in.getElementType();
   int64_t n = staticGroupSize(op, mesh, axes);
   if (n == 0)
     return success();
@@ -626,9 +616,9 @@ LogicalResult verifyDimCollective(Operation *op, Value input, Value result,
   int64_t s = expected[dim];
   if (!ShapedType::isDynamic(s)) {
     if (!gather && s % n != 0)
-      return op->emitOpError() << "dimension " << dim << " (" << s
-                               << ") is not divisible by the group size (" << n
-                               << ")";
+      return op->emitOpError()
+             << "dimension " << dim << " (" << s
+             << ") is not divisible by the group size (" << n << ")";
     expected[dim] = gather ? s * n : s / n;
   }
   return expectShape(op, out, expected, "result");
@@ -689,8 +679,7 @@ LogicalResult AllReduceStartOp::verify() {
 //===--- Folders: a group of one rank moves nothing -----------------------===//
 
 namespace {
-template <typename OpTy>
-OpFoldResult foldTrivialGroup(OpTy op) {
+template <typename OpTy> OpFoldResult foldTrivialGroup(OpTy op) {
   if (op.getGroupSize() == 1 && op.getInput().getType() == op.getType())
     return op.getInput();
   return {};
@@ -733,7 +722,8 @@ struct FuseImmediateWait : OpRewritePattern<WaitOp> {
           wait, "compute runs between the start and the wait");
     if (!start->hasOneUse())
       return rewriter.notifyMatchFailure(wait, "the future has other uses");
-    if (succeeded(replaceWithSync<AllToAllStartOp, AllToAllOp>(wait, rewriter)) ||
+    if (succeeded(
+            replaceWithSync<AllToAllStartOp, AllToAllOp>(wait, rewriter)) ||
         succeeded(
             replaceWithSync<AllToAllVStartOp, AllToAllVOp>(wait, rewriter)) ||
         succeeded(

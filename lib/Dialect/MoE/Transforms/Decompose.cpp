@@ -35,7 +35,9 @@ struct DecomposeLayer : OpRewritePattern<LayerOp> {
     int64_t e = op.getNumExperts(), k = op.getTopK();
     Type f32 = rewriter.getF32Type(), i32 = rewriter.getI32Type();
     auto i64Attr = [&](int64_t v) { return rewriter.getI64IntegerAttr(v); };
-    auto unit = [&](bool on) { return on ? rewriter.getUnitAttr() : UnitAttr(); };
+    auto unit = [&](bool on) {
+      return on ? rewriter.getUnitAttr() : UnitAttr();
+    };
 
     // Routing: f32 logits, scores, top-k selection and gate weights.
     auto logitsTy = RankedTensorType::get({t, e}, f32);
@@ -54,25 +56,22 @@ struct DecomposeLayer : OpRewritePattern<LayerOp> {
     int64_t groups = capacity > 0 ? op.getTokenGroups() : 1;
     auto assign = AssignOp::create(
         rewriter, loc, RankedTensorType::get({t, k}, i32),
-        RankedTensorType::get({groups, e}, i32), topk.getIndices(),
-        i64Attr(e), i64Attr(capacity), i64Attr(groups));
+        RankedTensorType::get({groups, e}, i32), topk.getIndices(), i64Attr(e),
+        i64Attr(capacity), i64Attr(groups));
 
     RankedTensorType bufTy =
-        capacity > 0
-            ? RankedTensorType::get({e, groups * capacity, d},
-                                    xTy.getElementType())
-            : RankedTensorType::get({t * k, d}, xTy.getElementType());
+        capacity > 0 ? RankedTensorType::get({e, groups * capacity, d},
+                                             xTy.getElementType())
+                     : RankedTensorType::get({t * k, d}, xTy.getElementType());
     Value buf = DispatchOp::create(rewriter, loc, bufTy, op.getInput(),
                                    assign.getPositions());
     Value ybuf = ExpertFFNOp::create(
-        rewriter, loc, bufTy, buf, assign.getCounts(), op.getGate(),
-        op.getUp(), op.getDown(),
-        ActivationAttr::get(getContext(), op.getActivation()));
+        rewriter, loc, bufTy, buf, assign.getCounts(), op.getGate(), op.getUp(),
+        op.getDown(), ActivationAttr::get(getContext(), op.getActivation()));
     Value passthrough =
         op.getDropPolicy() == DropPolicy::passthrough ? op.getInput() : Value();
-    Value y = CombineOp::create(rewriter, loc, xTy, ybuf,
-                                assign.getPositions(), topk.getWeights(),
-                                passthrough);
+    Value y = CombineOp::create(rewriter, loc, xTy, ybuf, assign.getPositions(),
+                                topk.getWeights(), passthrough);
 
     // Shared experts (and PR-MoE's residual branch) see every token.
     if (op.getNumSharedExperts() > 0) {
@@ -86,9 +85,9 @@ struct DecomposeLayer : OpRewritePattern<LayerOp> {
     SmallVector<Value> results{y};
     auto scalarTy = RankedTensorType::get({}, f32);
     if (op.hasAuxLoss()) {
-      Value stats = ExpertLoadOp::create(
-          rewriter, loc, RankedTensorType::get({2, e}, f32), topk.getScores(),
-          topk.getIndices());
+      Value stats = ExpertLoadOp::create(rewriter, loc,
+                                         RankedTensorType::get({2, e}, f32),
+                                         topk.getScores(), topk.getIndices());
       results.push_back(LoadBalanceLossOp::create(rewriter, loc, scalarTy,
                                                   stats, i64Attr(t), i64Attr(k),
                                                   op.getAuxLossCoeffAttr()));
@@ -101,8 +100,7 @@ struct DecomposeLayer : OpRewritePattern<LayerOp> {
   }
 };
 
-struct MoEDecomposePass
-    : moe::impl::MoEDecomposeBase<MoEDecomposePass> {
+struct MoEDecomposePass : moe::impl::MoEDecomposeBase<MoEDecomposePass> {
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
     patterns.add<DecomposeLayer>(&getContext());

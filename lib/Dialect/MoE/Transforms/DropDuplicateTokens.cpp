@@ -98,9 +98,9 @@ struct MoEDropDuplicateTokensPass
     auto rowTy = cast<RankedTensorType>(fwd->getOperand(0).getType());
     int64_t dim = rowTy.getRank() - 1, d = rowTy.getShape().back();
     if (d % tp != 0)
-      return ffn.emitOpError() << "hidden size " << d
-                               << " is not divisible by tp = " << tp
-                               << ", which duplicate token dropping needs";
+      return ffn.emitOpError()
+             << "hidden size " << d << " is not divisible by tp = " << tp
+             << ", which duplicate token dropping needs";
     OpBuilder b(fwd);
     Location loc = ffn.getLoc();
     ArrayAttr tpAxes = b.getStrArrayAttr({"tp"});

@@ -66,9 +66,7 @@ RankedTensorType withShape(Type t, ArrayRef<int64_t> shape) {
                                cast<RankedTensorType>(t).getElementType());
 }
 
-RankedTensorType typeOf(Value v) {
-  return cast<RankedTensorType>(v.getType());
-}
+RankedTensorType typeOf(Value v) { return cast<RankedTensorType>(v.getType()); }
 
 /// Rewrites one function into its per-rank form.
 class FunctionSharder {
@@ -154,8 +152,8 @@ LogicalResult FunctionSharder::shardArguments() {
       if (global.getRank() < 1 || global.getDimSize(0) % mesh.tokenShards())
         return func.emitError()
                << "input " << attrs.get("moe.input") << " has "
-               << global.getDimSize(0) << " tokens, not divisible by dp x ep = "
-               << mesh.tokenShards();
+               << global.getDimSize(0)
+               << " tokens, not divisible by dp x ep = " << mesh.tokenShards();
       if (globalTokens >= 0 && globalTokens != global.getDimSize(0))
         return func.emitError("inputs disagree on the number of tokens");
       globalTokens = global.getDimSize(0);
@@ -168,10 +166,11 @@ LogicalResult FunctionSharder::shardArguments() {
         int64_t n = axes.empty() ? 1 : (axes[0] == "ep" ? mesh.ep : mesh.tp);
         if (local[d] % n != 0)
           return func.emitError()
-                 << "expert weight " << (attrs ? attrs.get("moe.weight") : Attribute())
-                 << " has " << local[d] << (d == 0 ? " experts" : " rows")
-                 << " in dimension " << d << ", not divisible by "
-                 << axes[0] << " = " << n;
+                 << "expert weight "
+                 << (attrs ? attrs.get("moe.weight") : Attribute()) << " has "
+                 << local[d] << (d == 0 ? " experts" : " rows")
+                 << " in dimension " << d << ", not divisible by " << axes[0]
+                 << " = " << n;
         local[d] /= n;
       }
     }
@@ -216,14 +215,14 @@ LogicalResult FunctionSharder::shardExpertFFN(ExpertFFNOp op) {
   } else if (mesh.ep > 1) {
     // Dropless: counts [1, E] -> [ep, E/ep], then the rows themselves.
     auto cTy = typeOf(counts);
-    auto rcTy = withShape(cTy, {mesh.ep * cTy.getDimSize(0),
-                                cTy.getDimSize(1) / mesh.ep});
-    inCounts = AllToAllOp::create(b, loc, rcTy, counts, meshRef, ep,
-                                  b.getI64IntegerAttr(1),
-                                  b.getI64IntegerAttr(0));
+    auto rcTy = withShape(
+        cTy, {mesh.ep * cTy.getDimSize(0), cTy.getDimSize(1) / mesh.ep});
+    inCounts =
+        AllToAllOp::create(b, loc, rcTy, counts, meshRef, ep,
+                           b.getI64IntegerAttr(1), b.getI64IntegerAttr(0));
     auto rowsTy = withShape(bufTy, {mesh.ep * bufTy.getDimSize(0), d});
-    in = AllToAllVOp::create(b, loc, rowsTy, buf, counts, inCounts, meshRef,
-                             ep);
+    in =
+        AllToAllVOp::create(b, loc, rowsTy, buf, counts, inCounts, meshRef, ep);
   }
   op.getInputMutable().assign(in);
   if (inCounts)
@@ -242,14 +241,14 @@ LogicalResult FunctionSharder::shardExpertFFN(ExpertFFNOp op) {
     out = sum;
   }
   if (mesh.ep > 1 && capacity) {
-    auto back = AllToAllOp::create(b, loc, bufTy, out, meshRef, ep,
-                                   b.getI64IntegerAttr(1),
-                                   b.getI64IntegerAttr(0));
+    auto back =
+        AllToAllOp::create(b, loc, bufTy, out, meshRef, ep,
+                           b.getI64IntegerAttr(1), b.getI64IntegerAttr(0));
     created.push_back(back);
     out = back;
   } else if (mesh.ep > 1) {
-    auto back = AllToAllVOp::create(b, loc, bufTy, out, inCounts, counts,
-                                    meshRef, ep);
+    auto back =
+        AllToAllVOp::create(b, loc, bufTy, out, inCounts, counts, meshRef, ep);
     created.push_back(back);
     out = back;
   }
@@ -293,7 +292,8 @@ LogicalResult FunctionSharder::shardOp(Operation &op) {
         return success();
       })
       .Case([&](AssignOp o) -> LogicalResult {
-        int64_t t = rows(o.getIndices()), k = typeOf(o.getIndices()).getDimSize(1);
+        int64_t t = rows(o.getIndices()),
+                k = typeOf(o.getIndices()).getDimSize(1);
         int64_t groups = o.getGroups();
         if (!o.isDropless()) {
           if (groups % mesh.tokenShards() != 0)
@@ -322,9 +322,9 @@ LogicalResult FunctionSharder::shardOp(Operation &op) {
                       int64_t(assign.getGroups() * assign.getCapacity()), d}));
         else
           o.getOutput().setType(withShape(
-              outTy, {rows(o.getPositions()) *
-                          typeOf(o.getPositions()).getDimSize(1),
-                      d}));
+              outTy,
+              {rows(o.getPositions()) * typeOf(o.getPositions()).getDimSize(1),
+               d}));
         return success();
       })
       .Case([&](ExpertFFNOp o) { return shardExpertFFN(o); })
@@ -380,8 +380,7 @@ LogicalResult FunctionSharder::run() {
     func.setResultAttrs(i, attrs);
     resultTypes.push_back(local);
   }
-  func.setFunctionType(
-      b.getFunctionType(func.getArgumentTypes(), resultTypes));
+  func.setFunctionType(b.getFunctionType(func.getArgumentTypes(), resultTypes));
   return success();
 }
 
