@@ -45,8 +45,40 @@ Status error(moert_status code, const char *fmt, ...)
       return moertTryStatus_;                                                  \
   } while (0)
 
-size_t dtypeSize(int32_t dtype);
-const char *dtypeName(int32_t dtype);
+/// Bytes of one element of `dtype` (0 for an unknown code). Header-only so
+/// that the support library and moe-run share it without linking libmoert.
+inline size_t dtypeSize(int32_t dtype) {
+  switch (dtype) {
+  case MOERT_F32:
+  case MOERT_I32:
+    return 4;
+  case MOERT_F16:
+  case MOERT_BF16:
+    return 2;
+  case MOERT_I64:
+    return 8;
+  default:
+    return 0;
+  }
+}
+
+/// "f32", "f16", "bf16", "i32", "i64", or "unknown".
+inline const char *dtypeName(int32_t dtype) {
+  switch (dtype) {
+  case MOERT_F32:
+    return "f32";
+  case MOERT_F16:
+    return "f16";
+  case MOERT_BF16:
+    return "bf16";
+  case MOERT_I32:
+    return "i32";
+  case MOERT_I64:
+    return "i64";
+  default:
+    return "unknown";
+  }
+}
 
 } // namespace moert
 

@@ -91,38 +91,6 @@ static bool isFloatType(int32_t t) {
 
 static bool isIntType(int32_t t) { return t == MOERT_I32 || t == MOERT_I64; }
 
-static size_t elemSize(int32_t t) {
-  switch (t) {
-  case MOERT_F32:
-  case MOERT_I32:
-    return 4;
-  case MOERT_F16:
-  case MOERT_BF16:
-    return 2;
-  case MOERT_I64:
-    return 8;
-  default:
-    return 0;
-  }
-}
-
-static const char *lowerName(int32_t t) {
-  switch (t) {
-  case MOERT_F32:
-    return "f32";
-  case MOERT_F16:
-    return "f16";
-  case MOERT_BF16:
-    return "bf16";
-  case MOERT_I32:
-    return "i32";
-  case MOERT_I64:
-    return "i64";
-  default:
-    return "?";
-  }
-}
-
 const char *safetensorsDtypeName(int32_t dtype) {
   switch (dtype) {
   case MOERT_F32:
@@ -149,7 +117,7 @@ int32_t dtypeFromSafetensors(const std::string &name) {
 
 int32_t dtypeFromName(const std::string &name) {
   for (int32_t t = MOERT_F32; t <= MOERT_I64; ++t)
-    if (name == lowerName(t))
+    if (name == dtypeName(t))
       return t;
   return -1;
 }
@@ -208,7 +176,7 @@ static Status convertInts(const void *src, int32_t srcType, void *dst,
 Status convertElements(const void *src, int32_t srcType, void *dst,
                        int32_t dstType, int64_t n, const std::string &what) {
   if (srcType == dstType) {
-    std::memcpy(dst, src, static_cast<size_t>(n) * elemSize(srcType));
+    std::memcpy(dst, src, static_cast<size_t>(n) * dtypeSize(srcType));
     return Status::ok();
   }
   if (isFloatType(srcType) && isFloatType(dstType)) {
@@ -219,7 +187,7 @@ Status convertElements(const void *src, int32_t srcType, void *dst,
   if (isIntType(srcType) && isIntType(dstType))
     return convertInts(src, srcType, dst, n, what);
   return supportError(MOERT_ERR_INVALID, "%s: cannot convert %s to %s",
-                      what.c_str(), lowerName(srcType), lowerName(dstType));
+                      what.c_str(), dtypeName(srcType), dtypeName(dstType));
 }
 
 std::string shapeString(const std::vector<int64_t> &shape) {
@@ -522,7 +490,7 @@ Status SafetensorsFile::readRun(const TensorInfo &t, int64_t firstElem,
   const int64_t kChunkElems = (4 << 20) / static_cast<int64_t>(t.elemBytes);
   std::vector<char> buf(static_cast<size_t>(std::min(count, kChunkElems) *
                                             static_cast<int64_t>(t.elemBytes)));
-  size_t outElem = elemSize(outType);
+  size_t outElem = dtypeSize(outType);
   for (int64_t done = 0; done < count;) {
     int64_t n = std::min(count - done, kChunkElems);
     int64_t bytes = n * static_cast<int64_t>(t.elemBytes);
@@ -551,13 +519,13 @@ static Status checkSliceRequest(const std::string &path, const TensorInfo &t,
                         "%s: tensor '%s' has dtype %s; only F32, F16, BF16, "
                         "I32 and I64 can be read",
                         file, tn, t.dtypeName.c_str());
-  if (elemSize(outType) == 0 ||
+  if (dtypeSize(outType) == 0 ||
       !((isFloatType(t.dtype) && isFloatType(outType)) ||
         (isIntType(t.dtype) && isIntType(outType))))
     return supportError(MOERT_ERR_INVALID,
                         "%s: tensor '%s' has dtype %s, which cannot be read "
                         "as %s",
-                        file, tn, t.dtypeName.c_str(), lowerName(outType));
+                        file, tn, t.dtypeName.c_str(), dtypeName(outType));
   if (numElements(view) != numElements(t.shape))
     return supportError(MOERT_ERR_INVALID,
                         "%s: tensor '%s' has shape %s (%lld elements), which "
@@ -606,7 +574,7 @@ Status SafetensorsFile::readSlice(const std::string &name,
   while (k > 0 && lo[k] == 0 && hi[k] == view[k])
     --k;
   int64_t runElems = (hi[k] - lo[k]) * stride[k];
-  int64_t runBytes = runElems * static_cast<int64_t>(elemSize(outType));
+  int64_t runBytes = runElems * static_cast<int64_t>(dtypeSize(outType));
   std::vector<int64_t> idx(lo.begin(), lo.begin() + k);
   char *dst = static_cast<char *>(out);
   while (true) {
@@ -677,7 +645,7 @@ buildHeader(const std::vector<TensorData> &tensors,
   int64_t offset = 0;
   for (const TensorData &t : tensors) {
     int64_t bytes =
-        numElements(t.shape) * static_cast<int64_t>(elemSize(t.dtype));
+        numElements(t.shape) * static_cast<int64_t>(dtypeSize(t.dtype));
     json::Value e = json::Value::object();
     e.set("dtype", safetensorsDtypeName(t.dtype));
     json::Value shape = json::Value::array();
@@ -710,7 +678,7 @@ static Status writeContents(int fd, const std::string &tmp,
   for (const TensorData &t : tensors)
     MOERT_TRY(writeFull(
         fd, t.data,
-        numElements(t.shape) * static_cast<int64_t>(elemSize(t.dtype)), tmp));
+        numElements(t.shape) * static_cast<int64_t>(dtypeSize(t.dtype)), tmp));
   return Status::ok();
 }
 

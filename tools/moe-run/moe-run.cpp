@@ -263,10 +263,6 @@ Status initWorld(int *argc, char ***argv, bool cuda) {
 // Small helpers
 //===----------------------------------------------------------------------===//
 
-size_t dtypeBytes(int32_t t) {
-  return t == MOERT_F16 || t == MOERT_BF16 ? 2 : t == MOERT_I64 ? 8 : 4;
-}
-
 double now() {
   using namespace std::chrono;
   return duration<double>(steady_clock::now().time_since_epoch()).count();
@@ -395,7 +391,7 @@ Status readArgSlice(const SafetensorsFile &file, const std::string &name,
                     const TensorSpec &spec, std::vector<int64_t> view,
                     std::vector<int64_t> lo, std::vector<int64_t> hi,
                     char *out) {
-  size_t es = dtypeBytes(spec.dtype);
+  size_t es = dtypeSize(spec.dtype);
   if (!spec.transpose)
     return file.readSlice(name, view, lo, hi, spec.dtype, out);
   view = swapLast(view);
@@ -442,7 +438,7 @@ Status loadExpertStack(const SafetensorsFile &file, const TensorSpec &spec,
   std::vector<int64_t> sub(spec.shape.begin() + 1, spec.shape.end());
   std::vector<int64_t> lo(slice.lo.begin() + 1, slice.lo.end());
   std::vector<int64_t> hi(slice.hi.begin() + 1, slice.hi.end());
-  int64_t perExpert = dtypeBytes(spec.dtype);
+  int64_t perExpert = dtypeSize(spec.dtype);
   for (size_t d = 0; d < lo.size(); ++d)
     perExpert *= hi[d] - lo[d];
   std::vector<int64_t> fileShape = spec.transpose ? swapLast(sub) : sub;
@@ -752,7 +748,7 @@ Status Driver::gatherResults(std::vector<std::vector<char>> &globals) {
       return ctxError(ctx_, "gathering results");
     std::vector<char> global;
     if (gWorld.rank == 0) {
-      size_t es = dtypeBytes(spec.dtype);
+      size_t es = dtypeSize(spec.dtype);
       global.resize(static_cast<size_t>(numElements(spec.shape)) * es);
       for (int r = 0; r < gWorld.size; ++r) {
         Slice slice;
@@ -927,7 +923,7 @@ bool checkTensor(const SafetensorsFile &ref, const TensorSpec &spec,
   int64_t n = numElements(spec.shape);
   bool isInt = spec.dtype == MOERT_I32 || spec.dtype == MOERT_I64;
   int32_t refType = isInt ? MOERT_I64 : MOERT_F32;
-  std::vector<char> expect(static_cast<size_t>(n) * dtypeBytes(refType));
+  std::vector<char> expect(static_cast<size_t>(n) * dtypeSize(refType));
   if (s.isOk())
     s = ref.readAll(spec.name, refType, expect.data());
   if (!s.isOk()) {
