@@ -13,6 +13,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cmath>
 #include <cstdint>
 
 namespace moert {
@@ -115,14 +116,28 @@ __device__ __forceinline__ float blockSum(float v, float *scratch) {
 //===--- Sortable (score, index) keys
 //---------------------------------------===//
 /// Larger key <=> larger score, or equal score and lower index. A key is
-/// never 0, so 0 marks an entry already taken.
+/// never 0, so 0 marks an entry already taken. NaN orders as -inf (ties
+/// with it, lower index first), as on the CPU backend: NaN sorts last. (A
+/// positive NaN's bits would otherwise make it the largest key.) The high
+/// word of every key is then >= that of -inf (0x007fffff), so a key whose
+/// high word is 0 is below all of them (see maskedKey).
 __device__ __forceinline__ unsigned long long makeKey(float v, int index) {
+  if (isnan(v))
+    v = -INFINITY;
   if (v == 0.0f)
     v = 0.0f; // -0 ties with +0
   unsigned u = __float_as_uint(v);
   u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
   return (static_cast<unsigned long long>(u) << 32) |
          static_cast<unsigned>(0xffffffffu - static_cast<unsigned>(index));
+}
+
+/// A nonzero key below every makeKey key: an entry that may be picked only
+/// after all real ones (experts of groups masked out by group-limited
+/// routing, which the CPU never picks).
+__device__ __forceinline__ unsigned long long maskedKey(int index) {
+  return static_cast<unsigned long long>(0xffffffffu -
+                                         static_cast<unsigned>(index));
 }
 
 __device__ __forceinline__ float keyValue(unsigned long long key) {

@@ -1,7 +1,8 @@
 //===- Routing.cu - top-k routing, assignment, aux losses on CUDA --------===//
 //
 // topk: one warp per token; the row's keys live in shared memory, so the
-//   group-limited mask and the k rounds of warp argmax cost no global traffic.
+//   group-limited mask and the k rounds of warp argmax cost no global traffic
+//   (any k <= E: the picks are kept in shared memory too).
 // assign: device-side prefix sums in three passes over chunks of the
 //   assignment sequence (count per chunk, scan chunks per expert, place in
 //   order with warp match), so no host round trip and a deterministic result.
@@ -49,6 +50,7 @@ __global__ void topkKernel(TopkArgs a) {
   unsigned long long *groupKey = key + E;
   float *score =
       reinterpret_cast<float *>(groupKey + (a.groups > 0 ? a.groups : 1));
+  int *pick = reinterpret_cast<int *>(score + E); // [k] chosen experts
   const float *row = a.logits + t * E;
 
   // 1. scores = softmax | sigmoid (each lane owns experts lane + 32 i).
@@ -108,20 +110,21 @@ __global__ void topkKernel(TopkArgs a) {
         groupKey[keyIndex(b)] = 0; // 0 = kept
       __syncwarp();
     }
+    // Masked experts go below every allowed one, -inf and NaN included:
+    // the CPU never picks them, and k <= kept experts (checked).
     for (int e = lane; e < E; e += 32)
       if (groupKey[e / per] != 0)
-        key[e] = makeKey(-INFINITY, e);
+        key[e] = maskedKey(e);
   }
   // 4. k rounds of warp argmax; each lane caches the best of its experts.
   unsigned long long local = 0;
   for (int e = lane; e < E; e += 32)
     local = key[e] > local ? key[e] : local;
-  int mine = 0;
   for (int j = 0; j < a.k; ++j) {
     unsigned long long w = warpMaxU64(local);
     int e = keyIndex(w);
-    if (lane == j)
-      mine = e;
+    if (lane == 0)
+      pick[j] = e;
     if ((e & 31) == lane) {
       key[e] = 0;
       local = 0;
@@ -130,15 +133,17 @@ __global__ void topkKernel(TopkArgs a) {
     }
   }
   // 5. weights = scores at the chosen experts, renormalized, scaled.
-  __syncwarp();
-  float w = lane < a.k ? score[mine] : 0.f;
+  __syncwarp(); // pick[] (lane 0) and score[] (all lanes) are read below
+  float part = 0.f;
+  for (int j = lane; j < a.k; j += 32)
+    part += score[pick[j]];
   // A zero sum (every picked score underflowed) keeps the raw weights.
-  const float sum = a.renormalize ? warpSum(w) : 0.f;
+  const float sum = a.renormalize ? warpSum(part) : 0.f;
   const float norm = sum > 0.f ? 1.0f / sum : 1.0f;
-  w = w * norm * a.scaling;
-  if (lane < a.k) {
-    a.weights[t * a.k + lane] = w;
-    a.indices[t * a.k + lane] = mine;
+  for (int j = lane; j < a.k; j += 32) {
+    const int e = pick[j];
+    a.weights[t * a.k + j] = score[e] * norm * a.scaling;
+    a.indices[t * a.k + j] = e;
   }
 }
 
@@ -185,11 +190,12 @@ __global__ void assignCountKernel(AssignArgs a) {
 }
 
 /// Per (group, expert): exclusive scan over the group's chunks, in place.
+/// One thread per (g, e) on a 1-D grid (groups may exceed gridDim.y's 65535).
 __global__ void assignScanKernel(AssignArgs a) {
-  const int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t g = blockIdx.y;
-  if (e >= a.E)
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= a.groups * a.E)
     return;
+  const int64_t g = i / a.E, e = i - g * a.E;
   int32_t run = 0;
   for (int64_t cl = 0; cl < a.chunksPerGroup; ++cl) {
     int32_t *p = a.chunkBase + (g * a.chunksPerGroup + cl) * a.E + e;
@@ -377,11 +383,6 @@ Status launchTopk(const LaunchEnv &env, const float *logits, const float *bias,
                  "%s: invalid shape T=%lld E=%lld k=%lld (need T >= 0, "
                  "1 <= k <= E)",
                  op, (long long)T, (long long)E, (long long)k);
-  if (k > 32)
-    return error(MOERT_ERR_UNSUPPORTED,
-                 "%s: k=%lld exceeds 32, the most the CUDA top-k kernel "
-                 "(one warp per token) supports",
-                 op, (long long)k);
   if (scoreFn != MOERT_SCORE_SOFTMAX && scoreFn != MOERT_SCORE_SIGMOID)
     return error(MOERT_ERR_INVALID, "%s: unknown score function %d", op,
                  scoreFn);
@@ -424,7 +425,8 @@ Status launchTopk(const LaunchEnv &env, const float *logits, const float *bias,
   a.top2Sum = groupScore == MOERT_GROUP_SCORE_TOP2_SUM;
   a.scaling = scaling;
   int64_t G = numGroups > 0 ? numGroups : 1;
-  int64_t perWarp = (8 * E + 8 * G + 4 * E + 15) / 16 * 16;
+  // keys [E] + group keys [G] + scores [E] + picks [k]
+  int64_t perWarp = (8 * E + 8 * G + 4 * E + 4 * k + 15) / 16 * 16;
   constexpr int64_t kSmemLimit = 48 * 1024;
   if (perWarp > kSmemLimit)
     return error(MOERT_ERR_UNSUPPORTED,
@@ -493,9 +495,8 @@ Status launchAssign(const LaunchEnv &env, const int32_t *indices,
   assignCountKernel<<<static_cast<unsigned>(chunks), 256, histBytes,
                       env.stream>>>(a);
   MOERT_LAUNCHED(op, "assignCountKernel");
-  dim3 scanGrid(static_cast<unsigned>((E + 255) / 256),
-                static_cast<unsigned>(G));
-  assignScanKernel<<<scanGrid, 256, 0, env.stream>>>(a);
+  assignScanKernel<<<static_cast<unsigned>((G * E + 255) / 256), 256, 0,
+                     env.stream>>>(a);
   MOERT_LAUNCHED(op, "assignScanKernel");
   if (capacity == 0) {
     exclusiveScanKernel<<<1, 1024, 0, env.stream>>>(counts, a.offsets, E);

@@ -348,21 +348,30 @@ struct FfnLayout {
   bool counts;
 };
 
+struct FfnDims {
+  int64_t E = 4, D = 64, F = 96;
+  bool emptyExpert = false; // the last expert gets no rows in any segment
+};
+
 /// Runs one expert FFN on the CPU (f32, rounded inputs) and on `g`.
 void checkExpertFfn(Backend &cpu, Backend &g, const FfnLayout &L, int32_t act,
-                    int32_t dt, unsigned seed) {
-  const int64_t E = 4, D = 64, F = 96, S = L.segments;
+                    int32_t dt, unsigned seed,
+                    const FfnDims &dims = FfnDims()) {
+  const int64_t E = dims.E, D = dims.D, F = dims.F, S = L.segments;
   const int64_t R = L.rowsPerExpert, C = R ? R / S : 0;
   std::mt19937 gen(seed);
   std::vector<int32_t> counts(S * E);
-  int64_t live = 0;
-  for (int32_t &c : counts) {
+  for (int32_t &c : counts)
     c = int32_t(gen() % (R ? C + 1 : 40));
-    live += c;
-  }
   counts[1] = 0; // an empty block
   if (R)
-    counts[2] = int32_t(C);                       // a full one
+    counts[2] = int32_t(C); // a full one
+  if (dims.emptyExpert)
+    for (int64_t s = 0; s < S; ++s)
+      counts[s * E + E - 1] = 0;
+  int64_t live = 0;
+  for (int32_t c : counts)
+    live += c;
   const int64_t totalRows = R ? E * R : live + 5; // packed: 5 dead tail rows
   const float ws = 1.0f / std::sqrt(float(D)), wd = 1.0f / std::sqrt(float(F));
   auto x = rounded(randomVec(totalRows * D, seed + 1), dt);
@@ -494,6 +503,291 @@ TEST_F(CudaBackendTest, AllocatorReusesFreedBlocks) {
   ASSERT_OK(gpu->alloc(1 << 20, &b));
   EXPECT_EQ(a, b); // served from the cache, no new cudaMalloc
   gpu->free(b);
+}
+
+//===--- Edge cases (ties, NaN, k > 32, alignment, many groups)
+//--------===//
+
+/// Top-k of `logits` / `bias` on both backends: same indices, weights and
+/// scores (NaN where the CPU has NaN).
+void checkTopk(Backend &cpu, Backend &gpu, const TopkCase &c,
+               const std::vector<float> &logits,
+               const std::vector<float> &bias) {
+  auto cl = put(cpu, logits), cb = put(cpu, bias);
+  auto gl = put(gpu, logits), gb = put(gpu, bias);
+  Buf cw(cpu, c.T * c.k * 4), ci(cpu, c.T * c.k * 4), cs(cpu, c.T * c.E * 4);
+  Buf gw(gpu, c.T * c.k * 4), gi(gpu, c.T * c.k * 4), gs(gpu, c.T * c.E * 4);
+  ASSERT_OK(cpu.topk(cl->as<float>(), c.bias ? cb->as<float>() : nullptr,
+                     cw.as<float>(), ci.as<int32_t>(), cs.as<float>(), c.T, c.E,
+                     c.k, c.scoreFn, c.renormalize, c.scaling, c.groups, c.kept,
+                     c.groupScore));
+  ASSERT_OK(gpu.topk(gl->as<float>(), c.bias ? gb->as<float>() : nullptr,
+                     gw.as<float>(), gi.as<int32_t>(), gs.as<float>(), c.T, c.E,
+                     c.k, c.scoreFn, c.renormalize, c.scaling, c.groups, c.kept,
+                     c.groupScore));
+  EXPECT_EQ(gi.download<int32_t>(), ci.download<int32_t>());
+  EXPECT_TRUE(
+      close(gw.download<float>(), cw.download<float>(), MOERT_F32, 1e-5));
+  EXPECT_TRUE(
+      close(gs.download<float>(), cs.download<float>(), MOERT_F32, 1e-5));
+}
+
+TEST_F(CudaBackendTest, TopkBreaksTiesTowardsTheLowerIndex) {
+  // Logits on a coarse grid: many exact ties in every row (equal logits
+  // give bit-equal scores on both backends). E = 70 is not a multiple of 32.
+  const TopkCase cases[] = {
+      {64, 70, 6, MOERT_SCORE_SOFTMAX, 1, 1.0f, 0, 0, 0, false},
+      {64, 70, 7, MOERT_SCORE_SIGMOID, 0, 1.0f, 0, 0, 0, false},
+      // Group ties too: groups of 10, every group score on the grid.
+      {64, 70, 5, MOERT_SCORE_SIGMOID, 1, 1.0f, 7, 3, MOERT_GROUP_SCORE_MAX,
+       false},
+      {64, 70, 5, MOERT_SCORE_SOFTMAX, 1, 1.0f, 7, 2,
+       MOERT_GROUP_SCORE_TOP2_SUM, false},
+  };
+  unsigned seed = 900;
+  for (const TopkCase &c : cases) {
+    SCOPED_TRACE("E=" + std::to_string(c.E) + " k=" + std::to_string(c.k) +
+                 " groups=" + std::to_string(c.groups));
+    auto logits = randomVec(c.T * c.E, seed++, -2.0f, 2.0f);
+    for (float &l : logits)
+      l = std::round(l * 2.0f) / 2.0f;
+    checkTopk(*cpu, *gpu, c, logits, std::vector<float>(c.E, 0.0f));
+  }
+}
+
+TEST_F(CudaBackendTest, TopkWithKAbove32) {
+  const TopkCase cases[] = {
+      {40, 96, 40, MOERT_SCORE_SOFTMAX, 1, 1.0f, 0, 0, 0, true},
+      {40, 70, 64, MOERT_SCORE_SIGMOID, 0, 2.0f, 0, 0, 0, false},
+      {40, 128, 36, MOERT_SCORE_SIGMOID, 1, 2.5f, 8, 4,
+       MOERT_GROUP_SCORE_TOP2_SUM, true},
+  };
+  unsigned seed = 950;
+  for (const TopkCase &c : cases) {
+    SCOPED_TRACE("E=" + std::to_string(c.E) + " k=" + std::to_string(c.k));
+    checkTopk(*cpu, *gpu, c, randomVec(c.T * c.E, seed++, -4.0f, 4.0f),
+              randomVec(c.E, seed++, -0.1f, 0.1f));
+  }
+}
+
+TEST_F(CudaBackendTest, TopkSortsNanLast) {
+  // Sigmoid keeps a NaN logit to its own expert: the CPU orders a NaN
+  // selection score as -inf (picked last, lower index first).
+  const TopkCase c{32, 40, 4, MOERT_SCORE_SIGMOID, 1, 1.0f, 0, 0, 0, true};
+  auto logits = randomVec(c.T * c.E, 970, -4.0f, 4.0f);
+  for (int64_t t = 0; t < c.T; ++t) {
+    logits[t * c.E] = std::nanf("");
+    logits[t * c.E + 1 + t % 39] = -std::nanf(""); // negative NaN too
+  }
+  auto bias = randomVec(c.E, 971, -0.1f, 0.1f);
+  bias[7] = std::nanf("");
+  checkTopk(*cpu, *gpu, c, logits, bias);
+  // Rows that are NaN except for k experts: the NaN experts come last.
+  TopkCase few = c;
+  few.k = 6;
+  for (int64_t t = 0; t < c.T; ++t)
+    for (int64_t e = 4; e < c.E; ++e)
+      logits[t * c.E + e] = std::nanf("");
+  checkTopk(*cpu, *gpu, few, logits, std::vector<float>(c.E, 0.0f));
+}
+
+TEST_F(CudaBackendTest, TopkNeverPicksMaskedGroups) {
+  // Groups {0,1} {2,3} {4,5} {6,7}, keep 2 by max score, k = 4 = every kept
+  // expert. Expert 5 (kept group) has a -inf / NaN selection score: it must
+  // still be picked (4th) rather than masked expert 2 of equal key value.
+  const TopkCase c{4,    8, 4, MOERT_SCORE_SIGMOID,   1,
+                   1.0f, 4, 2, MOERT_GROUP_SCORE_MAX, true};
+  const float row[8] = {3.0f, 2.0f, -3.0f, -3.0f, 2.5f, 0.0f, -3.0f, -3.0f};
+  std::vector<float> logits;
+  for (int64_t t = 0; t < c.T; ++t)
+    logits.insert(logits.end(), row, row + 8);
+  for (float bad : {-INFINITY, std::nanf("")}) {
+    SCOPED_TRACE(bad);
+    std::vector<float> bias(8, 0.0f);
+    bias[5] = bad;
+    checkTopk(*cpu, *gpu, c, logits, bias);
+  }
+}
+
+TEST_F(CudaBackendTest, AssignEdgeCases) {
+  const AssignCase cases[] = {
+      {700, 3, 70, 0, 1},      // E not a multiple of 32, empty experts
+      {257, 2, 70, 0, 1},      // T*k just past one 512-assignment chunk
+      {1000, 3, 70, 20, 2},    // capacity, 3 chunks per group
+      {70000, 1, 2, 1, 70000}, // more token groups than gridDim.y allows
+  };
+  unsigned seed = 990;
+  for (const AssignCase &c : cases) {
+    SCOPED_TRACE("T=" + std::to_string(c.T) + " k=" + std::to_string(c.k) +
+                 " E=" + std::to_string(c.E) +
+                 " C=" + std::to_string(c.capacity) +
+                 " groups=" + std::to_string(c.groups));
+    auto idx = randomIndices(c.T, c.k, c.E, seed++);
+    if (c.E == 70) { // skew: experts 0 and 69 take most first choices
+      for (int64_t t = 0; t < c.T; ++t) {
+        const int32_t hot = t % 2 ? 0 : 69;
+        bool taken = false; // keep the k experts of a token distinct
+        for (int64_t j = 1; j < c.k; ++j)
+          taken = taken || idx[t * c.k + j] == hot;
+        if (t % 4 != 0 && !taken)
+          idx[t * c.k] = hot;
+      }
+    }
+    const int64_t G = c.capacity ? c.groups : 1;
+    auto ci = put(*cpu, idx), gi = put(*gpu, idx);
+    Buf cp(*cpu, c.T * c.k * 4), cc(*cpu, G * c.E * 4);
+    Buf gp(*gpu, c.T * c.k * 4), gc(*gpu, G * c.E * 4);
+    ASSERT_OK(cpu->assign(ci->as<int32_t>(), cp.as<int32_t>(), cc.as<int32_t>(),
+                          c.T, c.k, c.E, c.capacity, c.groups));
+    ASSERT_OK(gpu->assign(gi->as<int32_t>(), gp.as<int32_t>(), gc.as<int32_t>(),
+                          c.T, c.k, c.E, c.capacity, c.groups));
+    EXPECT_EQ(gp.download<int32_t>(), cp.download<int32_t>());
+    EXPECT_EQ(gc.download<int32_t>(), cc.download<int32_t>());
+  }
+}
+
+TEST_F(CudaBackendTest, CopiesAsCollectivesIssueThem) {
+  std::vector<uint8_t> src(1000);
+  for (size_t i = 0; i < src.size(); ++i)
+    src[i] = uint8_t(i * 37 + 1);
+  auto g = put(*gpu, src);
+  // One row with pitch 0 (Collectives.cpp's plain staging copy).
+  Buf one(*gpu, src.size());
+  ASSERT_OK(gpu->copy2D(one.get(), 0, g->get(), 0, int64_t(src.size()), 1));
+  EXPECT_EQ(one.download<uint8_t>(), src);
+  // Contiguous rows (pitch == width).
+  Buf rows(*gpu, src.size());
+  ASSERT_OK(gpu->copy2D(rows.get(), 100, g->get(), 100, 100, 10));
+  EXPECT_EQ(rows.download<uint8_t>(), src);
+  // Overlapping copies behave like memmove (the CPU backend's copy).
+  for (int64_t shift : {int64_t(8), int64_t(-8)}) {
+    SCOPED_TRACE(shift);
+    auto m = put(*gpu, src);
+    char *base = m->as<char>() + 16;
+    ASSERT_OK(gpu->copy(base + shift, base, 900));
+    std::vector<uint8_t> want = src;
+    std::memmove(want.data() + 16 + shift, src.data() + 16, 900);
+    EXPECT_EQ(m->download<uint8_t>(), want);
+  }
+}
+
+TEST_F(CudaBackendTest, DispatchAndCombineUnalignedRows) {
+  // Row sizes that are not multiples of 16 bytes, and base pointers that
+  // are only element-aligned: every copy and load width must still be right.
+  const int64_t T = 40, k = 2, E = 6, rows = T * k;
+  auto idx = randomIndices(T, k, E, 1100);
+  auto ci = put(*cpu, idx);
+  Buf pos(*cpu, T * k * 4), cnt(*cpu, E * 4);
+  ASSERT_OK(cpu->assign(ci->as<int32_t>(), pos.as<int32_t>(), cnt.as<int32_t>(),
+                        T, k, E, 0, 1));
+  auto gpos = put(*gpu, pos.download<int32_t>());
+  auto weights = randomVec(T * k, 1101, 0.0f, 1.0f);
+  auto cw = put(*cpu, weights), gw = put(*gpu, weights);
+  struct Case {
+    int32_t dt;
+    int64_t D, offsetElems;
+  };
+  for (Case c : {Case{MOERT_BF16, 13, 0}, Case{MOERT_BF16, 36, 0},
+                 Case{MOERT_BF16, 64, 1}, Case{MOERT_F32, 64, 1},
+                 Case{MOERT_F32, 6, 0}, Case{MOERT_F16, 40, 3}}) {
+    SCOPED_TRACE(std::string(name(c.dt)) + " D=" + std::to_string(c.D) +
+                 " offset=" + std::to_string(c.offsetElems));
+    const int64_t es = int64_t(elemSize(c.dt)), off = c.offsetElems * es;
+    auto x = rounded(randomVec(T * c.D, 1102 + unsigned(c.D)), c.dt);
+    auto y = rounded(randomVec(rows * c.D, 1103 + unsigned(c.D)), c.dt);
+    auto cx = put(*cpu, x), cy = put(*cpu, y);
+    // Device copies at byte offset `off` of their blocks.
+    auto at = [&](const std::vector<float> &v, std::unique_ptr<Buf> &b) {
+      auto bytes = encode(v, c.dt);
+      b = std::make_unique<Buf>(*gpu, bytes.size() + 64);
+      EXPECT_TRUE(gpu->copyToDevice(b->as<char>() + off, bytes.data(),
+                                    int64_t(bytes.size()))
+                      .isOk());
+      return b->as<char>() + off;
+    };
+    std::unique_ptr<Buf> gxb, gyb;
+    char *gx = at(x, gxb), *gy = at(y, gyb);
+    Buf gdb(*gpu, rows * c.D * es + 64), gcb(*gpu, T * c.D * es + 64);
+    char *gd = gdb.as<char>() + off, *gc = gcb.as<char>() + off;
+
+    Buf cd(*cpu, rows * c.D * 4);
+    ASSERT_OK(cpu->dispatch(cx->get(), pos.as<int32_t>(), cd.get(), T, k, c.D,
+                            rows, MOERT_F32));
+    ASSERT_OK(
+        gpu->dispatch(gx, gpos->as<int32_t>(), gd, T, k, c.D, rows, c.dt));
+    std::vector<uint8_t> got(size_t(rows * c.D * es));
+    ASSERT_OK(gpu->copyToHost(got.data(), gd, int64_t(got.size())));
+    EXPECT_EQ(decode(got, c.dt), cd.download<float>());
+
+    Buf cc(*cpu, T * c.D * 4);
+    ASSERT_OK(cpu->combine(cy->get(), pos.as<int32_t>(), cw->as<float>(),
+                           cx->get(), cc.get(), T, k, c.D, MOERT_F32));
+    ASSERT_OK(gpu->combine(gy, gpos->as<int32_t>(), gw->as<float>(), gx, gc, T,
+                           k, c.D, c.dt));
+    std::vector<uint8_t> comb(size_t(T * c.D * es));
+    ASSERT_OK(gpu->copyToHost(comb.data(), gc, int64_t(comb.size())));
+    EXPECT_TRUE(close(decode(comb, c.dt), cc.download<float>(), c.dt));
+  }
+}
+
+TEST_F(CudaBackendTest, ElementwiseOnUnalignedPointers) {
+  const int64_t T = 9, D = 24, n = T * D;
+  for (int32_t dt : kFloatTypes) {
+    SCOPED_TRACE(name(dt));
+    const int64_t es = int64_t(elemSize(dt));
+    auto a = rounded(randomVec(n, 1200), dt),
+         b = rounded(randomVec(n, 1201), dt);
+    auto w = rounded(randomVec(D, 1202, 0.5f, 1.5f), dt);
+    auto ca = put(*cpu, a), cb = put(*cpu, b), cw = put(*cpu, w);
+    Buf cy(*cpu, n * 4), cr(*cpu, n * 4);
+    ASSERT_OK(cpu->add(ca->get(), cb->get(), cy.get(), n, MOERT_F32));
+    ASSERT_OK(
+        cpu->rmsnorm(ca->get(), cw->get(), cr.get(), T, D, 1e-6f, MOERT_F32));
+    // Everything one element past a 16-byte boundary.
+    Buf ga(*gpu, (n + 8) * es), gb(*gpu, (n + 8) * es), gy(*gpu, (n + 8) * es);
+    Buf gwb(*gpu, (D + 8) * es);
+    char *pa = ga.as<char>() + es, *pb = gb.as<char>() + es,
+         *py = gy.as<char>() + es, *pw = gwb.as<char>() + es;
+    auto ea = encode(a, dt), eb = encode(b, dt), ew = encode(w, dt);
+    ASSERT_OK(gpu->copyToDevice(pa, ea.data(), int64_t(ea.size())));
+    ASSERT_OK(gpu->copyToDevice(pb, eb.data(), int64_t(eb.size())));
+    ASSERT_OK(gpu->copyToDevice(pw, ew.data(), int64_t(ew.size())));
+    std::vector<uint8_t> got(size_t(n * es));
+    ASSERT_OK(gpu->add(pa, pb, py, n, dt));
+    ASSERT_OK(gpu->copyToHost(got.data(), py, int64_t(got.size())));
+    EXPECT_TRUE(close(decode(got, dt), cy.download<float>(), dt));
+    ASSERT_OK(gpu->rmsnorm(pa, pw, py, T, D, 1e-6f, dt));
+    ASSERT_OK(gpu->copyToHost(got.data(), py, int64_t(got.size())));
+    EXPECT_TRUE(close(decode(got, dt), cr.download<float>(), dt));
+  }
+}
+
+TEST_F(CudaBackendTest, ExpertFfnOddSizesAndManySegments) {
+  unsigned seed = 1300;
+  // bf16 rows of 40 and 72 bytes: a forced grouped GEMM must fall back to
+  // the loop (misaligned 16-bit operands are a device fault in grouped
+  // form). Many segments: 40 GEMM problems, grouped in auto mode, with an
+  // expert that gets no rows at all.
+  FfnDims odd;
+  odd.E = 3;
+  odd.D = 20;
+  odd.F = 36;
+  FfnDims many;
+  many.E = 5;
+  many.emptyExpert = true;
+  const FfnLayout packed8{"packed, 8 segments", 8, 0, true};
+  const FfnLayout cap8{"capacity, 8 segments", 8, 24, true};
+  for (const char *mode : {"grouped", "auto"}) {
+    auto g = gpuWithGemm(mode);
+    ASSERT_TRUE(g);
+    for (int32_t dt : {MOERT_F32, MOERT_BF16}) {
+      for (const FfnLayout &L : {kLayouts[0], kLayouts[2], packed8, cap8}) {
+        SCOPED_TRACE(std::string(mode) + " " + L.name + " " + name(dt));
+        checkExpertFfn(*cpu, *g, L, MOERT_ACT_SWIGLU, dt, seed += 10, odd);
+        checkExpertFfn(*cpu, *g, L, MOERT_ACT_GELU, dt, seed += 10, many);
+      }
+    }
+  }
 }
 
 } // namespace

@@ -100,6 +100,30 @@ TEST_F(NcclCommunicatorTest, SplitAndHostHelpers) {
   EXPECT_EQ(all, 42);
 }
 
+TEST_F(NcclCommunicatorTest, EmptyAndInPlaceTransfers) {
+  // An all-to-all-v with nothing to move is an empty NCCL group; it must
+  // still complete (dropless routing can send a peer no rows at all).
+  Buf b(*gpu, 256);
+  int64_t zero = 0;
+  std::unique_ptr<Request> req;
+  ASSERT_OK(comm->allToAllV(b.get(), &zero, &zero, b.get(), &zero, &zero,
+                            "test empty all_to_all_v", &req));
+  ASSERT_TRUE(req);
+  ASSERT_OK(req->wait());
+  ASSERT_OK(comm->allToAllV(b.get(), &zero, &zero, b.get(), &zero, &zero,
+                            "test empty all_to_all_v (blocking)", nullptr));
+  // In place, as Collectives.cpp issues them: all_gather with send at this
+  // rank's slot of recv, all_reduce with send == recv.
+  auto v = randomVec(64, 3);
+  auto in = put(*gpu, v);
+  ASSERT_OK(comm->allGather(in->get(), in->get(), 64 * 4,
+                            "test in-place all_gather", nullptr));
+  EXPECT_EQ(in->download<float>(), v);
+  ASSERT_OK(comm->allReduce(in->get(), in->get(), 64, MOERT_F32,
+                            "test in-place all_reduce", nullptr));
+  EXPECT_EQ(in->download<float>(), v);
+}
+
 TEST_F(NcclCommunicatorTest, RejectsUnknownDtype) {
   Buf b(*gpu, 64);
   moert::Status s =
