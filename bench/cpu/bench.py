@@ -34,8 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "python"))
 
 from moe_compiler.configs import load_hf_config  # noqa: E402
-from moe_compiler.layout import load_operand, sublayers  # noqa: E402
-from moe_compiler.reference import _norm, moe_layer, route  # noqa: E402
+from moe_compiler.layout import sublayers  # noqa: E402
+from moe_compiler.reference import prenorm, route, sublayer_apply, sublayer_weights  # noqa: E402
 from moe_compiler.safetensors import SafetensorsFile  # noqa: E402
 
 # -- prep -------------------------------------------------------------------------------
@@ -48,28 +48,27 @@ def cmd_prep(a: argparse.Namespace) -> int:
     e = sub.num_experts
     t_load = time.perf_counter()
     with SafetensorsFile(a.weights) as wf:
-        w = {s.role: load_operand(s, wf.get).astype(np.float64) for s in sub.specs()}
+        w = sublayer_weights(sub, wf.get)
     with SafetensorsFile(a.inputs) as xf:
         x = np.asarray(xf.get("hidden_states"), dtype=np.float64)
     t_load = time.perf_counter() - t_load
     t = x.shape[0]
 
     # Routing of all T tokens, as the spec (and so the module) decides it.
-    r = route(_norm(cfg, x, w["norm"]), w["router"], cfg, e, w.get("bias"))
+    r = route(prenorm(cfg, x, w["norm"]), w["router"], cfg, e, w.get("bias"))
     counts = np.bincount(r.idx.ravel(), minlength=e)
     with open(os.path.join(a.work, "counts.txt"), "w", encoding="utf-8") as fh:
         fh.write(" ".join(str(int(c)) for c in counts) + "\n")
 
-    # The float64 reference: h + moe(rmsnorm(h)), the compute of
-    # reference.sublayer_forward without its weight loading.
+    # The float64 reference: h + moe(rmsnorm(h)), reference.sublayer_forward
+    # without its weight loading.
     n_ref = t if a.ref_tokens <= 0 else min(a.ref_tokens, t)
     xr = x[:n_ref]
     runs = []
     out = None
     for _ in range(max(1, a.ref_repeat)):
         t0 = time.perf_counter()
-        y, _aux, _z = moe_layer(_norm(cfg, xr, w["norm"]), w, cfg, e)
-        out = xr + y
+        out, _aux, _z = sublayer_apply(cfg, sub, xr, w)
         runs.append(time.perf_counter() - t0)
     assert out is not None
     np.save(os.path.join(a.work, "ref.npy"), out.astype(np.float32))
@@ -325,9 +324,9 @@ def cmd_report(a: argparse.Namespace) -> int:
         f"f32, {meta['threads']} threads{'  [--quick]' if meta.get('quick') else ''}")
     out("timed in (a)(b)(c): h + moe(rmsnorm(h)) (norm, router, top-k, experts, "
         "combine, residual add); (d): the expert GEMMs only")
-    c = prep["counts"]
-    out(f"routing (float64 spec): rows per expert {c} (sum {sum(c)}, "
-        f"max/mean {max(c) / (sum(c) / len(c)):.2f})")
+    counts = prep["counts"]
+    out(f"routing (float64 spec): rows per expert {counts} (sum {sum(counts)}, "
+        f"max/mean {max(counts) / (sum(counts) / len(counts)):.2f})")
     out(f"expert GEMM work: {flops / 1e9:.1f} GFLOP per forward; rounds {meta['rounds']} x "
         f"(warmup {meta['warmup']} + repeat {repeat}); load average {meta.get('loadavg_start')}"
         f" -> {meta.get('loadavg_end')}")
@@ -405,10 +404,14 @@ def cmd_report(a: argparse.Namespace) -> int:
         out(f"module sgemm profile: {prof['error']}")
     busy = [x for x in (meta.get("loadavg_start"), meta.get("loadavg_end")) if x]
     loads = [float(x.split()[0]) for x in busy]
-    for c in ("module", "torch", "floor"):
-        p = os.path.join(work, f"loadavg_{c}.txt")
+    # Each contender's load-average samples, read once: for the warning and the JSON.
+    loadavg: dict[str, list[list[str]]] = {}
+    for name in ("module", "torch", "floor"):
+        p = os.path.join(work, f"loadavg_{name}.txt")
         if os.path.exists(p):
-            loads += [float(line.split()[1]) for line in open(p) if line.strip()]
+            with open(p, encoding="utf-8") as fh:
+                loadavg[name] = [line.split() for line in fh]
+            loads += [float(fields[1]) for fields in loadavg[name] if fields]
     if loads and max(loads) > int(meta.get("nproc", 1)):
         out(f"WARNING: 1-minute load average reached {max(loads):.1f} on "
             f"{meta.get('nproc')} CPUs during the run: other work shared the cores, "
@@ -419,7 +422,7 @@ def cmd_report(a: argparse.Namespace) -> int:
     result = {
         "meta": meta,
         "flops_expert_gemms": flops,
-        "routing_counts": c,
+        "routing_counts": counts,
         "module": {**_stats(mod_runs), "runs_s": mod_runs, "moe_run_mean_s": mod_means,
                    "phases_median_s": {k: med(v) for k, v in mod_phases.items()},
                    "phases_runs_s": mod_phases},
@@ -435,10 +438,7 @@ def cmd_report(a: argparse.Namespace) -> int:
         "aims": aims,
         "correctness": checks,
         "module_sgemm_profile": prof,
-        "loadavg_per_contender": {
-            c: [line.split() for line in open(os.path.join(work, f"loadavg_{c}.txt"))]
-            for c in ("module", "torch", "floor")
-            if os.path.exists(os.path.join(work, f"loadavg_{c}.txt"))},
+        "loadavg_per_contender": loadavg,
         "table": text,
     }
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

@@ -160,9 +160,9 @@ class MoEConfig:
             raise bad("moe_intermediate_size", "must be positive")
         if self.top_k <= 0:
             raise bad("top_k", f"must be positive (got {self.top_k})")
-        for name in ("activation",):
-            if getattr(self, name) not in ACTIVATIONS:
-                raise bad(name, f"{getattr(self, name)!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.activation not in ACTIVATIONS:
+            raise bad("activation", f"{self.activation!r} is not one of "
+                      f"{', '.join(ACTIVATIONS)}")
         if self.dense_act not in ACTIVATIONS:
             raise bad("dense_activation", f"{self.dense_act!r} is not one of "
                       f"{', '.join(ACTIVATIONS)}")
@@ -178,7 +178,9 @@ class MoEConfig:
                 if e and self.groups_kept * (e // self.num_groups) < self.top_k:
                     raise bad("groups_kept", f"({self.groups_kept}) leaves fewer than top_k "
                               f"= {self.top_k} experts in layer {i}")
-        if self.capacity_factor < 0 or self.capacity < 0 or self.min_capacity < 0:
+        # `not >= 0` also rejects NaN, which every later "> 0" / "<= 0" test
+        # would read inconsistently.
+        if not self.capacity_factor >= 0 or self.capacity < 0 or self.min_capacity < 0:
             raise bad("capacity_factor", "capacity_factor, capacity and min_capacity must "
                       "be >= 0")
         if self.token_groups <= 0:

@@ -169,10 +169,9 @@ def model_info(cfg: MoEConfig, mesh: Mesh | None = None, tokens: int = 4096,
     d = cfg.hidden_size
     c = count_params(cfg)
     a = cfg.arch
-    # FLOPs: 2 x active matmul weights; lookups (embeddings, positions) do no MACs but
-    # the LM head does, tied or not.
-    lookups = a.vocab_size * d * (1 if a.tie_embeddings else 2) + a.learned_positions * d
-    matmul = c.active - c.norm - lookups + a.vocab_size * d
+    # FLOPs: 2 x active matmul weights. Norms and c.embedding (the tables, plus an
+    # untied LM head) are not matmuls, but the LM head is one, tied or not.
+    matmul = c.active - c.norm - c.embedding + a.vocab_size * d
     flops = 2 * matmul
 
     tokens_rank = max(1, tokens // (mesh.dp * mesh.ep))

@@ -30,8 +30,12 @@ __all__ = [
     "layernorm",
     "model_forward",
     "moe_layer",
+    "prenorm",
     "rmsnorm",
     "route",
+    "sublayer_apply",
+    "sublayer_forward",
+    "sublayer_weights",
 ]
 
 
@@ -214,17 +218,32 @@ def moe_layer(x: np.ndarray, w: dict[str, np.ndarray], cfg: MoEConfig,
     return y, aux, z
 
 
-def _norm(cfg: MoEConfig, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def prenorm(cfg: MoEConfig, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """The norm in front of every FFN sublayer: the config's RMSNorm or LayerNorm."""
     if cfg.norm == "layernorm":
         return layernorm(x, w, cfg.norm_eps)
     return rmsnorm(x, w, cfg.norm_eps)
 
 
+def sublayer_weights(sub: Sublayer, get: Callable[[str], np.ndarray]) -> dict[str, np.ndarray]:
+    """Every operand of ``sub`` by role, as float64.
+
+    Separate from :func:`sublayer_apply` so that a caller that also inspects the
+    routing (the integration harness, the benchmark) reads each tensor once.
+    """
+    return {s.role: load_operand(s, get).astype(np.float64) for s in sub.specs()}
+
+
 def sublayer_forward(cfg: MoEConfig, sub: Sublayer, h: np.ndarray,
                      get: Callable[[str], np.ndarray]) -> tuple[np.ndarray, float, float]:
     """``h + FFN(norm(h))`` for one sublayer, with its losses."""
-    w = {s.role: load_operand(s, get).astype(np.float64) for s in sub.specs()}
-    n = _norm(cfg, h, w["norm"])
+    return sublayer_apply(cfg, sub, h, sublayer_weights(sub, get))
+
+
+def sublayer_apply(cfg: MoEConfig, sub: Sublayer, h: np.ndarray,
+                   w: dict[str, np.ndarray]) -> tuple[np.ndarray, float, float]:
+    """:func:`sublayer_forward` on operands already loaded by :func:`sublayer_weights`."""
+    n = prenorm(cfg, h, w["norm"])
     if sub.kind == "moe":
         y, aux, z = moe_layer(n, w, cfg, sub.num_experts)
     else:

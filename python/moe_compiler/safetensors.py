@@ -242,6 +242,14 @@ def load(path: str | os.PathLike[str], names: list[str] | None = None) -> dict[s
         return {n: f.get(n) for n in (f.keys() if names is None else names)}
 
 
+def _file_dtype(name: str, dtype: str) -> str:
+    """The file's name (``F32``, ``BF16``, ...) for a ``dtype`` argument of tensor ``name``."""
+    want = _DTYPE_ALIASES.get(dtype.lower(), dtype.upper())
+    if want not in _DTYPES:
+        raise SafetensorsError(f"tensor '{name}': unsupported dtype {dtype!r}")
+    return want
+
+
 def _encode(name: str, arr: np.ndarray, dtype: str | None) -> tuple[str, bytes, list[int]]:
     a = np.asarray(arr)
     if dtype is None:
@@ -254,9 +262,7 @@ def _encode(name: str, arr: np.ndarray, dtype: str | None) -> tuple[str, bytes, 
                 raise SafetensorsError(f"tensor '{name}': numpy dtype {a.dtype} has no "
                                        "safetensors equivalent")
     else:
-        want = _DTYPE_ALIASES.get(dtype.lower(), dtype.upper())
-        if want not in _DTYPES:
-            raise SafetensorsError(f"tensor '{name}': unsupported dtype {dtype!r}")
+        want = _file_dtype(name, dtype)
     if want == "BF16":
         data = f32_to_bf16_bits(a) if a.dtype != np.uint16 else a
     else:
@@ -307,9 +313,7 @@ def save_lazy(path: str | os.PathLike[str],
 
     out = []
     for name, dtype, shape, make in entries:
-        ftype = _DTYPE_ALIASES.get(dtype.lower(), dtype.upper())
-        if ftype not in _DTYPES:
-            raise SafetensorsError(f"tensor '{name}': unsupported dtype {dtype!r}")
+        ftype = _file_dtype(name, dtype)
         out.append((name, ftype, list(shape), encoder(name, ftype, tuple(shape), make)))
     _write(os.fspath(path), out, metadata)
 

@@ -426,3 +426,10 @@ def test_native_config_through_the_cli(tmp_path, capsys):
     assert cli.main(["emit", "--hf-config", str(p), "--tokens", "8", "-o", "-"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "field 'top_k' is missing" in err
+
+
+
+def test_nan_capacity_factor_is_rejected():
+    """NaN would pass a `< 0` check and make 'dropless' and 'has capacity' disagree."""
+    with pytest.raises(ConfigError, match="capacity_factor"):
+        fixture("mixtral-8x7b-v0.1").with_overrides(capacity_factor=float("nan"))

@@ -59,17 +59,17 @@ if os.path.join(SRC, "python") not in sys.path:
     sys.path.insert(0, os.path.join(SRC, "python"))
 
 from moe_compiler import cli  # noqa: E402
-from moe_compiler.configs import parse_layers  # noqa: E402
-from moe_compiler.layout import load_operand, sublayers  # noqa: E402
+from moe_compiler.configs import MoEConfig, parse_layers  # noqa: E402
+from moe_compiler.layout import sublayers  # noqa: E402
 from moe_compiler.reference import (  # noqa: E402
     capacity_for,
     kept_mask,
-    layernorm,
-    rmsnorm,
+    prenorm,
     route,
-    sublayer_forward,
+    sublayer_apply,
+    sublayer_weights,
 )
-from moe_compiler.safetensors import SafetensorsFile  # noqa: E402
+from moe_compiler.safetensors import SafetensorsFile, load  # noqa: E402
 
 RTOL, ATOL = 1e-4, 1e-5
 RUN_TIMEOUT = 300  # seconds per moe-run; more means a hang
@@ -155,14 +155,16 @@ class MeshRun:
 
 # -- checks -------------------------------------------------------------------------------
 
-def compare(out_path: str, ref_path: str) -> tuple[float, list[str]]:
-    """Independent numpy check of every reference tensor: (max_rel_err, names)."""
+def compare(out_path: str, ref: dict[str, np.ndarray]) -> tuple[float, list[str]]:
+    """Independent numpy check of every reference tensor: (max_rel_err, names).
+
+    ``ref`` is the reference file read once (float64) for all meshes.
+    """
     worst, names = 0.0, []
-    with SafetensorsFile(ref_path) as ref, SafetensorsFile(out_path) as out:
-        for name in ref.keys():
+    with SafetensorsFile(out_path) as out:
+        for name, r in ref.items():
             if name not in out:
                 raise Failure(f"output {name!r} missing from {out_path}")
-            r = ref.get(name).astype(np.float64)
             y = out.get(name).astype(np.float64)
             if r.shape != y.shape:
                 raise Failure(f"output {name!r}: shape {list(y.shape)} != {list(r.shape)}")
@@ -188,25 +190,29 @@ def a2a_bytes(stats_path: str, op: str) -> list[int]:
     return out
 
 
-def count_drops(cfg, layers: range, weights: str, inputs: str) -> tuple[int, int, list[int]]:
-    """Assignments the reference drops for capacity: (dropped, total, capacities)."""
+def count_drops(cfg: MoEConfig, layers: range, weights: str,
+                inputs: str) -> tuple[int, int, list[int]]:
+    """Assignments the reference drops for capacity: (dropped, total, capacities).
+
+    Replays the reference sublayer by sublayer, routing each MoE one's input again;
+    every weight is read once.
+    """
     dropped = total = 0
     caps = []
     with SafetensorsFile(inputs) as xf:
         h = xf.get("hidden_states").astype(np.float64)
     with SafetensorsFile(weights) as wf:
         for sub in sublayers(cfg, layers):
+            w = sublayer_weights(sub, wf.get)
             if sub.kind == "moe":
-                w = {s.role: load_operand(s, wf.get).astype(np.float64) for s in sub.specs()}
-                norm = layernorm if cfg.norm == "layernorm" else rmsnorm
-                n = norm(h, w["norm"], cfg.norm_eps)
+                n = prenorm(cfg, h, w["norm"])
                 r = route(n, w["router"], cfg, sub.num_experts, w.get("bias"))
                 kept = kept_mask(r.idx, cfg, sub.num_experts)
                 dropped += int((~kept).sum())
                 total += kept.size
                 caps.append(capacity_for(cfg, h.shape[0] // cfg.token_groups,
                                          sub.num_experts))
-            h, _, _ = sublayer_forward(cfg, sub, h, wf.get)
+            h, _, _ = sublayer_apply(cfg, sub, h, w)
     return dropped, total, caps
 
 
@@ -276,7 +282,8 @@ def main() -> int:
     return 1 if failed else 0
 
 
-def drive(a, config: str, routing: list[str], meshes: list[MeshRun], work: str) -> bool:
+def drive(a: argparse.Namespace, config: str, routing: list[str], meshes: list[MeshRun],
+          work: str) -> bool:
     t0 = time.time()
     model = ["--hf-config", config] + (["--layers", a.layers] if a.layers else [])
     mlir, w, x, ref = (os.path.join(work, f) for f in
@@ -300,8 +307,9 @@ def drive(a, config: str, routing: list[str], meshes: list[MeshRun], work: str) 
     cfg = cli._routed(ns)
     layers = parse_layers(a.layers, cfg.num_layers)
     capacity = cfg.capacity > 0 or cfg.capacity_factor > 0
-    with SafetensorsFile(ref) as rf:
-        ref_names = set(rf.keys())
+    # Read once: every mesh's outputs are compared with it.
+    ref_tensors = {k: v.astype(np.float64) for k, v in load(ref).items()}
+    ref_names = set(ref_tensors)
     want = set(filter(None, a.expect_outputs.split(",")))
     if not want <= ref_names:
         raise Failure(f"reference has outputs {sorted(ref_names)}, expected "
@@ -339,7 +347,7 @@ def drive(a, config: str, routing: list[str], meshes: list[MeshRun], work: str) 
             if checked != ref_names:
                 raise Failure(f"moe-run checked {sorted(checked)}, the reference has "
                               f"{sorted(ref_names)}")
-            err, names = compare(out, ref)
+            err, names = compare(out, ref_tensors)
             stats[m.label] = st
             print(f"PASS {a.family} {m.label} max_rel_err={err:.2e} "
                   f"outputs={','.join(names)}", flush=True)
