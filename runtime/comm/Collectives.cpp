@@ -235,12 +235,6 @@ Status checkPtrs(const Plan &plan, const void *in, const void *out,
   return Status::ok();
 }
 
-bool overlaps(const void *a, int64_t aBytes, const void *b, int64_t bBytes) {
-  const char *pa = static_cast<const char *>(a);
-  const char *pb = static_cast<const char *>(b);
-  return aBytes > 0 && bBytes > 0 && pa < pb + bBytes && pb < pa + aBytes;
-}
-
 /// Copies that gather chunk p of the [outer, n, width] view of `src` into
 /// dst + p*chunk (pack; unpack is the mirror image).
 void addChunkCopies(std::vector<Copy2D> &copies, int n, int64_t outer,

@@ -77,6 +77,15 @@ public:
                                const char *what) = 0;
 };
 
+/// True when the byte ranges [a, a + aBytes) and [b, b + bBytes) share a
+/// byte; empty ranges overlap nothing.
+inline bool overlaps(const void *a, int64_t aBytes, const void *b,
+                     int64_t bBytes) {
+  const char *pa = static_cast<const char *>(a);
+  const char *pb = static_cast<const char *>(b);
+  return aBytes > 0 && bBytes > 0 && pa < pb + bBytes && pb < pa + aBytes;
+}
+
 struct CommOptions {
   double timeoutSeconds = 300.0;
 };

@@ -208,12 +208,6 @@ Status reductionType(int32_t dtype, const std::string &what, MPI_Datatype &type,
   }
 }
 
-bool overlaps(const void *a, int64_t aBytes, const void *b, int64_t bBytes) {
-  const char *pa = static_cast<const char *>(a);
-  const char *pb = static_cast<const char *>(b);
-  return aBytes > 0 && bBytes > 0 && pa < pb + bBytes && pb < pa + aBytes;
-}
-
 //===----------------------------------------------------------------------===//
 // The communicator
 //===----------------------------------------------------------------------===//

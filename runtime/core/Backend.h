@@ -90,6 +90,11 @@ public:
                             int32_t dtype) = 0;
 };
 
+/// SwiGLU and GEGLU take a gate weight; ReLU and GeLU do not.
+inline bool isGatedActivation(int32_t act) {
+  return act == MOERT_ACT_SWIGLU || act == MOERT_ACT_GEGLU;
+}
+
 struct BackendOptions {
   int32_t numThreads = 0; // CPU threads; 0 = default
   int32_t deviceIndex = -1;

@@ -25,17 +25,6 @@ thread_local std::string lastError;
 
 void setLastError(const Status &s) { lastError = s.message(); }
 
-std::string formatV(const char *fmt, va_list args) {
-  va_list copy;
-  va_copy(copy, args);
-  int len = std::vsnprintf(nullptr, 0, fmt, copy);
-  va_end(copy);
-  std::string text(len > 0 ? static_cast<size_t>(len) : 0, '\0');
-  if (len > 0)
-    std::vsnprintf(&text[0], text.size() + 1, fmt, args);
-  return text;
-}
-
 /// Validates the arguments of one entry point; the first failed check wins
 /// and every message starts with the entry point's name.
 class Args {
@@ -74,7 +63,7 @@ public:
     va_list args;
     va_start(args, fmt);
     status_ =
-        Status(MOERT_ERR_INVALID, std::string(fn_) + ": " + formatV(fmt, args));
+        Status(MOERT_ERR_INVALID, std::string(fn_) + ": " + vformat(fmt, args));
     va_end(args);
     return *this;
   }
@@ -85,10 +74,6 @@ private:
   Status status_;
 };
 
-bool isGlu(int32_t act) {
-  return act == MOERT_ACT_SWIGLU || act == MOERT_ACT_GEGLU;
-}
-
 /// Checks the activation and that `gate` is given exactly for GLU forms.
 Args &checkFfnWeights(Args &a, int32_t act, const void *gate, const void *up,
                       const void *down) {
@@ -96,9 +81,9 @@ Args &checkFfnWeights(Args &a, int32_t act, const void *gate, const void *up,
             "unknown activation %d (expected 0 = relu, 1 = gelu, 2 = swiglu, "
             "3 = geglu)",
             act);
-  a.require(!isGlu(act) || gate, "gate is null but activation %d is gated",
-            act);
-  a.require(isGlu(act) || !gate,
+  a.require(!isGatedActivation(act) || gate,
+            "gate is null but activation %d is gated", act);
+  a.require(isGatedActivation(act) || !gate,
             "gate must be null for the ungated activation %d", act);
   return a.ptr("up", up).ptr("down", down);
 }

@@ -10,6 +10,7 @@
 #include "moert/moert.h"
 
 #include <cstdarg>
+#include <cstdio>
 #include <string>
 #include <utility>
 
@@ -31,6 +32,21 @@ private:
   moert_status code_ = MOERT_OK;
   std::string message_;
 };
+
+/// vsnprintf into a std::string. Header-only, like dtypeSize below, so that
+/// the support library and moe-run format with it without linking libmoert.
+inline std::string vformat(const char *fmt, va_list ap) {
+  va_list copy;
+  va_copy(copy, ap);
+  int n = std::vsnprintf(nullptr, 0, fmt, copy);
+  va_end(copy);
+  if (n <= 0)
+    return std::string();
+  std::string s(static_cast<size_t>(n) + 1, '\0');
+  std::vsnprintf(&s[0], s.size(), fmt, ap);
+  s.resize(static_cast<size_t>(n));
+  return s;
+}
 
 /// printf-style error constructor: `return error(MOERT_ERR_INVALID, "k (%d)
 /// exceeds experts (%d)", k, e);`
@@ -60,6 +76,15 @@ inline size_t dtypeSize(int32_t dtype) {
   default:
     return 0;
   }
+}
+
+/// The float dtypes (f32, f16, bf16) convert among themselves, as do the
+/// integer ones (i32, i64); float <-> int is never a conversion.
+inline bool isFloatDtype(int32_t dtype) {
+  return dtype == MOERT_F32 || dtype == MOERT_F16 || dtype == MOERT_BF16;
+}
+inline bool isIntDtype(int32_t dtype) {
+  return dtype == MOERT_I32 || dtype == MOERT_I64;
 }
 
 /// "f32", "f16", "bf16", "i32", "i64", or "unknown".

@@ -24,10 +24,6 @@ using namespace cpu;
 
 namespace {
 
-bool isGated(int32_t act) {
-  return act == MOERT_ACT_SWIGLU || act == MOERT_ACT_GEGLU;
-}
-
 /// c[m,n] = a[m,kk] . b[n,kk]^T (weights are stored [out, in]).
 void gemmNT(const float *a, const float *b, float *c, int64_t m, int64_t n,
             int64_t kk) {
@@ -91,7 +87,7 @@ void CpuBackend::ffnChunk(const float *x, float *y, int64_t rows,
                           int32_t activation) {
   float *h = ffnWork_.data();
   float *u = nullptr;
-  if (isGated(activation)) {
+  if (isGatedActivation(activation)) {
     u = h + rows * F;
     gemmNT(x, w.gate, h, rows, F, D);
     gemmNT(x, w.up, u, rows, F, D);
@@ -104,8 +100,8 @@ void CpuBackend::ffnChunk(const float *x, float *y, int64_t rows,
 
 int64_t CpuBackend::chunkRows(int64_t live, int64_t D, int64_t F,
                               int32_t activation) const {
-  int64_t rowBytes =
-      ((isGated(activation) ? 2 : 1) * F + 2 * D) * int64_t(sizeof(float));
+  int64_t rowBytes = ((isGatedActivation(activation) ? 2 : 1) * F + 2 * D) *
+                     int64_t(sizeof(float));
   int64_t limit = ffnChunkRows_ > 0
                       ? ffnChunkRows_
                       : std::max<int64_t>(64, kFfnWorkspaceBytes / rowBytes);
@@ -123,7 +119,7 @@ Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
   if (live == 0)
     return Status::ok();
   int64_t chunk = chunkRows(live, D, F, activation);
-  int64_t hidden = (isGated(activation) ? 2 : 1) * chunk * F;
+  int64_t hidden = (isGatedActivation(activation) ? 2 : 1) * chunk * F;
   MOERT_TRY(ffnWork_.reserve(hidden + 2 * chunk * D, "moert_expert_ffn"));
   float *xg = ffnWork_.data() + hidden;
   float *yg = xg + chunk * D;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <unordered_set>
 
 namespace moert {
 namespace json {
@@ -156,13 +157,14 @@ private:
       ++pos_;
       return Status::ok();
     }
+    std::unordered_set<std::string> keys;
     while (true) {
       skipSpace();
       if (pos_ >= text_.size() || text_[pos_] != '"')
         return fail("expected a string key, found '%s'", here().c_str());
       std::string key;
       MOERT_TRY(parseString(key));
-      if (out.get(key))
+      if (!keys.insert(key).second)
         return fail("duplicate key \"%s\"", key.c_str());
       skipSpace();
       if (pos_ >= text_.size() || text_[pos_] != ':')
@@ -172,7 +174,7 @@ private:
       skipSpace();
       Value v;
       MOERT_TRY(parseValue(v, depth + 1));
-      out.set(key, std::move(v));
+      out.append(std::move(key), std::move(v));
       skipSpace();
       if (pos_ < text_.size() && text_[pos_] == ',') {
         ++pos_;

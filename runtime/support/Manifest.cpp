@@ -46,10 +46,7 @@ bool TensorSpec::isExpertStack() const {
 }
 
 int64_t TensorSpec::localBytes() const {
-  size_t elem = (dtype == MOERT_F16 || dtype == MOERT_BF16) ? 2
-                : dtype == MOERT_I64                        ? 8
-                                                            : 4;
-  return numElements(localShape) * static_cast<int64_t>(elem);
+  return numElements(localShape) * static_cast<int64_t>(dtypeSize(dtype));
 }
 
 const Entry *Manifest::findEntry(const std::string &name) const {

@@ -85,12 +85,6 @@ uint16_t floatToBf16(float f) {
 // Dtypes
 //===----------------------------------------------------------------------===//
 
-static bool isFloatType(int32_t t) {
-  return t == MOERT_F32 || t == MOERT_F16 || t == MOERT_BF16;
-}
-
-static bool isIntType(int32_t t) { return t == MOERT_I32 || t == MOERT_I64; }
-
 const char *safetensorsDtypeName(int32_t dtype) {
   switch (dtype) {
   case MOERT_F32:
@@ -179,12 +173,12 @@ Status convertElements(const void *src, int32_t srcType, void *dst,
     std::memcpy(dst, src, static_cast<size_t>(n) * dtypeSize(srcType));
     return Status::ok();
   }
-  if (isFloatType(srcType) && isFloatType(dstType)) {
+  if (isFloatDtype(srcType) && isFloatDtype(dstType)) {
     for (int64_t i = 0; i < n; ++i)
       storeFloat(dst, dstType, i, loadFloat(src, srcType, i));
     return Status::ok();
   }
-  if (isIntType(srcType) && isIntType(dstType))
+  if (isIntDtype(srcType) && isIntDtype(dstType))
     return convertInts(src, srcType, dst, n, what);
   return supportError(MOERT_ERR_INVALID, "%s: cannot convert %s to %s",
                       what.c_str(), dtypeName(srcType), dtypeName(dstType));
@@ -520,8 +514,8 @@ static Status checkSliceRequest(const std::string &path, const TensorInfo &t,
                         "I32 and I64 can be read",
                         file, tn, t.dtypeName.c_str());
   if (dtypeSize(outType) == 0 ||
-      !((isFloatType(t.dtype) && isFloatType(outType)) ||
-        (isIntType(t.dtype) && isIntType(outType))))
+      !((isFloatDtype(t.dtype) && isFloatDtype(outType)) ||
+        (isIntDtype(t.dtype) && isIntDtype(outType))))
     return supportError(MOERT_ERR_INVALID,
                         "%s: tensor '%s' has dtype %s, which cannot be read "
                         "as %s",

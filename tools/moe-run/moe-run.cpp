@@ -408,12 +408,8 @@ Status readArgSlice(const SafetensorsFile &file, const std::string &name,
 
 Status checkDtypeClass(const SafetensorsFile &file, const TensorInfo &t,
                        const TensorSpec &spec) {
-  bool argFloat = spec.dtype == MOERT_F32 || spec.dtype == MOERT_F16 ||
-                  spec.dtype == MOERT_BF16;
-  bool fileFloat =
-      t.dtypeName == "F32" || t.dtypeName == "F16" || t.dtypeName == "BF16";
-  bool fileInt = t.dtypeName == "I32" || t.dtypeName == "I64";
-  if ((argFloat && fileFloat) || (!argFloat && fileInt))
+  bool argFloat = isFloatDtype(spec.dtype);
+  if ((argFloat && isFloatDtype(t.dtype)) || (!argFloat && isIntDtype(t.dtype)))
     return Status::ok();
   return supportError(MOERT_ERR_INVALID,
                       "%s: tensor '%s' has dtype %s but argument %lld ('%s') "
@@ -469,7 +465,10 @@ using EntryFn = void (*)(moert_ctx *, void **, void **);
 
 class Driver {
 public:
-  explicit Driver(const Options &o) : opt_(o) {}
+  /// `manifest` as main() read it; a failure to read it (`loaded`) is
+  /// reported by setUp, with the other problems every rank shares.
+  Driver(const Options &o, Manifest manifest, Status loaded)
+      : opt_(o), manifest_(std::move(manifest)), loaded_(std::move(loaded)) {}
   ~Driver();
   int run();
 
@@ -493,6 +492,7 @@ private:
 
   Options opt_;
   Manifest manifest_;
+  Status loaded_;
   const Entry *entry_ = nullptr;
   std::string libraryHash_;
   void *library_ = nullptr;
@@ -520,9 +520,8 @@ Driver::~Driver() {
 /// Manifest, entry, mesh size and library: the same on every rank.
 void Driver::setUp() {
   std::string manifestPath = joinPath(opt_.outDir, "manifest.json");
-  Status s = loadManifest(manifestPath, manifest_);
-  if (!s.isOk())
-    fatal(s);
+  if (!loaded_.isOk())
+    fatal(loaded_);
   entry_ = manifest_.findEntry(opt_.entry);
   if (!entry_) {
     std::string names;
@@ -543,7 +542,7 @@ void Driver::setUp() {
         static_cast<long long>(manifest_.mesh.size()), gWorld.size,
         static_cast<long long>(manifest_.mesh.size())));
   std::string lib = joinPath(opt_.outDir, manifest_.library);
-  s = hashFile(lib, libraryHash_);
+  Status s = hashFile(lib, libraryHash_);
   if (!s.isOk())
     fatal(
         supportError(MOERT_ERR_IO, "module library: %s", s.message().c_str()));
@@ -921,8 +920,7 @@ bool checkTensor(const SafetensorsFile &ref, const TensorSpec &spec,
                      shapeString(t->shape).c_str(),
                      shapeString(spec.shape).c_str());
   int64_t n = numElements(spec.shape);
-  bool isInt = spec.dtype == MOERT_I32 || spec.dtype == MOERT_I64;
-  int32_t refType = isInt ? MOERT_I64 : MOERT_F32;
+  int32_t refType = isIntDtype(spec.dtype) ? MOERT_I64 : MOERT_F32;
   std::vector<char> expect(static_cast<size_t>(n) * dtypeSize(refType));
   if (s.isOk())
     s = ref.readAll(spec.name, refType, expect.data());
@@ -1039,19 +1037,16 @@ int main(int argc, char **argv) {
                  s.message().c_str());
     return 2;
   }
-  Manifest peek; // the default device is the manifest's target
+  Manifest manifest; // the default device is the manifest's target
+  Status loaded = loadManifest(joinPath(opt.outDir, "manifest.json"), manifest);
   if (opt.device.empty())
-    opt.device =
-        loadManifest(joinPath(opt.outDir, "manifest.json"), peek).isOk() &&
-                peek.target == "cuda"
-            ? "cuda"
-            : "cpu";
+    opt.device = loaded.isOk() && manifest.target == "cuda" ? "cuda" : "cpu";
   s = initWorld(&argc, &argv, opt.device == "cuda");
   if (!s.isOk())
     fatal(s);
   int rc;
   {
-    Driver d(opt);
+    Driver d(opt, std::move(manifest), std::move(loaded));
     rc = d.run();
   }
   moert_world_finalize();

@@ -99,11 +99,9 @@ BufferPlan planBuffers(func::FuncOp func) {
 
   // Last use of every buffer, in op order. A started collective keeps its
   // inputs alive until its wait.
-  llvm::DenseMap<Operation *, int64_t> index;
   llvm::DenseMap<Value, int64_t> lastUse;
   int64_t i = 0;
   for (Operation &op : body) {
-    index[&op] = i;
     auto use = [&](Value v) {
       Value root = bufferRoot(v);
       lastUse[root] = std::max(lastUse.lookup(root), i);
@@ -124,8 +122,8 @@ BufferPlan planBuffers(func::FuncOp func) {
     Value value;
   };
   SmallVector<Live> live;
+  int64_t now = 0; // position of `op`, as numbered above
   for (Operation &op : body) {
-    int64_t now = index[&op];
     // Drop buffers whose last use is before this op.
     llvm::erase_if(live, [&](const Live &l) { return lastUse[l.value] < now; });
     for (Value r : op.getResults()) {
@@ -147,6 +145,7 @@ BufferPlan planBuffers(func::FuncOp func) {
       plan.arenaOffset[r] = offset;
       plan.arenaBytes = std::max(plan.arenaBytes, offset + size);
     }
+    ++now;
   }
   return plan;
 }

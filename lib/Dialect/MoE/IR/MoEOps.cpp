@@ -75,6 +75,14 @@ LogicalResult expectSameElementType(Operation *op, Value a, Value b,
                            << eb;
 }
 
+/// Checks that an op which keeps its input's shape and element type does.
+LogicalResult expectSameType(Operation *op, Type result, Type input) {
+  if (result == input)
+    return success();
+  return op->emitOpError() << "result type " << result
+                           << " differs from input type " << input;
+}
+
 /// Checks the FFN weight set of `moe.expert_ffn` / `moe.mlp` / `moe.layer`.
 /// `lead` holds the leading dims (`{E}` for experts, `{}` for dense).
 LogicalResult verifyFFNWeights(Operation *op, Value gate, Value up, Value down,
@@ -166,10 +174,7 @@ LogicalResult RMSNormOp::verify() {
       failed(expectSameElementType(*this, getInput(), getWeight(), "input",
                                    "weight")))
     return failure();
-  if (getOutput().getType() != getInput().getType())
-    return emitOpError() << "result type " << getOutput().getType()
-                         << " differs from input type " << getInput().getType();
-  return success();
+  return expectSameType(*this, getOutput().getType(), getInput().getType());
 }
 
 LogicalResult RouterOp::verify() {
@@ -286,10 +291,7 @@ LogicalResult ExpertFFNOp::verify() {
        {std::pair{getUp(), "up weight"}, std::pair{getDown(), "down weight"}})
     if (failed(expectSameElementType(*this, getInput(), w, "input", name)))
       return failure();
-  if (getOutput().getType() != getInput().getType())
-    return emitOpError() << "result type " << getOutput().getType()
-                         << " differs from input type " << getInput().getType();
-  return success();
+  return expectSameType(*this, getOutput().getType(), getInput().getType());
 }
 
 LogicalResult CombineOp::verify() {
@@ -314,10 +316,7 @@ LogicalResult MLPOp::verify() {
   if (Value g = getSigmoidGate())
     if (failed(expectShape(*this, g, {1, d}, "sigmoid gate")))
       return failure();
-  if (getOutput().getType() != getInput().getType())
-    return emitOpError() << "result type " << getOutput().getType()
-                         << " differs from input type " << getInput().getType();
-  return success();
+  return expectSameType(*this, getOutput().getType(), getInput().getType());
 }
 
 LogicalResult ExpertLoadOp::verify() {
@@ -453,10 +452,7 @@ LogicalResult LayerOp::verify() {
   if (getLosses().size() != losses)
     return emitOpError() << "has " << getLosses().size() << " loss results but "
                          << losses << " loss coefficients are non-zero";
-  if (getOutput().getType() != getInput().getType())
-    return emitOpError() << "result type " << getOutput().getType()
-                         << " differs from input type " << getInput().getType();
-  return success();
+  return expectSameType(*this, getOutput().getType(), getInput().getType());
 }
 
 //===----------------------------------------------------------------------===//
@@ -625,10 +621,7 @@ LogicalResult verifyDimCollective(Operation *op, Value input, Value result,
 }
 
 LogicalResult verifyAllReduce(Operation *op, Value input, Value result) {
-  if (resultTensor(result) != tensorType(input))
-    return op->emitOpError() << "result type " << resultTensor(result)
-                             << " differs from input type " << input.getType();
-  return success();
+  return expectSameType(op, resultTensor(result), tensorType(input));
 }
 
 } // namespace
