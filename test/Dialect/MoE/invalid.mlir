@@ -586,6 +586,15 @@ func.func @f(%x: tensor<8x32xf32>, %wr: tensor<4x32xf32>, %u: tensor<4x16x32xf32
 
 // -----
 
+// layer: capacity factor NaN
+func.func @f(%x: tensor<8x32xf32>, %wr: tensor<4x32xf32>, %u: tensor<4x16x32xf32>, %d: tensor<4x32x16xf32>) {
+  // expected-error @+1 {{capacity_factor (nan) must be >= 0 (0 = dropless)}}
+  %y = moe.layer %x router %wr up %u down %d {num_experts = 4 : i64, top_k = 2 : i64, capacity_factor = 0x7FC00000 : f32, activation = #moe<activation relu>} : (tensor<8x32xf32>, tensor<4x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>) -> tensor<8x32xf32>
+  return
+}
+
+// -----
+
 // layer: token groups divide tokens
 func.func @f(%x: tensor<8x32xf32>, %wr: tensor<4x32xf32>, %u: tensor<4x16x32xf32>, %d: tensor<4x32x16xf32>) {
   // expected-error @+1 {{token_groups (3) does not divide the number of tokens (8)}}

@@ -401,7 +401,7 @@ LogicalResult LayerOp::verify() {
                          << ") must be positive";
 
   float cf = getCapacityFactor().convertToFloat();
-  if (cf < 0)
+  if (!(cf >= 0)) // also NaN, which would read as neither dropless nor capped
     return emitOpError() << "capacity_factor (" << cf
                          << ") must be >= 0 (0 = dropless)";
   int64_t tg = getTokenGroups();
