@@ -119,6 +119,8 @@ private:
   /// Makes this backend's device current (another context of the process
   /// may have switched it).
   Status enter(const char *op);
+  Status blockingCopy(const char *op, void *dst, const void *src,
+                      int64_t bytes);
   LaunchEnv env() { return LaunchEnv{stream_, allocator_.get(), smCount_}; }
 
   /// Y[m, n] = X[m, k] . W[n, k]^T, row-major, leading dims = row lengths.
@@ -225,8 +227,10 @@ void CudaBackend::free(void *p) {
     allocator_->release(p);
 }
 
-Status CudaBackend::copyToDevice(void *dst, const void *src, int64_t bytes) {
-  const char *op = "moert_copy_to_device";
+/// Host<->device copies are the same call (cudaMemcpyDefault infers the
+/// direction); they block because the host buffer may be reused at once.
+Status CudaBackend::blockingCopy(const char *op, void *dst, const void *src,
+                                 int64_t bytes) {
   if (bytes <= 0)
     return Status::ok();
   MOERT_TRY(enter(op));
@@ -236,15 +240,12 @@ Status CudaBackend::copyToDevice(void *dst, const void *src, int64_t bytes) {
   return Status::ok();
 }
 
+Status CudaBackend::copyToDevice(void *dst, const void *src, int64_t bytes) {
+  return blockingCopy("moert_copy_to_device", dst, src, bytes);
+}
+
 Status CudaBackend::copyToHost(void *dst, const void *src, int64_t bytes) {
-  const char *op = "moert_copy_to_host";
-  if (bytes <= 0)
-    return Status::ok();
-  MOERT_TRY(enter(op));
-  MOERT_CUDA(op, cudaMemcpyAsync(dst, src, static_cast<size_t>(bytes),
-                                 cudaMemcpyDefault, stream_));
-  MOERT_CUDA(op, cudaStreamSynchronize(stream_));
-  return Status::ok();
+  return blockingCopy("moert_copy_to_host", dst, src, bytes);
 }
 
 Status CudaBackend::copy(void *dst, const void *src, int64_t bytes) {
