@@ -53,7 +53,7 @@ cmake -G Ninja -S . -B "$BUILD_DIR" \
   -DMLIR_DIR=/usr/lib/llvm-22/lib/cmake/mlir \
   -DLLVM_EXTERNAL_LIT=/usr/lib/llvm-22/bin/lit \
   -DPython3_EXECUTABLE="$PY" \
-  -DCMAKE_BUILD_TYPE=Release ${MOE_CMAKE_ARGS:-} > "$BUILD_DIR/configure.log" 2>&1 ||
+  -DCMAKE_BUILD_TYPE=Release -DMOE_WERROR=ON ${MOE_CMAKE_ARGS:-} > "$BUILD_DIR/configure.log" 2>&1 ||
   { cat "$BUILD_DIR/configure.log"; exit 1; }
 grep -E "^-- (MPI|CUDA|Compiler|Using MLIR|OpenBLAS)" "$BUILD_DIR/configure.log" || true
 

@@ -25,6 +25,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Version of the kernel ABI below. Every compiled module records the version
+ * it was built against (the exported `const int32_t moe_abi_version`), and the
+ * loader refuses a module of another version. Bump it with every change to a
+ * kernel's name, parameters or enumeration values. */
+#define MOERT_ABI_VERSION 1
+
 #ifdef __cplusplus
 extern "C" {
 #endif

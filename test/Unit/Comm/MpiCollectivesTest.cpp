@@ -276,8 +276,9 @@ TEST_F(MpiCollectives, WorldHelpers) {
   int32_t mine = rank() + 10, all[4] = {};
   ASSERT_EQ(moert_world_gather(ctx_, &mine, rank() == 0 ? all : nullptr, 4),
             MOERT_OK);
-  if (rank() == 0)
+  if (rank() == 0) {
     EXPECT_EQ(all[3], 13);
+  }
   ASSERT_EQ(moert_world_allgather(ctx_, &mine, all, 4), MOERT_OK);
   EXPECT_EQ(all[2], 12);
   EXPECT_EQ(moert_world_barrier(ctx_), MOERT_OK);

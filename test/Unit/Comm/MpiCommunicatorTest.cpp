@@ -157,8 +157,9 @@ TEST(MpiCommunicator, HostHelpers) {
   int32_t mine = me * me, all[4] = {-1, -1, -1, -1};
   ASSERT_TRUE(
       w->gatherHost(&mine, me == 2 ? all : nullptr, 4, 2, "gather").isOk());
-  if (me == 2)
+  if (me == 2) {
     EXPECT_EQ(all[3], 9);
+  }
   ASSERT_TRUE(w->allGatherHost(&mine, all, 4, "allgather").isOk());
   EXPECT_EQ(all[1], 1);
   Status s = w->broadcastHost(&v, 8, 7, "bad root");
