@@ -28,7 +28,8 @@ PROG = "python3 -m moe_compiler"
 def _add_model(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--hf-config", metavar="CONFIG.json",
-                   help="a Hugging Face config.json (or a directory holding one)")
+                   help="a Hugging Face config.json (or a directory holding one), or a "
+                   "preset name as in `info`")
     g.add_argument("--preset", metavar="NAME", help=f"a preset: {', '.join(PRESETS)}")
 
 
@@ -59,16 +60,29 @@ def _add_routing(p: argparse.ArgumentParser) -> None:
 
 
 def _load_model(args: argparse.Namespace) -> MoEConfig:
-    return get_preset(args.preset) if args.preset else load_hf_config(args.hf_config)
+    return get_preset(args.preset) if args.preset else _config_or_preset(args.hf_config)
+
+
+def _is_preset(text: str) -> bool:
+    """True when ``text`` names a preset and no file or directory of that name exists
+    (an existing path always wins, so a local ``mixtral-8x7b/`` is read as a config)."""
+    return not os.path.exists(text) and text in PRESETS
 
 
 def _config_or_preset(text: str) -> MoEConfig:
     if os.path.exists(text):
         return load_hf_config(text)
-    if text in PRESETS:
+    if _is_preset(text):
         return get_preset(text)
     raise ConfigError(f"{text}: neither a config.json path nor a preset "
                       f"({', '.join(PRESETS)})")
+
+
+def _model_source(args: argparse.Namespace) -> str:
+    """Where the model came from, for the header of emitted MLIR."""
+    if args.preset:
+        return f"preset {args.preset}"
+    return f"preset {args.hf_config}" if _is_preset(args.hf_config) else args.hf_config
 
 
 def _routed(args: argparse.Namespace) -> MoEConfig:
@@ -143,8 +157,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
 
     cfg = _routed(args)
     layers = parse_layers(args.layers, cfg.num_layers)
-    source = args.hf_config or f"preset {args.preset}"
-    text = emit_module(cfg, args.tokens, layers, args.dtype, source=source)
+    text = emit_module(cfg, args.tokens, layers, args.dtype, source=_model_source(args))
     _write_text(args.output, text)
     return 0
 

@@ -90,6 +90,39 @@ def test_init_reference_flow(tmp_path, capsys):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
+def test_emit_takes_a_preset_as_hf_config(tmp_path, capsys, monkeypatch):
+    # The README's `emit --hf-config $M` with M a preset name, as `info` accepts it.
+    rc, out, err = run_cli(capsys, "emit", "--hf-config", "mixtral-8x7b", "--tokens", 4,
+                           "--layers", "0:1", "-o", "-")
+    assert rc == 0, err
+    assert "// Source: preset mixtral-8x7b" in out
+    assert "moe.layer" in out and "tensor<4x4096xf32>" in out
+    assert "{num_experts = 8 : i64, top_k = 2 : i64, renormalize, " in out
+    assert "model.layers.0.block_sparse_moe.experts.{e}.w1.weight" in out
+    rc, same, _ = run_cli(capsys, "emit", "--preset", "mixtral-8x7b", "--tokens", 4,
+                          "--layers", "0:1", "-o", "-")
+    assert rc == 0 and same == out
+    # init-inputs (like every --hf-config subcommand) accepts it too.
+    x = tmp_path / "x.safetensors"
+    assert run_cli(capsys, "init-inputs", "--hf-config", "qwen1.5-moe-a2.7b", "--tokens", 2,
+                   "--seed", 1, "-o", x)[0] == 0
+    assert load(x)["hidden_states"].shape == (2, 2048)
+    # An existing path wins over a preset of the same name.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mixtral-8x7b").mkdir()
+    (tmp_path / "mixtral-8x7b" / "config.json").write_text(
+        (EXAMPLES / "tiny-mixtral.json").read_text())
+    rc, out, err = run_cli(capsys, "emit", "--hf-config", "mixtral-8x7b", "--tokens", 4,
+                           "-o", "-")
+    assert rc == 0, err
+    assert "// Source: mixtral-8x7b" in out and "tensor<4x32xf32>" in out
+    # Neither a path nor a preset: one line naming both possibilities.
+    rc, _, err = run_cli(capsys, "emit", "--hf-config", "no-such-model", "--tokens", 4,
+                         "-o", "-")
+    assert rc == 1 and err.count("\n") == 1
+    assert "no-such-model: neither a config.json path nor a preset" in err
+
+
 def test_bf16_weights_feed_the_reference(tmp_path, capsys):
     cfg = EXAMPLES / "tiny-olmoe.json"
     w, x = tmp_path / "w.safetensors", tmp_path / "x.safetensors"
