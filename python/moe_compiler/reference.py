@@ -1,7 +1,7 @@
-"""Float64 numpy reference of the numerical spec (ARCHITECTURE.md section 3).
+"""Float64 numpy reference of the numerical specification (docs/spec.md, sections 2-3).
 
 This is the ground truth the compiled modules are checked against, so it is written
-for clarity, not speed: plain float64, one step per spec item, no fusion.
+for clarity, not speed: plain float64, one step per spec item (3.1-3.8), no fusion.
 
 Two choices keep it bit-for-bit comparable with what the compiler sees:
 * attributes the dialect stores as f32 (capacity factor, routed scaling, eps, loss
@@ -127,7 +127,7 @@ def _top(values: np.ndarray, k: int) -> np.ndarray:
 
 def route(x: np.ndarray, router: np.ndarray, cfg: MoEConfig, num_experts: int,
           bias: np.ndarray | None = None) -> Routing:
-    """Spec items 1-4: logits, scores, selection (bias, groups, top-k), weights."""
+    """docs/spec.md items 3.1-3.4: logits, scores, selection (bias, groups, top-k), weights."""
     t = x.shape[0]
     e, k = num_experts, cfg.top_k
     logits = x @ router.T
@@ -152,7 +152,7 @@ def route(x: np.ndarray, router: np.ndarray, cfg: MoEConfig, num_experts: int,
 
 
 def capacity_for(cfg: MoEConfig, tokens_per_group: int, num_experts: int) -> int:
-    """Spec item 5: the per-expert capacity of one token group (0 = dropless).
+    """docs/spec.md item 3.5: the per-expert capacity of one token group (0 = dropless).
 
     As moe.layer defines it: an absolute ``capacity`` is used as is; otherwise
     ``max(min_capacity, 1, ceil(f32(cf) * T_group * k / E))`` evaluated in double.

@@ -23,7 +23,7 @@ from moe_compiler.reference import (
 from moe_compiler.safetensors import SafetensorsFile
 from moe_compiler.weights import init_weights, weight_tensors
 
-# -- an independent, loop-by-loop reading of ARCHITECTURE.md section 3 -------------------
+# -- an independent, loop-by-loop reading of docs/spec.md section 3 ----------------------
 
 
 def _act(name, v):
