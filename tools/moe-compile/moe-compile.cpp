@@ -169,7 +169,7 @@ llvm::Error runPipeline(ModuleOp module, StageTimer &timer, StringRef what,
                         function_ref<void(OpPassManager &)> build) {
   PassManager pm(module.getContext());
   if (failed(applyPassManagerCLOptions(pm)))
-    return makeError("bad pass manager options");
+    return makeError("invalid pass manager options (see above)");
   build(pm);
   std::string failedPass;
   pm.addInstrumentation(std::make_unique<PassStages>(timer, failedPass));
