@@ -10,7 +10,9 @@
 // directory appears whole or not at all.
 //
 //===----------------------------------------------------------------------===//
+#include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/IR/MoE.h"
+#include "moe/Dialect/MoE/Transforms/Passes.h"
 #include "moe/Pipelines/Manifest.h"
 #include "moe/Pipelines/Pipelines.h"
 
@@ -28,6 +30,7 @@
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Dialect/LLVMIR/LLVMToLLVMIRTranslation.h"
 #include "mlir/Target/LLVMIR/Export.h"
+#include "mlir/Transforms/Passes.h"
 
 #include "llvm/IR/LegacyPassManager.h"
 #include "llvm/IR/Module.h"
@@ -375,11 +378,18 @@ int main(int argc, char **argv) {
   llvm::InitLLVM init(argc, argv);
   llvm::InitializeNativeTarget();
   llvm::InitializeNativeTargetAsmPrinter();
+  // Passes are looked up by name for --mlir-print-ir-after=<pass> & co.
+  // (registered before the pass-manager options that name them)
+  registerCanonicalizerPass();
+  registerCSEPass();
+  moe::registerMoEPasses();
+  moe::registerMoEConversionPasses();
+  moe::registerMoECompilePipelines();
   registerAsmPrinterCLOptions();
   registerMLIRContextCLOptions();
   registerPassManagerCLOptions();
   // libLLVM registers hundreds of backend options; --help shows ours (the
-  // MLIR pass-manager options such as --mlir-timing still work).
+  // MLIR pass-manager options such as --mlir-print-ir-after-all still work).
   cl::HideUnrelatedOptions(category);
   cl::ParseCommandLineOptions(
       argc, argv,
