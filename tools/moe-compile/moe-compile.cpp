@@ -2,19 +2,20 @@
 //
 //   moe-compile MODEL.mlir -o OUT_DIR [--mesh dp=1,ep=2,tp=2] [--dtd] ...
 //
-// Runs the pass pipeline (shard, decompose, lower to runtime calls, LLVM),
+// A thin driver around the library: runs moe-compile-pipeline (the same
+// pipeline `moe-opt --moe-compile-pipeline` runs) and moe-lower-to-llvm,
 // emits the object in process through an llvm::TargetMachine, links a shared
 // library with the system C compiler driver and writes manifest.json
-// (docs/module-format.md). The directory appears whole or not at all.
+// (docs/module-format.md) from the module's moe.manifest description. The
+// directory appears whole or not at all.
 //
 //===----------------------------------------------------------------------===//
 #include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/IR/MoE.h"
 #include "moe/Dialect/MoE/Transforms/Passes.h"
+#include "moe/Pipelines/Manifest.h"
+#include "moe/Pipelines/Pipelines.h"
 
-#include "mlir/Conversion/ArithToLLVM/ArithToLLVM.h"
-#include "mlir/Conversion/FuncToLLVM/ConvertFuncToLLVMPass.h"
-#include "mlir/Conversion/ReconcileUnrealizedCasts/ReconcileUnrealizedCasts.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
@@ -22,6 +23,8 @@
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Parser/Parser.h"
+#include "mlir/Pass/Pass.h"
+#include "mlir/Pass/PassInstrumentation.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/FileUtilities.h"
 #include "mlir/Target/LLVMIR/Dialect/Builtin/BuiltinToLLVMIRTranslation.h"
@@ -35,13 +38,11 @@
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
 #include "llvm/Support/InitLLVM.h"
-#include "llvm/Support/JSON.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
 #include "llvm/Support/Program.h"
 #include "llvm/Support/SourceMgr.h"
 #include "llvm/Support/TargetSelect.h"
-#include "llvm/Support/Timer.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/raw_ostream.h"
 #include "llvm/Target/TargetMachine.h"
@@ -114,114 +115,33 @@ struct StageTimer {
   }
 };
 
+/// Makes every top-level pass of a pipeline a stage of the timer (one line
+/// per pass with --time) and remembers the pass that failed.
+class PassStages : public PassInstrumentation {
+public:
+  PassStages(StageTimer &timer, std::string &failedPass)
+      : timer(timer), failedPass(failedPass) {}
+  void runBeforePass(Pass *, Operation *) override { ++depth; }
+  void runAfterPass(Pass *pass, Operation *) override {
+    if (--depth == 0)
+      timer.done(name(pass));
+  }
+  void runAfterPassFailed(Pass *pass, Operation *) override {
+    if (--depth == 0 && failedPass.empty())
+      failedPass = name(pass).str();
+  }
+
+private:
+  static StringRef name(Pass *pass) {
+    return pass->getArgument().empty() ? pass->getName() : pass->getArgument();
+  }
+  StageTimer &timer;
+  std::string &failedPass;
+  int depth = 0;
+};
+
 llvm::Error makeError(const Twine &msg) {
   return llvm::createStringError(llvm::inconvertibleErrorCode(), msg);
-}
-
-//===----------------------------------------------------------------------===//
-// Manifest
-//===----------------------------------------------------------------------===//
-
-std::string dtypeName(Type t) {
-  if (t.isF32())
-    return "f32";
-  if (t.isF16())
-    return "f16";
-  if (t.isBF16())
-    return "bf16";
-  if (t.isInteger(32))
-    return "i32";
-  if (t.isInteger(64))
-    return "i64";
-  return "unsupported";
-}
-
-llvm::json::Array shapeJson(ArrayRef<int64_t> shape) {
-  llvm::json::Array a;
-  for (int64_t d : shape)
-    a.push_back(d);
-  return a;
-}
-
-/// shape, local_shape and shard of one argument or result.
-void describeTensor(llvm::json::Object &o, Type type, DictionaryAttr attrs) {
-  auto t = cast<RankedTensorType>(type);
-  o["dtype"] = dtypeName(t.getElementType());
-  o["local_shape"] = shapeJson(t.getShape());
-  SmallVector<int64_t> global(t.getShape());
-  if (attrs)
-    if (auto g = attrs.getAs<DenseI64ArrayAttr>("moe.global_shape"))
-      global.assign(g.asArrayRef().begin(), g.asArrayRef().end());
-  o["shape"] = shapeJson(global);
-  llvm::json::Array shard;
-  auto spec = attrs ? attrs.getAs<ArrayAttr>("moe.shard") : ArrayAttr();
-  for (int64_t d = 0; d < t.getRank(); ++d) {
-    llvm::json::Array axes;
-    if (spec && d < int64_t(spec.size()))
-      for (Attribute a : cast<ArrayAttr>(spec[d]))
-        axes.push_back(cast<StringAttr>(a).getValue().str());
-    shard.push_back(std::move(axes));
-  }
-  o["shard"] = std::move(shard);
-}
-
-llvm::Expected<llvm::json::Object> describeEntry(func::FuncOp f) {
-  llvm::json::Object entry;
-  entry["name"] = f.getSymName().str();
-  entry["symbol"] = ("moe_entry_" + f.getSymName()).str();
-  llvm::json::Array args, results;
-  for (unsigned i = 0; i < f.getNumArguments(); ++i) {
-    DictionaryAttr attrs = f.getArgAttrDict(i);
-    llvm::json::Object a;
-    a["index"] = int64_t(i);
-    StringAttr input = attrs ? attrs.getAs<StringAttr>("moe.input") : nullptr;
-    StringAttr weight = attrs ? attrs.getAs<StringAttr>("moe.weight") : nullptr;
-    if (!input && !weight)
-      return makeError("argument " + Twine(i) + " of @" + f.getSymName() +
-                       " has neither moe.input nor moe.weight: the runner "
-                       "cannot know where its data comes from");
-    a["role"] = input ? "input" : "weight";
-    a["name"] = (input ? input : weight).getValue().str();
-    if (weight)
-      a["transpose"] = bool(attrs.get("moe.weight_transpose"));
-    describeTensor(a, f.getArgumentTypes()[i], attrs);
-    args.push_back(std::move(a));
-  }
-  for (unsigned i = 0; i < f.getNumResults(); ++i) {
-    DictionaryAttr attrs = f.getResultAttrDict(i);
-    llvm::json::Object r;
-    r["index"] = int64_t(i);
-    StringAttr name = attrs ? attrs.getAs<StringAttr>("moe.output") : nullptr;
-    r["name"] = name ? name.getValue().str() : ("result" + Twine(i)).str();
-    describeTensor(r, f.getResultTypes()[i], attrs);
-    results.push_back(std::move(r));
-  }
-  entry["args"] = std::move(args);
-  entry["results"] = std::move(results);
-  return entry;
-}
-
-llvm::json::Object describeMesh(ModuleOp module) {
-  llvm::json::Array axes, shape;
-  auto meshes = module.getOps<moe::MeshOp>();
-  if (!meshes.empty()) {
-    moe::MeshOp mesh = *meshes.begin();
-    for (Attribute a : mesh.getAxes())
-      axes.push_back(cast<StringAttr>(a).getValue().str());
-    for (int64_t s : mesh.getShape())
-      shape.push_back(s);
-  }
-  return llvm::json::Object{{"axes", std::move(axes)},
-                            {"shape", std::move(shape)}};
-}
-
-std::string fnv1a64(StringRef bytes) {
-  uint64_t h = 0xcbf29ce484222325ull; // FNV-1a 64 offset basis
-  for (unsigned char c : bytes) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return llvm::formatv("{0}", llvm::format_hex_no_prefix(h, 16)).str();
 }
 
 //===----------------------------------------------------------------------===//
@@ -246,10 +166,35 @@ llvm::Error checkMeshSpec(StringRef spec) {
   return llvm::Error::success();
 }
 
-LogicalResult runPasses(ModuleOp module, PassManager &pm) {
+/// Runs the pipeline that `build` adds on `module`, a stage per pass;
+/// `what` names the pipeline in the error.
+llvm::Error runPipeline(ModuleOp module, StageTimer &timer, StringRef what,
+                        function_ref<void(OpPassManager &)> build) {
+  PassManager pm(module.getContext());
   if (failed(applyPassManagerCLOptions(pm)))
-    return failure();
-  return pm.run(module);
+    return makeError("invalid pass manager options (see above)");
+  build(pm);
+  std::string failedPass;
+  pm.addInstrumentation(std::make_unique<PassStages>(timer, failedPass));
+  if (failed(pm.run(module)))
+    return makeError(what + " failed" +
+                     (failedPass.empty() ? "" : " in " + failedPass) +
+                     " (see the diagnostics above)");
+  return llvm::Error::success();
+}
+
+/// The options of moe-compile-pipeline from the command line.
+llvm::Error pipelineOptions(moe::CompilePipelineOptions &options) {
+  if (!meshSpec.empty()) {
+    if (llvm::Error e = checkMeshSpec(meshSpec))
+      return e;
+  } else if (dtd || expertTP) {
+    return makeError("--dtd and --expert-tp need --mesh with tp > 1");
+  }
+  options.mesh = meshSpec;
+  options.dtd = dtd;
+  options.expertTp = expertTP;
+  return moe::verifyCompilePipelineOptions(options);
 }
 
 //===----------------------------------------------------------------------===//
@@ -344,8 +289,9 @@ llvm::Error publish(StringRef staging, StringRef dir) {
 // Driver
 //===----------------------------------------------------------------------===//
 
-llvm::Error compile(MLIRContext &context, StringRef staging,
-                    StageTimer &timer) {
+llvm::Error compile(MLIRContext &context,
+                    const moe::CompilePipelineOptions &options,
+                    StringRef staging, StageTimer &timer) {
   llvm::SourceMgr sourceMgr;
   SourceMgrDiagnosticHandler diag(sourceMgr, &context);
   std::string err;
@@ -358,79 +304,35 @@ llvm::Error compile(MLIRContext &context, StringRef staging,
     return makeError("could not parse " + inputFile);
   timer.done("parse");
 
-  // 1. Decompose, then distribute: the per-rank graph of primitives.
-  PassManager shard(&context);
-  shard.addPass(moe::createMoEDecompose());
-  shard.addPass(createCanonicalizerPass());
-  if (!meshSpec.empty()) {
-    if (llvm::Error e = checkMeshSpec(meshSpec))
-      return e;
-    moe::MoEShardOptions so;
-    so.mesh = meshSpec;
-    so.expertTp = expertTP;
-    shard.addPass(moe::createMoEShard(so));
-    if (dtd)
-      shard.addPass(moe::createMoEDropDuplicateTokens());
-  } else if (dtd || expertTP) {
-    return makeError("--dtd and --expert-tp need --mesh with tp > 1");
-  }
-  shard.addPass(createCanonicalizerPass());
-  shard.addPass(createCSEPass());
-  if (failed(runPasses(*module, shard)))
-    return makeError("the model could not be decomposed and sharded (see the "
-                     "diagnostics above)");
-  timer.done("decompose + shard");
-
-  // 2. Describe the entry points while the tensor signatures still exist.
-  llvm::json::Array entries;
-  for (auto f : module->getOps<func::FuncOp>()) {
-    if (!f.isPublic() || f.isExternal())
-      continue;
-    auto entry = describeEntry(f);
-    if (!entry)
-      return entry.takeError();
-    entries.push_back(std::move(*entry));
-  }
-  if (entries.empty())
-    return makeError(inputFile + " has no public function to compile");
-  llvm::json::Object mesh = describeMesh(*module);
-
-  // 3. Buffers and runtime calls.
-  PassManager lower(&context);
-  lower.addPass(moe::createConvertMoEToRuntime());
-  lower.addPass(createCanonicalizerPass());
-  lower.addPass(createCSEPass());
-  if (failed(runPasses(*module, lower)))
-    return makeError("lowering to runtime calls failed (see the diagnostics "
-                     "above)");
-  timer.done("moe-to-runtime");
-  for (auto &entry : entries) {
-    auto *obj = entry.getAsObject();
-    auto f = module->lookupSymbol<func::FuncOp>(*obj->getString("symbol"));
-    if (auto a = f->getAttrOfType<IntegerAttr>("moe.arena_bytes"))
-      (*obj)["arena_bytes"] = a.getInt();
-  }
+  // 1. The per-rank program of runtime calls, described in moe.manifest.
+  if (llvm::Error e = runPipeline(
+          *module, timer, "moe-compile-pipeline",
+          [&](OpPassManager &pm) { moe::buildCompilePipeline(pm, options); }))
+    return e;
+  llvm::Expected<llvm::json::Object> description =
+      moe::completeManifest(*module);
+  if (!description)
+    return description.takeError();
   std::string ir;
   llvm::raw_string_ostream irStream(ir);
   module->print(irStream);
+  irStream << "\n";
   if (keepIR)
     llvm::outs() << ir;
   if (llvm::Error e = writeFile(staging + "/module.mlir", ir))
     return e;
+  timer.done("print IR");
 
-  // 4. LLVM dialect, LLVM IR, object, shared library.
-  PassManager toLLVM(&context);
-  toLLVM.addPass(createArithToLLVMConversionPass());
-  toLLVM.addPass(createConvertFuncToLLVMPass());
-  toLLVM.addPass(createReconcileUnrealizedCastsPass());
-  if (failed(runPasses(*module, toLLVM)))
-    return makeError("lowering to the LLVM dialect failed");
+  // 2. LLVM dialect, LLVM IR, object, shared library.
+  if (llvm::Error e = runPipeline(*module, timer, "moe-lower-to-llvm",
+                                  moe::buildLowerToLLVMPipeline))
+    return e;
   llvm::LLVMContext llvmContext;
   std::unique_ptr<llvm::Module> llvmModule =
       translateModuleToLLVMIR(*module, llvmContext, "moe_module");
   if (!llvmModule)
     return makeError("translation to LLVM IR failed");
-  timer.done("LLVM lowering");
+  timer.done("LLVM IR");
   SmallString<128> object(staging);
   llvm::sys::path::append(object, "module.o");
   if (llvm::Error e = emitObject(*llvmModule, object))
@@ -446,18 +348,12 @@ llvm::Error compile(MLIRContext &context, StringRef staging,
   auto lib = llvm::MemoryBuffer::getFile(library);
   if (!lib)
     return makeError("cannot read back " + library);
-  llvm::json::Object manifest{{"format", "moe-compiler-module"},
-                              {"version", 1},
-                              {"module_hash", fnv1a64((*lib)->getBuffer())},
-                              {"library", "module.so"},
-                              {"target", target.getValue()},
-                              {"source", inputFile.getValue()},
-                              {"mesh", std::move(mesh)},
-                              {"entries", std::move(entries)}};
-  std::string text;
-  llvm::raw_string_ostream os(text);
-  os << llvm::formatv("{0:2}", llvm::json::Value(std::move(manifest))) << "\n";
-  return writeFile(staging + "/manifest.json", text);
+  moe::ManifestFiles files;
+  files.libraryBytes = (*lib)->getBuffer();
+  files.target = target;
+  files.source = inputFile;
+  return writeFile(staging + "/manifest.json",
+                   moe::renderManifest(std::move(*description), files));
 }
 
 /// A fresh hidden directory `<parent>/.<name>.partial-XXXXXX`.
@@ -482,11 +378,18 @@ int main(int argc, char **argv) {
   llvm::InitLLVM init(argc, argv);
   llvm::InitializeNativeTarget();
   llvm::InitializeNativeTargetAsmPrinter();
+  // Passes are looked up by name for --mlir-print-ir-after=<pass> & co.
+  // (registered before the pass-manager options that name them)
+  registerCanonicalizerPass();
+  registerCSEPass();
+  moe::registerMoEPasses();
+  moe::registerMoEConversionPasses();
+  moe::registerMoECompilePipelines();
   registerAsmPrinterCLOptions();
   registerMLIRContextCLOptions();
   registerPassManagerCLOptions();
   // libLLVM registers hundreds of backend options; --help shows ours (the
-  // MLIR pass-manager options such as --mlir-timing still work).
+  // MLIR pass-manager options such as --mlir-print-ir-after-all still work).
   cl::HideUnrelatedOptions(category);
   cl::ParseCommandLineOptions(
       argc, argv,
@@ -498,6 +401,12 @@ int main(int argc, char **argv) {
   if (target != "cpu" && target != "cuda") {
     llvm::errs() << "moe-compile: --target must be cpu or cuda, got '" << target
                  << "'\n";
+    return 1;
+  }
+  moe::CompilePipelineOptions options;
+  if (llvm::Error e = pipelineOptions(options)) {
+    llvm::errs() << "moe-compile: error: " << llvm::toString(std::move(e))
+                 << "\n";
     return 1;
   }
 
@@ -528,7 +437,7 @@ int main(int argc, char **argv) {
   }
 
   StageTimer timer;
-  llvm::Error e = compile(context, staging, timer);
+  llvm::Error e = compile(context, options, staging, timer);
   if (!e)
     e = publish(staging, outputDir);
   if (e) {

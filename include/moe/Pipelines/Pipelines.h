@@ -1,0 +1,68 @@
+//===- Pipelines.h - The compile pipeline of moe-compiler -------*- C++ -*-===//
+//
+// The pipeline that moe-compile runs, built by one function from one options
+// struct and registered in moe-opt, so that lit runs exactly what users run:
+//
+//   moe-opt model.mlir --moe-compile-pipeline="mesh=ep=2,tp=2 dtd"
+//
+// prints the module that `moe-compile model.mlir --mesh ep=2,tp=2 --dtd`
+// writes as module.mlir.
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOE_PIPELINES_PIPELINES_H
+#define MOE_PIPELINES_PIPELINES_H
+
+#include "mlir/Pass/PassOptions.h"
+#include "mlir/Support/LLVM.h"
+
+#include "llvm/Support/Error.h"
+
+#include <string>
+
+namespace mlir {
+class OpPassManager;
+
+namespace moe {
+
+/// Options of `moe-compile-pipeline` (and of moe-compile's command line).
+struct CompilePipelineOptions
+    : public PassPipelineOptions<CompilePipelineOptions> {
+  PassOptions::Option<std::string> mesh{
+      *this, "mesh",
+      llvm::cl::desc("Device mesh as axis=size pairs, e.g. dp=1,ep=2,tp=2 "
+                     "(axes left out are 1); empty: one device")};
+  PassOptions::Option<bool> dtd{
+      *this, "dtd",
+      llvm::cl::desc("Duplicate token dropping over tp (needs a mesh)"),
+      llvm::cl::init(false)};
+  PassOptions::Option<bool> expertTp{
+      *this, "expert-tp",
+      llvm::cl::desc("Split every expert's FFN over tp (needs a mesh)"),
+      llvm::cl::init(false)};
+};
+
+/// Checks what the passes themselves cannot: `dtd` and `expert-tp` need a
+/// mesh (without one nothing would be sharded).
+llvm::Error verifyCompilePipelineOptions(const CompilePipelineOptions &options);
+
+/// Adds the compile pipeline: moe-decompose, canonicalize, [moe-shard,
+/// [moe-drop-duplicate-tokens]], canonicalize, cse, moe-attach-manifest,
+/// moe-to-runtime, canonicalize, cse. Its result is the per-rank program of
+/// runtime calls that moe-compile writes as module.mlir, with the entry
+/// points described in the module's `moe.manifest` attribute. The options
+/// must pass verifyCompilePipelineOptions.
+void buildCompilePipeline(OpPassManager &pm,
+                          const CompilePipelineOptions &options);
+
+/// Adds the lowering of the compile pipeline's output to the LLVM dialect
+/// (arith and func to LLVM, reconcile casts), ready for LLVM IR translation.
+void buildLowerToLLVMPipeline(OpPassManager &pm);
+
+/// Registers `moe-compile-pipeline` and `moe-lower-to-llvm` (and the passes
+/// of this library, moe-attach-manifest).
+void registerMoECompilePipelines();
+
+} // namespace moe
+} // namespace mlir
+
+#endif // MOE_PIPELINES_PIPELINES_H

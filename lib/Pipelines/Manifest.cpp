@@ -1,0 +1,233 @@
+//===- Manifest.cpp - manifest.json of a compiled module ------------------===//
+//
+// Entry points are described from the per-rank tensor program (the only
+// place where names, roles, dtypes and shard specs still sit on the
+// signatures); moe-compile completes the description after lowering.
+//
+//===----------------------------------------------------------------------===//
+#include "moe/Pipelines/Manifest.h"
+#include "moe/Dialect/MoE/IR/MoE.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/BuiltinAttributes.h"
+
+#include "llvm/Support/FormatVariadic.h"
+
+using namespace mlir;
+
+namespace {
+
+llvm::Error makeError(const Twine &msg) {
+  return llvm::createStringError(llvm::inconvertibleErrorCode(), msg);
+}
+
+/// The manifest's dtype of `t`, or empty if the runtime has none.
+StringRef dtypeName(Type t) {
+  if (t.isF32())
+    return "f32";
+  if (t.isF16())
+    return "f16";
+  if (t.isBF16())
+    return "bf16";
+  if (t.isInteger(32))
+    return "i32";
+  if (t.isInteger(64))
+    return "i64";
+  return "";
+}
+
+llvm::json::Array shapeJson(ArrayRef<int64_t> shape) {
+  llvm::json::Array a;
+  for (int64_t d : shape)
+    a.push_back(d);
+  return a;
+}
+
+/// Adds dtype, local_shape, shape and shard of one argument or result to `o`.
+/// `what` names it in diagnostics ("argument 2").
+LogicalResult describeTensor(func::FuncOp f, const Twine &what, Type type,
+                             DictionaryAttr attrs, llvm::json::Object &o) {
+  auto t = dyn_cast<RankedTensorType>(type);
+  if (!t || !t.hasStaticShape())
+    return f.emitError() << what << " of @" << f.getSymName() << " has type "
+                         << type << ": entry points take statically shaped "
+                         << "tensors";
+  StringRef dtype = dtypeName(t.getElementType());
+  if (dtype.empty())
+    return f.emitError() << what << " of @" << f.getSymName()
+                         << " has element type " << t.getElementType()
+                         << ", which the runtime does not support (f32, f16, "
+                         << "bf16, i32, i64)";
+  o["dtype"] = dtype.str();
+  o["local_shape"] = shapeJson(t.getShape());
+
+  SmallVector<int64_t> global(t.getShape());
+  if (Attribute g = attrs ? attrs.get("moe.global_shape") : Attribute()) {
+    auto dense = dyn_cast<DenseI64ArrayAttr>(g);
+    if (!dense || dense.size() != t.getRank())
+      return f.emitError() << what << " of @" << f.getSymName()
+                           << ": moe.global_shape must be an array<i64> of "
+                           << t.getRank() << " sizes";
+    global.assign(dense.asArrayRef().begin(), dense.asArrayRef().end());
+  }
+  o["shape"] = shapeJson(global);
+
+  ArrayAttr spec;
+  if (Attribute s = attrs ? attrs.get("moe.shard") : Attribute()) {
+    spec = dyn_cast<ArrayAttr>(s);
+    if (!spec || int64_t(spec.size()) > t.getRank())
+      return f.emitError() << what << " of @" << f.getSymName()
+                           << ": moe.shard must be an array of at most "
+                           << t.getRank() << " arrays of mesh-axis names";
+  }
+  llvm::json::Array shard;
+  for (int64_t d = 0; d < t.getRank(); ++d) {
+    llvm::json::Array axes;
+    if (spec && d < int64_t(spec.size())) {
+      auto dimAxes = dyn_cast<ArrayAttr>(spec[d]);
+      if (!dimAxes)
+        return f.emitError()
+               << what << " of @" << f.getSymName() << ": moe.shard entry " << d
+               << " is not an array of mesh-axis names";
+      for (Attribute a : dimAxes) {
+        auto axis = dyn_cast<StringAttr>(a);
+        if (!axis)
+          return f.emitError()
+                 << what << " of @" << f.getSymName() << ": moe.shard entry "
+                 << d << " is not an array of mesh-axis names";
+        axes.push_back(axis.getValue().str());
+      }
+    }
+    shard.push_back(std::move(axes));
+  }
+  o["shard"] = std::move(shard);
+  return success();
+}
+
+FailureOr<llvm::json::Object> describeEntry(func::FuncOp f) {
+  llvm::json::Object entry;
+  entry["name"] = f.getSymName().str();
+  entry["symbol"] = ("moe_entry_" + f.getSymName()).str();
+  llvm::json::Array args, results;
+  for (unsigned i = 0; i < f.getNumArguments(); ++i) {
+    DictionaryAttr attrs = f.getArgAttrDict(i);
+    llvm::json::Object a;
+    a["index"] = int64_t(i);
+    StringAttr input = attrs ? attrs.getAs<StringAttr>("moe.input") : nullptr;
+    StringAttr weight = attrs ? attrs.getAs<StringAttr>("moe.weight") : nullptr;
+    if (!input && !weight)
+      return f.emitError() << "argument " << i << " of @" << f.getSymName()
+                           << " has neither moe.input nor moe.weight: the "
+                           << "runner cannot know where its data comes from";
+    a["role"] = input ? "input" : "weight";
+    a["name"] = (input ? input : weight).getValue().str();
+    if (weight)
+      a["transpose"] = bool(attrs.get("moe.weight_transpose"));
+    if (failed(describeTensor(f, "argument " + Twine(i),
+                              f.getArgumentTypes()[i], attrs, a)))
+      return failure();
+    args.push_back(std::move(a));
+  }
+  for (unsigned i = 0; i < f.getNumResults(); ++i) {
+    DictionaryAttr attrs = f.getResultAttrDict(i);
+    llvm::json::Object r;
+    r["index"] = int64_t(i);
+    StringAttr name = attrs ? attrs.getAs<StringAttr>("moe.output") : nullptr;
+    r["name"] = name ? name.getValue().str() : ("result" + Twine(i)).str();
+    if (failed(describeTensor(f, "result " + Twine(i), f.getResultTypes()[i],
+                              attrs, r)))
+      return failure();
+    results.push_back(std::move(r));
+  }
+  entry["args"] = std::move(args);
+  entry["results"] = std::move(results);
+  return entry;
+}
+
+/// `{"axes": [...], "shape": [...]}`; empty arrays for a single device.
+llvm::json::Object describeMesh(ModuleOp module) {
+  llvm::json::Array axes, shape;
+  auto meshes = module.getOps<moe::MeshOp>();
+  if (!meshes.empty()) {
+    moe::MeshOp mesh = *meshes.begin();
+    for (Attribute a : mesh.getAxes())
+      axes.push_back(cast<StringAttr>(a).getValue().str());
+    for (int64_t s : mesh.getShape())
+      shape.push_back(s);
+  }
+  return llvm::json::Object{{"axes", std::move(axes)},
+                            {"shape", std::move(shape)}};
+}
+
+} // namespace
+
+FailureOr<llvm::json::Object> mlir::moe::describeEntryPoints(ModuleOp module) {
+  llvm::json::Array entries;
+  for (auto f : module.getOps<func::FuncOp>()) {
+    if (!f.isPublic() || f.isExternal())
+      continue;
+    FailureOr<llvm::json::Object> entry = describeEntry(f);
+    if (failed(entry))
+      return failure();
+    entries.push_back(std::move(*entry));
+  }
+  if (entries.empty())
+    return module.emitError("the module has no public function to compile");
+  return llvm::json::Object{{"mesh", describeMesh(module)},
+                            {"entries", std::move(entries)}};
+}
+
+llvm::Expected<llvm::json::Object>
+mlir::moe::completeManifest(ModuleOp module) {
+  auto text = module->getAttrOfType<StringAttr>(kManifestAttrName);
+  if (!text)
+    return makeError("the module has no " + kManifestAttrName +
+                     " attribute (run moe-attach-manifest)");
+  llvm::Expected<llvm::json::Value> parsed = llvm::json::parse(text.getValue());
+  if (!parsed)
+    return makeError("malformed " + kManifestAttrName + ": " +
+                     llvm::toString(parsed.takeError()));
+  llvm::json::Object *manifest = parsed->getAsObject();
+  llvm::json::Array *entries =
+      manifest ? manifest->getArray("entries") : nullptr;
+  if (!entries)
+    return makeError(kManifestAttrName + " has no \"entries\" array");
+  for (llvm::json::Value &value : *entries) {
+    llvm::json::Object *entry = value.getAsObject();
+    std::optional<StringRef> symbol =
+        entry ? entry->getString("symbol") : std::nullopt;
+    if (!symbol)
+      return makeError(kManifestAttrName + " has an entry without a symbol");
+    auto f = module.lookupSymbol<func::FuncOp>(*symbol);
+    if (!f)
+      return makeError("the module has no entry point @" + *symbol +
+                       " (run moe-to-runtime after moe-attach-manifest)");
+    auto bytes = f->getAttrOfType<IntegerAttr>(kArenaBytesAttrName);
+    if (!bytes)
+      return makeError("entry point @" + *symbol + " has no " +
+                       kArenaBytesAttrName);
+    (*entry)["arena_bytes"] = bytes.getInt();
+  }
+  return std::move(*manifest);
+}
+
+std::string mlir::moe::renderManifest(llvm::json::Object description,
+                                      const ManifestFiles &files) {
+  llvm::json::Object manifest = std::move(description);
+  manifest["format"] = "moe-compiler-module";
+  manifest["version"] = 1;
+  manifest["module_hash"] = moduleHash(files.libraryBytes);
+  manifest["library"] = files.library;
+  manifest["target"] = files.target;
+  manifest["source"] = files.source;
+  return llvm::formatv("{0:2}\n", llvm::json::Value(std::move(manifest))).str();
+}
+
+std::string mlir::moe::moduleHash(StringRef bytes) {
+  uint64_t h = 0xcbf29ce484222325ull; // FNV-1a 64 offset basis
+  for (unsigned char c : bytes) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return llvm::formatv("{0}", llvm::format_hex_no_prefix(h, 16)).str();
+}

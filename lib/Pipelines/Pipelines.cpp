@@ -1,0 +1,80 @@
+//===- Pipelines.cpp - The compile pipeline of moe-compiler ---------------===//
+#include "moe/Pipelines/Pipelines.h"
+#include "moe/Conversion/Passes.h"
+#include "moe/Dialect/MoE/Transforms/Passes.h"
+#include "moe/Pipelines/Passes.h"
+
+#include "mlir/Conversion/ArithToLLVM/ArithToLLVM.h"
+#include "mlir/Conversion/FuncToLLVM/ConvertFuncToLLVMPass.h"
+#include "mlir/Conversion/ReconcileUnrealizedCasts/ReconcileUnrealizedCasts.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Pass/PassRegistry.h"
+#include "mlir/Transforms/Passes.h"
+
+using namespace mlir;
+
+llvm::Error
+moe::verifyCompilePipelineOptions(const CompilePipelineOptions &options) {
+  if (options.mesh.empty() && (options.dtd || options.expertTp))
+    return llvm::createStringError(
+        llvm::inconvertibleErrorCode(),
+        "dtd and expert-tp need a mesh with tp > 1 (mesh=...)");
+  return llvm::Error::success();
+}
+
+void moe::buildCompilePipeline(OpPassManager &pm,
+                               const CompilePipelineOptions &options) {
+  // Decompose, then distribute: the per-rank graph of primitives.
+  pm.addPass(createMoEDecompose());
+  pm.addPass(createCanonicalizerPass());
+  if (!options.mesh.empty()) {
+    MoEShardOptions shard;
+    shard.mesh = options.mesh;
+    shard.expertTp = options.expertTp;
+    pm.addPass(createMoEShard(shard));
+    if (options.dtd)
+      pm.addPass(createMoEDropDuplicateTokens());
+  }
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createCSEPass());
+  // Describe the entry points while the tensor signatures still exist.
+  pm.addPass(createMoEAttachManifest());
+  // Buffers and runtime calls.
+  pm.addPass(createConvertMoEToRuntime());
+  pm.addPass(createCanonicalizerPass());
+  pm.addPass(createCSEPass());
+}
+
+void moe::buildLowerToLLVMPipeline(OpPassManager &pm) {
+  pm.addPass(createArithToLLVMConversionPass());
+  pm.addPass(createConvertFuncToLLVMPass());
+  pm.addPass(createReconcileUnrealizedCastsPass());
+}
+
+void moe::registerMoECompilePipelines() {
+  registerMoEPipelinesPasses();
+  // PassPipelineRegistration<CompilePipelineOptions> without its silence on
+  // option combinations the builder cannot honour.
+  registerPassPipeline(
+      "moe-compile-pipeline",
+      "What moe-compile runs: decompose, shard over the mesh, describe the "
+      "entry points (moe.manifest), lower to runtime calls",
+      [](OpPassManager &pm, StringRef optionsText,
+         function_ref<LogicalResult(const Twine &)> errorHandler) {
+        CompilePipelineOptions options;
+        if (failed(options.parseFromString(optionsText)))
+          return failure();
+        if (llvm::Error e = verifyCompilePipelineOptions(options))
+          return errorHandler("moe-compile-pipeline: " +
+                              llvm::toString(std::move(e)));
+        buildCompilePipeline(pm, options);
+        return success();
+      },
+      [](function_ref<void(const mlir::detail::PassOptions &)> optHandler) {
+        optHandler(CompilePipelineOptions());
+      });
+  PassPipelineRegistration<>(
+      "moe-lower-to-llvm",
+      "Lower the output of moe-compile-pipeline to the LLVM dialect",
+      buildLowerToLLVMPipeline);
+}

@@ -1,0 +1,37 @@
+// RUN: moe-opt %s -split-input-file -moe-attach-manifest -verify-diagnostics
+
+// expected-error @+1 {{argument 1 of @f has neither moe.input nor moe.weight: the runner cannot know where its data comes from}}
+func.func @f(%x: tensor<4xf32> {moe.input = "x"}, %y: tensor<4xf32>) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{argument 0 of @f has type 'tensor<?x32xf32>': entry points take statically shaped tensors}}
+func.func @f(%x: tensor<?x32xf32> {moe.input = "x"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{argument 0 of @f has type 'i32': entry points take statically shaped tensors}}
+func.func @f(%x: i32 {moe.input = "x"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{result 0 of @f has element type 'f64', which the runtime does not support (f32, f16, bf16, i32, i64)}}
+func.func @f(%x: tensor<4xf32> {moe.input = "x"}) -> tensor<4xf64> {
+  %y = arith.extf %x : tensor<4xf32> to tensor<4xf64>
+  return %y : tensor<4xf64>
+}
+
+// -----
+
+// expected-error @+1 {{the module has no public function to compile}}
+module {
+  func.func private @f(%x: tensor<4xf32>) {
+    return
+  }
+}
