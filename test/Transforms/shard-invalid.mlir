@@ -10,8 +10,8 @@ func.func @tokens(%x: tensor<12x32xf32> {moe.input = "hidden_states"}, %n: tenso
 
 // -----
 
-// expected-error @+1 {{expert weight "experts.{e}.up" has 6 experts in dimension 0, not divisible by ep = 4}}
 func.func @experts(%x: tensor<16x32xf32> {moe.input = "hidden_states"}, %b: tensor<96x32xf32> {moe.weight = "b"}, %c: tensor<1x6xi32> {moe.weight = "c"}, %u: tensor<6x48x32xf32> {moe.weight = "experts.{e}.up"}, %d: tensor<6x32x48xf32> {moe.weight = "experts.{e}.down"}) -> tensor<96x32xf32> {
+  // expected-error @+1 {{expert weight "experts.{e}.up" has 6 experts in dimension 0, not divisible by ep = 4}}
   %y = moe.expert_ffn %b counts %c up %u down %d act = relu : (tensor<96x32xf32>, tensor<1x6xi32>, tensor<6x48x32xf32>, tensor<6x32x48xf32>) -> tensor<96x32xf32>
   return %y : tensor<96x32xf32>
 }
