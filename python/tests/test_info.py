@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import EXAMPLES, FIXTURES
 
@@ -147,3 +149,16 @@ def test_published_models_match_their_cards():
         assert c.total == pytest.approx(total, rel=0.02), name
     v3 = count_params(load_hf_config(FIXTURES / "deepseek-v3.json"))
     assert v3.active == pytest.approx(37e9, rel=0.02)
+
+
+def test_cli_expert_tp(capsys):
+    """``info --expert-tp`` is moe-compile's flag: only then are the routed experts / tp."""
+    from moe_compiler.cli import main
+
+    out = {}
+    for flag in ([], ["--expert-tp"]):
+        assert main(["info", "dbrx", "--json", "--mesh", "ep=4,tp=2", *flag]) == 0
+        out[bool(flag)] = json.loads(capsys.readouterr().out)
+    c = count_params(get_preset("dbrx"))
+    diff = out[False]["weights_per_rank_bytes"] - out[True]["weights_per_rank_bytes"]
+    assert diff == pytest.approx(2 * c.expert / 8, abs=1)  # bf16: E/4 -> E/8 per rank
