@@ -54,3 +54,13 @@ func.func @computed_weights(%x: tensor<16x32xf32> {moe.input = "hidden_states"},
 module {
   moe.mesh @mesh axes = ["ep"] shape = [2]
 }
+
+// -----
+
+// An op of another dialect has no sharding rule.
+func.func @foreign_op(%x: tensor<16x32xf32> {moe.input = "hidden_states"}) -> tensor<16x32xf32> {
+  // expected-error @+1 {{'tensor.empty' op is not supported by moe-shard (it has no sharding rule)}}
+  %e = tensor.empty() : tensor<16x32xf32>
+  %y = moe.add %x, %e : (tensor<16x32xf32>, tensor<16x32xf32>) -> tensor<16x32xf32>
+  return %y : tensor<16x32xf32>
+}
