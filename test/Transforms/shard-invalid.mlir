@@ -64,3 +64,10 @@ func.func @foreign_op(%x: tensor<16x32xf32> {moe.input = "hidden_states"}) -> te
   %y = moe.add %x, %e : (tensor<16x32xf32>, tensor<16x32xf32>) -> tensor<16x32xf32>
   return %y : tensor<16x32xf32>
 }
+
+// -----
+
+// expected-error @+1 {{input "hidden_states" has no token dimension (it is a scalar)}}
+func.func @scalar_input(%x: tensor<f32> {moe.input = "hidden_states"}) -> tensor<f32> {
+  return %x : tensor<f32>
+}

@@ -96,39 +96,45 @@ void FunctionSharder::annotate(DictionaryAttr &attrs, RankedTensorType global,
 /// Tokens (moe.input) are split over dp x ep; weights as their users' rules
 /// say (replicated when no rule splits them).
 LogicalResult FunctionSharder::shardArguments() {
+  // The tokens first: what a rank holds of them decides what the mesh must
+  // divide before any weight does.
+  int64_t globalTokens = -1, shards = ctx.mesh.tokenShards();
+  for (BlockArgument arg : func.getArguments()) {
+    DictionaryAttr attrs = func.getArgAttrDict(arg.getArgNumber());
+    if (!attrs || !attrs.get("moe.input"))
+      continue;
+    auto global = typeOf(arg);
+    if (global.getRank() < 1)
+      return func.emitError() << "input " << attrs.get("moe.input")
+                              << " has no token dimension (it is a scalar)";
+    if (global.getDimSize(0) % shards)
+      return func.emitError()
+             << "input " << attrs.get("moe.input") << " has "
+             << global.getDimSize(0)
+             << " tokens, not divisible by dp x ep = " << shards;
+    if (globalTokens >= 0 && globalTokens != global.getDimSize(0))
+      return func.emitError("inputs disagree on the number of tokens");
+    globalTokens = global.getDimSize(0);
+    ctx.markTokens(arg);
+  }
+  if (globalTokens < 0)
+    return func.emitError("moe-shard needs an argument with moe.input (the "
+                          "tokens) to know what to split over dp x ep");
+
   for (Operation &op : func.getBody().front())
     if (auto rule = dyn_cast<ShardingRuleOpInterface>(op))
       if (failed(rule.shardWeights(ctx)))
         return failure();
 
-  bool hasTokens = llvm::any_of(func.getArguments(), [&](BlockArgument a) {
-    DictionaryAttr attrs = func.getArgAttrDict(a.getArgNumber());
-    return attrs && attrs.get("moe.input");
-  });
-  if (!hasTokens)
-    return func.emitError("moe-shard needs an argument with moe.input (the "
-                          "tokens) to know what to split over dp x ep");
-
-  int64_t globalTokens = -1, shards = ctx.mesh.tokenShards();
   SmallVector<Type> argTypes;
   for (BlockArgument arg : func.getArguments()) {
     auto global = typeOf(arg);
     DictionaryAttr attrs = func.getArgAttrDict(arg.getArgNumber());
     ShardSpec spec(global.getRank());
-    if (attrs && attrs.get("moe.input")) {
-      if (global.getRank() < 1 || global.getDimSize(0) % shards)
-        return func.emitError()
-               << "input " << attrs.get("moe.input") << " has "
-               << global.getDimSize(0)
-               << " tokens, not divisible by dp x ep = " << shards;
-      if (globalTokens >= 0 && globalTokens != global.getDimSize(0))
-        return func.emitError("inputs disagree on the number of tokens");
-      globalTokens = global.getDimSize(0);
+    if (ctx.isToken(arg))
       spec[0] = {"dp", "ep"};
-      ctx.markTokens(arg);
-    } else if (const ShardSpec *split = ctx.weightSpec(arg)) {
+    else if (const ShardSpec *split = ctx.weightSpec(arg))
       spec = *split;
-    }
     SmallVector<int64_t> local(global.getShape());
     for (auto [d, axes] : llvm::enumerate(spec)) {
       int64_t n = 1;
