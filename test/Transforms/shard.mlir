@@ -1,6 +1,7 @@
 // RUN: moe-opt %s -split-input-file -moe-shard="mesh=ep=2" | FileCheck %s --check-prefix=EP
 // RUN: moe-opt %s -split-input-file -moe-shard="mesh=dp=2,ep=2,tp=2 expert-tp=true" | FileCheck %s --check-prefix=ETP
 // RUN: moe-opt %s -split-input-file -moe-shard="mesh=ep=2,tp=2" | FileCheck %s --check-prefix=TP
+// RUN: moe-opt %s -split-input-file -moe-shard="mesh=ep=2,tp=2" -moe-drop-duplicate-tokens | FileCheck %s --check-prefix=DTD
 
 // Dropless expert parallelism: counts travel first, then the rows.
 // EP: moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [1, 2, 1]
@@ -105,6 +106,16 @@ func.func @capacity(%x: tensor<64x32xf32> {moe.input = "hidden_states"}, %wr: te
 // TP-NEXT: %[[SS:.*]] = moe.all_reduce %[[S]] on @mesh ["tp"] : (tensor<32x32xf32>) -> tensor<32x32xf32>
 // TP-NEXT: %[[O:.*]] = moe.add %[[R]], %[[SS]]
 // TP-NEXT: return %[[O]]
+
+// Duplicate token dropping leaves the dense MLPs' all_reduce as it is: their
+// output joins the residual stream, which needs full rows on every tp rank
+// (docs/distributed.md says why a reduce-scatter would not pay).
+// DTD-LABEL: func.func @dense_and_shared
+// DTD: %[[Y:.*]] = moe.mlp
+// DTD-NEXT: moe.all_reduce %[[Y]] on @mesh ["tp"] : (tensor<32x32xf32>) -> tensor<32x32xf32>
+// DTD: %[[S:.*]] = moe.mlp
+// DTD-NEXT: moe.all_reduce %[[S]] on @mesh ["tp"] : (tensor<32x32xf32>) -> tensor<32x32xf32>
+// DTD-NOT: moe.reduce_scatter
 func.func @dense_and_shared(%x: tensor<64x32xf32> {moe.input = "hidden_states"}, %n: tensor<32xf32> {moe.weight = "norm.weight"}, %g: tensor<64x32xf32> {moe.weight = "mlp.gate_proj.weight"}, %u: tensor<64x32xf32> {moe.weight = "mlp.up_proj.weight"}, %d: tensor<32x64xf32> {moe.weight = "mlp.down_proj.weight"}, %su: tensor<48x32xf32> {moe.weight = "shared_expert.up_proj.weight"}, %sd: tensor<32x48xf32> {moe.weight = "shared_expert.down_proj.weight"}, %sg: tensor<1x32xf32> {moe.weight = "shared_expert_gate.weight"}) -> (tensor<64x32xf32> {moe.output = "hidden_states"}) {
   %h = moe.rmsnorm %x, %n {eps = 1.0e-6 : f32} : (tensor<64x32xf32>, tensor<32xf32>) -> tensor<64x32xf32>
   %y = moe.mlp %h gate %g up %u down %d act = swiglu : (tensor<64x32xf32>, tensor<64x32xf32>, tensor<64x32xf32>, tensor<32x64xf32>) -> tensor<64x32xf32>
