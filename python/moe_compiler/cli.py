@@ -105,7 +105,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     cfg = _config_or_preset(args.model)
     mesh = parse_mesh(args.mesh)
     mesh.check(cfg, tokens=args.tokens)
-    info = model_info(cfg, mesh, tokens=args.tokens, dtype=args.dtype, dtd=args.dtd)
+    info = model_info(cfg, mesh, tokens=args.tokens, dtype=args.dtype, dtd=args.dtd,
+                      expert_tp=args.expert_tp)
     if args.json:
         print(json.dumps(info.as_dict(), indent=2, sort_keys=True))
         return 0
@@ -248,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes of weights and activations (default bf16)")
     s.add_argument("--dtd", action="store_true",
                    help="duplicate token dropping: tp ranks do not resend the same tokens")
+    s.add_argument("--expert-tp", action="store_true",
+                   help="routed experts split over tp too (moe-compile --expert-tp)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_info)
 

@@ -16,9 +16,15 @@ Conventions (also in docs/frontend.md):
   under uniform routing, ``(ep-1)/ep``. ``slots`` = top_k (dropless) or
   ``E * C / T_group`` (capacity buffers, padding included). With ``tp > 1`` every tp
   rank sends its copy unless duplicate-token dropping (DTD) is on.
-* Memory per rank = weights (expert FFNs / (ep*tp); attention, dense FFN, shared
-  experts and embeddings / tp; routers and norms replicated) + the peak activations
-  of one MoE layer's forward for the rank's tokens ``T / (dp*ep)``.
+* Memory per rank = weights + the peak activations of one MoE layer's forward for
+  the rank's tokens ``T / (dp*ep)``. Weights follow moe-shard's rules for what
+  moe-compile compiles (the FFN sublayers): routed experts / ep (/ (ep*tp) with
+  ``expert_tp``); dense FFNs and shared experts / tp (Megatron: gate/up by rows,
+  down by columns); routers, selection biases, norms and the shared experts'
+  sigmoid gates replicated. Attention and embeddings, which moe-compile does not
+  compile, are counted / tp as Megatron splits them. :func:`graph_weights_per_rank`
+  is the same rule over the emitted graph's own operands, which the integration
+  tests compare with the compiled manifest's local shapes.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ import math
 from dataclasses import dataclass
 
 from .configs import GATED, Attention, Mesh, MoEConfig
+from .layout import sublayers
 
-__all__ = ["ModelInfo", "ParamCount", "count_params", "model_info"]
+__all__ = ["ModelInfo", "ParamCount", "count_params", "graph_weights_per_rank",
+           "model_info"]
 
 DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2}
 
@@ -160,9 +168,39 @@ def _slots_per_token(cfg: MoEConfig, tokens_per_rank: int) -> float:
     return e * cap / tg
 
 
+# How moe-shard splits each operand of the emitted graph, by the operand's role
+# (layout.MOE_ROLES / MLP_ROLES): the mesh axes whose product divides it.
+_EXPERT_ROLES = ("gate", "up", "down")  # of a MoE sublayer: stacks over experts
+_TP_ROLES = ("gate", "up", "down", "shared_gate", "shared_up", "shared_down")
+
+
+def _split(kind: str, role: str, mesh: Mesh, expert_tp: bool) -> int:
+    if kind == "moe" and role in _EXPERT_ROLES:
+        return mesh.ep * (mesh.tp if expert_tp else 1)
+    if role in _TP_ROLES:  # dense FFN (any role) or shared expert
+        return mesh.tp
+    return 1  # norms, routers, selection biases, sigmoid gates
+
+
+def graph_weights_per_rank(cfg: MoEConfig, mesh: Mesh, layers: range | None = None,
+                           expert_tp: bool = False) -> int:
+    """Weight elements one rank holds of the graph ``emit`` writes for ``layers``.
+
+    The same count as the local shapes of the ``moe.weight`` arguments in the manifest
+    of ``moe-compile --mesh`` (``--expert-tp`` for ``expert_tp``).
+    """
+    total = 0
+    for sub in sublayers(cfg, layers):
+        total += math.prod(sub.norm.shape)
+        for w in sub.weights:
+            total += math.prod(w.shape) // _split(sub.kind, w.role, mesh, expert_tp)
+    return total
+
+
 def model_info(cfg: MoEConfig, mesh: Mesh | None = None, tokens: int = 4096,
-               dtype: str = "bf16", dtd: bool = False) -> ModelInfo:
-    """Everything ``info`` prints."""
+               dtype: str = "bf16", dtd: bool = False,
+               expert_tp: bool = False) -> ModelInfo:
+    """Everything ``info`` prints (``expert_tp``: moe-compile's ``--expert-tp``)."""
     mesh = mesh or Mesh()
     mesh.check(cfg)
     b = DTYPE_BYTES[dtype]
@@ -180,14 +218,17 @@ def model_info(cfg: MoEConfig, mesh: Mesh | None = None, tokens: int = 4096,
     copies = 1 if dtd else mesh.tp
     a2a = 2 * slots * d * b * leave * copies
 
-    replicated = c.router + c.norm
-    sharded_tp = c.embedding + c.attention + c.dense_ffn + c.shared
-    weights = (c.expert / (mesh.ep * mesh.tp) + sharded_tp / mesh.tp + replicated) * b
+    moe_layers = sum(k != "dense" for k in cfg.layer_kinds + a.decoder_layer_kinds)
+    sigmoid_gates = moe_layers * d if cfg.num_shared_experts and cfg.shared_gated else 0
+    expert_split = mesh.ep * (mesh.tp if expert_tp else 1)
+    replicated = c.router + c.norm + sigmoid_gates
+    sharded_tp = c.embedding + c.attention + c.dense_ffn + c.shared - sigmoid_gates
+    weights = (c.expert / expert_split + sharded_tp / mesh.tp + replicated) * b
     f = cfg.moe_intermediate_size
     gated = 2 if cfg.activation in GATED else 1
-    per_token = (3 * d + 2 * slots * d + slots * gated * f / mesh.tp + slots * d) * b
+    f_rank = f / (mesh.tp if expert_tp else 1)
+    per_token = (3 * d + 2 * slots * d + slots * gated * f_rank + slots * d) * b
     acts = tokens_rank * per_token + tokens_rank * cfg.num_experts * 4 * 2
-    moe_layers = sum(k != "dense" for k in cfg.layer_kinds + a.decoder_layer_kinds)
     return ModelInfo(
         params_total=c.total, params_active=c.active, flops_per_token=int(flops),
         a2a_bytes_per_token_per_layer=a2a,

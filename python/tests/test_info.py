@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-from conftest import FIXTURES
+import json
 
-from moe_compiler.configs import Mesh, load_hf_config
-from moe_compiler.info import count_params, model_info
+import pytest
+from conftest import EXAMPLES, FIXTURES
+
+from moe_compiler.configs import Mesh, load_hf_config, parse_mesh
+from moe_compiler.info import count_params, graph_weights_per_rank, model_info
 from moe_compiler.presets import PRESETS, get_preset
 
 
@@ -44,8 +46,60 @@ def test_mesh_shards_weights_and_tokens():
     assert tp.a2a_bytes_per_token_per_layer == 2 * dtd.a2a_bytes_per_token_per_layer
     assert dtd.a2a_bytes_per_token_per_layer == 2 * 2 * 4096 * 4 * 0.5
     c = count_params(cfg)
-    assert tp.weights_per_rank_bytes == 4 * (c.expert / 4 + (c.embedding + c.attention) / 2
+    # moe-shard's rules: experts / ep (/ ep*tp with --expert-tp), the rest / tp or
+    # replicated (Mixtral has no dense FFN nor shared expert).
+    assert tp.weights_per_rank_bytes == 4 * (c.expert / 2 + (c.embedding + c.attention) / 2
                                             + c.router + c.norm)
+    etp = model_info(cfg, Mesh(ep=2, tp=2), tokens=64, dtype="f32", expert_tp=True)
+    assert etp.weights_per_rank_bytes == 4 * (c.expert / 4 + (c.embedding + c.attention) / 2
+                                             + c.router + c.norm)
+    # The expert intermediate activations shrink by tp only when the experts are split.
+    f, gated, t = 14336, 2, 64 // 2
+    assert (tp.activations_per_rank_bytes - etp.activations_per_rank_bytes
+            == t * 4 * 2 * gated * f / 2)
+
+
+def _ffn_part(cfg, mesh, expert_tp):
+    """info's weights per rank less what moe-compile does not compile (attention,
+    embeddings and the norms outside the FFN sublayers), in elements."""
+    info = model_info(cfg, mesh, tokens=64, dtype="f32", expert_tp=expert_tp)
+    c = count_params(cfg)
+    d = cfg.hidden_size
+    ffn_norms = len(cfg.layer_kinds) * d  # one pre-norm per FFN sublayer
+    outside = (c.embedding + c.attention) / mesh.tp + (c.norm - ffn_norms)
+    return info.weights_per_rank_bytes / 4 - outside
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2-moe", "tiny-deepseek-v2", "tiny-deepseek-v3",
+                                  "tiny-mixtral", "tiny-dbrx"])
+@pytest.mark.parametrize("spec,expert_tp", [("tp=2", False), ("ep=2,tp=2", False),
+                                            ("ep=2,tp=2", True), ("dp=2,ep=2", False)])
+def test_weights_per_rank_follow_the_compiled_graph(name, spec, expert_tp):
+    """info's formula agrees with moe-shard's rules applied to the emitted graph's own
+    operands (which e2e.py compares with the compiled manifest)."""
+    cfg = load_hf_config(EXAMPLES / f"{name}.json")
+    mesh = parse_mesh(spec)
+    graph = graph_weights_per_rank(cfg, mesh, expert_tp=expert_tp)
+    assert _ffn_part(cfg, mesh, expert_tp) == pytest.approx(graph, abs=0.5)
+    if mesh.tp > 1:  # every FFN sublayer has a dense MLP or shared expert to split
+        no_tp = graph_weights_per_rank(cfg, Mesh(dp=mesh.dp, ep=mesh.ep),
+                                       expert_tp=expert_tp)
+        assert graph < no_tp or not (cfg.num_shared_experts or "dense" in cfg.layer_kinds)
+
+
+def test_shared_expert_and_dense_layer_split_over_tp():
+    """Qwen2-MoE: the shared expert is split over tp, its sigmoid gate is not."""
+    cfg = load_hf_config(EXAMPLES / "tiny-qwen2-moe.json")
+    d, fs = cfg.hidden_size, cfg.shared_intermediate_size
+    shared = 3 * d * fs  # swiglu shared expert
+    one = graph_weights_per_rank(cfg, Mesh(), range(0, 1))
+    two = graph_weights_per_rank(cfg, Mesh(tp=2), range(0, 1))
+    assert cfg.layer_kinds[0] == "moe" and cfg.shared_gated
+    assert one - two == shared // 2
+    dense = 3 * d * cfg.dense_intermediate_size  # layer 1 is a dense swiglu MLP
+    assert cfg.layer_kinds[1] == "dense"
+    assert (graph_weights_per_rank(cfg, Mesh(), range(1, 2))
+            - graph_weights_per_rank(cfg, Mesh(tp=2), range(1, 2))) == dense // 2
 
 
 def test_capacity_buffers_count_padding():
@@ -95,3 +149,16 @@ def test_published_models_match_their_cards():
         assert c.total == pytest.approx(total, rel=0.02), name
     v3 = count_params(load_hf_config(FIXTURES / "deepseek-v3.json"))
     assert v3.active == pytest.approx(37e9, rel=0.02)
+
+
+def test_cli_expert_tp(capsys):
+    """``info --expert-tp`` is moe-compile's flag: only then are the routed experts / tp."""
+    from moe_compiler.cli import main
+
+    out = {}
+    for flag in ([], ["--expert-tp"]):
+        assert main(["info", "dbrx", "--json", "--mesh", "ep=4,tp=2", *flag]) == 0
+        out[bool(flag)] = json.loads(capsys.readouterr().out)
+    c = count_params(get_preset("dbrx"))
+    diff = out[False]["weights_per_rank_bytes"] - out[True]["weights_per_rank_bytes"]
+    assert diff == pytest.approx(2 * c.expert / 8, abs=1)  # bf16: E/4 -> E/8 per rank

@@ -9,12 +9,16 @@ For one model config and one set of routing options it
      several ranks), and re-checks the written outputs here with numpy;
   4. for every DTD mesh, checks from ``--stats`` that each rank's all-to-all bytes of
      the token exchange over ``ep`` (``all_to_all_v`` dropless, ``all_to_all`` with
-     capacity) are exactly 1/tp of the same mesh without ``--dtd``.
+     capacity) are exactly 1/tp of the same mesh without ``--dtd``;
+  5. for every mesh, checks that the weight elements each rank loads (the local
+     shapes of the manifest's weight arguments) are what ``info`` says
+     (``moe_compiler.info.graph_weights_per_rank``).
 
 Output, one line per run (FileCheck reads them):
   IR <family> %N = moe.layer ... {attributes}        (with --show-ir)
   PASS <family> <mesh> max_rel_err=<e> outputs=<names>
   DTD <family> <mesh> <op> bytes/rank=<b> nodtd=<b0> ratio=1/<tp>
+  WEIGHTS <family> <mesh> elements/rank=<n> single=<n1> info=<n>
   DROPS <family> dropped=<n> of <m> assignments (capacity <c> per group)
   FAIL <family> <mesh> <why>                       (and exit status 1)
 
@@ -59,7 +63,8 @@ if os.path.join(SRC, "python") not in sys.path:
     sys.path.insert(0, os.path.join(SRC, "python"))
 
 from moe_compiler import cli  # noqa: E402
-from moe_compiler.configs import MoEConfig, parse_layers  # noqa: E402
+from moe_compiler.configs import Mesh, MoEConfig, parse_layers  # noqa: E402
+from moe_compiler.info import graph_weights_per_rank  # noqa: E402
 from moe_compiler.layout import sublayers  # noqa: E402
 from moe_compiler.reference import (  # noqa: E402
     capacity_for,
@@ -188,6 +193,26 @@ def a2a_bytes(stats_path: str, op: str) -> list[int]:
         out.append(sum(c["bytes_sent"] for c in r.get("collectives", [])
                        if c["op"] == op and c["axis"] == "ep"))
     return out
+
+
+def weight_elements(module_dir: str) -> int:
+    """Elements of every weight argument one rank holds (the manifest's local shapes)."""
+    with open(os.path.join(module_dir, "manifest.json"), encoding="utf-8") as fh:
+        manifest = json.load(fh)
+    return sum(math.prod(arg["local_shape"]) for entry in manifest["entries"]
+               for arg in entry["args"] if arg["role"] == "weight")
+
+
+def check_weights(family: str, m: MeshRun, mod: str, cfg: MoEConfig, layers: range) -> None:
+    """The WEIGHTS line: what each rank loads is what info says it holds."""
+    held = weight_elements(mod)
+    info = graph_weights_per_rank(cfg, Mesh(**m.axes), layers,
+                                  expert_tp="expert-tp" in m.flags)
+    single = graph_weights_per_rank(cfg, Mesh(), layers)
+    if held != info:
+        raise Failure(f"each rank holds {held} weight elements, info says {info}")
+    print(f"WEIGHTS {family} {m.label} elements/rank={held} single={single} info={info}",
+          flush=True)
 
 
 def count_drops(cfg: MoEConfig, layers: range, weights: str,
@@ -337,6 +362,8 @@ def drive(a: argparse.Namespace, config: str, routing: list[str], meshes: list[M
             st = os.path.join(work, f"stats{i}.json")
             log = run([compile_bin, mlir, "-o", mod, *m.compile_flags()],
                       f"moe-compile {m.label}")
+            if m.ranks > 1:
+                check_weights(a.family, m, mod, cfg, layers)
             cmd = [run_bin, mod, "--weights", w, "--inputs", x, "--output", out,
                    "--check", ref, "--rtol", str(RTOL), "--atol", str(ATOL),
                    "--stats", st, "--quiet"]

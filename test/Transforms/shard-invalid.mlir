@@ -10,8 +10,8 @@ func.func @tokens(%x: tensor<12x32xf32> {moe.input = "hidden_states"}, %n: tenso
 
 // -----
 
-// expected-error @+1 {{expert weight "experts.{e}.up" has 6 experts in dimension 0, not divisible by ep = 4}}
 func.func @experts(%x: tensor<16x32xf32> {moe.input = "hidden_states"}, %b: tensor<96x32xf32> {moe.weight = "b"}, %c: tensor<1x6xi32> {moe.weight = "c"}, %u: tensor<6x48x32xf32> {moe.weight = "experts.{e}.up"}, %d: tensor<6x32x48xf32> {moe.weight = "experts.{e}.down"}) -> tensor<96x32xf32> {
+  // expected-error @+1 {{expert weight "experts.{e}.up" has 6 experts in dimension 0, not divisible by ep = 4}}
   %y = moe.expert_ffn %b counts %c up %u down %d act = relu : (tensor<96x32xf32>, tensor<1x6xi32>, tensor<6x48x32xf32>, tensor<6x32x48xf32>) -> tensor<96x32xf32>
   return %y : tensor<96x32xf32>
 }
@@ -53,4 +53,21 @@ func.func @computed_weights(%x: tensor<16x32xf32> {moe.input = "hidden_states"},
 // expected-error @+1 {{moe-shard: the module already has a moe.mesh (it is sharded already)}}
 module {
   moe.mesh @mesh axes = ["ep"] shape = [2]
+}
+
+// -----
+
+// An op of another dialect has no sharding rule.
+func.func @foreign_op(%x: tensor<16x32xf32> {moe.input = "hidden_states"}) -> tensor<16x32xf32> {
+  // expected-error @+1 {{'tensor.empty' op is not supported by moe-shard (it has no sharding rule)}}
+  %e = tensor.empty() : tensor<16x32xf32>
+  %y = moe.add %x, %e : (tensor<16x32xf32>, tensor<16x32xf32>) -> tensor<16x32xf32>
+  return %y : tensor<16x32xf32>
+}
+
+// -----
+
+// expected-error @+1 {{input "hidden_states" has no token dimension (it is a scalar)}}
+func.func @scalar_input(%x: tensor<f32> {moe.input = "hidden_states"}) -> tensor<f32> {
+  return %x : tensor<f32>
 }

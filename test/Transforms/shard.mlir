@@ -1,5 +1,7 @@
 // RUN: moe-opt %s -split-input-file -moe-shard="mesh=ep=2" | FileCheck %s --check-prefix=EP
 // RUN: moe-opt %s -split-input-file -moe-shard="mesh=dp=2,ep=2,tp=2 expert-tp=true" | FileCheck %s --check-prefix=ETP
+// RUN: moe-opt %s -split-input-file -moe-shard="mesh=ep=2,tp=2" | FileCheck %s --check-prefix=TP
+// RUN: moe-opt %s -split-input-file -moe-shard="mesh=ep=2,tp=2" -moe-drop-duplicate-tokens | FileCheck %s --check-prefix=DTD
 
 // Dropless expert parallelism: counts travel first, then the rows.
 // EP: moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [1, 2, 1]
@@ -71,4 +73,54 @@ func.func @capacity(%x: tensor<64x32xf32> {moe.input = "hidden_states"}, %wr: te
   %aux = moe.load_balance_loss %st tokens = 64 k = 1 coeff = 0.01 : (tensor<2x8xf32>) -> tensor<f32>
   %z = moe.z_loss %l tokens = 64 coeff = 0.001 : (tensor<64x8xf32>) -> tensor<f32>
   return %o, %aux, %z : tensor<64x32xf32>, tensor<f32>, tensor<f32>
+}
+
+// -----
+
+// Dense MLPs (a dense layer, a shared expert) are split over tp Megatron-style
+// whenever tp > 1: gate/up column-parallel (F/tp rows each), down row-parallel
+// (F/tp columns), partial outputs summed over tp. The shared expert's sigmoid
+// gate stays replicated; it scales the partial sums before the all_reduce.
+// Without tp nothing changes.
+// EP-LABEL: func.func @dense_and_shared
+// EP-SAME: tensor<32x64xf32> {moe.global_shape = array<i64: 32, 64>, moe.shard = {{\[\[\], \[\]\]}}, moe.weight = "mlp.down_proj.weight"}
+// EP-NOT: moe.all_reduce
+// EP: return
+
+// TP: moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [1, 2, 2]
+// TP-LABEL: func.func @dense_and_shared
+// TP-SAME: %[[X:.*]]: tensor<32x32xf32> {moe.global_shape = array<i64: 64, 32>, moe.input = "hidden_states", moe.shard = {{\[\["dp", "ep"\], \[\]\]}}}
+// TP-SAME: %[[N:.*]]: tensor<32xf32> {moe.global_shape = array<i64: 32>, moe.shard = {{\[\[\]\]}}
+// TP-SAME: %[[G:.*]]: tensor<32x32xf32> {moe.global_shape = array<i64: 64, 32>, moe.shard = {{\[\["tp"\], \[\]\]}}, moe.weight = "mlp.gate_proj.weight"}
+// TP-SAME: %[[U:.*]]: tensor<32x32xf32> {moe.global_shape = array<i64: 64, 32>, moe.shard = {{\[\["tp"\], \[\]\]}}, moe.weight = "mlp.up_proj.weight"}
+// TP-SAME: %[[D:.*]]: tensor<32x32xf32> {moe.global_shape = array<i64: 32, 64>, moe.shard = {{\[\[\], \["tp"\]\]}}, moe.weight = "mlp.down_proj.weight"}
+// TP-SAME: %[[SU:.*]]: tensor<24x32xf32> {moe.global_shape = array<i64: 48, 32>, moe.shard = {{\[\["tp"\], \[\]\]}}, moe.weight = "shared_expert.up_proj.weight"}
+// TP-SAME: %[[SD:.*]]: tensor<32x24xf32> {moe.global_shape = array<i64: 32, 48>, moe.shard = {{\[\[\], \["tp"\]\]}}, moe.weight = "shared_expert.down_proj.weight"}
+// TP-SAME: %[[SG:.*]]: tensor<1x32xf32> {moe.global_shape = array<i64: 1, 32>, moe.shard = {{\[\[\], \[\]\]}}, moe.weight = "shared_expert_gate.weight"}
+// TP-SAME: -> (tensor<32x32xf32> {moe.global_shape = array<i64: 64, 32>, moe.output = "hidden_states", moe.shard = {{\[\["dp", "ep"\], \[\]\]}}})
+// TP: %[[H:.*]] = moe.rmsnorm %[[X]], %[[N]]
+// TP: %[[Y:.*]] = moe.mlp %[[H]] gate %[[G]] up %[[U]] down %[[D]] act = swiglu : (tensor<32x32xf32>, tensor<32x32xf32>, tensor<32x32xf32>, tensor<32x32xf32>) -> tensor<32x32xf32>
+// TP-NEXT: %[[YS:.*]] = moe.all_reduce %[[Y]] on @mesh ["tp"] : (tensor<32x32xf32>) -> tensor<32x32xf32>
+// TP-NEXT: %[[R:.*]] = moe.add %[[X]], %[[YS]]
+// TP-NEXT: %[[S:.*]] = moe.mlp %[[R]] up %[[SU]] down %[[SD]] sigmoid_gate %[[SG]] act = gelu : (tensor<32x32xf32>, tensor<24x32xf32>, tensor<32x24xf32>, tensor<1x32xf32>) -> tensor<32x32xf32>
+// TP-NEXT: %[[SS:.*]] = moe.all_reduce %[[S]] on @mesh ["tp"] : (tensor<32x32xf32>) -> tensor<32x32xf32>
+// TP-NEXT: %[[O:.*]] = moe.add %[[R]], %[[SS]]
+// TP-NEXT: return %[[O]]
+
+// Duplicate token dropping leaves the dense MLPs' all_reduce as it is: their
+// output joins the residual stream, which needs full rows on every tp rank
+// (docs/distributed.md says why a reduce-scatter would not pay).
+// DTD-LABEL: func.func @dense_and_shared
+// DTD: %[[Y:.*]] = moe.mlp
+// DTD-NEXT: moe.all_reduce %[[Y]] on @mesh ["tp"] : (tensor<32x32xf32>) -> tensor<32x32xf32>
+// DTD: %[[S:.*]] = moe.mlp
+// DTD-NEXT: moe.all_reduce %[[S]] on @mesh ["tp"] : (tensor<32x32xf32>) -> tensor<32x32xf32>
+// DTD-NOT: moe.reduce_scatter
+func.func @dense_and_shared(%x: tensor<64x32xf32> {moe.input = "hidden_states"}, %n: tensor<32xf32> {moe.weight = "norm.weight"}, %g: tensor<64x32xf32> {moe.weight = "mlp.gate_proj.weight"}, %u: tensor<64x32xf32> {moe.weight = "mlp.up_proj.weight"}, %d: tensor<32x64xf32> {moe.weight = "mlp.down_proj.weight"}, %su: tensor<48x32xf32> {moe.weight = "shared_expert.up_proj.weight"}, %sd: tensor<32x48xf32> {moe.weight = "shared_expert.down_proj.weight"}, %sg: tensor<1x32xf32> {moe.weight = "shared_expert_gate.weight"}) -> (tensor<64x32xf32> {moe.output = "hidden_states"}) {
+  %h = moe.rmsnorm %x, %n {eps = 1.0e-6 : f32} : (tensor<64x32xf32>, tensor<32xf32>) -> tensor<64x32xf32>
+  %y = moe.mlp %h gate %g up %u down %d act = swiglu : (tensor<64x32xf32>, tensor<64x32xf32>, tensor<64x32xf32>, tensor<32x64xf32>) -> tensor<64x32xf32>
+  %r = moe.add %x, %y : (tensor<64x32xf32>, tensor<64x32xf32>) -> tensor<64x32xf32>
+  %s = moe.mlp %r up %su down %sd sigmoid_gate %sg act = gelu : (tensor<64x32xf32>, tensor<48x32xf32>, tensor<32x48xf32>, tensor<1x32xf32>) -> tensor<64x32xf32>
+  %o = moe.add %r, %s : (tensor<64x32xf32>, tensor<64x32xf32>) -> tensor<64x32xf32>
+  return %o : tensor<64x32xf32>
 }

@@ -11,6 +11,8 @@
 #include "mlir/Interfaces/InferTypeOpInterface.h"
 #include "mlir/Interfaces/SideEffectInterfaces.h"
 
+#include "moe/Dialect/MoE/IR/MoEShardingInterface.h"
+
 #include "moe/Dialect/MoE/IR/MoEDialect.h.inc"
 #include "moe/Dialect/MoE/IR/MoEEnums.h.inc"
 

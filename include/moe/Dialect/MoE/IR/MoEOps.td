@@ -5,6 +5,7 @@
 include "moe/Dialect/MoE/IR/MoEDialect.td"
 include "moe/Dialect/MoE/IR/MoEAttrs.td"
 include "moe/Dialect/MoE/IR/MoETypes.td"
+include "moe/Dialect/MoE/IR/MoEShardingInterface.td"
 include "mlir/IR/SymbolInterfaces.td"
 include "mlir/Interfaces/InferTypeOpInterface.td"
 include "mlir/Interfaces/SideEffectInterfaces.td"
@@ -24,6 +25,12 @@ def MoE_F32_2D : 2DTensorOf<[F32]>;
 def MoE_I32_2D : 2DTensorOf<[I32]>;
 def MoE_Scalar : 0DTensorOf<[F32]>;
 def MoE_AnyTensor : RankedTensorOf<[F32, F16, BF16, I32, I64]>;
+
+// Every op of an unsharded graph carries its moe-shard rules
+// (MoEShardingRules.cpp); ops with weight operands also say how to split them.
+defvar MoE_ShardingRule = DeclareOpInterfaceMethods<MoE_ShardingRuleOpInterface>;
+defvar MoE_ShardingRuleWithWeights =
+    DeclareOpInterfaceMethods<MoE_ShardingRuleOpInterface, ["shardWeights"]>;
 
 def MoE_PositiveI64 : ConfinedAttr<I64Attr, [IntPositive]>;
 def MoE_NonNegI64 : ConfinedAttr<I64Attr, [IntNonNegative]>;
@@ -67,7 +74,7 @@ def MoE_MeshOp : MoE_Op<"mesh", [Symbol]> {
 // Model graph
 //===----------------------------------------------------------------------===//
 
-def MoE_RMSNormOp : MoE_Op<"rmsnorm", [Pure]> {
+def MoE_RMSNormOp : MoE_Op<"rmsnorm", [Pure, MoE_ShardingRule]> {
   let summary = "RMS normalization of every token";
   let description = [{
     `y[t] = x[t] / sqrt(mean_d(x[t, d]^2) + eps) * w`, statistics in f32.
@@ -81,7 +88,8 @@ def MoE_RMSNormOp : MoE_Op<"rmsnorm", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_AddOp : MoE_Op<"add", [Pure, SameOperandsAndResultType]> {
+def MoE_AddOp : MoE_Op<"add", [Pure, SameOperandsAndResultType,
+    MoE_ShardingRule]> {
   let summary = "elementwise sum (residual connections, loss totals)";
   let arguments = (ins RankedTensorOf<[F32, F16, BF16]>:$lhs,
                        RankedTensorOf<[F32, F16, BF16]>:$rhs);
@@ -95,7 +103,7 @@ def MoE_AddOp : MoE_Op<"add", [Pure, SameOperandsAndResultType]> {
 // Routing
 //===----------------------------------------------------------------------===//
 
-def MoE_RouterOp : MoE_Op<"router", [Pure]> {
+def MoE_RouterOp : MoE_Op<"router", [Pure, MoE_ShardingRule]> {
   let summary = "router logits x . Wr^T, computed in f32";
   let description = [{
     `logits[T, E] = x[T, D] . weight[E, D]^T`. The weight has the layout of
@@ -110,7 +118,7 @@ def MoE_RouterOp : MoE_Op<"router", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_TopKOp : MoE_Op<"topk", [Pure]> {
+def MoE_TopKOp : MoE_Op<"topk", [Pure, MoE_ShardingRule]> {
   let summary = "scores, top-k selection and gate weights of every token";
   let description = [{
     From f32 `logits[T, E]`:
@@ -158,7 +166,7 @@ def MoE_TopKOp : MoE_Op<"topk", [Pure]> {
 // Dispatch and combine
 //===----------------------------------------------------------------------===//
 
-def MoE_AssignOp : MoE_Op<"assign", [Pure]> {
+def MoE_AssignOp : MoE_Op<"assign", [Pure, MoE_ShardingRule]> {
   let summary = "place every (token, choice) in the expert-contiguous buffer";
   let description = [{
     Computes where `moe.dispatch` puts each assignment and how many rows
@@ -194,7 +202,7 @@ def MoE_AssignOp : MoE_Op<"assign", [Pure]> {
   }];
 }
 
-def MoE_DispatchOp : MoE_Op<"dispatch", [Pure]> {
+def MoE_DispatchOp : MoE_Op<"dispatch", [Pure, MoE_ShardingRule]> {
   let summary = "gather tokens into the expert-contiguous buffer";
   let description = [{
     `out[positions[t, j]] = x[t]` for every `positions >= 0`; all other rows
@@ -210,7 +218,8 @@ def MoE_DispatchOp : MoE_Op<"dispatch", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_ExpertFFNOp : MoE_Op<"expert_ffn", [Pure, AttrSizedOperandSegments]> {
+def MoE_ExpertFFNOp : MoE_Op<"expert_ffn", [Pure, AttrSizedOperandSegments,
+    MoE_ShardingRuleWithWeights]> {
   let summary = "grouped expert FFN over an expert-contiguous buffer";
   let description = [{
     Applies expert `e`'s FFN to the rows that belong to it:
@@ -242,7 +251,7 @@ def MoE_ExpertFFNOp : MoE_Op<"expert_ffn", [Pure, AttrSizedOperandSegments]> {
   let hasVerifier = 1;
 }
 
-def MoE_CombineOp : MoE_Op<"combine", [Pure]> {
+def MoE_CombineOp : MoE_Op<"combine", [Pure, MoE_ShardingRule]> {
   let summary = "weighted sum of every token's expert outputs";
   let description = [{
     `out[t] = sum_j weights[t, j] * y[positions[t, j]]` over the kept
@@ -265,7 +274,8 @@ def MoE_CombineOp : MoE_Op<"combine", [Pure]> {
 // Dense FFN and losses
 //===----------------------------------------------------------------------===//
 
-def MoE_MLPOp : MoE_Op<"mlp", [Pure, AttrSizedOperandSegments]> {
+def MoE_MLPOp : MoE_Op<"mlp", [Pure, AttrSizedOperandSegments,
+    MoE_ShardingRuleWithWeights]> {
   let summary = "dense FFN: shared experts, residual branches, dense layers";
   let description = [{
     The FFN of `moe.expert_ffn` with one set of weights (`gate`, `up`
@@ -286,7 +296,7 @@ def MoE_MLPOp : MoE_Op<"mlp", [Pure, AttrSizedOperandSegments]> {
   let hasVerifier = 1;
 }
 
-def MoE_ExpertLoadOp : MoE_Op<"expert_load", [Pure]> {
+def MoE_ExpertLoadOp : MoE_Op<"expert_load", [Pure, MoE_ShardingRule]> {
   let summary = "per-expert assignment counts and score sums";
   let description = [{
     `stats[0, e]` = number of assignments to expert `e`, `stats[1, e]` =
@@ -302,7 +312,7 @@ def MoE_ExpertLoadOp : MoE_Op<"expert_load", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_LoadBalanceLossOp : MoE_Op<"load_balance_loss", [Pure]> {
+def MoE_LoadBalanceLossOp : MoE_Op<"load_balance_loss", [Pure, MoE_ShardingRule]> {
   let summary = "Switch/GShard load-balancing loss";
   let description = [{
     `coeff * E * sum_e f_e * P_e` with `f_e = stats[0, e] / (tokens * k)`
@@ -318,7 +328,7 @@ def MoE_LoadBalanceLossOp : MoE_Op<"load_balance_loss", [Pure]> {
   let hasVerifier = 1;
 }
 
-def MoE_ZLossOp : MoE_Op<"z_loss", [Pure]> {
+def MoE_ZLossOp : MoE_Op<"z_loss", [Pure, MoE_ShardingRule]> {
   let summary = "router z-loss (ST-MoE)";
   let description = [{
     `coeff * sum_t logsumexp(logits[t])^2 / tokens`, where `tokens` is the
@@ -339,7 +349,8 @@ def MoE_ZLossOp : MoE_Op<"z_loss", [Pure]> {
 // The whole layer
 //===----------------------------------------------------------------------===//
 
-def MoE_LayerOp : MoE_Op<"layer", [Pure, AttrSizedOperandSegments]> {
+def MoE_LayerOp : MoE_Op<"layer", [Pure, AttrSizedOperandSegments,
+    MoE_ShardingRule]> {
   let summary = "a whole MoE FFN block with its configuration";
   let description = [{
     Routes every token of `input` to `top_k` of `num_experts` experts and

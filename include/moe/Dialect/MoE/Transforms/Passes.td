@@ -23,8 +23,11 @@ def MoEShard : Pass<"moe-shard", "::mlir::ModuleOp"> {
     Tokens are split over `dp x ep` and replicated over `tp`; experts are
     split over `ep` and replicated over `dp` (and, with `expert-tp`, each
     expert's FFN is split over `tp`: column-parallel gate/up, row-parallel
-    down, then an all-reduce over `tp`). Every grouped expert FFN gets the
-    expert-parallel exchange around it:
+    down, then an all-reduce over `tp`). With `tp > 1` every `moe.mlp` (dense
+    layers, shared experts) is split over `tp` the same way; a sigmoid gate
+    stays replicated (it scales the partial sums, which commutes with their
+    sum). Every grouped expert FFN gets the expert-parallel exchange around
+    it:
 
     - capacity layout: `all_to_all` over `ep` (split experts, concatenate
       slots) before, and its inverse after;
@@ -36,6 +39,10 @@ def MoEShard : Pass<"moe-shard", "::mlir::ModuleOp"> {
     `moe.shard` / `moe.global_shape`, which moe-compile writes to the
     manifest. The mesh is `moe.mesh @mesh axes = ["dp", "ep", "tp"]`.
     Run on decomposed graphs (after moe-decompose).
+
+    The pass is one walk per function; what each op becomes is the op's
+    `ShardingRuleOpInterface` (`shardWeights`, then `shardToRank`), so every
+    op of a decomposed graph carries its own rules.
   }];
   let options = [
     Option<"mesh", "mesh", "std::string", /*default=*/"\"\"",
