@@ -778,7 +778,9 @@ void moert_wait(moert_ctx *ctx, void *handle) {
 
 namespace {
 
+#ifdef MOE_HAVE_MPI
 bool initializedMpiHere = false;
+#endif
 
 moert_status worldResult(moert_ctx *ctx, const Status &s) {
   if (s.isOk())
