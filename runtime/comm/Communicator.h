@@ -17,7 +17,7 @@
 #ifndef MOERT_COMM_COMMUNICATOR_H
 #define MOERT_COMM_COMMUNICATOR_H
 
-#include "../core/Status.h"
+#include "base/Status.h"
 
 #include <cstdint>
 #include <memory>

@@ -8,7 +8,7 @@
 // are cut into pieces instead).
 //
 //===----------------------------------------------------------------------===//
-#include "Communicator.h"
+#include "comm/Communicator.h"
 
 #include <algorithm>
 #include <climits>

@@ -4,7 +4,8 @@
 // input itself), so requests are complete as soon as they are made.
 //
 //===----------------------------------------------------------------------===//
-#include "Communicator.h"
+#include "base/Dtype.h"
+#include "comm/Communicator.h"
 
 #include <cstring>
 

@@ -1,9 +1,13 @@
 //===- Backend.h - One device's implementation of the kernels ---*- C++ -*-===//
 //
 // A Backend owns a device's memory and runs the compute kernels of the C ABI
-// on it. The context (Context.cpp) validates nothing device-specific: it
-// checks the sticky error, times the call, and forwards here. Every method
-// returns a Status whose message names the kernel and the offending value.
+// on it. The context (Context.cpp) validates every argument that can be
+// checked without reading device memory (null pointers, shapes, dtypes,
+// enum codes, divisibility), checks the sticky error, times the call, and
+// forwards here: a backend trusts those arguments and checks only what
+// depends on data (counts, positions, indices) or on its own limits. Every
+// method returns a Status whose message names the kernel and the offending
+// value.
 //
 // Implementations: CpuBackend (runtime/cpu, C++ + OpenBLAS + OpenMP) and
 // CudaBackend (runtime/cuda, CUDA kernels + cuBLAS), created by
@@ -13,7 +17,7 @@
 #ifndef MOERT_CORE_BACKEND_H
 #define MOERT_CORE_BACKEND_H
 
-#include "Status.h"
+#include "base/Status.h"
 
 #include <cstdint>
 #include <memory>

@@ -5,10 +5,15 @@
 // skip when the sticky error is set, validate the arguments (everything that
 // does not depend on the device or on data), time the backend call and record
 // it as a phase; the first failure becomes the sticky error. The collective
-// entry points live in runtime/comm/Collectives.cpp.
+// entry points live in Collectives.cpp, in this layer too.
+//
+// This is the one place where the arguments of the C ABI are checked: the
+// backends trust what reaches them and check only what depends on data in
+// device memory (counts, positions, indices) or on device limits.
 //
 //===----------------------------------------------------------------------===//
-#include "Context.h"
+#include "core/Context.h"
+#include "base/Dtype.h"
 
 #include <cinttypes>
 #include <climits>

@@ -2,14 +2,16 @@
 //
 // Shared by the compute entry points (Context.cpp), the collective entry
 // points (Collectives.cpp) and the world helpers. Not part of the C ABI.
+// The context layer (core/) sits above the communicators (comm/) and below
+// the backends (cpu/, cuda/); see docs/runtime.md.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_CORE_CONTEXT_H
 #define MOERT_CORE_CONTEXT_H
 
-#include "../comm/Communicator.h"
-#include "Backend.h"
-#include "Status.h"
+#include "base/Status.h"
+#include "comm/Communicator.h"
+#include "core/Backend.h"
 
 #include <cstdint>
 #include <map>

@@ -1,11 +1,10 @@
-//===- Unavailable.cpp - Factories of parts not built in ------------------===//
+//===- Unavailable.cpp - Backends not built in ----------------------------===//
 //
-// The runtime builds without CUDA and without MPI; these factories then
-// answer with MOERT_ERR_UNSUPPORTED and a message saying how to get the part.
+// The runtime builds without CUDA; createCudaBackend then answers with
+// MOERT_ERR_UNSUPPORTED and a message saying how to get the backend.
 //
 //===----------------------------------------------------------------------===//
-#include "../comm/Communicator.h"
-#include "Backend.h"
+#include "core/Backend.h"
 
 namespace moert {
 
@@ -14,21 +13,6 @@ Status createCudaBackend(const BackendOptions &, std::unique_ptr<Backend> &) {
   return Status(MOERT_ERR_UNSUPPORTED,
                 "this runtime was built without CUDA (configure with the CUDA "
                 "toolkit installed, or -DMOE_ENABLE_CUDA=ON)");
-}
-Status createNcclCommunicator(const CommOptions &, void *,
-                              std::unique_ptr<Communicator> &) {
-  return Status(MOERT_ERR_UNSUPPORTED,
-                "this runtime was built without NCCL (needs the CUDA toolkit "
-                "and libnccl at configure time)");
-}
-#endif
-
-#ifndef MOE_HAVE_MPI
-Status createMpiCommunicator(const CommOptions &,
-                             std::unique_ptr<Communicator> &) {
-  return Status(MOERT_ERR_UNSUPPORTED,
-                "this runtime was built without MPI (install libopenmpi-dev "
-                "and reconfigure)");
 }
 #endif
 

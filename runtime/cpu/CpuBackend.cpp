@@ -1,6 +1,7 @@
 //===- CpuBackend.cpp - Memory and elementwise kernels on the host --------===//
-#include "CpuBackend.h"
-#include "CpuMath.h"
+#include "cpu/CpuBackend.h"
+#include "base/Dtype.h"
+#include "cpu/CpuMath.h"
 
 #include <cblas.h>
 #include <omp.h>

@@ -9,7 +9,7 @@
 #ifndef MOERT_CPU_CPUBACKEND_H
 #define MOERT_CPU_CPUBACKEND_H
 
-#include "../core/Backend.h"
+#include "core/Backend.h"
 
 #include <vector>
 

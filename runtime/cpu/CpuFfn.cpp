@@ -9,8 +9,8 @@
 // GEMM.
 //
 //===----------------------------------------------------------------------===//
-#include "CpuBackend.h"
-#include "CpuMath.h"
+#include "cpu/CpuBackend.h"
+#include "cpu/CpuMath.h"
 
 #include <cblas.h>
 

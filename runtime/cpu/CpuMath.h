@@ -10,7 +10,8 @@
 #ifndef MOERT_CPU_CPUMATH_H
 #define MOERT_CPU_CPUMATH_H
 
-#include "../core/Status.h"
+#include "base/Dtype.h"
+#include "base/Status.h"
 
 #include <cmath>
 #include <cstdint>

@@ -1,6 +1,7 @@
 //===- CpuPermute.cpp - Dispatch to and combine from expert layout --------===//
-#include "CpuBackend.h"
-#include "CpuMath.h"
+#include "base/Dtype.h"
+#include "cpu/CpuBackend.h"
+#include "cpu/CpuMath.h"
 
 #include <cinttypes>
 #include <cstring>

@@ -6,8 +6,8 @@
 // tiny share of the layer and its order is the specification.
 //
 //===----------------------------------------------------------------------===//
-#include "CpuBackend.h"
-#include "CpuMath.h"
+#include "cpu/CpuBackend.h"
+#include "cpu/CpuMath.h"
 
 #include <cblas.h>
 #include <omp.h>

@@ -1,5 +1,5 @@
 //===- CudaAllocator.cpp - Caching device and pinned-host memory ----------===//
-#include "CudaAllocator.h"
+#include "cuda/CudaAllocator.h"
 
 #include <algorithm>
 

@@ -12,7 +12,7 @@
 #ifndef MOERT_CUDA_CUDAALLOCATOR_H
 #define MOERT_CUDA_CUDAALLOCATOR_H
 
-#include "CudaCommon.h"
+#include "cuda/CudaCommon.h"
 
 #include <cstddef>
 #include <cstdint>

@@ -16,10 +16,11 @@
 // activations are kept packed (only live rows) in the storage dtype.
 //
 //===----------------------------------------------------------------------===//
-#include "CudaAllocator.h"
-#include "CudaBackend.h"
-#include "CudaCommon.h"
-#include "CudaKernels.h"
+#include "base/Dtype.h"
+#include "cuda/CudaAllocator.h"
+#include "cuda/CudaBackend.h"
+#include "cuda/CudaCommon.h"
+#include "cuda/CudaKernels.h"
 
 #include <chrono>
 #include <climits>
@@ -286,13 +287,6 @@ Status CudaBackend::copy2D(void *dst, int64_t dstPitch, const void *src,
   const char *op = "copy2D";
   if (widthBytes <= 0 || height <= 0)
     return Status::ok();
-  if ((height > 1 && (dstPitch < widthBytes || srcPitch < widthBytes)) ||
-      dstPitch < 0 || srcPitch < 0)
-    return error(MOERT_ERR_INVALID,
-                 "%s: pitches (dst %lld, src %lld) smaller than the row width "
-                 "%lld",
-                 op, (long long)dstPitch, (long long)srcPitch,
-                 (long long)widthBytes);
   MOERT_TRY(enter(op));
   // One row (Collectives.cpp passes pitch 0 then, which cudaMemcpy2DAsync
   // rejects with cudaErrorInvalidPitchValue) or rows that are contiguous on
@@ -496,9 +490,6 @@ Status CudaBackend::router(const void *x, const void *w, float *logits,
                            int64_t T, int64_t D, int64_t E, int32_t dtype) {
   const char *op = "moert_router";
   MOERT_TRY(enter(op));
-  if (T < 0 || D < 1 || E < 1)
-    return error(MOERT_ERR_INVALID, "%s: invalid shape T=%lld D=%lld E=%lld",
-                 op, (long long)T, (long long)D, (long long)E);
   cudaDataType_t type;
   MOERT_TRY(cuda::cudaDataTypeOf(dtype, op, type));
   return linear(op, x, w, logits, T, E, D, type, CUDA_R_32F);
@@ -540,10 +531,6 @@ Status CudaBackend::combine(const void *y, const int32_t *positions,
                              k, D, dtype);
 }
 
-static bool isGated(int32_t activation) {
-  return activation == MOERT_ACT_SWIGLU || activation == MOERT_ACT_GEGLU;
-}
-
 Status CudaBackend::expertFfn(const void *x, const int32_t *counts,
                               const void *gate, const void *up,
                               const void *down, void *y, int64_t E, int64_t S,
@@ -554,30 +541,7 @@ Status CudaBackend::expertFfn(const void *x, const int32_t *counts,
   cudaDataType_t type;
   MOERT_TRY(cuda::cudaDataTypeOf(dtype, op, type));
   const int64_t es = static_cast<int64_t>(dtypeSize(dtype));
-  if (activation < MOERT_ACT_RELU || activation > MOERT_ACT_GEGLU)
-    return error(MOERT_ERR_INVALID, "%s: unknown activation %d", op,
-                 activation);
-  const bool gated = isGated(activation);
-  if (E < 1 || S < 1 || R < 0 || D < 1 || F < 1 || totalRows < 0)
-    return error(MOERT_ERR_INVALID,
-                 "%s: invalid shape E=%lld segments=%lld rows_per_expert=%lld "
-                 "total_rows=%lld D=%lld F=%lld",
-                 op, (long long)E, (long long)S, (long long)R,
-                 (long long)totalRows, (long long)D, (long long)F);
-  if (!up || !down || (gated && !gate))
-    return error(MOERT_ERR_INVALID,
-                 "%s: missing weights (gate %s, up %s, down %s) for "
-                 "activation %d",
-                 op, gate ? "set" : "null", up ? "set" : "null",
-                 down ? "set" : "null", activation);
-  if (R > 0 && R % S != 0)
-    return error(MOERT_ERR_INVALID,
-                 "%s: rows_per_expert=%lld is not a multiple of segments=%lld",
-                 op, (long long)R, (long long)S);
-  if (R == 0 && !counts)
-    return error(MOERT_ERR_INVALID,
-                 "%s: the packed layout (rows_per_expert == 0) needs counts",
-                 op);
+  const bool gated = isGatedActivation(activation);
 
   // 1. The live blocks: (expert, first row of x / y, rows).
   struct Block {
@@ -682,19 +646,7 @@ Status CudaBackend::mlp(const void *x, const void *gate, const void *up,
   MOERT_TRY(enter(op));
   cudaDataType_t type;
   MOERT_TRY(cuda::cudaDataTypeOf(dtype, op, type));
-  if (activation < MOERT_ACT_RELU || activation > MOERT_ACT_GEGLU)
-    return error(MOERT_ERR_INVALID, "%s: unknown activation %d", op,
-                 activation);
-  const bool gated = isGated(activation);
-  if (T < 0 || D < 1 || F < 1)
-    return error(MOERT_ERR_INVALID, "%s: invalid shape T=%lld D=%lld F=%lld",
-                 op, (long long)T, (long long)D, (long long)F);
-  if (!up || !down || (gated && !gate))
-    return error(MOERT_ERR_INVALID,
-                 "%s: missing weights (gate %s, up %s, down %s) for "
-                 "activation %d",
-                 op, gate ? "set" : "null", up ? "set" : "null",
-                 down ? "set" : "null", activation);
+  const bool gated = isGatedActivation(activation);
   if (T == 0)
     return Status::ok();
   const int64_t es = static_cast<int64_t>(dtypeSize(dtype));

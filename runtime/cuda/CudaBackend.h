@@ -9,7 +9,7 @@
 #ifndef MOERT_CUDA_CUDABACKEND_H
 #define MOERT_CUDA_CUDABACKEND_H
 
-#include "../core/Backend.h"
+#include "core/Backend.h"
 
 namespace moert {
 

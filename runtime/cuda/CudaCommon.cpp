@@ -1,18 +1,10 @@
-//===- CudaCommon.cpp - Error checks of the CUDA backend ------------------===//
-#include "CudaCommon.h"
+//===- CudaCommon.cpp - cuBLAS checks and dtypes of the CUDA backend ------===//
+#include "cuda/CudaCommon.h"
+
+#include "base/Dtype.h"
 
 namespace moert {
 namespace cuda {
-
-Status cudaCheck(cudaError_t err, const char *op, const char *call) {
-  if (err == cudaSuccess)
-    return Status::ok();
-  // Clear a non-sticky error so that it is not reported again by the next
-  // unrelated call (sticky errors stay: the context is then unusable).
-  (void)cudaGetLastError();
-  return error(MOERT_ERR_DEVICE, "%s: %s failed: %s (%s)", op, call,
-               cudaGetErrorString(err), cudaGetErrorName(err));
-}
 
 const char *cublasStatusName(cublasStatus_t st) {
   switch (st) {
@@ -45,14 +37,6 @@ Status cublasCheck(cublasStatus_t st, const char *op, const char *call) {
     return Status::ok();
   return error(MOERT_ERR_DEVICE, "%s: %s failed: %s (%d)", op, call,
                cublasStatusName(st), static_cast<int>(st));
-}
-
-Status launchCheck(const char *op, const char *kernel) {
-  cudaError_t err = cudaGetLastError();
-  if (err == cudaSuccess)
-    return Status::ok();
-  return error(MOERT_ERR_DEVICE, "%s: launch of kernel %s failed: %s (%s)", op,
-               kernel, cudaGetErrorString(err), cudaGetErrorName(err));
 }
 
 Status cudaDataTypeOf(int32_t dtype, const char *op, cudaDataType_t &out) {

@@ -1,14 +1,16 @@
 //===- CudaKernels.h - Host-side launchers of the CUDA kernels --*- C++ -*-===//
 //
-// Each launcher validates its arguments (messages name the C ABI function and
-// the offending values), enqueues its kernels on `env.stream` and checks every
-// launch. None of them synchronizes. Semantics: moert.h.
+// Each launcher trusts its arguments (the context, core/Context.cpp, has
+// validated them), enqueues its kernels on `env.stream` and checks every
+// launch; it fails only on device limits (shared memory, int32 grid sizes).
+// Messages name the C ABI function. None of them synchronizes. Semantics:
+// moert.h.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_CUDA_CUDAKERNELS_H
 #define MOERT_CUDA_CUDAKERNELS_H
 
-#include "CudaAllocator.h"
+#include "cuda/CudaAllocator.h"
 
 #include <cstdint>
 

@@ -9,8 +9,9 @@
 // vector loads of the expert rows.
 //
 //===----------------------------------------------------------------------===//
-#include "CudaKernels.h"
-#include "DeviceUtils.cuh"
+#include "base/Dtype.h"
+#include "cuda/CudaKernels.h"
+#include "cuda/DeviceUtils.cuh"
 
 #include <algorithm>
 #include <climits>
@@ -181,12 +182,6 @@ Status launchDispatch(const LaunchEnv &env, const void *x,
                       int64_t D, int64_t outRows, int32_t dtype) {
   const char *op = "moert_dispatch";
   const size_t es = dtypeSize(dtype);
-  if (es == 0 || T < 0 || k < 1 || D < 1 || outRows < 0)
-    return error(MOERT_ERR_INVALID,
-                 "%s: invalid arguments T=%lld k=%lld D=%lld out_rows=%lld "
-                 "dtype=%d",
-                 op, (long long)T, (long long)k, (long long)D,
-                 (long long)outRows, dtype);
   if (outRows == 0)
     return Status::ok();
   if (outRows > INT_MAX || T > INT_MAX)
@@ -215,9 +210,6 @@ Status launchCombine(const LaunchEnv &env, const void *y,
                      const void *passthrough, void *out, int64_t T, int64_t k,
                      int64_t D, int32_t dtype) {
   const char *op = "moert_combine";
-  if (T < 0 || k < 1 || D < 1)
-    return error(MOERT_ERR_INVALID, "%s: invalid shape T=%lld k=%lld D=%lld",
-                 op, (long long)T, (long long)k, (long long)D);
   if (T == 0)
     return Status::ok();
   switch (dtype) {

@@ -9,8 +9,8 @@
 // expert_load / losses: fixed-order reductions (deterministic).
 //
 //===----------------------------------------------------------------------===//
-#include "CudaKernels.h"
-#include "DeviceUtils.cuh"
+#include "cuda/CudaKernels.h"
+#include "cuda/DeviceUtils.cuh"
 
 #include <algorithm>
 #include <climits>
@@ -378,34 +378,6 @@ Status launchTopk(const LaunchEnv &env, const float *logits, const float *bias,
                   float scaling, int64_t numGroups, int64_t groupsKept,
                   int32_t groupScore) {
   const char *op = "moert_topk";
-  if (T < 0 || E < 1 || k < 1 || k > E)
-    return error(MOERT_ERR_INVALID,
-                 "%s: invalid shape T=%lld E=%lld k=%lld (need T >= 0, "
-                 "1 <= k <= E)",
-                 op, (long long)T, (long long)E, (long long)k);
-  if (scoreFn != MOERT_SCORE_SOFTMAX && scoreFn != MOERT_SCORE_SIGMOID)
-    return error(MOERT_ERR_INVALID, "%s: unknown score function %d", op,
-                 scoreFn);
-  if (groupScore != MOERT_GROUP_SCORE_MAX &&
-      groupScore != MOERT_GROUP_SCORE_TOP2_SUM)
-    return error(MOERT_ERR_INVALID, "%s: unknown group score %d", op,
-                 groupScore);
-  const bool grouped = numGroups > 1 && groupsKept < numGroups;
-  if (numGroups < 0 || (numGroups > 0 && E % numGroups != 0))
-    return error(MOERT_ERR_INVALID,
-                 "%s: E=%lld experts cannot be split into %lld groups", op,
-                 (long long)E, (long long)numGroups);
-  if (grouped && (groupsKept < 1 || groupsKept * (E / numGroups) < k))
-    return error(MOERT_ERR_INVALID,
-                 "%s: keeping %lld of %lld groups of %lld experts leaves "
-                 "fewer than k=%lld experts",
-                 op, (long long)groupsKept, (long long)numGroups,
-                 (long long)(E / numGroups), (long long)k);
-  if (!logits || !weights || !indices)
-    return error(MOERT_ERR_INVALID,
-                 "%s: logits, weights and indices must "
-                 "not be null",
-                 op);
   if (T == 0)
     return Status::ok();
 
@@ -449,21 +421,6 @@ Status launchAssign(const LaunchEnv &env, const int32_t *indices,
                     int32_t *positions, int32_t *counts, int64_t T, int64_t k,
                     int64_t E, int64_t capacity, int64_t groups) {
   const char *op = "moert_assign";
-  if (T < 0 || k < 1 || E < 1 || capacity < 0)
-    return error(MOERT_ERR_INVALID,
-                 "%s: invalid arguments T=%lld k=%lld E=%lld capacity=%lld", op,
-                 (long long)T, (long long)k, (long long)E, (long long)capacity);
-  if (capacity > 0 && (groups < 1 || T % groups != 0))
-    return error(MOERT_ERR_INVALID,
-                 "%s: %lld tokens cannot be split into %lld equal token "
-                 "groups",
-                 op, (long long)T, (long long)groups);
-  if (T * k > INT_MAX ||
-      (capacity > 0 && E * groups * capacity > int64_t(INT_MAX)))
-    return error(MOERT_ERR_INVALID,
-                 "%s: positions overflow int32 (T*k=%lld, E*groups*C=%lld)", op,
-                 (long long)(T * k),
-                 (long long)(capacity > 0 ? E * groups * capacity : 0));
   if (E * 4 > 48 * 1024)
     return error(MOERT_ERR_UNSUPPORTED,
                  "%s: E=%lld exceeds the CUDA assign kernel's 12288 experts",
@@ -512,9 +469,6 @@ Status launchExpertLoad(const LaunchEnv &env, const float *scores,
                         const int32_t *indices, float *stats, int64_t T,
                         int64_t k, int64_t E) {
   const char *op = "moert_expert_load";
-  if (T < 0 || k < 1 || E < 1)
-    return error(MOERT_ERR_INVALID, "%s: invalid shape T=%lld k=%lld E=%lld",
-                 op, (long long)T, (long long)k, (long long)E);
   unsigned blocks = static_cast<unsigned>((E + 31) / 32);
   expertLoadKernel<<<blocks, dim3(32, 32), 0, env.stream>>>(scores, indices,
                                                             stats, T, k, E);
@@ -526,10 +480,6 @@ Status launchLoadBalanceLoss(const LaunchEnv &env, const float *stats,
                              float *out, int64_t E, int64_t tokens, int64_t k,
                              float coeff) {
   const char *op = "moert_load_balance_loss";
-  if (E < 1 || tokens < 1 || k < 1)
-    return error(MOERT_ERR_INVALID,
-                 "%s: invalid arguments E=%lld tokens=%lld k=%lld", op,
-                 (long long)E, (long long)tokens, (long long)k);
   loadBalanceLossKernel<<<1, 256, 0, env.stream>>>(stats, out, E, tokens, k,
                                                    coeff);
   MOERT_LAUNCHED(op, "loadBalanceLossKernel");
@@ -539,10 +489,6 @@ Status launchLoadBalanceLoss(const LaunchEnv &env, const float *stats,
 Status launchZLoss(const LaunchEnv &env, const float *logits, float *out,
                    int64_t T, int64_t E, int64_t totalTokens, float coeff) {
   const char *op = "moert_z_loss";
-  if (T < 0 || E < 1 || totalTokens < 1)
-    return error(MOERT_ERR_INVALID,
-                 "%s: invalid arguments T=%lld E=%lld total_tokens=%lld", op,
-                 (long long)T, (long long)E, (long long)totalTokens);
   int blocks = static_cast<int>(std::max<int64_t>(
       1,
       std::min<int64_t>((T + kZLossWarps - 1) / kZLossWarps, 4 * env.smCount)));

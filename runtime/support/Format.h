@@ -8,7 +8,7 @@
 #ifndef MOERT_SUPPORT_FORMAT_H
 #define MOERT_SUPPORT_FORMAT_H
 
-#include "core/Status.h"
+#include "base/Status.h"
 
 #include <cstdarg>
 #include <cstdio>

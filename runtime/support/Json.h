@@ -9,7 +9,7 @@
 #ifndef MOERT_SUPPORT_JSON_H
 #define MOERT_SUPPORT_JSON_H
 
-#include "core/Status.h"
+#include "base/Status.h"
 
 #include <cstdint>
 #include <string>

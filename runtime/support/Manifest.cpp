@@ -1,5 +1,6 @@
 //===- Manifest.cpp - manifest.json of a compiled module ------------------===//
 #include "support/Manifest.h"
+#include "base/Dtype.h"
 #include "support/Format.h"
 #include "support/Json.h"
 #include "support/Safetensors.h"

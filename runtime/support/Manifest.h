@@ -10,7 +10,7 @@
 #ifndef MOERT_SUPPORT_MANIFEST_H
 #define MOERT_SUPPORT_MANIFEST_H
 
-#include "core/Status.h"
+#include "base/Status.h"
 
 #include <cstdint>
 #include <string>

@@ -12,7 +12,8 @@
 #ifndef MOERT_SUPPORT_SAFETENSORS_H
 #define MOERT_SUPPORT_SAFETENSORS_H
 
-#include "core/Status.h"
+#include "base/Dtype.h"
+#include "base/Status.h"
 
 #include <cstdint>
 #include <map>

@@ -390,6 +390,90 @@ const BadCall badCalls[] = {
      MOERT_ERR_INVALID, "moert_z_loss: total_tokens (0) must be positive"},
     {"CopyNullSource", [](moert_ctx *c) { moert_copy(c, nullptr, F, 4); },
      MOERT_ERR_INVALID, "moert_copy: src is null"},
+    // The context is the only layer that checks these (the backends trust
+    // their arguments), so each rejection is proven here, once.
+    {"RmsnormNegativeEps",
+     [](moert_ctx *c) { moert_rmsnorm(c, F, F, F, 2, 4, -1.0f, MOERT_F32); },
+     MOERT_ERR_INVALID, "moert_rmsnorm: eps (-1) must not be negative"},
+    {"AddNegativeN", [](moert_ctx *c) { moert_add(c, F, F, F, -2, MOERT_F32); },
+     MOERT_ERR_INVALID, "moert_add: n (-2) must not be negative"},
+    {"AddNullY",
+     [](moert_ctx *c) { moert_add(c, F, F, nullptr, 4, MOERT_F32); },
+     MOERT_ERR_INVALID, "moert_add: y is null"},
+    {"TopkKBeyondExperts",
+     [](moert_ctx *c) {
+       moert_topk(c, F, 0, F, I, F, 2, 8, 9, 0, 0, 1, 0, 0, 0);
+     },
+     MOERT_ERR_INVALID, "moert_topk: k (9) exceeds the number of experts (8)"},
+    {"TopkNegativeGroups",
+     [](moert_ctx *c) {
+       moert_topk(c, F, 0, F, I, F, 2, 8, 2, 0, 0, 1, -1, 1, 0);
+     },
+     MOERT_ERR_INVALID, "moert_topk: num_groups (-1) must not be negative"},
+    {"TopkTop2SumOfSingletonGroups",
+     [](moert_ctx *c) {
+       moert_topk(c, F, 0, F, I, F, 2, 8, 2, 0, 0, 1, 8, 4,
+                  MOERT_GROUP_SCORE_TOP2_SUM);
+     },
+     MOERT_ERR_INVALID,
+     "moert_topk: the top2_sum group score needs 2 experts per group, not 1"},
+    {"AssignNegativeCapacity",
+     [](moert_ctx *c) { moert_assign(c, I, I, I, 8, 1, 4, -1, 1); },
+     MOERT_ERR_INVALID, "moert_assign: capacity (-1) must not be negative"},
+    {"AssignCapacityWithoutGroups",
+     [](moert_ctx *c) { moert_assign(c, I, I, I, 8, 1, 4, 2, 0); },
+     MOERT_ERR_INVALID, "moert_assign: groups (0) must be positive"},
+    {"AssignPositionsOverflowInt32",
+     [](moert_ctx *c) {
+       moert_assign(c, I, I, I, int64_t(1) << 30, 2, 4, 0, 1);
+     },
+     MOERT_ERR_INVALID, "moert_assign: T*k (2147483648) overflows int32"},
+    {"AssignCapacityLayoutOverflowsInt32",
+     [](moert_ctx *c) {
+       moert_assign(c, I, I, I, 8, 1, int64_t(1) << 16, int64_t(1) << 16, 1);
+     },
+     MOERT_ERR_INVALID,
+     "moert_assign: E*groups*capacity (4294967296) overflows int32"},
+    {"DispatchNullOut",
+     [](moert_ctx *c) {
+       moert_dispatch(c, F, I, nullptr, 1, 2, 4, 4, MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_dispatch: out is null"},
+    {"DispatchNegativeOutRows",
+     [](moert_ctx *c) { moert_dispatch(c, F, I, F, 1, 2, 4, -1, MOERT_F32); },
+     MOERT_ERR_INVALID, "moert_dispatch: out_rows (-1) must not be negative"},
+    {"ExpertFfnPackedWithoutCounts",
+     [](moert_ctx *c) {
+       moert_expert_ffn(c, F, nullptr, nullptr, F, F, F, 2, 1, 0, 4, 4, 4,
+                        MOERT_ACT_RELU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_expert_ffn: counts is null"},
+    {"ExpertFfnRowsNotMultipleOfSegments",
+     [](moert_ctx *c) {
+       moert_expert_ffn(c, F, nullptr, nullptr, F, F, F, 2, 2, 3, 6, 2, 2,
+                        MOERT_ACT_RELU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_expert_ffn: rows_per_expert (3) is not a multiple of segments "
+     "(2)"},
+    {"ExpertFfnNullDown",
+     [](moert_ctx *c) {
+       moert_expert_ffn(c, F, I, nullptr, F, nullptr, F, 2, 1, 0, 4, 4, 4,
+                        MOERT_ACT_RELU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_expert_ffn: down is null"},
+    {"MlpZeroF",
+     [](moert_ctx *c) {
+       moert_mlp(c, F, nullptr, F, F, nullptr, F, 2, 2, 0, MOERT_ACT_RELU,
+                 MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_mlp: F (0) must be positive"},
+    {"LoadBalanceLossZeroExperts",
+     [](moert_ctx *c) { moert_load_balance_loss(c, F, F, 0, 4, 1, 1.0f); },
+     MOERT_ERR_INVALID, "moert_load_balance_loss: E (0) must be positive"},
+    {"CopyToHostNegativeBytes",
+     [](moert_ctx *c) { (void)moert_copy_to_host(c, F, F, -4); },
+     MOERT_ERR_INVALID, "moert_copy_to_host: bytes (-4) must not be negative"},
 };
 
 INSTANTIATE_TEST_SUITE_P(Kernels, Validation, ::testing::ValuesIn(badCalls),

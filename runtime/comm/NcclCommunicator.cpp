@@ -13,8 +13,9 @@
 // communicator that mirrors the NCCL one (split alongside it).
 //
 //===----------------------------------------------------------------------===//
-#include "../comm/Communicator.h"
-#include "CudaCommon.h"
+#include "base/CudaCheck.h"
+#include "base/Dtype.h"
+#include "comm/Communicator.h"
 
 #include <nccl.h>
 #ifdef MOE_HAVE_MPI

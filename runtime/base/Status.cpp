@@ -1,5 +1,5 @@
 //===- Status.cpp - Error values ------------------------------------------===//
-#include "Status.h"
+#include "base/Status.h"
 
 namespace moert {
 

@@ -3,9 +3,13 @@
 // Errors inside the runtime are values: a code from the C ABI and a message
 // that names what failed. Nothing in the runtime aborts on bad input.
 //
+// Base layer (docs/runtime.md): includes only the C ABI. Header-only apart
+// from error() (Status.cpp, in libmoert), so that the support library and
+// the drivers use it without linking libmoert.
+//
 //===----------------------------------------------------------------------===//
-#ifndef MOERT_CORE_STATUS_H
-#define MOERT_CORE_STATUS_H
+#ifndef MOERT_BASE_STATUS_H
+#define MOERT_BASE_STATUS_H
 
 #include "moert/moert.h"
 
@@ -33,8 +37,8 @@ private:
   std::string message_;
 };
 
-/// vsnprintf into a std::string. Header-only, like dtypeSize below, so that
-/// the support library and moe-run format with it without linking libmoert.
+/// vsnprintf into a std::string (header-only: the support library and the
+/// drivers format with it without linking libmoert).
 inline std::string vformat(const char *fmt, va_list ap) {
   va_list copy;
   va_copy(copy, ap);
@@ -61,50 +65,6 @@ Status error(moert_status code, const char *fmt, ...)
       return moertTryStatus_;                                                  \
   } while (0)
 
-/// Bytes of one element of `dtype` (0 for an unknown code). Header-only so
-/// that the support library and moe-run share it without linking libmoert.
-inline size_t dtypeSize(int32_t dtype) {
-  switch (dtype) {
-  case MOERT_F32:
-  case MOERT_I32:
-    return 4;
-  case MOERT_F16:
-  case MOERT_BF16:
-    return 2;
-  case MOERT_I64:
-    return 8;
-  default:
-    return 0;
-  }
-}
-
-/// The float dtypes (f32, f16, bf16) convert among themselves, as do the
-/// integer ones (i32, i64); float <-> int is never a conversion.
-inline bool isFloatDtype(int32_t dtype) {
-  return dtype == MOERT_F32 || dtype == MOERT_F16 || dtype == MOERT_BF16;
-}
-inline bool isIntDtype(int32_t dtype) {
-  return dtype == MOERT_I32 || dtype == MOERT_I64;
-}
-
-/// "f32", "f16", "bf16", "i32", "i64", or "unknown".
-inline const char *dtypeName(int32_t dtype) {
-  switch (dtype) {
-  case MOERT_F32:
-    return "f32";
-  case MOERT_F16:
-    return "f16";
-  case MOERT_BF16:
-    return "bf16";
-  case MOERT_I32:
-    return "i32";
-  case MOERT_I64:
-    return "i64";
-  default:
-    return "unknown";
-  }
-}
-
 } // namespace moert
 
-#endif // MOERT_CORE_STATUS_H
+#endif // MOERT_BASE_STATUS_H

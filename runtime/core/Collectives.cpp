@@ -14,8 +14,9 @@
 // belongs to others, all_reduce 2(n-1)/n of the input (ring).
 //
 //===----------------------------------------------------------------------===//
-#include "../core/Context.h"
-#include "Communicator.h"
+#include "base/Dtype.h"
+#include "comm/Communicator.h"
+#include "core/Context.h"
 
 #ifdef MOE_HAVE_MPI
 // The C API only: keep OpenMPI's C++ bindings (and their library) out.
@@ -777,7 +778,9 @@ void moert_wait(moert_ctx *ctx, void *handle) {
 
 namespace {
 
+#ifdef MOE_HAVE_MPI
 bool initializedMpiHere = false;
+#endif
 
 moert_status worldResult(moert_ctx *ctx, const Status &s) {
   if (s.isOk())

@@ -1,0 +1,53 @@
+//===- Report.h - Statistics, traces and --check of moe-run -----*- C++ -*-===//
+//
+// What rank 0 writes and prints after the runs: the per-rank statistics
+// (--stats), the Chrome trace (--trace), the tables of phases and
+// collectives, and the comparison of every output with a reference file
+// (--check).
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOE_RUN_REPORT_H
+#define MOE_RUN_REPORT_H
+
+#include "moert/moert.h"
+#include "support/Manifest.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace moe_run {
+
+/// This rank's statistics object (moert_ctx_stats_json) with the load, the
+/// host-to-device and the run times added, as one line of JSON.
+std::string rankStats(moert_ctx *ctx, double loadSeconds, double h2dSeconds,
+                      double runSeconds);
+
+/// Writes `text` to `path` through a temporary file and a rename.
+moert::Status writeTextFile(const std::string &path, const std::string &text);
+/// The --stats file: a JSON array of the ranks' statistics objects.
+moert::Status writeStats(const std::string &path,
+                         const std::vector<std::string> &stats);
+/// The --trace file: one Chrome trace of the events of every rank.
+moert::Status writeTrace(const std::string &path,
+                         const std::vector<std::string> &traces);
+
+struct Timings {
+  double loadSeconds = 0, h2dSeconds = 0, runSeconds = 0;
+  int64_t runs = 1;
+};
+
+/// Prints the load time, the phases of rank 0 and, with several ranks, the
+/// collectives of all ranks (`stats`: one statistics object per rank).
+void printTables(const std::vector<std::string> &stats, const Timings &t);
+
+/// Compares every result of `entry` (`globals`, by result index) with the
+/// same-named tensor of the safetensors file `refPath`; prints one line per
+/// tensor and returns true when all are within atol + rtol * |ref|.
+bool checkOutputs(const std::string &refPath, const moert::Entry &entry,
+                  const std::vector<std::vector<char>> &globals, double rtol,
+                  double atol);
+
+} // namespace moe_run
+
+#endif // MOE_RUN_REPORT_H
