@@ -14,6 +14,8 @@
 #include "mlir/IR/Builders.h"
 #include "llvm/ADT/TypeSwitch.h"
 
+#include <optional>
+
 namespace mlir::moe {
 #define GEN_PASS_DEF_MOESHARD
 #include "moe/Dialect/MoE/Transforms/Passes.h.inc"
@@ -24,41 +26,72 @@ using namespace mlir::moe;
 
 namespace {
 
+/// The mesh degrees the rewrite needs, read from the moe.mesh op by axis name.
 struct MeshShape {
   int64_t dp = 1, ep = 1, tp = 1;
   int64_t tokenShards() const { return dp * ep; }
+
+  static MeshShape read(MeshOp mesh) {
+    return {mesh.getAxisSize(kAxisDP), mesh.getAxisSize(kAxisEP),
+            mesh.getAxisSize(kAxisTP)};
+  }
 };
 
-FailureOr<MeshShape> parseMesh(StringRef spec, Operation *where) {
-  MeshShape m;
-  SmallVector<StringRef> parts;
-  spec.split(parts, ',', -1, /*KeepEmpty=*/false);
-  if (parts.empty()) {
-    where->emitError("moe-shard needs a mesh, e.g. mesh=dp=1,ep=2,tp=2");
-    return failure();
+/// The mesh to shard over: the module's moe.mesh (the IR is the source),
+/// else one built from the `mesh` option; both given must agree.
+FailureOr<MeshOp> resolveMesh(ModuleOp module, StringRef option) {
+  for (auto f : module.getOps<func::FuncOp>())
+    for (unsigned i = 0; i < f.getNumArguments(); ++i)
+      if (f.getArgAttr(i, MoEDialect::kShardAttrName))
+        return f.emitError()
+               << "moe-shard: @" << f.getSymName()
+               << " is sharded already (its arguments carry "
+               << MoEDialect::kShardAttrName << ")";
+  SmallVector<MeshOp> meshes(module.getOps<MeshOp>());
+  if (meshes.size() > 1)
+    return meshes[1].emitError()
+           << "moe-shard: the module has " << meshes.size()
+           << " moe.mesh ops; expected at most one";
+  std::optional<MeshSpec> given;
+  if (!option.empty()) {
+    llvm::Expected<MeshSpec> spec = parseMeshSpec(option);
+    if (!spec)
+      return module.emitError()
+             << "moe-shard: mesh option '" << option
+             << "': " << llvm::toString(spec.takeError());
+    given = std::move(*spec);
   }
-  for (StringRef p : parts) {
-    auto [axis, size] = p.split('=');
-    axis = axis.trim();
-    int64_t n;
-    if (size.trim().getAsInteger(10, n) || n < 1) {
-      where->emitError() << "mesh entry '" << p
-                         << "' is not axis=size with a positive size";
-      return failure();
-    }
-    if (axis == "dp")
-      m.dp = n;
-    else if (axis == "ep")
-      m.ep = n;
-    else if (axis == "tp")
-      m.tp = n;
-    else {
-      where->emitError() << "unknown mesh axis '" << axis
-                         << "' (axes are dp, ep, tp)";
-      return failure();
-    }
+  if (meshes.empty()) {
+    if (!given)
+      return module.emitError("moe-shard needs a mesh: a moe.mesh op in the "
+                              "module or the mesh option, e.g. "
+                              "mesh=dp=1,ep=2,tp=2");
+    OpBuilder b(module.getBodyRegion());
+    b.setInsertionPointToStart(module.getBody());
+    return MeshOp::create(b, module.getLoc(), "mesh", *given);
   }
-  return m;
+  MeshOp mesh = meshes.front();
+  for (Attribute a : mesh.getAxes())
+    if (!llvm::is_contained(getKnownMeshAxes(),
+                            cast<StringAttr>(a).getValue()))
+      return mesh.emitError()
+             << "moe-shard: axis '" << cast<StringAttr>(a).getValue()
+             << "' is not one it can shard over (axes are "
+             << getKnownMeshAxesString() << ")";
+  for (StringRef axis : getKnownMeshAxes())
+    if (mesh.getAxisIndex(axis) < 0)
+      return mesh.emitError()
+             << "moe-shard: the mesh has no axis '" << axis
+             << "'; give every axis of " << getKnownMeshAxesString()
+             << " (size 1 for an unused one)";
+  if (given)
+    for (StringRef axis : getKnownMeshAxes())
+      if (given->getSize(axis) != mesh.getAxisSize(axis))
+        return mesh.emitError()
+               << "moe-shard: the mesh option (" << given->str()
+               << ") disagrees with @" << mesh.getSymName() << " ("
+               << mesh.getSpec().str() << ") on axis '" << axis << "'";
+  return mesh;
 }
 
 RankedTensorType withShape(Type t, ArrayRef<int64_t> shape) {
@@ -389,24 +422,15 @@ struct MoEShardPass : moe::impl::MoEShardBase<MoEShardPass> {
 
   void runOnOperation() override {
     ModuleOp module = getOperation();
-    if (!module.getOps<MeshOp>().empty()) {
-      module.emitError("moe-shard: the module already has a moe.mesh (it is "
-                       "sharded already)");
+    FailureOr<MeshOp> meshOp = resolveMesh(module, mesh);
+    if (failed(meshOp))
       return signalPassFailure();
-    }
-    FailureOr<MeshShape> shape = parseMesh(mesh, module);
-    if (failed(shape))
-      return signalPassFailure();
-    OpBuilder b(module.getBodyRegion());
-    b.setInsertionPointToStart(module.getBody());
-    MeshOp::create(b, module.getLoc(), "mesh",
-                   b.getStrArrayAttr({"dp", "ep", "tp"}),
-                   b.getDenseI64ArrayAttr({shape->dp, shape->ep, shape->tp}));
-    auto ref = FlatSymbolRefAttr::get(&getContext(), "mesh");
+    MeshShape shape = MeshShape::read(*meshOp);
+    auto ref = FlatSymbolRefAttr::get(meshOp->getSymNameAttr());
     for (auto f : llvm::make_early_inc_range(module.getOps<func::FuncOp>())) {
       if (f.isExternal() || !f.isPublic())
         continue;
-      if (failed(FunctionSharder(f, *shape, expertTp, ref).run()))
+      if (failed(FunctionSharder(f, shape, expertTp, ref).run()))
         return signalPassFailure();
     }
   }

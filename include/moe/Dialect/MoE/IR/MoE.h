@@ -10,6 +10,7 @@
 #include "mlir/IR/SymbolTable.h"
 #include "mlir/Interfaces/InferTypeOpInterface.h"
 #include "mlir/Interfaces/SideEffectInterfaces.h"
+#include "moe/Dialect/MoE/IR/Mesh.h"
 
 #include "moe/Dialect/MoE/IR/MoEDialect.h.inc"
 #include "moe/Dialect/MoE/IR/MoEEnums.h.inc"
@@ -19,6 +20,17 @@
 
 #define GET_TYPEDEF_CLASSES
 #include "moe/Dialect/MoE/IR/MoETypes.h.inc"
+
+namespace mlir::moe {
+class MeshOp;
+namespace detail {
+/// Implementations behind CollectiveOpInterface's shared methods.
+int64_t getCollectiveGroupSize(Operation *op);
+bool isCollectiveStart(Operation *op);
+} // namespace detail
+} // namespace mlir::moe
+
+#include "moe/Dialect/MoE/IR/MoEInterfaces.h.inc"
 
 #define GET_OP_CLASSES
 #include "moe/Dialect/MoE/IR/MoEOps.h.inc"
