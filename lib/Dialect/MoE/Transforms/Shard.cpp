@@ -43,10 +43,9 @@ FailureOr<MeshOp> resolveMesh(ModuleOp module, StringRef option) {
   for (auto f : module.getOps<func::FuncOp>())
     for (unsigned i = 0; i < f.getNumArguments(); ++i)
       if (f.getArgAttr(i, MoEDialect::kShardAttrName))
-        return f.emitError()
-               << "moe-shard: @" << f.getSymName()
-               << " is sharded already (its arguments carry "
-               << MoEDialect::kShardAttrName << ")";
+        return f.emitError() << "moe-shard: @" << f.getSymName()
+                             << " is sharded already (its arguments carry "
+                             << MoEDialect::kShardAttrName << ")";
   SmallVector<MeshOp> meshes(module.getOps<MeshOp>());
   if (meshes.size() > 1)
     return meshes[1].emitError()
@@ -56,9 +55,8 @@ FailureOr<MeshOp> resolveMesh(ModuleOp module, StringRef option) {
   if (!option.empty()) {
     llvm::Expected<MeshSpec> spec = parseMeshSpec(option);
     if (!spec)
-      return module.emitError()
-             << "moe-shard: mesh option '" << option
-             << "': " << llvm::toString(spec.takeError());
+      return module.emitError() << "moe-shard: mesh option '" << option
+                                << "': " << llvm::toString(spec.takeError());
     given = std::move(*spec);
   }
   if (meshes.empty()) {
@@ -72,8 +70,7 @@ FailureOr<MeshOp> resolveMesh(ModuleOp module, StringRef option) {
   }
   MeshOp mesh = meshes.front();
   for (Attribute a : mesh.getAxes())
-    if (!llvm::is_contained(getKnownMeshAxes(),
-                            cast<StringAttr>(a).getValue()))
+    if (!llvm::is_contained(getKnownMeshAxes(), cast<StringAttr>(a).getValue()))
       return mesh.emitError()
              << "moe-shard: axis '" << cast<StringAttr>(a).getValue()
              << "' is not one it can shard over (axes are "
