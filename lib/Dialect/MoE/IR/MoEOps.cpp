@@ -187,6 +187,45 @@ int64_t MeshOp::getNumRanks() {
   return n;
 }
 
+FailureOr<MeshOp> mlir::moe::getOrCreateModuleMesh(
+    ModuleOp module, const std::optional<MeshSpec> &spec, StringRef who) {
+  SmallVector<MeshOp> meshes(module.getOps<MeshOp>());
+  if (meshes.size() > 1)
+    return meshes[1].emitError() << who << ": the module has " << meshes.size()
+                                 << " moe.mesh ops; expected at most one";
+  if (meshes.empty()) {
+    if (!spec)
+      return module.emitError()
+             << who
+             << " needs a mesh: a moe.mesh op in the module or the mesh "
+                "option, e.g. mesh=dp=1,ep=2,tp=2";
+    OpBuilder b(module.getBodyRegion());
+    b.setInsertionPointToStart(module.getBody());
+    return MeshOp::create(b, module.getLoc(), "mesh", *spec);
+  }
+  MeshOp mesh = meshes.front();
+  for (Attribute a : mesh.getAxes())
+    if (!llvm::is_contained(getKnownMeshAxes(), cast<StringAttr>(a).getValue()))
+      return mesh.emitError()
+             << who << ": axis '" << cast<StringAttr>(a).getValue()
+             << "' is not one it can shard over (axes are "
+             << getKnownMeshAxesString() << ")";
+  for (StringRef axis : getKnownMeshAxes())
+    if (mesh.getAxisIndex(axis) < 0)
+      return mesh.emitError()
+             << who << ": the mesh has no axis '" << axis
+             << "'; give every axis of " << getKnownMeshAxesString()
+             << " (size 1 for an unused one)";
+  if (spec)
+    for (StringRef axis : getKnownMeshAxes())
+      if (spec->getSize(axis) != mesh.getAxisSize(axis))
+        return mesh.emitError()
+               << who << ": the mesh option (" << spec->str()
+               << ") disagrees with @" << mesh.getSymName() << " ("
+               << mesh.getSpec().str() << ") on axis '" << axis << "'";
+  return mesh;
+}
+
 //===----------------------------------------------------------------------===//
 // Model graph and routing
 //===----------------------------------------------------------------------===//

@@ -46,11 +46,6 @@ FailureOr<MeshOp> resolveMesh(ModuleOp module, StringRef option) {
         return f.emitError() << "moe-shard: @" << f.getSymName()
                              << " is sharded already (its arguments carry "
                              << MoEDialect::kShardAttrName << ")";
-  SmallVector<MeshOp> meshes(module.getOps<MeshOp>());
-  if (meshes.size() > 1)
-    return meshes[1].emitError()
-           << "moe-shard: the module has " << meshes.size()
-           << " moe.mesh ops; expected at most one";
   std::optional<MeshSpec> given;
   if (!option.empty()) {
     llvm::Expected<MeshSpec> spec = parseMeshSpec(option);
@@ -59,36 +54,7 @@ FailureOr<MeshOp> resolveMesh(ModuleOp module, StringRef option) {
                                 << "': " << llvm::toString(spec.takeError());
     given = std::move(*spec);
   }
-  if (meshes.empty()) {
-    if (!given)
-      return module.emitError("moe-shard needs a mesh: a moe.mesh op in the "
-                              "module or the mesh option, e.g. "
-                              "mesh=dp=1,ep=2,tp=2");
-    OpBuilder b(module.getBodyRegion());
-    b.setInsertionPointToStart(module.getBody());
-    return MeshOp::create(b, module.getLoc(), "mesh", *given);
-  }
-  MeshOp mesh = meshes.front();
-  for (Attribute a : mesh.getAxes())
-    if (!llvm::is_contained(getKnownMeshAxes(), cast<StringAttr>(a).getValue()))
-      return mesh.emitError()
-             << "moe-shard: axis '" << cast<StringAttr>(a).getValue()
-             << "' is not one it can shard over (axes are "
-             << getKnownMeshAxesString() << ")";
-  for (StringRef axis : getKnownMeshAxes())
-    if (mesh.getAxisIndex(axis) < 0)
-      return mesh.emitError()
-             << "moe-shard: the mesh has no axis '" << axis
-             << "'; give every axis of " << getKnownMeshAxesString()
-             << " (size 1 for an unused one)";
-  if (given)
-    for (StringRef axis : getKnownMeshAxes())
-      if (given->getSize(axis) != mesh.getAxisSize(axis))
-        return mesh.emitError()
-               << "moe-shard: the mesh option (" << given->str()
-               << ") disagrees with @" << mesh.getSymName() << " ("
-               << mesh.getSpec().str() << ") on axis '" << axis << "'";
-  return mesh;
+  return getOrCreateModuleMesh(module, given, "moe-shard");
 }
 
 RankedTensorType withShape(Type t, ArrayRef<int64_t> shape) {

@@ -4,6 +4,7 @@
 
 #include "mlir/Bytecode/BytecodeOpInterface.h"
 #include "mlir/IR/BuiltinAttributes.h"
+#include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/BuiltinTypes.h"
 #include "mlir/IR/Dialect.h"
 #include "mlir/IR/OpDefinition.h"
@@ -11,6 +12,8 @@
 #include "mlir/Interfaces/InferTypeOpInterface.h"
 #include "mlir/Interfaces/SideEffectInterfaces.h"
 #include "moe/Dialect/MoE/IR/Mesh.h"
+
+#include <optional>
 
 #include "moe/Dialect/MoE/IR/MoEDialect.h.inc"
 #include "moe/Dialect/MoE/IR/MoEEnums.h.inc"
@@ -36,6 +39,14 @@ bool isCollectiveStart(Operation *op);
 #include "moe/Dialect/MoE/IR/MoEOps.h.inc"
 
 namespace mlir::moe {
+
+/// The mesh a pass works on: the module's one `moe.mesh`, which must have
+/// every known axis and no other, and agree with `spec` when one is given;
+/// without a mesh in the module, a new `@mesh` built from `spec`. Errors
+/// (prefixed with `who`) when neither exists or they disagree.
+FailureOr<MeshOp> getOrCreateModuleMesh(ModuleOp module,
+                                        const std::optional<MeshSpec> &spec,
+                                        StringRef who);
 
 /// True for swiglu / geglu, whose FFN has a gate projection.
 inline bool isGated(Activation act) {
