@@ -46,6 +46,11 @@ def MoE_MeshOp : MoE_Op<"mesh", [Symbol]> {
     Collectives name the mesh and the axes they span. Rank `r`'s coordinates
     are `r` unravelled row-major over `shape` (the last axis fastest).
 
+    `moe-shard` builds it from a mesh spec such as `dp=1,ep=2,tp=2` (parsed
+    by `parseMeshSpec`, the one parser) or shards over the one already in
+    the module; later passes read axis sizes from it by name
+    (`getAxisSize`), never from a string.
+
     Upstream `shard.grid` has indexed, unnamed axes; MoE meshes are written
     and printed by axis name everywhere (`--mesh ep=2,tp=2`, `moe.shard`
     annotations, statistics), so the dialect keeps its own named mesh.
