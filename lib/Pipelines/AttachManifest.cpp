@@ -1,4 +1,5 @@
 //===- AttachManifest.cpp - The moe-attach-manifest pass ------------------===//
+#include "moe/Dialect/MoE/IR/MoE.h"
 #include "moe/Pipelines/Manifest.h"
 #include "moe/Pipelines/Passes.h"
 
@@ -25,7 +26,7 @@ struct AttachManifestPass
       return signalPassFailure();
     std::string text =
         llvm::formatv("{0}", llvm::json::Value(std::move(*description))).str();
-    module->setAttr(moe::kManifestAttrName,
+    module->setAttr(moe::MoEDialect::kManifestAttrName,
                     StringAttr::get(module.getContext(), text));
     markAllAnalysesPreserved();
   }

@@ -14,6 +14,7 @@
 #include "llvm/Support/FormatVariadic.h"
 
 using namespace mlir;
+using mlir::moe::MoEDialect;
 
 namespace {
 
@@ -62,7 +63,8 @@ LogicalResult describeTensor(func::FuncOp f, const Twine &what, Type type,
   o["local_shape"] = shapeJson(t.getShape());
 
   SmallVector<int64_t> global(t.getShape());
-  if (Attribute g = attrs ? attrs.get("moe.global_shape") : Attribute()) {
+  if (Attribute g =
+          attrs ? attrs.get(MoEDialect::kGlobalShapeAttrName) : Attribute()) {
     auto dense = dyn_cast<DenseI64ArrayAttr>(g);
     if (!dense || dense.size() != t.getRank())
       return f.emitError() << what << " of @" << f.getSymName()
@@ -73,7 +75,8 @@ LogicalResult describeTensor(func::FuncOp f, const Twine &what, Type type,
   o["shape"] = shapeJson(global);
 
   ArrayAttr spec;
-  if (Attribute s = attrs ? attrs.get("moe.shard") : Attribute()) {
+  if (Attribute s =
+          attrs ? attrs.get(MoEDialect::kShardAttrName) : Attribute()) {
     spec = dyn_cast<ArrayAttr>(s);
     if (!spec || int64_t(spec.size()) > t.getRank())
       return f.emitError() << what << " of @" << f.getSymName()
@@ -113,8 +116,10 @@ FailureOr<llvm::json::Object> describeEntry(func::FuncOp f) {
     DictionaryAttr attrs = f.getArgAttrDict(i);
     llvm::json::Object a;
     a["index"] = int64_t(i);
-    StringAttr input = attrs ? attrs.getAs<StringAttr>("moe.input") : nullptr;
-    StringAttr weight = attrs ? attrs.getAs<StringAttr>("moe.weight") : nullptr;
+    StringAttr input =
+        attrs ? attrs.getAs<StringAttr>(MoEDialect::kInputAttrName) : nullptr;
+    StringAttr weight =
+        attrs ? attrs.getAs<StringAttr>(MoEDialect::kWeightAttrName) : nullptr;
     if (!input && !weight)
       return f.emitError() << "argument " << i << " of @" << f.getSymName()
                            << " has neither moe.input nor moe.weight: the "
@@ -122,7 +127,7 @@ FailureOr<llvm::json::Object> describeEntry(func::FuncOp f) {
     a["role"] = input ? "input" : "weight";
     a["name"] = (input ? input : weight).getValue().str();
     if (weight)
-      a["transpose"] = bool(attrs.get("moe.weight_transpose"));
+      a["transpose"] = bool(attrs.get(MoEDialect::kWeightTransposeAttrName));
     if (failed(describeTensor(f, "argument " + Twine(i),
                               f.getArgumentTypes()[i], attrs, a)))
       return failure();
@@ -132,7 +137,8 @@ FailureOr<llvm::json::Object> describeEntry(func::FuncOp f) {
     DictionaryAttr attrs = f.getResultAttrDict(i);
     llvm::json::Object r;
     r["index"] = int64_t(i);
-    StringAttr name = attrs ? attrs.getAs<StringAttr>("moe.output") : nullptr;
+    StringAttr name =
+        attrs ? attrs.getAs<StringAttr>(MoEDialect::kOutputAttrName) : nullptr;
     r["name"] = name ? name.getValue().str() : ("result" + Twine(i)).str();
     if (failed(describeTensor(f, "result " + Twine(i), f.getResultTypes()[i],
                               attrs, r)))
@@ -179,33 +185,35 @@ FailureOr<llvm::json::Object> mlir::moe::describeEntryPoints(ModuleOp module) {
 
 llvm::Expected<llvm::json::Object>
 mlir::moe::completeManifest(ModuleOp module) {
-  auto text = module->getAttrOfType<StringAttr>(kManifestAttrName);
+  auto text = module->getAttrOfType<StringAttr>(MoEDialect::kManifestAttrName);
   if (!text)
-    return makeError("the module has no " + kManifestAttrName +
+    return makeError("the module has no " + MoEDialect::kManifestAttrName +
                      " attribute (run moe-attach-manifest)");
   llvm::Expected<llvm::json::Value> parsed = llvm::json::parse(text.getValue());
   if (!parsed)
-    return makeError("malformed " + kManifestAttrName + ": " +
+    return makeError("malformed " + MoEDialect::kManifestAttrName + ": " +
                      llvm::toString(parsed.takeError()));
   llvm::json::Object *manifest = parsed->getAsObject();
   llvm::json::Array *entries =
       manifest ? manifest->getArray("entries") : nullptr;
   if (!entries)
-    return makeError(kManifestAttrName + " has no \"entries\" array");
+    return makeError(MoEDialect::kManifestAttrName +
+                     " has no \"entries\" array");
   for (llvm::json::Value &value : *entries) {
     llvm::json::Object *entry = value.getAsObject();
     std::optional<StringRef> symbol =
         entry ? entry->getString("symbol") : std::nullopt;
     if (!symbol)
-      return makeError(kManifestAttrName + " has an entry without a symbol");
+      return makeError(MoEDialect::kManifestAttrName +
+                       " has an entry without a symbol");
     auto f = module.lookupSymbol<func::FuncOp>(*symbol);
     if (!f)
       return makeError("the module has no entry point @" + *symbol +
                        " (run moe-to-runtime after moe-attach-manifest)");
-    auto bytes = f->getAttrOfType<IntegerAttr>(kArenaBytesAttrName);
+    auto bytes = f->getAttrOfType<IntegerAttr>(MoEDialect::kArenaBytesAttrName);
     if (!bytes)
       return makeError("entry point @" + *symbol + " has no " +
-                       kArenaBytesAttrName);
+                       MoEDialect::kArenaBytesAttrName);
     (*entry)["arena_bytes"] = bytes.getInt();
   }
   return std::move(*manifest);

@@ -15,6 +15,7 @@ import difflib
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -24,6 +25,7 @@ __all__ = [
     "Arch",
     "Attention",
     "ConfigError",
+    "MESH_AXES",
     "Mesh",
     "MoEConfig",
     "NATIVE_MODEL_TYPE",
@@ -245,22 +247,55 @@ class Mesh:
                               f"tokens={tokens}")
 
 
+# The rules and messages of parse_mesh are those of the compiler's parseMeshSpec
+# (lib/Dialect/MoE/IR/Mesh.cpp); change both together.
+MESH_AXES = ("dp", "ep", "tp")  # the known axes, in canonical (row-major) order
+_MAX_SIZE = 2**63 - 1  # an int64
+_MAX_RANKS = 2**31 - 1  # ranks are MPI ranks (C ints)
+_DIGITS = re.compile(r"[0-9]+")
+
+
 def parse_mesh(text: str | None) -> Mesh:
-    """Parse ``dp=1,ep=2,tp=2`` (any subset, any order)."""
+    """Parse ``dp=1,ep=2,tp=2`` (any subset, any order; axes left out are 1).
+
+    No text (``None`` or ``""``) is the single-device mesh. Errors name the bad
+    part: an entry that is not axis=size, a size that is not a positive integer or
+    is too large, an unknown axis, an axis given twice, an empty spec or entry, or
+    more ranks than an MPI rank can count.
+    """
     if not text:
         return Mesh()
+
+    def bad(message: str) -> ConfigError:
+        return ConfigError(f"mesh: {message}")
+
+    if not text.strip():
+        raise bad("empty mesh spec (expected axis=size pairs, e.g. dp=1,ep=2,tp=2)")
     values: dict[str, int] = {}
-    for part in text.split(","):
-        key, sep, val = part.strip().partition("=")
-        if not sep or key not in ("dp", "ep", "tp"):
-            raise ConfigError(f"mesh: {part.strip()!r} is not dp=N, ep=N or tp=N")
-        try:
-            n = int(val)
-        except ValueError:
-            raise ConfigError(f"mesh: {key}={val!r} is not an integer") from None
-        if n <= 0:
-            raise ConfigError(f"mesh: {key}={n} must be positive")
-        values[key] = n
+    given: dict[str, str] = {}
+    for raw in text.split(","):
+        part = raw.strip()
+        if not part:
+            raise bad(f"empty entry in '{text}' (expected axis=size pairs separated "
+                      "by commas)")
+        axis, sep, size = (s.strip() for s in part.partition("="))
+        if not sep or not axis:
+            raise bad(f"'{part}' is not axis=size (e.g. ep=2)")
+        if axis not in MESH_AXES:
+            raise bad(f"unknown axis '{axis}' (axes are {', '.join(MESH_AXES)})")
+        if axis in given:
+            raise bad(f"axis '{axis}' is given twice ('{given[axis]}' and '{part}')")
+        given[axis] = part
+        if not _DIGITS.fullmatch(size):
+            raise bad(f"'{part}': size '{size}' is not a positive integer")
+        n = int(size)
+        if n > _MAX_SIZE:
+            raise bad(f"'{part}': size {size} is too large")
+        if n < 1:
+            raise bad(f"'{part}': size {size} is not a positive integer")
+        values[axis] = n
+    if math.prod(values.values()) > _MAX_RANKS:
+        raise bad(f"'{text}' has more than {_MAX_RANKS} ranks")
     return Mesh(**values)
 
 

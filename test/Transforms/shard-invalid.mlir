@@ -50,9 +50,11 @@ func.func @computed_weights(%x: tensor<16x32xf32> {moe.input = "hidden_states"},
 
 // -----
 
-// expected-error @+1 {{moe-shard: the module already has a moe.mesh (it is sharded already)}}
-module {
-  moe.mesh @mesh axes = ["ep"] shape = [2]
+// A mesh in the module is the source; an option that disagrees is an error.
+// expected-error @+1 {{moe-shard: the mesh option (dp=2,ep=4,tp=1) disagrees with @mesh (dp=1,ep=2,tp=1) on axis 'dp'}}
+moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [1, 2, 1]
+func.func @f(%x: tensor<16x32xf32> {moe.input = "hidden_states"}) -> tensor<16x32xf32> {
+  return %x : tensor<16x32xf32>
 }
 
 // -----
@@ -67,7 +69,31 @@ func.func @foreign_op(%x: tensor<16x32xf32> {moe.input = "hidden_states"}) -> te
 
 // -----
 
+moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [2, 4, 1]
+// expected-error @+1 {{moe-shard: @sharded is sharded already (its arguments carry moe.shard)}}
+func.func @sharded(%x: tensor<2x32xf32> {moe.input = "hidden_states", moe.shard = [["dp", "ep"], []], moe.global_shape = array<i64: 16, 32>}) -> tensor<2x32xf32> {
+  return %x : tensor<2x32xf32>
+}
+
+// -----
+
 // expected-error @+1 {{input "hidden_states" has no token dimension (it is a scalar)}}
 func.func @scalar_input(%x: tensor<f32> {moe.input = "hidden_states"}) -> tensor<f32> {
   return %x : tensor<f32>
 }
+
+// -----
+
+// expected-error @+1 {{moe-shard: the mesh has no axis 'tp'; give every axis of dp, ep, tp (size 1 for an unused one)}}
+moe.mesh @mesh axes = ["dp", "ep"] shape = [2, 4]
+
+// -----
+
+// expected-error @+1 {{moe-shard: axis 'pp' is not one it can shard over (axes are dp, ep, tp)}}
+moe.mesh @mesh axes = ["dp", "ep", "tp", "pp"] shape = [2, 4, 1, 1]
+
+// -----
+
+moe.mesh @a axes = ["dp", "ep", "tp"] shape = [2, 4, 1]
+// expected-error @+1 {{moe-shard: the module has 2 moe.mesh ops; expected at most one}}
+moe.mesh @b axes = ["dp", "ep", "tp"] shape = [2, 4, 1]

@@ -23,11 +23,9 @@
 
 namespace mlir::moe {
 
-/// Module attribute (StringAttr, JSON text) written by moe-attach-manifest.
-inline constexpr llvm::StringLiteral kManifestAttrName = "moe.manifest";
-
-/// Function attribute (i64) that moe-to-runtime puts on every entry point.
-inline constexpr llvm::StringLiteral kArenaBytesAttrName = "moe.arena_bytes";
+// The attribute names (moe.manifest on the module, written by
+// moe-attach-manifest; moe.arena_bytes on every entry point, written by
+// moe-to-runtime) are MoEDialect::kManifestAttrName and kArenaBytesAttrName.
 
 /// Describes `module`'s mesh and public functions as
 /// `{"mesh": {...}, "entries": [...]}`. Emits a diagnostic and fails on an

@@ -143,11 +143,37 @@ int64_t MeshOp::getAxisIndex(StringRef name) {
   return -1;
 }
 
+int64_t MeshOp::getAxisSize(StringRef name) {
+  int64_t i = getAxisIndex(name);
+  if (i < 0 || i >= int64_t(getShape().size()))
+    return 1;
+  return getShape()[i];
+}
+
+void MeshOp::build(OpBuilder &b, OperationState &state, StringRef symName,
+                   const MeshSpec &spec) {
+  SmallVector<StringRef> names;
+  SmallVector<int64_t> sizes;
+  for (const MeshAxis &a : spec.axes) {
+    names.push_back(a.name);
+    sizes.push_back(a.size);
+  }
+  build(b, state, b.getStringAttr(symName), b.getStrArrayAttr(names),
+        b.getDenseI64ArrayAttr(sizes));
+}
+
+MeshSpec MeshOp::getSpec() {
+  MeshSpec spec;
+  for (auto [name, size] : llvm::zip(getAxes(), getShape()))
+    spec.axes.push_back({cast<StringAttr>(name).getValue().str(), size});
+  return spec;
+}
+
 int64_t MeshOp::getGroupSize(ArrayAttr axes) {
   int64_t n = 1;
   for (Attribute a : axes) {
     int64_t i = getAxisIndex(cast<StringAttr>(a).getValue());
-    if (i < 0)
+    if (i < 0 || i >= int64_t(getShape().size())) // unknown, or a bad mesh
       return -1;
     n *= getShape()[i];
   }
@@ -159,6 +185,45 @@ int64_t MeshOp::getNumRanks() {
   for (int64_t s : getShape())
     n *= s;
   return n;
+}
+
+FailureOr<MeshOp> mlir::moe::getOrCreateModuleMesh(
+    ModuleOp module, const std::optional<MeshSpec> &spec, StringRef who) {
+  SmallVector<MeshOp> meshes(module.getOps<MeshOp>());
+  if (meshes.size() > 1)
+    return meshes[1].emitError() << who << ": the module has " << meshes.size()
+                                 << " moe.mesh ops; expected at most one";
+  if (meshes.empty()) {
+    if (!spec)
+      return module.emitError()
+             << who
+             << " needs a mesh: a moe.mesh op in the module or the mesh "
+                "option, e.g. mesh=dp=1,ep=2,tp=2";
+    OpBuilder b(module.getBodyRegion());
+    b.setInsertionPointToStart(module.getBody());
+    return MeshOp::create(b, module.getLoc(), "mesh", *spec);
+  }
+  MeshOp mesh = meshes.front();
+  for (Attribute a : mesh.getAxes())
+    if (!llvm::is_contained(getKnownMeshAxes(), cast<StringAttr>(a).getValue()))
+      return mesh.emitError()
+             << who << ": axis '" << cast<StringAttr>(a).getValue()
+             << "' is not one it can shard over (axes are "
+             << getKnownMeshAxesString() << ")";
+  for (StringRef axis : getKnownMeshAxes())
+    if (mesh.getAxisIndex(axis) < 0)
+      return mesh.emitError()
+             << who << ": the mesh has no axis '" << axis
+             << "'; give every axis of " << getKnownMeshAxesString()
+             << " (size 1 for an unused one)";
+  if (spec)
+    for (StringRef axis : getKnownMeshAxes())
+      if (spec->getSize(axis) != mesh.getAxisSize(axis))
+        return mesh.emitError()
+               << who << ": the mesh option (" << spec->str()
+               << ") disagrees with @" << mesh.getSymName() << " ("
+               << mesh.getSpec().str() << ") on axis '" << axis << "'";
+  return mesh;
 }
 
 //===----------------------------------------------------------------------===//
@@ -459,25 +524,41 @@ LogicalResult LayerOp::verify() {
 // Collectives
 //===----------------------------------------------------------------------===//
 
-namespace {
+//===--- CollectiveOpInterface
+//---------------------------------------------===//
 
-MeshOp lookupMesh(Operation *op, FlatSymbolRefAttr ref) {
-  return SymbolTable::lookupNearestSymbolFrom<MeshOp>(op, ref.getAttr());
+#include "moe/Dialect/MoE/IR/MoEInterfaces.cpp.inc"
+
+MeshOp CollectiveOpInterface::getMeshOp() {
+  return SymbolTable::lookupNearestSymbolFrom<MeshOp>(*this,
+                                                      getMeshAttr().getAttr());
 }
+
+int64_t mlir::moe::detail::getCollectiveGroupSize(Operation *op) {
+  auto coll = cast<CollectiveOpInterface>(op);
+  MeshOp mesh = coll.getMeshOp();
+  return mesh ? mesh.getGroupSize(coll.getAxes()) : -1;
+}
+
+bool mlir::moe::detail::isCollectiveStart(Operation *op) {
+  return isa<FutureType>(op->getResult(0).getType());
+}
+
+namespace {
 
 /// The symbol-use check shared by every collective: the mesh exists and the
 /// axes are distinct axes of it.
-LogicalResult verifyMeshAxes(Operation *op, FlatSymbolRefAttr ref,
-                             ArrayAttr axes,
+LogicalResult verifyMeshAxes(CollectiveOpInterface op,
                              SymbolTableCollection &symbolTable) {
+  FlatSymbolRefAttr ref = op.getMeshAttr();
   auto mesh = symbolTable.lookupNearestSymbolFrom<MeshOp>(op, ref.getAttr());
   if (!mesh)
     return op->emitOpError()
            << "refers to " << ref << ", which is not a moe.mesh";
-  if (axes.empty())
+  if (op.getAxes().empty())
     return op->emitOpError() << "names no mesh axes";
   llvm::SmallSet<StringRef, 4> seen;
-  for (Attribute a : axes) {
+  for (Attribute a : op.getAxes()) {
     StringRef name = cast<StringAttr>(a).getValue();
     if (mesh.getAxisIndex(name) < 0)
       return op->emitOpError()
@@ -490,11 +571,8 @@ LogicalResult verifyMeshAxes(Operation *op, FlatSymbolRefAttr ref,
 
 /// Group size for static checks, or 0 when the mesh cannot be resolved yet
 /// (checked by verifySymbolUses).
-int64_t staticGroupSize(Operation *op, FlatSymbolRefAttr ref, ArrayAttr axes) {
-  MeshOp mesh = lookupMesh(op, ref);
-  if (!mesh)
-    return 0;
-  int64_t n = mesh.getGroupSize(axes);
+int64_t staticGroupSize(CollectiveOpInterface op) {
+  int64_t n = op.getGroupSize();
   return n < 0 ? 0 : n;
 }
 
@@ -504,11 +582,10 @@ RankedTensorType resultTensor(Value result) {
   return cast<RankedTensorType>(result.getType());
 }
 
-LogicalResult verifyAllToAll(Operation *op, Value input, Value result,
-                             FlatSymbolRefAttr mesh, ArrayAttr axes,
-                             int64_t split, int64_t concat) {
-  auto in = tensorType(input);
-  RankedTensorType out = resultTensor(result);
+LogicalResult verifyAllToAll(CollectiveOpInterface op, int64_t split,
+                             int64_t concat) {
+  auto in = tensorType(op.getInput());
+  RankedTensorType out = resultTensor(op.getResult());
   int64_t rank = in.getRank();
   if (split < 0 || split >= rank || concat < 0 || concat >= rank)
     return op->emitOpError()
@@ -518,7 +595,7 @@ LogicalResult verifyAllToAll(Operation *op, Value input, Value result,
     return op->emitOpError()
            << "result element type " << out.getElementType()
            << " differs from input element type " << in.getElementType();
-  int64_t n = staticGroupSize(op, mesh, axes);
+  int64_t n = staticGroupSize(op);
   if (n == 0)
     return success();
   int64_t s = in.getDimSize(split);
@@ -534,40 +611,10 @@ LogicalResult verifyAllToAll(Operation *op, Value input, Value result,
   return expectShape(op, out, expected, "result");
 }
 
-} // namespace
-
-#define MOE_COLLECTIVE_COMMON(OP)                                              \
-  LogicalResult OP::verifySymbolUses(SymbolTableCollection &symbolTable) {     \
-    return verifyMeshAxes(*this, getMeshAttr(), getAxes(), symbolTable);       \
-  }                                                                            \
-  MeshOp OP::getMeshOp() { return lookupMesh(*this, getMeshAttr()); }          \
-  int64_t OP::getGroupSize() {                                                 \
-    MeshOp mesh = getMeshOp();                                                 \
-    return mesh ? mesh.getGroupSize(getAxes()) : -1;                           \
-  }
-
-MOE_COLLECTIVE_COMMON(AllToAllOp)
-MOE_COLLECTIVE_COMMON(AllToAllStartOp)
-MOE_COLLECTIVE_COMMON(AllToAllVOp)
-MOE_COLLECTIVE_COMMON(AllToAllVStartOp)
-MOE_COLLECTIVE_COMMON(AllGatherOp)
-MOE_COLLECTIVE_COMMON(AllGatherStartOp)
-MOE_COLLECTIVE_COMMON(ReduceScatterOp)
-MOE_COLLECTIVE_COMMON(ReduceScatterStartOp)
-MOE_COLLECTIVE_COMMON(AllReduceOp)
-MOE_COLLECTIVE_COMMON(AllReduceStartOp)
-MOE_COLLECTIVE_COMMON(SliceOp)
-#undef MOE_COLLECTIVE_COMMON
-
-//===--- Verifiers --------------------------------------------------------===//
-
-namespace {
-
-LogicalResult verifyAllToAllV(Operation *op, Value input, Value sendCounts,
-                              Value recvCounts, Value result,
-                              FlatSymbolRefAttr mesh, ArrayAttr axes) {
-  auto in = tensorType(input);
-  RankedTensorType out = resultTensor(result);
+LogicalResult verifyAllToAllV(CollectiveOpInterface op, Value sendCounts,
+                              Value recvCounts) {
+  auto in = tensorType(op.getInput());
+  RankedTensorType out = resultTensor(op.getResult());
   if (out.getRank() != 2 || !sameDim(out.getDimSize(1), in.getDimSize(1)))
     return op->emitOpError()
            << "result has shape " << shapeStr(out.getShape())
@@ -576,7 +623,7 @@ LogicalResult verifyAllToAllV(Operation *op, Value input, Value sendCounts,
     return op->emitOpError()
            << "result element type " << out.getElementType()
            << " differs from input element type " << in.getElementType();
-  int64_t n = staticGroupSize(op, mesh, axes);
+  int64_t n = staticGroupSize(op);
   if (n == 0)
     return success();
   for (auto [v, name] : {std::pair{sendCounts, "send_counts"},
@@ -591,12 +638,12 @@ LogicalResult verifyAllToAllV(Operation *op, Value input, Value sendCounts,
   return success();
 }
 
-/// all_gather multiplies `dim` by the group size; reduce_scatter divides it.
-LogicalResult verifyDimCollective(Operation *op, Value input, Value result,
-                                  FlatSymbolRefAttr mesh, ArrayAttr axes,
-                                  int64_t dim, bool gather) {
-  auto in = tensorType(input);
-  RankedTensorType out = resultTensor(result);
+/// all_gather multiplies `dim` by the group size; reduce_scatter and slice
+/// divide it.
+LogicalResult verifyDimCollective(CollectiveOpInterface op, int64_t dim,
+                                  bool gather) {
+  auto in = tensorType(op.getInput());
+  RankedTensorType out = resultTensor(op.getResult());
   if (dim < 0 || dim >= in.getRank())
     return op->emitOpError()
            << "dim (" << dim << ") is not a dimension of the rank-"
@@ -605,7 +652,7 @@ LogicalResult verifyDimCollective(Operation *op, Value input, Value result,
     return op->emitOpError()
            << "result element type " << out.getElementType()
            << " differs from input element type " << in.getElementType();
-  int64_t n = staticGroupSize(op, mesh, axes);
+  int64_t n = staticGroupSize(op);
   if (n == 0)
     return success();
   SmallVector<int64_t> expected(in.getShape());
@@ -620,53 +667,208 @@ LogicalResult verifyDimCollective(Operation *op, Value input, Value result,
   return expectShape(op, out, expected, "result");
 }
 
-LogicalResult verifyAllReduce(Operation *op, Value input, Value result) {
-  return expectSameType(op, resultTensor(result), tensorType(input));
+LogicalResult verifyAllReduce(CollectiveOpInterface op) {
+  return expectSameType(op, resultTensor(op.getResult()),
+                        tensorType(op.getInput()));
+}
+
+/// `count(n, bytes)` for a group of `n` ranks and an input of `bytes`; -1
+/// when either is unknown.
+int64_t bytesSent(CollectiveOpInterface op,
+                  llvm::function_ref<int64_t(int64_t, int64_t)> count) {
+  auto in = tensorType(op.getInput());
+  int64_t n = op.getGroupSize();
+  if (n < 1 || !in.hasStaticShape())
+    return -1;
+  int64_t elementBytes = (in.getElementTypeBitWidth() + 7) / 8;
+  return count(n, in.getNumElements() * elementBytes);
+}
+
+/// The result type of an op that undoes `op`: its input tensor type, in a
+/// future for a start form.
+Type inverseType(CollectiveOpInterface op) {
+  auto in = tensorType(op.getInput());
+  return op.isStart() ? Type(FutureType::get(op->getContext(), in)) : Type(in);
 }
 
 } // namespace
 
+#define MOE_VERIFY_MESH_USE(OP)                                                \
+  LogicalResult OP::verifySymbolUses(SymbolTableCollection &symbolTable) {     \
+    return verifyMeshAxes(*this, symbolTable);                                 \
+  }
+MOE_VERIFY_MESH_USE(AllToAllOp)
+MOE_VERIFY_MESH_USE(AllToAllStartOp)
+MOE_VERIFY_MESH_USE(AllToAllVOp)
+MOE_VERIFY_MESH_USE(AllToAllVStartOp)
+MOE_VERIFY_MESH_USE(AllGatherOp)
+MOE_VERIFY_MESH_USE(AllGatherStartOp)
+MOE_VERIFY_MESH_USE(ReduceScatterOp)
+MOE_VERIFY_MESH_USE(ReduceScatterStartOp)
+MOE_VERIFY_MESH_USE(AllReduceOp)
+MOE_VERIFY_MESH_USE(AllReduceStartOp)
+MOE_VERIFY_MESH_USE(SliceOp)
+#undef MOE_VERIFY_MESH_USE
+
+//===--- all_to_all -------------------------------------------------------===//
+
+namespace {
+/// Each rank keeps 1/n of its input and sends the rest.
+int64_t allToAllBytes(int64_t n, int64_t bytes) {
+  return (n - 1) * (bytes / n);
+}
+
+template <typename OpTy>
+Value inverseAllToAll(OpTy op, OpBuilder &b, Location loc, Value input) {
+  return OpTy::create(b, loc, inverseType(op), input, op.getMeshAttr(),
+                      op.getAxes(), op.getConcatDimAttr(),
+                      op.getSplitDimAttr());
+}
+} // namespace
+
 LogicalResult AllToAllOp::verify() {
-  return verifyAllToAll(*this, getInput(), getResult(), getMeshAttr(),
-                        getAxes(), getSplitDim(), getConcatDim());
+  return verifyAllToAll(*this, getSplitDim(), getConcatDim());
 }
 LogicalResult AllToAllStartOp::verify() {
-  return verifyAllToAll(*this, getInput(), getResult(), getMeshAttr(),
-                        getAxes(), getSplitDim(), getConcatDim());
+  return verifyAllToAll(*this, getSplitDim(), getConcatDim());
 }
+int64_t AllToAllOp::getBytesSentPerRank() {
+  return bytesSent(*this, allToAllBytes);
+}
+int64_t AllToAllStartOp::getBytesSentPerRank() {
+  return bytesSent(*this, allToAllBytes);
+}
+Value AllToAllOp::buildInverse(OpBuilder &b, Location loc, Value input) {
+  return inverseAllToAll(*this, b, loc, input);
+}
+Value AllToAllStartOp::buildInverse(OpBuilder &b, Location loc, Value input) {
+  return inverseAllToAll(*this, b, loc, input);
+}
+
+//===--- all_to_all_v -----------------------------------------------------===//
+
+namespace {
+/// Upper bound: every input row goes to another rank.
+int64_t allToAllVBytes(int64_t n, int64_t bytes) { return n > 1 ? bytes : 0; }
+
+template <typename OpTy>
+Value inverseAllToAllV(OpTy op, OpBuilder &b, Location loc, Value input) {
+  return OpTy::create(b, loc, inverseType(op), input, op.getRecvCounts(),
+                      op.getSendCounts(), op.getMeshAttr(), op.getAxes());
+}
+} // namespace
+
 LogicalResult AllToAllVOp::verify() {
-  return verifyAllToAllV(*this, getInput(), getSendCounts(), getRecvCounts(),
-                         getResult(), getMeshAttr(), getAxes());
+  return verifyAllToAllV(*this, getSendCounts(), getRecvCounts());
 }
 LogicalResult AllToAllVStartOp::verify() {
-  return verifyAllToAllV(*this, getInput(), getSendCounts(), getRecvCounts(),
-                         getResult(), getMeshAttr(), getAxes());
+  return verifyAllToAllV(*this, getSendCounts(), getRecvCounts());
 }
+int64_t AllToAllVOp::getBytesSentPerRank() {
+  return bytesSent(*this, allToAllVBytes);
+}
+int64_t AllToAllVStartOp::getBytesSentPerRank() {
+  return bytesSent(*this, allToAllVBytes);
+}
+Value AllToAllVOp::buildInverse(OpBuilder &b, Location loc, Value input) {
+  return inverseAllToAllV(*this, b, loc, input);
+}
+Value AllToAllVStartOp::buildInverse(OpBuilder &b, Location loc, Value input) {
+  return inverseAllToAllV(*this, b, loc, input);
+}
+
+//===--- all_gather, reduce_scatter, slice --------------------------------===//
+
+namespace {
+/// all_gather: a copy of the input to each of the n-1 others.
+int64_t allGatherBytes(int64_t n, int64_t bytes) { return (n - 1) * bytes; }
+/// reduce_scatter: the n-1 chunks that the others keep.
+int64_t reduceScatterBytes(int64_t n, int64_t bytes) {
+  return (n - 1) * (bytes / n);
+}
+/// slice: a local copy.
+int64_t sliceBytes(int64_t, int64_t) { return 0; }
+
+template <typename InverseOp, typename OpTy>
+Value inverseDimCollective(OpTy op, OpBuilder &b, Location loc, Value input) {
+  return InverseOp::create(b, loc, inverseType(op), input, op.getMeshAttr(),
+                           op.getAxes(), op.getDimAttr());
+}
+} // namespace
+
 LogicalResult AllGatherOp::verify() {
-  return verifyDimCollective(*this, getInput(), getResult(), getMeshAttr(),
-                             getAxes(), getDim(), /*gather=*/true);
+  return verifyDimCollective(*this, getDim(), /*gather=*/true);
 }
 LogicalResult AllGatherStartOp::verify() {
-  return verifyDimCollective(*this, getInput(), getResult(), getMeshAttr(),
-                             getAxes(), getDim(), /*gather=*/true);
+  return verifyDimCollective(*this, getDim(), /*gather=*/true);
 }
 LogicalResult ReduceScatterOp::verify() {
-  return verifyDimCollective(*this, getInput(), getResult(), getMeshAttr(),
-                             getAxes(), getDim(), /*gather=*/false);
+  return verifyDimCollective(*this, getDim(), /*gather=*/false);
 }
 LogicalResult ReduceScatterStartOp::verify() {
-  return verifyDimCollective(*this, getInput(), getResult(), getMeshAttr(),
-                             getAxes(), getDim(), /*gather=*/false);
+  return verifyDimCollective(*this, getDim(), /*gather=*/false);
 }
 LogicalResult SliceOp::verify() {
-  return verifyDimCollective(*this, getInput(), getResult(), getMeshAttr(),
-                             getAxes(), getDim(), /*gather=*/false);
+  return verifyDimCollective(*this, getDim(), /*gather=*/false);
 }
-LogicalResult AllReduceOp::verify() {
-  return verifyAllReduce(*this, getInput(), getResult());
+int64_t AllGatherOp::getBytesSentPerRank() {
+  return bytesSent(*this, allGatherBytes);
 }
-LogicalResult AllReduceStartOp::verify() {
-  return verifyAllReduce(*this, getInput(), getResult());
+int64_t AllGatherStartOp::getBytesSentPerRank() {
+  return bytesSent(*this, allGatherBytes);
+}
+int64_t ReduceScatterOp::getBytesSentPerRank() {
+  return bytesSent(*this, reduceScatterBytes);
+}
+int64_t ReduceScatterStartOp::getBytesSentPerRank() {
+  return bytesSent(*this, reduceScatterBytes);
+}
+int64_t SliceOp::getBytesSentPerRank() { return bytesSent(*this, sliceBytes); }
+Value AllGatherOp::buildInverse(OpBuilder &b, Location loc, Value input) {
+  return inverseDimCollective<ReduceScatterOp>(*this, b, loc, input);
+}
+Value AllGatherStartOp::buildInverse(OpBuilder &b, Location loc, Value input) {
+  return inverseDimCollective<ReduceScatterStartOp>(*this, b, loc, input);
+}
+Value ReduceScatterOp::buildInverse(OpBuilder &b, Location loc, Value input) {
+  return inverseDimCollective<AllGatherOp>(*this, b, loc, input);
+}
+Value ReduceScatterStartOp::buildInverse(OpBuilder &b, Location loc,
+                                         Value input) {
+  return inverseDimCollective<AllGatherStartOp>(*this, b, loc, input);
+}
+Value SliceOp::buildInverse(OpBuilder &b, Location loc, Value input) {
+  return inverseDimCollective<AllGatherOp>(*this, b, loc, input);
+}
+
+//===--- all_reduce -------------------------------------------------------===//
+
+namespace {
+/// Ring all-reduce: reduce-scatter then all-gather, (n-1)/n of the input each.
+int64_t allReduceBytes(int64_t n, int64_t bytes) {
+  return 2 * (n - 1) * bytes / n;
+}
+
+template <typename OpTy>
+Value inverseAllReduce(OpTy op, OpBuilder &b, Location loc, Value input) {
+  return OpTy::create(b, loc, inverseType(op), input, op.getMeshAttr(),
+                      op.getAxes());
+}
+} // namespace
+
+LogicalResult AllReduceOp::verify() { return verifyAllReduce(*this); }
+LogicalResult AllReduceStartOp::verify() { return verifyAllReduce(*this); }
+int64_t AllReduceOp::getBytesSentPerRank() {
+  return bytesSent(*this, allReduceBytes);
+}
+int64_t AllReduceStartOp::getBytesSentPerRank() {
+  return bytesSent(*this, allReduceBytes);
+}
+Value AllReduceOp::buildInverse(OpBuilder &b, Location loc, Value input) {
+  return inverseAllReduce(*this, b, loc, input);
+}
+Value AllReduceStartOp::buildInverse(OpBuilder &b, Location loc, Value input) {
+  return inverseAllReduce(*this, b, loc, input);
 }
 
 //===--- Folders: a group of one rank moves nothing -----------------------===//

@@ -87,7 +87,8 @@ std::string ShardingContext::weightName(Value w) const {
   auto func =
       dyn_cast_or_null<FunctionOpInterface>(arg.getOwner()->getParentOp());
   Attribute name =
-      func ? func.getArgAttr(arg.getArgNumber(), "moe.weight") : Attribute();
+      func ? func.getArgAttr(arg.getArgNumber(), MoEDialect::kWeightAttrName)
+           : Attribute();
   std::string out;
   llvm::raw_string_ostream os(out);
   if (name)
@@ -155,7 +156,7 @@ LogicalResult MLPOp::shardWeights(ShardingContext &ctx) {
                          "moe.mlp to be function arguments so that each rank "
                          "loads only its slice");
     ShardSpec spec(2);
-    spec[w == getDown() ? 1 : 0] = {"tp"};
+    spec[w == getDown() ? 1 : 0] = {kAxisTP};
     if (failed(ctx.splitWeight(*this, w, spec)))
       return failure();
   }
@@ -165,7 +166,7 @@ LogicalResult MLPOp::shardWeights(ShardingContext &ctx) {
 LogicalResult MLPOp::shardToRank(ShardingContext &ctx) {
   ctx.sameAs(getOutput(), getInput());
   if (ctx.mesh.tp > 1)
-    ctx.allReduceAfter(getOutput(), {"tp"});
+    ctx.allReduceAfter(getOutput(), {kAxisTP});
   return success();
 }
 
@@ -237,7 +238,7 @@ LogicalResult ExpertFFNOp::shardWeights(ShardingContext &ctx) {
     if (!isa<BlockArgument>(w))
       return emitOpError("moe-shard needs expert weights to be function "
                          "arguments so that each rank loads only its experts");
-    ShardSpec spec{{"ep"}, {}, {}};
+    ShardSpec spec{{kAxisEP}, {}, {}};
     auto shape = typeOf(w).getShape();
     if (shape[0] % ctx.mesh.ep != 0)
       return emitOpError() << "expert weight " << ctx.weightName(w) << " has "
@@ -250,7 +251,7 @@ LogicalResult ExpertFFNOp::shardWeights(ShardingContext &ctx) {
         return emitOpError() << "expert weight " << ctx.weightName(w) << " has "
                              << shape[dim] << " rows in dimension " << dim
                              << ", not divisible by tp = " << ctx.mesh.tp;
-      spec[dim] = {"tp"};
+      spec[dim] = {kAxisTP};
     }
     if (failed(ctx.splitWeight(*this, w, spec)))
       return failure();
@@ -273,7 +274,7 @@ LogicalResult ExpertFFNOp::shardToRank(ShardingContext &ctx) {
   auto bufTy = typeOf(buf);
   Location loc = getLoc();
   int64_t el = typeOf(getUp()).getDimSize(0), d = bufTy.getShape().back();
-  ArrayAttr ep = ctx.axesAttr({"ep"});
+  ArrayAttr ep = ctx.axesAttr({kAxisEP});
   b.setInsertionPoint(*this);
 
   Value in = buf, inCounts = counts;
@@ -306,7 +307,7 @@ LogicalResult ExpertFFNOp::shardToRank(ShardingContext &ctx) {
   SmallVector<Operation *> created;
   if (ctx.expertTp) {
     auto sum = AllReduceOp::create(b, loc, out.getType(), out, meshRef,
-                                   ctx.axesAttr({"tp"}));
+                                   ctx.axesAttr({kAxisTP}));
     created.push_back(sum);
     out = sum;
   }
@@ -342,7 +343,7 @@ LogicalResult CombineOp::shardToRank(ShardingContext &ctx) {
 namespace {
 void sumOverTokenAxes(ShardingContext &ctx, Value partial) {
   if (ctx.mesh.tokenShards() > 1)
-    ctx.allReduceAfter(partial, {"dp", "ep"});
+    ctx.allReduceAfter(partial, {kAxisDP, kAxisEP});
 }
 } // namespace
 

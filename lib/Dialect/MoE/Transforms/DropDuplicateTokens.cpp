@@ -29,9 +29,13 @@ using namespace mlir::moe;
 
 namespace {
 
+/// A collective whose group spans exactly `axes`.
 bool overAxes(Operation *op, ArrayRef<StringRef> axes) {
-  auto a = op->getAttrOfType<ArrayAttr>("axes");
-  if (!a || a.size() != axes.size())
+  auto coll = dyn_cast<CollectiveOpInterface>(op);
+  if (!coll)
+    return false;
+  ArrayAttr a = coll.getAxes();
+  if (a.size() != axes.size())
     return false;
   for (auto [x, y] : llvm::zip(a, axes))
     if (cast<StringAttr>(x).getValue() != y)
@@ -41,7 +45,7 @@ bool overAxes(Operation *op, ArrayRef<StringRef> axes) {
 
 /// An expert-parallel exchange: all_to_all or all_to_all_v over ["ep"].
 bool isEpExchange(Operation *op) {
-  return op && isa<AllToAllOp, AllToAllVOp>(op) && overAxes(op, {"ep"});
+  return op && isa<AllToAllOp, AllToAllVOp>(op) && overAxes(op, {kAxisEP});
 }
 
 RankedTensorType shrinkLast(Type t, int64_t tp) {
@@ -55,20 +59,21 @@ struct MoEDropDuplicateTokensPass
     : moe::impl::MoEDropDuplicateTokensBase<MoEDropDuplicateTokensPass> {
   void runOnOperation() override {
     ModuleOp module = getOperation();
-    auto meshes = module.getOps<MeshOp>();
+    SmallVector<MeshOp> meshes(module.getOps<MeshOp>());
     if (meshes.empty()) {
       module.emitError("moe-drop-duplicate-tokens needs a sharded module "
                        "(run moe-shard first)");
       return signalPassFailure();
     }
-    MeshOp mesh = *meshes.begin();
-    if (mesh.getAxisIndex("tp") < 0 || mesh.getAxisIndex("ep") < 0) {
-      mesh.emitError("moe-drop-duplicate-tokens needs mesh axes 'ep' and 'tp'");
+    if (meshes.size() > 1) {
+      meshes[1].emitError() << "moe-drop-duplicate-tokens: the module has "
+                            << meshes.size() << " moe.mesh ops; expected one";
       return signalPassFailure();
     }
-    int64_t tp = mesh.getShape()[mesh.getAxisIndex("tp")];
+    MeshOp mesh = meshes.front();
+    int64_t tp = mesh.getAxisSize(kAxisTP);
     if (tp == 1)
-      return; // No duplicates to drop.
+      return; // No duplicates to drop (a mesh without tp has one tp rank).
     auto meshRef = FlatSymbolRefAttr::get(mesh.getSymNameAttr());
 
     SmallVector<ExpertFFNOp> ffns;
@@ -86,7 +91,7 @@ struct MoEDropDuplicateTokensPass
     Value out = ffn.getOutput();
     Operation *reduce = nullptr;
     if (out.hasOneUse() && isa<AllReduceOp>(*out.getUsers().begin()) &&
-        overAxes(*out.getUsers().begin(), {"tp"}))
+        overAxes(*out.getUsers().begin(), {kAxisTP}))
       reduce = *out.getUsers().begin();
     Value toSend = reduce ? reduce->getResult(0) : out;
     if (!toSend.hasOneUse() || !isEpExchange(*toSend.getUsers().begin()))
@@ -103,7 +108,7 @@ struct MoEDropDuplicateTokensPass
              << ", which duplicate token dropping needs";
     OpBuilder b(fwd);
     Location loc = ffn.getLoc();
-    ArrayAttr tpAxes = b.getStrArrayAttr({"tp"});
+    ArrayAttr tpAxes = b.getStrArrayAttr({kAxisTP});
     IntegerAttr dimAttr = b.getI64IntegerAttr(dim);
 
     // Forward: send this rank's share, gather full rows for the experts.

@@ -13,6 +13,8 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
 
+#include <optional>
+
 namespace mlir::moe {
 #define GEN_PASS_DEF_MOESHARD
 #include "moe/Dialect/MoE/Transforms/Passes.h.inc"
@@ -23,41 +25,24 @@ using namespace mlir::moe;
 
 namespace {
 
-struct MeshShape {
-  int64_t dp = 1, ep = 1, tp = 1;
-  int64_t tokenShards() const { return dp * ep; }
-};
-
-FailureOr<MeshShape> parseMesh(StringRef spec, Operation *where) {
-  MeshShape m;
-  SmallVector<StringRef> parts;
-  spec.split(parts, ',', -1, /*KeepEmpty=*/false);
-  if (parts.empty()) {
-    where->emitError("moe-shard needs a mesh, e.g. mesh=dp=1,ep=2,tp=2");
-    return failure();
+/// The mesh to shard over: the module's moe.mesh (the IR is the source),
+/// else one built from the `mesh` option; both given must agree.
+FailureOr<MeshOp> resolveMesh(ModuleOp module, StringRef option) {
+  for (auto f : module.getOps<func::FuncOp>())
+    for (unsigned i = 0; i < f.getNumArguments(); ++i)
+      if (f.getArgAttr(i, MoEDialect::kShardAttrName))
+        return f.emitError() << "moe-shard: @" << f.getSymName()
+                             << " is sharded already (its arguments carry "
+                             << MoEDialect::kShardAttrName << ")";
+  std::optional<MeshSpec> given;
+  if (!option.empty()) {
+    llvm::Expected<MeshSpec> spec = parseMeshSpec(option);
+    if (!spec)
+      return module.emitError() << "moe-shard: mesh option '" << option
+                                << "': " << llvm::toString(spec.takeError());
+    given = std::move(*spec);
   }
-  for (StringRef p : parts) {
-    auto [axis, size] = p.split('=');
-    axis = axis.trim();
-    int64_t n;
-    if (size.trim().getAsInteger(10, n) || n < 1) {
-      where->emitError() << "mesh entry '" << p
-                         << "' is not axis=size with a positive size";
-      return failure();
-    }
-    if (axis == "dp")
-      m.dp = n;
-    else if (axis == "ep")
-      m.ep = n;
-    else if (axis == "tp")
-      m.tp = n;
-    else {
-      where->emitError() << "unknown mesh axis '" << axis
-                         << "' (axes are dp, ep, tp)";
-      return failure();
-    }
-  }
-  return m;
+  return getOrCreateModuleMesh(module, given, "moe-shard");
 }
 
 RankedTensorType typeOf(Value v) { return cast<RankedTensorType>(v.getType()); }
@@ -87,8 +72,8 @@ void FunctionSharder::annotate(DictionaryAttr &attrs, RankedTensorType global,
   SmallVector<Attribute> dims;
   for (const auto &axes : spec)
     dims.push_back(ctx.axesAttr(axes));
-  list.set("moe.shard", ctx.builder.getArrayAttr(dims));
-  list.set("moe.global_shape",
+  list.set(MoEDialect::kShardAttrName, ctx.builder.getArrayAttr(dims));
+  list.set(MoEDialect::kGlobalShapeAttrName,
            ctx.builder.getDenseI64ArrayAttr(global.getShape()));
   attrs = list.getDictionary(func.getContext());
 }
@@ -101,15 +86,16 @@ LogicalResult FunctionSharder::shardArguments() {
   int64_t globalTokens = -1, shards = ctx.mesh.tokenShards();
   for (BlockArgument arg : func.getArguments()) {
     DictionaryAttr attrs = func.getArgAttrDict(arg.getArgNumber());
-    if (!attrs || !attrs.get("moe.input"))
+    if (!attrs || !attrs.get(MoEDialect::kInputAttrName))
       continue;
     auto global = typeOf(arg);
     if (global.getRank() < 1)
-      return func.emitError() << "input " << attrs.get("moe.input")
-                              << " has no token dimension (it is a scalar)";
+      return func.emitError()
+             << "input " << attrs.get(MoEDialect::kInputAttrName)
+             << " has no token dimension (it is a scalar)";
     if (global.getDimSize(0) % shards)
       return func.emitError()
-             << "input " << attrs.get("moe.input") << " has "
+             << "input " << attrs.get(MoEDialect::kInputAttrName) << " has "
              << global.getDimSize(0)
              << " tokens, not divisible by dp x ep = " << shards;
     if (globalTokens >= 0 && globalTokens != global.getDimSize(0))
@@ -132,7 +118,7 @@ LogicalResult FunctionSharder::shardArguments() {
     DictionaryAttr attrs = func.getArgAttrDict(arg.getArgNumber());
     ShardSpec spec(global.getRank());
     if (ctx.isToken(arg))
-      spec[0] = {"dp", "ep"};
+      spec[0] = {kAxisDP, kAxisEP};
     else if (const ShardSpec *split = ctx.weightSpec(arg))
       spec = *split;
     SmallVector<int64_t> local(global.getShape());
@@ -168,7 +154,7 @@ LogicalResult FunctionSharder::shardResults() {
     auto global = cast<RankedTensorType>(func.getResultTypes()[i]);
     ShardSpec spec(local.getRank());
     if (ctx.isToken(v))
-      spec[0] = {"dp", "ep"};
+      spec[0] = {kAxisDP, kAxisEP};
     DictionaryAttr attrs = func.getResultAttrDict(i);
     annotate(attrs, global, spec);
     func.setResultAttrs(i, attrs);
@@ -205,22 +191,14 @@ struct MoEShardPass : moe::impl::MoEShardBase<MoEShardPass> {
 
   void runOnOperation() override {
     ModuleOp module = getOperation();
-    if (!module.getOps<MeshOp>().empty()) {
-      module.emitError("moe-shard: the module already has a moe.mesh (it is "
-                       "sharded already)");
+    FailureOr<MeshOp> meshOp = resolveMesh(module, mesh);
+    if (failed(meshOp))
       return signalPassFailure();
-    }
-    FailureOr<MeshShape> shape = parseMesh(mesh, module);
-    if (failed(shape))
-      return signalPassFailure();
-    OpBuilder b(module.getBodyRegion());
-    b.setInsertionPointToStart(module.getBody());
-    MeshOp::create(b, module.getLoc(), "mesh",
-                   b.getStrArrayAttr({"dp", "ep", "tp"}),
-                   b.getDenseI64ArrayAttr({shape->dp, shape->ep, shape->tp}));
-    auto ref = FlatSymbolRefAttr::get(&getContext(), "mesh");
+    auto ref = FlatSymbolRefAttr::get(meshOp->getSymNameAttr());
     // The one place the rules' view of the mesh is built.
-    ShardingMesh sizes{shape->dp, shape->ep, shape->tp};
+    ShardingMesh sizes{meshOp->getAxisSize(kAxisDP),
+                       meshOp->getAxisSize(kAxisEP),
+                       meshOp->getAxisSize(kAxisTP)};
     for (auto f : llvm::make_early_inc_range(module.getOps<func::FuncOp>())) {
       if (f.isExternal() || !f.isPublic())
         continue;

@@ -28,6 +28,32 @@ def MoE_Dialect : Dialect {
   let useDefaultAttributePrinterParser = 1;
   let useDefaultTypePrinterParser = 1;
   let hasConstantMaterializer = 0;
+  // The `moe.*` attributes on functions, their arguments and results and on
+  // the module (see MoEDialect.cpp for the rules).
+  let hasOperationAttrVerify = 1;
+  let hasRegionArgAttrVerify = 1;
+  let hasRegionResultAttrVerify = 1;
+  let extraClassDeclaration = [{
+    /// Argument: the name of the input tensor it receives (non-empty).
+    static constexpr ::llvm::StringLiteral kInputAttrName = "moe.input";
+    /// Argument: the name of the weight it is loaded from (non-empty).
+    static constexpr ::llvm::StringLiteral kWeightAttrName = "moe.weight";
+    /// Argument (unit, with moe.weight): the checkpoint stores it transposed.
+    static constexpr ::llvm::StringLiteral kWeightTransposeAttrName =
+        "moe.weight_transpose";
+    /// Result: the name of the output tensor (non-empty).
+    static constexpr ::llvm::StringLiteral kOutputAttrName = "moe.output";
+    /// Argument or result: per dimension, the mesh axes it is split over.
+    static constexpr ::llvm::StringLiteral kShardAttrName = "moe.shard";
+    /// Argument or result: the shape before sharding.
+    static constexpr ::llvm::StringLiteral kGlobalShapeAttrName =
+        "moe.global_shape";
+    /// Lowered entry function: bytes of its intermediate-buffer arena.
+    static constexpr ::llvm::StringLiteral kArenaBytesAttrName =
+        "moe.arena_bytes";
+    /// Module: the manifest description of the compiled module.
+    static constexpr ::llvm::StringLiteral kManifestAttrName = "moe.manifest";
+  }];
 }
 
 class MoE_Op<string mnemonic, list<Trait> traits = []>

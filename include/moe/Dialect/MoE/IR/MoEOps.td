@@ -4,6 +4,7 @@
 
 include "moe/Dialect/MoE/IR/MoEDialect.td"
 include "moe/Dialect/MoE/IR/MoEAttrs.td"
+include "moe/Dialect/MoE/IR/MoEInterfaces.td"
 include "moe/Dialect/MoE/IR/MoETypes.td"
 include "moe/Dialect/MoE/IR/MoEShardingInterface.td"
 include "mlir/IR/SymbolInterfaces.td"
@@ -52,6 +53,11 @@ def MoE_MeshOp : MoE_Op<"mesh", [Symbol]> {
     Collectives name the mesh and the axes they span. Rank `r`'s coordinates
     are `r` unravelled row-major over `shape` (the last axis fastest).
 
+    `moe-shard` builds it from a mesh spec such as `dp=1,ep=2,tp=2` (parsed
+    by `parseMeshSpec`, the one parser) or shards over the one already in
+    the module; later passes read axis sizes from it by name
+    (`getAxisSize`), never from a string.
+
     Upstream `shard.grid` has indexed, unnamed axes; MoE meshes are written
     and printed by axis name everywhere (`--mesh ep=2,tp=2`, `moe.shard`
     annotations, statistics), so the dialect keeps its own named mesh.
@@ -60,13 +66,22 @@ def MoE_MeshOp : MoE_Op<"mesh", [Symbol]> {
                        DenseI64ArrayAttr:$shape);
   let assemblyFormat = "$sym_name `axes` `=` $axes `shape` `=` $shape attr-dict";
   let hasVerifier = 1;
+  let builders = [
+    OpBuilder<(ins "::llvm::StringRef":$symName,
+                   "const ::mlir::moe::MeshSpec &":$spec)>
+  ];
   let extraClassDeclaration = [{
     /// Index of the axis called `name`, or -1.
     int64_t getAxisIndex(::llvm::StringRef name);
+    /// Size of the axis called `name`; 1 when the mesh has no such axis (an
+    /// axis left out has one rank, as in a mesh spec).
+    int64_t getAxisSize(::llvm::StringRef name);
     /// Product of the sizes of the named axes (1 for none); -1 when an axis
     /// does not exist.
     int64_t getGroupSize(::mlir::ArrayAttr axes);
     int64_t getNumRanks();
+    /// The axes and sizes as a spec (in the op's axis order).
+    ::mlir::moe::MeshSpec getSpec();
   }];
 }
 
@@ -436,14 +451,19 @@ def MoE_LayerOp : MoE_Op<"layer", [Pure, AttrSizedOperandSegments,
 // Every collective names the mesh and the axes its group spans.
 defvar MoE_CollectiveArgs = (ins FlatSymbolRefAttr:$mesh, StrArrayAttr:$axes);
 
+// What every collective implements of MoE_CollectiveOpInterface (mesh, axes,
+// input and result come from the ODS accessors).
+defvar MoE_CollectiveDecls = [{
+  int64_t getBytesSentPerRank();
+  ::mlir::Value buildInverse(::mlir::OpBuilder &builder,
+                             ::mlir::Location loc, ::mlir::Value input);
+}];
+
 class MoE_CollectiveOp<string mnemonic, list<Trait> traits = []>
     : MoE_Op<mnemonic, !listconcat(traits,
-          [DeclareOpInterfaceMethods<SymbolUserOpInterface>])> {
-  let extraClassDeclaration = [{
-    /// Number of ranks in this op's group, or -1 when the mesh is invalid.
-    int64_t getGroupSize();
-    ::mlir::moe::MeshOp getMeshOp();
-  }];
+          [DeclareOpInterfaceMethods<SymbolUserOpInterface>,
+           MoE_CollectiveOpInterface])> {
+  let extraClassDeclaration = MoE_CollectiveDecls;
 }
 
 // The synchronous form and its `_start` twin share arguments and verifier.
@@ -492,6 +512,10 @@ class MoE_AllToAllVBase<string mnemonic, Type resultTy>
     functional-type(operands, results)
   }];
   let hasVerifier = 1;
+  let extraClassDeclaration = MoE_CollectiveDecls # [{
+    /// The rows sent depend on the counts: the bytes are an upper bound.
+    bool isBytesSentUpperBound() { return true; }
+  }];
 }
 
 def MoE_AllToAllVOp : MoE_AllToAllVBase<"all_to_all_v", MoE_Act2D> {

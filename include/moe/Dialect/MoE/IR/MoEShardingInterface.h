@@ -9,6 +9,8 @@
 #ifndef MOE_DIALECT_MOE_IR_MOESHARDINGINTERFACE_H
 #define MOE_DIALECT_MOE_IR_MOESHARDINGINTERFACE_H
 
+#include "moe/Dialect/MoE/IR/Mesh.h"
+
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinAttributes.h"
 #include "mlir/IR/OpDefinition.h"
@@ -25,9 +27,12 @@ struct ShardingMesh {
 
   /// Ranks that hold different tokens (tokens are split over dp x ep).
   int64_t tokenShards() const { return dp * ep; }
-  /// Size of axis `name` ("dp", "ep" or "tp"; 1 for any other name).
+  /// Size of axis `name` (dp, ep or tp; 1 for any other name).
   int64_t size(llvm::StringRef name) const {
-    return name == "dp" ? dp : name == "ep" ? ep : name == "tp" ? tp : 1;
+    return name == kAxisDP   ? dp
+           : name == kAxisEP ? ep
+           : name == kAxisTP ? tp
+                             : 1;
   }
 };
 

@@ -1,0 +1,250 @@
+// RUN: moe-opt %s -split-input-file -verify-diagnostics
+
+// The moe.* attributes on functions, their arguments and results and on the
+// module: one case per rule of MoEDialect's attribute verifiers.
+
+// Accepted: every attribute where it belongs, consistent with the mesh.
+moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [1, 2, 2]
+func.func @ok(%x: tensor<8x32xf32> {moe.input = "hidden_states", moe.shard = [["dp", "ep"], []], moe.global_shape = array<i64: 16, 32>},
+              %w: tensor<4x24x32xf32> {moe.weight = "experts.{e}.w", moe.weight_transpose, moe.shard = [["ep"], ["tp"], []], moe.global_shape = array<i64: 8, 48, 32>},
+              %n: tensor<32xf32> {moe.weight = "norm", moe.shard = [[]], moe.global_shape = array<i64: 32>})
+    -> (tensor<8x32xf32> {moe.output = "hidden_states", moe.shard = [["dp", "ep"], []], moe.global_shape = array<i64: 16, 32>}) {
+  return %x : tensor<8x32xf32>
+}
+func.func @moe_entry_ok(%ctx: !llvm.ptr, %a: !llvm.ptr, %r: !llvm.ptr) attributes {moe.arena_bytes = 0 : i64} {
+  return
+}
+
+// -----
+
+// Unannotated dimensions need no mesh.
+module attributes {moe.manifest = "{\"entries\": []}"} {
+  func.func @replicated(%x: tensor<8x32xf32> {moe.input = "x", moe.shard = [[], []], moe.global_shape = array<i64: 8, 32>}) {
+    return
+  }
+}
+
+// -----
+
+// expected-error @+1 {{unknown moe dialect attribute 'moe.inputs'}}
+func.func @f(%x: tensor<8x32xf32> {moe.inputs = "x"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{unknown moe dialect attribute 'moe.note'}}
+func.func @f() attributes {moe.note = "x"} {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.output' is not valid on an argument (it belongs on a result)}}
+func.func @f(%x: tensor<8x32xf32> {moe.output = "x"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.input' is not valid on a result (it belongs on an argument)}}
+func.func @f(%x: tensor<8x32xf32>) -> (tensor<8x32xf32> {moe.input = "x"}) {
+  return %x : tensor<8x32xf32>
+}
+
+// -----
+
+// expected-error @+1 {{'moe.arena_bytes' is not valid on an argument (it belongs on an operation)}}
+func.func @f(%x: tensor<8x32xf32> {moe.arena_bytes = 0 : i64}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.shard' is not valid on an operation (it belongs on an argument)}}
+func.func @f() attributes {moe.shard = []} {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.input' must be a non-empty string, got ""}}
+func.func @f(%x: tensor<8x32xf32> {moe.input = ""}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.weight' must be a non-empty string, got 1 : i64}}
+func.func @f(%x: tensor<8x32xf32> {moe.weight = 1 : i64}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.output' must be a non-empty string, got ""}}
+func.func @f(%x: tensor<8x32xf32>) -> (tensor<8x32xf32> {moe.output = ""}) {
+  return %x : tensor<8x32xf32>
+}
+
+// -----
+
+// expected-error @+1 {{argument 0 has both 'moe.input' and 'moe.weight'}}
+func.func @f(%x: tensor<8x32xf32> {moe.input = "x", moe.weight = "x"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.weight_transpose' is a unit attribute, got true}}
+func.func @f(%x: tensor<8x32xf32> {moe.weight = "w", moe.weight_transpose = true}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.weight_transpose' needs 'moe.weight' on argument 0}}
+func.func @f(%x: tensor<8x32xf32> {moe.weight_transpose}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.weight_transpose' needs a weight of matrices (rank >= 2), got 'tensor<32xf32>'}}
+func.func @f(%x: tensor<32xf32> {moe.weight = "w", moe.weight_transpose}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.input' needs a ranked tensor, got 'i32'}}
+func.func @f(%x: i32 {moe.input = "x"}) {
+  return
+}
+
+// -----
+
+moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [1, 2, 1]
+// expected-error @+1 {{'moe.shard' must be an array of axis-name arrays, got "ep"}}
+func.func @f(%x: tensor<8x32xf32> {moe.input = "x", moe.shard = "ep"}) {
+  return
+}
+
+// -----
+
+moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [1, 2, 1]
+// expected-error @+1 {{'moe.shard' has 1 entries but the tensor 'tensor<8x32xf32>' has 2 dimensions}}
+func.func @f(%x: tensor<8x32xf32> {moe.input = "x", moe.shard = [["ep"]]}) {
+  return
+}
+
+// -----
+
+moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [1, 2, 1]
+// expected-error @+1 {{'moe.shard' entry 1 must be an array of axis names, got [2]}}
+func.func @f(%x: tensor<8x32xf32> {moe.input = "x", moe.shard = [["ep"], [2]]}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.shard' names mesh axes but the module has no moe.mesh}}
+func.func @f(%x: tensor<8x32xf32> {moe.input = "x", moe.shard = [["ep"], []]}) {
+  return
+}
+
+// -----
+
+moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [1, 2, 1]
+// expected-error @+1 {{'moe.shard' names axis 'pp', which is not an axis of @mesh}}
+func.func @f(%x: tensor<8x32xf32> {moe.input = "x", moe.shard = [["pp"], []]}) {
+  return
+}
+
+// -----
+
+moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [1, 2, 2]
+// expected-error @+1 {{'moe.shard' uses axis 'tp' twice}}
+func.func @f(%x: tensor<8x32xf32> {moe.weight = "x", moe.shard = [["tp"], ["tp"]]}) {
+  return
+}
+
+// -----
+
+moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [1, 2, 2]
+// expected-error @+1 {{'moe.shard' uses axis 'ep' twice}}
+func.func @f(%x: tensor<8x32xf32> {moe.input = "x", moe.shard = [["ep", "ep"], []]}) {
+  return
+}
+
+// -----
+
+moe.mesh @a axes = ["ep"] shape = [2]
+moe.mesh @b axes = ["ep"] shape = [2]
+// expected-error @+1 {{'moe.shard' is ambiguous: the module has 2 moe.mesh ops}}
+func.func @f(%x: tensor<8x32xf32> {moe.input = "x", moe.shard = [["ep"], []]}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.global_shape' must be an array<i64: ...>, got [16, 32]}}
+func.func @f(%x: tensor<8x32xf32> {moe.input = "x", moe.global_shape = [16, 32]}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.global_shape' has rank 1 but the tensor 'tensor<8x32xf32>' has rank 2}}
+func.func @f(%x: tensor<8x32xf32> {moe.input = "x", moe.global_shape = array<i64: 8>}) {
+  return
+}
+
+// -----
+
+moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [2, 2, 1]
+// expected-error @+1 {{'moe.global_shape' dimension 0 is 16 but the local size 8 split 4 ways gives 32}}
+func.func @f(%x: tensor<8x32xf32>) -> (tensor<8x32xf32> {moe.output = "y", moe.shard = [["dp", "ep"], []], moe.global_shape = array<i64: 16, 32>}) {
+  return %x : tensor<8x32xf32>
+}
+
+// -----
+
+// Without moe.shard nothing is split: the global shape is the local one.
+// expected-error @+1 {{'moe.global_shape' dimension 1 is 64 but the local size 32 split 1 ways gives 32}}
+func.func @f(%x: tensor<8x32xf32> {moe.input = "x", moe.global_shape = array<i64: 8, 64>}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.arena_bytes' must be a non-negative i64, got -8 : i64}}
+func.func @f() attributes {moe.arena_bytes = -8 : i64} {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.arena_bytes' must be a non-negative i64, got 8 : i32}}
+func.func @f() attributes {moe.arena_bytes = 8 : i32} {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.arena_bytes' belongs on a lowered entry function}}
+module attributes {moe.arena_bytes = 8 : i64} {
+}
+
+// -----
+
+// expected-error @+1 {{'moe.manifest' must be a string, got 1 : i64}}
+module attributes {moe.manifest = 1 : i64} {
+}
+
+// -----
+
+// expected-error @+1 {{'moe.manifest' belongs on the module}}
+func.func @f() attributes {moe.manifest = "{}"} {
+  return
+}
