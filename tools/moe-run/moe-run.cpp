@@ -22,6 +22,7 @@
 #include "support/Format.h"
 #include "support/Json.h"
 #include "support/Manifest.h"
+#include "support/ModuleAbi.h"
 #include "support/Safetensors.h"
 
 #include <algorithm>
@@ -550,6 +551,8 @@ void Driver::setUp() {
   if (!library_)
     fatal(supportError(MOERT_ERR_IO, "%s: cannot load the module library: %s",
                        lib.c_str(), ::dlerror()));
+  if (Status abi = checkModuleAbi(library_, lib); !abi.isOk())
+    fatal(abi);
   fn_ = reinterpret_cast<EntryFn>(::dlsym(library_, entry_->symbol.c_str()));
   if (!fn_)
     fatal(supportError(MOERT_ERR_INVALID, "%s: no symbol '%s' for entry '%s'",
