@@ -71,28 +71,24 @@ struct Arg {
   const char *name;
 };
 
+// clang-format off
 // One argument struct per kernel: abi::moert_rmsnorm{.x = ..., ...}.
 #define MOERT_KERNEL(ret, fn)                                                  \
   struct fn {                                                                  \
     static constexpr const char *kSymbol = #fn;                                \
     static constexpr CType kResult = CTypeOf<ret>::value;
 #define MOERT_ARG(type, param) Value param;
-#define MOERT_END                                                              \
-  }                                                                            \
-  ;
+#define MOERT_END };
 #include "moert/moert_kernels.def"
 
 // argsOf(k): the arguments of a call in ABI order, with their parameters.
 #define MOERT_KERNEL(ret, fn)                                                  \
-  inline llvm::SmallVector<Arg, 16> argsOf(const fn &k) {                      \
-    return {
+  inline llvm::SmallVector<Arg, 16> argsOf(const fn &k) { return {
 #define MOERT_ARG(type, param)                                                 \
   Arg{k.param, CTypeOf<type>::value, #type, #param},
-#define MOERT_END                                                              \
-  }                                                                            \
-  ;                                                                            \
-  }
+#define MOERT_END }; }
 #include "moert/moert_kernels.def"
+// clang-format on
 
 /// The MLIR function type of kernel K: `(!llvm.ptr, params...) -> result`.
 FunctionType functionType(MLIRContext *context, CType result,

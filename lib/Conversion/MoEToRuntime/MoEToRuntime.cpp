@@ -8,11 +8,13 @@
 // buffers, every other value into one scratch arena whose layout is planned
 // here from value lifetimes (first fit over live ranges in program order).
 // Each moe op becomes one call of the runtime's C ABI, with shapes, enums and
-// scalars as constants. Every call is built from the kernel's argument struct
-// (RuntimeAbi.h, generated from moert_kernels.def) with its parameters named,
-// and the module exports the ABI version it is built for (moe_abi_version). The
-// host never touches tensor memory, so the same code drives CPU and CUDA
-// contexts.
+// scalars as constants. The host never touches tensor memory, so the same
+// code drives CPU and CUDA contexts.
+//
+// Every call is built from the kernel's argument struct (RuntimeAbi.h,
+// generated from runtime/include/moert/moert_kernels.def) with each argument
+// named, and the module exports the ABI version it is built for
+// (moe_abi_version), which the loader checks.
 //
 // Why not upstream one-shot-bufferize: the buffers live in the memory of a
 // device chosen when the module runs, and only the runtime may allocate or
