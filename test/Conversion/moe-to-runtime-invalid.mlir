@@ -20,3 +20,20 @@ func.func @foreign(%x: tensor<16x32xf32>) -> tensor<16x32xf32> {
 func.func @dynamic(%x: tensor<?x32xf32>) -> tensor<?x32xf32> {
   return %x : tensor<?x32xf32>
 }
+
+// -----
+
+// The lowering defines moe_abi_version itself.
+// expected-error @+1 {{'moe_abi_version' is reserved: moe-to-runtime defines it as the runtime ABI version the module is built for}}
+llvm.mlir.global external constant @moe_abi_version(7 : i32) : i32
+
+// -----
+
+// A declaration of a kernel that disagrees with the runtime ABI is refused,
+// not called with operands of the wrong types.
+// expected-error @+1 {{'moert_add' is declared with type '(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i32, i32) -> ()', but the runtime ABI (moert_kernels.def) gives it the type '(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i32) -> ()'}}
+func.func private @moert_add(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i32, i32)
+func.func @add(%x: tensor<16x32xf32>) -> tensor<16x32xf32> {
+  %y = moe.add %x, %x : (tensor<16x32xf32>, tensor<16x32xf32>) -> tensor<16x32xf32>
+  return %y : tensor<16x32xf32>
+}

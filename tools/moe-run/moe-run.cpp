@@ -25,6 +25,7 @@
 #include "moert/moert.h"
 #include "support/Format.h"
 #include "support/Manifest.h"
+#include "support/ModuleAbi.h"
 #include "support/Safetensors.h"
 
 #include <algorithm>
@@ -104,6 +105,8 @@ Status loadModuleLibrary(const std::string &path, const std::string &symbol,
   if (!library)
     return supportError(MOERT_ERR_IO, "%s: cannot load the module library: %s",
                         path.c_str(), ::dlerror());
+  if (Status abi = checkModuleAbi(library, path); !abi.isOk())
+    return abi;
   fn = reinterpret_cast<EntryFn>(::dlsym(library, symbol.c_str()));
   if (!fn)
     return supportError(MOERT_ERR_INVALID, "%s: no symbol '%s' for entry '%s'",

@@ -7,9 +7,14 @@
 // Tensors become pointers: arguments and results point into the caller's
 // buffers, every other value into one scratch arena whose layout is planned
 // here from value lifetimes (first fit over live ranges in program order).
-// Each moe op becomes one call of the runtime's C ABI (moert.h), with shapes,
-// enums and scalars as constants. The host never touches tensor memory, so
-// the same code drives CPU and CUDA contexts.
+// Each moe op becomes one call of the runtime's C ABI, with shapes, enums and
+// scalars as constants. The host never touches tensor memory, so the same
+// code drives CPU and CUDA contexts.
+//
+// Every call is built from the kernel's argument struct (RuntimeAbi.h,
+// generated from runtime/include/moert/moert_kernels.def) with each argument
+// named, and the module exports the ABI version it is built for
+// (moe_abi_version), which the loader checks.
 //
 // Why not upstream one-shot-bufferize: the buffers live in the memory of a
 // device chosen when the module runs, and only the runtime may allocate or
@@ -18,6 +23,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "moe/Conversion/Passes.h"
+#include "moe/Conversion/RuntimeAbi.h"
 #include "moe/Dialect/MoE/IR/MoE.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
@@ -26,6 +32,11 @@
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "llvm/ADT/TypeSwitch.h"
+
+// Every kernel call names all of its arguments, in ABI order: a parameter
+// added to moert_kernels.def and not passed here fails the build, as does
+// one moved (designated initializers must follow declaration order).
+#pragma GCC diagnostic error "-Wmissing-field-initializers"
 
 namespace mlir::moe {
 #define GEN_PASS_DEF_CONVERTMOETORUNTIME
@@ -38,21 +49,6 @@ using namespace mlir::moe;
 namespace {
 
 constexpr int64_t kArenaAlign = 256;
-
-/// dtype codes of moert.h.
-int32_t dtypeCode(Type t) {
-  if (t.isF32())
-    return 0;
-  if (t.isF16())
-    return 1;
-  if (t.isBF16())
-    return 2;
-  if (t.isInteger(32))
-    return 3;
-  if (t.isInteger(64))
-    return 4;
-  return -1;
-}
 
 RankedTensorType tensorOf(Value v) {
   if (auto f = dyn_cast<FutureType>(v.getType()))
@@ -158,11 +154,14 @@ BufferPlan planBuffers(func::FuncOp func) {
 class EntryEmitter {
 public:
   EntryEmitter(ModuleOp module, func::FuncOp entry)
-      : module(module), b(entry.getBody()), loc(entry.getLoc()),
-        ptrTy(LLVM::LLVMPointerType::get(module.getContext())) {
+      : b(entry.getBody()), loc(entry.getLoc()),
+        ptrTy(LLVM::LLVMPointerType::get(module.getContext())),
+        calls(module, b, entry.getArgument(0)) {
     b.setInsertionPointToStart(&entry.getBody().front());
-    ctx = entry.getArgument(0);
   }
+
+  /// Location of what is emitted next (the op being lowered).
+  void setLoc(Location l) { loc = l; }
 
   Value i64(int64_t v) {
     return arith::ConstantOp::create(b, loc, b.getI64IntegerAttr(v));
@@ -190,37 +189,22 @@ public:
     return LLVM::LoadOp::create(b, loc, ptrTy, addr);
   }
 
-  /// Calls `moert_<name>(ctx, args...)`, declaring it on first use.
-  Value call(StringRef name, ArrayRef<Value> args, bool returnsPtr = false) {
-    SmallVector<Value> operands{ctx};
-    operands.append(args.begin(), args.end());
-    std::string sym = ("moert_" + name).str();
-    auto fn = module.lookupSymbol<func::FuncOp>(sym);
-    if (!fn) {
-      OpBuilder mb(module.getBodyRegion());
-      mb.setInsertionPointToStart(module.getBody());
-      SmallVector<Type> argTypes;
-      for (Value v : operands)
-        argTypes.push_back(v.getType());
-      auto type = mb.getFunctionType(argTypes, returnsPtr ? TypeRange{ptrTy}
-                                                          : TypeRange{});
-      fn = func::FuncOp::create(mb, loc, sym, type);
-      fn.setPrivate();
-    }
-    auto c = func::CallOp::create(b, loc, fn, operands);
-    return returnsPtr ? c.getResult(0) : Value();
+  /// Calls the kernel whose argument struct is `k` (abi::moert_add{...}).
+  template <typename K> LogicalResult call(const K &k) {
+    return calls.call(loc, k);
+  }
+  /// Same for a kernel that returns a pointer.
+  template <typename K> FailureOr<Value> callValue(const K &k) {
+    return calls.callValue(loc, k);
   }
 
   OpBuilder &builder() { return b; }
-  Value context() { return ctx; }
-  Type pointerType() { return ptrTy; }
 
 private:
-  ModuleOp module;
   OpBuilder b;
   Location loc;
   Type ptrTy;
-  Value ctx;
+  abi::KernelCallBuilder calls;
 };
 
 /// Shape arguments of a collective: rank <= 4, padded with trailing 1s.
@@ -251,8 +235,10 @@ private:
   int64_t axisMask(Operation *op, FlatSymbolRefAttr meshRef, ArrayAttr axes);
 
   Value ptr(Value v) { return ptrs.lookup(bufferRoot(v)); }
+  /// The runtime dtype of `v`'s elements (checkSupported made sure it has
+  /// one).
   Value dtype(Value v) {
-    return em->i32(dtypeCode(tensorOf(v).getElementType()));
+    return em->i32(*abi::toMoertDtype(tensorOf(v).getElementType()));
   }
   Value dim(Value v, int64_t i) { return em->i64(tensorOf(v).getDimSize(i)); }
   Value optPtr(Value v) { return v ? ptr(v) : em->null(); }
@@ -265,13 +251,17 @@ private:
   llvm::DenseMap<Value, Value> handles;
 };
 
+bool hasRuntimeDtype(RankedTensorType t) {
+  return abi::toMoertDtype(t.getElementType()).has_value();
+}
+
 LogicalResult FunctionLowering::checkSupported() {
   if (!func.getBody().hasOneBlock())
     return func.emitOpError("moe-to-runtime needs a single-block function");
   for (Type t : llvm::concat<const Type>(func.getArgumentTypes(),
                                          func.getResultTypes())) {
     auto rt = dyn_cast<RankedTensorType>(t);
-    if (!rt || !rt.hasStaticShape() || dtypeCode(rt.getElementType()) < 0)
+    if (!rt || !rt.hasStaticShape() || !hasRuntimeDtype(rt))
       return func.emitOpError()
              << "moe-to-runtime needs statically shaped f32/f16/bf16/i32/i64 "
                 "tensor arguments and results, got "
@@ -284,9 +274,15 @@ LogicalResult FunctionLowering::checkSupported() {
     if (!isa<MoEDialect>(op.getDialect()) && !isa<func::ReturnOp>(op))
       return op.emitOpError("is not supported by moe-to-runtime: entry "
                             "functions may hold only moe ops");
-    for (Value v : op.getResults())
-      if (!tensorOf(v).hasStaticShape())
+    for (Value v : op.getResults()) {
+      RankedTensorType t = tensorOf(v);
+      if (!t.hasStaticShape())
         return op.emitOpError("moe-to-runtime needs static shapes");
+      if (!hasRuntimeDtype(t))
+        return op.emitOpError() << "moe-to-runtime supports f32/f16/bf16/"
+                                   "i32/i64 tensors, got "
+                                << t;
+    }
   }
   return success();
 }
@@ -323,8 +319,13 @@ LogicalResult FunctionLowering::run() {
     ptrs[a] = em->loadPtr(argTable, a.getArgNumber());
   // Pointers are made in op order so that the output is deterministic.
   Value base;
-  if (plan.arenaBytes > 0)
-    base = em->call("arena", {em->i64(plan.arenaBytes)}, true);
+  if (plan.arenaBytes > 0) {
+    FailureOr<Value> arena =
+        em->callValue(abi::moert_arena{.bytes = em->i64(plan.arenaBytes)});
+    if (failed(arena))
+      return failure();
+    base = *arena;
+  }
   for (Operation &op : body) {
     for (Value v : op.getResults()) {
       if (auto it = plan.arenaOffset.find(v); it != plan.arenaOffset.end())
@@ -336,6 +337,7 @@ LogicalResult FunctionLowering::run() {
   }
 
   for (Operation &op : body) {
+    em->setLoc(op.getLoc());
     if (auto ret = dyn_cast<func::ReturnOp>(op)) {
       // Results not written in place (arguments, values returned twice).
       for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
@@ -343,8 +345,11 @@ LogicalResult FunctionLowering::run() {
         auto slot = plan.resultSlot.find(root);
         if (slot != plan.resultSlot.end() && slot->second == i)
           continue;
-        em->call("copy", {ptr(v), em->loadPtr(resultTable, i),
-                          em->i64(byteSize(tensorOf(v)))});
+        if (failed(em->call(
+                abi::moert_copy{.src = ptr(v),
+                                .dst = em->loadPtr(resultTable, i),
+                                .bytes = em->i64(byteSize(tensorOf(v)))})))
+          return failure();
       }
       func::ReturnOp::create(em->builder(), op.getLoc());
       continue;
@@ -360,51 +365,70 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
   EntryEmitter &e = *em;
   return TypeSwitch<Operation *, LogicalResult>(&op)
       .Case([&](RMSNormOp o) {
-        e.call("rmsnorm",
-               {ptr(o.getInput()), ptr(o.getWeight()), ptr(o.getOutput()),
-                dim(o.getInput(), 0), dim(o.getInput(), 1),
-                e.f32(o.getEps().convertToFloat()), dtype(o.getInput())});
-        return success();
+        return e.call(
+            abi::moert_rmsnorm{.x = ptr(o.getInput()),
+                               .w = ptr(o.getWeight()),
+                               .y = ptr(o.getOutput()),
+                               .T = dim(o.getInput(), 0),
+                               .D = dim(o.getInput(), 1),
+                               .eps = e.f32(o.getEps().convertToFloat()),
+                               .dtype = dtype(o.getInput())});
       })
       .Case([&](AddOp o) {
-        e.call("add", {ptr(o.getLhs()), ptr(o.getRhs()), ptr(o.getOutput()),
-                       e.i64(tensorOf(o.getLhs()).getNumElements()),
-                       dtype(o.getLhs())});
-        return success();
+        return e.call(
+            abi::moert_add{.a = ptr(o.getLhs()),
+                           .b = ptr(o.getRhs()),
+                           .y = ptr(o.getOutput()),
+                           .n = e.i64(tensorOf(o.getLhs()).getNumElements()),
+                           .dtype = dtype(o.getLhs())});
       })
       .Case([&](RouterOp o) {
-        e.call("router",
-               {ptr(o.getInput()), ptr(o.getWeight()), ptr(o.getLogits()),
-                dim(o.getInput(), 0), dim(o.getInput(), 1),
-                dim(o.getWeight(), 0), dtype(o.getInput())});
-        return success();
+        return e.call(abi::moert_router{.x = ptr(o.getInput()),
+                                        .w = ptr(o.getWeight()),
+                                        .logits = ptr(o.getLogits()),
+                                        .T = dim(o.getInput(), 0),
+                                        .D = dim(o.getInput(), 1),
+                                        .E = dim(o.getWeight(), 0),
+                                        .dtype = dtype(o.getInput())});
       })
       .Case([&](TopKOp o) {
-        e.call("topk",
-               {ptr(o.getLogits()), optPtr(o.getBias()), ptr(o.getWeights()),
-                ptr(o.getIndices()), ptr(o.getScores()), dim(o.getLogits(), 0),
-                dim(o.getLogits(), 1), e.i64(o.getK()),
-                e.i32(int32_t(o.getScore())), e.i32(o.getRenormalize()),
-                e.f32(o.getRoutedScaling().convertToFloat()),
-                e.i64(o.getNumGroups()), e.i64(o.getGroupsKept()),
-                e.i32(int32_t(o.getGroupScore()))});
-        return success();
+        return e.call(abi::moert_topk{
+            .logits = ptr(o.getLogits()),
+            .bias = optPtr(o.getBias()),
+            .weights = ptr(o.getWeights()),
+            .indices = ptr(o.getIndices()),
+            .scores = ptr(o.getScores()),
+            .T = dim(o.getLogits(), 0),
+            .E = dim(o.getLogits(), 1),
+            .k = e.i64(o.getK()),
+            .score_fn = e.i32(abi::toMoert(o.getScore())),
+            .renormalize = e.i32(o.getRenormalize()),
+            .scaling = e.f32(o.getRoutedScaling().convertToFloat()),
+            .num_groups = e.i64(o.getNumGroups()),
+            .groups_kept = e.i64(o.getGroupsKept()),
+            .group_score = e.i32(abi::toMoert(o.getGroupScore()))});
       })
       .Case([&](AssignOp o) {
-        e.call("assign", {ptr(o.getIndices()), ptr(o.getPositions()),
-                          ptr(o.getCounts()), dim(o.getIndices(), 0),
-                          dim(o.getIndices(), 1), e.i64(o.getNumExperts()),
-                          e.i64(o.getCapacity()), e.i64(o.getGroups())});
-        return success();
+        return e.call(abi::moert_assign{.indices = ptr(o.getIndices()),
+                                        .positions = ptr(o.getPositions()),
+                                        .counts = ptr(o.getCounts()),
+                                        .T = dim(o.getIndices(), 0),
+                                        .k = dim(o.getIndices(), 1),
+                                        .E = e.i64(o.getNumExperts()),
+                                        .capacity = e.i64(o.getCapacity()),
+                                        .groups = e.i64(o.getGroups())});
       })
       .Case([&](DispatchOp o) {
         RankedTensorType out = tensorOf(o.getOutput());
-        e.call("dispatch", {ptr(o.getInput()), ptr(o.getPositions()),
-                            ptr(o.getOutput()), dim(o.getInput(), 0),
-                            dim(o.getPositions(), 1), dim(o.getInput(), 1),
-                            e.i64(out.getNumElements() / out.getShape().back()),
-                            dtype(o.getInput())});
-        return success();
+        return e.call(abi::moert_dispatch{
+            .x = ptr(o.getInput()),
+            .positions = ptr(o.getPositions()),
+            .out = ptr(o.getOutput()),
+            .T = dim(o.getInput(), 0),
+            .k = dim(o.getPositions(), 1),
+            .D = dim(o.getInput(), 1),
+            .out_rows = e.i64(out.getNumElements() / out.getShape().back()),
+            .dtype = dtype(o.getInput())});
       })
       .Case([&](ExpertFFNOp o) {
         RankedTensorType x = tensorOf(o.getInput());
@@ -412,54 +436,76 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
         int64_t segments =
             o.getCounts() ? tensorOf(o.getCounts()).getDimSize(0) : 1;
         int64_t rowsPerExpert = x.getRank() == 3 ? x.getDimSize(1) : 0;
-        e.call("expert_ffn",
-               {ptr(o.getInput()), optPtr(o.getCounts()), optPtr(o.getGate()),
-                ptr(o.getUp()), ptr(o.getDown()), ptr(o.getOutput()),
-                e.i64(up.getDimSize(0)), e.i64(segments), e.i64(rowsPerExpert),
-                e.i64(x.getNumElements() / x.getShape().back()),
-                e.i64(x.getShape().back()), e.i64(up.getDimSize(1)),
-                e.i32(int32_t(o.getActivation())), dtype(o.getInput())});
-        return success();
+        return e.call(abi::moert_expert_ffn{
+            .x = ptr(o.getInput()),
+            .counts = optPtr(o.getCounts()),
+            .gate = optPtr(o.getGate()),
+            .up = ptr(o.getUp()),
+            .down = ptr(o.getDown()),
+            .y = ptr(o.getOutput()),
+            .E = e.i64(up.getDimSize(0)),
+            .segments = e.i64(segments),
+            .rows_per_expert = e.i64(rowsPerExpert),
+            .total_rows = e.i64(x.getNumElements() / x.getShape().back()),
+            .D = e.i64(x.getShape().back()),
+            .F = e.i64(up.getDimSize(1)),
+            .activation = e.i32(abi::toMoert(o.getActivation())),
+            .dtype = dtype(o.getInput())});
       })
       .Case([&](CombineOp o) {
-        e.call("combine",
-               {ptr(o.getInput()), ptr(o.getPositions()), ptr(o.getWeights()),
-                optPtr(o.getPassthrough()), ptr(o.getOutput()),
-                dim(o.getPositions(), 0), dim(o.getPositions(), 1),
-                dim(o.getOutput(), 1), dtype(o.getOutput())});
-        return success();
+        return e.call(
+            abi::moert_combine{.y = ptr(o.getInput()),
+                               .positions = ptr(o.getPositions()),
+                               .weights = ptr(o.getWeights()),
+                               .passthrough = optPtr(o.getPassthrough()),
+                               .out = ptr(o.getOutput()),
+                               .T = dim(o.getPositions(), 0),
+                               .k = dim(o.getPositions(), 1),
+                               .D = dim(o.getOutput(), 1),
+                               .dtype = dtype(o.getOutput())});
       })
       .Case([&](MLPOp o) {
-        e.call("mlp", {ptr(o.getInput()), optPtr(o.getGate()), ptr(o.getUp()),
-                       ptr(o.getDown()), optPtr(o.getSigmoidGate()),
-                       ptr(o.getOutput()), dim(o.getInput(), 0),
-                       dim(o.getInput(), 1), dim(o.getUp(), 0),
-                       e.i32(int32_t(o.getActivation())), dtype(o.getInput())});
-        return success();
+        return e.call(
+            abi::moert_mlp{.x = ptr(o.getInput()),
+                           .gate = optPtr(o.getGate()),
+                           .up = ptr(o.getUp()),
+                           .down = ptr(o.getDown()),
+                           .sigmoid_gate = optPtr(o.getSigmoidGate()),
+                           .y = ptr(o.getOutput()),
+                           .T = dim(o.getInput(), 0),
+                           .D = dim(o.getInput(), 1),
+                           .F = dim(o.getUp(), 0),
+                           .activation = e.i32(abi::toMoert(o.getActivation())),
+                           .dtype = dtype(o.getInput())});
       })
       .Case([&](ExpertLoadOp o) {
-        e.call("expert_load", {ptr(o.getScores()), ptr(o.getIndices()),
-                               ptr(o.getStats()), dim(o.getIndices(), 0),
-                               dim(o.getIndices(), 1), dim(o.getScores(), 1)});
-        return success();
+        return e.call(abi::moert_expert_load{.scores = ptr(o.getScores()),
+                                             .indices = ptr(o.getIndices()),
+                                             .stats = ptr(o.getStats()),
+                                             .T = dim(o.getIndices(), 0),
+                                             .k = dim(o.getIndices(), 1),
+                                             .E = dim(o.getScores(), 1)});
       })
       .Case([&](LoadBalanceLossOp o) {
-        e.call("load_balance_loss",
-               {ptr(o.getStats()), ptr(o.getLoss()), dim(o.getStats(), 1),
-                e.i64(o.getTokens()), e.i64(o.getK()),
-                e.f32(o.getCoeff().convertToFloat())});
-        return success();
+        return e.call(abi::moert_load_balance_loss{
+            .stats = ptr(o.getStats()),
+            .out = ptr(o.getLoss()),
+            .E = dim(o.getStats(), 1),
+            .tokens = e.i64(o.getTokens()),
+            .k = e.i64(o.getK()),
+            .coeff = e.f32(o.getCoeff().convertToFloat())});
       })
       .Case([&](ZLossOp o) {
-        e.call("z_loss",
-               {ptr(o.getLogits()), ptr(o.getLoss()), dim(o.getLogits(), 0),
-                dim(o.getLogits(), 1), e.i64(o.getTokens()),
-                e.f32(o.getCoeff().convertToFloat())});
-        return success();
+        return e.call(
+            abi::moert_z_loss{.logits = ptr(o.getLogits()),
+                              .out = ptr(o.getLoss()),
+                              .T = dim(o.getLogits(), 0),
+                              .E = dim(o.getLogits(), 1),
+                              .total_tokens = e.i64(o.getTokens()),
+                              .coeff = e.f32(o.getCoeff().convertToFloat())});
       })
       .Case([&](WaitOp o) {
-        e.call("wait", {handles.lookup(o.getFuture())});
-        return success();
+        return e.call(abi::moert_wait{.handle = handles.lookup(o.getFuture())});
       })
       .Case<AllToAllOp, AllToAllVOp, AllGatherOp, ReduceScatterOp, AllReduceOp,
             SliceOp>([&](Operation *o) { return lowerCollective(*o, false); })
@@ -475,53 +521,108 @@ LogicalResult FunctionLowering::lowerCollective(Operation &op, bool start) {
   EntryEmitter &e = *em;
   auto meshRef = op.getAttrOfType<FlatSymbolRefAttr>("mesh");
   auto axes = op.getAttrOfType<ArrayAttr>("axes");
+  auto intAttr = [&](StringRef name) {
+    return e.i64(op.getAttrOfType<IntegerAttr>(name).getInt());
+  };
   Value in = op.getOperand(0), out = op.getResult(0);
   RankedTensorType inTy = tensorOf(in), outTy = tensorOf(out);
   int64_t eb = (inTy.getElementTypeBitWidth() + 7) / 8;
-  SmallVector<Value> args{e.i64(axisMask(&op, meshRef, axes)), ptr(in)};
-  std::string name;
+  Value mask = e.i64(axisMask(&op, meshRef, axes));
+
+  // A collective and its *_start form take the same parameters: `make`
+  // builds the argument struct of either, given an empty one.
+  auto lower = [&](auto sync, auto async, auto make) -> LogicalResult {
+    if (!start)
+      return e.call(make(sync));
+    FailureOr<Value> handle = e.callValue(make(async));
+    if (failed(handle))
+      return failure();
+    handles[out] = *handle;
+    return success();
+  };
 
   if (isa<AllToAllVOp, AllToAllVStartOp>(op)) {
-    name = "all_to_all_v";
-    args.append({ptr(op.getOperand(1)), ptr(op.getOperand(2)), ptr(out),
-                 e.i64(tensorOf(op.getOperand(1)).getNumElements()),
-                 e.i64(tensorOf(op.getOperand(2)).getNumElements()),
-                 e.i64(inTy.getDimSize(1) * eb), e.i64(inTy.getDimSize(0)),
-                 e.i64(outTy.getDimSize(0))});
-  } else if (isa<AllReduceOp, AllReduceStartOp>(op)) {
-    name = "all_reduce";
-    args.append({ptr(out), e.i64(inTy.getNumElements()),
-                 e.i32(dtypeCode(inTy.getElementType()))});
-  } else {
-    FailureOr<SmallVector<int64_t, 4>> d = dims4(&op, inTy);
-    if (failed(d))
-      return failure();
-    args.push_back(ptr(out));
-    bool reduce = isa<ReduceScatterOp, ReduceScatterStartOp>(op);
-    if (!reduce)
-      args.push_back(e.i64(eb));
-    for (int64_t x : *d)
-      args.push_back(e.i64(x));
-    if (isa<AllToAllOp, AllToAllStartOp>(op)) {
-      name = "all_to_all";
-      args.append(
-          {e.i64(op.getAttrOfType<IntegerAttr>("split_dim").getInt()),
-           e.i64(op.getAttrOfType<IntegerAttr>("concat_dim").getInt())});
-    } else {
-      name = reduce             ? "reduce_scatter"
-             : isa<SliceOp>(op) ? "slice"
-                                : "all_gather";
-      args.push_back(e.i64(op.getAttrOfType<IntegerAttr>("dim").getInt()));
-      if (reduce)
-        args.push_back(e.i32(dtypeCode(inTy.getElementType())));
-    }
+    Value send = op.getOperand(1), recv = op.getOperand(2);
+    return lower(
+        abi::moert_all_to_all_v{}, abi::moert_all_to_all_v_start{},
+        [&](auto k) {
+          return decltype(k){
+              .axis_mask = mask,
+              .in = ptr(in),
+              .send_counts = ptr(send),
+              .recv_counts = ptr(recv),
+              .out = ptr(out),
+              .num_send_counts = e.i64(tensorOf(send).getNumElements()),
+              .num_recv_counts = e.i64(tensorOf(recv).getNumElements()),
+              .row_bytes = e.i64(inTy.getDimSize(1) * eb),
+              .in_rows = e.i64(inTy.getDimSize(0)),
+              .out_rows = e.i64(outTy.getDimSize(0))};
+        });
   }
-  if (!start) {
-    e.call(name, args);
-    return success();
-  }
-  handles[out] = e.call(name + "_start", args, /*returnsPtr=*/true);
-  return success();
+  if (isa<AllReduceOp, AllReduceStartOp>(op))
+    return lower(abi::moert_all_reduce{}, abi::moert_all_reduce_start{},
+                 [&](auto k) {
+                   return decltype(k){.axis_mask = mask,
+                                      .in = ptr(in),
+                                      .out = ptr(out),
+                                      .n = e.i64(inTy.getNumElements()),
+                                      .dtype = dtype(in)};
+                 });
+
+  FailureOr<SmallVector<int64_t, 4>> dims = dims4(&op, inTy);
+  if (failed(dims))
+    return failure();
+  ArrayRef<int64_t> d = *dims;
+  if (isa<ReduceScatterOp, ReduceScatterStartOp>(op))
+    return lower(abi::moert_reduce_scatter{}, abi::moert_reduce_scatter_start{},
+                 [&](auto k) {
+                   return decltype(k){.axis_mask = mask,
+                                      .in = ptr(in),
+                                      .out = ptr(out),
+                                      .d0 = e.i64(d[0]),
+                                      .d1 = e.i64(d[1]),
+                                      .d2 = e.i64(d[2]),
+                                      .d3 = e.i64(d[3]),
+                                      .dim = intAttr("dim"),
+                                      .dtype = dtype(in)};
+                 });
+  if (isa<AllToAllOp, AllToAllStartOp>(op))
+    return lower(abi::moert_all_to_all{}, abi::moert_all_to_all_start{},
+                 [&](auto k) {
+                   return decltype(k){.axis_mask = mask,
+                                      .in = ptr(in),
+                                      .out = ptr(out),
+                                      .elem_bytes = e.i64(eb),
+                                      .d0 = e.i64(d[0]),
+                                      .d1 = e.i64(d[1]),
+                                      .d2 = e.i64(d[2]),
+                                      .d3 = e.i64(d[3]),
+                                      .split_dim = intAttr("split_dim"),
+                                      .concat_dim = intAttr("concat_dim")};
+                 });
+  if (isa<AllGatherOp, AllGatherStartOp>(op))
+    return lower(abi::moert_all_gather{}, abi::moert_all_gather_start{},
+                 [&](auto k) {
+                   return decltype(k){.axis_mask = mask,
+                                      .in = ptr(in),
+                                      .out = ptr(out),
+                                      .elem_bytes = e.i64(eb),
+                                      .d0 = e.i64(d[0]),
+                                      .d1 = e.i64(d[1]),
+                                      .d2 = e.i64(d[2]),
+                                      .d3 = e.i64(d[3]),
+                                      .dim = intAttr("dim")};
+                 });
+  assert(isa<SliceOp>(op) && !start && "a collective without a lowering");
+  return e.call(abi::moert_slice{.axis_mask = mask,
+                                 .in = ptr(in),
+                                 .out = ptr(out),
+                                 .elem_bytes = e.i64(eb),
+                                 .d0 = e.i64(d[0]),
+                                 .d1 = e.i64(d[1]),
+                                 .d2 = e.i64(d[2]),
+                                 .d3 = e.i64(d[3]),
+                                 .dim = intAttr("dim")});
 }
 
 struct ConvertMoEToRuntimePass
@@ -535,6 +636,8 @@ struct ConvertMoEToRuntimePass
     for (func::FuncOp f : funcs)
       if (failed(FunctionLowering(module, f).run()))
         return signalPassFailure();
+    if (failed(abi::addAbiVersion(module)))
+      return signalPassFailure();
     // The mesh lives on in the manifest; the code only keeps axis masks.
     for (MeshOp mesh : llvm::make_early_inc_range(module.getOps<MeshOp>()))
       mesh.erase();

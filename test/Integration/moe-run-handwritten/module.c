@@ -8,6 +8,9 @@
  *
  * Built once per mesh with the local sizes as macros: LT = local tokens,
  * LE = local experts, MASK = axis mask of the token axis (0: no mesh).
+ * Like every compiled module it exports the runtime ABI version it was built
+ * for; ABI_VERSION=n claims another one and NO_ABI_VERSION leaves it out
+ * (moe-run must refuse both).
 \*===----------------------------------------------------------------------===*/
 #include "moert/moert.h"
 
@@ -21,6 +24,13 @@
 #define MASK 0
 #endif
 #define D 16
+
+#ifndef ABI_VERSION
+#define ABI_VERSION MOERT_ABI_VERSION
+#endif
+#ifndef NO_ABI_VERSION
+const int32_t moe_abi_version = ABI_VERSION;
+#endif
 
 void moe_entry_forward(moert_ctx *ctx, void **args, void **results) {
   const float *x = (const float *)args[0];

@@ -84,6 +84,16 @@ def fnv1a64(path):
     return f"{h:016x}"
 
 
+def runtime_abi_version(include):
+    """MOERT_ABI_VERSION of the runtime under test (from its moert.h)."""
+    with open(os.path.join(include, "moert", "moert.h")) as f:
+        for line in f:
+            words = line.split()
+            if words[:2] == ["#define", "MOERT_ABI_VERSION"]:
+                return int(words[2])
+    raise RuntimeError(f"no MOERT_ABI_VERSION in {include}/moert/moert.h")
+
+
 # ---------------------------------------------------------------- model
 
 
@@ -194,7 +204,9 @@ def check_good(cmd, what, out_path, expected):
     return p
 
 
-def check_bad(cmd, what, must_name, out_path):
+def check_bad(cmd, what, must_name, out_path, code=None):
+    """Runs a case that must fail: non-zero exit (`code` if given), a
+    message naming every word of `must_name`, no output file, no crash."""
     if out_path and os.path.exists(out_path):
         os.unlink(out_path)
     p = run(cmd, what)
@@ -204,6 +216,8 @@ def check_bad(cmd, what, must_name, out_path):
     problems = []
     if p.returncode == 0:
         problems.append("exited 0")
+    elif code is not None and p.returncode != code:
+        problems.append(f"exited {p.returncode}, not {code}")
     for word in must_name:
         if word not in text:
             problems.append(f"message does not name {word!r}")
@@ -343,6 +357,23 @@ def module_cases(a, w, single, files):
               ["module.so"], out)
     check_bad([a.moe_run, single, "--entry", "backward"] + args,
               "unknown entry", ["backward"], out)
+    # A module built for another kernel ABI, or that does not say which, is
+    # refused before it runs (exit 1: an error, docs/module-format.md).
+    abi = runtime_abi_version(a.include)
+    other_abi = os.path.join(w, "other_abi")
+    build_module(other_abi, a.cc, a.include, [], [],
+                 [f"-DABI_VERSION={abi + 1}"])
+    check_bad([a.moe_run, other_abi] + args,
+              "module built for another runtime ABI",
+              [os.path.join(other_abi, "module.so"),
+               f"runtime ABI version {abi + 1}",
+               f"this runtime is version {abi}", "recompile"], out, code=1)
+    no_abi = os.path.join(w, "no_abi")
+    build_module(no_abi, a.cc, a.include, [], [], ["-DNO_ABI_VERSION"])
+    check_bad([a.moe_run, no_abi] + args,
+              "module without an ABI version",
+              [os.path.join(no_abi, "module.so"), "moe_abi_version",
+               f"this runtime is version {abi}"], out, code=1)
     check = os.path.join(w, "wrong_ref.safetensors")
     write_safetensors(check, {"hidden_states": ("F32", np.zeros((T, D))),
                               "all_hidden": ("F32", np.zeros((T, D)))})

@@ -1,0 +1,36 @@
+//===- ModuleAbi.cpp - Refuse a module built for another runtime ABI ------===//
+#include "support/ModuleAbi.h"
+
+#include "support/Format.h"
+
+#include <cstdint>
+#include <dlfcn.h>
+
+namespace moert {
+
+Status checkModuleAbi(void *dlopenHandle, const std::string &library) {
+  if (!dlopenHandle)
+    return supportError(MOERT_ERR_INVALID,
+                        "%s: the module library is not loaded",
+                        library.c_str());
+  ::dlerror(); // clear a stale error
+  const auto *version = static_cast<const int32_t *>(
+      ::dlsym(dlopenHandle, MOERT_ABI_VERSION_SYMBOL));
+  if (!version)
+    return supportError(
+        MOERT_ERR_INVALID,
+        "%s does not say which runtime ABI it was built for (no symbol '%s'; "
+        "this runtime is version %d): recompile the model with this "
+        "moe-compile",
+        library.c_str(), MOERT_ABI_VERSION_SYMBOL, MOERT_ABI_VERSION);
+  if (*version != MOERT_ABI_VERSION)
+    return supportError(MOERT_ERR_INVALID,
+                        "%s was built for runtime ABI version %d, this "
+                        "runtime is version %d: recompile the model with this "
+                        "moe-compile",
+                        library.c_str(), static_cast<int>(*version),
+                        MOERT_ABI_VERSION);
+  return Status::ok();
+}
+
+} // namespace moert
