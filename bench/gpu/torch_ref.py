@@ -148,7 +148,7 @@ def route_dsv3_hf(x, w, c, masked=0.0):
 
 
 def route_spec(x, w, c):
-    """The runtime's routing (ARCHITECTURE.md section 3): f32 logits, ties to
+    """The runtime's routing (docs/spec.md items 3.1-3.4): f32 logits, ties to
     the lower index, indices ordered by decreasing selection score."""
     logits = x.float() @ w["router"].float().t()
     if c["score"] == "softmax":

@@ -81,7 +81,7 @@ class Arch:
 
 @dataclass(frozen=True)
 class MoEConfig:
-    """One MoE model, normalized. Field meanings follow ARCHITECTURE.md section 3."""
+    """One MoE model, normalized. Field meanings follow docs/spec.md section 3."""
 
     name: str
     family: str  # a model_type, or "generic" for the seed's presets

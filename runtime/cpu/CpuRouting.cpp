@@ -1,6 +1,6 @@
 //===- CpuRouting.cpp - Router, top-k, assignment and aux losses ----------===//
 //
-// Selection follows ARCHITECTURE.md section 3: scores in f32, the bias only
+// Selection follows docs/spec.md items 3.1-3.4: scores in f32, the bias only
 // changes which experts are picked, group-limited routing masks whole groups,
 // and every tie goes to the lower index. Assignment is sequential: it is a
 // tiny share of the layer and its order is the specification.

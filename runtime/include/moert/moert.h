@@ -17,8 +17,8 @@
  * device (host memory for MOERT_DEVICE_CPU, device memory for CUDA). Tensors
  * are dense and row-major. Shapes are passed as int64_t, enum-like values as
  * int32_t, scalars as float. The semantics of every kernel are those of the
- * `moe` op of the same name; docs/dialect.md and ARCHITECTURE.md section 3
- * are the specification.
+ * `moe` op of the same name; docs/spec.md (section 3 for the layer, section
+ * 4 for the collectives) and docs/dialect.md are the specification.
 \*===----------------------------------------------------------------------===*/
 #ifndef MOERT_MOERT_H
 #define MOERT_MOERT_H

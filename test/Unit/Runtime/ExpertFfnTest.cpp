@@ -257,7 +257,7 @@ struct Layer {
     return out;
   }
 
-  /// ARCHITECTURE.md section 3 in double, straight from the definitions.
+  /// docs/spec.md section 3 in double, straight from the definitions.
   std::vector<double> reference(int64_t C, int64_t groups) const {
     std::vector<double> out(T * D, 0.0);
     std::vector<int64_t> fill(groups * E, 0);

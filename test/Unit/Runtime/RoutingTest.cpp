@@ -25,7 +25,7 @@ struct TopkResult {
   std::vector<double> weights, scores;
 };
 
-/// ARCHITECTURE.md 3.1-3.4 for one token, in double, by sorting.
+/// docs/spec.md items 3.1-3.4 for one token, in double, by sorting.
 TopkResult topkRef(const float *logits, const TopkArgs &a) {
   int64_t E = a.E;
   TopkResult r;

@@ -1,6 +1,6 @@
 //===- Decompose.cpp - moe.layer into primitives (moe-decompose) ----------===//
 //
-// One pattern: a moe.layer becomes the op sequence of ARCHITECTURE.md
+// One pattern: a moe.layer becomes the op sequence of docs/spec.md
 // section 3. Everything the primitives need (capacity, buffer shapes, loss
 // normalizers) is resolved from the layer's attributes and static shapes.
 //

@@ -370,7 +370,7 @@ def MoE_LayerOp : MoE_Op<"layer", [Pure, AttrSizedOperandSegments,
   let description = [{
     Routes every token of `input` to `top_k` of `num_experts` experts and
     returns the gate-weighted sum of their FFN outputs plus the shared
-    experts' output (ARCHITECTURE.md section 3 is the specification).
+    experts' output (docs/spec.md section 3 is the specification).
     `moe-decompose` expands it into primitives.
 
     Operands: router weight `[E, D]`, optional selection `bias` `[E]`,

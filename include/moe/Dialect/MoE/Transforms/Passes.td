@@ -7,7 +7,7 @@ include "mlir/Pass/PassBase.td"
 def MoEDecompose : Pass<"moe-decompose"> {
   let summary = "Expand moe.layer into routing, dispatch, expert and combine primitives";
   let description = [{
-    Rewrites every `moe.layer` into the primitive ops that ARCHITECTURE.md
+    Rewrites every `moe.layer` into the primitive ops that docs/spec.md
     section 3 specifies, in order: `moe.router`, `moe.topk`, `moe.assign`,
     `moe.dispatch`, `moe.expert_ffn`, `moe.combine`, the shared-expert
     `moe.mlp` and its `moe.add`, and the loss ops (`moe.expert_load` +
