@@ -249,13 +249,15 @@ def moe_layer_forward(x: np.ndarray, w: Mapping[str, np.ndarray], cfg: MoEConfig
     return y, aux, z, cache
 
 
-def _gated_mlp_backward(c: FfnCache, out: np.ndarray, sig: np.ndarray | None,
+def _gated_mlp_backward(c: FfnCache, out: np.ndarray | None, sig: np.ndarray | None,
                         w: Mapping[str, np.ndarray], prefix: str, sig_role: str,
                         dy: np.ndarray, grads: dict[str, np.ndarray]) -> np.ndarray:
-    """Backward of ``FFN(x) [* sigmoid(x . g)]``; weight gradients into ``grads``."""
+    """Backward of ``FFN(x)``, or of ``FFN(x) * sigmoid(x . g)`` when ``sig`` (the
+    sigmoid) is given with ``out`` (``FFN(x)``); weight gradients go into ``grads``."""
     dx = np.zeros_like(c.x)
     dout = dy
     if sig is not None:
+        assert out is not None
         dout = dy * sig
         dpre = np.sum(dy * out, axis=-1, keepdims=True) * sig * (1.0 - sig)  # [T, 1]
         dx += dpre @ w[sig_role]
@@ -302,10 +304,8 @@ def moe_layer_backward(cache: MoECache, w: Mapping[str, np.ndarray], cfg: MoECon
         dweights += dropped * np.sum(dy * x, axis=-1, keepdims=True)
         dx += (r.weights * dropped).sum(axis=1, keepdims=True) * dy
     if cache.shared is not None:
-        out = cache.shared_out
-        dx += _gated_mlp_backward(cache.shared, out if out is not None else np.zeros(0),
-                                  cache.shared_sig, w, "shared_", "shared_sigmoid_gate",
-                                  dy, grads)
+        dx += _gated_mlp_backward(cache.shared, cache.shared_out, cache.shared_sig, w,
+                                  "shared_", "shared_sigmoid_gate", dy, grads)
     # aux = c * E * sum_e f_e * mean_t scores[t, e]: the counts f_e are constants.
     dscores = np.broadcast_to(
         d_aux * _f32(cfg.aux_loss_coeff) * num_experts * (cache.load / (t * k)) / t,
@@ -355,8 +355,7 @@ def _sublayer_backward(cfg: MoEConfig, sub: Sublayer, cache: SublayerCache,
     else:
         assert cache.ffn is not None
         grads = {}
-        dn = _gated_mlp_backward(cache.ffn, cache.out if cache.out is not None
-                                 else np.zeros(0), cache.sig, w, "", "sigmoid_gate",
+        dn = _gated_mlp_backward(cache.ffn, cache.out, cache.sig, w, "", "sigmoid_gate",
                                  dh, grads)
     dxn, grads["norm"] = _norm_backward(cfg, cache.h, w["norm"], dn)
     return dh + dxn, grads
@@ -456,14 +455,14 @@ def forward_backward(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndar
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    """Hyperparameters; ``make`` rounds them to f32 and checks them."""
+    """Hyperparameters, as :meth:`make` checks them and rounds them to f32."""
 
-    name: str = "adamw"  # or "sgd"
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    momentum: float = 0.0
-    weight_decay: float = 0.01
+    name: str  # "adamw" or "sgd"
+    lr: float
+    betas: tuple[float, float]  # adamw
+    eps: float  # adamw
+    momentum: float  # sgd
+    weight_decay: float
 
     @staticmethod
     def make(name: str = "adamw", lr: float = 1e-3, betas: tuple[float, float] | None = None,
@@ -520,7 +519,9 @@ def _store(a: np.ndarray, storage: type) -> np.ndarray:
 class Optimizer:
     """AdamW or SGD over named tensors, exactly as torch.optim's single-tensor loops
     (torch 1.13 - 2.x) with ``maximize=False``, ``amsgrad=False``, ``dampening=0``,
-    ``nesterov=False``. Weights and state keep ``storage`` values between steps."""
+    ``nesterov=False``. Weights and state hold ``storage`` values (f32 by default):
+    every new state tensor is rounded to it before the update reads it, and every
+    new weight once at the end; the arithmetic is float64."""
 
     def __init__(self, cfg: OptimizerConfig, shapes: Mapping[str, tuple[int, ...]],
                  state: Mapping[str, np.ndarray] | None = None,
@@ -574,19 +575,20 @@ class Optimizer:
                 b1, b2 = c.betas
                 m, v = self.state[name + ".exp_avg"], self.state[name + ".exp_avg_sq"]
                 p = p * (1.0 - c.lr * c.weight_decay)
-                m = m * b1 + g * (1.0 - b1)
-                v = v * b2 + g * g * (1.0 - b2)
+                m = _store(m * b1 + g * (1.0 - b1), self.storage)
+                v = _store(v * b2 + g * g * (1.0 - b2), self.storage)
                 step_size = c.lr / (1.0 - b1**n)
                 denom = np.sqrt(v) / math.sqrt(1.0 - b2**n) + c.eps
                 p = p + (-step_size) * (m / denom)
-                self.state[name + ".exp_avg"] = _store(m, self.storage)
-                self.state[name + ".exp_avg_sq"] = _store(v, self.storage)
+                self.state[name + ".exp_avg"] = m
+                self.state[name + ".exp_avg_sq"] = v
             else:
                 d = g + p * c.weight_decay if c.weight_decay != 0 else g
                 key = name + ".momentum_buffer"
-                if c.momentum != 0:
-                    d = d.copy() if n == 1 else self.state[key] * c.momentum + d
-                self.state[key] = _store(d, self.storage)
+                if c.momentum != 0:  # the buffer is state: the update reads it stored
+                    d = _store(self.state[key] * c.momentum + d if n > 1 else d,
+                               self.storage)
+                self.state[key] = _store(d, self.storage)  # with momentum 0: a record
                 p = p + d * (-c.lr)
             weights[name] = _store(p, self.storage)
 

@@ -143,6 +143,26 @@ def test_gradients_match_finite_differences(family, tmp_path):
     assert checked > 300
 
 
+def test_sharded_gradients_sum_to_the_single_device_ones(tmp_path):
+    """The mean over the global batch (spec 7.1): two ranks holding half the tokens each,
+    their gradients scaled by T_rank / T_global, sum to the whole batch's gradient.
+    Dropless routing and the z-loss are per token; the load-balance loss needs the
+    global counts, so it is left out here."""
+    cfg = FAMILIES["qwen2_moe"]().with_overrides(aux_loss_coeff=0.0)
+    w = _weights(cfg, tmp_path)
+    rng = np.random.default_rng(8)
+    x, t = rng.standard_normal((16, 6)), rng.standard_normal((16, 6))
+    full = forward_backward(cfg, x, t, w.__getitem__)
+    parts = [forward_backward(cfg, x[r], t[r], w.__getitem__)
+             for r in (slice(0, 8), slice(8, 16))]
+    for n, g in full.grads.items():
+        np.testing.assert_allclose(0.5 * (parts[0].grads[n] + parts[1].grads[n]), g,
+                                   rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(np.concatenate([0.5 * p.dx for p in parts]), full.dx,
+                               rtol=1e-12, atol=1e-15)
+    assert 0.5 * (parts[0].loss + parts[1].loss) == pytest.approx(full.loss, rel=1e-13)
+
+
 def test_activation_derivatives():
     x = np.linspace(-4, 4, 81) + 0.0123
     h = 1e-6
