@@ -607,7 +607,7 @@ def load_training_weights(cfg: MoEConfig, get: Callable[[str], np.ndarray],
                           layers: range | None = None) -> dict[str, np.ndarray]:
     """Every file tensor of the layer range as float64, checked against its operand."""
     out: dict[str, np.ndarray] = {}
-    for spec, name, shape in weight_tensors(cfg, layers):
+    for _, name, shape in weight_tensors(cfg, layers):
         a = np.asarray(get(name))
         if a.dtype.kind != "f":
             raise ConfigError(f"weights: tensor '{name}' is {a.dtype}, expected a float "
