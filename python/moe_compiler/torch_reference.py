@@ -13,6 +13,8 @@ package does not use it):
   benchmark (bench/cpu/torch_moe.py) times it; the tests differentiate it with
   torch.autograd. The two f32 upcasts of HF's code are class attributes
   (``upcast_dtype``, ``router_dtype``) so that a float64 check can keep float64.
+  ``Qwen2MoeSparseMoeBlock`` / ``Qwen2FfnSublayer`` are transformers' Qwen2-MoE
+  block the same way (shared expert with its sigmoid gate, optional renormalization).
 * :func:`spec_graph`: docs/spec.md sections 2-3 for every family in torch ops, so
   that torch.autograd can differentiate it; the discrete decisions (top-k, groups,
   capacity) are taken from the numpy reference, since they carry no gradient.
@@ -32,7 +34,8 @@ from .layout import sublayers
 from .reference import _f32, kept_mask, route
 
 __all__ = ["FfnSublayer", "MixtralBlockSparseTop2MLP", "MixtralRMSNorm",
-           "MixtralSparseMoeBlock", "spec_graph"]
+           "MixtralSparseMoeBlock", "Qwen2FfnSublayer", "Qwen2MoeMLP", "Qwen2MoeSparseMoeBlock",
+           "spec_graph"]
 
 
 class MixtralRMSNorm(nn.Module):
@@ -152,6 +155,85 @@ class FfnSublayer(nn.Module):
         t3 = time.perf_counter()
         self.times = {"rmsnorm": t1 - t0, **self.block_sparse_moe.times, "add": t3 - t2}
         return hidden_states
+
+
+class Qwen2MoeMLP(nn.Module):
+    """transformers' Qwen2MoeMLP (v4.40), hidden_act silu."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Qwen2MoeSparseMoeBlock(nn.Module):
+    """transformers' Qwen2MoeSparseMoeBlock (v4.40): Mixtral's loop, renormalization
+    only with norm_topk_prob, plus the shared expert scaled by sigmoid(shared_expert_gate)."""
+
+    router_dtype = torch.float32  # as MixtralSparseMoeBlock.router_dtype
+
+    def __init__(self, hidden: int, moe_ffn: int, shared_ffn: int, num_experts: int,
+                 top_k: int, norm_topk_prob: bool) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.norm_topk_prob = norm_topk_prob
+        self.gate = nn.Linear(hidden, num_experts, bias=False)
+        self.experts = nn.ModuleList([Qwen2MoeMLP(hidden, moe_ffn) for _ in range(num_experts)])
+        self.shared_expert = Qwen2MoeMLP(hidden, shared_ffn)
+        self.shared_expert_gate = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch_size, sequence_length, hidden_dim = hidden_states.shape
+        hidden_states = hidden_states.view(-1, hidden_dim)
+        router_logits = self.gate(hidden_states)
+        routing_weights = F.softmax(router_logits, dim=1, dtype=self.router_dtype)
+        routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
+        if self.norm_topk_prob:
+            routing_weights /= routing_weights.sum(dim=-1, keepdim=True)
+        routing_weights = routing_weights.to(hidden_states.dtype)
+        final_hidden_states = torch.zeros(
+            (batch_size * sequence_length, hidden_dim), dtype=hidden_states.dtype,
+            device=hidden_states.device)
+        expert_mask = torch.nn.functional.one_hot(
+            selected_experts, num_classes=self.num_experts).permute(2, 1, 0)
+        for expert_idx in range(self.num_experts):
+            expert_layer = self.experts[expert_idx]
+            idx, top_x = torch.where(expert_mask[expert_idx])
+            if top_x.shape[0] == 0:
+                continue
+            top_x_list = top_x.tolist()
+            idx_list = idx.tolist()
+            current_state = hidden_states[None, top_x_list].reshape(-1, hidden_dim)
+            current_hidden_states = (expert_layer(current_state)
+                                     * routing_weights[top_x_list, idx_list, None])
+            final_hidden_states.index_add_(0, top_x, current_hidden_states.to(hidden_states.dtype))
+        shared_expert_output = self.shared_expert(hidden_states)
+        shared_expert_output = (torch.sigmoid(self.shared_expert_gate(hidden_states))
+                                * shared_expert_output)
+        final_hidden_states = final_hidden_states + shared_expert_output
+        final_hidden_states = final_hidden_states.reshape(batch_size, sequence_length, hidden_dim)
+        return final_hidden_states, router_logits
+
+
+class Qwen2FfnSublayer(nn.Module):
+    """Qwen2MoeDecoderLayer's second half: h + mlp(post_attention_layernorm(h))."""
+
+    def __init__(self, hidden: int, moe_ffn: int, shared_ffn: int, num_experts: int,
+                 top_k: int, norm_topk_prob: bool, eps: float) -> None:
+        super().__init__()
+        self.post_attention_layernorm = MixtralRMSNorm(hidden, eps=eps)  # = Qwen2MoeRMSNorm
+        self.mlp = Qwen2MoeSparseMoeBlock(hidden, moe_ffn, shared_ffn, num_experts, top_k,
+                                          norm_topk_prob)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        y, _router_logits = self.mlp(self.post_attention_layernorm(hidden_states))
+        return hidden_states + y
 
 
 # -- the spec in torch ops (every family) -------------------------------------------------

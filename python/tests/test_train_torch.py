@@ -56,6 +56,33 @@ def test_hf_mixtral_block_gradients(tmp_path):
         _close(prm.grad.numpy(), ref.grads["model.layers.0." + n], n)
 
 
+def test_hf_qwen2_moe_block_gradients(tmp_path):
+    """Qwen2-MoE: shared expert scaled by its sigmoid gate, top-4 of 8 without
+    renormalization (norm_topk_prob false), then with it."""
+    base = load_hf_config(EXAMPLES / "tiny-qwen2-moe.json")
+    for layer, cfg in ((0, base), (2, base.with_overrides(renormalize=True))):
+        name = f"renormalize={cfg.renormalize}"
+        w = _weights(cfg, tmp_path)
+        rng = np.random.default_rng(layer)
+        x, t = rng.standard_normal((32, cfg.hidden_size)), rng.standard_normal((32, 32))
+        torch.manual_seed(0)
+        m = tr.Qwen2FfnSublayer(cfg.hidden_size, cfg.moe_intermediate_size,
+                                cfg.shared_intermediate_size, cfg.num_experts, cfg.top_k,
+                                cfg.renormalize, float(np.float32(cfg.norm_eps))).double()
+        m.post_attention_layernorm.upcast_dtype = torch.float64
+        m.mlp.router_dtype = torch.float64
+        p = f"model.layers.{layer}."
+        m.load_state_dict({n: torch.from_numpy(w[p + n]) for n, _ in m.named_parameters()})
+        xt = torch.from_numpy(x.copy()).requires_grad_(True)
+        y = m(xt.reshape(1, 32, -1)).reshape(32, -1)
+        ((y - torch.from_numpy(t)) ** 2).mean().backward()
+        ref = forward_backward(cfg, x, t, w.__getitem__, range(layer, layer + 1))
+        _close(y.detach().numpy(), ref.outputs["hidden_states"], f"{name} hidden_states")
+        _close(xt.grad.numpy(), ref.dx, f"{name} dX")
+        for n, prm in m.named_parameters():
+            _close(prm.grad.numpy(), ref.grads[p + n], f"{name} {n}")
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_spec_graph_gradients(family, tmp_path):
     cfg = FAMILIES[family]()
