@@ -21,7 +21,7 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 APT_PACKAGES=(
   libmlir-22-dev mlir-22-tools llvm-22-dev llvm-22-tools
   libopenmpi-dev openmpi-bin libopenblas-dev libopenblas0-openmp libgtest-dev
-  cmake ninja-build g++ python3-numpy python3-pytest
+  cmake ninja-build g++ python3-numpy python3-pytest python3-torch
 )
 
 if [ "${MOE_SKIP_APT:-0}" != 1 ]; then

@@ -2,8 +2,9 @@
 
 Written in the style of Hugging Face transformers' modeling_mixtral.py
 (v4.36-v4.40: MixtralRMSNorm, MixtralBlockSparseTop2MLP, MixtralSparseMoeBlock),
-which is not installed here, so the three modules are re-typed below, unchanged
-in what they compute and how: router Linear, softmax in f32, topk, renormalize,
+which is not installed here, so the three modules are re-typed in
+python/moe_compiler/torch_reference.py (shared with the training cross-checks),
+unchanged in what they compute and how: router Linear, softmax in f32, topk, renormalize,
 one_hot expert mask, a Python loop over experts with torch.where + index select,
 per-expert w1/w3/w2 Linear (no bias), SiLU, index_add_. Around it, as in
 MixtralDecoderLayer: post_attention_layernorm (RMSNorm) before and the residual
@@ -29,125 +30,11 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                                 "python"))
 from moe_compiler.safetensors import SafetensorsFile  # noqa: E402
-
-
-class MixtralRMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.variance_epsilon = eps
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
-
-
-class MixtralBlockSparseTop2MLP(nn.Module):
-    def __init__(self, hidden_dim: int, ffn_dim: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(hidden_dim, ffn_dim, bias=False)
-        self.w2 = nn.Linear(ffn_dim, hidden_dim, bias=False)
-        self.w3 = nn.Linear(hidden_dim, ffn_dim, bias=False)
-        self.act_fn = nn.SiLU()
-
-    def forward(self, hidden_states: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
-        current_hidden_states = self.act_fn(self.w1(hidden_states)) * self.w3(hidden_states)
-        current_hidden_states = self.w2(current_hidden_states)
-        return routing_weights * current_hidden_states
-
-
-class MixtralSparseMoeBlock(nn.Module):
-    def __init__(self, hidden_dim: int, ffn_dim: int, num_experts: int, top_k: int) -> None:
-        super().__init__()
-        self.hidden_dim = hidden_dim
-        self.ffn_dim = ffn_dim
-        self.num_experts = num_experts
-        self.top_k = top_k
-        self.gate = nn.Linear(self.hidden_dim, self.num_experts, bias=False)
-        self.experts = nn.ModuleList(
-            [MixtralBlockSparseTop2MLP(hidden_dim, ffn_dim) for _ in range(self.num_experts)])
-        self.times: dict[str, float] = {}
-
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t0 = time.perf_counter()
-        batch_size, sequence_length, hidden_dim = hidden_states.shape
-        hidden_states = hidden_states.view(-1, hidden_dim)
-        # router_logits: (batch * sequence_length, n_experts)
-        router_logits = self.gate(hidden_states)
-
-        routing_weights = F.softmax(router_logits, dim=1, dtype=torch.float)
-        routing_weights, selected_experts = torch.topk(routing_weights, self.top_k, dim=-1)
-        routing_weights /= routing_weights.sum(dim=-1, keepdim=True)
-        # we cast back to the input dtype
-        routing_weights = routing_weights.to(hidden_states.dtype)
-
-        final_hidden_states = torch.zeros(
-            (batch_size * sequence_length, hidden_dim), dtype=hidden_states.dtype,
-            device=hidden_states.device)
-
-        # One hot encode the selected experts to create an expert mask
-        # this will be used to easily index which expert is going to be sollicitated
-        expert_mask = torch.nn.functional.one_hot(
-            selected_experts, num_classes=self.num_experts).permute(2, 1, 0)
-        t1 = time.perf_counter()
-
-        # Loop over all available experts in the model and perform the computation on each expert
-        for expert_idx in range(self.num_experts):
-            expert_layer = self.experts[expert_idx]
-            idx, top_x = torch.where(expert_mask[expert_idx])
-
-            if top_x.shape[0] == 0:
-                continue
-
-            # in torch it is faster to index using lists than torch tensors
-            top_x_list = top_x.tolist()
-            idx_list = idx.tolist()
-
-            # Index the correct hidden states and compute the expert hidden state for
-            # the current expert. We need to make sure to multiply the output hidden
-            # states by `routing_weights` on the corresponding tokens (top-1 and top-2)
-            current_state = hidden_states[None, top_x_list].reshape(-1, hidden_dim)
-            current_hidden_states = expert_layer(
-                current_state, routing_weights[top_x_list, idx_list, None])
-
-            # However `index_add_` only support torch tensors for indexing so we'll use
-            # the `top_x` tensor here.
-            final_hidden_states.index_add_(0, top_x, current_hidden_states.to(hidden_states.dtype))
-        final_hidden_states = final_hidden_states.reshape(batch_size, sequence_length, hidden_dim)
-        t2 = time.perf_counter()
-        self.times = {"routing": t1 - t0, "experts": t2 - t1}
-        return final_hidden_states, router_logits
-
-
-class FfnSublayer(nn.Module):
-    """MixtralDecoderLayer's second half: h + block_sparse_moe(post_attention_layernorm(h))."""
-
-    def __init__(self, d: int, f: int, e: int, k: int, eps: float) -> None:
-        super().__init__()
-        self.post_attention_layernorm = MixtralRMSNorm(d, eps=eps)
-        self.block_sparse_moe = MixtralSparseMoeBlock(d, f, e, k)
-        self.times: dict[str, float] = {}
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        t0 = time.perf_counter()
-        residual = hidden_states
-        hidden_states = self.post_attention_layernorm(hidden_states)
-        t1 = time.perf_counter()
-        hidden_states, _router_logits = self.block_sparse_moe(hidden_states)
-        t2 = time.perf_counter()
-        hidden_states = residual + hidden_states
-        t3 = time.perf_counter()
-        self.times = {"rmsnorm": t1 - t0, **self.block_sparse_moe.times, "add": t3 - t2}
-        return hidden_states
+from moe_compiler.torch_reference import FfnSublayer  # noqa: E402
 
 
 def main() -> int:

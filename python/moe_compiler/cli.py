@@ -207,6 +207,133 @@ def cmd_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _float_tensor(path: str, what: str) -> np.ndarray:
+    """The float tensor ``hidden_states`` of a safetensors file, finite, as float64."""
+    with SafetensorsFile(path) as f:
+        if "hidden_states" not in f:
+            raise ConfigError(f"{what} {path}: no tensor 'hidden_states'")
+        dtype = f.dtype("hidden_states")
+        if dtype not in ("F64", "F32", "F16", "BF16"):
+            raise ConfigError(f"{what} {path}: tensor 'hidden_states' is {dtype}, expected "
+                              "a float tensor (F32, F16, BF16 or F64)")
+        a = f.get("hidden_states").astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        raise ConfigError(f"{what} {path}: tensor 'hidden_states' is not finite")
+    return a
+
+
+def _pair(text: str | None, what: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return float(parts[0]), float(parts[1])
+    except ValueError:
+        raise ConfigError(f"{what}: expected two numbers B1,B2 (got {text!r})") from None
+
+
+def cmd_train_reference(args: argparse.Namespace) -> int:
+    import math
+
+    from .layout import sublayers
+    from .train_reference import (
+        DEFAULT_BIAS_UPDATE_RATE,
+        Optimizer,
+        OptimizerConfig,
+        load_training_weights,
+        train,
+    )
+
+    cfg = _routed(args)
+    layers = parse_layers(args.layers, cfg.num_layers)
+    opt_cfg = OptimizerConfig.make(args.optimizer, args.lr, _pair(args.betas, "betas"),
+                                   args.eps, args.momentum, args.weight_decay)
+    if args.steps < 1:
+        raise ConfigError(f"steps: must be at least 1 (got {args.steps})")
+    biased = [s.get("bias") for s in sublayers(cfg, layers)
+              if s.kind == "moe" and s.get("bias") is not None]
+    rate = args.bias_update_rate
+    if rate is not None:
+        if not biased:
+            raise ConfigError(f"bias-update-rate: {cfg.name} has no selection bias in "
+                              "these layers")
+        if not (math.isfinite(rate) and rate >= 0):
+            raise ConfigError(f"bias-update-rate: must be a finite number >= 0 (got {rate})")
+    outputs = [p for p in (args.grads, args.save_weights, args.save_optimizer_state) if p]
+    for p in outputs:
+        d = os.path.dirname(os.path.abspath(p))
+        if not os.path.isdir(d):
+            raise ConfigError(f"{p}: directory {d} does not exist")
+    if len(set(map(os.path.abspath, outputs))) != len(outputs):
+        raise ConfigError("--grads, --save-weights and --save-optimizer-state must be "
+                          "different files")
+
+    x = _float_tensor(args.inputs, "inputs")
+    t = _float_tensor(args.targets, "targets")
+    if t.shape != x.shape:
+        raise ConfigError(f"targets {args.targets}: tensor 'hidden_states' has shape "
+                          f"{list(t.shape)}, expected {list(x.shape)} (the inputs' shape)")
+    with SafetensorsFile(args.weights) as wf:
+        weights = load_training_weights(cfg, wf.get, layers)
+    bias_names = {b.name for b in biased}
+    shapes = {n: a.shape for n, a in weights.items() if n not in bias_names}
+    state = None
+    if args.optimizer_state:
+        with SafetensorsFile(args.optimizer_state) as sf:
+            state = {n: sf.get(n) for n in sf.keys()}
+    try:
+        opt = Optimizer(opt_cfg, shapes, state)
+    except ConfigError as e:
+        raise ConfigError(f"{args.optimizer_state}: {e}") from None
+
+    rows: list[dict[str, object]] = []
+
+    def report(i: int, res) -> None:  # type: ignore[no-untyped-def]
+        row: dict[str, object] = {"step": i, "optimizer_step": opt.step_count + 1,
+                                  "loss": res.loss, "mse": res.mse}
+        if res.aux_loss is not None:
+            row["aux_loss"] = res.aux_loss
+        if res.z_loss is not None:
+            row["z_loss"] = res.z_loss
+        rows.append(row)
+        if not args.json:
+            print(f"step {i:4d}  " + "  ".join(f"{k} {v:.12e}" for k, v in row.items()
+                                               if k not in ("step", "optimizer_step")),
+                  flush=True)
+
+    results = train(cfg, x, t, weights, opt, args.steps, layers,
+                    DEFAULT_BIAS_UPDATE_RATE if rate is None else rate, report)
+    # Everything is computed: only now are files written (each one atomically).
+    meta = {"generator": "moe_compiler train-reference (float64)", "model": cfg.name}
+    if args.grads:
+        first = results[0]
+        g = {"hidden_states": first.dx, **first.grads}
+        save(args.grads, {k: np.asarray(v, dtype=np.float32) for k, v in g.items()},
+             metadata=dict(meta, content="gradients of the first step, written as f32"))
+    if args.save_weights:
+        save(args.save_weights, {k: np.asarray(v, dtype=np.float32)
+                                 for k, v in weights.items()},
+             metadata=dict(meta, step=str(opt.step_count)))
+    if args.save_optimizer_state:
+        save(args.save_optimizer_state, opt.state_tensors(),
+             metadata=dict(meta, **opt_cfg.metadata()))
+    if args.json:
+        print(json.dumps({"optimizer": opt_cfg.name, "steps": rows}, indent=2))
+    return 0
+
+
+def cmd_init_targets(args: argparse.Namespace) -> int:
+    from .train_reference import init_targets
+
+    cfg = _load_model(args)
+    if args.tokens <= 0:
+        raise ConfigError(f"tokens: must be positive (got {args.tokens})")
+    init_targets(cfg, args.output, args.tokens, args.seed, args.dtype)
+    return 0
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     from .driver import compile_module
 
@@ -309,6 +436,57 @@ def build_parser() -> argparse.ArgumentParser:
     _add_routing(s)
     s.add_argument("-o", "--output", required=True, metavar="REF.safetensors")
     s.set_defaults(func=cmd_reference)
+
+    s = sub.add_parser("init-targets", help="seeded random targets hidden_states [T, D]",
+                       description="Write training targets: a tensor 'hidden_states' [T, D] "
+                       "drawn from N(0, 1) (another stream than init-inputs').")
+    _add_model(s)
+    s.add_argument("--tokens", type=int, required=True, metavar="T")
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--dtype", choices=("f32", "bf16", "f16"), default="f32")
+    s.add_argument("-o", "--output", required=True, metavar="T.safetensors")
+    s.set_defaults(func=cmd_init_targets)
+
+    s = sub.add_parser("train-reference", help="float64 reference training steps",
+                       description="Run N training steps of the float64 reference (loss "
+                       "mean((y - t)^2) + the enabled aux losses; backward by hand; AdamW "
+                       "or SGD as torch.optim; docs/spec.md section 7) on one batch, "
+                       "print the losses of every step and write the first step's "
+                       "gradients, the updated weights and the optimizer state. Nothing is "
+                       "written unless every step succeeds.")
+    _add_model(s)
+    _add_layers(s)
+    s.add_argument("--weights", required=True, metavar="W.safetensors")
+    s.add_argument("--inputs", required=True, metavar="X.safetensors")
+    s.add_argument("--targets", required=True, metavar="T.safetensors",
+                   help="tensor 'hidden_states' of the inputs' shape (e.g. from "
+                   "init-targets, or another model's `reference` output)")
+    s.add_argument("--steps", type=int, required=True, metavar="N")
+    g = s.add_argument_group("optimizer (hyperparameters are rounded to f32)")
+    g.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw")
+    g.add_argument("--lr", type=float, default=1e-3, metavar="X",
+                   help="learning rate, finite and > 0 (default 1e-3)")
+    g.add_argument("--betas", metavar="B1,B2", help="adamw (default 0.9,0.999)")
+    g.add_argument("--eps", type=float, metavar="E", help="adamw (default 1e-8)")
+    g.add_argument("--momentum", type=float, metavar="M", help="sgd (default 0)")
+    g.add_argument("--weight-decay", type=float, metavar="W",
+                   help="decoupled for adamw (default 0.01), added to the gradient for "
+                   "sgd (default 0)")
+    g.add_argument("--bias-update-rate", type=float, metavar="R",
+                   help="DeepSeek-V3's selection-bias update speed (default 0.001)")
+    g.add_argument("--optimizer-state", metavar="S.safetensors",
+                   help="resume from this state (written by --save-optimizer-state)")
+    _add_routing(s)
+    s.add_argument("--grads", metavar="G.safetensors",
+                   help="write the first step's gradients: 'hidden_states' (dX) and every "
+                   "weight under its name (f32)")
+    s.add_argument("--save-weights", metavar="W2.safetensors",
+                   help="write the weights of the layer range after the last step (f32)")
+    s.add_argument("--save-optimizer-state", metavar="S2.safetensors",
+                   help="write NAME.exp_avg / NAME.exp_avg_sq (adamw) or "
+                   "NAME.momentum_buffer (sgd) and optimizer.step")
+    s.add_argument("--json", action="store_true", help="print the losses as one JSON object")
+    s.set_defaults(func=cmd_train_reference)
 
     s = sub.add_parser("compile", help="run moe-compile",
                        description="Run moe-compile MODEL.mlir -o OUT_DIR; arguments after "
