@@ -148,24 +148,6 @@ llvm::Error makeError(const Twine &msg) {
 // Pipeline
 //===----------------------------------------------------------------------===//
 
-/// Parses `dp=1,ep=2,tp=2` into pass options (moe-shard's syntax).
-llvm::Error checkMeshSpec(StringRef spec) {
-  SmallVector<StringRef> parts;
-  spec.split(parts, ',', -1, false);
-  for (StringRef p : parts) {
-    auto [axis, size] = p.split('=');
-    unsigned n;
-    if (axis.trim().empty() || size.trim().getAsInteger(10, n) || n == 0)
-      return makeError("--mesh: '" + p +
-                       "' is not axis=size with a positive size (example: "
-                       "--mesh dp=1,ep=2,tp=2)");
-    if (!llvm::is_contained({"dp", "ep", "tp"}, axis.trim()))
-      return makeError("--mesh: unknown axis '" + axis.trim() +
-                       "' (axes are dp, ep, tp)");
-  }
-  return llvm::Error::success();
-}
-
 /// Runs the pipeline that `build` adds on `module`, a stage per pass;
 /// `what` names the pipeline in the error.
 llvm::Error runPipeline(ModuleOp module, StageTimer &timer, StringRef what,
@@ -186,8 +168,10 @@ llvm::Error runPipeline(ModuleOp module, StageTimer &timer, StringRef what,
 /// The options of moe-compile-pipeline from the command line.
 llvm::Error pipelineOptions(moe::CompilePipelineOptions &options) {
   if (!meshSpec.empty()) {
-    if (llvm::Error e = checkMeshSpec(meshSpec))
-      return e;
+    // The dialect's parser, so that the messages are moe-shard's.
+    if (llvm::Expected<moe::MeshSpec> spec = moe::parseMeshSpec(meshSpec);
+        !spec)
+      return makeError("--mesh: " + llvm::toString(spec.takeError()));
   } else if (dtd || expertTP) {
     return makeError("--dtd and --expert-tp need --mesh with tp > 1");
   }

@@ -232,7 +232,7 @@ private:
   LogicalResult checkSupported();
   LogicalResult lowerOp(Operation &op);
   LogicalResult lowerCollective(Operation &op, bool start);
-  int64_t axisMask(Operation *op, FlatSymbolRefAttr meshRef, ArrayAttr axes);
+  int64_t axisMask(CollectiveOpInterface op);
 
   Value ptr(Value v) { return ptrs.lookup(bufferRoot(v)); }
   /// The runtime dtype of `v`'s elements (checkSupported made sure it has
@@ -287,11 +287,11 @@ LogicalResult FunctionLowering::checkSupported() {
   return success();
 }
 
-int64_t FunctionLowering::axisMask(Operation *op, FlatSymbolRefAttr meshRef,
-                                   ArrayAttr axes) {
-  auto mesh = SymbolTable::lookupNearestSymbolFrom<MeshOp>(op, meshRef);
+/// Bit i of the runtime's axis mask selects mesh axis i (moert.h).
+int64_t FunctionLowering::axisMask(CollectiveOpInterface op) {
+  MeshOp mesh = op.getMeshOp();
   int64_t mask = 0;
-  for (Attribute a : axes)
+  for (Attribute a : op.getAxes())
     mask |= int64_t(1) << mesh.getAxisIndex(cast<StringAttr>(a).getValue());
   return mask;
 }
@@ -309,7 +309,8 @@ LogicalResult FunctionLowering::run() {
   auto entry = func::FuncOp::create(
       mb, func.getLoc(), ("moe_entry_" + func.getSymName()).str(),
       mb.getFunctionType({ptrTy, ptrTy, ptrTy}, {}));
-  entry->setAttr("moe.arena_bytes", mb.getI64IntegerAttr(plan.arenaBytes));
+  entry->setAttr(MoEDialect::kArenaBytesAttrName,
+                 mb.getI64IntegerAttr(plan.arenaBytes));
   Block *block = entry.addEntryBlock();
   em = std::make_unique<EntryEmitter>(module, entry);
   Value argTable = block->getArgument(1), resultTable = block->getArgument(2);
@@ -507,11 +508,9 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
       .Case([&](WaitOp o) {
         return e.call(abi::moert_wait{.handle = handles.lookup(o.getFuture())});
       })
-      .Case<AllToAllOp, AllToAllVOp, AllGatherOp, ReduceScatterOp, AllReduceOp,
-            SliceOp>([&](Operation *o) { return lowerCollective(*o, false); })
-      .Case<AllToAllStartOp, AllToAllVStartOp, AllGatherStartOp,
-            ReduceScatterStartOp, AllReduceStartOp>(
-          [&](Operation *o) { return lowerCollective(*o, true); })
+      .Case([&](CollectiveOpInterface c) {
+        return lowerCollective(*c.getOperation(), c.isStart());
+      })
       .Default([](Operation *o) {
         return o->emitOpError("has no runtime lowering");
       });
@@ -519,15 +518,16 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
 
 LogicalResult FunctionLowering::lowerCollective(Operation &op, bool start) {
   EntryEmitter &e = *em;
-  auto meshRef = op.getAttrOfType<FlatSymbolRefAttr>("mesh");
-  auto axes = op.getAttrOfType<ArrayAttr>("axes");
+  auto collective = cast<CollectiveOpInterface>(op);
   auto intAttr = [&](StringRef name) {
     return e.i64(op.getAttrOfType<IntegerAttr>(name).getInt());
   };
-  Value in = op.getOperand(0), out = op.getResult(0);
+  Value in = collective.getInput(), out = collective.getResult();
   RankedTensorType inTy = tensorOf(in), outTy = tensorOf(out);
   int64_t eb = (inTy.getElementTypeBitWidth() + 7) / 8;
-  Value mask = e.i64(axisMask(&op, meshRef, axes));
+  if (!collective.getMeshOp())
+    return op.emitOpError("names no moe.mesh of the module");
+  Value mask = e.i64(axisMask(collective));
 
   // A collective and its *_start form take the same parameters: `make`
   // builds the argument struct of either, given an empty one.

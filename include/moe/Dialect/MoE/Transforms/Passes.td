@@ -46,7 +46,7 @@ def MoEShard : Pass<"moe-shard", "::mlir::ModuleOp"> {
   }];
   let options = [
     Option<"mesh", "mesh", "std::string", /*default=*/"\"\"",
-           "mesh as axis=size pairs, e.g. dp=1,ep=2,tp=2 (axes left out are 1)">,
+           "mesh as axis=size pairs, e.g. dp=1,ep=2,tp=2 (axes left out are 1); without it, the module's moe.mesh">,
     Option<"expertTp", "expert-tp", "bool", /*default=*/"false",
            "split each expert's FFN over tp">
   ];
