@@ -31,7 +31,7 @@ run() { # name, command...
   return 0
 }
 
-run "lit ($BUILD_DIR/test)" "$LIT" -s -j "$(nproc)" "$BUILD_DIR/test"
+run "lit ($BUILD_DIR/test)" "$LIT" -sv -j "$(nproc)" "$BUILD_DIR/test"
 run "unit tests (ctest)" ctest --test-dir "$BUILD_DIR" --output-on-failure
 run "pytest ($(command -v python3))" python3 -m pytest -q python/tests
 if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import numpy, pytest' 2>/dev/null; then
