@@ -13,6 +13,8 @@
 
 #include "llvm/Support/FormatVariadic.h"
 
+#include <map>
+
 using namespace mlir;
 using mlir::moe::MoEDialect;
 
@@ -107,6 +109,51 @@ LogicalResult describeTensor(func::FuncOp f, const Twine &what, Type type,
   return success();
 }
 
+/// The collectives `f` runs per call, from CollectiveOpInterface, keyed as
+/// the runtime statistics key them (op name, axes in mesh order): calls and
+/// bytes this rank sends to other ranks; `upper_bound` when the count depends
+/// on the data (all_to_all_v). moe.slice moves nothing and the runtime counts
+/// it as a phase, so it is left out.
+llvm::json::Array describeCollectives(func::FuncOp f) {
+  struct Sum {
+    int64_t calls = 0, bytes = 0;
+    bool upperBound = false;
+  };
+  std::map<std::pair<std::string, std::string>, Sum> sums;
+  f.walk([&](moe::CollectiveOpInterface c) {
+    if (isa<moe::SliceOp>(c.getOperation()))
+      return;
+    StringRef op = c->getName().stripDialect();
+    op.consume_back("_start");
+    std::string axes;
+    if (moe::MeshOp mesh = c.getMeshOp()) {
+      SmallVector<std::pair<int64_t, StringRef>> ordered;
+      for (Attribute a : c.getAxes()) {
+        StringRef name = cast<StringAttr>(a).getValue();
+        ordered.push_back({mesh.getAxisIndex(name), name});
+      }
+      llvm::sort(ordered);
+      for (auto &[index, name] : ordered) {
+        if (!axes.empty())
+          axes.push_back(',');
+        axes.append(name.data(), name.size());
+      }
+    }
+    Sum &sum = sums[{op.str(), axes}];
+    sum.calls += 1;
+    sum.bytes += c.getBytesSentPerRank();
+    sum.upperBound |= c.isBytesSentUpperBound();
+  });
+  llvm::json::Array out;
+  for (auto &[key, sum] : sums)
+    out.push_back(llvm::json::Object{{"op", key.first},
+                                     {"axis", key.second},
+                                     {"calls", sum.calls},
+                                     {"bytes_sent", sum.bytes},
+                                     {"upper_bound", sum.upperBound}});
+  return out;
+}
+
 FailureOr<llvm::json::Object> describeEntry(func::FuncOp f) {
   llvm::json::Object entry;
   entry["name"] = f.getSymName().str();
@@ -147,6 +194,7 @@ FailureOr<llvm::json::Object> describeEntry(func::FuncOp f) {
   }
   entry["args"] = std::move(args);
   entry["results"] = std::move(results);
+  entry["collectives"] = describeCollectives(f);
   return entry;
 }
 

@@ -10,13 +10,16 @@ For one model config and one set of routing options it
   4. for every DTD mesh, checks from ``--stats`` that each rank's all-to-all bytes of
      the token exchange over ``ep`` (``all_to_all_v`` dropless, ``all_to_all`` with
      capacity) are exactly 1/tp of the same mesh without ``--dtd``;
-  5. for every mesh, checks that the weight elements each rank loads (the local
+  5. for every run, checks each rank's ``--stats`` collectives against the manifest's
+     ``collectives`` (what the compiler predicts from CollectiveOpInterface): the
+     same kinds, axes and calls, the same bytes (at most them for all_to_all_v);
+  6. for every mesh, checks that the weight elements each rank loads (the local
      shapes of the manifest's weight arguments) are what ``info`` says
      (``moe_compiler.info.graph_weights_per_rank``).
 
 Output, one line per run (FileCheck reads them):
   IR <family> %N = moe.layer ... {attributes}        (with --show-ir)
-  PASS <family> <mesh> max_rel_err=<e> outputs=<names>
+  PASS <family> <mesh> max_rel_err=<e> collectives=<n> outputs=<names>
   DTD <family> <mesh> <op> bytes/rank=<b> nodtd=<b0> ratio=1/<tp>
   WEIGHTS <family> <mesh> elements/rank=<n> single=<n1> info=<n>
   DROPS <family> dropped=<n> of <m> assignments (capacity <c> per group)
@@ -193,6 +196,32 @@ def a2a_bytes(stats_path: str, op: str) -> list[int]:
         out.append(sum(c["bytes_sent"] for c in r.get("collectives", [])
                        if c["op"] == op and c["axis"] == "ep"))
     return out
+
+
+def check_collectives(module_dir: str, stats_path: str) -> int:
+    """Each rank's measured collectives (``--stats``) against what the compiler
+    predicts per call (the manifest's ``collectives``, from CollectiveOpInterface):
+    the same (op, axes) pairs and calls, and the same bytes, or at most the
+    predicted bytes where the count depends on the data (all_to_all_v)."""
+    with open(os.path.join(module_dir, "manifest.json"), encoding="utf-8") as fh:
+        entry = next(e for e in json.load(fh)["entries"] if e["name"] == "forward")
+    want = {(c["op"], c["axis"]): c for c in entry["collectives"]}
+    with open(stats_path, encoding="utf-8") as fh:
+        ranks = json.load(fh)
+    for r in ranks:
+        got = {(c["op"], c["axis"]): c for c in r.get("collectives", [])}
+        if set(got) != set(want):
+            raise Failure(f"rank {r['rank']} ran collectives {sorted(got)}, the "
+                          f"compiler predicted {sorted(want)}")
+        for key, c in want.items():
+            g = got[key]
+            exact = not c["upper_bound"]
+            if g["calls"] != c["calls"] or (g["bytes_sent"] != c["bytes_sent"] if exact
+                                            else g["bytes_sent"] > c["bytes_sent"]):
+                raise Failure(f"rank {r['rank']} {key}: {g['calls']} calls, "
+                              f"{g['bytes_sent']} bytes; predicted {c['calls']} calls, "
+                              f"{'' if exact else 'at most '}{c['bytes_sent']} bytes")
+    return len(want)
 
 
 def weight_elements(module_dir: str) -> int:
@@ -376,8 +405,9 @@ def drive(a: argparse.Namespace, config: str, routing: list[str], meshes: list[M
                               f"{sorted(ref_names)}")
             err, names = compare(out, ref_tensors)
             stats[m.label] = st
+            kinds = check_collectives(mod, st)
             print(f"PASS {a.family} {m.label} max_rel_err={err:.2e} "
-                  f"outputs={','.join(names)}", flush=True)
+                  f"collectives={kinds} outputs={','.join(names)}", flush=True)
             if a.verbose:
                 print(f"# {m.label}: {time.time() - t1:.1f}s\n{log}", flush=True)
         except Failure as e:

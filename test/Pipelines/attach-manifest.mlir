@@ -13,13 +13,13 @@
 
 // CHECK: manifest
 // CHECK-NEXT: mesh dp=1 ep=2 tp=2
-// CHECK-NEXT: entry forward symbol moe_entry_forward keys args,name,results,symbol
+// CHECK-NEXT: entry forward symbol moe_entry_forward keys args,collectives,name,results,symbol
 // CHECK-NEXT: arg 0 input hidden_states f32 global [64, 32] local [32, 32] shard dp*ep x -
 // CHECK-NEXT: arg 1 weight model.layers.0.mlp.experts.{e}.w1.weight bf16 global [8, 64, 32] local [4, 32, 32] shard ep x tp x - transpose True
 // CHECK-NEXT: arg 2 weight model.layers.0.mlp.gate.weight f32 global [8, 32] local [8, 32] shard - x - transpose False
 // CHECK-NEXT: result 0 hidden_states f32 global [64, 32] local [32, 32] shard dp*ep x -
 // CHECK-NEXT: result 1 result1 i64 global [8] local [8] shard -
-// CHECK-NEXT: entry probe symbol moe_entry_probe keys args,name,results,symbol
+// CHECK-NEXT: entry probe symbol moe_entry_probe keys args,collectives,name,results,symbol
 // CHECK-NEXT: arg 0 input ids i32 global [4] local [4] shard -
 // CHECK-NEXT: arg 1 input half f16 global [2, 3] local [2, 3] shard - x -
 module {

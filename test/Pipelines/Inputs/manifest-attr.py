@@ -49,6 +49,10 @@ def summarize(m):
         for r in e["results"]:
             print(f"result {r['index']} {r['name']} {r['dtype']} global {r['shape']} "
                   f"local {r['local_shape']} shard {shard(r['shard'])}")
+        for c in e["collectives"]:
+            bound = " (upper bound)" if c["upper_bound"] else ""
+            print(f"collective {c['op']} over {c['axis']} calls {c['calls']} "
+                  f"bytes {c['bytes_sent']}{bound}")
 
 
 def main():
