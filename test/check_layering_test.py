@@ -116,6 +116,14 @@ class CheckLayering(unittest.TestCase):
         self.assertIn("tools/moe-run/moe-run.cpp:3: includes "
                       "runtime/core/Context.h: tools see only", out)
 
+    def test_tool_including_mpi_fails(self):
+        files = dict(CLEAN)
+        files["tools/moe-run/moe-run.cpp"] += "#include <mpi.h>\n"
+        rc, out = run_on(files)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("tools/moe-run/moe-run.cpp:3: includes <mpi.h>: tools "
+                      "reach MPI", out)
+
     def test_unknown_runtime_directory_fails(self):
         files = dict(CLEAN)
         files["runtime/extra/Thing.h"] = '#include "base/Status.h"\n'

@@ -26,6 +26,7 @@
 #endif
 
 #include <cinttypes>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -842,14 +843,57 @@ void moert_world_finalize(void) {
 }
 
 int32_t moert_world_launched(void) {
-  for (const char *size :
-       {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE"})
-    if (envPositive(size))
-      return 1;
+  if (moert_world_launcher_size() > 0)
+    return 1;
   for (const char *rank : {"PMIX_RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK"})
     if (std::getenv(rank))
       return 1;
   return 0;
+}
+
+int32_t moert_world_launcher_size(void) {
+  for (const char *size :
+       {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE"})
+    if (envPositive(size))
+      return static_cast<int32_t>(std::atoi(std::getenv(size)));
+  return 0;
+}
+
+int32_t moert_world_rank(void) {
+#ifdef MOE_HAVE_MPI
+  int initialized = 0, rank = 0;
+  MPI_Initialized(&initialized);
+  if (initialized)
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  return rank;
+#else
+  return 0;
+#endif
+}
+
+int32_t moert_world_size(void) {
+#ifdef MOE_HAVE_MPI
+  int initialized = 0, size = 1;
+  MPI_Initialized(&initialized);
+  if (initialized)
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+  return size;
+#else
+  return 1;
+#endif
+}
+
+void moert_world_abort(int32_t code) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+#ifdef MOE_HAVE_MPI
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized && moert_world_size() > 1)
+    MPI_Abort(MPI_COMM_WORLD, code);
+#endif
+  std::_Exit(code);
 }
 
 moert_status moert_world_barrier(moert_ctx *ctx) {

@@ -1,8 +1,8 @@
 //===- World.cpp - Ranks, error reports and exits of moe-run --------------===//
 //
-// moe-run talks to MPI directly for two things the C ABI has no call for:
-// the world size before a context exists, and MPI_Abort after an error that
-// only this rank saw.
+// The world is the C ABI's (moert_world_*): its size before a context exists
+// comes from the launcher, and an error that only this rank saw ends every
+// rank (moert_world_abort).
 //
 //===----------------------------------------------------------------------===//
 #include "World.h"
@@ -14,13 +14,6 @@
 #include <cstdlib>
 #include <string>
 
-#ifdef MOE_HAVE_MPI
-// The C API only: keep OpenMPI's C++ bindings (and their library) out.
-#define OMPI_SKIP_MPICXX 1
-#define MPICH_SKIP_MPICXX 1
-#include <mpi.h>
-#endif
-
 using namespace moert;
 
 namespace moe_run {
@@ -28,15 +21,6 @@ namespace moe_run {
 namespace {
 
 World gWorld;
-
-/// Size of the job from the launcher's environment, 0 if unknown.
-int launcherSize() {
-  for (const char *var :
-       {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE"})
-    if (const char *v = std::getenv(var))
-      return std::atoi(v);
-  return 0;
-}
 
 } // namespace
 
@@ -55,13 +39,8 @@ void report(const char *fmt, ...) {
 }
 
 void abortAll() {
-  std::fflush(stdout);
-  std::fflush(stderr);
-#ifdef MOE_HAVE_MPI
-  if (gWorld.mpi && gWorld.size > 1)
-    MPI_Abort(MPI_COMM_WORLD, 1);
-#endif
-  std::_Exit(1);
+  moert_world_abort(1);
+  std::_Exit(1); // not reached: moert_world_abort does not return
 }
 
 void fatal(const Status &s) {
@@ -70,7 +49,7 @@ void fatal(const Status &s) {
 }
 
 Status initWorld(int *argc, char ***argv, bool cuda) {
-  if (!moert_world_launched() || launcherSize() == 1)
+  if (!moert_world_launched() || moert_world_launcher_size() == 1)
     return Status::ok();
   moert_status st =
       moert_world_init(argc, argv, cuda ? MOERT_COMM_NCCL : MOERT_COMM_MPI);
@@ -80,11 +59,9 @@ Status initWorld(int *argc, char ***argv, bool cuda) {
                             "rebuild)");
   if (st != MOERT_OK)
     return supportError(st, "MPI initialization failed (status %d)", st);
-#ifdef MOE_HAVE_MPI
   gWorld.mpi = true;
-  MPI_Comm_rank(MPI_COMM_WORLD, &gWorld.rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &gWorld.size);
-#endif
+  gWorld.rank = moert_world_rank();
+  gWorld.size = moert_world_size();
   return Status::ok();
 }
 

@@ -5,7 +5,7 @@
 // one rank may see alone (a slice of a truncated file) are agreed on with an
 // allgather before any collective (Driver::agree); a failure during the run
 // (when the other ranks may be waiting in a collective) is reported and
-// followed by MPI_Abort (fatal), so no rank is left waiting.
+// followed by moert_world_abort (fatal), so no rank is left waiting.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOE_RUN_WORLD_H
@@ -31,7 +31,7 @@ moert::Status initWorld(int *argc, char ***argv, bool cuda);
 __attribute__((format(printf, 1, 2))) void report(const char *fmt, ...);
 
 /// Ends this rank after an error the other ranks may not share: with MPI,
-/// MPI_Abort brings every rank down (the message is already printed).
+/// moert_world_abort brings every rank down (the message is already printed).
 [[noreturn]] void abortAll();
 
 /// report("error: ...") and abortAll().

@@ -155,6 +155,17 @@ moert_status moert_world_init(int *argc, char ***argv, int32_t comm);
 void moert_world_finalize(void);
 /* 1 when the process was started by a launcher with more than 0 ranks. */
 int32_t moert_world_launched(void);
+/* Ranks of the job as the launcher's environment gives them (0: unknown or
+ * not launched), readable before moert_world_init. */
+int32_t moert_world_launcher_size(void);
+/* This process's rank and the number of ranks of the world that
+ * moert_world_init started (0 and 1 when it started none). */
+int32_t moert_world_rank(void);
+int32_t moert_world_size(void);
+/* Ends every rank of the job with exit status `code`, for an error that only
+ * this rank saw (the others would wait forever); without a started world it
+ * ends this process. Never returns. */
+void moert_world_abort(int32_t code);
 moert_status moert_world_barrier(moert_ctx *ctx);
 /* Every rank sends `bytes` host bytes; rank 0 receives world*bytes in rank
  * order (recv may be NULL on other ranks). */

@@ -283,6 +283,10 @@ TEST_F(MpiCollectives, WorldHelpers) {
   EXPECT_EQ(all[2], 12);
   EXPECT_EQ(moert_world_barrier(ctx_), MOERT_OK);
   EXPECT_EQ(moert_world_launched(), 1);
+  // The world as moe-run sees it without reaching for MPI itself.
+  EXPECT_EQ(moert_world_rank(), rank());
+  EXPECT_EQ(moert_world_size(), moert_ctx_world_size(ctx_));
+  EXPECT_EQ(moert_world_launcher_size(), moert_ctx_world_size(ctx_));
 }
 
 // Last: leaves an abandoned collective behind on the ranks that timed out.
