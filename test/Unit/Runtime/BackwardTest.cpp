@@ -10,7 +10,11 @@
 #include "RuntimeTestUtil.h"
 #include "cpu/CpuBackend.h"
 
+#include <cblas.h>
+
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -770,6 +774,78 @@ TEST_F(Backward, StatsNameAPhaseAfterEachKernel) {
   EXPECT_NE(stats.find("\"name\": \"rmsnorm_grad\""), std::string::npos)
       << stats;
   EXPECT_EQ(stats.find("\"name\": \"rmsnorm\""), std::string::npos) << stats;
+}
+
+//===--- Timing (disabled: run with --gtest_also_run_disabled_tests) ------===//
+
+double seconds() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+// The benchmark shape of ExpertFfnTest (T=2048, D=1024, F=3584, E=8, top-2,
+// SwiGLU, dropless): expert_ffn_grad against its GEMMs through cblas_sgemm
+// alone: the two that recompute the hidden activations and the six of the
+// gradients (the backward's GEMM floor).
+TEST_F(Backward, DISABLED_TimingOfTheExpertFfnBackward) {
+  const int64_t D = 1024, F = 3584, E = 8, rows = 4096;
+  ExpertSet w(E, D, F, MOERT_ACT_SWIGLU, 101);
+  std::vector<int32_t> counts(E, int32_t(rows / E));
+  std::vector<float> x = randomVec(rows * D, 102),
+                     dy = randomVec(rows * D, 103);
+  std::vector<float> dx(rows * D), dg(E * F * D), du(E * F * D), dd(E * D * F);
+  std::vector<float> a(rows * F), u(rows * F), h(rows * F), dh(rows * F);
+  auto grad = [&] {
+    moert_expert_ffn_grad(ctx, x.data(), counts.data(), w.gate.data(),
+                          w.up.data(), w.down.data(), dy.data(), dx.data(),
+                          dg.data(), du.data(), dd.data(), E, 1, 0, rows, D, F,
+                          MOERT_ACT_SWIGLU, MOERT_F32);
+  };
+  auto gemms = [&](bool recompute) {
+    auto sg = [](CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n,
+                 int64_t kk, const float *A, int64_t lda, const float *B,
+                 int64_t ldb, float beta, float *C) {
+      cblas_sgemm(CblasRowMajor, ta, tb, m, n, kk, 1.0f, A, lda, B, ldb, beta,
+                  C, n);
+    };
+    const auto N = CblasNoTrans, T = CblasTrans;
+    for (int64_t e = 0, row = 0; e < E; row += counts[e++]) {
+      int64_t m = counts[e];
+      const float *xe = &x[row * D], *dye = &dy[row * D];
+      const float *ge = &w.gate[e * F * D], *ue = &w.up[e * F * D],
+                  *de = &w.down[e * D * F];
+      float *ae = &a[row * F], *uu = &u[row * F], *he = &h[row * F],
+            *dhe = &dh[row * F];
+      if (recompute) {
+        sg(N, T, m, F, D, xe, D, ge, D, 0, ae);
+        sg(N, T, m, F, D, xe, D, ue, D, 0, uu);
+      }
+      sg(N, N, m, F, D, dye, D, de, F, 0, dhe);
+      sg(T, N, D, F, m, dye, D, he, F, 0, &dd[e * D * F]);
+      sg(N, N, m, D, F, uu, F, ue, D, 0, &dx[row * D]);
+      sg(N, N, m, D, F, ae, F, ge, D, 1, &dx[row * D]);
+      sg(T, N, F, D, m, uu, F, xe, D, 0, &du[e * F * D]);
+      sg(T, N, F, D, m, ae, F, xe, D, 0, &dg[e * F * D]);
+    }
+  };
+  double gradTime = 1e30, all = 1e30, floor = 1e30;
+  for (int rep = 0; rep < 3; ++rep) {
+    double t0 = seconds();
+    grad();
+    double t1 = seconds();
+    gemms(true);
+    double t2 = seconds();
+    gemms(false);
+    double t3 = seconds();
+    gradTime = std::min(gradTime, t1 - t0);
+    all = std::min(all, t2 - t1);
+    floor = std::min(floor, t3 - t2);
+  }
+  ASSERT_TRUE(ok());
+  std::printf("expert_ffn_grad %.1f ms; its 8 GEMMs through cblas_sgemm %.1f "
+              "ms (ratio %.3f); the 6 gradient GEMMs %.1f ms (ratio %.3f)\n",
+              gradTime * 1e3, all * 1e3, gradTime / all, floor * 1e3,
+              gradTime / floor);
 }
 
 } // namespace
