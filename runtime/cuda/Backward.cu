@@ -168,6 +168,8 @@ __global__ void topkGradKernel(const float *logits, const int32_t *indices,
   // 2. Gate weights w_j = c*rho_j/S: S and sum_j (c*dw_j)*rho_j.
   float sPart = 0.f, qPart = 0.f;
   for (int64_t j = lane; j < k; j += 32) {
+    if (idx[j] < 0 || idx[j] >= E)
+      continue;
     const float rho = score(idx[j]);
     sPart += rho;
     qPart += scaling * dw[j] * rho;
@@ -178,6 +180,8 @@ __global__ void topkGradKernel(const float *logits, const int32_t *indices,
   __syncwarp();
   if (lane == 0) {
     for (int64_t j = 0; j < k; ++j) { // in order: repeated experts add up
+      if (idx[j] < 0 || idx[j] >= E)
+        continue;
       const float wh = scaling * dw[j];
       out[idx[j]] += renorm ? (wh - q / S) / S : wh;
     }
@@ -205,13 +209,14 @@ __global__ void topkGradKernel(const float *logits, const int32_t *indices,
 //-----------------------------------------------===//
 
 __global__ void dispatchGradKernel(const float *dout, const int32_t *positions,
-                                   float *dx, int64_t T, int64_t k, int64_t D) {
+                                   float *dx, int64_t T, int64_t k, int64_t D,
+                                   int64_t outRows) {
   for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
     const int32_t *pos = positions + t * k;
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
       float s = 0.f;
       for (int64_t j = 0; j < k; ++j)
-        if (pos[j] >= 0)
+        if (pos[j] >= 0 && pos[j] < outRows)
           s += dout[int64_t(pos[j]) * D + d];
       dx[t * D + d] = s;
     }
@@ -225,7 +230,7 @@ __global__ void combineGradKernel(const float *y, const int32_t *positions,
                                   const float *passthrough, const float *dout,
                                   float *dy, float *dweights,
                                   float *dpassthrough, int64_t T, int64_t k,
-                                  int64_t D) {
+                                  int64_t D, int64_t yRows) {
   __shared__ float scratch[32];
   for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
     const float *g = dout + t * D;
@@ -233,7 +238,9 @@ __global__ void combineGradKernel(const float *y, const int32_t *positions,
       const int32_t p = positions[t * k + j];
       const float wj = weights[t * k + j];
       float dot = 0.f;
-      if (p >= 0) {
+      if (p >= yRows) {
+        // out of range: skipped (not a drop either)
+      } else if (p >= 0) {
         const float *yr = y + int64_t(p) * D;
         float *dyr = dy + int64_t(p) * D;
         for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
@@ -512,12 +519,12 @@ Status launchTopkGrad(const LaunchEnv &env, const float *logits,
 
 Status launchDispatchGrad(const LaunchEnv &env, const float *dout,
                           const int32_t *positions, float *dx, int64_t T,
-                          int64_t k, int64_t D) {
+                          int64_t k, int64_t D, int64_t outRows) {
   const char *op = "moert_dispatch_grad";
   if (T == 0 || D == 0)
     return Status::ok();
   dispatchGradKernel<<<rowBlocks(T), rowThreads(D), 0, env.stream>>>(
-      dout, positions, dx, T, k, D);
+      dout, positions, dx, T, k, D, outRows);
   MOERT_LAUNCHED(op, "dispatchGradKernel");
   return Status::ok();
 }
@@ -535,7 +542,7 @@ Status launchCombineGrad(const LaunchEnv &env, const float *y,
     return Status::ok();
   combineGradKernel<<<rowBlocks(T), rowThreads(D), 0, env.stream>>>(
       y, positions, weights, passthrough, dout, dy, dweights, dpassthrough, T,
-      k, D);
+      k, D, yRows);
   MOERT_LAUNCHED(op, "combineGradKernel");
   return Status::ok();
 }

@@ -941,12 +941,13 @@ Status CudaBackend::topkGrad(const float *logits, const int32_t *indices,
 
 Status CudaBackend::dispatchGrad(const void *dout, const int32_t *positions,
                                  void *dx, int64_t T, int64_t k, int64_t D,
-                                 int64_t /*outRows*/, int32_t dtype) {
+                                 int64_t outRows, int32_t dtype) {
   const char *op = "moert_dispatch_grad";
   MOERT_TRY(enter(op));
   MOERT_TRY(requireF32(dtype, op));
   return cuda::launchDispatchGrad(env(), static_cast<const float *>(dout),
-                                  positions, static_cast<float *>(dx), T, k, D);
+                                  positions, static_cast<float *>(dx), T, k, D,
+                                  outRows);
 }
 
 Status CudaBackend::combineGrad(const void *y, const int32_t *positions,
@@ -1308,9 +1309,37 @@ Status CudaBackend::mseLoss(const void *y, const void *target, float *loss,
 }
 
 // The optimizer reads its 8 hyperparameters on the host (one 32-byte copy
-// and a stream synchronization per call) so that the per-step scalars are
-// computed by the host's libm exactly as the CPU backend computes them (the
-// device's pow is not correctly rounded).
+// and a stream synchronization per call): their values live in device
+// memory, so the context cannot check them and the backend does (as the CPU
+// backend, with its messages), and the per-step scalars are computed by the
+// host's libm exactly as the CPU backend computes them (the device's pow is
+// not correctly rounded).
+
+enum HParam {
+  kLr,
+  kBeta1,
+  kBeta2,
+  kEps,
+  kWeightDecay,
+  kMomentum,
+  kStep,
+  kRate
+};
+
+static Status checkHParam(const char *fn, const float *h, HParam i,
+                          const char *name, bool ok, const char *rule) {
+  if (std::isfinite(h[i]) && ok)
+    return Status::ok();
+  return error(MOERT_ERR_INVALID,
+               "%s: hparams[%d] (%s) = %g must be a finite number %s", fn,
+               int(i), name, double(h[i]), rule);
+}
+
+static Status checkStep(const char *fn, const float *h) {
+  const float n = h[kStep];
+  return checkHParam(fn, h, kStep, "step", n >= 1 && n == std::floor(n),
+                     "that is a whole number >= 1");
+}
 
 Status CudaBackend::adamw(const float *w, const float *g, const float *m,
                           const float *v, const float *hparams, float *wOut,
@@ -1319,8 +1348,17 @@ Status CudaBackend::adamw(const float *w, const float *g, const float *m,
   MOERT_TRY(enter(op));
   float h[8];
   MOERT_TRY(readHparams(hparams, op, h));
-  const double lr = h[0], b1 = h[1], b2 = h[2], eps = h[3], wd = h[4],
-               step = h[6];
+  MOERT_TRY(checkHParam(op, h, kLr, "lr", h[kLr] > 0, "> 0"));
+  MOERT_TRY(checkHParam(op, h, kBeta1, "beta1", h[kBeta1] >= 0 && h[kBeta1] < 1,
+                        "in [0, 1)"));
+  MOERT_TRY(checkHParam(op, h, kBeta2, "beta2", h[kBeta2] >= 0 && h[kBeta2] < 1,
+                        "in [0, 1)"));
+  MOERT_TRY(checkHParam(op, h, kEps, "eps", h[kEps] >= 0, ">= 0"));
+  MOERT_TRY(checkHParam(op, h, kWeightDecay, "weight_decay",
+                        h[kWeightDecay] >= 0, ">= 0"));
+  MOERT_TRY(checkStep(op, h));
+  const double lr = h[kLr], b1 = h[kBeta1], b2 = h[kBeta2], eps = h[kEps],
+               wd = h[kWeightDecay], step = h[kStep];
   cuda::AdamwScalars s;
   s.decay = 1.0 - lr * wd;
   s.beta1 = b1;
@@ -1340,11 +1378,17 @@ Status CudaBackend::sgd(const float *w, const float *g, const float *buf,
   MOERT_TRY(enter(op));
   float h[8];
   MOERT_TRY(readHparams(hparams, op, h));
+  MOERT_TRY(checkHParam(op, h, kLr, "lr", h[kLr] > 0, "> 0"));
+  MOERT_TRY(checkHParam(op, h, kWeightDecay, "weight_decay",
+                        h[kWeightDecay] >= 0, ">= 0"));
+  MOERT_TRY(
+      checkHParam(op, h, kMomentum, "momentum", h[kMomentum] >= 0, ">= 0"));
+  MOERT_TRY(checkStep(op, h));
   cuda::SgdScalars s;
-  s.negLr = -double(h[0]);
-  s.wd = h[4];
-  s.momentum = h[5];
-  s.first = !(double(h[6]) > 1.0);
+  s.negLr = -double(h[kLr]);
+  s.wd = h[kWeightDecay];
+  s.momentum = h[kMomentum];
+  s.first = h[kStep] == 1.0f; // the buffer starts as d
   return cuda::launchSgd(env(), w, g, buf, wOut, bufOut, n, s);
 }
 
@@ -1355,9 +1399,10 @@ Status CudaBackend::biasUpdate(const float *bias, const float *load,
   MOERT_TRY(enter(op));
   float h[8];
   MOERT_TRY(readHparams(hparams, op, h));
+  MOERT_TRY(checkHParam(op, h, kRate, "bias_update_rate", true, "of any sign"));
   const double meanLoad = double(tokens * k) / double(E);
   return cuda::launchBiasUpdate(env(), bias, load, biasOut, E, meanLoad,
-                                double(h[7]));
+                                double(h[kRate]));
 }
 
 } // namespace

@@ -73,7 +73,9 @@ Status launchSigmoidGateScale(const LaunchEnv &env, const void *x,
 //===--- Training: backward (Backward.cu), f32 only
 //------------------------===//
 // Every reduction over tokens runs in a fixed order (no atomics): a run
-// repeats bit for bit.
+// repeats bit for bit. Indices and positions live in device memory and are
+// not checked (as in the forward kernels), but one out of range is skipped:
+// it never makes a kernel read or write outside its buffers.
 
 /// rmsnorm_grad: dx [T,D] and dw [D] (sum over the T rows), overwritten.
 /// dx may alias x or dy.
@@ -87,7 +89,7 @@ Status launchTopkGrad(const LaunchEnv &env, const float *logits,
                       int32_t renormalize, float scaling);
 Status launchDispatchGrad(const LaunchEnv &env, const float *dout,
                           const int32_t *positions, float *dx, int64_t T,
-                          int64_t k, int64_t D);
+                          int64_t k, int64_t D, int64_t outRows);
 Status launchCombineGrad(const LaunchEnv &env, const float *y,
                          const int32_t *positions, const float *weights,
                          const float *passthrough, const float *dout, float *dy,

@@ -710,5 +710,57 @@ TEST_F(CudaBackwardTest, BiasUpdateMatchesCpuBitForBit) {
   }
 }
 
+// The hyperparameters live in device memory: the backend checks them (the
+// context cannot), with the CPU backend's codes and messages.
+TEST_F(CudaBackwardTest, OptimizersRejectBadHparams) {
+  const int64_t n = 8;
+  struct Case {
+    const char *kernel;
+    int index;
+    float value;
+    const char *name;
+  };
+  const float nan = std::nanf("");
+  const Case cases[] = {
+      {"moert_adamw", 0, nan, "lr"},
+      {"moert_adamw", 0, -1e-3f, "lr"},
+      {"moert_adamw", 1, 1.0f, "beta1"},
+      {"moert_adamw", 6, 0.0f, "step"},
+      {"moert_adamw", 6, 1.5f, "step"},
+      {"moert_sgd", 0, 0.0f, "lr"},
+      {"moert_sgd", 5, -0.9f, "momentum"},
+      {"moert_bias_update", 7, INFINITY, "bias_update_rate"},
+  };
+  for (const Case &c : cases) {
+    SCOPED_TRACE(std::string(c.kernel) + " hparams[" + std::to_string(c.index) +
+                 "] = " + std::to_string(c.value));
+    Hparams hp = {1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0.9f, 1.0f, 1e-3f};
+    hp[c.index] = c.value;
+    for (Backend *b : {cpu.get(), gpu.get()}) {
+      auto h = put(*b, hp);
+      auto w = put(*b, randomVec(n, 1300));
+      Buf g(*b, n * 4), m(*b, n * 4), v(*b, n * 4);
+      Status s = Status::ok();
+      if (!std::strcmp(c.kernel, "moert_adamw"))
+        s = b->adamw(w->as<float>(), g.as<float>(), m.as<float>(),
+                     v.as<float>(), h->as<float>(), w->as<float>(),
+                     m.as<float>(), v.as<float>(), n);
+      else if (!std::strcmp(c.kernel, "moert_sgd"))
+        s = b->sgd(w->as<float>(), g.as<float>(), m.as<float>(), h->as<float>(),
+                   w->as<float>(), m.as<float>(), n);
+      else
+        s = b->biasUpdate(w->as<float>(), g.as<float>(), h->as<float>(),
+                          w->as<float>(), n, 4, 2);
+      EXPECT_EQ(s.code(), MOERT_ERR_INVALID)
+          << b->name() << ": " << s.message();
+      EXPECT_NE(s.message().find(c.kernel), std::string::npos)
+          << b->name() << ": " << s.message();
+      EXPECT_NE(s.message().find(std::string("(") + c.name + ")"),
+                std::string::npos)
+          << b->name() << ": " << s.message();
+    }
+  }
+}
+
 } // namespace
 } // namespace moert_cuda_test
