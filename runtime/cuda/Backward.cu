@@ -285,9 +285,10 @@ __global__ void loadBalanceLossGradKernel(const float *stats,
                                           float coeff) {
   for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < E;
        e += int64_t(gridDim.x) * blockDim.x) {
-    const double count = stats[e];
-    const double g = double(dloss[0]) * double(coeff) * double(E) * count /
-                     double(tokens * k) / double(tokens);
+    // The CPU backend's order: (dloss*coeff*E) * (count/(T*k)) / T.
+    const double scale = double(dloss[0]) * double(coeff) * double(E);
+    const double g =
+        scale * (double(stats[e]) / double(tokens * k)) / double(tokens);
     dstats[e] = 0.f;
     dstats[E + e] = static_cast<float>(g);
   }
