@@ -473,6 +473,28 @@ TEST_F(CudaBackwardTest, ExpertFfnGradRejectsBadCounts) {
       << s.message();
 }
 
+TEST_F(CudaBackwardTest, ExpertFfnGradWithoutLiveRowsIsZero) {
+  // Every count 0: every weight gradient and every row of dx is exactly +0
+  // (the outputs start as NaN).
+  const int64_t E = 3, S = 2, D = 16, F = 8;
+  for (int64_t R : {int64_t(0), int64_t(4)}) {
+    SCOPED_TRACE(R ? "capacity" : "packed");
+    const int64_t rows = R ? E * R : 6;
+    Buf x(*gpu, rows * D * 4), dy(*gpu, rows * D * 4), w(*gpu, E * F * D * 4);
+    ASSERT_OK(gpu->memsetZero(x.get(), rows * D * 4));
+    auto counts = put(*gpu, std::vector<int32_t>(S * E, 0));
+    Buf dx(*gpu, rows * D * 4), dg(*gpu, E * F * D * 4),
+        du(*gpu, E * F * D * 4), dd(*gpu, E * D * F * 4);
+    ASSERT_OK(gpu->expertFfnGrad(x.get(), counts->as<int32_t>(), w.get(),
+                                 w.get(), w.get(), dy.get(), dx.get(), dg.get(),
+                                 du.get(), dd.get(), E, S, R, rows, D, F,
+                                 MOERT_ACT_SWIGLU, MOERT_F32));
+    for (const Buf *b : {&dx, &dg, &du, &dd})
+      EXPECT_EQ(b->download<uint32_t>(),
+                std::vector<uint32_t>(b->bytes() / 4, 0u));
+  }
+}
+
 //===--- mlp
 //-------------------------------------------------------------------===//
 
@@ -582,6 +604,12 @@ TEST_F(CudaBackwardTest, MseLossMatchesCpu) {
     ASSERT_OK(
         gpu->mseLoss(y.gf(), t.gf(), loss.gf(), dy.gf(), n, total, MOERT_F32));
     EXPECT_TRUE(sameBits(loss.g->download<float>(), first)) << "loss, rerun";
+    // dy may be y itself.
+    ASSERT_OK(
+        gpu->mseLoss(y.gf(), t.gf(), loss.gf(), y.gf(), n, total, MOERT_F32));
+    EXPECT_TRUE(sameBits(y.g->download<float>(), dy.g->download<float>()))
+        << "dy in place of y";
+    EXPECT_TRUE(sameBits(loss.g->download<float>(), first)) << "loss, in place";
   }
 }
 
