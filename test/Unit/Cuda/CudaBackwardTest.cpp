@@ -19,6 +19,8 @@
 //===----------------------------------------------------------------------===//
 #include "CudaTestUtil.h"
 
+#include "moert/moert.h"
+
 #include <cstdlib>
 #include <sstream>
 
@@ -788,6 +790,120 @@ TEST_F(CudaBackwardTest, OptimizersRejectBadHparams) {
           << b->name() << ": " << s.message();
     }
   }
+}
+
+//===--- Through the C ABI
+//------------------------------------------------------===//
+
+/// One context's run of a small layer's forward and backward chain and an
+/// AdamW step, through the C ABI (the context's validation and phases, then
+/// the backend).
+struct AbiChain {
+  std::vector<float> loss, dweights, dh, dwn, dgate, up;
+  std::string stats;
+};
+
+void runAbiChain(int32_t device, AbiChain &r) {
+  const int64_t T = 24, D = 32, F = 48, E = 4, k = 2, rows = T * k;
+  const float eps = 1e-6f;
+  moert_ctx_options o;
+  moert_ctx_options_init(&o);
+  o.device = device;
+  o.num_threads = 2;
+  moert_ctx *ctx = nullptr;
+  ASSERT_EQ(moert_ctx_create(&o, &ctx), MOERT_OK) << moert_last_error();
+  std::vector<void *> owned;
+  auto alloc = [&](int64_t bytes) {
+    void *p = nullptr;
+    EXPECT_EQ(moert_alloc(ctx, bytes, &p), MOERT_OK);
+    owned.push_back(p);
+    return p;
+  };
+  auto in = [&](const auto &v) {
+    const int64_t bytes = int64_t(v.size() * sizeof(v[0]));
+    void *p = alloc(bytes);
+    EXPECT_EQ(moert_copy_to_device(ctx, p, v.data(), bytes), MOERT_OK);
+    return p;
+  };
+  auto out = [&](const void *p, int64_t n) {
+    std::vector<float> v(n);
+    EXPECT_EQ(moert_copy_to_host(ctx, v.data(), p, n * 4), MOERT_OK);
+    return v;
+  };
+  const float ws = 1.0f / std::sqrt(float(D));
+  void *h = in(randomVec(T * D, 1400)),
+       *wn = in(randomVec(D, 1401, 0.5f, 1.5f));
+  void *idx = in(randomIndices(T, k, E, 1402));
+  void *gate = in(randomVec(E * F * D, 1403, -ws, ws));
+  void *up = in(randomVec(E * F * D, 1404, -ws, ws));
+  void *down = in(randomVec(E * D * F, 1405, -0.1f, 0.1f));
+  void *w = in(randomVec(T * k, 1406, 0.0f, 1.0f));
+  void *target = in(randomVec(T * D, 1407));
+  void *m = in(std::vector<float>(E * F * D, 0.0f));
+  void *v = in(std::vector<float>(E * F * D, 0.0f));
+  void *hp = in(
+      std::vector<float>{1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 0.0f, 1.0f, 0.0f});
+  auto *x = static_cast<float *>(alloc(T * D * 4));
+  auto *pos = static_cast<int32_t *>(alloc(rows * 4));
+  auto *cnt = static_cast<int32_t *>(alloc(E * 4));
+  void *buf = alloc(rows * D * 4), *eo = alloc(rows * D * 4);
+  void *y = alloc(T * D * 4), *dy = alloc(T * D * 4);
+  auto *loss = static_cast<float *>(alloc(4));
+  void *deo = alloc(rows * D * 4), *dbuf = alloc(rows * D * 4);
+  auto *dw = static_cast<float *>(alloc(T * k * 4));
+  void *dg = alloc(E * F * D * 4), *du = alloc(E * F * D * 4),
+       *dd = alloc(E * D * F * 4);
+  void *dx = alloc(T * D * 4), *dh = alloc(T * D * 4), *dwn = alloc(D * 4);
+  // Forward.
+  moert_rmsnorm(ctx, h, wn, x, T, D, eps, MOERT_F32);
+  moert_assign(ctx, static_cast<int32_t *>(idx), pos, cnt, T, k, E, 0, 1);
+  moert_dispatch(ctx, x, pos, buf, T, k, D, rows, MOERT_F32);
+  moert_expert_ffn(ctx, buf, cnt, gate, up, down, eo, E, 1, 0, rows, D, F,
+                   MOERT_ACT_SWIGLU, MOERT_F32);
+  moert_combine(ctx, eo, pos, static_cast<float *>(w), nullptr, y, T, k, D,
+                MOERT_F32);
+  // Backward and one AdamW step of the experts' up weights, in place.
+  moert_mse_loss(ctx, y, target, loss, dy, T * D, T * D, MOERT_F32);
+  moert_combine_grad(ctx, eo, pos, static_cast<float *>(w), nullptr, dy, deo,
+                     dw, nullptr, T, k, D, rows, MOERT_F32);
+  moert_expert_ffn_grad(ctx, buf, cnt, gate, up, down, deo, dbuf, dg, du, dd, E,
+                        1, 0, rows, D, F, MOERT_ACT_SWIGLU, MOERT_F32);
+  moert_dispatch_grad(ctx, dbuf, pos, dx, T, k, D, rows, MOERT_F32);
+  moert_rmsnorm_grad(ctx, h, wn, dx, dh, dwn, T, D, eps, MOERT_F32);
+  moert_adamw(ctx, static_cast<float *>(up), static_cast<float *>(du),
+              static_cast<float *>(m), static_cast<float *>(v),
+              static_cast<float *>(hp), static_cast<float *>(up),
+              static_cast<float *>(m), static_cast<float *>(v), E * F * D);
+  EXPECT_EQ(moert_synchronize(ctx), MOERT_OK);
+  EXPECT_EQ(moert_ctx_status(ctx), MOERT_OK) << moert_ctx_error(ctx);
+  r.loss = out(loss, 1);
+  r.dweights = out(dw, T * k);
+  r.dh = out(dh, T * D);
+  r.dwn = out(dwn, D);
+  r.dgate = out(dg, E * F * D);
+  r.up = out(up, E * F * D);
+  r.stats = moert_ctx_stats_json(ctx);
+  for (void *p : owned)
+    moert_free(ctx, p);
+  moert_ctx_destroy(ctx);
+}
+
+TEST(CudaBackwardAbiTest, BackwardChainMatchesCpuContext) {
+  SKIP_WITHOUT_CUDA();
+  AbiChain c, g;
+  ASSERT_NO_FATAL_FAILURE(runAbiChain(MOERT_DEVICE_CPU, c));
+  ASSERT_NO_FATAL_FAILURE(runAbiChain(MOERT_DEVICE_CUDA, g));
+  EXPECT_TRUE(close(g.loss, c.loss, MOERT_F32, 1e-5)) << "loss";
+  EXPECT_TRUE(close(g.dweights, c.dweights, MOERT_F32)) << "dweights";
+  EXPECT_TRUE(close(g.dh, c.dh, MOERT_F32)) << "dh";
+  EXPECT_TRUE(close(g.dwn, c.dwn, MOERT_F32)) << "dwn";
+  EXPECT_TRUE(close(g.dgate, c.dgate, MOERT_F32)) << "dgate";
+  EXPECT_TRUE(close(g.up, c.up, MOERT_F32)) << "up after AdamW";
+  for (const char *phase :
+       {"\"mse_loss\"", "\"combine_grad\"", "\"expert_ffn_grad\"",
+        "\"dispatch_grad\"", "\"rmsnorm_grad\"", "\"adamw\""})
+    EXPECT_NE(g.stats.find(phase), std::string::npos)
+        << phase << " missing from " << g.stats;
 }
 
 } // namespace
