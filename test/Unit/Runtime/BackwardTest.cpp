@@ -530,31 +530,38 @@ TEST_F(Backward, ExpertFfnGradInChunksEqualsOneChunk) {
   // Many chunks, some gathered from several segments, accumulate the weight
   // gradients across chunks: the result is that of one chunk.
   const int64_t D = 16, F = 24, S = 3;
-  ExpertSet w(kE, D, F, MOERT_ACT_SWIGLU, 51);
   const std::vector<int32_t> counts = {3, 0, 2, 1, 4, 0, 5, 2, 3}; // [S, E]
   const int64_t rows = 20;
   std::vector<float> x = randomVec(rows * D, 52), dy = randomVec(rows * D, 53);
-  auto run = [&](int64_t chunk, std::vector<float> &dx, std::vector<float> &dg,
-                 std::vector<float> &du, std::vector<float> &dd) {
-    moert::CpuBackend backend(0);
-    backend.setFfnChunkRows(chunk);
-    dx.assign(rows * D, kNaN);
-    dg.assign(w.gate.size(), kNaN);
-    du.assign(w.up.size(), kNaN);
-    dd.assign(w.down.size(), kNaN);
-    moert::Status s = backend.expertFfnGrad(
-        x.data(), counts.data(), w.gate.data(), w.up.data(), w.down.data(),
-        dy.data(), dx.data(), dg.data(), du.data(), dd.data(), kE, S, 0, rows,
-        D, F, MOERT_ACT_SWIGLU, MOERT_F32);
-    ASSERT_TRUE(s.isOk()) << s.message();
-  };
-  std::vector<float> dx1, dg1, du1, dd1, dx3, dg3, du3, dd3;
-  run(1000, dx1, dg1, du1, dd1);
-  run(3, dx3, dg3, du3, dd3);
-  expectClose(dx3, asDouble(dx1), 1e-5, 1e-6, "dx");
-  expectClose(dg3, asDouble(dg1), 1e-5, 1e-6, "dgate");
-  expectClose(du3, asDouble(du1), 1e-5, 1e-6, "dup");
-  expectClose(dd3, asDouble(dd1), 1e-5, 1e-6, "ddown");
+  for (int32_t act : {MOERT_ACT_SWIGLU, MOERT_ACT_RELU}) {
+    ExpertSet w(kE, D, F, act, 51);
+    auto run = [&](int64_t chunk, std::vector<float> &dx,
+                   std::vector<float> &dg, std::vector<float> &du,
+                   std::vector<float> &dd) {
+      moert::CpuBackend backend(0);
+      backend.setFfnChunkRows(chunk);
+      dx.assign(rows * D, kNaN);
+      dg.assign(w.gate.size(), kNaN);
+      du.assign(w.up.size(), kNaN);
+      dd.assign(w.down.size(), kNaN);
+      moert::Status s = backend.expertFfnGrad(
+          x.data(), counts.data(), w.gatePtr(), w.up.data(), w.down.data(),
+          dy.data(), dx.data(), gated(act) ? dg.data() : nullptr, du.data(),
+          dd.data(), kE, S, 0, rows, D, F, act, MOERT_F32);
+      ASSERT_TRUE(s.isOk()) << s.message();
+    };
+    std::vector<float> dx1, dg1, du1, dd1, dx2, dg2, du2, dd2;
+    run(1000, dx1, dg1, du1, dd1);
+    for (int64_t chunk : {1, 3, 7}) {
+      SCOPED_TRACE(actName(act) + ", chunk rows " + std::to_string(chunk));
+      run(chunk, dx2, dg2, du2, dd2);
+      expectClose(dx2, asDouble(dx1), 1e-5, 1e-6, "dx");
+      expectClose(du2, asDouble(du1), 1e-5, 1e-6, "dup");
+      expectClose(dd2, asDouble(dd1), 1e-5, 1e-6, "ddown");
+      if (gated(act))
+        expectClose(dg2, asDouble(dg1), 1e-5, 1e-6, "dgate");
+    }
+  }
 }
 
 //===--- Dense MLP --------------------------------------------------------===//
