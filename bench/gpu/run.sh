@@ -133,7 +133,7 @@ tail -3 "$OUT/build.log"
 if [ $status -eq 0 ] && [ $tests = ON ]; then
   step "CUDA unit tests"
   run 120 unittests "$build/bin/moe-unittests" \
-    --gtest_filter='CudaBackendTest.*:NcclCommunicatorTest.*' \
+    --gtest_filter='CudaBackendTest.*:CudaBackward*:NcclCommunicatorTest.*' \
     --gtest_output="xml:$OUT/unittests.xml" 2>&1 | tail -60
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi

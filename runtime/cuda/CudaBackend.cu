@@ -24,6 +24,7 @@
 
 #include <chrono>
 #include <climits>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -56,6 +57,18 @@ struct LinearBatch {
   }
   size_t size() const { return m.size(); }
 };
+
+/// Row-major f32 C[m,n] = op(A)[m,k] . op(B)[k,n]; op = transpose when ta /
+/// tb; lda, ldb, ldc are the stored row lengths.
+struct GemmProblem {
+  const float *a, *b;
+  float *c;
+  int m, n, k, lda, ldb, ldc;
+  bool ta, tb;
+};
+
+struct FfnSlice;
+struct FfnGradArgs;
 
 class CudaBackend final : public Backend {
 public:
@@ -113,8 +126,7 @@ public:
                          int64_t tokens, int64_t k, float coeff) override;
   Status zLoss(const float *logits, float *out, int64_t T, int64_t E,
                int64_t totalTokens, float coeff) override;
-  // Training kernels: placeholders (MOERT_ERR_UNSUPPORTED) until the tcuda
-  // helper's CUDA implementation replaces them; see the end of this file.
+  // Training kernels (f32): Backward.cu, Optimizer.cu and the GEMMs below.
   Status rmsnormGrad(const void *x, const void *w, const void *dy, void *dx,
                      void *dw, int64_t T, int64_t D, float eps,
                      int32_t dtype) override;
@@ -187,6 +199,18 @@ private:
   Status linearGrouped(const char *op, const LinearBatch &batch, int64_t n,
                        int64_t k, cudaDataType_t type, bool &unsupported);
 
+  /// One row-major f32 GEMM C = op(A) op(B) (beta 0: overwrite, 1: add).
+  Status gemm(const char *op, const GemmProblem &p, float beta);
+  /// Independent problems (no two write the same C), grouped or looped as
+  /// linearBatch decides.
+  Status gemmBatch(const char *op, const std::vector<GemmProblem> &ps,
+                   float beta);
+  Status readHparams(const float *hparams, const char *op, float (&out)[8]);
+  Status ffnRecompute(const char *op, const FfnGradArgs &g,
+                      const std::vector<FfnSlice> &slices);
+  Status ffnBackprop(const char *op, const FfnGradArgs &g,
+                     const std::vector<FfnSlice> &slices);
+
   int device_;
   int smCount_ = 1;
   int maxPitch_ = INT_MAX;
@@ -198,6 +222,7 @@ private:
   bool groupedUnsupported_ = false;
 
   PinnedBuffer countsHost_;
+  PinnedBuffer hparamsHost_;
   PinnedBuffer pointersHost_;
   /// Recorded after the last copy out of pointersHost_: the buffer may be
   /// rewritten once it has completed.
@@ -742,125 +767,642 @@ Status CudaBackend::accumulate(void *acc, const void *x, int64_t n,
   return cuda::launchAccumulate(env(), acc, x, n, dtype);
 }
 
-//===--- Training kernels: PLACEHOLDER for the tcuda helper to replace
-//-----===//
-// The CUDA twins of the CPU backend's training kernels (runtime/cpu/
-// CpuBackward.cpp, CpuOptimizer.cpp) do not exist yet: every one answers
-// MOERT_ERR_UNSUPPORTED through the context's sticky error.
+//===--- Training kernels
+//----------------------------------------------------------===//
+// f32 only (the context refuses other dtypes before calling here). The
+// GEMMs of the backward run on cuBLAS (CUBLAS_COMPUTE_32F); cuBLAS gives the
+// same bits at every run on one device and library, and no GEMM below sums
+// into an output that another problem of the same launch writes, so the
+// weight gradients repeat bit for bit.
 
-Status trainingPlaceholder(const char *method) {
-  return error(MOERT_ERR_UNSUPPORTED,
-               "CudaBackend::%s: the training kernels are not implemented on "
-               "the CUDA backend yet",
-               method);
+static Status requireF32(int32_t dtype, const char *op) {
+  if (dtype != MOERT_F32)
+    return error(MOERT_ERR_UNSUPPORTED,
+                 "%s: dtype %d (%s): training kernels are f32 only", op, dtype,
+                 dtypeName(dtype));
+  return Status::ok();
 }
 
-Status CudaBackend::rmsnormGrad(const void * /*x*/, const void * /*w*/,
-                                const void * /*dy*/, void * /*dx*/,
-                                void * /*dw*/, int64_t /*T*/, int64_t /*D*/,
-                                float /*eps*/, int32_t /*dtype*/) {
-  return trainingPlaceholder("rmsnormGrad");
+Status CudaBackend::gemm(const char *op, const GemmProblem &p, float beta) {
+  if (p.m == 0 || p.n == 0)
+    return Status::ok();
+  const float alpha = 1.0f;
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, where
+  // the column-major view of a row-major matrix is its transpose.
+  MOERT_CUBLAS(op, cublasGemmEx(cublas_, p.tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                p.ta ? CUBLAS_OP_T : CUBLAS_OP_N, p.n, p.m, p.k,
+                                &alpha, p.b, CUDA_R_32F, p.ldb, p.a, CUDA_R_32F,
+                                p.lda, &beta, p.c, CUDA_R_32F, p.ldc,
+                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return Status::ok();
 }
 
-Status CudaBackend::routerGrad(const void * /*x*/, const void * /*w*/,
-                               const float * /*dlogits*/, void * /*dx*/,
-                               void * /*dw*/, int64_t /*T*/, int64_t /*D*/,
-                               int64_t /*E*/, int32_t /*dtype*/) {
-  return trainingPlaceholder("routerGrad");
+/// See groupedAligned: every pointer and leading dimension 16-byte aligned.
+static bool gemmsAligned(const std::vector<GemmProblem> &ps) {
+  auto ok = [](const void *p) {
+    return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+  };
+  for (const GemmProblem &p : ps)
+    if (!ok(p.a) || !ok(p.b) || !ok(p.c) || p.lda % 4 || p.ldb % 4 || p.ldc % 4)
+      return false;
+  return true;
 }
 
-Status CudaBackend::topkGrad(const float * /*logits*/,
-                             const int32_t * /*indices*/,
-                             const float * /*dweights*/,
-                             const float * /*dscores*/, float * /*dlogits*/,
-                             int64_t /*T*/, int64_t /*E*/, int64_t /*k*/,
-                             int32_t /*scoreFn*/, int32_t /*renormalize*/,
-                             float /*scaling*/) {
-  return trainingPlaceholder("topkGrad");
+Status CudaBackend::gemmBatch(const char *op,
+                              const std::vector<GemmProblem> &all, float beta) {
+  std::vector<GemmProblem> ps;
+  for (const GemmProblem &p : all)
+    if (p.m > 0 && p.n > 0)
+      ps.push_back(p);
+  if (ps.empty())
+    return Status::ok();
+  const bool grouped = gemmMode_ == GemmMode::Grouped ||
+                       (gemmMode_ == GemmMode::Auto && ps.size() > 16);
+  if (grouped && !groupedUnsupported_ && gemmsAligned(ps)) {
+    const size_t P = ps.size();
+    if (pointersPending_) {
+      MOERT_CUDA(op, cudaEventSynchronize(pointersCopied_));
+      pointersPending_ = false;
+    }
+    const size_t bytes = 3 * P * sizeof(void *);
+    MOERT_TRY(pointersHost_.reserve(bytes, op));
+    const void **host = pointersHost_.as<const void *>();
+    transA_.resize(P);
+    transB_.resize(P);
+    mArr_.resize(P);
+    nArr_.resize(P);
+    kArr_.resize(P);
+    ldaArr_.resize(P);
+    ldbArr_.resize(P);
+    ldcArr_.resize(P);
+    // Column-major C^T = op(B)^T op(A)^T, as in gemm().
+    for (size_t i = 0; i < P; ++i) {
+      const GemmProblem &p = ps[i];
+      host[i] = p.b;
+      host[P + i] = p.a;
+      host[2 * P + i] = p.c;
+      transA_[i] = p.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+      transB_[i] = p.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+      mArr_[i] = p.n;
+      nArr_[i] = p.m;
+      kArr_[i] = p.k;
+      ldaArr_[i] = p.ldb;
+      ldbArr_[i] = p.lda;
+      ldcArr_[i] = p.ldc;
+    }
+    sizeArr_.assign(P, 1);
+    alphaArr_.assign(P, 1.0f);
+    betaArr_.assign(P, beta);
+    Scratch dev(*allocator_);
+    MOERT_TRY(dev.allocate(static_cast<int64_t>(bytes), op));
+    MOERT_CUDA(op, cudaMemcpyAsync(dev.get(), host, bytes,
+                                   cudaMemcpyHostToDevice, stream_));
+    MOERT_CUDA(op, cudaEventRecord(pointersCopied_, stream_));
+    pointersPending_ = true;
+    void *const *devPtrs = dev.as<void *>();
+    cublasStatus_t st = cublasGemmGroupedBatchedEx(
+        cublas_, transA_.data(), transB_.data(), mArr_.data(), nArr_.data(),
+        kArr_.data(), alphaArr_.data(), devPtrs, CUDA_R_32F, ldaArr_.data(),
+        devPtrs + P, CUDA_R_32F, ldbArr_.data(), betaArr_.data(),
+        devPtrs + 2 * P, CUDA_R_32F, ldcArr_.data(), int(P), sizeArr_.data(),
+        CUBLAS_COMPUTE_32F);
+    if (st != CUBLAS_STATUS_NOT_SUPPORTED && st != CUBLAS_STATUS_ARCH_MISMATCH)
+      return cuda::cublasCheck(st, op,
+                               "cublasGemmGroupedBatchedEx(group_count=P, "
+                               "CUBLAS_COMPUTE_32F)");
+    groupedUnsupported_ = true; // fall back to the loop from now on
+  }
+  for (const GemmProblem &p : ps)
+    MOERT_TRY(gemm(op, p, beta));
+  return Status::ok();
 }
 
-Status CudaBackend::dispatchGrad(const void * /*dout*/,
-                                 const int32_t * /*positions*/, void * /*dx*/,
-                                 int64_t /*T*/, int64_t /*k*/, int64_t /*D*/,
-                                 int64_t /*outRows*/, int32_t /*dtype*/) {
-  return trainingPlaceholder("dispatchGrad");
+Status CudaBackend::readHparams(const float *hparams, const char *op,
+                                float (&out)[8]) {
+  MOERT_TRY(hparamsHost_.reserve(sizeof(float) * 8, op));
+  MOERT_CUDA(op, cudaMemcpyAsync(hparamsHost_.as<float>(), hparams,
+                                 sizeof(float) * 8, cudaMemcpyDeviceToHost,
+                                 stream_));
+  MOERT_CUDA(op, cudaStreamSynchronize(stream_));
+  pointersPending_ = false; // the stream is idle
+  std::memcpy(out, hparamsHost_.as<float>(), sizeof(out));
+  return Status::ok();
 }
 
-Status CudaBackend::combineGrad(const void * /*y*/,
-                                const int32_t * /*positions*/,
-                                const float * /*weights*/,
-                                const void * /*passthrough*/,
-                                const void * /*dout*/, void * /*dy*/,
-                                float * /*dweights*/, void * /*dpassthrough*/,
-                                int64_t /*T*/, int64_t /*k*/, int64_t /*D*/,
-                                int64_t /*yRows*/, int32_t /*dtype*/) {
-  return trainingPlaceholder("combineGrad");
+Status CudaBackend::rmsnormGrad(const void *x, const void *w, const void *dy,
+                                void *dx, void *dw, int64_t T, int64_t D,
+                                float eps, int32_t dtype) {
+  const char *op = "moert_rmsnorm_grad";
+  MOERT_TRY(enter(op));
+  MOERT_TRY(requireF32(dtype, op));
+  return cuda::launchRmsnormGrad(
+      env(), static_cast<const float *>(x), static_cast<const float *>(w),
+      static_cast<const float *>(dy), static_cast<float *>(dx),
+      static_cast<float *>(dw), T, D, eps);
 }
 
-Status CudaBackend::expertFfnGrad(
-    const void * /*x*/, const int32_t * /*counts*/, const void * /*gate*/,
-    const void * /*up*/, const void * /*down*/, const void * /*dy*/,
-    void * /*dx*/, void * /*dgate*/, void * /*dup*/, void * /*ddown*/,
-    int64_t /*E*/, int64_t /*segments*/, int64_t /*rowsPerExpert*/,
-    int64_t /*totalRows*/, int64_t /*D*/, int64_t /*F*/, int32_t /*activation*/,
-    int32_t /*dtype*/) {
-  return trainingPlaceholder("expertFfnGrad");
+Status CudaBackend::routerGrad(const void *x, const void *w,
+                               const float *dlogits, void *dx, void *dw,
+                               int64_t T, int64_t D, int64_t E, int32_t dtype) {
+  const char *op = "moert_router_grad";
+  MOERT_TRY(enter(op));
+  MOERT_TRY(requireF32(dtype, op));
+  if (T > INT_MAX || D > INT_MAX || E > INT_MAX)
+    return error(MOERT_ERR_INVALID, "%s: sizes exceed cuBLAS's int sizes", op);
+  if (T == 0 || E == 0) {
+    // Empty sums: dw is 0 (and dx, when E == 0).
+    MOERT_CUDA(op, cudaMemsetAsync(dw, 0, sizeof(float) * E * D, stream_));
+    MOERT_CUDA(op, cudaMemsetAsync(dx, 0, sizeof(float) * T * D, stream_));
+    return Status::ok();
+  }
+  const int t = int(T), d = int(D), e = int(E);
+  const float *xf = static_cast<const float *>(x);
+  const float *wf = static_cast<const float *>(w);
+  // dw [E,D] = dlogits^T . x ;  dx [T,D] = dlogits . w.
+  MOERT_TRY(gemm(
+      op,
+      {dlogits, xf, static_cast<float *>(dw), e, d, t, e, d, d, true, false},
+      0.f));
+  return gemm(
+      op,
+      {dlogits, wf, static_cast<float *>(dx), t, d, e, e, d, d, false, false},
+      0.f);
 }
 
-Status CudaBackend::mlpGrad(const void * /*x*/, const void * /*gate*/,
-                            const void * /*up*/, const void * /*down*/,
-                            const void * /*sigmoidGate*/, const void * /*dy*/,
-                            void * /*dx*/, void * /*dgate*/, void * /*dup*/,
-                            void * /*ddown*/, void * /*dsigmoidGate*/,
-                            int64_t /*T*/, int64_t /*D*/, int64_t /*F*/,
-                            int32_t /*activation*/, int32_t /*dtype*/) {
-  return trainingPlaceholder("mlpGrad");
+Status CudaBackend::topkGrad(const float *logits, const int32_t *indices,
+                             const float *dweights, const float *dscores,
+                             float *dlogits, int64_t T, int64_t E, int64_t k,
+                             int32_t scoreFn, int32_t renormalize,
+                             float scaling) {
+  MOERT_TRY(enter("moert_topk_grad"));
+  return cuda::launchTopkGrad(env(), logits, indices, dweights, dscores,
+                              dlogits, T, E, k, scoreFn, renormalize, scaling);
 }
 
-Status CudaBackend::expertLoadGrad(const float * /*dstats*/,
-                                   float * /*dscores*/, int64_t /*T*/,
-                                   int64_t /*E*/) {
-  return trainingPlaceholder("expertLoadGrad");
+Status CudaBackend::dispatchGrad(const void *dout, const int32_t *positions,
+                                 void *dx, int64_t T, int64_t k, int64_t D,
+                                 int64_t outRows, int32_t dtype) {
+  const char *op = "moert_dispatch_grad";
+  MOERT_TRY(enter(op));
+  MOERT_TRY(requireF32(dtype, op));
+  return cuda::launchDispatchGrad(env(), static_cast<const float *>(dout),
+                                  positions, static_cast<float *>(dx), T, k, D,
+                                  outRows);
 }
 
-Status CudaBackend::loadBalanceLossGrad(const float * /*stats*/,
-                                        const float * /*dloss*/,
-                                        float * /*dstats*/, int64_t /*E*/,
-                                        int64_t /*tokens*/, int64_t /*k*/,
-                                        float /*coeff*/) {
-  return trainingPlaceholder("loadBalanceLossGrad");
+Status CudaBackend::combineGrad(const void *y, const int32_t *positions,
+                                const float *weights, const void *passthrough,
+                                const void *dout, void *dy, float *dweights,
+                                void *dpassthrough, int64_t T, int64_t k,
+                                int64_t D, int64_t yRows, int32_t dtype) {
+  const char *op = "moert_combine_grad";
+  MOERT_TRY(enter(op));
+  MOERT_TRY(requireF32(dtype, op));
+  return cuda::launchCombineGrad(
+      env(), static_cast<const float *>(y), positions, weights,
+      static_cast<const float *>(passthrough), static_cast<const float *>(dout),
+      static_cast<float *>(dy), dweights, static_cast<float *>(dpassthrough), T,
+      k, D, yRows);
 }
 
-Status CudaBackend::zLossGrad(const float * /*logits*/, const float * /*dloss*/,
-                              float * /*dlogits*/, int64_t /*T*/, int64_t /*E*/,
-                              int64_t /*totalTokens*/, float /*coeff*/) {
-  return trainingPlaceholder("zLossGrad");
+/// The FFN backward over packed rows, expert by expert: `slices` give each
+/// expert's rows [off, off + rows) of the packed x / dO / dX (rows > 0).
+/// a and u are [live, F] buffers; recompute() fills them with x.W1^T and
+/// x.Wu^T, backprop() does everything after: mbar = dO.Wd, the activation
+/// backward, the weight gradients (beta 0: each expert's are overwritten)
+/// and dX = abar.W1 + ubar.Wu.
+struct FfnSlice {
+  int64_t expert, off, rows;
+};
+
+struct FfnGradArgs {
+  const float *x;            // packed rows [live, D]
+  const float *dO;           // gradient of the FFN output, packed [live, D]
+  float *dX;                 // packed [live, D]
+  const float *w1, *wu, *wd; // w1 = gate (gated) or up; wu = up or null
+  float *dw1, *dwu, *dwd;
+  float *a, *u, *m; // [live, F] work buffers (u null when ungated)
+  int64_t live, D, F;
+  int32_t activation;
+};
+
+Status CudaBackend::ffnRecompute(const char *op, const FfnGradArgs &g,
+                                 const std::vector<FfnSlice> &slices) {
+  const int D = int(g.D), F = int(g.F);
+  std::vector<GemmProblem> ps;
+  for (const FfnSlice &s : slices) {
+    const int n = int(s.rows);
+    const int64_t w = s.expert * g.F * g.D;
+    ps.push_back({g.x + s.off * g.D, g.w1 + w, g.a + s.off * g.F, n, F, D, D, D,
+                  F, false, true});
+    if (g.u)
+      ps.push_back({g.x + s.off * g.D, g.wu + w, g.u + s.off * g.F, n, F, D, D,
+                    D, F, false, true});
+  }
+  return gemmBatch(op, ps, 0.f);
 }
 
-Status CudaBackend::mseLoss(const void * /*y*/, const void * /*target*/,
-                            float * /*loss*/, void * /*dy*/, int64_t /*n*/,
-                            int64_t /*totalN*/, int32_t /*dtype*/) {
-  return trainingPlaceholder("mseLoss");
+Status CudaBackend::ffnBackprop(const char *op, const FfnGradArgs &g,
+                                const std::vector<FfnSlice> &slices) {
+  const int D = int(g.D), F = int(g.F);
+  // mbar = dO . Wd  ([rows, D] . [D, F]).
+  std::vector<GemmProblem> ps;
+  for (const FfnSlice &s : slices)
+    ps.push_back({g.dO + s.off * g.D, g.wd + s.expert * g.D * g.F,
+                  g.m + s.off * g.F, int(s.rows), F, D, D, F, F, false, false});
+  MOERT_TRY(gemmBatch(op, ps, 0.f));
+  // a <- abar, u <- ubar, m <- act(a) (* u).
+  MOERT_TRY(cuda::launchActivationGrad(env(), g.a, g.u, g.m, g.live * g.F,
+                                       g.activation, op));
+  // Weight gradients: dWd = dO^T . m, dW1 = abar^T . x, dWu = ubar^T . x.
+  ps.clear();
+  for (const FfnSlice &s : slices) {
+    const int n = int(s.rows);
+    const int64_t w = s.expert * g.F * g.D;
+    ps.push_back({g.dO + s.off * g.D, g.m + s.off * g.F, g.dwd + w, D, F, n, D,
+                  F, F, true, false});
+    ps.push_back({g.a + s.off * g.F, g.x + s.off * g.D, g.dw1 + w, F, D, n, F,
+                  D, D, true, false});
+    if (g.u)
+      ps.push_back({g.u + s.off * g.F, g.x + s.off * g.D, g.dwu + w, F, D, n, F,
+                    D, D, true, false});
+  }
+  MOERT_TRY(gemmBatch(op, ps, 0.f));
+  // dX = abar . W1 (+ ubar . Wu, a second launch accumulating into it).
+  ps.clear();
+  for (const FfnSlice &s : slices)
+    ps.push_back({g.a + s.off * g.F, g.w1 + s.expert * g.F * g.D,
+                  g.dX + s.off * g.D, int(s.rows), D, F, F, D, D, false,
+                  false});
+  MOERT_TRY(gemmBatch(op, ps, 0.f));
+  if (!g.u)
+    return Status::ok();
+  ps.clear();
+  for (const FfnSlice &s : slices)
+    ps.push_back({g.u + s.off * g.F, g.wu + s.expert * g.F * g.D,
+                  g.dX + s.off * g.D, int(s.rows), D, F, F, D, D, false,
+                  false});
+  return gemmBatch(op, ps, 1.f);
 }
 
-Status CudaBackend::adamw(const float * /*w*/, const float * /*g*/,
-                          const float * /*m*/, const float * /*v*/,
-                          const float * /*hparams*/, float * /*wOut*/,
-                          float * /*mOut*/, float * /*vOut*/, int64_t /*n*/) {
-  return trainingPlaceholder("adamw");
+Status CudaBackend::expertFfnGrad(const void *x, const int32_t *counts,
+                                  const void *gate, const void *up,
+                                  const void *down, const void *dy, void *dx,
+                                  void *dgate, void *dup, void *ddown,
+                                  int64_t E, int64_t S, int64_t R,
+                                  int64_t totalRows, int64_t D, int64_t F,
+                                  int32_t activation, int32_t dtype) {
+  const char *op = "moert_expert_ffn_grad";
+  MOERT_TRY(enter(op));
+  MOERT_TRY(requireF32(dtype, op));
+  if (D > INT_MAX || F > INT_MAX)
+    return error(MOERT_ERR_INVALID, "%s: D=%lld or F=%lld exceed int32", op,
+                 (long long)D, (long long)F);
+  const bool gated = isGatedActivation(activation);
+  const int64_t rows = R > 0 ? E * R : totalRows; // rows of x, y, dx
+  const int64_t C = R > 0 ? R / S : 0;
+
+  // 1. Each expert's live blocks, in segment order: (expert, row, rows).
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> perExpert(E);
+  if (counts) {
+    MOERT_TRY(countsHost_.reserve(sizeof(int32_t) * S * E, op));
+    MOERT_CUDA(op, cudaMemcpyAsync(countsHost_.as<int32_t>(), counts,
+                                   sizeof(int32_t) * S * E,
+                                   cudaMemcpyDeviceToHost, stream_));
+    MOERT_CUDA(op, cudaStreamSynchronize(stream_));
+    pointersPending_ = false; // the stream is idle
+    const int32_t *c = countsHost_.as<int32_t>();
+    int64_t packedRow = 0;
+    for (int64_t s = 0; s < S; ++s) {
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t n = c[s * E + e];
+        if (n < 0 || (R > 0 && n > C))
+          return error(MOERT_ERR_INVALID,
+                       "%s: counts[%lld,%lld]=%lld outside [0, %lld]", op,
+                       (long long)s, (long long)e, (long long)n,
+                       (long long)(R > 0 ? C : totalRows));
+        if (n == 0)
+          continue;
+        perExpert[e].push_back({R > 0 ? e * R + s * C : packedRow, n});
+        packedRow += n;
+      }
+    }
+    if (R == 0 && packedRow > totalRows)
+      return error(MOERT_ERR_INVALID,
+                   "%s: counts sum to %lld rows, more than total_rows=%lld", op,
+                   (long long)packedRow, (long long)totalRows);
+  } else {
+    for (int64_t e = 0; e < E && R > 0; ++e)
+      perExpert[e].push_back({e * R, R});
+  }
+
+  // 2. Expert-major packing: expert e's rows, all its segments, in one run.
+  std::vector<cuda::RowBlock> blocks;
+  std::vector<FfnSlice> slices;
+  int64_t live = 0;
+  bool identity = true; // the live rows are already [0, live) in this order
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t start = live;
+    for (const auto &[row, n] : perExpert[e]) {
+      blocks.push_back({row, live, n});
+      identity = identity && row == live;
+      live += n;
+    }
+    if (live > start)
+      slices.push_back({e, start, live - start});
+  }
+  if (live > INT_MAX)
+    return error(MOERT_ERR_INVALID, "%s: %lld live rows exceed int32", op,
+                 (long long)live);
+
+  // 3. Weight gradients of experts without rows are exactly 0; so are the
+  // dead rows of dx.
+  MOERT_CUDA(op, cudaMemsetAsync(ddown, 0, sizeof(float) * E * D * F, stream_));
+  MOERT_CUDA(op, cudaMemsetAsync(dup, 0, sizeof(float) * E * F * D, stream_));
+  if (gated)
+    MOERT_CUDA(op,
+               cudaMemsetAsync(dgate, 0, sizeof(float) * E * F * D, stream_));
+  if (live == 0) {
+    MOERT_CUDA(op, cudaMemsetAsync(dx, 0, sizeof(float) * rows * D, stream_));
+    return Status::ok();
+  }
+
+  // 4. Packed x, dy and dx (the layout itself when it is already packed).
+  Scratch xs(*allocator_), dys(*allocator_), dxs(*allocator_),
+      table(*allocator_);
+  const float *xp = static_cast<const float *>(x);
+  const float *dyp = static_cast<const float *>(dy);
+  float *dxp = static_cast<float *>(dx);
+  if (!identity) {
+    MOERT_TRY(table.allocate(
+        static_cast<int64_t>(sizeof(cuda::RowBlock) * blocks.size()), op));
+    // From pageable memory: returns once `blocks` has been staged.
+    MOERT_CUDA(op, cudaMemcpyAsync(table.get(), blocks.data(),
+                                   sizeof(cuda::RowBlock) * blocks.size(),
+                                   cudaMemcpyHostToDevice, stream_));
+    MOERT_TRY(xs.allocate(sizeof(float) * live * D, op));
+    MOERT_TRY(dys.allocate(sizeof(float) * live * D, op));
+    MOERT_TRY(dxs.allocate(sizeof(float) * live * D, op));
+    const auto *tb = table.as<const cuda::RowBlock>();
+    const int64_t nb = static_cast<int64_t>(blocks.size());
+    MOERT_TRY(cuda::launchMoveRows(env(), tb, nb, const_cast<float *>(xp),
+                                   xs.as<float>(), live, D, true, op));
+    MOERT_TRY(cuda::launchMoveRows(env(), tb, nb, const_cast<float *>(dyp),
+                                   dys.as<float>(), live, D, true, op));
+    xp = xs.as<float>();
+    dyp = dys.as<float>();
+    dxp = dxs.as<float>();
+  }
+
+  // 5. The FFN backward on the packed rows.
+  Scratch aBuf(*allocator_), uBuf(*allocator_), mBuf(*allocator_);
+  MOERT_TRY(aBuf.allocate(sizeof(float) * live * F, op));
+  MOERT_TRY(mBuf.allocate(sizeof(float) * live * F, op));
+  if (gated)
+    MOERT_TRY(uBuf.allocate(sizeof(float) * live * F, op));
+  FfnGradArgs g;
+  g.x = xp;
+  g.dO = dyp;
+  g.dX = dxp;
+  g.w1 = static_cast<const float *>(gated ? gate : up);
+  g.wu = gated ? static_cast<const float *>(up) : nullptr;
+  g.wd = static_cast<const float *>(down);
+  g.dw1 = static_cast<float *>(gated ? dgate : dup);
+  g.dwu = gated ? static_cast<float *>(dup) : nullptr;
+  g.dwd = static_cast<float *>(ddown);
+  g.a = aBuf.as<float>();
+  g.u = gated ? uBuf.as<float>() : nullptr;
+  g.m = mBuf.as<float>();
+  g.live = live;
+  g.D = D;
+  g.F = F;
+  g.activation = activation;
+  MOERT_TRY(ffnRecompute(op, g, slices));
+  MOERT_TRY(ffnBackprop(op, g, slices));
+
+  // 6. dx: the live rows back in place, every other row 0.
+  if (identity) {
+    if (rows > live)
+      MOERT_CUDA(op,
+                 cudaMemsetAsync(static_cast<float *>(dx) + live * D, 0,
+                                 sizeof(float) * (rows - live) * D, stream_));
+    return Status::ok();
+  }
+  MOERT_CUDA(op, cudaMemsetAsync(dx, 0, sizeof(float) * rows * D, stream_));
+  return cuda::launchMoveRows(env(), table.as<const cuda::RowBlock>(),
+                              static_cast<int64_t>(blocks.size()),
+                              static_cast<float *>(dx), dxs.as<float>(), live,
+                              D, false, op);
 }
 
-Status CudaBackend::sgd(const float * /*w*/, const float * /*g*/,
-                        const float * /*buf*/, const float * /*hparams*/,
-                        float * /*wOut*/, float * /*bufOut*/, int64_t /*n*/) {
-  return trainingPlaceholder("sgd");
+Status CudaBackend::mlpGrad(const void *x, const void *gate, const void *up,
+                            const void *down, const void *sigmoidGate,
+                            const void *dy, void *dx, void *dgate, void *dup,
+                            void *ddown, void *dsigmoidGate, int64_t T,
+                            int64_t D, int64_t F, int32_t activation,
+                            int32_t dtype) {
+  const char *op = "moert_mlp_grad";
+  MOERT_TRY(enter(op));
+  MOERT_TRY(requireF32(dtype, op));
+  if (T > INT_MAX || D > INT_MAX || F > INT_MAX)
+    return error(MOERT_ERR_INVALID, "%s: sizes exceed cuBLAS's int sizes", op);
+  const bool gated = isGatedActivation(activation);
+  if (T == 0) { // every gradient is an empty sum
+    MOERT_CUDA(op, cudaMemsetAsync(ddown, 0, sizeof(float) * D * F, stream_));
+    MOERT_CUDA(op, cudaMemsetAsync(dup, 0, sizeof(float) * F * D, stream_));
+    if (gated)
+      MOERT_CUDA(op, cudaMemsetAsync(dgate, 0, sizeof(float) * F * D, stream_));
+    if (sigmoidGate)
+      MOERT_CUDA(op,
+                 cudaMemsetAsync(dsigmoidGate, 0, sizeof(float) * D, stream_));
+    return Status::ok();
+  }
+  Scratch aBuf(*allocator_), uBuf(*allocator_), mBuf(*allocator_),
+      fBuf(*allocator_), pBuf(*allocator_);
+  MOERT_TRY(aBuf.allocate(sizeof(float) * T * F, op));
+  MOERT_TRY(mBuf.allocate(sizeof(float) * T * F, op));
+  if (gated)
+    MOERT_TRY(uBuf.allocate(sizeof(float) * T * F, op));
+  FfnGradArgs g;
+  g.x = static_cast<const float *>(x);
+  g.dO = static_cast<const float *>(dy);
+  g.dX = static_cast<float *>(dx);
+  g.w1 = static_cast<const float *>(gated ? gate : up);
+  g.wu = gated ? static_cast<const float *>(up) : nullptr;
+  g.wd = static_cast<const float *>(down);
+  g.dw1 = static_cast<float *>(gated ? dgate : dup);
+  g.dwu = gated ? static_cast<float *>(dup) : nullptr;
+  g.dwd = static_cast<float *>(ddown);
+  g.a = aBuf.as<float>();
+  g.u = gated ? uBuf.as<float>() : nullptr;
+  g.m = mBuf.as<float>();
+  g.live = T;
+  g.D = D;
+  g.F = F;
+  g.activation = activation;
+  const std::vector<FfnSlice> all = {{0, 0, T}};
+  MOERT_TRY(ffnRecompute(op, g, all));
+  const float *sg = static_cast<const float *>(sigmoidGate);
+  if (sg) {
+    // o = F(x) * sigmoid(x.g): recompute F(x) = act(a) (* u) . Wd^T, then
+    // F's output gradient dy*s replaces dy, and pbar [T] is kept for dx
+    // and dg.
+    MOERT_TRY(fBuf.allocate(sizeof(float) * T * D, op));
+    MOERT_TRY(pBuf.allocate(sizeof(float) * T, op));
+    MOERT_CUDA(op, cudaMemcpyAsync(g.m, g.a, sizeof(float) * T * F,
+                                   cudaMemcpyDeviceToDevice, stream_));
+    MOERT_TRY(cuda::launchActivation(env(), g.m, g.u, T * F, activation,
+                                     MOERT_F32, op));
+    MOERT_TRY(gemm(op,
+                   {g.m, g.wd, fBuf.as<float>(), int(T), int(D), int(F), int(F),
+                    int(F), int(D), false, true},
+                   0.f));
+    MOERT_TRY(cuda::launchSigmoidGateGrad(
+        env(), g.x, sg, static_cast<const float *>(dy), fBuf.as<float>(),
+        pBuf.as<float>(), T, D));
+    g.dO = fBuf.as<float>();
+  }
+  MOERT_TRY(ffnBackprop(op, g, all));
+  if (!sg)
+    return Status::ok();
+  // dg [1,D] = pbar^T . x ;  dx += pbar g.
+  MOERT_TRY(gemm(op,
+                 {pBuf.as<float>(), g.x, static_cast<float *>(dsigmoidGate), 1,
+                  int(D), int(T), int(T), int(D), int(D), false, false},
+                 0.f));
+  return cuda::launchAddOuter(env(), static_cast<float *>(dx), pBuf.as<float>(),
+                              sg, T, D, op);
 }
 
-Status CudaBackend::biasUpdate(const float * /*bias*/, const float * /*load*/,
-                               const float * /*hparams*/, float * /*biasOut*/,
-                               int64_t /*E*/, int64_t /*tokens*/,
-                               int64_t /*k*/) {
-  return trainingPlaceholder("biasUpdate");
+Status CudaBackend::expertLoadGrad(const float *dstats, float *dscores,
+                                   int64_t T, int64_t E) {
+  MOERT_TRY(enter("moert_expert_load_grad"));
+  return cuda::launchExpertLoadGrad(env(), dstats, dscores, T, E);
+}
+
+Status CudaBackend::loadBalanceLossGrad(const float *stats, const float *dloss,
+                                        float *dstats, int64_t E,
+                                        int64_t tokens, int64_t k,
+                                        float coeff) {
+  MOERT_TRY(enter("moert_load_balance_loss_grad"));
+  return cuda::launchLoadBalanceLossGrad(env(), stats, dloss, dstats, E, tokens,
+                                         k, coeff);
+}
+
+Status CudaBackend::zLossGrad(const float *logits, const float *dloss,
+                              float *dlogits, int64_t T, int64_t E,
+                              int64_t totalTokens, float coeff) {
+  MOERT_TRY(enter("moert_z_loss_grad"));
+  return cuda::launchZLossGrad(env(), logits, dloss, dlogits, T, E, totalTokens,
+                               coeff);
+}
+
+Status CudaBackend::mseLoss(const void *y, const void *target, float *loss,
+                            void *dy, int64_t n, int64_t totalN,
+                            int32_t dtype) {
+  const char *op = "moert_mse_loss";
+  MOERT_TRY(enter(op));
+  MOERT_TRY(requireF32(dtype, op));
+  return cuda::launchMseLoss(env(), static_cast<const float *>(y),
+                             static_cast<const float *>(target), loss,
+                             static_cast<float *>(dy), n, totalN);
+}
+
+// The optimizer reads its 8 hyperparameters on the host (one 32-byte copy
+// and a stream synchronization per call): their values live in device
+// memory, so the context cannot check them and the backend does (as the CPU
+// backend, with its messages), and the per-step scalars are computed by the
+// host's libm exactly as the CPU backend computes them (the device's pow is
+// not correctly rounded).
+
+enum HParam {
+  kLr,
+  kBeta1,
+  kBeta2,
+  kEps,
+  kWeightDecay,
+  kMomentum,
+  kStep,
+  kRate
+};
+
+static Status checkHParam(const char *fn, const float *h, HParam i,
+                          const char *name, bool ok, const char *rule) {
+  if (std::isfinite(h[i]) && ok)
+    return Status::ok();
+  return error(MOERT_ERR_INVALID,
+               "%s: hparams[%d] (%s) = %g must be a finite number %s", fn,
+               int(i), name, double(h[i]), rule);
+}
+
+static Status checkStep(const char *fn, const float *h) {
+  const float n = h[kStep];
+  return checkHParam(fn, h, kStep, "step", n >= 1 && n == std::floor(n),
+                     "that is a whole number >= 1");
+}
+
+Status CudaBackend::adamw(const float *w, const float *g, const float *m,
+                          const float *v, const float *hparams, float *wOut,
+                          float *mOut, float *vOut, int64_t n) {
+  const char *op = "moert_adamw";
+  MOERT_TRY(enter(op));
+  float h[8];
+  MOERT_TRY(readHparams(hparams, op, h));
+  MOERT_TRY(checkHParam(op, h, kLr, "lr", h[kLr] > 0, "> 0"));
+  MOERT_TRY(checkHParam(op, h, kBeta1, "beta1", h[kBeta1] >= 0 && h[kBeta1] < 1,
+                        "in [0, 1)"));
+  MOERT_TRY(checkHParam(op, h, kBeta2, "beta2", h[kBeta2] >= 0 && h[kBeta2] < 1,
+                        "in [0, 1)"));
+  MOERT_TRY(checkHParam(op, h, kEps, "eps", h[kEps] >= 0, ">= 0"));
+  MOERT_TRY(checkHParam(op, h, kWeightDecay, "weight_decay",
+                        h[kWeightDecay] >= 0, ">= 0"));
+  MOERT_TRY(checkStep(op, h));
+  const double lr = h[kLr], b1 = h[kBeta1], b2 = h[kBeta2], eps = h[kEps],
+               wd = h[kWeightDecay], step = h[kStep];
+  cuda::AdamwScalars s;
+  s.decay = 1.0 - lr * wd;
+  s.beta1 = b1;
+  s.oneMinusBeta1 = 1.0 - b1;
+  s.beta2 = b2;
+  s.oneMinusBeta2 = 1.0 - b2;
+  s.negStepSize = -(lr / (1.0 - std::pow(b1, step)));
+  s.sqrtBc2 = std::sqrt(1.0 - std::pow(b2, step));
+  s.eps = eps;
+  return cuda::launchAdamw(env(), w, g, m, v, wOut, mOut, vOut, n, s);
+}
+
+Status CudaBackend::sgd(const float *w, const float *g, const float *buf,
+                        const float *hparams, float *wOut, float *bufOut,
+                        int64_t n) {
+  const char *op = "moert_sgd";
+  MOERT_TRY(enter(op));
+  float h[8];
+  MOERT_TRY(readHparams(hparams, op, h));
+  MOERT_TRY(checkHParam(op, h, kLr, "lr", h[kLr] > 0, "> 0"));
+  MOERT_TRY(checkHParam(op, h, kWeightDecay, "weight_decay",
+                        h[kWeightDecay] >= 0, ">= 0"));
+  MOERT_TRY(
+      checkHParam(op, h, kMomentum, "momentum", h[kMomentum] >= 0, ">= 0"));
+  MOERT_TRY(checkStep(op, h));
+  cuda::SgdScalars s;
+  s.negLr = -double(h[kLr]);
+  s.wd = h[kWeightDecay];
+  s.momentum = h[kMomentum];
+  s.first = h[kStep] == 1.0f; // the buffer starts as d
+  return cuda::launchSgd(env(), w, g, buf, wOut, bufOut, n, s);
+}
+
+Status CudaBackend::biasUpdate(const float *bias, const float *load,
+                               const float *hparams, float *biasOut, int64_t E,
+                               int64_t tokens, int64_t k) {
+  const char *op = "moert_bias_update";
+  MOERT_TRY(enter(op));
+  float h[8];
+  MOERT_TRY(readHparams(hparams, op, h));
+  MOERT_TRY(checkHParam(op, h, kRate, "bias_update_rate", true, "of any sign"));
+  const double meanLoad = double(tokens * k) / double(E);
+  return cuda::launchBiasUpdate(env(), bias, load, biasOut, E, meanLoad,
+                                double(h[kRate]));
 }
 
 } // namespace
