@@ -32,7 +32,10 @@ std::string humanBytes(double b) {
   return u == 0 ? format("%.0f B", b) : format("%.2f %s", b, units[u]);
 }
 
-void printPhases(const json::Value &rank0, int64_t runs, double runSeconds) {
+} // namespace
+
+void printPhaseTable(const json::Value &rank0, const std::string &title,
+                     int64_t runs, double runSeconds) {
   struct Row {
     std::string name;
     int64_t calls;
@@ -46,8 +49,8 @@ void printPhases(const json::Value &rank0, int64_t runs, double runSeconds) {
                         p.get("seconds")->getNumber()});
   std::sort(rows.begin(), rows.end(),
             [](const Row &a, const Row &b) { return a.seconds > b.seconds; });
-  std::printf("\nphases (rank 0, %lld run%s, %.3f ms per run)\n",
-              static_cast<long long>(runs), runs == 1 ? "" : "s",
+  std::printf("\nphases (rank 0%s, %lld run%s, %.3f ms per run)\n",
+              title.c_str(), static_cast<long long>(runs), runs == 1 ? "" : "s",
               runSeconds * 1e3 / runs);
   std::printf("  %-28s %8s %12s %12s %7s\n", "phase", "calls", "total ms",
               "ms/run", "share");
@@ -58,7 +61,8 @@ void printPhases(const json::Value &rank0, int64_t runs, double runSeconds) {
                 runSeconds > 0 ? 100.0 * r.seconds / runSeconds : 0.0);
 }
 
-void printCollectives(const std::vector<json::Value> &ranks) {
+void printCollectiveTable(const std::vector<json::Value> &ranks,
+                          const std::string &title) {
   using Key = std::pair<std::string, std::string>;
   std::map<Key, std::pair<int64_t, int64_t>> total;
   std::string perRank;
@@ -81,17 +85,20 @@ void printCollectives(const std::vector<json::Value> &ranks) {
           humanBytes(double(c.get("bytes_sent")->getInt())).c_str());
     }
   }
-  std::printf("\ncollectives (all ranks)\n  %-16s %-10s %8s %14s\n", "op",
-              "axis", "calls", "bytes sent");
+  std::printf("\ncollectives (all ranks%s)\n  %-16s %-10s %8s %14s\n",
+              title.c_str(), "op", "axis", "calls", "bytes sent");
   for (const auto &kv : total)
     std::printf("  %-16s %-10s %8lld %14lld  %s\n", kv.first.first.c_str(),
                 kv.first.second.c_str(),
                 static_cast<long long>(kv.second.first),
                 static_cast<long long>(kv.second.second),
                 humanBytes(double(kv.second.second)).c_str());
-  std::printf("\ncollectives per rank\n  %-6s %-16s %-10s %8s %14s\n%s", "rank",
-              "op", "axis", "calls", "bytes sent", perRank.c_str());
+  std::printf("\ncollectives per rank%s\n  %-6s %-16s %-10s %8s %14s\n%s",
+              title.c_str(), "rank", "op", "axis", "calls", "bytes sent",
+              perRank.c_str());
 }
+
+namespace {
 
 /// Elements of a tensor as doubles (for --check).
 std::vector<double> toDoubles(const char *data, int32_t dtype, int64_t n) {
@@ -221,9 +228,9 @@ void printTables(const std::vector<std::string> &stats, const Timings &t) {
       ranks[r] = json::Value::object();
   std::printf("\nload (rank 0): %.3f s, of which host-to-device %.3f s\n",
               t.loadSeconds, t.h2dSeconds);
-  printPhases(ranks[0], t.runs, t.runSeconds);
+  printPhaseTable(ranks[0], "", t.runs, t.runSeconds);
   if (ranks.size() > 1)
-    printCollectives(ranks);
+    printCollectiveTable(ranks, "");
   std::fflush(stdout);
 }
 

@@ -10,6 +10,7 @@
 #define MOE_RUN_REPORT_H
 
 #include "moert/moert.h"
+#include "support/Json.h"
 #include "support/Manifest.h"
 
 #include <cstdint>
@@ -40,6 +41,14 @@ struct Timings {
 /// Prints the load time, the phases of rank 0 and, with several ranks, the
 /// collectives of all ranks (`stats`: one statistics object per rank).
 void printTables(const std::vector<std::string> &stats, const Timings &t);
+
+/// The table of the phases of one statistics object (`title` follows "rank
+/// 0" in its heading, e.g. ", entry backward").
+void printPhaseTable(const moert::json::Value &rank0, const std::string &title,
+                     int64_t runs, double runSeconds);
+/// The tables of the collectives of every rank's statistics object.
+void printCollectiveTable(const std::vector<moert::json::Value> &ranks,
+                          const std::string &title);
 
 /// Compares every result of `entry` (`globals`, by result index) with the
 /// same-named tensor of the safetensors file `refPath`; prints one line per

@@ -1,0 +1,571 @@
+//===- Train.cpp - moe-run --train: the training loop ---------------------===//
+#include "Train.h"
+
+#include "Checkpoint.h"
+#include "Report.h"
+#include "ShardedLoader.h"
+#include "World.h"
+
+#include "base/Dtype.h"
+#include "support/Format.h"
+#include "support/Json.h"
+#include "support/Safetensors.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <set>
+
+using namespace moert;
+
+namespace moe_run {
+
+std::vector<std::string> trainingEntries(const Options &o) {
+  return {"forward_train", "backward", "step_" + o.t.optimizer};
+}
+
+namespace {
+
+/// One entry point of the step: its argument and result tables, and its
+/// statistics summed over the steps (phases and collectives by name).
+struct EntryRun {
+  const Entry *entry = nullptr;
+  EntryFn fn = nullptr;
+  std::vector<void *> args, results;
+  int64_t runs = 0;
+  double seconds = 0;
+  std::map<std::string, std::pair<int64_t, double>> phases;
+  std::map<std::pair<std::string, std::string>, std::pair<int64_t, int64_t>>
+      collectives;
+};
+
+/// What a rank found wrong in a step (agreed on by all ranks).
+struct Problem {
+  int64_t what = -1; // -1 none, -2 the loss, else a backward result index
+  int64_t expert = -1;
+  double value = 0;
+};
+
+class Trainer {
+public:
+  explicit Trainer(Session &s) : s_(s), t_(s.opt.t), ctx_(s.ctx) {}
+  ~Trainer() {
+    for (void *p : owned_)
+      moert_free(ctx_, p);
+  }
+  int run();
+
+private:
+  Status check();
+  Status allocate(const TensorSpec &spec, bool poison, void *&p);
+  Status bind();
+  Status load();
+  Status loadTargets(const TensorSpec &spec, char *host);
+  Status loadInputs();
+  bool loadAll();
+  void call(EntryRun &e);
+  float readScalar(const std::string &name);
+  Problem lossProblem();
+  Problem gradProblem();
+  bool agreeProblem(Problem mine, int64_t i);
+  bool step(int64_t i);
+  Status save();
+  json::Value statsOf(const EntryRun &e) const;
+  std::string rankStats() const;
+  int finish();
+
+  Session &s_;
+  const TrainOptions &t_;
+  moert_ctx *ctx_;
+  EntryRun ft_, bw_, step_;
+  /// Arguments loaded from files (weights, inputs, state) and the
+  /// hyperparameters, by name; results of forward_train and backward.
+  std::map<std::string, void *> args_, results_;
+  std::vector<const TensorSpec *> weights_, states_;
+  std::map<std::string, std::vector<int64_t>> fileShapes_;
+  std::vector<void *> owned_;
+  std::unique_ptr<ShardedLoader> loader_;
+  int64_t step0_ = 0;
+  bool hasBias_ = false, hasAux_ = false, hasZ_ = false;
+  double loadSeconds_ = 0, h2dSeconds_ = 0, runSeconds_ = 0;
+  std::string trace_;
+};
+
+Status Trainer::check() {
+  if (t_.biasRateGiven && !hasBias_)
+    return supportError(MOERT_ERR_INVALID,
+                        "--bias-update-rate: the module has no selection bias "
+                        "(entry '%s' takes no load.* argument)",
+                        step_.entry->name.c_str());
+  if (!t_.saveWeights.empty() && !t_.saveOptimizerState.empty() &&
+      (t_.saveWeights == t_.saveOptimizerState ||
+       sameFile(t_.saveWeights, t_.saveOptimizerState)))
+    return supportError(MOERT_ERR_INVALID,
+                        "--save-weights and --save-optimizer-state must be "
+                        "different files");
+  if (world().rank == 0)
+    for (const std::string *p : {&t_.saveWeights, &t_.saveOptimizerState})
+      if (!p->empty())
+        MOERT_TRY(probeWritable(*p));
+  return Status::ok();
+}
+
+Status Trainer::allocate(const TensorSpec &spec, bool poison, void *&p) {
+  int64_t bytes = std::max<int64_t>(spec.localBytes(), 1);
+  if (moert_alloc(ctx_, bytes, &p) != MOERT_OK)
+    return ctxError(ctx_, format("allocating '%s'", spec.name.c_str()).c_str());
+  owned_.push_back(p);
+  if (!poison)
+    return Status::ok();
+  // NaN bytes: a result the module fails to write fails the finite checks.
+  std::vector<unsigned char> nan(static_cast<size_t>(bytes), 0xFF);
+  if (moert_copy_to_device(ctx_, p, nan.data(), bytes) != MOERT_OK)
+    return ctxError(ctx_, "poisoning the result buffers");
+  return Status::ok();
+}
+
+/// Gives every argument and result of the three entries its buffer: one
+/// per name, results of one entry are the arguments of the next, and the
+/// step's results are its arguments (updated in place).
+Status Trainer::bind() {
+  for (EntryRun *e : {&ft_, &bw_, &step_}) {
+    e->args.assign(e->entry->args.size(), nullptr);
+    for (const TensorSpec &a : e->entry->args) {
+      void *&p = e->args[a.index];
+      if (a.role == "saved" || a.role == "grad") {
+        auto it = results_.find(a.name);
+        if (it == results_.end())
+          return supportError(MOERT_ERR_INVALID,
+                              "entry '%s': argument '%s' is not a result of "
+                              "forward_train or backward",
+                              e->entry->name.c_str(), a.name.c_str());
+        p = it->second;
+        hasBias_ = hasBias_ || a.name.rfind("load.", 0) == 0;
+        continue;
+      }
+      auto it = args_.find(a.name);
+      if (it != args_.end()) {
+        p = it->second;
+        continue;
+      }
+      MOERT_TRY(allocate(a, false, p));
+      args_[a.name] = p;
+      if (a.role == "weight")
+        weights_.push_back(&a);
+      if (a.role == "state")
+        states_.push_back(&a);
+    }
+    e->results.assign(e->entry->results.size(), nullptr);
+    for (const TensorSpec &r : e->entry->results) {
+      if (e == &step_) { // checkEntryGraph: an argument of the same name
+        e->results[r.index] = args_.at(r.name);
+        continue;
+      }
+      MOERT_TRY(allocate(r, true, e->results[r.index]));
+      results_[r.name] = e->results[r.index];
+      hasAux_ = hasAux_ || (e == &ft_ && r.name == "aux_loss");
+      hasZ_ = hasZ_ || (e == &ft_ && r.name == "z_loss");
+    }
+  }
+  return Status::ok();
+}
+
+/// The targets: tensor 'hidden_states' of the targets file, of exactly the
+/// shape of the argument `targets`, any float dtype.
+Status Trainer::loadTargets(const TensorSpec &spec, char *host) {
+  std::unique_ptr<SafetensorsFile> file;
+  MOERT_TRY(SafetensorsFile::open(t_.targets, file));
+  const TensorInfo *t;
+  MOERT_TRY(file->lookup("hidden_states", t));
+  if (!isFloatDtype(t->dtype))
+    return supportError(MOERT_ERR_INVALID,
+                        "%s: tensor 'hidden_states' is %s, expected a float "
+                        "tensor (F32, F16 or BF16)",
+                        t_.targets.c_str(), t->dtypeName.c_str());
+  if (t->shape != spec.shape)
+    return supportError(MOERT_ERR_INVALID,
+                        "%s: tensor 'hidden_states' has shape %s, expected %s "
+                        "(the shape of the output hidden_states)",
+                        t_.targets.c_str(), shapeString(t->shape).c_str(),
+                        shapeString(spec.shape).c_str());
+  TensorSpec renamed = spec;
+  renamed.name = "hidden_states";
+  return loader_->readFrom(*file, renamed, host);
+}
+
+Status Trainer::load() {
+  std::unique_ptr<SafetensorsFile> state;
+  if (!t_.optimizerState.empty()) {
+    MOERT_TRY(SafetensorsFile::open(t_.optimizerState, state));
+    MOERT_TRY(readOptimizerStep(*state, step0_));
+  }
+  loader_ = std::make_unique<ShardedLoader>(s_.manifest.mesh, s_.coords);
+  MOERT_TRY(loader_->open(s_.opt.weights, s_.opt.inputs));
+  std::set<std::string> loaded; // one buffer per name, loaded once
+  for (EntryRun *e : {&ft_, &bw_, &step_})
+    for (const TensorSpec &a : e->entry->args) {
+      if (a.role == "saved" || a.role == "grad" || a.role == "hparams" ||
+          !loaded.insert(a.name).second)
+        continue;
+      std::vector<char> host(static_cast<size_t>(a.localBytes()), 0);
+      if (a.role == "input" && a.name == "targets") {
+        MOERT_TRY(loadTargets(a, host.data()));
+      } else if (a.role == "state" && state) {
+        MOERT_TRY(loader_->readFrom(*state, a, host.data()));
+        if (a.dtype == MOERT_F32 &&
+            firstNonFinite(reinterpret_cast<float *>(host.data()),
+                           numElements(a.localShape)) >= 0)
+          return supportError(MOERT_ERR_INVALID,
+                              "%s: tensor '%s' is not finite",
+                              t_.optimizerState.c_str(), a.name.c_str());
+      } else if (a.role != "state") { // no state file: zeros
+        MOERT_TRY(loader_->read(a, host.data()));
+      }
+      if (a.role == "weight")
+        fileShapes_[a.name] = fileShapeOf(loader_->weightsFile(), a);
+      double start = now();
+      if (moert_copy_to_device(ctx_, e->args[a.index], host.data(),
+                               a.localBytes()) != MOERT_OK ||
+          moert_synchronize(ctx_) != MOERT_OK)
+        return ctxError(ctx_, "copying arguments to the device");
+      h2dSeconds_ += now() - start;
+    }
+  return Status::ok();
+}
+
+bool Trainer::loadAll() {
+  double start = now();
+  ft_.entry = &s_.entry("forward_train");
+  bw_.entry = &s_.entry("backward");
+  step_.entry = &s_.entry("step_" + t_.optimizer);
+  ft_.fn = s_.function("forward_train");
+  bw_.fn = s_.function("backward");
+  step_.fn = s_.function("step_" + t_.optimizer);
+  Status s = bind();
+  if (s.isOk())
+    s = check();
+  if (s.isOk())
+    s = load();
+  if (!s.isOk())
+    report("error: %s", s.message().c_str());
+  if (loader_)
+    loader_->close();
+  loadSeconds_ = now() - start;
+  return s_.agree(s.isOk(), "loading weights, inputs, targets and state");
+}
+
+/// Runs one entry and moves the runtime's statistics into its own.
+void Trainer::call(EntryRun &e) {
+  double start = now();
+  e.fn(ctx_, e.args.data(), e.results.data());
+  moert_synchronize(ctx_);
+  e.seconds += now() - start;
+  ++e.runs;
+  if (moert_ctx_status(ctx_) != MOERT_OK)
+    fatal(ctxError(
+        ctx_, format("running entry '%s'", e.entry->name.c_str()).c_str()));
+  json::Value v;
+  if (json::parse(moert_ctx_stats_json(ctx_), "statistics", v).isOk()) {
+    if (const json::Value *ps = v.get("phases"))
+      for (const json::Value &p : ps->elements())
+        if (p.get("name") && p.get("calls") && p.get("seconds")) {
+          auto &acc = e.phases[p.get("name")->getString()];
+          acc.first += p.get("calls")->getInt();
+          acc.second += p.get("seconds")->getNumber();
+        }
+    if (const json::Value *cs = v.get("collectives"))
+      for (const json::Value &c : cs->elements())
+        if (c.get("op") && c.get("axis") && c.get("calls") &&
+            c.get("bytes_sent")) {
+          auto &acc = e.collectives[{c.get("op")->getString(),
+                                     c.get("axis")->getString()}];
+          acc.first += c.get("calls")->getInt();
+          acc.second += c.get("bytes_sent")->getInt();
+        }
+  }
+  if (!s_.opt.trace.empty()) {
+    std::string t = moert_ctx_trace_json(ctx_);
+    if (!t.empty())
+      trace_ += (trace_.empty() ? "" : ",\n") + t;
+  }
+  moert_ctx_reset_stats(ctx_);
+}
+
+float Trainer::readScalar(const std::string &name) {
+  float v = 0;
+  if (moert_copy_to_host(ctx_, &v, results_.at(name), sizeof v) != MOERT_OK)
+    fatal(ctxError(ctx_, format("reading '%s'", name.c_str()).c_str()));
+  return v;
+}
+
+Problem Trainer::lossProblem() {
+  float loss = readScalar("loss");
+  Problem p;
+  if (!std::isfinite(loss)) {
+    p.what = -2;
+    p.value = loss;
+  }
+  return p;
+}
+
+Problem Trainer::gradProblem() {
+  Problem p;
+  std::vector<char> host;
+  std::vector<float> f32;
+  for (const TensorSpec &r : bw_.entry->results) {
+    if (r.name.rfind("grad.", 0) != 0)
+      continue;
+    int64_t n = numElements(r.localShape);
+    host.resize(static_cast<size_t>(r.localBytes()));
+    f32.resize(static_cast<size_t>(n));
+    if (moert_copy_to_host(ctx_, host.data(), bw_.results[r.index],
+                           r.localBytes()) != MOERT_OK ||
+        !convertElements(host.data(), r.dtype, f32.data(), MOERT_F32, n, r.name)
+             .isOk())
+      fatal(ctxError(ctx_, format("reading '%s'", r.name.c_str()).c_str()));
+    int64_t bad = firstNonFinite(f32.data(), n);
+    if (bad < 0)
+      continue;
+    p.what = r.index;
+    if (r.isExpertStack() && r.localShape[0] > 0) {
+      Slice slice;
+      if (computeSlice(s_.manifest.mesh, r, s_.coords, slice).isOk())
+        p.expert = slice.lo[0] + bad / (n / r.localShape[0]);
+    }
+    return p;
+  }
+  return p;
+}
+
+/// All ranks learn every rank's problem; rank 0 reports the first. False
+/// (on every rank) when there is one.
+bool Trainer::agreeProblem(Problem mine, int64_t i) {
+  std::vector<Problem> all(world().size);
+  if (moert_world_allgather(ctx_, &mine, all.data(), sizeof(Problem)) !=
+      MOERT_OK)
+    fatal(ctxError(ctx_, "agreeing on the step"));
+  for (int r = 0; r < world().size; ++r) {
+    const Problem &p = all[r];
+    if (p.what == -1)
+      continue;
+    if (world().rank != 0)
+      return false;
+    std::string where = format(
+        "step %lld/%lld (optimizer step %lld)", static_cast<long long>(i),
+        static_cast<long long>(t_.steps), static_cast<long long>(step0_ + i));
+    std::string on = world().size > 1 ? format(" on rank %d", r) : "";
+    if (p.what == -2) {
+      report("error: %s: the loss is %g%s; nothing was written", where.c_str(),
+             p.value, on.c_str());
+    } else {
+      const TensorSpec &g = bw_.entry->results[p.what];
+      std::string name = g.name.substr(5);
+      if (p.expert >= 0)
+        name = expandExpertName(name, p.expert);
+      report("error: %s: the gradient of '%s' is not finite%s; nothing was "
+             "written",
+             where.c_str(), name.c_str(), on.c_str());
+    }
+    return false;
+  }
+  return true;
+}
+
+json::Value Trainer::statsOf(const EntryRun &e) const {
+  json::Value v = json::Value::object();
+  v.set("name", e.entry->name);
+  v.set("runs", e.runs);
+  v.set("seconds", e.seconds);
+  json::Value phases = json::Value::array();
+  for (const auto &[name, acc] : e.phases) {
+    json::Value p = json::Value::object();
+    p.set("name", name);
+    p.set("calls", acc.first);
+    p.set("seconds", acc.second);
+    phases.push(std::move(p));
+  }
+  v.set("phases", std::move(phases));
+  json::Value colls = json::Value::array();
+  for (const auto &[key, acc] : e.collectives) {
+    json::Value c = json::Value::object();
+    c.set("op", key.first);
+    c.set("axis", key.second);
+    c.set("calls", acc.first);
+    c.set("bytes_sent", acc.second);
+    colls.push(std::move(c));
+  }
+  v.set("collectives", std::move(colls));
+  return v;
+}
+
+std::string Trainer::rankStats() const {
+  json::Value v = json::Value::object();
+  v.set("rank", static_cast<int64_t>(world().rank));
+  v.set("load_seconds", loadSeconds_);
+  v.set("h2d_seconds", h2dSeconds_);
+  v.set("run_seconds", runSeconds_);
+  v.set("steps", t_.steps);
+  json::Value entries = json::Value::array();
+  for (const EntryRun *e : {&ft_, &bw_, &step_})
+    entries.push(statsOf(*e));
+  v.set("entries", std::move(entries));
+  return json::write(v);
+}
+
+/// One step; false (on every rank) when the loss or a gradient is not
+/// finite.
+bool Trainer::step(int64_t i) {
+  double start = now();
+  call(ft_);
+  if (!agreeProblem(lossProblem(), i))
+    return false;
+  call(bw_);
+  if (!agreeProblem(gradProblem(), i))
+    return false;
+  float h[8] = {t_.lr,
+                t_.beta1,
+                t_.beta2,
+                t_.eps,
+                t_.weightDecay,
+                t_.momentum,
+                static_cast<float>(step0_ + i),
+                t_.biasUpdateRate};
+  if (moert_copy_to_device(ctx_, args_.at("optimizer.hparams"), h, sizeof h) !=
+      MOERT_OK)
+    fatal(ctxError(ctx_, "setting optimizer.hparams"));
+  call(step_);
+  double ms = (now() - start) * 1e3;
+  runSeconds_ += ms / 1e3;
+  if (world().rank != 0)
+    return true;
+  std::string line =
+      format("step %lld/%lld loss %.9e", static_cast<long long>(i),
+             static_cast<long long>(t_.steps), readScalar("loss"));
+  if (results_.count("mse_loss"))
+    line += format(" mse %.9e", readScalar("mse_loss"));
+  if (hasAux_)
+    line += format(" aux %.9e", readScalar("aux_loss"));
+  if (hasZ_)
+    line += format(" z %.9e", readScalar("z_loss"));
+  std::printf("%s (%.3f ms)\n", line.c_str(), ms);
+  std::fflush(stdout);
+  return true;
+}
+
+/// Gathers the weights and the state to rank 0 and writes the files asked
+/// for. Every rank takes part in every gather; rank 0 alone converts and
+/// writes, and keeps its first error until all gathers are done.
+Status Trainer::save() {
+  Status first = Status::ok();
+  auto collect = [&](const std::vector<const TensorSpec *> &specs,
+                     std::vector<FileTensor> &out) {
+    for (const TensorSpec *spec : specs) {
+      std::vector<char> global;
+      MOERT_TRY(s_.gatherTensor(*spec, args_.at(spec->name), global));
+      if (world().rank != 0 || !first.isOk())
+        continue;
+      std::string weight = spec->role == "state"
+                               ? spec->name.substr(0, spec->name.rfind('.'))
+                               : spec->name;
+      first = toFileTensors(*spec, global, fileShapes_[weight], out);
+    }
+    return Status::ok();
+  };
+  std::vector<FileTensor> weights, state;
+  if (!t_.saveWeights.empty())
+    MOERT_TRY(collect(weights_, weights));
+  if (!t_.saveOptimizerState.empty())
+    MOERT_TRY(collect(states_, state));
+  if (world().rank != 0 || !first.isOk())
+    return first;
+  int64_t steps = step0_ + t_.steps;
+  std::map<std::string, std::string> meta = {{"generator", "moe-run --train"},
+                                             {"step", std::to_string(steps)}};
+  if (!t_.saveWeights.empty())
+    MOERT_TRY(writeFileTensors(t_.saveWeights, weights, meta));
+  if (t_.saveOptimizerState.empty())
+    return Status::ok();
+  FileTensor count;
+  count.name = "optimizer.step";
+  count.dtype = MOERT_I64;
+  count.shape = {1};
+  count.data.resize(sizeof steps);
+  std::memcpy(count.data.data(), &steps, sizeof steps);
+  state.push_back(std::move(count));
+  auto real = [](float v) { return format("%.17g", static_cast<double>(v)); };
+  meta["optimizer"] = t_.optimizer;
+  meta["lr"] = real(t_.lr);
+  meta["weight_decay"] = real(t_.weightDecay);
+  if (t_.optimizer == "adamw") {
+    meta["betas"] = real(t_.beta1) + "," + real(t_.beta2);
+    meta["eps"] = real(t_.eps);
+  } else {
+    meta["momentum"] = real(t_.momentum);
+  }
+  return writeFileTensors(t_.saveOptimizerState, state, meta);
+}
+
+/// Writes the files, the statistics and the trace, prints the tables.
+int Trainer::finish() {
+  Status s = save();
+  std::vector<std::string> stats, traces;
+  if (s.isOk())
+    s = s_.gatherStrings(rankStats(), stats);
+  if (s.isOk() && !s_.opt.trace.empty())
+    s = s_.gatherStrings(trace_, traces);
+  if (s.isOk() && world().rank == 0 && !s_.opt.stats.empty())
+    s = writeStats(s_.opt.stats, stats);
+  if (s.isOk() && world().rank == 0 && !s_.opt.trace.empty())
+    s = writeTrace(s_.opt.trace, traces);
+  if (!s.isOk()) {
+    report("error: %s", s.message().c_str());
+    return 1;
+  }
+  if (world().rank != 0 || s_.opt.quiet)
+    return 0;
+  std::vector<json::Value> ranks(stats.size());
+  for (size_t r = 0; r < stats.size(); ++r)
+    if (!json::parse(stats[r], "statistics", ranks[r]).isOk())
+      ranks[r] = json::Value::object();
+  std::printf("\nload (rank 0): %.3f s, of which host-to-device %.3f s\n",
+              loadSeconds_, h2dSeconds_);
+  for (size_t i = 0; i < 3; ++i) {
+    std::vector<json::Value> perRank;
+    for (const json::Value &r : ranks) {
+      const json::Value *es = r.get("entries");
+      perRank.push_back(es && es->elements().size() == 3 ? es->elements()[i]
+                                                         : json::Value());
+    }
+    const json::Value &mine = perRank[0];
+    std::string title =
+        ", entry " + (mine.get("name") ? mine.get("name")->getString() : "?");
+    int64_t runs = mine.get("runs") ? mine.get("runs")->getInt() : 0;
+    double secs = mine.get("seconds") ? mine.get("seconds")->getNumber() : 0;
+    printPhaseTable(mine, title, std::max<int64_t>(runs, 1), secs);
+    if (perRank.size() > 1)
+      printCollectiveTable(perRank, title);
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
+int Trainer::run() {
+  if (!loadAll())
+    return 1;
+  for (int64_t i = 1; i <= t_.steps; ++i)
+    if (!step(i))
+      return 1;
+  return finish();
+}
+
+} // namespace
+
+int runTraining(Session &session) {
+  Trainer t(session);
+  return t.run();
+}
+
+} // namespace moe_run
