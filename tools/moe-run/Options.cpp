@@ -66,6 +66,8 @@ const char *const kUsage =
     "  --save-optimizer-state FILE  write NAME.exp_avg / NAME.exp_avg_sq\n"
     "                      (adamw) or NAME.momentum_buffer (sgd) and\n"
     "                      optimizer.step\n"
+    "  --grads FILE        write the first step's gradients: 'hidden_states'\n"
+    "                      (dX) and every weight under its name (F32)\n"
     "  Hyperparameters are rounded to f32. Nothing is written unless every\n"
     "  step succeeds; a NaN or Inf in the loss or a gradient stops the run.\n"
     "\n"
@@ -114,7 +116,8 @@ const char *const kTrainFlags[] = {"--steps",
                                    "--bias-update-rate",
                                    "--optimizer-state",
                                    "--save-weights",
-                                   "--save-optimizer-state"};
+                                   "--save-optimizer-state",
+                                   "--grads"};
 
 Status setOption(Options &o, RawTrain &raw, const std::string &flag,
                  const std::string &v) {
@@ -194,7 +197,8 @@ Status parseTrain(const RawTrain &raw, TrainOptions &t) {
   for (auto [flag, field] : {std::pair<const char *, std::string *>{
                                  "--optimizer-state", &t.optimizerState},
                              {"--save-weights", &t.saveWeights},
-                             {"--save-optimizer-state", &t.saveOptimizerState}})
+                             {"--save-optimizer-state", &t.saveOptimizerState},
+                             {"--grads", &t.grads}})
     if (has(flag))
       *field = text(flag);
   if (has("--optimizer"))

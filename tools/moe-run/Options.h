@@ -21,7 +21,7 @@ namespace moe_run {
 struct TrainOptions {
   int64_t steps = 0;
   std::string targets, optimizer = "adamw", optimizerState;
-  std::string saveWeights, saveOptimizerState;
+  std::string saveWeights, saveOptimizerState, grads;
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
   float weightDecay = 0.01f, momentum = 0, biasUpdateRate = 0.001f;
   /// --bias-update-rate was given (an error for a model without a bias).

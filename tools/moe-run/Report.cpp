@@ -250,4 +250,83 @@ bool checkOutputs(const std::string &refPath, const Entry &entry,
   return ok;
 }
 
+void EntryStats::absorb(const char *statsJson) {
+  json::Value v;
+  if (!json::parse(statsJson, "statistics", v).isOk())
+    return;
+  if (const json::Value *ps = v.get("phases"))
+    for (const json::Value &p : ps->elements())
+      if (p.get("name") && p.get("calls") && p.get("seconds")) {
+        auto &acc = phases[p.get("name")->getString()];
+        acc.first += p.get("calls")->getInt();
+        acc.second += p.get("seconds")->getNumber();
+      }
+  if (const json::Value *cs = v.get("collectives"))
+    for (const json::Value &c : cs->elements())
+      if (c.get("op") && c.get("axis") && c.get("calls") &&
+          c.get("bytes_sent")) {
+        auto &acc =
+            collectives[{c.get("op")->getString(), c.get("axis")->getString()}];
+        acc.first += c.get("calls")->getInt();
+        acc.second += c.get("bytes_sent")->getInt();
+      }
+}
+
+json::Value EntryStats::toJson() const {
+  json::Value v = json::Value::object();
+  v.set("name", name);
+  v.set("runs", runs);
+  v.set("seconds", seconds);
+  json::Value ps = json::Value::array();
+  for (const auto &[n, acc] : phases) {
+    json::Value p = json::Value::object();
+    p.set("name", n);
+    p.set("calls", acc.first);
+    p.set("seconds", acc.second);
+    ps.push(std::move(p));
+  }
+  v.set("phases", std::move(ps));
+  json::Value cs = json::Value::array();
+  for (const auto &[key, acc] : collectives) {
+    json::Value c = json::Value::object();
+    c.set("op", key.first);
+    c.set("axis", key.second);
+    c.set("calls", acc.first);
+    c.set("bytes_sent", acc.second);
+    cs.push(std::move(c));
+  }
+  v.set("collectives", std::move(cs));
+  return v;
+}
+
+void printTrainingTables(const std::vector<std::string> &stats,
+                         double loadSeconds, double h2dSeconds) {
+  std::vector<json::Value> ranks(stats.size());
+  for (size_t r = 0; r < stats.size(); ++r)
+    if (!json::parse(stats[r], "statistics", ranks[r]).isOk())
+      ranks[r] = json::Value::object();
+  std::printf("\nload (rank 0): %.3f s, of which host-to-device %.3f s\n",
+              loadSeconds, h2dSeconds);
+  const json::Value *mine = ranks.empty() ? nullptr : ranks[0].get("entries");
+  for (size_t i = 0; mine && i < mine->elements().size(); ++i) {
+    const json::Value &e = mine->elements()[i];
+    const json::Value *name = e.get("name"), *runs = e.get("runs"),
+                      *secs = e.get("seconds");
+    std::string title =
+        ", entry " + (name ? name->getString() : std::string("?"));
+    printPhaseTable(e, title, runs ? std::max<int64_t>(runs->getInt(), 1) : 1,
+                    secs ? secs->getNumber() : 0);
+    if (ranks.size() < 2)
+      continue;
+    std::vector<json::Value> perRank;
+    for (const json::Value &r : ranks) {
+      const json::Value *es = r.get("entries");
+      perRank.push_back(es && i < es->elements().size() ? es->elements()[i]
+                                                        : json::Value());
+    }
+    printCollectiveTable(perRank, title);
+  }
+  std::fflush(stdout);
+}
+
 } // namespace moe_run

@@ -30,16 +30,12 @@ std::vector<std::string> trainingEntries(const Options &o) {
 namespace {
 
 /// One entry point of the step: its argument and result tables, and its
-/// statistics summed over the steps (phases and collectives by name).
+/// statistics summed over the steps.
 struct EntryRun {
   const Entry *entry = nullptr;
   EntryFn fn = nullptr;
   std::vector<void *> args, results;
-  int64_t runs = 0;
-  double seconds = 0;
-  std::map<std::string, std::pair<int64_t, double>> phases;
-  std::map<std::pair<std::string, std::string>, std::pair<int64_t, int64_t>>
-      collectives;
+  EntryStats stats;
 };
 
 /// What a rank found wrong in a step (agreed on by all ranks).
@@ -68,12 +64,13 @@ private:
   bool loadAll();
   void call(EntryRun &e);
   float readScalar(const std::string &name);
+  int64_t expertOf(const TensorSpec &spec, int64_t i) const;
   Problem lossProblem();
   Problem gradProblem();
   bool agreeProblem(Problem mine, int64_t i);
   bool step(int64_t i);
+  Status gatherGrads();
   Status save();
-  json::Value statsOf(const EntryRun &e) const;
   std::string rankStats() const;
   int finish();
 
@@ -87,6 +84,9 @@ private:
   std::vector<const TensorSpec *> weights_, states_;
   std::map<std::string, std::vector<int64_t>> fileShapes_;
   std::vector<void *> owned_;
+  /// The first step's gradients as file tensors (rank 0, with --grads).
+  std::vector<FileTensor> grads_;
+  Status gradsStatus_ = Status::ok();
   std::unique_ptr<ShardedLoader> loader_;
   int64_t step0_ = 0;
   bool hasBias_ = false, hasAux_ = false, hasZ_ = false;
@@ -100,14 +100,17 @@ Status Trainer::check() {
                         "--bias-update-rate: the module has no selection bias "
                         "(entry '%s' takes no load.* argument)",
                         step_.entry->name.c_str());
-  if (!t_.saveWeights.empty() && !t_.saveOptimizerState.empty() &&
-      (t_.saveWeights == t_.saveOptimizerState ||
-       sameFile(t_.saveWeights, t_.saveOptimizerState)))
-    return supportError(MOERT_ERR_INVALID,
-                        "--save-weights and --save-optimizer-state must be "
-                        "different files");
+  const std::string *outs[] = {&t_.grads, &t_.saveWeights,
+                               &t_.saveOptimizerState};
+  for (int a = 0; a < 3; ++a)
+    for (int b = a + 1; b < 3; ++b)
+      if (!outs[a]->empty() &&
+          (*outs[a] == *outs[b] || sameFile(*outs[a], *outs[b])))
+        return supportError(MOERT_ERR_INVALID,
+                            "--grads, --save-weights and "
+                            "--save-optimizer-state must be different files");
   if (world().rank == 0)
-    for (const std::string *p : {&t_.saveWeights, &t_.saveOptimizerState})
+    for (const std::string *p : outs)
       if (!p->empty())
         MOERT_TRY(probeWritable(*p));
   return Status::ok();
@@ -215,12 +218,16 @@ Status Trainer::load() {
         MOERT_TRY(loadTargets(a, host.data()));
       } else if (a.role == "state" && state) {
         MOERT_TRY(loader_->readFrom(*state, a, host.data()));
-        if (a.dtype == MOERT_F32 &&
-            firstNonFinite(reinterpret_cast<float *>(host.data()),
-                           numElements(a.localShape)) >= 0)
-          return supportError(MOERT_ERR_INVALID,
-                              "%s: tensor '%s' is not finite",
-                              t_.optimizerState.c_str(), a.name.c_str());
+        int64_t bad =
+            a.dtype == MOERT_F32
+                ? firstNonFinite(reinterpret_cast<float *>(host.data()),
+                                 numElements(a.localShape))
+                : -1;
+        if (bad >= 0)
+          return supportError(
+              MOERT_ERR_INVALID, "%s: tensor '%s' is not finite",
+              t_.optimizerState.c_str(),
+              expandExpertName(a.name, expertOf(a, bad)).c_str());
       } else if (a.role != "state") { // no state file: zeros
         MOERT_TRY(loader_->read(a, host.data()));
       }
@@ -239,6 +246,9 @@ Status Trainer::load() {
 bool Trainer::loadAll() {
   double start = now();
   ft_.entry = &s_.entry("forward_train");
+  ft_.stats.name = "forward_train";
+  bw_.stats.name = "backward";
+  step_.stats.name = "step_" + t_.optimizer;
   bw_.entry = &s_.entry("backward");
   step_.entry = &s_.entry("step_" + t_.optimizer);
   ft_.fn = s_.function("forward_train");
@@ -262,30 +272,12 @@ void Trainer::call(EntryRun &e) {
   double start = now();
   e.fn(ctx_, e.args.data(), e.results.data());
   moert_synchronize(ctx_);
-  e.seconds += now() - start;
-  ++e.runs;
+  e.stats.seconds += now() - start;
+  ++e.stats.runs;
   if (moert_ctx_status(ctx_) != MOERT_OK)
     fatal(ctxError(
         ctx_, format("running entry '%s'", e.entry->name.c_str()).c_str()));
-  json::Value v;
-  if (json::parse(moert_ctx_stats_json(ctx_), "statistics", v).isOk()) {
-    if (const json::Value *ps = v.get("phases"))
-      for (const json::Value &p : ps->elements())
-        if (p.get("name") && p.get("calls") && p.get("seconds")) {
-          auto &acc = e.phases[p.get("name")->getString()];
-          acc.first += p.get("calls")->getInt();
-          acc.second += p.get("seconds")->getNumber();
-        }
-    if (const json::Value *cs = v.get("collectives"))
-      for (const json::Value &c : cs->elements())
-        if (c.get("op") && c.get("axis") && c.get("calls") &&
-            c.get("bytes_sent")) {
-          auto &acc = e.collectives[{c.get("op")->getString(),
-                                     c.get("axis")->getString()}];
-          acc.first += c.get("calls")->getInt();
-          acc.second += c.get("bytes_sent")->getInt();
-        }
-  }
+  e.stats.absorb(moert_ctx_stats_json(ctx_));
   if (!s_.opt.trace.empty()) {
     std::string t = moert_ctx_trace_json(ctx_);
     if (!t.empty())
@@ -299,6 +291,17 @@ float Trainer::readScalar(const std::string &name) {
   if (moert_copy_to_host(ctx_, &v, results_.at(name), sizeof v) != MOERT_OK)
     fatal(ctxError(ctx_, format("reading '%s'", name.c_str()).c_str()));
   return v;
+}
+
+/// The global expert of element `i` of this rank's buffer of the stack
+/// `spec` (-1 when it is no stack).
+int64_t Trainer::expertOf(const TensorSpec &spec, int64_t i) const {
+  Slice slice;
+  int64_t n = numElements(spec.localShape);
+  if (!spec.isExpertStack() || n == 0 ||
+      !computeSlice(s_.manifest.mesh, spec, s_.coords, slice).isOk())
+    return -1;
+  return slice.lo[0] + i / (n / spec.localShape[0]);
 }
 
 Problem Trainer::lossProblem() {
@@ -330,11 +333,7 @@ Problem Trainer::gradProblem() {
     if (bad < 0)
       continue;
     p.what = r.index;
-    if (r.isExpertStack() && r.localShape[0] > 0) {
-      Slice slice;
-      if (computeSlice(s_.manifest.mesh, r, s_.coords, slice).isOk())
-        p.expert = slice.lo[0] + bad / (n / r.localShape[0]);
-    }
+    p.expert = expertOf(r, bad);
     return p;
   }
   return p;
@@ -358,8 +357,9 @@ bool Trainer::agreeProblem(Problem mine, int64_t i) {
         static_cast<long long>(t_.steps), static_cast<long long>(step0_ + i));
     std::string on = world().size > 1 ? format(" on rank %d", r) : "";
     if (p.what == -2) {
-      report("error: %s: the loss is %g%s; nothing was written", where.c_str(),
-             p.value, on.c_str());
+      report("error: %s: the loss is %s%s; nothing was written", where.c_str(),
+             std::isnan(p.value) ? "nan" : format("%g", p.value).c_str(),
+             on.c_str());
     } else {
       const TensorSpec &g = bw_.entry->results[p.what];
       std::string name = g.name.substr(5);
@@ -374,33 +374,6 @@ bool Trainer::agreeProblem(Problem mine, int64_t i) {
   return true;
 }
 
-json::Value Trainer::statsOf(const EntryRun &e) const {
-  json::Value v = json::Value::object();
-  v.set("name", e.entry->name);
-  v.set("runs", e.runs);
-  v.set("seconds", e.seconds);
-  json::Value phases = json::Value::array();
-  for (const auto &[name, acc] : e.phases) {
-    json::Value p = json::Value::object();
-    p.set("name", name);
-    p.set("calls", acc.first);
-    p.set("seconds", acc.second);
-    phases.push(std::move(p));
-  }
-  v.set("phases", std::move(phases));
-  json::Value colls = json::Value::array();
-  for (const auto &[key, acc] : e.collectives) {
-    json::Value c = json::Value::object();
-    c.set("op", key.first);
-    c.set("axis", key.second);
-    c.set("calls", acc.first);
-    c.set("bytes_sent", acc.second);
-    colls.push(std::move(c));
-  }
-  v.set("collectives", std::move(colls));
-  return v;
-}
-
 std::string Trainer::rankStats() const {
   json::Value v = json::Value::object();
   v.set("rank", static_cast<int64_t>(world().rank));
@@ -410,7 +383,7 @@ std::string Trainer::rankStats() const {
   v.set("steps", t_.steps);
   json::Value entries = json::Value::array();
   for (const EntryRun *e : {&ft_, &bw_, &step_})
-    entries.push(statsOf(*e));
+    entries.push(e->stats.toJson());
   v.set("entries", std::move(entries));
   return json::write(v);
 }
@@ -425,6 +398,11 @@ bool Trainer::step(int64_t i) {
   call(bw_);
   if (!agreeProblem(gradProblem(), i))
     return false;
+  if (i == 1 && !t_.grads.empty()) {
+    Status s = gatherGrads();
+    if (!s.isOk())
+      fatal(s);
+  }
   float h[8] = {t_.lr,
                 t_.beta1,
                 t_.beta2,
@@ -455,6 +433,31 @@ bool Trainer::step(int64_t i) {
   return true;
 }
 
+/// The first step's gradients, under the names train-reference --grads
+/// writes: 'hidden_states' (dX) and every weight's file name(s). Every rank
+/// gathers; rank 0 keeps the tensors and its first error.
+Status Trainer::gatherGrads() {
+  std::map<std::string, const TensorSpec *> weights;
+  for (const TensorSpec *w : weights_)
+    weights[w->name] = w;
+  for (const TensorSpec &r : bw_.entry->results) {
+    if (r.name.rfind("grad.", 0) != 0)
+      continue;
+    std::vector<char> global;
+    MOERT_TRY(s_.gatherTensor(r, bw_.results[r.index], global));
+    if (world().rank != 0 || !gradsStatus_.isOk())
+      continue;
+    TensorSpec named = r;
+    named.name = r.name.substr(5);
+    auto w = weights.find(named.name);
+    if (w != weights.end())
+      named.transpose = w->second->transpose;
+    gradsStatus_ =
+        toFileTensors(named, global, fileShapes_[named.name], grads_);
+  }
+  return Status::ok();
+}
+
 /// Gathers the weights and the state to rank 0 and writes the files asked
 /// for. Every rank takes part in every gather; rank 0 alone converts and
 /// writes, and keeps its first error until all gathers are done.
@@ -481,9 +484,15 @@ Status Trainer::save() {
     MOERT_TRY(collect(states_, state));
   if (world().rank != 0 || !first.isOk())
     return first;
+  MOERT_TRY(gradsStatus_);
   int64_t steps = step0_ + t_.steps;
-  std::map<std::string, std::string> meta = {{"generator", "moe-run --train"},
-                                             {"step", std::to_string(steps)}};
+  std::map<std::string, std::string> meta = {{"generator", "moe-run --train"}};
+  if (!t_.grads.empty()) {
+    meta["content"] = "gradients of the first step, written as f32";
+    MOERT_TRY(writeFileTensors(t_.grads, grads_, meta));
+    meta.erase("content");
+  }
+  meta["step"] = std::to_string(steps);
   if (!t_.saveWeights.empty())
     MOERT_TRY(writeFileTensors(t_.saveWeights, weights, meta));
   if (t_.saveOptimizerState.empty())
@@ -526,29 +535,7 @@ int Trainer::finish() {
   }
   if (world().rank != 0 || s_.opt.quiet)
     return 0;
-  std::vector<json::Value> ranks(stats.size());
-  for (size_t r = 0; r < stats.size(); ++r)
-    if (!json::parse(stats[r], "statistics", ranks[r]).isOk())
-      ranks[r] = json::Value::object();
-  std::printf("\nload (rank 0): %.3f s, of which host-to-device %.3f s\n",
-              loadSeconds_, h2dSeconds_);
-  for (size_t i = 0; i < 3; ++i) {
-    std::vector<json::Value> perRank;
-    for (const json::Value &r : ranks) {
-      const json::Value *es = r.get("entries");
-      perRank.push_back(es && es->elements().size() == 3 ? es->elements()[i]
-                                                         : json::Value());
-    }
-    const json::Value &mine = perRank[0];
-    std::string title =
-        ", entry " + (mine.get("name") ? mine.get("name")->getString() : "?");
-    int64_t runs = mine.get("runs") ? mine.get("runs")->getInt() : 0;
-    double secs = mine.get("seconds") ? mine.get("seconds")->getNumber() : 0;
-    printPhaseTable(mine, title, std::max<int64_t>(runs, 1), secs);
-    if (perRank.size() > 1)
-      printCollectiveTable(perRank, title);
-  }
-  std::fflush(stdout);
+  printTrainingTables(stats, loadSeconds_, h2dSeconds_);
   return 0;
 }
 
