@@ -147,7 +147,9 @@ Status GraphChecker::checkState(size_t ei, const TensorSpec &a,
     for (const TensorSpec &w : e.args) {
       if (w.role != "weight" || w.name != weight)
         continue;
-      if (!sameLayout(a, w))
+      // The transpose flag is the weight's: a state tensor is read and
+      // written like its weight (the driver uses the weight's flag).
+      if (!sameBuffer(a, w))
         return fail(path, "state '%s' is %s but its weight '%s' is %s",
                     a.name.c_str(), describe(a).c_str(), weight.c_str(),
                     describe(w).c_str());
@@ -245,15 +247,29 @@ Status GraphChecker::checkEntries() {
                 "(a training module has forward_train, backward and "
                 "step_adamw and/or step_sgd)",
                 missing);
+  bool hasLoss = false;
   for (const TensorSpec &r : ft->results)
-    if (r.name == "loss") {
+    if (r.name == "loss" || r.name == "mse_loss" || r.name == "aux_loss" ||
+        r.name == "z_loss") {
+      hasLoss = hasLoss || r.name == "loss";
       if (r.dtype != MOERT_F32 || numElements(r.localShape) != 1)
         return fail("entry 'forward_train'",
-                    "result 'loss' must be F32 with one element, got %s",
-                    describe(r).c_str());
-      return Status::ok();
+                    "result '%s' must be F32 with one element, got %s",
+                    r.name.c_str(), describe(r).c_str());
     }
-  return fail("entry 'forward_train'", "no result named 'loss'");
+  if (!hasLoss)
+    return fail("entry 'forward_train'", "no result named 'loss'");
+  for (const Entry &e : m_.entries) {
+    int hparams = 0;
+    for (const TensorSpec &a : e.args)
+      hparams += a.role == "hparams";
+    if (trainingStage(e.name) == 2 && hparams != 1)
+      return fail("entry '" + e.name + "'",
+                  "a step takes one argument 'optimizer.hparams' of role "
+                  "hparams (it has %d)",
+                  hparams);
+  }
+  return Status::ok();
 }
 
 Status GraphChecker::run() {

@@ -57,6 +57,7 @@ public:
 private:
   Status check();
   Status allocate(const TensorSpec &spec, bool poison, void *&p);
+  const TensorSpec *stateSpec(const Entry *entry, const TensorSpec &a);
   Status bind();
   Status load();
   Status loadTargets(const TensorSpec &spec, char *host);
@@ -82,6 +83,7 @@ private:
   /// hyperparameters, by name; results of forward_train and backward.
   std::map<std::string, void *> args_, results_;
   std::vector<const TensorSpec *> weights_, states_;
+  std::vector<std::unique_ptr<TensorSpec>> stateSpecs_;
   std::map<std::string, std::vector<int64_t>> fileShapes_;
   std::vector<void *> owned_;
   /// The first step's gradients as file tensors (rank 0, with --grads).
@@ -130,6 +132,18 @@ Status Trainer::allocate(const TensorSpec &spec, bool poison, void *&p) {
   return Status::ok();
 }
 
+/// The state argument `a` of `entry` as it is read and written: like its
+/// weight (the weight's transpose flag; checkEntryGraph matched the rest).
+const TensorSpec *Trainer::stateSpec(const Entry *entry, const TensorSpec &a) {
+  TensorSpec st = a;
+  std::string weight = a.name.substr(0, a.name.rfind('.'));
+  for (const TensorSpec &w : entry->args)
+    if (w.role == "weight" && w.name == weight)
+      st.transpose = w.transpose;
+  stateSpecs_.push_back(std::make_unique<TensorSpec>(std::move(st)));
+  return stateSpecs_.back().get();
+}
+
 /// Gives every argument and result of the three entries its buffer: one
 /// per name, results of one entry are the arguments of the next, and the
 /// step's results are its arguments (updated in place).
@@ -159,7 +173,7 @@ Status Trainer::bind() {
       if (a.role == "weight")
         weights_.push_back(&a);
       if (a.role == "state")
-        states_.push_back(&a);
+        states_.push_back(stateSpec(e->entry, a));
     }
     e->results.assign(e->entry->results.size(), nullptr);
     for (const TensorSpec &r : e->entry->results) {
@@ -217,7 +231,10 @@ Status Trainer::load() {
       if (a.role == "input" && a.name == "targets") {
         MOERT_TRY(loadTargets(a, host.data()));
       } else if (a.role == "state" && state) {
-        MOERT_TRY(loader_->readFrom(*state, a, host.data()));
+        const TensorSpec *ls = &a;
+        for (const TensorSpec *st : states_)
+          ls = st->name == a.name ? st : ls;
+        MOERT_TRY(loader_->readFrom(*state, *ls, host.data()));
         int64_t bad =
             a.dtype == MOERT_F32
                 ? firstNonFinite(reinterpret_cast<float *>(host.data()),

@@ -115,6 +115,8 @@ def manifest(dp, module_hash):
         for i in range(2):  # W's state, then scale's (train_module.c)
             for slot in slots:
                 st = dict(weights("state", 0, "." + slot)[i], index=len(args))
+                if slot == "exp_avg_sq":  # a state is read like its weight,
+                    st.pop("transpose", None)  # whether flagged or not
                 args.append(st)
                 results.append(dict(st, index=len(results)))
                 results[-1].pop("role")
