@@ -1,5 +1,6 @@
 //===- Train.cpp - moe-run --train: the training loop ---------------------===//
 #include "Train.h"
+#include "Trainer.h"
 
 #include "Checkpoint.h"
 #include "Report.h"
@@ -26,75 +27,6 @@ namespace moe_run {
 std::vector<std::string> trainingEntries(const Options &o) {
   return {"forward_train", "backward", "step_" + o.t.optimizer};
 }
-
-namespace {
-
-/// One entry point of the step: its argument and result tables, and its
-/// statistics summed over the steps.
-struct EntryRun {
-  const Entry *entry = nullptr;
-  EntryFn fn = nullptr;
-  std::vector<void *> args, results;
-  EntryStats stats;
-};
-
-/// What a rank found wrong in a step (agreed on by all ranks).
-struct Problem {
-  int64_t what = -1; // -1 none, -2 the loss, else a backward result index
-  int64_t expert = -1;
-  double value = 0;
-};
-
-class Trainer {
-public:
-  explicit Trainer(Session &s) : s_(s), t_(s.opt.t), ctx_(s.ctx) {}
-  ~Trainer() {
-    for (void *p : owned_)
-      moert_free(ctx_, p);
-  }
-  int run();
-
-private:
-  Status check();
-  Status allocate(const TensorSpec &spec, bool poison, void *&p);
-  const TensorSpec *stateSpec(const Entry *entry, const TensorSpec &a);
-  Status bind();
-  Status load();
-  Status loadTargets(const TensorSpec &spec, char *host);
-  Status loadInputs();
-  bool loadAll();
-  void call(EntryRun &e);
-  float readScalar(const std::string &name);
-  int64_t expertOf(const TensorSpec &spec, int64_t i) const;
-  Problem lossProblem();
-  Problem gradProblem();
-  bool agreeProblem(Problem mine, int64_t i);
-  bool step(int64_t i);
-  Status gatherGrads();
-  Status save();
-  std::string rankStats() const;
-  int finish();
-
-  Session &s_;
-  const TrainOptions &t_;
-  moert_ctx *ctx_;
-  EntryRun ft_, bw_, step_;
-  /// Arguments loaded from files (weights, inputs, state) and the
-  /// hyperparameters, by name; results of forward_train and backward.
-  std::map<std::string, void *> args_, results_;
-  std::vector<const TensorSpec *> weights_, states_;
-  std::vector<std::unique_ptr<TensorSpec>> stateSpecs_;
-  std::map<std::string, std::vector<int64_t>> fileShapes_;
-  std::vector<void *> owned_;
-  /// The first step's gradients as file tensors (rank 0, with --grads).
-  std::vector<FileTensor> grads_;
-  Status gradsStatus_ = Status::ok();
-  std::unique_ptr<ShardedLoader> loader_;
-  int64_t step0_ = 0;
-  bool hasBias_ = false, hasAux_ = false, hasZ_ = false;
-  double loadSeconds_ = 0, h2dSeconds_ = 0, runSeconds_ = 0;
-  std::string trace_;
-};
 
 Status Trainer::check() {
   if (t_.biasRateGiven && !hasBias_)
@@ -391,20 +323,6 @@ bool Trainer::agreeProblem(Problem mine, int64_t i) {
   return true;
 }
 
-std::string Trainer::rankStats() const {
-  json::Value v = json::Value::object();
-  v.set("rank", static_cast<int64_t>(world().rank));
-  v.set("load_seconds", loadSeconds_);
-  v.set("h2d_seconds", h2dSeconds_);
-  v.set("run_seconds", runSeconds_);
-  v.set("steps", t_.steps);
-  json::Value entries = json::Value::array();
-  for (const EntryRun *e : {&ft_, &bw_, &step_})
-    entries.push(e->stats.toJson());
-  v.set("entries", std::move(entries));
-  return json::write(v);
-}
-
 /// One step; false (on every rank) when the loss or a gradient is not
 /// finite.
 bool Trainer::step(int64_t i) {
@@ -450,112 +368,6 @@ bool Trainer::step(int64_t i) {
   return true;
 }
 
-/// The first step's gradients, under the names train-reference --grads
-/// writes: 'hidden_states' (dX) and every weight's file name(s). Every rank
-/// gathers; rank 0 keeps the tensors and its first error.
-Status Trainer::gatherGrads() {
-  std::map<std::string, const TensorSpec *> weights;
-  for (const TensorSpec *w : weights_)
-    weights[w->name] = w;
-  for (const TensorSpec &r : bw_.entry->results) {
-    if (r.name.rfind("grad.", 0) != 0)
-      continue;
-    std::vector<char> global;
-    MOERT_TRY(s_.gatherTensor(r, bw_.results[r.index], global));
-    if (world().rank != 0 || !gradsStatus_.isOk())
-      continue;
-    TensorSpec named = r;
-    named.name = r.name.substr(5);
-    auto w = weights.find(named.name);
-    if (w != weights.end())
-      named.transpose = w->second->transpose;
-    gradsStatus_ =
-        toFileTensors(named, global, fileShapes_[named.name], grads_);
-  }
-  return Status::ok();
-}
-
-/// Gathers the weights and the state to rank 0 and writes the files asked
-/// for. Every rank takes part in every gather; rank 0 alone converts and
-/// writes, and keeps its first error until all gathers are done.
-Status Trainer::save() {
-  Status first = Status::ok();
-  auto collect = [&](const std::vector<const TensorSpec *> &specs,
-                     std::vector<FileTensor> &out) {
-    for (const TensorSpec *spec : specs) {
-      std::vector<char> global;
-      MOERT_TRY(s_.gatherTensor(*spec, args_.at(spec->name), global));
-      if (world().rank != 0 || !first.isOk())
-        continue;
-      std::string weight = spec->role == "state"
-                               ? spec->name.substr(0, spec->name.rfind('.'))
-                               : spec->name;
-      first = toFileTensors(*spec, global, fileShapes_[weight], out);
-    }
-    return Status::ok();
-  };
-  std::vector<FileTensor> weights, state;
-  if (!t_.saveWeights.empty())
-    MOERT_TRY(collect(weights_, weights));
-  if (!t_.saveOptimizerState.empty())
-    MOERT_TRY(collect(states_, state));
-  if (world().rank != 0 || !first.isOk())
-    return first;
-  MOERT_TRY(gradsStatus_);
-  int64_t steps = step0_ + t_.steps;
-  std::map<std::string, std::string> meta = {{"generator", "moe-run --train"}};
-  if (!t_.grads.empty()) {
-    meta["content"] = "gradients of the first step, written as f32";
-    MOERT_TRY(writeFileTensors(t_.grads, grads_, meta));
-    meta.erase("content");
-  }
-  meta["step"] = std::to_string(steps);
-  if (!t_.saveWeights.empty())
-    MOERT_TRY(writeFileTensors(t_.saveWeights, weights, meta));
-  if (t_.saveOptimizerState.empty())
-    return Status::ok();
-  FileTensor count;
-  count.name = "optimizer.step";
-  count.dtype = MOERT_I64;
-  count.shape = {1};
-  count.data.resize(sizeof steps);
-  std::memcpy(count.data.data(), &steps, sizeof steps);
-  state.push_back(std::move(count));
-  auto real = [](float v) { return format("%.17g", static_cast<double>(v)); };
-  meta["optimizer"] = t_.optimizer;
-  meta["lr"] = real(t_.lr);
-  meta["weight_decay"] = real(t_.weightDecay);
-  if (t_.optimizer == "adamw") {
-    meta["betas"] = real(t_.beta1) + "," + real(t_.beta2);
-    meta["eps"] = real(t_.eps);
-  } else {
-    meta["momentum"] = real(t_.momentum);
-  }
-  return writeFileTensors(t_.saveOptimizerState, state, meta);
-}
-
-/// Writes the files, the statistics and the trace, prints the tables.
-int Trainer::finish() {
-  Status s = save();
-  std::vector<std::string> stats, traces;
-  if (s.isOk())
-    s = s_.gatherStrings(rankStats(), stats);
-  if (s.isOk() && !s_.opt.trace.empty())
-    s = s_.gatherStrings(trace_, traces);
-  if (s.isOk() && world().rank == 0 && !s_.opt.stats.empty())
-    s = writeStats(s_.opt.stats, stats);
-  if (s.isOk() && world().rank == 0 && !s_.opt.trace.empty())
-    s = writeTrace(s_.opt.trace, traces);
-  if (!s.isOk()) {
-    report("error: %s", s.message().c_str());
-    return 1;
-  }
-  if (world().rank != 0 || s_.opt.quiet)
-    return 0;
-  printTrainingTables(stats, loadSeconds_, h2dSeconds_);
-  return 0;
-}
-
 int Trainer::run() {
   if (!loadAll())
     return 1;
@@ -564,8 +376,6 @@ int Trainer::run() {
       return 1;
   return finish();
 }
-
-} // namespace
 
 int runTraining(Session &session) {
   Trainer t(session);
