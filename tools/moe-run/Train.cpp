@@ -29,6 +29,13 @@ std::vector<std::string> trainingEntries(const Options &o) {
 }
 
 Status Trainer::check() {
+  bool targets = false;
+  for (const TensorSpec &a : ft_.entry->args)
+    targets = targets || (a.role == "input" && a.name == "targets");
+  if (!targets)
+    return supportError(MOERT_ERR_INVALID,
+                        "entry 'forward_train' takes no input 'targets': the "
+                        "module cannot compute the training loss");
   if (t_.biasRateGiven && !hasBias_)
     return supportError(MOERT_ERR_INVALID,
                         "--bias-update-rate: the module has no selection bias "

@@ -301,9 +301,11 @@ class Ctx:
 def adamw_case(c):
     wp, sp, gp, st = (c.path(n) for n in ("aw.safetensors", "as.safetensors",
                                           "ag.safetensors", "stats.json"))
+    trace = c.path("trace.json")
     got = train("adamw, 3 steps", c.cmd(None, None, None, 3, "--save-weights",
                                         wp, "--save-optimizer-state", sp,
-                                        "--grads", gp, "--stats", st))
+                                        "--grads", gp, "--stats", st,
+                                        "--trace", trace))
     if got is None:
         return
     rows, out = got
@@ -346,6 +348,9 @@ def adamw_case(c):
         fail("adamw: --stats per entry", json.dumps(s))
     if "entry backward" not in out:
         fail("adamw: tables per entry", out)
+    events = json.load(open(trace))
+    if sum(e.get("name") == "router" for e in events) != 3:
+        fail("adamw: --trace", "not one router event per forward_train")
 
 
 def sgd_cases(c):
@@ -519,6 +524,10 @@ def manifest_cases(c):
         expect_bad("manifest: " + what, c.cmd(d, None, None, 1,
                                               "--save-weights", out),
                    ["manifest.json"] + words, [out], 1)
+    no_targets = edited("m_no_targets", lambda m: arg(
+        m, "forward_train", "targets").update(name="labels"))
+    expect_bad("forward_train without targets",
+               c.cmd(no_targets, None, None, 1), ["targets"], [], 1)
     no_sgd = edited("m_no_sgd", lambda m: m["entries"].pop(3))
     expect_bad("module without step_sgd",
                c.cmd(no_sgd, None, None, 1, "--optimizer", "sgd"),
