@@ -28,9 +28,9 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "python"))
-from moe_compiler.train_reference import (  # noqa: E402
-    Optimizer, OptimizerConfig, update_selection_bias)
 from run_tests import fnv1a64, write_safetensors  # noqa: E402
+
+from moe_compiler.train_reference import Optimizer, OptimizerConfig, update_selection_bias  # noqa: E402
 
 T, D, E = 8, 16, 2
 AUX = 0.01
