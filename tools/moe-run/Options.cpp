@@ -66,6 +66,8 @@ const char *const kUsage =
     "  --save-optimizer-state FILE  write NAME.exp_avg / NAME.exp_avg_sq\n"
     "                      (adamw) or NAME.momentum_buffer (sgd) and\n"
     "                      optimizer.step\n"
+    "  --json              print the losses as one JSON object at the end\n"
+    "                      (no step lines, no tables)\n"
     "  --grads FILE        write the first step's gradients: 'hidden_states'\n"
     "                      (dX) and every weight under its name (F32)\n"
     "  Hyperparameters are rounded to f32. Nothing is written unless every\n"
@@ -258,6 +260,8 @@ Status parseTrain(const RawTrain &raw, TrainOptions &t) {
 /// the options of a single entry run, and the training options need --train.
 Status checkMode(Options &o, const RawTrain &raw) {
   if (!o.train) {
+    if (o.t.json)
+      return supportError(MOERT_ERR_INVALID, "--json needs --train");
     for (const char *f : kTrainFlags)
       if (raw.given.count(f))
         return supportError(MOERT_ERR_INVALID, "%s needs --train", f);
@@ -293,6 +297,8 @@ Status parseArgs(int argc, char **argv, Options &o) {
       o.quiet = true;
     } else if (a == "--train") {
       o.train = true;
+    } else if (a == "--json") {
+      o.t.json = true;
     } else if (a.rfind("--", 0) == 0) {
       size_t eq = a.find('=');
       if (eq != std::string::npos) {

@@ -19,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <tuple>
 
 using namespace moert;
 
@@ -122,8 +123,6 @@ Status Trainer::bind() {
       }
       MOERT_TRY(allocate(r, true, e->results[r.index]));
       results_[r.name] = e->results[r.index];
-      hasAux_ = hasAux_ || (e == &ft_ && r.name == "aux_loss");
-      hasZ_ = hasZ_ || (e == &ft_ && r.name == "z_loss");
     }
   }
   return Status::ok();
@@ -361,15 +360,29 @@ bool Trainer::step(int64_t i) {
   runSeconds_ += ms / 1e3;
   if (world().rank != 0)
     return true;
+  float loss = readScalar("loss");
+  json::Value row = json::Value::object();
+  row.set("step", i);
+  row.set("optimizer_step", step0_ + i);
+  row.set("loss", static_cast<double>(loss));
   std::string line =
       format("step %lld/%lld loss %.9e", static_cast<long long>(i),
-             static_cast<long long>(t_.steps), readScalar("loss"));
-  if (results_.count("mse_loss"))
-    line += format(" mse %.9e", readScalar("mse_loss"));
-  if (hasAux_)
-    line += format(" aux %.9e", readScalar("aux_loss"));
-  if (hasZ_)
-    line += format(" z %.9e", readScalar("z_loss"));
+             static_cast<long long>(t_.steps), loss);
+  for (auto [result, key, label] :
+       {std::tuple<const char *, const char *, const char *>{"mse_loss", "mse",
+                                                             "mse"},
+        {"aux_loss", "aux_loss", "aux"},
+        {"z_loss", "z_loss", "z"}})
+    if (results_.count(result)) {
+      float v = readScalar(result);
+      row.set(key, static_cast<double>(v));
+      line += format(" %s %.9e", label, v);
+    }
+  row.set("ms", ms);
+  if (t_.json) {
+    rows_.push(std::move(row));
+    return true;
+  }
   std::printf("%s (%.3f ms)\n", line.c_str(), ms);
   std::fflush(stdout);
   return true;

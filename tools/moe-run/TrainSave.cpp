@@ -117,6 +117,14 @@ int Trainer::finish() {
     report("error: %s", s.message().c_str());
     return 1;
   }
+  if (world().rank == 0 && t_.json) {
+    json::Value out = json::Value::object();
+    out.set("optimizer", t_.optimizer);
+    out.set("steps", rows_);
+    std::printf("%s\n", json::write(out, 2).c_str());
+    std::fflush(stdout);
+    return 0;
+  }
   if (world().rank != 0 || s_.opt.quiet)
     return 0;
   printTrainingTables(stats, loadSeconds_, h2dSeconds_);

@@ -14,6 +14,7 @@
 #include "Session.h"
 #include "ShardedLoader.h"
 
+#include "support/Json.h"
 #include "support/Manifest.h"
 
 #include <cstdint>
@@ -87,9 +88,11 @@ private:
   moert::Status gradsStatus_ = moert::Status::ok();
   std::unique_ptr<ShardedLoader> loader_;
   int64_t step0_ = 0;
-  bool hasBias_ = false, hasAux_ = false, hasZ_ = false;
+  bool hasBias_ = false;
   double loadSeconds_ = 0, h2dSeconds_ = 0, runSeconds_ = 0;
   std::string trace_;
+  /// --json: one object per step (rank 0).
+  moert::json::Value rows_ = moert::json::Value::array();
 };
 
 } // namespace moe_run

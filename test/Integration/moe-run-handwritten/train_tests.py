@@ -387,6 +387,23 @@ def sgd_cases(c):
             close(f"sgd momentum: saved weight {k}", saved[k], w[k], 1e-4, 1e-6)
 
 
+def json_case(c):
+    p = run(c.cmd(None, None, None, 2, "--optimizer", "sgd", "--json"))
+    if p is None or p.returncode != 0:
+        return fail("--json", "no run" if p is None else p.stdout + p.stderr)
+    try:
+        out = json.loads(p.stdout)
+    except ValueError:
+        return fail("--json", "stdout is not one JSON object:\n" + p.stdout)
+    losses, _, _ = reference_train(c.x, c.tgt, c.w0,
+                                   OptimizerConfig.make("sgd"), 2)
+    rows = [(r["loss"], r["mse"], r["aux_loss"]) for r in out["steps"]]
+    if out["optimizer"] != "sgd" or [r["step"] for r in out["steps"]] != [1, 2]:
+        fail("--json", p.stdout)
+    close("--json: losses", rows, losses, 1e-5)
+    print("ok   --json")
+
+
 def resume_cases(c):
     for opt, extra in (("adamw", ["--lr", "0.01"]),
                        ("sgd", ["--lr", "0.1", "--momentum", "0.5"])):
@@ -483,6 +500,10 @@ def bad_cases(c):
                [c.a.moe_run, c.single, "--weights", c.files["weights"],
                 "--inputs", c.files["inputs"], "--output", outs[0],
                 "--steps", "2"], ["--steps", "--train"], outs, 2)
+    expect_bad("--json without --train",
+               [c.a.moe_run, c.single, "--weights", c.files["weights"],
+                "--inputs", c.files["inputs"], "--output", outs[0],
+                "--json"], ["--json", "--train"], outs, 2)
     expect_bad("NaN in the loss", c.cmd(None, None, None, 3, "--optimizer",
                                         "sgd", "--lr", "1e30", *save),
                ["step 2/3", "loss", "nothing was written"], outs, 1)
@@ -592,6 +613,7 @@ def main():
     c = Ctx(a, w)
     adamw_case(c)
     sgd_cases(c)
+    json_case(c)
     resume_cases(c)
     bad_cases(c)
     manifest_cases(c)
