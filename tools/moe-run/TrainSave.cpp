@@ -134,6 +134,10 @@ int Trainer::finish() {
 std::string Trainer::rankStats() const {
   json::Value v = json::Value::object();
   v.set("rank", static_cast<int64_t>(world().rank));
+  json::Value runtime;
+  if (json::parse(moert_ctx_stats_json(ctx_), "statistics", runtime).isOk() &&
+      runtime.get("device"))
+    v.set("device", *runtime.get("device"));
   v.set("load_seconds", loadSeconds_);
   v.set("h2d_seconds", h2dSeconds_);
   v.set("run_seconds", runSeconds_);

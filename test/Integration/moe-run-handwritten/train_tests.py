@@ -344,6 +344,7 @@ def adamw_case(c):
     names = [e["name"] for e in s[0]["entries"]]
     phases = {p["name"] for p in s[0]["entries"][0]["phases"]}
     if names != ["forward_train", "backward", "step_adamw"] or \
+            s[0].get("device") != "cpu" or s[0].get("steps") != 3 or \
             "router" not in phases or s[0]["entries"][1]["runs"] != 3:
         fail("adamw: --stats per entry", json.dumps(s))
     if "entry backward" not in out:
