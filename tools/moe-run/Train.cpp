@@ -273,18 +273,27 @@ Problem Trainer::gradProblem() {
   Problem p;
   std::vector<char> host;
   std::vector<float> f32;
+  // On the CPU device the buffers are host memory: F32 gradients are read
+  // where they are, without a copy.
+  bool inPlace = s_.opt.device != "cuda";
   for (const TensorSpec &r : bw_.entry->results) {
     if (r.name.rfind("grad.", 0) != 0)
       continue;
     int64_t n = numElements(r.localShape);
-    host.resize(static_cast<size_t>(r.localBytes()));
-    f32.resize(static_cast<size_t>(n));
-    if (moert_copy_to_host(ctx_, host.data(), bw_.results[r.index],
-                           r.localBytes()) != MOERT_OK ||
-        !convertElements(host.data(), r.dtype, f32.data(), MOERT_F32, n, r.name)
-             .isOk())
-      fatal(ctxError(ctx_, format("reading '%s'", r.name.c_str()).c_str()));
-    int64_t bad = firstNonFinite(f32.data(), n);
+    const float *data = static_cast<const float *>(bw_.results[r.index]);
+    if (!inPlace || r.dtype != MOERT_F32) {
+      host.resize(static_cast<size_t>(r.localBytes()));
+      f32.resize(static_cast<size_t>(n));
+      if (moert_copy_to_host(ctx_, host.data(), bw_.results[r.index],
+                             r.localBytes()) != MOERT_OK)
+        fatal(ctxError(ctx_, format("reading '%s'", r.name.c_str()).c_str()));
+      Status s = convertElements(host.data(), r.dtype, f32.data(), MOERT_F32, n,
+                                 r.name);
+      if (!s.isOk())
+        fatal(s);
+      data = f32.data();
+    }
+    int64_t bad = firstNonFinite(data, n);
     if (bad < 0)
       continue;
     p.what = r.index;
