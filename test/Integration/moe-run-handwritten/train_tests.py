@@ -591,6 +591,16 @@ def mpi_cases(c):
         if coll.get("all_reduce", 0) <= 0:
             fail("dp2: --stats", "backward has no all_reduce bytes: "
                  + json.dumps(s[1]["entries"][1]))
+    k = [c.path(f"dp2-{n}.safetensors") for n in ("w1", "s1", "w3", "s3")]
+    a = train("dp2: 1 step, saved", mpi + c.cmd(
+        dp2, None, None, 1, "--save-weights", k[0], "--save-optimizer-state",
+        k[1], "--timeout", "60"))
+    b = train("dp2: 2 more steps from the saved files", mpi + c.cmd(
+        dp2, k[0], None, 2, "--optimizer-state", k[1], "--save-weights", k[2],
+        "--save-optimizer-state", k[3], "--timeout", "60"))
+    if a is not None and b is not None and got is not None:
+        same_files("dp2: resumed weights", k[2], wp)
+        same_files("dp2: resumed state", k[3], sp)
     nan = build(c.path("dp2_nan"), c.a, True, ["-DNAN_GRAD=2"])
     out = c.path("bad_w.safetensors")
     expect_bad("dp2: NaN in a gradient on rank 1",
