@@ -183,6 +183,12 @@ Status hyper(const std::string &flag, double v, bool ok, const char *rule,
                         "%s: must be a finite number %s (got %g)", flag.c_str(),
                         rule, v);
   out = static_cast<float>(v);
+  // The kernels read f32: the rounded value must still follow the rule.
+  if (!std::isfinite(out) || (v > 0 && out == 0))
+    return supportError(MOERT_ERR_INVALID,
+                        "%s: must be a finite number %s (got %g, which is %g "
+                        "in f32)",
+                        flag.c_str(), rule, v, static_cast<double>(out));
   return Status::ok();
 }
 

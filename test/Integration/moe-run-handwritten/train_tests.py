@@ -477,7 +477,9 @@ def bad_cases(c):
     usage = [
         (["--lr", "0"], ["--lr", "> 0"]), (["--lr", "-1"], ["--lr"]),
         (["--lr", "nan"], ["--lr", "nan"]), (["--lr", "inf"], ["--lr"]),
-        (["--lr", "x"], ["--lr"]), (["--momentum", "0.9"], ["--momentum"]),
+        (["--lr", "x"], ["--lr"]), (["--lr", "1e-50"], ["--lr", "in f32"]),
+        (["--lr", "1e39"], ["--lr", "in f32"]),
+        (["--momentum", "0.9"], ["--momentum"]),
         (["--optimizer", "sgd", "--betas", "0.9,0.99"], ["--betas"]),
         (["--optimizer", "sgd", "--eps", "1e-8"], ["--eps"]),
         (["--optimizer", "sgd", "--momentum", "-1"], ["--momentum"]),
