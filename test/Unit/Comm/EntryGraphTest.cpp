@@ -112,7 +112,21 @@ TEST(EntryGraph, AcceptsATrainingModule) {
   EXPECT_EQ(trainingStage("forward"), -1);
   EXPECT_EQ(stateSlots("step_adamw"),
             (std::vector<std::string>{"exp_avg", "exp_avg_sq"}));
-  // grad.hidden_states is consumed by no later entry: fine.
+  // grad.hidden_states is consumed by no later entry: fine. A state may be
+  // sharded otherwise than its weight (ZeRO-1), and need not repeat its
+  // transpose flag.
+  json::Value root;
+  ASSERT_TRUE(json::parse(kTrain, "x", root).isOk());
+  json::Value &state = tensor(root, 2, "args", 2);
+  member(state, "shard").elements()[0] = json::Value::array();
+  member(state, "shard").elements()[1].push("dp");
+  member(state, "local_shape").elements()[0] = json::Value(2);
+  member(state, "local_shape").elements()[1] = json::Value(2);
+  json::Value &out = tensor(root, 2, "results", 1);
+  out.set("shard", *state.get("shard"));
+  out.set("local_shape", *state.get("local_shape"));
+  s = parseManifest(json::write(root), "manifest.json", m);
+  EXPECT_TRUE(s.isOk()) << s.message();
 }
 
 TEST(EntryGraph, RejectsBrokenLinks) {
@@ -166,6 +180,10 @@ TEST(EntryGraph, RejectsBadRolesAndStepTensors) {
               tensor(r, 2, "args", 2).set("name", "other.momentum_buffer");
             }),
             "belongs to no weight argument 'other'");
+  expectHas(errorAfter([](json::Value &r) {
+              tensor(r, 2, "args", 2).set("dtype", "bf16");
+            }),
+            "state 'experts.{e}.w.momentum_buffer' is BF16 [2, 4, 4]");
   expectHas(errorAfter([](json::Value &r) {
               member(tensor(r, 2, "args", 3), "shape").elements()[0] =
                   json::Value(7);
