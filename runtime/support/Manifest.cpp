@@ -234,9 +234,10 @@ Status parseTensor(const Reader &r, const json::Value &t,
     spec.role = "result";
   } else {
     MOERT_TRY(r.string(t, path, "role", spec.role));
-    if (spec.role != "input" && spec.role != "weight")
+    if (!isArgumentRole(spec.role))
       return r.fail(path + ".role",
-                    "role '%s' is neither \"input\" nor \"weight\"",
+                    "role '%s' is not one of input, weight, saved, grad, "
+                    "state, hparams",
                     spec.role.c_str());
   }
   std::string dtype;
@@ -257,12 +258,19 @@ Status parseTensor(const Reader &r, const json::Value &t,
       return r.fail(path + ".transpose", "expected a boolean");
     spec.transpose = tr->getBool();
   }
-  if (spec.transpose && (isResult || spec.shape.size() < 2))
+  // Weights, their optimizer state, their gradients and the step results
+  // that replace them may be stacks over experts or transposed; the
+  // activations (input, saved) and the hyperparameters may not.
+  bool weightLike = spec.role == "weight" || spec.role == "state" ||
+                    spec.role == "grad" || isResult;
+  if (spec.transpose && (!weightLike || spec.shape.size() < 2))
     return r.fail(path + ".transpose",
-                  "only weights of rank >= 2 can be transposed");
-  if (spec.isExpertStack() && (spec.role != "weight" || spec.shape.empty()))
+                  "only weights (and their state, gradients and updates) of "
+                  "rank >= 2 can be transposed");
+  if (spec.isExpertStack() && (!weightLike || spec.shape.empty()))
     return r.fail(path + ".name",
-                  "'{e}' names are for weights of rank >= 1 only");
+                  "'{e}' names are for weights (and their state, gradients "
+                  "and updates) of rank >= 1 only");
   if (spec.isExpertStack() && spec.transpose && spec.shape.size() < 3)
     return r.fail(path + ".transpose",
                   "an expert stack needs rank >= 3 to be transposed");
@@ -380,6 +388,7 @@ Status parseManifest(const std::string &text, const std::string &source,
       return r.fail(path + ".name", "entry '%s' appears twice", e.name.c_str());
     m.entries.push_back(std::move(e));
   }
+  MOERT_TRY(checkEntryGraph(m, source));
   out = std::move(m);
   return Status::ok();
 }

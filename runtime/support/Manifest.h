@@ -33,7 +33,9 @@ struct Mesh {
 /// One argument or result of an entry point.
 struct TensorSpec {
   int64_t index = 0;
-  std::string role; // "input", "weight" or "result"
+  /// Arguments: "input", "weight", "saved", "grad", "state" or "hparams"
+  /// (docs/module-format.md, "Training entry points"); results: "result".
+  std::string role;
   std::string name; // may contain "{e}" (weights)
   bool transpose = false;
   int32_t dtype = MOERT_F32;
@@ -65,6 +67,28 @@ struct Manifest {
   /// Entry `name`, or nullptr.
   const Entry *findEntry(const std::string &name) const;
 };
+
+/// True for the roles an argument may have.
+bool isArgumentRole(const std::string &role);
+
+/// The training entry points, in the order a step runs them (0 forward_train,
+/// 1 backward, 2 step_adamw / step_sgd); -1 for any other entry (forward).
+int trainingStage(const std::string &entryName);
+
+/// The optimizer state slots an entry takes ("exp_avg", "exp_avg_sq" for
+/// step_adamw, "momentum_buffer" for step_sgd; none for the others).
+std::vector<std::string> stateSlots(const std::string &entryName);
+
+/// Checks how the entries fit together (parseManifest calls it): which roles
+/// each entry may take; every `saved` / `grad` argument is a result of an
+/// earlier training entry with the same dtype, shapes and shard spec; every
+/// `state` argument is "<weight>.<slot>" of a weight of its entry and sharded
+/// like it; `hparams` is f32 [8] "optimizer.hparams"; a step entry returns
+/// only arguments it replaces; a weight has one spec in every entry; a
+/// training module has forward_train, backward and a step entry, and
+/// forward_train a result "loss" f32 [1]. A result that no later entry takes
+/// is fine. Errors name `source`, the entry and the tensor.
+Status checkEntryGraph(const Manifest &m, const std::string &source);
 
 /// Parses and validates manifest text; `source` names it in errors.
 Status parseManifest(const std::string &text, const std::string &source,

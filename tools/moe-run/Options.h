@@ -15,12 +15,28 @@
 
 namespace moe_run {
 
+/// The training options (--train; docs/spec.md 7.3 and docs/user-guide.md
+/// "Training"). The hyperparameters hold their defaults once parseArgs has
+/// checked them, rounded to f32 as the kernels read them.
+struct TrainOptions {
+  int64_t steps = 0;
+  std::string targets, optimizer = "adamw", optimizerState;
+  std::string saveWeights, saveOptimizerState, grads;
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+  float weightDecay = 0.01f, momentum = 0, biasUpdateRate = 0.001f;
+  /// --bias-update-rate was given (an error for a model without a bias).
+  bool biasRateGiven = false;
+  /// --json: the losses as one JSON object at the end, no lines, no tables.
+  bool json = false;
+};
+
 struct Options {
   std::string outDir, weights, inputs, output, entry = "forward", device;
   std::string check, stats, trace;
   double rtol = 1e-4, atol = 1e-5, timeout = 300;
   int64_t repeat = 1, warmup = 0, threads = 0;
-  bool quiet = false, help = false;
+  bool quiet = false, help = false, train = false;
+  TrainOptions t;
 };
 
 /// The text of --help.

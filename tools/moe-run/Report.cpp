@@ -32,7 +32,10 @@ std::string humanBytes(double b) {
   return u == 0 ? format("%.0f B", b) : format("%.2f %s", b, units[u]);
 }
 
-void printPhases(const json::Value &rank0, int64_t runs, double runSeconds) {
+} // namespace
+
+void printPhaseTable(const json::Value &rank0, const std::string &title,
+                     int64_t runs, double runSeconds) {
   struct Row {
     std::string name;
     int64_t calls;
@@ -46,8 +49,8 @@ void printPhases(const json::Value &rank0, int64_t runs, double runSeconds) {
                         p.get("seconds")->getNumber()});
   std::sort(rows.begin(), rows.end(),
             [](const Row &a, const Row &b) { return a.seconds > b.seconds; });
-  std::printf("\nphases (rank 0, %lld run%s, %.3f ms per run)\n",
-              static_cast<long long>(runs), runs == 1 ? "" : "s",
+  std::printf("\nphases (rank 0%s, %lld run%s, %.3f ms per run)\n",
+              title.c_str(), static_cast<long long>(runs), runs == 1 ? "" : "s",
               runSeconds * 1e3 / runs);
   std::printf("  %-28s %8s %12s %12s %7s\n", "phase", "calls", "total ms",
               "ms/run", "share");
@@ -58,7 +61,8 @@ void printPhases(const json::Value &rank0, int64_t runs, double runSeconds) {
                 runSeconds > 0 ? 100.0 * r.seconds / runSeconds : 0.0);
 }
 
-void printCollectives(const std::vector<json::Value> &ranks) {
+void printCollectiveTable(const std::vector<json::Value> &ranks,
+                          const std::string &title) {
   using Key = std::pair<std::string, std::string>;
   std::map<Key, std::pair<int64_t, int64_t>> total;
   std::string perRank;
@@ -81,17 +85,20 @@ void printCollectives(const std::vector<json::Value> &ranks) {
           humanBytes(double(c.get("bytes_sent")->getInt())).c_str());
     }
   }
-  std::printf("\ncollectives (all ranks)\n  %-16s %-10s %8s %14s\n", "op",
-              "axis", "calls", "bytes sent");
+  std::printf("\ncollectives (all ranks%s)\n  %-16s %-10s %8s %14s\n",
+              title.c_str(), "op", "axis", "calls", "bytes sent");
   for (const auto &kv : total)
     std::printf("  %-16s %-10s %8lld %14lld  %s\n", kv.first.first.c_str(),
                 kv.first.second.c_str(),
                 static_cast<long long>(kv.second.first),
                 static_cast<long long>(kv.second.second),
                 humanBytes(double(kv.second.second)).c_str());
-  std::printf("\ncollectives per rank\n  %-6s %-16s %-10s %8s %14s\n%s", "rank",
-              "op", "axis", "calls", "bytes sent", perRank.c_str());
+  std::printf("\ncollectives per rank%s\n  %-6s %-16s %-10s %8s %14s\n%s",
+              title.c_str(), "rank", "op", "axis", "calls", "bytes sent",
+              perRank.c_str());
 }
+
+namespace {
 
 /// Elements of a tensor as doubles (for --check).
 std::vector<double> toDoubles(const char *data, int32_t dtype, int64_t n) {
@@ -221,9 +228,9 @@ void printTables(const std::vector<std::string> &stats, const Timings &t) {
       ranks[r] = json::Value::object();
   std::printf("\nload (rank 0): %.3f s, of which host-to-device %.3f s\n",
               t.loadSeconds, t.h2dSeconds);
-  printPhases(ranks[0], t.runs, t.runSeconds);
+  printPhaseTable(ranks[0], "", t.runs, t.runSeconds);
   if (ranks.size() > 1)
-    printCollectives(ranks);
+    printCollectiveTable(ranks, "");
   std::fflush(stdout);
 }
 
@@ -241,6 +248,85 @@ bool checkOutputs(const std::string &refPath, const Entry &entry,
     ok = checkTensor(*ref, spec, globals[spec.index], rtol, atol) && ok;
   std::fflush(stdout);
   return ok;
+}
+
+void EntryStats::absorb(const char *statsJson) {
+  json::Value v;
+  if (!json::parse(statsJson, "statistics", v).isOk())
+    return;
+  if (const json::Value *ps = v.get("phases"))
+    for (const json::Value &p : ps->elements())
+      if (p.get("name") && p.get("calls") && p.get("seconds")) {
+        auto &acc = phases[p.get("name")->getString()];
+        acc.first += p.get("calls")->getInt();
+        acc.second += p.get("seconds")->getNumber();
+      }
+  if (const json::Value *cs = v.get("collectives"))
+    for (const json::Value &c : cs->elements())
+      if (c.get("op") && c.get("axis") && c.get("calls") &&
+          c.get("bytes_sent")) {
+        auto &acc =
+            collectives[{c.get("op")->getString(), c.get("axis")->getString()}];
+        acc.first += c.get("calls")->getInt();
+        acc.second += c.get("bytes_sent")->getInt();
+      }
+}
+
+json::Value EntryStats::toJson() const {
+  json::Value v = json::Value::object();
+  v.set("name", name);
+  v.set("runs", runs);
+  v.set("seconds", seconds);
+  json::Value ps = json::Value::array();
+  for (const auto &[n, acc] : phases) {
+    json::Value p = json::Value::object();
+    p.set("name", n);
+    p.set("calls", acc.first);
+    p.set("seconds", acc.second);
+    ps.push(std::move(p));
+  }
+  v.set("phases", std::move(ps));
+  json::Value cs = json::Value::array();
+  for (const auto &[key, acc] : collectives) {
+    json::Value c = json::Value::object();
+    c.set("op", key.first);
+    c.set("axis", key.second);
+    c.set("calls", acc.first);
+    c.set("bytes_sent", acc.second);
+    cs.push(std::move(c));
+  }
+  v.set("collectives", std::move(cs));
+  return v;
+}
+
+void printTrainingTables(const std::vector<std::string> &stats,
+                         double loadSeconds, double h2dSeconds) {
+  std::vector<json::Value> ranks(stats.size());
+  for (size_t r = 0; r < stats.size(); ++r)
+    if (!json::parse(stats[r], "statistics", ranks[r]).isOk())
+      ranks[r] = json::Value::object();
+  std::printf("\nload (rank 0): %.3f s, of which host-to-device %.3f s\n",
+              loadSeconds, h2dSeconds);
+  const json::Value *mine = ranks.empty() ? nullptr : ranks[0].get("entries");
+  for (size_t i = 0; mine && i < mine->elements().size(); ++i) {
+    const json::Value &e = mine->elements()[i];
+    const json::Value *name = e.get("name"), *runs = e.get("runs"),
+                      *secs = e.get("seconds");
+    std::string title =
+        ", entry " + (name ? name->getString() : std::string("?"));
+    printPhaseTable(e, title, runs ? std::max<int64_t>(runs->getInt(), 1) : 1,
+                    secs ? secs->getNumber() : 0);
+    if (ranks.size() < 2)
+      continue;
+    std::vector<json::Value> perRank;
+    for (const json::Value &r : ranks) {
+      const json::Value *es = r.get("entries");
+      perRank.push_back(es && i < es->elements().size() ? es->elements()[i]
+                                                        : json::Value());
+    }
+    printCollectiveTable(perRank, title);
+  }
+  std::fflush(stdout);
 }
 
 } // namespace moe_run

@@ -171,11 +171,16 @@ Status ShardedLoader::read(const TensorSpec &spec, char *out) const {
     return supportError(MOERT_ERR_INVALID, "argument '%s': no %s file open",
                         spec.name.c_str(),
                         spec.role == "weight" ? "weights" : "inputs");
+  return readFrom(*file, spec, out);
+}
+
+Status ShardedLoader::readFrom(const SafetensorsFile &file,
+                               const TensorSpec &spec, char *out) const {
   Slice slice;
   MOERT_TRY(computeSlice(mesh_, spec, coords_, slice));
   if (spec.isExpertStack())
-    return loadExpertStack(*file, spec, slice, out);
-  return loadPlain(*file, spec, slice, out);
+    return loadExpertStack(file, spec, slice, out);
+  return loadPlain(file, spec, slice, out);
 }
 
 void ShardedLoader::close() {

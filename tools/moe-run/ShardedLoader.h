@@ -35,6 +35,12 @@ public:
   /// the argument's dtype) into `out`, from the weights file for a weight
   /// and the inputs file otherwise.
   moert::Status read(const moert::TensorSpec &spec, char *out) const;
+  /// Reads this rank's slice of `spec` from `file` (as read() does; the
+  /// targets and optimizer state files of a training run).
+  moert::Status readFrom(const moert::SafetensorsFile &file,
+                         const moert::TensorSpec &spec, char *out) const;
+  /// The weights file (nullptr when none is open).
+  const moert::SafetensorsFile *weightsFile() const { return weights_.get(); }
   /// Closes the files.
   void close();
 

@@ -186,7 +186,7 @@ TEST(Manifest, RejectsBadTensors) {
   expectHas(errorAfter([](json::Value &r) { arg(r, 1).set("dtype", "f8"); }),
             "entries[0].args[1].dtype: unknown dtype 'f8'");
   expectHas(errorAfter([](json::Value &r) { arg(r, 1).set("role", "x"); }),
-            "role 'x' is neither");
+            "role 'x' is not one of input, weight");
   expectHas(errorAfter([](json::Value &r) { arg(r, 1).set("index", 5); }),
             "index 5 is out of range");
   expectHas(errorAfter([](json::Value &r) { arg(r, 1).set("index", 1); }),

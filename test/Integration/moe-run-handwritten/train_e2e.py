@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""moe-run --train on a compiled model against the float64 train-reference.
+
+Emits a model from a Hugging Face config, compiles it with moe-compile
+--train, makes weights, inputs and targets, runs N steps with moe-run --train
+and with `python3 -m moe_compiler train-reference`, and compares: the printed
+losses, the first step's gradients (--grads), the saved weights and the saved
+optimizer state (the same names, shapes and dtypes; values at rtol), then
+resumes: N-1 steps saved and one more must give the N-step files bit for bit.
+Prints one PASS or FAIL line per check; exit 1 on any FAIL, 77 (a skip for
+CTest) when moe-compile has no --train.
+
+usage: train_e2e.py --config CONFIG.json --moe-compile BIN --moe-run BIN
+                    --workdir DIR [--tokens T] [--steps N] [--optimizer NAME]
+                    [--routing '--norm rmsnorm ...'] [--mesh SPEC --mpiexec
+                    MPIEXEC] [-- options for both trainers]
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "python"))
+from moe_compiler.safetensors import SafetensorsFile  # noqa: E402
+
+failures = 0
+
+
+def check(ok, what):
+    global failures
+    print(("PASS " if ok else "FAIL ") + what, flush=True)
+    failures += not ok
+
+
+def sh(cmd):
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"FAIL {' '.join(cmd)}: exit {p.returncode}\n{p.stdout}{p.stderr}")
+    return p.stdout
+
+
+def tensors(path):
+    with SafetensorsFile(path) as f:
+        return {n: f.get(n) for n in f.keys()}
+
+
+def compare(what, mine, ref, rtol, atol):
+    a, b = tensors(mine), tensors(ref)
+    if a.keys() != b.keys():
+        return check(False, f"{what}: names differ: {sorted(set(a) ^ set(b))[:4]}")
+    bad = [k for k in a if a[k].dtype != b[k].dtype or a[k].shape != b[k].shape
+           or not np.allclose(a[k].astype(np.float64), b[k].astype(np.float64),
+                              rtol=rtol, atol=atol)]
+    check(not bad, f"{what}: {len(a)} tensors" + (f", differ: {bad[:4]}" if bad else ""))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--moe-compile", required=True)
+    ap.add_argument("--moe-run", required=True)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--optimizer", default="adamw")
+    ap.add_argument("--mesh", default="")
+    ap.add_argument("--mpiexec", default="")
+    ap.add_argument("--rtol", type=float, default=1e-4)
+    # Weights after AdamW steps: a gradient near zero (1e-9 where the median
+    # is 1e-4) is f32 rounding noise, and AdamW turns it into a step of up to
+    # lr; atol 1e-4 keeps such elements and still sees any wrong update.
+    ap.add_argument("--atol", type=float, default=1e-4,
+                    help="absolute tolerance of the saved weights")
+    ap.add_argument("--routing", default="",
+                    help="routing overrides for emit and train-reference, "
+                    "e.g. '--norm rmsnorm --losses'")
+    ap.add_argument("extra", nargs="*", help="options for both trainers")
+    a = ap.parse_args()
+    if "--train" not in subprocess.run([a.moe_compile, "--help"],
+                                       capture_output=True, text=True).stdout:
+        print(f"SKIP {a.moe_compile} has no --train")
+        return 77
+    w = os.path.abspath(a.workdir)
+    shutil.rmtree(w, ignore_errors=True)
+    os.makedirs(w)
+    p = lambda n: os.path.join(w, n)  # noqa: E731
+    py = [sys.executable, "-m", "moe_compiler"]
+    os.environ["PYTHONPATH"] = os.path.join(HERE, "..", "..", "..", "python")
+    cfg = ["--hf-config", a.config]
+    routing = a.routing.split()
+    sh(py + ["emit", *cfg, *routing, "--tokens", str(a.tokens), "--dtype", "f32", "-o",
+             p("model.mlir")])
+    sh([a.moe_compile, p("model.mlir"), "-o", p("mod"), "--train"]
+       + (["--mesh", a.mesh] if a.mesh else []))
+    sh(py + ["init-weights", *cfg, "--seed", "1", "-o", p("W.safetensors")])
+    sh(py + ["init-inputs", *cfg, "--tokens", str(a.tokens), "--seed", "2",
+             "-o", p("X.safetensors")])
+    sh(py + ["init-targets", *cfg, "--tokens", str(a.tokens), "--seed", "3",
+             "-o", p("T.safetensors")])
+    opts = ["--optimizer", a.optimizer, *a.extra]
+    data = ["--inputs", p("X.safetensors"), "--targets", p("T.safetensors")]
+    ranks = 1
+    if a.mesh:
+        for part in a.mesh.split(","):
+            ranks *= int(part.split("=")[1])
+    launch = ([a.mpiexec, "--allow-run-as-root", "--oversubscribe", "-np",
+               str(ranks)] if ranks > 1 else [])
+
+    def run(weights, steps, out, state=None, grads=None):
+        cmd = launch + [a.moe_run, p("mod"), "--train", "--steps", str(steps),
+                        "--weights", weights, *data, *opts, "--quiet",
+                        "--save-weights", p(out + "W.safetensors"),
+                        "--save-optimizer-state", p(out + "S.safetensors")]
+        cmd += ["--optimizer-state", state] if state else []
+        cmd += ["--grads", grads] if grads else []
+        return sh(cmd)
+
+    out = run(p("W.safetensors"), a.steps, "m", grads=p("mG.safetensors"))
+    mine = [float(m.group(1)) for m in re.finditer(r"^step \d+/\d+ loss (\S+)",
+                                                   out, re.M)]
+    ref_out = sh(py + ["train-reference", *cfg, *routing, "--steps", str(a.steps),
+                       "--weights", p("W.safetensors"), *data, *opts,
+                       "--save-weights", p("rW.safetensors"),
+                       "--save-optimizer-state", p("rS.safetensors"),
+                       "--grads", p("rG.safetensors")])
+    ref = [float(m.group(1)) for m in re.finditer(r"^step\s+\d+\s+loss (\S+)",
+                                                  ref_out, re.M)]
+    check(len(mine) == a.steps and np.allclose(mine, ref, rtol=a.rtol),
+          f"losses {mine} vs reference {ref}")
+    compare("first step's gradients", p("mG.safetensors"), p("rG.safetensors"),
+            a.rtol, 1e-6)
+    compare("saved weights", p("mW.safetensors"), p("rW.safetensors"), a.rtol,
+            a.atol)
+    compare("saved optimizer state", p("mS.safetensors"), p("rS.safetensors"),
+            a.rtol, 1e-7)
+    if a.steps > 1:
+        run(p("W.safetensors"), a.steps - 1, "k")
+        run(p("kW.safetensors"), 1, "k1", state=p("kS.safetensors"))
+        same = all(open(p(f"k1{x}.safetensors"), "rb").read()
+                   == open(p(f"m{x}.safetensors"), "rb").read() for x in "WS")
+        check(same, f"{a.steps - 1} steps + 1 resumed == {a.steps} steps, bit for bit")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
