@@ -88,6 +88,60 @@ public:
                                  int64_t tokens, int64_t k, float coeff) = 0;
   virtual Status zLoss(const float *logits, float *out, int64_t T, int64_t E,
                        int64_t totalTokens, float coeff) = 0;
+  //===--- Training kernels (semantics: moert_kernels.def, docs/spec.md 7) ===//
+  // Reached only with dtype == MOERT_F32 (the context refuses the others).
+  virtual Status rmsnormGrad(const void *x, const void *w, const void *dy,
+                             void *dx, void *dw, int64_t T, int64_t D,
+                             float eps, int32_t dtype) = 0;
+  virtual Status routerGrad(const void *x, const void *w, const float *dlogits,
+                            void *dx, void *dw, int64_t T, int64_t D, int64_t E,
+                            int32_t dtype) = 0;
+  virtual Status topkGrad(const float *logits, const int32_t *indices,
+                          const float *dweights, const float *dscores,
+                          float *dlogits, int64_t T, int64_t E, int64_t k,
+                          int32_t scoreFn, int32_t renormalize,
+                          float scaling) = 0;
+  virtual Status dispatchGrad(const void *dout, const int32_t *positions,
+                              void *dx, int64_t T, int64_t k, int64_t D,
+                              int64_t outRows, int32_t dtype) = 0;
+  virtual Status combineGrad(const void *y, const int32_t *positions,
+                             const float *weights, const void *passthrough,
+                             const void *dout, void *dy, float *dweights,
+                             void *dpassthrough, int64_t T, int64_t k,
+                             int64_t D, int64_t yRows, int32_t dtype) = 0;
+  virtual Status expertFfnGrad(const void *x, const int32_t *counts,
+                               const void *gate, const void *up,
+                               const void *down, const void *dy, void *dx,
+                               void *dgate, void *dup, void *ddown, int64_t E,
+                               int64_t segments, int64_t rowsPerExpert,
+                               int64_t totalRows, int64_t D, int64_t F,
+                               int32_t activation, int32_t dtype) = 0;
+  virtual Status mlpGrad(const void *x, const void *gate, const void *up,
+                         const void *down, const void *sigmoidGate,
+                         const void *dy, void *dx, void *dgate, void *dup,
+                         void *ddown, void *dsigmoidGate, int64_t T, int64_t D,
+                         int64_t F, int32_t activation, int32_t dtype) = 0;
+  virtual Status expertLoadGrad(const float *dstats, float *dscores, int64_t T,
+                                int64_t E) = 0;
+  virtual Status loadBalanceLossGrad(const float *stats, const float *dloss,
+                                     float *dstats, int64_t E, int64_t tokens,
+                                     int64_t k, float coeff) = 0;
+  virtual Status zLossGrad(const float *logits, const float *dloss,
+                           float *dlogits, int64_t T, int64_t E,
+                           int64_t totalTokens, float coeff) = 0;
+  virtual Status mseLoss(const void *y, const void *target, float *loss,
+                         void *dy, int64_t n, int64_t totalN,
+                         int32_t dtype) = 0;
+  virtual Status adamw(const float *w, const float *g, const float *m,
+                       const float *v, const float *hparams, float *wOut,
+                       float *mOut, float *vOut, int64_t n) = 0;
+  virtual Status sgd(const float *w, const float *g, const float *buf,
+                     const float *hparams, float *wOut, float *bufOut,
+                     int64_t n) = 0;
+  virtual Status biasUpdate(const float *bias, const float *load,
+                            const float *hparams, float *biasOut, int64_t E,
+                            int64_t tokens, int64_t k) = 0;
+
   /// Elementwise sum of `n` elements into `acc` (used by reduce-scatter /
   /// all-reduce on communicators without a native reduction).
   virtual Status accumulate(void *acc, const void *x, int64_t n,

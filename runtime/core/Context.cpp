@@ -763,3 +763,137 @@ void moert_z_loss(moert_ctx *ctx, const float *logits, float *out, int64_t T,
     return ctx->backend->zLoss(logits, out, T, E, total_tokens, coeff);
   });
 }
+
+//===--- Kernel ABI: training (docs/spec.md section 7) --------------------===//
+
+void moert_rmsnorm_grad(moert_ctx *ctx, const void *x, const void *w,
+                        const void *dy, void *dx, void *dw, int64_t T,
+                        int64_t D, float eps, int32_t dtype) {
+  runKernel(ctx, "moert_rmsnorm_grad", [&] {
+    return ctx->backend->rmsnormGrad(x, w, dy, dx, dw, T, D, eps, dtype);
+  });
+}
+
+void moert_router_grad(moert_ctx *ctx, const void *x, const void *w,
+                       const float *dlogits, void *dx, void *dw, int64_t T,
+                       int64_t D, int64_t E, int32_t dtype) {
+  runKernel(ctx, "moert_router_grad", [&] {
+    return ctx->backend->routerGrad(x, w, dlogits, dx, dw, T, D, E, dtype);
+  });
+}
+
+void moert_topk_grad(moert_ctx *ctx, const float *logits,
+                     const int32_t *indices, const float *dweights,
+                     const float *dscores, float *dlogits, int64_t T, int64_t E,
+                     int64_t k, int32_t score_fn, int32_t renormalize,
+                     float scaling) {
+  runKernel(ctx, "moert_topk_grad", [&] {
+    return ctx->backend->topkGrad(logits, indices, dweights, dscores, dlogits,
+                                  T, E, k, score_fn, renormalize, scaling);
+  });
+}
+
+void moert_dispatch_grad(moert_ctx *ctx, const void *dout,
+                         const int32_t *positions, void *dx, int64_t T,
+                         int64_t k, int64_t D, int64_t out_rows,
+                         int32_t dtype) {
+  runKernel(ctx, "moert_dispatch_grad", [&] {
+    return ctx->backend->dispatchGrad(dout, positions, dx, T, k, D, out_rows,
+                                      dtype);
+  });
+}
+
+void moert_combine_grad(moert_ctx *ctx, const void *y, const int32_t *positions,
+                        const float *weights, const void *passthrough,
+                        const void *dout, void *dy, float *dweights,
+                        void *dpassthrough, int64_t T, int64_t k, int64_t D,
+                        int64_t y_rows, int32_t dtype) {
+  runKernel(ctx, "moert_combine_grad", [&] {
+    return ctx->backend->combineGrad(y, positions, weights, passthrough, dout,
+                                     dy, dweights, dpassthrough, T, k, D,
+                                     y_rows, dtype);
+  });
+}
+
+void moert_expert_ffn_grad(moert_ctx *ctx, const void *x, const int32_t *counts,
+                           const void *gate, const void *up, const void *down,
+                           const void *dy, void *dx, void *dgate, void *dup,
+                           void *ddown, int64_t E, int64_t segments,
+                           int64_t rows_per_expert, int64_t total_rows,
+                           int64_t D, int64_t F, int32_t activation,
+                           int32_t dtype) {
+  runKernel(ctx, "moert_expert_ffn_grad", [&] {
+    return ctx->backend->expertFfnGrad(x, counts, gate, up, down, dy, dx, dgate,
+                                       dup, ddown, E, segments, rows_per_expert,
+                                       total_rows, D, F, activation, dtype);
+  });
+}
+
+void moert_mlp_grad(moert_ctx *ctx, const void *x, const void *gate,
+                    const void *up, const void *down, const void *sigmoid_gate,
+                    const void *dy, void *dx, void *dgate, void *dup,
+                    void *ddown, void *dsigmoid_gate, int64_t T, int64_t D,
+                    int64_t F, int32_t activation, int32_t dtype) {
+  runKernel(ctx, "moert_mlp_grad", [&] {
+    return ctx->backend->mlpGrad(x, gate, up, down, sigmoid_gate, dy, dx, dgate,
+                                 dup, ddown, dsigmoid_gate, T, D, F, activation,
+                                 dtype);
+  });
+}
+
+void moert_expert_load_grad(moert_ctx *ctx, const float *dstats, float *dscores,
+                            int64_t T, int64_t E) {
+  runKernel(ctx, "moert_expert_load_grad", [&] {
+    return ctx->backend->expertLoadGrad(dstats, dscores, T, E);
+  });
+}
+
+void moert_load_balance_loss_grad(moert_ctx *ctx, const float *stats,
+                                  const float *dloss, float *dstats, int64_t E,
+                                  int64_t tokens, int64_t k, float coeff) {
+  runKernel(ctx, "moert_load_balance_loss_grad", [&] {
+    return ctx->backend->loadBalanceLossGrad(stats, dloss, dstats, E, tokens, k,
+                                             coeff);
+  });
+}
+
+void moert_z_loss_grad(moert_ctx *ctx, const float *logits, const float *dloss,
+                       float *dlogits, int64_t T, int64_t E,
+                       int64_t total_tokens, float coeff) {
+  runKernel(ctx, "moert_z_loss_grad", [&] {
+    return ctx->backend->zLossGrad(logits, dloss, dlogits, T, E, total_tokens,
+                                   coeff);
+  });
+}
+
+void moert_mse_loss(moert_ctx *ctx, const void *y, const void *target,
+                    float *loss, void *dy, int64_t n, int64_t total_n,
+                    int32_t dtype) {
+  runKernel(ctx, "moert_mse_loss", [&] {
+    return ctx->backend->mseLoss(y, target, loss, dy, n, total_n, dtype);
+  });
+}
+
+void moert_adamw(moert_ctx *ctx, const float *w, const float *g, const float *m,
+                 const float *v, const float *hparams, float *w_out,
+                 float *m_out, float *v_out, int64_t n) {
+  runKernel(ctx, "moert_adamw", [&] {
+    return ctx->backend->adamw(w, g, m, v, hparams, w_out, m_out, v_out, n);
+  });
+}
+
+void moert_sgd(moert_ctx *ctx, const float *w, const float *g, const float *buf,
+               const float *hparams, float *w_out, float *buf_out, int64_t n) {
+  runKernel(ctx, "moert_sgd", [&] {
+    return ctx->backend->sgd(w, g, buf, hparams, w_out, buf_out, n);
+  });
+}
+
+void moert_bias_update(moert_ctx *ctx, const float *bias, const float *load,
+                       const float *hparams, float *bias_out, int64_t E,
+                       int64_t tokens, int64_t k) {
+  runKernel(ctx, "moert_bias_update", [&] {
+    return ctx->backend->biasUpdate(bias, load, hparams, bias_out, E, tokens,
+                                    k);
+  });
+}

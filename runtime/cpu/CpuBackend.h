@@ -92,6 +92,56 @@ public:
   Status accumulate(void *acc, const void *x, int64_t n,
                     int32_t dtype) override;
 
+  // Training (CpuBackward.cpp, CpuOptimizer.cpp).
+  Status rmsnormGrad(const void *x, const void *w, const void *dy, void *dx,
+                     void *dw, int64_t T, int64_t D, float eps,
+                     int32_t dtype) override;
+  Status routerGrad(const void *x, const void *w, const float *dlogits,
+                    void *dx, void *dw, int64_t T, int64_t D, int64_t E,
+                    int32_t dtype) override;
+  Status topkGrad(const float *logits, const int32_t *indices,
+                  const float *dweights, const float *dscores, float *dlogits,
+                  int64_t T, int64_t E, int64_t k, int32_t scoreFn,
+                  int32_t renormalize, float scaling) override;
+  Status dispatchGrad(const void *dout, const int32_t *positions, void *dx,
+                      int64_t T, int64_t k, int64_t D, int64_t outRows,
+                      int32_t dtype) override;
+  Status combineGrad(const void *y, const int32_t *positions,
+                     const float *weights, const void *passthrough,
+                     const void *dout, void *dy, float *dweights,
+                     void *dpassthrough, int64_t T, int64_t k, int64_t D,
+                     int64_t yRows, int32_t dtype) override;
+  Status expertFfnGrad(const void *x, const int32_t *counts, const void *gate,
+                       const void *up, const void *down, const void *dy,
+                       void *dx, void *dgate, void *dup, void *ddown, int64_t E,
+                       int64_t segments, int64_t rowsPerExpert,
+                       int64_t totalRows, int64_t D, int64_t F,
+                       int32_t activation, int32_t dtype) override;
+  Status mlpGrad(const void *x, const void *gate, const void *up,
+                 const void *down, const void *sigmoidGate, const void *dy,
+                 void *dx, void *dgate, void *dup, void *ddown,
+                 void *dsigmoidGate, int64_t T, int64_t D, int64_t F,
+                 int32_t activation, int32_t dtype) override;
+  Status expertLoadGrad(const float *dstats, float *dscores, int64_t T,
+                        int64_t E) override;
+  Status loadBalanceLossGrad(const float *stats, const float *dloss,
+                             float *dstats, int64_t E, int64_t tokens,
+                             int64_t k, float coeff) override;
+  Status zLossGrad(const float *logits, const float *dloss, float *dlogits,
+                   int64_t T, int64_t E, int64_t totalTokens,
+                   float coeff) override;
+  Status mseLoss(const void *y, const void *target, float *loss, void *dy,
+                 int64_t n, int64_t totalN, int32_t dtype) override;
+  Status adamw(const float *w, const float *g, const float *m, const float *v,
+               const float *hparams, float *wOut, float *mOut, float *vOut,
+               int64_t n) override;
+  Status sgd(const float *w, const float *g, const float *buf,
+             const float *hparams, float *wOut, float *bufOut,
+             int64_t n) override;
+  Status biasUpdate(const float *bias, const float *load, const float *hparams,
+                    float *biasOut, int64_t E, int64_t tokens,
+                    int64_t k) override;
+
   /// Most rows of one FFN chunk; 0 (the default) sizes chunks to keep the
   /// workspace under kFfnWorkspaceBytes. For tests and benchmarks.
   void setFfnChunkRows(int64_t rows) { ffnChunkRows_ = rows; }

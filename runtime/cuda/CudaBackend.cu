@@ -113,6 +113,57 @@ public:
                          int64_t tokens, int64_t k, float coeff) override;
   Status zLoss(const float *logits, float *out, int64_t T, int64_t E,
                int64_t totalTokens, float coeff) override;
+  // Training kernels: placeholders (MOERT_ERR_UNSUPPORTED) until the tcuda
+  // helper's CUDA implementation replaces them; see the end of this file.
+  Status rmsnormGrad(const void *x, const void *w, const void *dy, void *dx,
+                     void *dw, int64_t T, int64_t D, float eps,
+                     int32_t dtype) override;
+  Status routerGrad(const void *x, const void *w, const float *dlogits,
+                    void *dx, void *dw, int64_t T, int64_t D, int64_t E,
+                    int32_t dtype) override;
+  Status topkGrad(const float *logits, const int32_t *indices,
+                  const float *dweights, const float *dscores, float *dlogits,
+                  int64_t T, int64_t E, int64_t k, int32_t scoreFn,
+                  int32_t renormalize, float scaling) override;
+  Status dispatchGrad(const void *dout, const int32_t *positions, void *dx,
+                      int64_t T, int64_t k, int64_t D, int64_t outRows,
+                      int32_t dtype) override;
+  Status combineGrad(const void *y, const int32_t *positions,
+                     const float *weights, const void *passthrough,
+                     const void *dout, void *dy, float *dweights,
+                     void *dpassthrough, int64_t T, int64_t k, int64_t D,
+                     int64_t yRows, int32_t dtype) override;
+  Status expertFfnGrad(const void *x, const int32_t *counts, const void *gate,
+                       const void *up, const void *down, const void *dy,
+                       void *dx, void *dgate, void *dup, void *ddown, int64_t E,
+                       int64_t segments, int64_t rowsPerExpert,
+                       int64_t totalRows, int64_t D, int64_t F,
+                       int32_t activation, int32_t dtype) override;
+  Status mlpGrad(const void *x, const void *gate, const void *up,
+                 const void *down, const void *sigmoidGate, const void *dy,
+                 void *dx, void *dgate, void *dup, void *ddown,
+                 void *dsigmoidGate, int64_t T, int64_t D, int64_t F,
+                 int32_t activation, int32_t dtype) override;
+  Status expertLoadGrad(const float *dstats, float *dscores, int64_t T,
+                        int64_t E) override;
+  Status loadBalanceLossGrad(const float *stats, const float *dloss,
+                             float *dstats, int64_t E, int64_t tokens,
+                             int64_t k, float coeff) override;
+  Status zLossGrad(const float *logits, const float *dloss, float *dlogits,
+                   int64_t T, int64_t E, int64_t totalTokens,
+                   float coeff) override;
+  Status mseLoss(const void *y, const void *target, float *loss, void *dy,
+                 int64_t n, int64_t totalN, int32_t dtype) override;
+  Status adamw(const float *w, const float *g, const float *m, const float *v,
+               const float *hparams, float *wOut, float *mOut, float *vOut,
+               int64_t n) override;
+  Status sgd(const float *w, const float *g, const float *buf,
+             const float *hparams, float *wOut, float *bufOut,
+             int64_t n) override;
+  Status biasUpdate(const float *bias, const float *load, const float *hparams,
+                    float *biasOut, int64_t E, int64_t tokens,
+                    int64_t k) override;
+
   Status accumulate(void *acc, const void *x, int64_t n,
                     int32_t dtype) override;
 
@@ -689,6 +740,127 @@ Status CudaBackend::accumulate(void *acc, const void *x, int64_t n,
                                int32_t dtype) {
   MOERT_TRY(enter("accumulate"));
   return cuda::launchAccumulate(env(), acc, x, n, dtype);
+}
+
+//===--- Training kernels: PLACEHOLDER for the tcuda helper to replace
+//-----===//
+// The CUDA twins of the CPU backend's training kernels (runtime/cpu/
+// CpuBackward.cpp, CpuOptimizer.cpp) do not exist yet: every one answers
+// MOERT_ERR_UNSUPPORTED through the context's sticky error.
+
+Status trainingPlaceholder(const char *method) {
+  return error(MOERT_ERR_UNSUPPORTED,
+               "CudaBackend::%s: the training kernels are not implemented on "
+               "the CUDA backend yet",
+               method);
+}
+
+Status CudaBackend::rmsnormGrad(const void * /*x*/, const void * /*w*/,
+                                const void * /*dy*/, void * /*dx*/,
+                                void * /*dw*/, int64_t /*T*/, int64_t /*D*/,
+                                float /*eps*/, int32_t /*dtype*/) {
+  return trainingPlaceholder("rmsnormGrad");
+}
+
+Status CudaBackend::routerGrad(const void * /*x*/, const void * /*w*/,
+                               const float * /*dlogits*/, void * /*dx*/,
+                               void * /*dw*/, int64_t /*T*/, int64_t /*D*/,
+                               int64_t /*E*/, int32_t /*dtype*/) {
+  return trainingPlaceholder("routerGrad");
+}
+
+Status CudaBackend::topkGrad(const float * /*logits*/,
+                             const int32_t * /*indices*/,
+                             const float * /*dweights*/,
+                             const float * /*dscores*/, float * /*dlogits*/,
+                             int64_t /*T*/, int64_t /*E*/, int64_t /*k*/,
+                             int32_t /*scoreFn*/, int32_t /*renormalize*/,
+                             float /*scaling*/) {
+  return trainingPlaceholder("topkGrad");
+}
+
+Status CudaBackend::dispatchGrad(const void * /*dout*/,
+                                 const int32_t * /*positions*/, void * /*dx*/,
+                                 int64_t /*T*/, int64_t /*k*/, int64_t /*D*/,
+                                 int64_t /*outRows*/, int32_t /*dtype*/) {
+  return trainingPlaceholder("dispatchGrad");
+}
+
+Status CudaBackend::combineGrad(const void * /*y*/,
+                                const int32_t * /*positions*/,
+                                const float * /*weights*/,
+                                const void * /*passthrough*/,
+                                const void * /*dout*/, void * /*dy*/,
+                                float * /*dweights*/, void * /*dpassthrough*/,
+                                int64_t /*T*/, int64_t /*k*/, int64_t /*D*/,
+                                int64_t /*yRows*/, int32_t /*dtype*/) {
+  return trainingPlaceholder("combineGrad");
+}
+
+Status CudaBackend::expertFfnGrad(
+    const void * /*x*/, const int32_t * /*counts*/, const void * /*gate*/,
+    const void * /*up*/, const void * /*down*/, const void * /*dy*/,
+    void * /*dx*/, void * /*dgate*/, void * /*dup*/, void * /*ddown*/,
+    int64_t /*E*/, int64_t /*segments*/, int64_t /*rowsPerExpert*/,
+    int64_t /*totalRows*/, int64_t /*D*/, int64_t /*F*/, int32_t /*activation*/,
+    int32_t /*dtype*/) {
+  return trainingPlaceholder("expertFfnGrad");
+}
+
+Status CudaBackend::mlpGrad(const void * /*x*/, const void * /*gate*/,
+                            const void * /*up*/, const void * /*down*/,
+                            const void * /*sigmoidGate*/, const void * /*dy*/,
+                            void * /*dx*/, void * /*dgate*/, void * /*dup*/,
+                            void * /*ddown*/, void * /*dsigmoidGate*/,
+                            int64_t /*T*/, int64_t /*D*/, int64_t /*F*/,
+                            int32_t /*activation*/, int32_t /*dtype*/) {
+  return trainingPlaceholder("mlpGrad");
+}
+
+Status CudaBackend::expertLoadGrad(const float * /*dstats*/,
+                                   float * /*dscores*/, int64_t /*T*/,
+                                   int64_t /*E*/) {
+  return trainingPlaceholder("expertLoadGrad");
+}
+
+Status CudaBackend::loadBalanceLossGrad(const float * /*stats*/,
+                                        const float * /*dloss*/,
+                                        float * /*dstats*/, int64_t /*E*/,
+                                        int64_t /*tokens*/, int64_t /*k*/,
+                                        float /*coeff*/) {
+  return trainingPlaceholder("loadBalanceLossGrad");
+}
+
+Status CudaBackend::zLossGrad(const float * /*logits*/, const float * /*dloss*/,
+                              float * /*dlogits*/, int64_t /*T*/, int64_t /*E*/,
+                              int64_t /*totalTokens*/, float /*coeff*/) {
+  return trainingPlaceholder("zLossGrad");
+}
+
+Status CudaBackend::mseLoss(const void * /*y*/, const void * /*target*/,
+                            float * /*loss*/, void * /*dy*/, int64_t /*n*/,
+                            int64_t /*totalN*/, int32_t /*dtype*/) {
+  return trainingPlaceholder("mseLoss");
+}
+
+Status CudaBackend::adamw(const float * /*w*/, const float * /*g*/,
+                          const float * /*m*/, const float * /*v*/,
+                          const float * /*hparams*/, float * /*wOut*/,
+                          float * /*mOut*/, float * /*vOut*/, int64_t /*n*/) {
+  return trainingPlaceholder("adamw");
+}
+
+Status CudaBackend::sgd(const float * /*w*/, const float * /*g*/,
+                        const float * /*buf*/, const float * /*hparams*/,
+                        float * /*wOut*/, float * /*bufOut*/, int64_t /*n*/) {
+  return trainingPlaceholder("sgd");
+}
+
+Status CudaBackend::biasUpdate(const float * /*bias*/, const float * /*load*/,
+                               const float * /*hparams*/, float * /*biasOut*/,
+                               int64_t /*E*/, int64_t /*tokens*/,
+                               int64_t /*k*/) {
+  return trainingPlaceholder("biasUpdate");
 }
 
 } // namespace
