@@ -19,6 +19,13 @@ moe::verifyCompilePipelineOptions(const CompilePipelineOptions &options) {
     return llvm::createStringError(
         llvm::inconvertibleErrorCode(),
         "dtd and expert-tp need a mesh with tp > 1 (mesh=...)");
+  if (options.train && !options.mesh.empty())
+    return llvm::createStringError(
+        llvm::inconvertibleErrorCode(),
+        "train with a mesh is not supported yet: moe-differentiate "
+        "differentiates one-device programs only (missing: the adjoints of "
+        "the collectives and the bucketed gradient all-reduces of "
+        "docs/spec.md 7.1); compile --train without --mesh");
   return llvm::Error::success();
 }
 
@@ -37,6 +44,11 @@ void moe::buildCompilePipeline(OpPassManager &pm,
   }
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
+  // Training entries from the per-rank forward (docs/design.md, Training).
+  if (options.train) {
+    pm.addPass(createMoEDifferentiate());
+    pm.addPass(createCSEPass());
+  }
   // Describe the entry points while the tensor signatures still exist.
   pm.addPass(createMoEAttachManifest());
   // Buffers and runtime calls.

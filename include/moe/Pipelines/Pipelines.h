@@ -39,14 +39,22 @@ struct CompilePipelineOptions
       *this, "expert-tp",
       llvm::cl::desc("Split every expert's FFN over tp (needs a mesh)"),
       llvm::cl::init(false)};
+  PassOptions::Option<bool> train{
+      *this, "train",
+      llvm::cl::desc("Add the training entries forward_train, backward, "
+                     "step_adamw, step_sgd (moe-differentiate; one device "
+                     "for now)"),
+      llvm::cl::init(false)};
 };
 
 /// Checks what the passes themselves cannot: `dtd` and `expert-tp` need a
-/// mesh (without one nothing would be sharded).
+/// mesh (without one nothing would be sharded); `train` needs no mesh (the
+/// differentiation of sharded programs is not implemented yet).
 llvm::Error verifyCompilePipelineOptions(const CompilePipelineOptions &options);
 
 /// Adds the compile pipeline: moe-decompose, canonicalize, [moe-shard,
-/// [moe-drop-duplicate-tokens]], canonicalize, cse, moe-attach-manifest,
+/// [moe-drop-duplicate-tokens]], canonicalize, cse, [moe-differentiate,
+/// cse], moe-attach-manifest,
 /// moe-to-runtime, canonicalize, cse. Its result is the per-rank program of
 /// runtime calls that moe-compile writes as module.mlir, with the entry
 /// points described in the module's `moe.manifest` attribute. The options
