@@ -17,6 +17,7 @@
 
 #include <cinttypes>
 #include <climits>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -61,20 +62,53 @@ public:
   Args &dtype(int32_t d) {
     return require(dtypeSize(d) != 0, "unknown dtype %d", d);
   }
+  /// The training kernels compute in f32 only: another known dtype is
+  /// MOERT_ERR_UNSUPPORTED, an unknown one invalid.
+  Args &f32(int32_t d) {
+    dtype(d);
+    return requireCode(MOERT_ERR_UNSUPPORTED, d == MOERT_F32 || !dtypeSize(d),
+                       "dtype %s is not supported by the training kernels "
+                       "(only f32)",
+                       dtypeName(d));
+  }
+  /// `out` may be `in` itself (an update in place) or another buffer, but
+  /// not overlap it in part (`bytes` each).
+  Args &inPlaceOrApart(const char *outName, const void *out, const char *inName,
+                       const void *in, int64_t bytes) {
+    auto o = reinterpret_cast<uintptr_t>(out);
+    auto i = reinterpret_cast<uintptr_t>(in);
+    auto b = static_cast<uintptr_t>(bytes);
+    bool apart = o + b <= i || i + b <= o;
+    return require(o == i || apart,
+                   "%s overlaps %s in part (it must be the same buffer or "
+                   "another one)",
+                   outName, inName);
+  }
   Args &require(bool ok, const char *fmt, ...)
       __attribute__((format(printf, 3, 4))) {
-    if (ok || !status_.isOk())
-      return *this;
     va_list args;
     va_start(args, fmt);
-    status_ =
-        Status(MOERT_ERR_INVALID, std::string(fn_) + ": " + vformat(fmt, args));
+    vrequire(MOERT_ERR_INVALID, ok, fmt, args);
+    va_end(args);
+    return *this;
+  }
+  Args &requireCode(moert_status code, bool ok, const char *fmt, ...)
+      __attribute__((format(printf, 4, 5))) {
+    va_list args;
+    va_start(args, fmt);
+    vrequire(code, ok, fmt, args);
     va_end(args);
     return *this;
   }
   Status status() const { return status_; }
 
 private:
+  void vrequire(moert_status code, bool ok, const char *fmt, va_list args) {
+    if (ok || !status_.isOk())
+      return;
+    status_ = Status(code, std::string(fn_) + ": " + vformat(fmt, args));
+  }
+
   const char *fn_;
   Status status_;
 };
@@ -662,18 +696,20 @@ void moert_dispatch(moert_ctx *ctx, const void *x, const int32_t *positions,
 }
 
 namespace {
-Status checkExpertFfn(const void *x, const int32_t *counts, const void *gate,
-                      const void *up, const void *down, const void *y,
-                      int64_t E, int64_t S, int64_t R, int64_t totalRows,
-                      int64_t D, int64_t F, int32_t act, int32_t dtype) {
-  Args a("moert_expert_ffn");
-  a.ptrs({{"x", x}, {"y", y}});
+/// The arguments moert_expert_ffn and moert_expert_ffn_grad share (`fn`
+/// names the kernel, `yName` the [total_rows, D] tensor next to x).
+Args checkExpertFfn(const char *fn, const char *yName, const void *x,
+                    const int32_t *counts, const void *gate, const void *up,
+                    const void *down, const void *y, int64_t E, int64_t S,
+                    int64_t R, int64_t totalRows, int64_t D, int64_t F,
+                    int32_t act) {
+  Args a(fn);
+  a.ptrs({{"x", x}, {yName, y}});
   checkFfnWeights(a, act, gate, up, down);
   a.positive({{"E", E}, {"segments", S}, {"D", D}, {"F", F}});
   a.nonNegative("rows_per_expert", R).nonNegative("total_rows", totalRows);
-  a.dtype(dtype);
   if (R == 0)
-    return a.ptr("counts", counts).status();
+    return a.ptr("counts", counts);
   a.require(R % S == 0,
             "rows_per_expert (%" PRId64 ") is not a multiple of segments "
             "(%" PRId64 ")",
@@ -682,7 +718,7 @@ Status checkExpertFfn(const void *x, const int32_t *counts, const void *gate,
             "total_rows (%" PRId64 ") must be E*rows_per_expert = %" PRId64
             " in the capacity layout",
             totalRows, E * R);
-  return a.status();
+  return a;
 }
 } // namespace
 
@@ -692,9 +728,10 @@ void moert_expert_ffn(moert_ctx *ctx, const void *x, const int32_t *counts,
                       int64_t rows_per_expert, int64_t total_rows, int64_t D,
                       int64_t F, int32_t activation, int32_t dtype) {
   runKernel(ctx, "moert_expert_ffn", [&] {
-    MOERT_TRY(checkExpertFfn(x, counts, gate, up, down, y, E, segments,
-                             rows_per_expert, total_rows, D, F, activation,
-                             dtype));
+    Args a =
+        checkExpertFfn("moert_expert_ffn", "y", x, counts, gate, up, down, y, E,
+                       segments, rows_per_expert, total_rows, D, F, activation);
+    MOERT_TRY(a.dtype(dtype).status());
     return ctx->backend->expertFfn(x, counts, gate, up, down, y, E, segments,
                                    rows_per_expert, total_rows, D, F,
                                    activation, dtype);
@@ -765,11 +802,31 @@ void moert_z_loss(moert_ctx *ctx, const float *logits, float *out, int64_t T,
 }
 
 //===--- Kernel ABI: training (docs/spec.md section 7) --------------------===//
+//
+// f32 only (Args::f32). Every output is overwritten, so every output pointer
+// must be given, except the optional pairs the .def names (dscores,
+// dpassthrough with passthrough, dgate with gate, dsigmoid_gate with
+// sigmoid_gate).
+
+namespace {
+/// `out` must be given exactly when `in` is (an optional input and the
+/// gradient that goes with it).
+Args &pairedGrad(Args &a, const char *in, const void *inPtr, const char *out,
+                 const void *outPtr) {
+  a.require(!inPtr || outPtr, "%s is null but %s is given", out, in);
+  return a.require(inPtr || !outPtr, "%s must be null when %s is", out, in);
+}
+} // namespace
 
 void moert_rmsnorm_grad(moert_ctx *ctx, const void *x, const void *w,
                         const void *dy, void *dx, void *dw, int64_t T,
                         int64_t D, float eps, int32_t dtype) {
   runKernel(ctx, "moert_rmsnorm_grad", [&] {
+    Args a("moert_rmsnorm_grad");
+    a.ptrs({{"x", x}, {"w", w}, {"dy", dy}, {"dx", dx}, {"dw", dw}});
+    a.positive({{"T", T}, {"D", D}});
+    a.require(eps >= 0, "eps (%g) must not be negative", eps).f32(dtype);
+    MOERT_TRY(a.status());
     return ctx->backend->rmsnormGrad(x, w, dy, dx, dw, T, D, eps, dtype);
   });
 }
@@ -778,6 +835,10 @@ void moert_router_grad(moert_ctx *ctx, const void *x, const void *w,
                        const float *dlogits, void *dx, void *dw, int64_t T,
                        int64_t D, int64_t E, int32_t dtype) {
   runKernel(ctx, "moert_router_grad", [&] {
+    Args a("moert_router_grad");
+    a.ptrs({{"x", x}, {"w", w}, {"dlogits", dlogits}, {"dx", dx}, {"dw", dw}});
+    a.positive({{"T", T}, {"D", D}, {"E", E}}).f32(dtype);
+    MOERT_TRY(a.status());
     return ctx->backend->routerGrad(x, w, dlogits, dx, dw, T, D, E, dtype);
   });
 }
@@ -788,6 +849,23 @@ void moert_topk_grad(moert_ctx *ctx, const float *logits,
                      int64_t k, int32_t score_fn, int32_t renormalize,
                      float scaling) {
   runKernel(ctx, "moert_topk_grad", [&] {
+    Args a("moert_topk_grad");
+    a.ptrs({{"logits", logits},
+            {"indices", indices},
+            {"dweights", dweights},
+            {"dlogits", dlogits}});
+    a.positive({{"T", T}, {"E", E}, {"k", k}});
+    a.require(k <= E,
+              "k (%" PRId64 ") exceeds the number of experts (%" PRId64 ")", k,
+              E);
+    a.require(score_fn == MOERT_SCORE_SOFTMAX ||
+                  score_fn == MOERT_SCORE_SIGMOID,
+              "unknown score function %d (expected 0 = softmax or 1 = sigmoid)",
+              score_fn);
+    a.require(renormalize == 0 || renormalize == 1,
+              "renormalize (%d) must be 0 or 1", renormalize);
+    a.require(std::isfinite(scaling), "scaling (%g) must be finite", scaling);
+    MOERT_TRY(a.status());
     return ctx->backend->topkGrad(logits, indices, dweights, dscores, dlogits,
                                   T, E, k, score_fn, renormalize, scaling);
   });
@@ -798,6 +876,13 @@ void moert_dispatch_grad(moert_ctx *ctx, const void *dout,
                          int64_t k, int64_t D, int64_t out_rows,
                          int32_t dtype) {
   runKernel(ctx, "moert_dispatch_grad", [&] {
+    Args a("moert_dispatch_grad");
+    a.ptrs({{"positions", positions}, {"dx", dx}});
+    a.positive({{"T", T}, {"k", k}, {"D", D}});
+    a.nonNegative("out_rows", out_rows).f32(dtype);
+    if (out_rows > 0)
+      a.ptr("dout", dout);
+    MOERT_TRY(a.status());
     return ctx->backend->dispatchGrad(dout, positions, dx, T, k, D, out_rows,
                                       dtype);
   });
@@ -809,6 +894,19 @@ void moert_combine_grad(moert_ctx *ctx, const void *y, const int32_t *positions,
                         void *dpassthrough, int64_t T, int64_t k, int64_t D,
                         int64_t y_rows, int32_t dtype) {
   runKernel(ctx, "moert_combine_grad", [&] {
+    Args a("moert_combine_grad");
+    a.ptrs({{"positions", positions},
+            {"weights", weights},
+            {"dout", dout},
+            {"dweights", dweights}});
+    pairedGrad(a, "passthrough", passthrough, "dpassthrough", dpassthrough);
+    a.positive({{"T", T}, {"k", k}, {"D", D}});
+    a.nonNegative("y_rows", y_rows).f32(dtype);
+    a.require(y_rows <= INT32_MAX, "y_rows (%" PRId64 ") overflows int32",
+              y_rows);
+    if (y_rows > 0)
+      a.ptr("y", y).ptr("dy", dy);
+    MOERT_TRY(a.status());
     return ctx->backend->combineGrad(y, positions, weights, passthrough, dout,
                                      dy, dweights, dpassthrough, T, k, D,
                                      y_rows, dtype);
@@ -823,6 +921,13 @@ void moert_expert_ffn_grad(moert_ctx *ctx, const void *x, const int32_t *counts,
                            int64_t D, int64_t F, int32_t activation,
                            int32_t dtype) {
   runKernel(ctx, "moert_expert_ffn_grad", [&] {
+    // The forward's rules (layouts, counts, weights), then the gradients.
+    Args a = checkExpertFfn("moert_expert_ffn_grad", "dy", x, counts, gate, up,
+                            down, dy, E, segments, rows_per_expert, total_rows,
+                            D, F, activation);
+    a.ptrs({{"dx", dx}, {"dup", dup}, {"ddown", ddown}});
+    pairedGrad(a, "gate", gate, "dgate", dgate).f32(dtype);
+    MOERT_TRY(a.status());
     return ctx->backend->expertFfnGrad(x, counts, gate, up, down, dy, dx, dgate,
                                        dup, ddown, E, segments, rows_per_expert,
                                        total_rows, D, F, activation, dtype);
@@ -835,6 +940,14 @@ void moert_mlp_grad(moert_ctx *ctx, const void *x, const void *gate,
                     void *ddown, void *dsigmoid_gate, int64_t T, int64_t D,
                     int64_t F, int32_t activation, int32_t dtype) {
   runKernel(ctx, "moert_mlp_grad", [&] {
+    Args a("moert_mlp_grad");
+    a.ptrs({{"x", x}, {"dy", dy}, {"dx", dx}});
+    checkFfnWeights(a, activation, gate, up, down);
+    a.ptrs({{"dup", dup}, {"ddown", ddown}});
+    pairedGrad(a, "gate", gate, "dgate", dgate);
+    pairedGrad(a, "sigmoid_gate", sigmoid_gate, "dsigmoid_gate", dsigmoid_gate);
+    a.positive({{"T", T}, {"D", D}, {"F", F}}).f32(dtype);
+    MOERT_TRY(a.status());
     return ctx->backend->mlpGrad(x, gate, up, down, sigmoid_gate, dy, dx, dgate,
                                  dup, ddown, dsigmoid_gate, T, D, F, activation,
                                  dtype);
@@ -844,6 +957,9 @@ void moert_mlp_grad(moert_ctx *ctx, const void *x, const void *gate,
 void moert_expert_load_grad(moert_ctx *ctx, const float *dstats, float *dscores,
                             int64_t T, int64_t E) {
   runKernel(ctx, "moert_expert_load_grad", [&] {
+    Args a("moert_expert_load_grad");
+    a.ptrs({{"dstats", dstats}, {"dscores", dscores}});
+    MOERT_TRY(a.positive({{"T", T}, {"E", E}}).status());
     return ctx->backend->expertLoadGrad(dstats, dscores, T, E);
   });
 }
@@ -852,6 +968,11 @@ void moert_load_balance_loss_grad(moert_ctx *ctx, const float *stats,
                                   const float *dloss, float *dstats, int64_t E,
                                   int64_t tokens, int64_t k, float coeff) {
   runKernel(ctx, "moert_load_balance_loss_grad", [&] {
+    Args a("moert_load_balance_loss_grad");
+    a.ptrs({{"stats", stats}, {"dloss", dloss}, {"dstats", dstats}});
+    a.positive({{"E", E}, {"tokens", tokens}, {"k", k}});
+    a.require(std::isfinite(coeff), "coeff (%g) must be finite", coeff);
+    MOERT_TRY(a.status());
     return ctx->backend->loadBalanceLossGrad(stats, dloss, dstats, E, tokens, k,
                                              coeff);
   });
@@ -861,6 +982,11 @@ void moert_z_loss_grad(moert_ctx *ctx, const float *logits, const float *dloss,
                        float *dlogits, int64_t T, int64_t E,
                        int64_t total_tokens, float coeff) {
   runKernel(ctx, "moert_z_loss_grad", [&] {
+    Args a("moert_z_loss_grad");
+    a.ptrs({{"logits", logits}, {"dloss", dloss}, {"dlogits", dlogits}});
+    a.positive({{"T", T}, {"E", E}, {"total_tokens", total_tokens}});
+    a.require(std::isfinite(coeff), "coeff (%g) must be finite", coeff);
+    MOERT_TRY(a.status());
     return ctx->backend->zLossGrad(logits, dloss, dlogits, T, E, total_tokens,
                                    coeff);
   });
@@ -870,6 +996,14 @@ void moert_mse_loss(moert_ctx *ctx, const void *y, const void *target,
                     float *loss, void *dy, int64_t n, int64_t total_n,
                     int32_t dtype) {
   runKernel(ctx, "moert_mse_loss", [&] {
+    Args a("moert_mse_loss");
+    a.ptr("loss", loss).nonNegative("n", n).positive("total_n", total_n);
+    a.require(n <= total_n, "n (%" PRId64 ") exceeds total_n (%" PRId64 ")", n,
+              total_n);
+    a.f32(dtype);
+    if (n > 0)
+      a.ptrs({{"y", y}, {"target", target}, {"dy", dy}});
+    MOERT_TRY(a.status());
     return ctx->backend->mseLoss(y, target, loss, dy, n, total_n, dtype);
   });
 }
@@ -878,14 +1012,46 @@ void moert_adamw(moert_ctx *ctx, const float *w, const float *g, const float *m,
                  const float *v, const float *hparams, float *w_out,
                  float *m_out, float *v_out, int64_t n) {
   runKernel(ctx, "moert_adamw", [&] {
-    return ctx->backend->adamw(w, g, m, v, hparams, w_out, m_out, v_out, n);
+    Args a("moert_adamw");
+    a.ptr("hparams", hparams).nonNegative("n", n);
+    if (n > 0) {
+      a.ptrs({{"w", w},
+              {"g", g},
+              {"m", m},
+              {"v", v},
+              {"w_out", w_out},
+              {"m_out", m_out},
+              {"v_out", v_out}});
+      int64_t bytes = n * int64_t(sizeof(float));
+      a.inPlaceOrApart("w_out", w_out, "w", w, bytes);
+      a.inPlaceOrApart("m_out", m_out, "m", m, bytes);
+      a.inPlaceOrApart("v_out", v_out, "v", v, bytes);
+    }
+    MOERT_TRY(a.status());
+    return n > 0 ? ctx->backend->adamw(w, g, m, v, hparams, w_out, m_out, v_out,
+                                       n)
+                 : Status::ok();
   });
 }
 
 void moert_sgd(moert_ctx *ctx, const float *w, const float *g, const float *buf,
                const float *hparams, float *w_out, float *buf_out, int64_t n) {
   runKernel(ctx, "moert_sgd", [&] {
-    return ctx->backend->sgd(w, g, buf, hparams, w_out, buf_out, n);
+    Args a("moert_sgd");
+    a.ptr("hparams", hparams).nonNegative("n", n);
+    if (n > 0) {
+      a.ptrs({{"w", w},
+              {"g", g},
+              {"buf", buf},
+              {"w_out", w_out},
+              {"buf_out", buf_out}});
+      int64_t bytes = n * int64_t(sizeof(float));
+      a.inPlaceOrApart("w_out", w_out, "w", w, bytes);
+      a.inPlaceOrApart("buf_out", buf_out, "buf", buf, bytes);
+    }
+    MOERT_TRY(a.status());
+    return n > 0 ? ctx->backend->sgd(w, g, buf, hparams, w_out, buf_out, n)
+                 : Status::ok();
   });
 }
 
@@ -893,6 +1059,15 @@ void moert_bias_update(moert_ctx *ctx, const float *bias, const float *load,
                        const float *hparams, float *bias_out, int64_t E,
                        int64_t tokens, int64_t k) {
   runKernel(ctx, "moert_bias_update", [&] {
+    Args a("moert_bias_update");
+    a.ptrs({{"bias", bias},
+            {"load", load},
+            {"hparams", hparams},
+            {"bias_out", bias_out}});
+    a.positive({{"E", E}, {"tokens", tokens}, {"k", k}});
+    a.inPlaceOrApart("bias_out", bias_out, "bias", bias,
+                     E * int64_t(sizeof(float)));
+    MOERT_TRY(a.status());
     return ctx->backend->biasUpdate(bias, load, hparams, bias_out, E, tokens,
                                     k);
   });

@@ -1,9 +1,10 @@
 //===- CpuBackend.h - The kernels on host memory ----------------*- C++ -*-===//
 //
-// f32 kernels on the host: OpenBLAS for the GEMMs (router, expert FFN, MLP),
-// OpenMP for everything else. Other dtypes answer MOERT_ERR_UNSUPPORTED.
-// Scratch memory is held here and only grows, so steady-state calls do not
-// allocate. One backend serves one context and is not thread-safe.
+// f32 kernels on the host: OpenBLAS for the GEMMs (router, expert FFN, MLP
+// and their gradients), OpenMP for everything else. Other dtypes answer
+// MOERT_ERR_UNSUPPORTED. Scratch memory is held here and only grows, so
+// steady-state calls do not allocate. One backend serves one context and is not
+// thread-safe.
 //
 //===----------------------------------------------------------------------===//
 #ifndef MOERT_CPU_CPUBACKEND_H
@@ -155,15 +156,35 @@ private:
     const float *down;
   };
 
-  Status collectBlocks(const int32_t *counts, float *y, int64_t E, int64_t S,
-                       int64_t R, int64_t totalRows, int64_t D);
-  int64_t chunkRows(int64_t live, int64_t D, int64_t F,
-                    int32_t activation) const;
+  /// The FFN weight gradients of one expert (gate null when ungated).
+  struct FfnGrads {
+    float *gate;
+    float *up;
+    float *down;
+  };
+
+  /// `fn` names the kernel in error messages.
+  Status collectBlocks(const char *fn, const int32_t *counts, float *y,
+                       int64_t E, int64_t S, int64_t R, int64_t totalRows,
+                       int64_t D);
+  /// Rows of one FFN chunk (equal chunks) when each row needs `rowFloats`
+  /// floats of workspace.
+  int64_t chunkRows(int64_t live, int64_t rowFloats) const;
   Status runFfn(const float *x, float *y, const RowBlock *blocks,
                 int64_t numBlocks, const FfnWeights &w, int64_t D, int64_t F,
                 int32_t activation);
   void ffnChunk(const float *x, float *y, int64_t rows, const FfnWeights &w,
                 int64_t D, int64_t F, int32_t activation);
+  /// Backward of the FFN over the live rows in `blocks`: dx of those rows
+  /// and the weight gradients (overwritten: 0 without live rows). When
+  /// `fOut` is not null, the FFN's output of those rows is written there.
+  Status runFfnGrad(const float *x, const float *dy, float *dx,
+                    const RowBlock *blocks, int64_t numBlocks,
+                    const FfnWeights &w, const FfnGrads &g, int64_t D,
+                    int64_t F, int32_t activation, float *fOut);
+  void ffnGradChunk(const float *x, const float *dy, float *dx, float *fOut,
+                    int64_t rows, const FfnWeights &w, const FfnGrads &g,
+                    float beta, int64_t D, int64_t F, int32_t activation);
 
   int threads_;
   int64_t ffnChunkRows_ = 0;
@@ -172,10 +193,13 @@ private:
   /// blocks_[blockStart_[e] .. blockStart_[e+1]).
   std::vector<RowBlock> blocks_;
   std::vector<int64_t> blockStart_;
-  std::vector<int32_t> rowSource_; // dispatch: source token of each out row
-  std::vector<int64_t> cursor_;    // next row of each expert / (s, e) block
-  std::vector<double> sums_;       // expert_load: per-expert sums
-  std::vector<float> groupScratch_;
+  std::vector<int32_t> rowSource_;  // dispatch: source token of each out row
+  std::vector<int64_t> cursor_;     // next row of each expert / (s, e) block
+  std::vector<double> sums_;        // expert_load: per-expert sums
+  std::vector<float> groupScratch_; // topk: group scores; topk_grad: scores
+  Workspace trainWork_;             // mlp_grad: the sigmoid gate's rows
+  std::vector<double> rowScratch_;  // topk_grad / z_loss_grad: per thread
+  std::vector<int32_t> rowOwner_;   // combine_grad: the (t, j) of each row
 };
 
 } // namespace moert

@@ -31,6 +31,38 @@ void gemmNT(const float *a, const float *b, float *c, int64_t m, int64_t n,
               kk, 0.0f, c, n);
 }
 
+/// c[m,n] = a[m,kk] . b[kk,n] + beta c.
+void gemmNN(const float *a, const float *b, float *c, int64_t m, int64_t n,
+            int64_t kk, float beta) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, kk, 1.0f, a, kk,
+              b, n, beta, c, n);
+}
+
+/// c[m,n] = a[kk,m]^T . b[kk,n] + beta c (weight gradients: a sum over the
+/// kk rows).
+void gemmTN(const float *a, const float *b, float *c, int64_t m, int64_t n,
+            int64_t kk, float beta) {
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, m, n, kk, 1.0f, a, m, b,
+              n, beta, c, n);
+}
+
+/// activateWithGrad (CpuMath.h) in parallel blocks.
+void activateGrad(int32_t act, float *a, float *u, float *h, int64_t n,
+                  int threads) {
+  const int64_t block = 8192;
+#pragma omp parallel for num_threads(threads) schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; i += block)
+    activateWithGrad(act, a ? a + i : nullptr, u + i, h + i,
+                     std::min(block, n - i));
+}
+
+/// x[i] *= y[i].
+void multiplyInto(float *x, const float *y, int64_t n, int threads) {
+#pragma omp parallel for simd num_threads(threads) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i)
+    x[i] *= y[i];
+}
+
 /// h = act(h) * u (gated) or h = act(h), one pass over the GEMM outputs.
 void activateRange(int32_t act, float *h, const float *u, int64_t n) {
   switch (act) {
@@ -98,10 +130,8 @@ void CpuBackend::ffnChunk(const float *x, float *y, int64_t rows,
   gemmNT(h, w.down, y, rows, D, F);
 }
 
-int64_t CpuBackend::chunkRows(int64_t live, int64_t D, int64_t F,
-                              int32_t activation) const {
-  int64_t rowBytes = ((isGatedActivation(activation) ? 2 : 1) * F + 2 * D) *
-                     int64_t(sizeof(float));
+int64_t CpuBackend::chunkRows(int64_t live, int64_t rowFloats) const {
+  int64_t rowBytes = rowFloats * int64_t(sizeof(float));
   int64_t limit = ffnChunkRows_ > 0
                       ? ffnChunkRows_
                       : std::max<int64_t>(64, kFfnWorkspaceBytes / rowBytes);
@@ -118,7 +148,8 @@ Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
     live += blocks[b].rows;
   if (live == 0)
     return Status::ok();
-  int64_t chunk = chunkRows(live, D, F, activation);
+  int64_t chunk =
+      chunkRows(live, (isGatedActivation(activation) ? 2 : 1) * F + 2 * D);
   int64_t hidden = (isGatedActivation(activation) ? 2 : 1) * chunk * F;
   MOERT_TRY(ffnWork_.reserve(hidden + 2 * chunk * D, "moert_expert_ffn"));
   float *xg = ffnWork_.data() + hidden;
@@ -153,27 +184,126 @@ Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
   return Status::ok();
 }
 
+//===--- Backward (docs/spec.md 7.2) --------------------------------------===//
+
+// Per chunk of rows of one expert, with a = x.gate^T, u = x.up^T and
+// h = act(a) u (or act(u)) recomputed:
+//   dh = dy.down, ddown += dy^T.h, da = dh act'(a) u, du = dh act(a) (or
+//   du = dh act'(u)), dx = da.gate + du.up, dgate += da^T.x, dup += du^T.x
+// Eight GEMMs (five ungated) over all the chunk's rows: no per-token work.
+
+void CpuBackend::ffnGradChunk(const float *x, const float *dy, float *dx,
+                              float *fOut, int64_t rows, const FfnWeights &w,
+                              const FfnGrads &g, float beta, int64_t D,
+                              int64_t F, int32_t activation) {
+  bool gated = isGatedActivation(activation);
+  float *a = gated ? ffnWork_.data() : nullptr;
+  float *u = ffnWork_.data() + (gated ? rows * F : 0);
+  float *h = u + rows * F;
+  float *dh = h + rows * F;
+  if (gated)
+    gemmNT(x, w.gate, a, rows, F, D);
+  gemmNT(x, w.up, u, rows, F, D);
+  // h = the hidden activation; a := act'(a) u, u := act(a) (gated) or
+  // u := act'(u).
+  activateGrad(activation, a, u, h, rows * F, threads_);
+  gemmNN(dy, w.down, dh, rows, F, D, 0.0f);
+  gemmTN(dy, h, g.down, D, F, rows, beta);
+  if (fOut)
+    gemmNT(h, w.down, fOut, rows, D, F);
+  multiplyInto(u, dh, rows * F, threads_); // du
+  gemmNN(u, w.up, dx, rows, D, F, 0.0f);
+  gemmTN(u, x, g.up, F, D, rows, beta);
+  if (gated) {
+    multiplyInto(a, dh, rows * F, threads_); // da
+    gemmNN(a, w.gate, dx, rows, D, F, 1.0f);
+    gemmTN(a, x, g.gate, F, D, rows, beta);
+  }
+}
+
+Status CpuBackend::runFfnGrad(const float *x, const float *dy, float *dx,
+                              const RowBlock *blocks, int64_t numBlocks,
+                              const FfnWeights &w, const FfnGrads &g, int64_t D,
+                              int64_t F, int32_t activation, float *fOut) {
+  bool gated = isGatedActivation(activation);
+  int64_t live = 0;
+  for (int64_t b = 0; b < numBlocks; ++b)
+    live += blocks[b].rows;
+  if (live == 0) { // no row: exactly zero gradients
+    size_t bytes = static_cast<size_t>(F * D) * sizeof(float);
+    if (gated)
+      std::memset(g.gate, 0, bytes);
+    std::memset(g.up, 0, bytes);
+    std::memset(g.down, 0, bytes);
+    return Status::ok();
+  }
+  int64_t perRow = (gated ? 4 : 3) * F;
+  int64_t chunk = chunkRows(live, perRow + 4 * D);
+  MOERT_TRY(
+      ffnWork_.reserve(chunk * (perRow + 4 * D), "moert_expert_ffn_grad"));
+  float *xg = ffnWork_.data() + chunk * perRow;
+  float *dyg = xg + chunk * D;
+  float *dxg = dyg + chunk * D;
+  float *fg = dxg + chunk * D;
+  size_t rowBytes = static_cast<size_t>(D) * sizeof(float);
+  Cursor cur;
+  float beta = 0.0f; // the first chunk overwrites the weight gradients
+  while (cur.block < numBlocks) {
+    Cursor start = cur, probe = cur;
+    int64_t pieces = 0, firstRow = 0;
+    int64_t rows =
+        walkRows(blocks, numBlocks, probe, chunk, [&](int64_t row, int64_t) {
+          if (pieces++ == 0)
+            firstRow = row;
+        });
+    if (pieces == 1) {
+      int64_t o = firstRow * D;
+      ffnGradChunk(x + o, dy + o, dx + o, fOut ? fOut + o : nullptr, rows, w, g,
+                   beta, D, F, activation);
+      cur = probe;
+      beta = 1.0f;
+      continue;
+    }
+    int64_t at = 0;
+    walkRows(blocks, numBlocks, cur, chunk, [&](int64_t row, int64_t n) {
+      std::memcpy(xg + at * D, x + row * D, n * rowBytes);
+      std::memcpy(dyg + at * D, dy + row * D, n * rowBytes);
+      at += n;
+    });
+    ffnGradChunk(xg, dyg, dxg, fOut ? fg : nullptr, rows, w, g, beta, D, F,
+                 activation);
+    beta = 1.0f;
+    at = 0;
+    walkRows(blocks, numBlocks, start, chunk, [&](int64_t row, int64_t n) {
+      std::memcpy(dx + row * D, dxg + at * D, n * rowBytes);
+      if (fOut)
+        std::memcpy(fOut + row * D, fg + at * D, n * rowBytes);
+      at += n;
+    });
+  }
+  return Status::ok();
+}
+
 /// Fills blocks_ / blockStart_ with the live rows of every expert (adjacent
 /// blocks merged) and zeroes the rows of y that no expert writes.
-Status CpuBackend::collectBlocks(const int32_t *counts, float *y, int64_t E,
-                                 int64_t S, int64_t R, int64_t totalRows,
-                                 int64_t D) {
+Status CpuBackend::collectBlocks(const char *fn, const int32_t *counts,
+                                 float *y, int64_t E, int64_t S, int64_t R,
+                                 int64_t totalRows, int64_t D) {
   int64_t C = R / S; // capacity layout: rows of one segment of one expert
   int64_t sum = 0;
   for (int64_t i = 0; counts && i < S * E; ++i) {
     int32_t c = counts[i];
     if (c < 0 || (R > 0 && c > C))
       return error(MOERT_ERR_INVALID,
-                   "moert_expert_ffn: counts[%" PRId64 ",%" PRId64
+                   "%s: counts[%" PRId64 ",%" PRId64
                    "] = %d is outside [0, %" PRId64 "]",
-                   i / E, i % E, c, R > 0 ? C : totalRows);
+                   fn, i / E, i % E, c, R > 0 ? C : totalRows);
     sum += c;
   }
   if (R == 0 && sum > totalRows)
     return error(MOERT_ERR_INVALID,
-                 "moert_expert_ffn: the counts sum to %" PRId64
-                 " rows but x has %" PRId64,
-                 sum, totalRows);
+                 "%s: the counts sum to %" PRId64 " rows but x has %" PRId64,
+                 fn, sum, totalRows);
   if (R == 0) { // packed: segment-major offsets of every (s, e) block
     cursor_.resize(static_cast<size_t>(S * E));
     for (int64_t i = 0, row = 0; i < S * E; row += counts[i++])
@@ -212,8 +342,8 @@ Status CpuBackend::expertFfn(const void *x, const int32_t *counts,
                              int32_t dtype) {
   MOERT_TRY(requireF32("moert_expert_ffn", dtype));
   auto *yf = static_cast<float *>(y);
-  MOERT_TRY(
-      collectBlocks(counts, yf, E, segments, rowsPerExpert, totalRows, D));
+  MOERT_TRY(collectBlocks("moert_expert_ffn", counts, yf, E, segments,
+                          rowsPerExpert, totalRows, D));
   for (int64_t e = 0; e < E; ++e) {
     FfnWeights w{gate ? static_cast<const float *>(gate) + e * F * D : nullptr,
                  static_cast<const float *>(up) + e * F * D,
@@ -245,6 +375,76 @@ Status CpuBackend::mlp(const void *xv, const void *gate, const void *up,
     for (int64_t d = 0; d < D; ++d)
       y[t * D + d] *= s;
   }
+  return Status::ok();
+}
+
+Status CpuBackend::expertFfnGrad(const void *x, const int32_t *counts,
+                                 const void *gate, const void *up,
+                                 const void *down, const void *dy, void *dx,
+                                 void *dgate, void *dup, void *ddown, int64_t E,
+                                 int64_t segments, int64_t rowsPerExpert,
+                                 int64_t totalRows, int64_t D, int64_t F,
+                                 int32_t activation, int32_t dtype) {
+  MOERT_TRY(requireF32("moert_expert_ffn_grad", dtype));
+  auto *dxf = static_cast<float *>(dx);
+  // Dead rows of dx are zeroed here; live rows are written below.
+  MOERT_TRY(collectBlocks("moert_expert_ffn_grad", counts, dxf, E, segments,
+                          rowsPerExpert, totalRows, D));
+  for (int64_t e = 0; e < E; ++e) {
+    int64_t o = e * F * D;
+    FfnWeights w{gate ? static_cast<const float *>(gate) + o : nullptr,
+                 static_cast<const float *>(up) + o,
+                 static_cast<const float *>(down) + o};
+    FfnGrads g{dgate ? static_cast<float *>(dgate) + o : nullptr,
+               static_cast<float *>(dup) + o, static_cast<float *>(ddown) + o};
+    MOERT_TRY(runFfnGrad(
+        static_cast<const float *>(x), static_cast<const float *>(dy), dxf,
+        blocks_.data() + blockStart_[e], blockStart_[e + 1] - blockStart_[e], w,
+        g, D, F, activation, nullptr));
+  }
+  return Status::ok();
+}
+
+Status CpuBackend::mlpGrad(const void *xv, const void *gate, const void *up,
+                           const void *down, const void *sigmoidGate,
+                           const void *dyv, void *dxv, void *dgate, void *dup,
+                           void *ddown, void *dsigmoidGate, int64_t T,
+                           int64_t D, int64_t F, int32_t activation,
+                           int32_t dtype) {
+  MOERT_TRY(requireF32("moert_mlp_grad", dtype));
+  auto *x = static_cast<const float *>(xv);
+  auto *dy = static_cast<const float *>(dyv);
+  auto *dx = static_cast<float *>(dxv);
+  FfnWeights w{static_cast<const float *>(gate), static_cast<const float *>(up),
+               static_cast<const float *>(down)};
+  FfnGrads g{static_cast<float *>(dgate), static_cast<float *>(dup),
+             static_cast<float *>(ddown)};
+  RowBlock all{0, T};
+  if (!sigmoidGate)
+    return runFfnGrad(x, dy, dx, &all, 1, w, g, D, F, activation, nullptr);
+  // o = f(x) s with s = sigmoid(x.sg): f gets dy s; p = x.sg gets
+  // dp = (dy . f) s (1 - s), which reaches x (dp sg) and sg (dp^T x).
+  auto *sg = static_cast<const float *>(sigmoidGate);
+  MOERT_TRY(trainWork_.reserve(2 * T * D + 2 * T, "moert_mlp_grad"));
+  float *dys = trainWork_.data();
+  float *f = dys + T * D;
+  float *s = f + T * D;
+  float *dp = s + T;
+#pragma omp parallel for num_threads(threads_) if (T * D > 65536)
+  for (int64_t t = 0; t < T; ++t) {
+    s[t] = sigmoid(dot(x + t * D, sg, D));
+    for (int64_t d = 0; d < D; ++d)
+      dys[t * D + d] = dy[t * D + d] * s[t];
+  }
+  MOERT_TRY(runFfnGrad(x, dys, dx, &all, 1, w, g, D, F, activation, f));
+#pragma omp parallel for num_threads(threads_) if (T * D > 65536)
+  for (int64_t t = 0; t < T; ++t) {
+    dp[t] = dot(dy + t * D, f + t * D, D) * s[t] * (1.0f - s[t]);
+    for (int64_t d = 0; d < D; ++d)
+      dx[t * D + d] += dp[t] * sg[d];
+  }
+  cblas_sgemv(CblasRowMajor, CblasTrans, T, D, 1.0f, x, D, dp, 1, 0.0f,
+              static_cast<float *>(dsigmoidGate), 1);
   return Status::ok();
 }
 

@@ -143,6 +143,143 @@ inline void siluTimes(float *h, const float *u, int64_t n) {
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
+//===--- Activations with their derivatives (the training kernels) --------===//
+
+/// gelu(x) and gelu'(x) = Phi(x) + x phi(x), with the erfc fit of gelu():
+/// the erfc and exp(-x^2/2) it computes give Phi and phi at once.
+inline void geluAndGrad(float x, float &g, float &dg) {
+  float t = std::fabs(x) * 0.70710678f;
+  t = t < 10.0f ? t : 10.0f;
+  float z = 1.0f / (1.0f + 0.5f * t);
+  float p = kErfcScaled[9];
+  for (int i = 8; i >= 0; --i)
+    p = p * z + kErfcScaled[i];
+  float x2 = x * x, x2lo = std::fma(x, x, -x2);
+  float e = expApprox(-0.5f * x2) * (1.0f - 0.5f * x2lo);
+  float erfc = z * p * e;
+  float cdf = 0.5f * (x >= 0.0f ? 2.0f - erfc : erfc);
+  g = x * cdf;
+  dg = cdf + x * e * 0.39894228f; // 1/sqrt(2 pi)
+}
+
+/// silu(x) and silu'(x) = s (1 + x (1 - s)), s = sigmoid(x).
+inline void siluAndGrad(float x, float &f, float &df) {
+  float s = 1.0f / (1.0f + expApprox(-x));
+  f = x * s;
+  df = s * (1.0f + x * (1.0f - s));
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+inline void geluAndGrad8(__m256 x, __m256 &g, __m256 &dg) {
+  const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+  const __m256 half = _mm256_set1_ps(0.5f);
+  __m256 t =
+      _mm256_mul_ps(_mm256_and_ps(x, absMask), _mm256_set1_ps(0.70710678f));
+  t = _mm256_min_ps(t, _mm256_set1_ps(10.0f));
+  __m256 z = _mm256_div_ps(one, _mm256_fmadd_ps(t, half, one));
+  __m256 p = _mm256_set1_ps(kErfcScaled[9]);
+  for (int c = 8; c >= 0; --c)
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(kErfcScaled[c]));
+  __m256 x2 = _mm256_mul_ps(x, x);
+  __m256 x2lo = _mm256_fmsub_ps(x, x, x2);
+  __m256 e = expApprox8(_mm256_mul_ps(x2, _mm256_set1_ps(-0.5f)));
+  e = _mm256_mul_ps(e, _mm256_fnmadd_ps(x2lo, half, one));
+  __m256 erfc = _mm256_mul_ps(_mm256_mul_ps(z, p), e);
+  __m256 positive = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ);
+  __m256 cdf = _mm256_mul_ps(
+      half, _mm256_blendv_ps(erfc, _mm256_sub_ps(two, erfc), positive));
+  g = _mm256_mul_ps(x, cdf);
+  dg = _mm256_fmadd_ps(_mm256_mul_ps(x, e), _mm256_set1_ps(0.39894228f), cdf);
+}
+
+inline void siluAndGrad8(__m256 x, __m256 &f, __m256 &df) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  __m256 e = expApprox8(_mm256_sub_ps(_mm256_setzero_ps(), x));
+  __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, e));
+  f = _mm256_mul_ps(x, s);
+  df = _mm256_mul_ps(s, _mm256_fmadd_ps(x, _mm256_sub_ps(one, s), one));
+}
+#endif
+
+/// The FFN's hidden activation and the factors of its backward, in place
+/// over n elements (docs/spec.md 7.2):
+///  - gated (a = x.gate^T, u = x.up^T): h = act(a) u; then a := act'(a) u
+///    (times dh it is da) and u := act(a) (times dh it is du);
+///  - ungated (u = x.up^T; a unused): h = act(u); then u := act'(u).
+/// relu'(0) = 0.
+inline void activateWithGrad(int32_t act, float *a, float *u, float *h,
+                             int64_t n) {
+  int64_t i = 0;
+  if (act == MOERT_ACT_RELU) {
+    for (; i < n; ++i) {
+      float v = u[i];
+      h[i] = v > 0.0f ? v : 0.0f;
+      u[i] = v > 0.0f ? 1.0f : 0.0f;
+    }
+    return;
+  }
+  bool gated = act == MOERT_ACT_SWIGLU || act == MOERT_ACT_GEGLU;
+  bool silu = act == MOERT_ACT_SWIGLU;
+  float *in = gated ? a : u;
+#if defined(__AVX2__) && defined(__FMA__)
+  for (; i + 8 <= n; i += 8) {
+    __m256 f, df;
+    if (silu)
+      siluAndGrad8(_mm256_loadu_ps(in + i), f, df);
+    else
+      geluAndGrad8(_mm256_loadu_ps(in + i), f, df);
+    if (gated) {
+      __m256 uv = _mm256_loadu_ps(u + i);
+      _mm256_storeu_ps(h + i, _mm256_mul_ps(f, uv));
+      _mm256_storeu_ps(a + i, _mm256_mul_ps(df, uv));
+      _mm256_storeu_ps(u + i, f);
+    } else {
+      _mm256_storeu_ps(h + i, f);
+      _mm256_storeu_ps(u + i, df);
+    }
+  }
+#endif
+  for (; i < n; ++i) {
+    float f, df;
+    if (silu)
+      siluAndGrad(in[i], f, df);
+    else
+      geluAndGrad(in[i], f, df);
+    if (gated) {
+      float uv = u[i];
+      h[i] = f * uv;
+      a[i] = df * uv;
+      u[i] = f;
+    } else {
+      h[i] = f;
+      u[i] = df;
+    }
+  }
+}
+
+/// Scores of one row of logits: softmax (max subtracted, sum in double) or
+/// sigmoid, exactly as moert_topk computes them.
+inline void scoreRow(const float *logits, float *scores, int64_t E,
+                     int32_t fn) {
+  if (fn == MOERT_SCORE_SIGMOID) {
+    for (int64_t e = 0; e < E; ++e)
+      scores[e] = sigmoid(logits[e]);
+    return;
+  }
+  float m = logits[0];
+  for (int64_t e = 1; e < E; ++e)
+    m = logits[e] > m ? logits[e] : m;
+  double sum = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    scores[e] = std::exp(logits[e] - m);
+    sum += scores[e];
+  }
+  float inv = static_cast<float>(1.0 / sum);
+  for (int64_t e = 0; e < E; ++e)
+    scores[e] *= inv;
+}
+
 /// Dot product with 16 independent f32 accumulators.
 inline float dot(const float *a, const float *b, int64_t n) {
   float acc[16] = {};

@@ -50,25 +50,6 @@ struct TopkSpec {
   int32_t groupScore;
 };
 
-void scoreRow(const float *logits, float *scores, int64_t E, int32_t fn) {
-  if (fn == MOERT_SCORE_SIGMOID) {
-    for (int64_t e = 0; e < E; ++e)
-      scores[e] = sigmoid(logits[e]);
-    return;
-  }
-  float m = logits[0];
-  for (int64_t e = 1; e < E; ++e)
-    m = logits[e] > m ? logits[e] : m;
-  double sum = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    scores[e] = std::exp(logits[e] - m);
-    sum += scores[e];
-  }
-  float inv = static_cast<float>(1.0 / sum);
-  for (int64_t e = 0; e < E; ++e)
-    scores[e] *= inv;
-}
-
 inline float selection(const float *scores, const TopkSpec &s, int64_t e) {
   return orderKey(scores[e] + (s.bias ? s.bias[e] : 0.0f));
 }

@@ -471,6 +471,185 @@ const BadCall badCalls[] = {
     {"LoadBalanceLossZeroExperts",
      [](moert_ctx *c) { moert_load_balance_loss(c, F, F, 0, 4, 1, 1.0f); },
      MOERT_ERR_INVALID, "moert_load_balance_loss: E (0) must be positive"},
+    // The training kernels (f32 only; docs/spec.md section 7).
+    {"RmsnormGradBf16",
+     [](moert_ctx *c) {
+       moert_rmsnorm_grad(c, F, F, F, F, F, 2, 4, 1e-6f, MOERT_BF16);
+     },
+     MOERT_ERR_UNSUPPORTED,
+     "moert_rmsnorm_grad: dtype bf16 is not supported by the training "
+     "kernels (only f32)"},
+    {"RmsnormGradUnknownDtype",
+     [](moert_ctx *c) { moert_rmsnorm_grad(c, F, F, F, F, F, 2, 4, 0, 9); },
+     MOERT_ERR_INVALID, "moert_rmsnorm_grad: unknown dtype 9"},
+    {"RmsnormGradNullDw",
+     [](moert_ctx *c) {
+       moert_rmsnorm_grad(c, F, F, F, F, nullptr, 2, 4, 0, MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_rmsnorm_grad: dw is null"},
+    {"RouterGradZeroT",
+     [](moert_ctx *c) { moert_router_grad(c, F, F, F, F, F, 0, 4, 2, 0); },
+     MOERT_ERR_INVALID, "moert_router_grad: T (0) must be positive"},
+    {"RouterGradF16",
+     [](moert_ctx *c) {
+       moert_router_grad(c, F, F, F, F, F, 2, 4, 2, MOERT_F16);
+     },
+     MOERT_ERR_UNSUPPORTED, "moert_router_grad: dtype f16 is not supported"},
+    {"TopkGradKBeyondE",
+     [](moert_ctx *c) {
+       moert_topk_grad(c, F, I, F, nullptr, F, 2, 4, 5, 0, 0, 1.0f);
+     },
+     MOERT_ERR_INVALID,
+     "moert_topk_grad: k (5) exceeds the number of experts (4)"},
+    {"TopkGradUnknownScoreFn",
+     [](moert_ctx *c) {
+       moert_topk_grad(c, F, I, F, nullptr, F, 2, 4, 2, 3, 0, 1.0f);
+     },
+     MOERT_ERR_INVALID, "moert_topk_grad: unknown score function 3"},
+    {"TopkGradRenormalizeFlag",
+     [](moert_ctx *c) {
+       moert_topk_grad(c, F, I, F, nullptr, F, 2, 4, 2, 0, 2, 1.0f);
+     },
+     MOERT_ERR_INVALID, "moert_topk_grad: renormalize (2) must be 0 or 1"},
+    {"TopkGradNullIndices",
+     [](moert_ctx *c) {
+       moert_topk_grad(c, F, nullptr, F, nullptr, F, 2, 4, 2, 0, 0, 1.0f);
+     },
+     MOERT_ERR_INVALID, "moert_topk_grad: indices is null"},
+    {"TopkGradBadIndex",
+     [](moert_ctx *c) {
+       int32_t idx[4] = {0, 1, 2, 4};
+       moert_topk_grad(c, F, idx, F, nullptr, F, 2, 4, 2, 0, 0, 1.0f);
+     },
+     MOERT_ERR_INVALID,
+     "moert_topk_grad: indices[1,1] = 4 is not an expert in [0, 4)"},
+    {"DispatchGradNegativeOutRows",
+     [](moert_ctx *c) {
+       moert_dispatch_grad(c, F, I, F, 2, 1, 4, -1, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_dispatch_grad: out_rows (-1) must not be "
+     "negative"},
+    {"DispatchGradPositionPastRows",
+     [](moert_ctx *c) {
+       int32_t pos[2] = {0, 3};
+       moert_dispatch_grad(c, F, pos, F, 2, 1, 4, 3, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_dispatch_grad: positions[1,0] = 3 is not -1 or a row of the "
+     "3-row buffer"},
+    {"CombineGradPassthroughWithoutItsGradient",
+     [](moert_ctx *c) {
+       moert_combine_grad(c, F, I, F, F, F, F, F, nullptr, 2, 1, 4, 2,
+                          MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_combine_grad: dpassthrough is null but passthrough is given"},
+    {"CombineGradGradientWithoutPassthrough",
+     [](moert_ctx *c) {
+       moert_combine_grad(c, F, I, F, nullptr, F, F, F, F, 2, 1, 4, 2,
+                          MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_combine_grad: dpassthrough must be null when passthrough is"},
+    {"CombineGradNullDweights",
+     [](moert_ctx *c) {
+       moert_combine_grad(c, F, I, F, nullptr, F, F, nullptr, nullptr, 2, 1, 4,
+                          2, MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_combine_grad: dweights is null"},
+    {"ExpertFfnGradNullDy",
+     [](moert_ctx *c) {
+       moert_expert_ffn_grad(c, F, I, nullptr, F, F, nullptr, F, nullptr, F, F,
+                             2, 1, 0, 4, 4, 4, MOERT_ACT_RELU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_expert_ffn_grad: dy is null"},
+    {"ExpertFfnGradDgateWhenUngated",
+     [](moert_ctx *c) {
+       moert_expert_ffn_grad(c, F, I, nullptr, F, F, F, F, F, F, F, 2, 1, 0, 4,
+                             4, 4, MOERT_ACT_GELU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_expert_ffn_grad: dgate must be null when gate is"},
+    {"ExpertFfnGradLayout",
+     [](moert_ctx *c) {
+       moert_expert_ffn_grad(c, F, I, F, F, F, F, F, F, F, F, 2, 2, 3, 6, 4, 4,
+                             MOERT_ACT_SWIGLU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_expert_ffn_grad: rows_per_expert (3) is not a multiple of "
+     "segments (2)"},
+    {"ExpertFfnGradBadCount",
+     [](moert_ctx *c) {
+       int32_t counts[2] = {1, 5};
+       moert_expert_ffn_grad(c, F, counts, nullptr, F, F, F, F, nullptr, F, F,
+                             2, 1, 4, 8, 2, 2, MOERT_ACT_RELU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_expert_ffn_grad: counts[0,1] = 5 is outside [0, 4]"},
+    {"ExpertFfnGradI32",
+     [](moert_ctx *c) {
+       moert_expert_ffn_grad(c, F, I, nullptr, F, F, F, F, nullptr, F, F, 2, 1,
+                             0, 4, 4, 4, MOERT_ACT_RELU, MOERT_I32);
+     },
+     MOERT_ERR_UNSUPPORTED,
+     "moert_expert_ffn_grad: dtype i32 is not "
+     "supported by the training kernels"},
+    {"MlpGradSigmoidGateWithoutItsGradient",
+     [](moert_ctx *c) {
+       moert_mlp_grad(c, F, nullptr, F, F, F, F, F, nullptr, F, F, nullptr, 2,
+                      2, 2, MOERT_ACT_RELU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_mlp_grad: dsigmoid_gate is null but sigmoid_gate is given"},
+    {"MlpGradGatedWithoutGate",
+     [](moert_ctx *c) {
+       moert_mlp_grad(c, F, nullptr, F, F, nullptr, F, F, nullptr, F, F,
+                      nullptr, 2, 2, 2, MOERT_ACT_GEGLU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_mlp_grad: gate is null but activation 3 is "
+     "gated"},
+    {"MlpGradUnknownActivation",
+     [](moert_ctx *c) {
+       moert_mlp_grad(c, F, nullptr, F, F, nullptr, F, F, nullptr, F, F,
+                      nullptr, 2, 2, 2, 7, MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_mlp_grad: unknown activation 7"},
+    {"ExpertLoadGradZeroE",
+     [](moert_ctx *c) { moert_expert_load_grad(c, F, F, 2, 0); },
+     MOERT_ERR_INVALID, "moert_expert_load_grad: E (0) must be positive"},
+    {"LoadBalanceLossGradNullDloss",
+     [](moert_ctx *c) {
+       moert_load_balance_loss_grad(c, F, nullptr, F, 4, 8, 2, 0.01f);
+     },
+     MOERT_ERR_INVALID, "moert_load_balance_loss_grad: dloss is null"},
+    {"ZLossGradZeroTotalTokens",
+     [](moert_ctx *c) { moert_z_loss_grad(c, F, F, F, 2, 4, 0, 0.01f); },
+     MOERT_ERR_INVALID, "moert_z_loss_grad: total_tokens (0) must be positive"},
+    {"MseLossMoreThanTotal",
+     [](moert_ctx *c) { moert_mse_loss(c, F, F, F, F, 8, 4, MOERT_F32); },
+     MOERT_ERR_INVALID, "moert_mse_loss: n (8) exceeds total_n (4)"},
+    {"MseLossBf16",
+     [](moert_ctx *c) { moert_mse_loss(c, F, F, F, F, 4, 4, MOERT_BF16); },
+     MOERT_ERR_UNSUPPORTED, "moert_mse_loss: dtype bf16 is not supported"},
+    {"AdamwNullHparams",
+     [](moert_ctx *c) { moert_adamw(c, F, F, F, F, nullptr, F, F, F, 4); },
+     MOERT_ERR_INVALID, "moert_adamw: hparams is null"},
+    {"AdamwNegativeN",
+     [](moert_ctx *c) { moert_adamw(c, F, F, F, F, F, F, F, F, -1); },
+     MOERT_ERR_INVALID, "moert_adamw: n (-1) must not be negative"},
+    {"AdamwPartialOverlap",
+     [](moert_ctx *c) {
+       moert_adamw(c, F, F, F + 64, F, F + 128, F, F + 65, F + 136, 8);
+     },
+     MOERT_ERR_INVALID, "moert_adamw: m_out overlaps m in part"},
+    {"SgdNullBuf",
+     [](moert_ctx *c) { moert_sgd(c, F, F, nullptr, F, F, F, 4); },
+     MOERT_ERR_INVALID, "moert_sgd: buf is null"},
+    {"BiasUpdateZeroTokens",
+     [](moert_ctx *c) { moert_bias_update(c, F, F, F, F + 8, 4, 0, 2); },
+     MOERT_ERR_INVALID, "moert_bias_update: tokens (0) must be positive"},
     {"CopyToHostNegativeBytes",
      [](moert_ctx *c) { (void)moert_copy_to_host(c, F, F, -4); },
      MOERT_ERR_INVALID, "moert_copy_to_host: bytes (-4) must not be negative"},

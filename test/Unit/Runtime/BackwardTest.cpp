@@ -1,0 +1,775 @@
+//===- BackwardTest.cpp - The gradient kernels and the training loss ------===//
+//
+// Every gradient kernel through the C ABI against a double-precision
+// reference written here from docs/spec.md 7.2, and the forward kernels
+// against central finite differences of themselves: for a loss
+// L = sum(dy * forward(inputs)), the backward kernel fed dy must give dL/d
+// every input.
+//
+//===----------------------------------------------------------------------===//
+#include "RuntimeTestUtil.h"
+#include "cpu/CpuBackend.h"
+
+#include <algorithm>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <string>
+
+using namespace moert_test;
+
+namespace {
+
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+bool gated(int32_t act) {
+  return act == MOERT_ACT_SWIGLU || act == MOERT_ACT_GEGLU;
+}
+
+std::string actName(int32_t act) {
+  const char *names[] = {"Relu", "Gelu", "Swiglu", "Geglu"};
+  return names[act];
+}
+
+double actRef(int32_t act, double v) {
+  if (act == MOERT_ACT_RELU)
+    return v > 0 ? v : 0;
+  if (act == MOERT_ACT_SWIGLU)
+    return siluRef(v);
+  return geluRef(v);
+}
+
+/// relu'(0) = 0; gelu' = Phi + v phi (exact erf form); silu' = s (1 + v (1-s)).
+double actGradRef(int32_t act, double v) {
+  if (act == MOERT_ACT_RELU)
+    return v > 0 ? 1 : 0;
+  if (act == MOERT_ACT_SWIGLU) {
+    double s = 1 / (1 + std::exp(-v));
+    return s * (1 + v * (1 - s));
+  }
+  return 0.5 * std::erfc(-v / std::sqrt(2.0)) +
+         v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI);
+}
+
+/// The gradient of one FFN row (docs/spec.md 7.2, the FFN rows): dx of the
+/// row is written, the weight gradients accumulated. gate/up [F,D], down
+/// [D,F]; gate null when ungated.
+void ffnRowGradRef(const float *x, const float *gate, const float *up,
+                   const float *down, const float *dy, int64_t D, int64_t F,
+                   int32_t act, double *dx, double *dgate, double *dup,
+                   double *ddown) {
+  std::fill(dx, dx + D, 0.0);
+  for (int64_t f = 0; f < F; ++f) {
+    double a = 0, u = 0, dh = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      u += double(x[d]) * up[f * D + d];
+      if (gate)
+        a += double(x[d]) * gate[f * D + d];
+      dh += double(dy[d]) * down[d * F + f];
+    }
+    double h, du, da = 0;
+    if (gate) {
+      h = actRef(act, a) * u;
+      du = dh * actRef(act, a);
+      da = dh * u * actGradRef(act, a);
+    } else {
+      h = actRef(act, u);
+      du = dh * actGradRef(act, u);
+    }
+    for (int64_t d = 0; d < D; ++d) {
+      ddown[d * F + f] += double(dy[d]) * h;
+      dup[f * D + d] += du * x[d];
+      dx[d] += du * up[f * D + d];
+      if (gate) {
+        dgate[f * D + d] += da * x[d];
+        dx[d] += da * gate[f * D + d];
+      }
+    }
+  }
+}
+
+/// One-sided differences of `loss` in `p[i]` (forward, backward), over
+/// the steps actually taken.
+std::pair<double, double> differences(std::vector<float> &p, size_t i, float h,
+                                      const std::function<double()> &loss) {
+  float old = p[i];
+  float hi = old + h, lo = old - h;
+  double mid = loss();
+  p[i] = hi;
+  double up = loss();
+  p[i] = lo;
+  double down = loss();
+  p[i] = old;
+  return {(up - mid) / (double(hi) - old), (mid - down) / (double(old) - lo)};
+}
+
+double weightedSum(const std::vector<float> &w, const std::vector<float> &v) {
+  double s = 0;
+  for (size_t i = 0; i < v.size(); ++i)
+    s += double(w[i]) * v[i];
+  return s;
+}
+
+/// Compares the analytic gradient `grad` of `p` with central differences
+/// at a few indices (f32 forward kernels: a coarse step and tolerance).
+/// With `kinks` (ReLU: piecewise linear), an index whose two one-sided
+/// differences disagree has a kink within the step and is skipped.
+void checkFiniteDiff(std::vector<float> &p, const std::vector<float> &grad,
+                     const std::function<double()> &loss, const char *what,
+                     bool kinks = false, size_t samples = 6, float h = 4e-3f) {
+  ASSERT_EQ(p.size(), grad.size()) << what;
+  size_t checked = 0;
+  for (size_t s = 0; s < 4 * samples && checked < samples; ++s) {
+    size_t i = (s * 7919 + 3) % p.size();
+    auto [fwd, bwd] = differences(p, i, h, loss);
+    if (kinks && std::fabs(fwd - bwd) > 1e-3)
+      continue;
+    double fd = 0.5 * (fwd + bwd);
+    EXPECT_NEAR(grad[i], fd, 3e-3 + 1e-2 * std::fabs(fd))
+        << what << "[" << i << "]";
+    ++checked;
+  }
+  EXPECT_EQ(checked, samples) << what << ": too many indices near a kink";
+}
+
+std::vector<double> asDouble(const std::vector<float> &v) {
+  return std::vector<double>(v.begin(), v.end());
+}
+
+class Backward : public CpuRuntimeTest {};
+
+//===--- RMSNorm ----------------------------------------------------------===//
+
+TEST_F(Backward, RmsnormGradMatchesReference) {
+  const int64_t T = 5, D = 37;
+  const float eps = 1e-5f;
+  std::vector<float> x = randomVec(T * D, 1), w = randomVec(D, 2, 0.5f, 1.5f);
+  std::vector<float> dy = randomVec(T * D, 3);
+  std::vector<float> dx(T * D, kNaN), dw(D, kNaN);
+  moert_rmsnorm_grad(ctx, x.data(), w.data(), dy.data(), dx.data(), dw.data(),
+                     T, D, eps, MOERT_F32);
+  ASSERT_TRUE(ok());
+  std::vector<double> dxRef(T * D), dwRef(D, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const float *xr = &x[t * D], *g = &dy[t * D];
+    double ms = 0, gx = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      ms += double(xr[d]) * xr[d] / D;
+      gx += double(g[d]) * w[d] * xr[d] / D;
+    }
+    double r = 1 / std::sqrt(ms + eps);
+    for (int64_t d = 0; d < D; ++d) {
+      dxRef[t * D + d] = r * g[d] * w[d] - xr[d] * r * r * r * gx;
+      dwRef[d] += double(g[d]) * xr[d] * r;
+    }
+  }
+  expectClose(dx, dxRef, 1e-5, 1e-6, "dx");
+  expectClose(dw, dwRef, 1e-5, 1e-6, "dw");
+
+  auto loss = [&] {
+    std::vector<float> y(T * D);
+    moert_rmsnorm(ctx, x.data(), w.data(), y.data(), T, D, eps, MOERT_F32);
+    return weightedSum(dy, y);
+  };
+  checkFiniteDiff(x, dx, loss, "rmsnorm dx");
+  checkFiniteDiff(w, dw, loss, "rmsnorm dw");
+  EXPECT_TRUE(ok());
+}
+
+//===--- Router + top-k ---------------------------------------------------===//
+
+struct TopkCase {
+  int32_t scoreFn;
+  bool renormalize;
+  float scaling;
+  bool withDscores;
+};
+
+class TopkGrad : public CpuRuntimeTest,
+                 public ::testing::WithParamInterface<TopkCase> {};
+
+TEST_P(TopkGrad, MatchesReferenceAndFiniteDifferences) {
+  const TopkCase c = GetParam();
+  const int64_t T = 6, E = 7, k = 3, D = 10;
+  std::vector<float> x = randomVec(T * D, 11), wr = randomVec(E * D, 12);
+  std::vector<float> dweights = randomVec(T * k, 13);
+  std::vector<float> dscores =
+      c.withDscores ? randomVec(T * E, 14) : std::vector<float>();
+  std::vector<float> logits(T * E), weights(T * k), scores(T * E);
+  std::vector<int32_t> idx(T * k);
+  auto forward = [&] {
+    moert_router(ctx, x.data(), wr.data(), logits.data(), T, D, E, MOERT_F32);
+    moert_topk(ctx, logits.data(), nullptr, weights.data(), idx.data(),
+               scores.data(), T, E, k, c.scoreFn, c.renormalize, c.scaling, 0,
+               0, 0);
+  };
+  forward();
+  ASSERT_TRUE(ok());
+  const std::vector<int32_t> chosen = idx;
+  const float *ds = c.withDscores ? dscores.data() : nullptr;
+  std::vector<float> dlogits(T * E, kNaN);
+  moert_topk_grad(ctx, logits.data(), idx.data(), dweights.data(), ds,
+                  dlogits.data(), T, E, k, c.scoreFn, c.renormalize, c.scaling);
+  ASSERT_TRUE(ok());
+
+  // Reference (docs/spec.md 7.2: gate weights, then scores), in double from
+  // the logits.
+  std::vector<double> ref(T * E);
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<double> s(E), dsc(E, 0.0);
+    double mx = -1e30, sum = 0;
+    for (int64_t e = 0; e < E; ++e)
+      mx = std::max(mx, double(logits[t * E + e]));
+    for (int64_t e = 0; e < E; ++e) {
+      double l = logits[t * E + e];
+      s[e] = c.scoreFn == MOERT_SCORE_SIGMOID ? 1 / (1 + std::exp(-l))
+                                              : std::exp(l - mx);
+      sum += s[e];
+    }
+    if (c.scoreFn == MOERT_SCORE_SOFTMAX)
+      for (double &v : s)
+        v /= sum;
+    for (int64_t e = 0; e < E; ++e)
+      dsc[e] = ds ? ds[t * E + e] : 0.0;
+    double S = 0, dot = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      S += s[idx[t * k + j]];
+      dot += double(c.scaling) * dweights[t * k + j] * s[idx[t * k + j]];
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      double hat = double(c.scaling) * dweights[t * k + j];
+      dsc[idx[t * k + j]] += c.renormalize ? (hat - dot / S) / S : hat;
+    }
+    double dss = 0;
+    for (int64_t e = 0; e < E; ++e)
+      dss += dsc[e] * s[e];
+    for (int64_t e = 0; e < E; ++e)
+      ref[t * E + e] = c.scoreFn == MOERT_SCORE_SIGMOID
+                           ? dsc[e] * s[e] * (1 - s[e])
+                           : s[e] * (dsc[e] - dss);
+  }
+  expectClose(dlogits, ref, 1e-5, 1e-6, "dlogits");
+
+  // The chain into the router: dx = dlogits . Wr, dWr = dlogits^T . x.
+  std::vector<float> dx(T * D, kNaN), dwr(E * D, kNaN);
+  moert_router_grad(ctx, x.data(), wr.data(), dlogits.data(), dx.data(),
+                    dwr.data(), T, D, E, MOERT_F32);
+  ASSERT_TRUE(ok());
+  std::vector<double> dxRef(T * D, 0.0), dwrRef(E * D, 0.0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t d = 0; d < D; ++d) {
+        dxRef[t * D + d] += double(dlogits[t * E + e]) * wr[e * D + d];
+        dwrRef[e * D + d] += double(dlogits[t * E + e]) * x[t * D + d];
+      }
+  expectClose(dx, dxRef, 1e-5, 1e-6, "router dx");
+  expectClose(dwr, dwrRef, 1e-5, 1e-6, "router dw");
+
+  // Finite differences of router + topk (the selection must not change).
+  auto loss = [&] {
+    forward();
+    EXPECT_EQ(idx, chosen) << "a perturbation changed the selection";
+    double l = weightedSum(dweights, weights);
+    if (ds)
+      l += weightedSum(dscores, scores);
+    return l;
+  };
+  checkFiniteDiff(x, dx, loss, "router+topk dx");
+  checkFiniteDiff(wr, dwr, loss, "router+topk dw");
+  EXPECT_TRUE(ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Scores, TopkGrad,
+    ::testing::Values(TopkCase{MOERT_SCORE_SOFTMAX, false, 1.0f, false},
+                      TopkCase{MOERT_SCORE_SOFTMAX, true, 1.0f, false},
+                      TopkCase{MOERT_SCORE_SOFTMAX, true, 2.5f, true},
+                      TopkCase{MOERT_SCORE_SIGMOID, false, 1.0f, true},
+                      TopkCase{MOERT_SCORE_SIGMOID, true, 2.5f, false}),
+    [](const auto &info) {
+      const TopkCase &c = info.param;
+      return std::string(c.scoreFn == MOERT_SCORE_SOFTMAX ? "Softmax"
+                                                          : "Sigmoid") +
+             (c.renormalize ? "Renorm" : "Raw") +
+             (c.scaling != 1.0f ? "Scaled" : "") +
+             (c.withDscores ? "Dscores" : "");
+    });
+
+//===--- Dispatch and combine ---------------------------------------------===//
+
+// 5 tokens, k = 2, 8 buffer rows; (1,1), (3,0) and (4,1) dropped; row 5
+// unused.
+const int64_t kT = 5, kK = 2, kRows = 8, kD = 11;
+const std::vector<int32_t> kPositions = {0, 3, 6, -1, 1, 2, -1, 4, 7, -1};
+
+TEST_F(Backward, DispatchGradSumsTheRowsOfEachToken) {
+  const std::vector<int32_t> &pos = kPositions;
+  std::vector<float> dout = randomVec(kRows * kD, 21);
+  std::vector<float> dx(kT * kD, kNaN);
+  moert_dispatch_grad(ctx, dout.data(), pos.data(), dx.data(), kT, kK, kD,
+                      kRows, MOERT_F32);
+  ASSERT_TRUE(ok());
+  std::vector<double> ref(kT * kD, 0.0);
+  for (int64_t t = 0; t < kT; ++t)
+    for (int64_t j = 0; j < kK; ++j)
+      if (int32_t p = pos[t * kK + j]; p >= 0)
+        for (int64_t d = 0; d < kD; ++d)
+          ref[t * kD + d] += dout[p * kD + d];
+  expectClose(dx, ref, 1e-6, 0, "dx");
+  // The transpose of dispatch: <dispatch(x), g> == <x, dispatch_grad(g)>.
+  std::vector<float> x = randomVec(kT * kD, 22), out(kRows * kD);
+  moert_dispatch(ctx, x.data(), pos.data(), out.data(), kT, kK, kD, kRows,
+                 MOERT_F32);
+  EXPECT_NEAR(weightedSum(dout, out), weightedSum(x, dx), 1e-4);
+  EXPECT_TRUE(ok());
+}
+
+class CombineGrad : public CpuRuntimeTest,
+                    public ::testing::WithParamInterface<bool> {};
+
+TEST_P(CombineGrad, KeptDroppedAndPassthrough) {
+  const bool passthrough = GetParam();
+  const std::vector<int32_t> &pos = kPositions;
+  std::vector<float> y = randomVec(kRows * kD, 31);
+  std::vector<float> weights = randomVec(kT * kK, 32, 0.1f, 1.0f);
+  std::vector<float> xin = randomVec(kT * kD, 33);
+  std::vector<float> dout = randomVec(kT * kD, 34);
+  std::vector<float> dy(kRows * kD, kNaN), dweights(kT * kK, kNaN);
+  std::vector<float> dpass(kT * kD, kNaN);
+  const float *pass = passthrough ? xin.data() : nullptr;
+  moert_combine_grad(ctx, y.data(), pos.data(), weights.data(), pass,
+                     dout.data(), dy.data(), dweights.data(),
+                     passthrough ? dpass.data() : nullptr, kT, kK, kD, kRows,
+                     MOERT_F32);
+  ASSERT_TRUE(ok());
+  std::vector<double> dyRef(kRows * kD, 0.0), dwRef(kT * kK, 0.0);
+  std::vector<double> dpRef(kT * kD, 0.0);
+  for (int64_t t = 0; t < kT; ++t)
+    for (int64_t j = 0; j < kK; ++j) {
+      int32_t p = pos[t * kK + j];
+      double w = weights[t * kK + j];
+      for (int64_t d = 0; d < kD; ++d) {
+        double g = dout[t * kD + d];
+        if (p >= 0) {
+          dyRef[p * kD + d] = w * g;
+          dwRef[t * kK + j] += g * y[p * kD + d];
+        } else if (passthrough) {
+          dwRef[t * kK + j] += g * xin[t * kD + d];
+          dpRef[t * kD + d] += w * g;
+        }
+      }
+    }
+  expectClose(dy, dyRef, 1e-6, 0, "dy"); // row 5 exactly 0
+  expectClose(dweights, dwRef, 1e-5, 1e-6, "dweights");
+  if (passthrough)
+    expectClose(dpass, dpRef, 1e-6, 0, "dpassthrough");
+  else
+    for (int64_t j : {3, 6, 9})
+      EXPECT_EQ(dweights[j], 0.0f) << "dropped assignment " << j;
+  // Combine is linear in y, the weights and the passthrough: the gradients
+  // are exact directional derivatives.
+  std::vector<float> out(kT * kD);
+  moert_combine(ctx, y.data(), pos.data(), weights.data(), pass, out.data(), kT,
+                kK, kD, MOERT_F32);
+  double lhs = weightedSum(dout, out);
+  // <dout, combine(y, w, x)> = <y, dy> + <x, dpassthrough> = <w, dweights>.
+  double rhs = weightedSum(y, dy);
+  if (passthrough)
+    rhs += weightedSum(xin, dpass);
+  EXPECT_NEAR(lhs, rhs, 1e-4);
+  EXPECT_NEAR(lhs, weightedSum(weights, dweights), 1e-4);
+  EXPECT_TRUE(ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(DropPolicy, CombineGrad, ::testing::Bool(),
+                         [](const auto &info) {
+                           return std::string(info.param ? "Passthrough"
+                                                         : "Zero");
+                         });
+
+TEST_F(Backward, CombineGradRefusesARepeatedPosition) {
+  const std::vector<int32_t> pos = {0, 3, 3, -1};
+  std::vector<float> buf(64);
+  moert_combine_grad(ctx, buf.data(), pos.data(), buf.data(), nullptr,
+                     buf.data(), buf.data(), buf.data(), nullptr, 2, 2, 2, 4,
+                     MOERT_F32);
+  EXPECT_EQ(moert_ctx_status(ctx), MOERT_ERR_INVALID);
+  EXPECT_NE(err().find("moert_combine_grad: positions[1,0] = 3 repeats "
+                       "positions[0,1]"),
+            std::string::npos)
+      << err();
+  moert_ctx_clear_error(ctx);
+}
+
+//===--- Expert FFN -------------------------------------------------------===//
+
+/// Weights and gradients of E experts, and the reference over a layout.
+struct ExpertSet {
+  ExpertSet(int64_t E, int64_t D, int64_t F, int32_t act, unsigned seed)
+      : E(E), D(D), F(F), act(act), up(randomVec(E * F * D, seed, -.4f, .4f)),
+        down(randomVec(E * D * F, seed + 1, -.4f, .4f)) {
+    if (gated(act))
+      gate = randomVec(E * F * D, seed + 2, -.4f, .4f);
+  }
+  float *gatePtr() { return gate.empty() ? nullptr : gate.data(); }
+
+  int64_t E, D, F;
+  int32_t act;
+  std::vector<float> gate, up, down;
+};
+
+/// The live rows of each expert, as moert_expert_ffn reads them.
+std::vector<std::vector<int64_t>> liveRows(const int32_t *counts, int64_t E,
+                                           int64_t S, int64_t R) {
+  std::vector<std::vector<int64_t>> rows(E);
+  int64_t next = 0;
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t e = 0; e < E; ++e) {
+      int64_t C = R / S, n = counts ? counts[s * E + e] : C;
+      for (int64_t i = 0; i < n; ++i)
+        rows[e].push_back(R == 0 ? next++ : e * R + s * C + i);
+    }
+  return rows;
+}
+
+struct FfnLayout {
+  const char *name;
+  int64_t S, R, totalRows;
+  std::vector<int32_t> counts; // [S, E]; empty: null (every row live)
+};
+
+class ExpertFfnGrad
+    : public CpuRuntimeTest,
+      public ::testing::WithParamInterface<std::tuple<int32_t, int>> {};
+
+const int64_t kE = 3;
+// Expert 2 gets no row in either layout.
+const FfnLayout kLayouts[] = {
+    {"Capacity", 2, 8, kE * 8, {4, 1, 0, 2, 0, 0}},
+    {"CapacityAllLive", 2, 4, kE * 4, {}},
+    {"Packed", 2, 0, 12, {3, 1, 0, 1, 4, 0}},
+};
+
+TEST_P(ExpertFfnGrad, MatchesReferenceWithZeroForDeadRowsAndIdleExperts) {
+  const int32_t act = std::get<0>(GetParam());
+  const FfnLayout &L = kLayouts[std::get<1>(GetParam())];
+  const int64_t D = 9, F = 21; // not multiples of the vector width
+  ExpertSet w(kE, D, F, act, 41);
+  const int32_t *counts = L.counts.empty() ? nullptr : L.counts.data();
+  std::vector<float> x = randomVec(L.totalRows * D, 42);
+  std::vector<float> dy = randomVec(L.totalRows * D, 43);
+  std::vector<float> dx(L.totalRows * D, kNaN);
+  std::vector<float> dgate(w.gate.size(), kNaN), dup(w.up.size(), kNaN),
+      ddown(w.down.size(), kNaN);
+  float *dg = gated(act) ? dgate.data() : nullptr;
+  moert_expert_ffn_grad(ctx, x.data(), counts, w.gatePtr(), w.up.data(),
+                        w.down.data(), dy.data(), dx.data(), dg, dup.data(),
+                        ddown.data(), kE, L.S, L.R, L.totalRows, D, F, act,
+                        MOERT_F32);
+  ASSERT_TRUE(ok());
+
+  std::vector<double> dxRef(L.totalRows * D, 0.0);
+  std::vector<double> dgRef(dgate.size(), 0.0), duRef(dup.size(), 0.0),
+      ddRef(ddown.size(), 0.0);
+  auto live = liveRows(counts, kE, L.S, L.R);
+  for (int64_t e = 0; e < kE; ++e)
+    for (int64_t r : live[e]) {
+      int64_t o = e * F * D;
+      ffnRowGradRef(&x[r * D], gated(act) ? &w.gate[o] : nullptr, &w.up[o],
+                    &w.down[o], &dy[r * D], D, F, act, &dxRef[r * D],
+                    gated(act) ? &dgRef[o] : nullptr, &duRef[o], &ddRef[o]);
+    }
+  expectClose(dx, dxRef, 1e-4, 1e-6, "dx"); // dead rows: exactly 0
+  expectClose(dup, duRef, 1e-4, 1e-6, "dup");
+  expectClose(ddown, ddRef, 1e-4, 1e-6, "ddown");
+  if (gated(act))
+    expectClose(dgate, dgRef, 1e-4, 1e-6, "dgate");
+  // Expert 2 has no live row (when counts are given): exactly zero
+  // gradients, not stale memory.
+  ASSERT_EQ(live[2].empty(), counts != nullptr);
+  for (int64_t i = 2 * F * D; counts && i < 3 * F * D; ++i) {
+    ASSERT_EQ(dup[i], 0.0f);
+    ASSERT_EQ(ddown[i], 0.0f);
+    if (gated(act)) {
+      ASSERT_EQ(dgate[i], 0.0f);
+    }
+  }
+
+  // Finite differences of moert_expert_ffn itself.
+  auto loss = [&] {
+    std::vector<float> y(L.totalRows * D);
+    moert_expert_ffn(ctx, x.data(), counts, w.gatePtr(), w.up.data(),
+                     w.down.data(), y.data(), kE, L.S, L.R, L.totalRows, D, F,
+                     act, MOERT_F32);
+    return weightedSum(dy, y);
+  };
+  bool kinks = act == MOERT_ACT_RELU;
+  checkFiniteDiff(x, dx, loss, "expert_ffn dx", kinks);
+  checkFiniteDiff(w.up, dup, loss, "expert_ffn dup", kinks);
+  checkFiniteDiff(w.down, ddown, loss, "expert_ffn ddown", kinks);
+  if (gated(act))
+    checkFiniteDiff(w.gate, dgate, loss, "expert_ffn dgate");
+  EXPECT_TRUE(ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, ExpertFfnGrad,
+    ::testing::Combine(::testing::Values(MOERT_ACT_RELU, MOERT_ACT_GELU,
+                                         MOERT_ACT_SWIGLU, MOERT_ACT_GEGLU),
+                       ::testing::Values(0, 1, 2)),
+    [](const auto &info) {
+      return actName(std::get<0>(info.param)) +
+             kLayouts[std::get<1>(info.param)].name;
+    });
+
+TEST_F(Backward, ExpertFfnGradInChunksEqualsOneChunk) {
+  // Many chunks, some gathered from several segments, accumulate the weight
+  // gradients across chunks: the result is that of one chunk.
+  const int64_t D = 16, F = 24, S = 3;
+  ExpertSet w(kE, D, F, MOERT_ACT_SWIGLU, 51);
+  const std::vector<int32_t> counts = {3, 0, 2, 1, 4, 0, 5, 2, 3}; // [S, E]
+  const int64_t rows = 20;
+  std::vector<float> x = randomVec(rows * D, 52), dy = randomVec(rows * D, 53);
+  auto run = [&](int64_t chunk, std::vector<float> &dx, std::vector<float> &dg,
+                 std::vector<float> &du, std::vector<float> &dd) {
+    moert::CpuBackend backend(0);
+    backend.setFfnChunkRows(chunk);
+    dx.assign(rows * D, kNaN);
+    dg.assign(w.gate.size(), kNaN);
+    du.assign(w.up.size(), kNaN);
+    dd.assign(w.down.size(), kNaN);
+    moert::Status s = backend.expertFfnGrad(
+        x.data(), counts.data(), w.gate.data(), w.up.data(), w.down.data(),
+        dy.data(), dx.data(), dg.data(), du.data(), dd.data(), kE, S, 0, rows,
+        D, F, MOERT_ACT_SWIGLU, MOERT_F32);
+    ASSERT_TRUE(s.isOk()) << s.message();
+  };
+  std::vector<float> dx1, dg1, du1, dd1, dx3, dg3, du3, dd3;
+  run(1000, dx1, dg1, du1, dd1);
+  run(3, dx3, dg3, du3, dd3);
+  expectClose(dx3, asDouble(dx1), 1e-5, 1e-6, "dx");
+  expectClose(dg3, asDouble(dg1), 1e-5, 1e-6, "dgate");
+  expectClose(du3, asDouble(du1), 1e-5, 1e-6, "dup");
+  expectClose(dd3, asDouble(dd1), 1e-5, 1e-6, "ddown");
+}
+
+//===--- Dense MLP --------------------------------------------------------===//
+
+class MlpGrad
+    : public CpuRuntimeTest,
+      public ::testing::WithParamInterface<std::tuple<int32_t, bool>> {};
+
+TEST_P(MlpGrad, MatchesReferenceAndFiniteDifferences) {
+  const int32_t act = std::get<0>(GetParam());
+  const bool sigmoid = std::get<1>(GetParam());
+  const int64_t T = 7, D = 10, F = 19;
+  ExpertSet w(1, D, F, act, 61);
+  std::vector<float> sg = sigmoid ? randomVec(D, 62) : std::vector<float>();
+  std::vector<float> x = randomVec(T * D, 63), dy = randomVec(T * D, 64);
+  std::vector<float> dx(T * D, kNaN), dgate(w.gate.size(), kNaN),
+      dup(w.up.size(), kNaN), ddown(w.down.size(), kNaN), dsg(D, kNaN);
+  moert_mlp_grad(ctx, x.data(), w.gatePtr(), w.up.data(), w.down.data(),
+                 sigmoid ? sg.data() : nullptr, dy.data(), dx.data(),
+                 gated(act) ? dgate.data() : nullptr, dup.data(), ddown.data(),
+                 sigmoid ? dsg.data() : nullptr, T, D, F, act, MOERT_F32);
+  ASSERT_TRUE(ok());
+
+  // o = f(x) s(p), p = x.sg: f gets dy s; dp = (dy . f) s (1 - s).
+  std::vector<double> dxRef(T * D, 0.0), dgRef(dgate.size(), 0.0),
+      duRef(dup.size(), 0.0), ddRef(ddown.size(), 0.0), dsgRef(D, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const float *xr = &x[t * D];
+    std::vector<float> g(dy.begin() + t * D, dy.begin() + (t + 1) * D);
+    double s = 1, dp = 0;
+    if (sigmoid) {
+      double p = 0;
+      for (int64_t d = 0; d < D; ++d)
+        p += double(xr[d]) * sg[d];
+      s = 1 / (1 + std::exp(-p));
+      std::vector<double> f =
+          ffnRowRef(xr, w.gatePtr(), w.up.data(), w.down.data(), D, F, act);
+      for (int64_t d = 0; d < D; ++d) {
+        dp += double(g[d]) * f[d];
+        g[d] = static_cast<float>(g[d] * s);
+      }
+      dp *= s * (1 - s);
+    }
+    ffnRowGradRef(xr, w.gatePtr(), w.up.data(), w.down.data(), g.data(), D, F,
+                  act, &dxRef[t * D], gated(act) ? dgRef.data() : nullptr,
+                  duRef.data(), ddRef.data());
+    for (int64_t d = 0; d < D; ++d) {
+      if (sigmoid)
+        dxRef[t * D + d] += dp * sg[d];
+      dsgRef[d] += dp * xr[d];
+    }
+  }
+  expectClose(dx, dxRef, 1e-4, 1e-5, "dx");
+  expectClose(dup, duRef, 1e-4, 1e-5, "dup");
+  expectClose(ddown, ddRef, 1e-4, 1e-5, "ddown");
+  if (gated(act))
+    expectClose(dgate, dgRef, 1e-4, 1e-5, "dgate");
+  if (sigmoid)
+    expectClose(dsg, dsgRef, 1e-4, 1e-5, "dsigmoid_gate");
+
+  auto loss = [&] {
+    std::vector<float> y(T * D);
+    moert_mlp(ctx, x.data(), w.gatePtr(), w.up.data(), w.down.data(),
+              sigmoid ? sg.data() : nullptr, y.data(), T, D, F, act, MOERT_F32);
+    return weightedSum(dy, y);
+  };
+  bool kinks = act == MOERT_ACT_RELU;
+  checkFiniteDiff(x, dx, loss, "mlp dx", kinks);
+  checkFiniteDiff(w.up, dup, loss, "mlp dup", kinks);
+  checkFiniteDiff(w.down, ddown, loss, "mlp ddown", kinks);
+  if (gated(act))
+    checkFiniteDiff(w.gate, dgate, loss, "mlp dgate");
+  if (sigmoid)
+    checkFiniteDiff(sg, dsg, loss, "mlp dsigmoid_gate");
+  EXPECT_TRUE(ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Activations, MlpGrad,
+    ::testing::Combine(::testing::Values(MOERT_ACT_RELU, MOERT_ACT_GELU,
+                                         MOERT_ACT_SWIGLU, MOERT_ACT_GEGLU),
+                       ::testing::Bool()),
+    [](const auto &info) {
+      return actName(std::get<0>(info.param)) +
+             (std::get<1>(info.param) ? "SigmoidGate" : "");
+    });
+
+TEST_F(Backward, ActivationDerivativesAtZeroAndInTheTails) {
+  // relu'(0) = 0 (torch's convention): an FFN whose pre-activations are all
+  // exactly 0 passes no gradient to x or up through relu.
+  const int64_t D = 4, F = 3;
+  std::vector<float> x(D, 0.0f), up = randomVec(F * D, 71),
+                                 down = randomVec(D * F, 72);
+  std::vector<float> dy = randomVec(D, 73), dx(D, kNaN), dup(F * D, kNaN),
+                     ddown(D * F, kNaN);
+  moert_mlp_grad(ctx, x.data(), nullptr, up.data(), down.data(), nullptr,
+                 dy.data(), dx.data(), nullptr, dup.data(), ddown.data(),
+                 nullptr, 1, D, F, MOERT_ACT_RELU, MOERT_F32);
+  ASSERT_TRUE(ok());
+  for (float v : dx)
+    EXPECT_EQ(v, 0.0f);
+  // GeLU and SiLU derivatives over [-12, 12] (vector lanes and scalar
+  // tails) through a one-unit MLP: dx = down . act'(x up) up.
+  // With D = F = 1 and unit weights: gelu gives y = gelu(x); swiglu
+  // (gate = up = 1) gives y = silu(x) x.
+  const int64_t T = 203;
+  std::vector<float> xs(T), one(1, 1.0f), dys(T, 1.0f), dxs(T), dg(1), du(1),
+      dd(1);
+  for (int64_t t = 0; t < T; ++t)
+    xs[t] = -12.0f + 24.0f * float(t) / float(T - 1);
+  for (int32_t act : {MOERT_ACT_GELU, MOERT_ACT_SWIGLU}) {
+    bool g = act == MOERT_ACT_SWIGLU;
+    moert_mlp_grad(ctx, xs.data(), g ? one.data() : nullptr, one.data(),
+                   one.data(), nullptr, dys.data(), dxs.data(),
+                   g ? dg.data() : nullptr, du.data(), dd.data(), nullptr, T, 1,
+                   1, act, MOERT_F32);
+    ASSERT_TRUE(ok());
+    for (int64_t t = 0; t < T; ++t) {
+      double v = xs[t];
+      double want =
+          g ? actGradRef(act, v) * v + siluRef(v) : actGradRef(act, v);
+      EXPECT_NEAR(dxs[t], want, 2e-6 + 2e-6 * std::fabs(want))
+          << actName(act) << " at " << v;
+    }
+  }
+}
+
+//===--- Losses -----------------------------------------------------------===//
+
+TEST_F(Backward, LossStatisticsGradients) {
+  const int64_t T = 6, E = 5, k = 2, tokens = 24;
+  const float coeff = 0.03f;
+  std::vector<float> stats = {3, 1, 4, 0, 4, 1.5f, 0.5f, 2, 1, 1};
+  std::vector<float> dloss = {1.75f}, dstats(2 * E, kNaN);
+  moert_load_balance_loss_grad(ctx, stats.data(), dloss.data(), dstats.data(),
+                               E, tokens, k, coeff);
+  ASSERT_TRUE(ok());
+  for (int64_t e = 0; e < E; ++e) {
+    EXPECT_EQ(dstats[e], 0.0f);
+    double want = 1.75 * double(coeff) * E * stats[e] / (tokens * k) / tokens;
+    EXPECT_NEAR(dstats[E + e], want, 1e-7 * std::fabs(want));
+  }
+  // Linear in the score sums: the gradient is the exact slope.
+  std::vector<float> out(1), bumped = stats;
+  bumped[E + 2] += 1.0f;
+  moert_load_balance_loss(ctx, stats.data(), out.data(), E, tokens, k, coeff);
+  float base = out[0];
+  moert_load_balance_loss(ctx, bumped.data(), out.data(), E, tokens, k, coeff);
+  EXPECT_NEAR((out[0] - base) * 1.75, dstats[E + 2], 1e-6);
+
+  // expert_load: dscores[t, e] = dstats[1, e].
+  std::vector<float> dscores(T * E, kNaN);
+  moert_expert_load_grad(ctx, dstats.data(), dscores.data(), T, E);
+  ASSERT_TRUE(ok());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < E; ++e)
+      EXPECT_EQ(dscores[t * E + e], dstats[E + e]);
+}
+
+TEST_F(Backward, ZLossGradMatchesReferenceAndFiniteDifferences) {
+  const int64_t T = 4, E = 9, total = 10;
+  const float coeff = 0.01f;
+  std::vector<float> logits = randomVec(T * E, 81, -3.0f, 3.0f);
+  std::vector<float> dloss = {2.0f}, dl(T * E, kNaN);
+  moert_z_loss_grad(ctx, logits.data(), dloss.data(), dl.data(), T, E, total,
+                    coeff);
+  ASSERT_TRUE(ok());
+  std::vector<double> ref(T * E);
+  for (int64_t t = 0; t < T; ++t) {
+    double s = 0;
+    for (int64_t e = 0; e < E; ++e)
+      s += std::exp(double(logits[t * E + e]));
+    double lse = std::log(s);
+    for (int64_t e = 0; e < E; ++e)
+      ref[t * E + e] = 2.0 * coeff * 2 * lse / total *
+                       std::exp(double(logits[t * E + e])) / s;
+  }
+  expectClose(dl, ref, 1e-6, 1e-9, "dlogits");
+  auto loss = [&] {
+    std::vector<float> out(1);
+    moert_z_loss(ctx, logits.data(), out.data(), T, E, total, coeff);
+    return 2.0 * out[0];
+  };
+  checkFiniteDiff(logits, dl, loss, "z_loss dlogits", false, 6, 1e-2f);
+  EXPECT_TRUE(ok());
+}
+
+TEST_F(Backward, MseLossIsThisRanksShareOfTheGlobalMean) {
+  const int64_t n = 1000, total = 4000;
+  std::vector<float> y = randomVec(n, 91), t = randomVec(n, 92);
+  std::vector<float> loss(1, kNaN), dy(n, kNaN);
+  moert_mse_loss(ctx, y.data(), t.data(), loss.data(), dy.data(), n, total,
+                 MOERT_F32);
+  ASSERT_TRUE(ok());
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    double d = double(y[i]) - t[i];
+    sum += d * d;
+    EXPECT_EQ(dy[i], static_cast<float>(2.0 * d / total)) << i;
+  }
+  EXPECT_EQ(loss[0], static_cast<float>(sum / total));
+  // In place: dy may be y.
+  moert_mse_loss(ctx, y.data(), t.data(), loss.data(), y.data(), n, total,
+                 MOERT_F32);
+  ASSERT_TRUE(ok());
+  EXPECT_EQ(y, dy);
+}
+
+TEST_F(Backward, StatsNameAPhaseAfterEachKernel) {
+  float buf[64] = {};
+  moert_mse_loss(ctx, buf, buf, buf, buf + 8, 8, 8, MOERT_F32);
+  moert_rmsnorm_grad(ctx, buf, buf, buf, buf + 16, buf + 32, 2, 4, 1e-5f,
+                     MOERT_F32);
+  ASSERT_TRUE(ok());
+  std::string stats = moert_ctx_stats_json(ctx);
+  EXPECT_NE(stats.find("\"name\": \"mse_loss\""), std::string::npos) << stats;
+  EXPECT_NE(stats.find("\"name\": \"rmsnorm_grad\""), std::string::npos)
+      << stats;
+  EXPECT_EQ(stats.find("\"name\": \"rmsnorm\""), std::string::npos) << stats;
+}
+
+} // namespace
