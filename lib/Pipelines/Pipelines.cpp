@@ -19,13 +19,6 @@ moe::verifyCompilePipelineOptions(const CompilePipelineOptions &options) {
     return llvm::createStringError(
         llvm::inconvertibleErrorCode(),
         "dtd and expert-tp need a mesh with tp > 1 (mesh=...)");
-  if (options.train && !options.mesh.empty())
-    return llvm::createStringError(
-        llvm::inconvertibleErrorCode(),
-        "train with a mesh is not supported yet: moe-differentiate "
-        "differentiates one-device programs only (missing: the adjoints of "
-        "the collectives and the bucketed gradient all-reduces of "
-        "docs/spec.md 7.1); compile --train without --mesh");
   return llvm::Error::success();
 }
 

@@ -110,7 +110,8 @@ class CtxOptions(ctypes.Structure):
 
 
 class Module:
-    """A compiled module directory on a CPU context of libmoert."""
+    """A compiled module directory on a CPU context of libmoert (over MPI
+    when the module has a mesh: one process per rank, under mpirun)."""
 
     def __init__(self, moddir: str):
         self.rt = ctypes.CDLL(os.path.join(build_dir(), "lib", "libmoert.so"),
@@ -128,9 +129,53 @@ class Module:
         rt.moert_last_error.restype = ctypes.c_char_p
         opts = CtxOptions()
         rt.moert_ctx_options_init(ctypes.byref(opts))
+        mesh = self.manifest["mesh"]
+        self.axes, self.shape = mesh["axes"], mesh["shape"]
+        if self.axes:
+            argc, argv = ctypes.c_int(0), ctypes.POINTER(ctypes.c_char_p)()
+            if rt.moert_world_init(ctypes.byref(argc), ctypes.byref(argv), 1) != 0:
+                raise CheckError(f"moert_world_init: {rt.moert_last_error().decode()}")
+            self._shape = (ctypes.c_int64 * len(self.shape))(*self.shape)
+            self._axes = (ctypes.c_char_p * len(self.axes))(*[a.encode() for a in self.axes])
+            opts.comm = 1  # MOERT_COMM_MPI
+            opts.mesh_rank = len(self.axes)
+            opts.mesh_shape = self._shape
+            opts.mesh_axes = self._axes
         self.ctx = ctypes.c_void_p()
         if rt.moert_ctx_create(ctypes.byref(opts), ctypes.byref(self.ctx)) != 0:
             raise CheckError(f"moert_ctx_create: {rt.moert_last_error().decode()}")
+        rt.moert_ctx_coord.restype = ctypes.c_int64
+        rt.moert_ctx_coord.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+        rt.moert_ctx_rank.argtypes = [ctypes.c_void_p]
+        self.coords = [rt.moert_ctx_coord(self.ctx, i) for i in range(len(self.axes))]
+        self.rank = rt.moert_ctx_rank(self.ctx)
+        rt.moert_ctx_destroy.argtypes = [ctypes.c_void_p]
+        Module._instances.append(self)
+
+    _instances: list[Module] = []
+
+    @classmethod
+    def finalize(cls) -> None:
+        """Destroys the contexts and ends MPI (a rank that exits without
+        MPI_Finalize makes mpiexec report an abnormal termination)."""
+        for m in cls._instances:
+            m.rt.moert_ctx_destroy(m.ctx)
+            if m.axes:
+                m.rt.moert_world_finalize()
+        cls._instances.clear()
+
+    def local(self, spec: dict, value: np.ndarray) -> np.ndarray:
+        """This rank's slice of a global tensor (docs/module-format.md,
+        Sharding rule)."""
+        index = []
+        for d, axes in enumerate(spec.get("shard", [])):
+            n, i = 1, 0
+            for a in axes:
+                ax = self.axes.index(a)
+                i, n = i * self.shape[ax] + self.coords[ax], n * self.shape[ax]
+            size = value.shape[d] // n
+            index.append(slice(i * size, (i + 1) * size))
+        return value[tuple(index)]
 
     def call(self, name: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs entry `name`; arguments by name from `tensors` (host memory is
@@ -207,31 +252,63 @@ def check(args: argparse.Namespace, work: str) -> None:
     paths = {k: os.path.join(work, k + ".safetensors")
              for k in ("w", "x", "t", "grads", "w2")}
     mlir = os.path.join(work, "model.mlir")
-    cli("emit", *model, "--tokens", str(args.tokens), "-o", mlir, *routing)
-    cli("init-weights", *model, "--seed", "1", "-o", paths["w"])
-    cli("init-inputs", *model, "--tokens", str(args.tokens), "--seed", "2", "-o", paths["x"])
-    cli("init-targets", *model, "--tokens", str(args.tokens), "--seed", "3", "-o",
-        paths["t"])
+    if not args.worker:
+        cli("emit", *model, "--tokens", str(args.tokens), "-o", mlir, *routing)
+        cli("init-weights", *model, "--seed", "1", "-o", paths["w"])
+        cli("init-inputs", *model, "--tokens", str(args.tokens), "--seed", "2", "-o",
+            paths["x"])
+        cli("init-targets", *model, "--tokens", str(args.tokens), "--seed", "3", "-o",
+            paths["t"])
     moddir = os.path.join(work, "mod")
-    run([tool("moe-compile"), mlir, "-o", moddir, "--train"])
+    mesh_flags = []
+    if args.mesh:
+        spec, *flags = args.mesh.split("+")
+        mesh_flags = ["--mesh", spec] + [f"--{f}" for f in flags]
+    if not args.worker:
+        run([tool("moe-compile"), mlir, "-o", moddir, "--train", *mesh_flags])
 
     opt = ["--optimizer", args.optimizer, "--lr", str(LR), "--weight-decay", str(WD)]
     if args.optimizer == "adamw":
         opt += ["--betas", f"{BETAS[0]},{BETAS[1]}", "--eps", str(EPS)]
     else:
         opt += ["--momentum", str(MOMENTUM)]
-    ref = json.loads(cli("train-reference", *model, "--weights", paths["w"],
-                         "--inputs", paths["x"], "--targets", paths["t"],
-                         "--steps", str(args.steps), *opt, *routing, "--json",
-                         "--grads", paths["grads"], "--save-weights", paths["w2"]))
+    ref_json = os.path.join(work, "ref.json")
+    if not args.worker:
+        with open(ref_json, "w") as f:
+            f.write(cli("train-reference", *model, "--weights", paths["w"],
+                        "--inputs", paths["x"], "--targets", paths["t"],
+                        "--steps", str(args.steps), *opt, *routing, "--json",
+                        "--grads", paths["grads"], "--save-weights", paths["w2"]))
+    if args.mesh and not args.worker:
+        # One process per rank; each checks its slices and prints its lines.
+        ranks = 1
+        for part in args.mesh.split("+")[0].split(","):
+            ranks *= int(part.split("=")[1])
+        cmd = [os.environ.get("MPIEXEC", "mpiexec"), "--oversubscribe", "-np", str(ranks),
+               sys.executable, os.path.abspath(__file__), "--worker", "--config",
+               args.config, "--family", args.family, "--tokens", str(args.tokens),
+               "--optimizer", args.optimizer, "--steps", str(args.steps),
+               "--mesh", args.mesh, "--workdir", work, "--", *routing]
+        out = run(cmd)
+        for line in out.splitlines():
+            if line.startswith(("LOSS", "GRADS", "STEP")) and " rank 0 " in line:
+                print(line.replace(" rank 0 ", " "))
+        bad = [ln for ln in out.splitlines() if ln.startswith("FAIL")]
+        if bad:
+            raise CheckError("; ".join(bad))
+        return
+    with open(ref_json) as f:
+        ref = json.load(f)
 
     m = Module(moddir)
     fwd = m.entries["forward_train"]
     specs = {a["name"]: a for a in fwd["args"] if a["role"] == "weight"}
     wfile = load(paths["w"])
-    tensors = {n: expand(n, s, wfile) for n, s in specs.items()}
-    tensors["hidden_states"] = load(paths["x"])["hidden_states"]
-    tensors["targets"] = load(paths["t"])["hidden_states"]
+    tensors = {n: m.local(s, expand(n, s, wfile)) for n, s in specs.items()}
+    xspec = fwd["args"][0]
+    tensors["hidden_states"] = m.local(xspec, load(paths["x"])["hidden_states"])
+    tensors["targets"] = m.local(xspec, load(paths["t"])["hidden_states"])
+    where = f" rank {m.rank} " if args.mesh else " "
     step = m.entries["step_" + args.optimizer]
     for a in step["args"]:
         if a["role"] == "state":
@@ -242,7 +319,8 @@ def check(args: argparse.Namespace, work: str) -> None:
         out = m.call("forward_train", tensors)
         if i == 0:
             loss, want = float(out["loss"][0]), ref["steps"][0]["loss"]
-            print(f"LOSS {args.family} compiled={loss:.9e} reference={want:.9e}")
+            print(f"LOSS{where}{args.family} compiled={loss:.9e} reference={want:.9e}",
+                  flush=True)
             if abs(loss - want) > RTOL * abs(want):
                 raise CheckError(f"loss {loss} differs from the reference {want}")
         tensors.update(out)
@@ -255,42 +333,43 @@ def check(args: argparse.Namespace, work: str) -> None:
         tensors["optimizer.hparams"] = hp
         tensors.update(m.call(step["name"], tensors))
 
-    # Gradients of the first step, in the file layout.
+    # Gradients of the first step: this rank's slice of the reference's, in
+    # the compiler layout.
     ref_grads = load(paths["grads"])
     worst, count = 0.0, 0
     for name, value in first_grads.items():
         base = name[len("grad."):]
         if base == "hidden_states":
-            files = {"hidden_states": value}
+            want = m.local(xspec, ref_grads["hidden_states"])
         else:
-            files = to_file(base, value, bool(specs[base].get("transpose")))
-        for fname, v in files.items():
-            if fname not in ref_grads:
-                raise CheckError(f"gradient '{fname}' is not in the reference")
-            e = rel_err(v.reshape(ref_grads[fname].shape), ref_grads[fname])
-            if e > RTOL:
-                raise CheckError(f"gradient '{fname}': max_rel_err {e:.3g} > {RTOL}")
-            worst, count = max(worst, e), count + 1
-    missing = set(ref_grads) - {f for n, v in first_grads.items()
-                                for f in (to_file(n[5:], v, False) if n != "grad.hidden_states"
-                                          else {"hidden_states": v})}
+            try:
+                want = m.local(specs[base], expand(base, specs[base], ref_grads))
+            except KeyError as e:
+                raise CheckError(f"gradient '{name}': {e} is not in the reference") from None
+        e = rel_err(value, want)
+        if e > RTOL:
+            raise CheckError(f"gradient '{name}': max_rel_err {e:.3g} > {RTOL}")
+        worst, count = max(worst, e), count + 1
+    # Every gradient of the reference has its compiled counterpart.
+    patterns = [re.compile(re.escape(n[len("grad."):]).replace(r"\{e\}", r"\d+") + "$")
+                for n in first_grads]
+    missing = [n for n in ref_grads if not any(p.match(n) for p in patterns)]
     if missing:
         raise CheckError(f"no compiled gradient for {sorted(missing)}")
-    print(f"GRADS {args.family} {count} tensors max_rel_err={worst:.3e}")
+    print(f"GRADS{where}{args.family} {count} tensors max_rel_err={worst:.3e}", flush=True)
 
     # Weights after the last step, biases included.
     ref_w = load(paths["w2"])
     step_atol = (RTOL if args.optimizer == "sgd" else ADAMW_ATOL) * LR * args.steps
-    worst, count = 0.0, 0
+    worst = 0.0
     for name, spec in specs.items():
-        for fname, v in to_file(name, tensors[name], bool(spec.get("transpose"))).items():
-            e = rel_err(v.reshape(ref_w[fname].shape), ref_w[fname], atol=step_atol)
-            if e > RTOL:
-                raise CheckError(f"weight '{fname}' after {args.steps} steps: "
-                                 f"max_rel_err {e:.3g} > {RTOL}")
-            worst, count = max(worst, e), count + 1
-    print(f"STEP {args.family} {args.optimizer} steps={args.steps} {count} tensors "
-          f"max_rel_err={worst:.3e}")
+        e = rel_err(tensors[name], m.local(spec, expand(name, spec, ref_w)), atol=step_atol)
+        if e > RTOL:
+            raise CheckError(f"weight '{name}' after {args.steps} steps: "
+                             f"max_rel_err {e:.3g} > {RTOL}")
+        worst = max(worst, e)
+    print(f"STEP{where}{args.family} {args.optimizer} steps={args.steps} {len(specs)} tensors "
+          f"max_rel_err={worst:.3e}", flush=True)
 
 
 def main() -> int:
@@ -301,21 +380,29 @@ def main() -> int:
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--workdir")
+    p.add_argument("--mesh", help="dp=..,ep=..,tp=.. with +dtd / +expert-tp: compile for "
+                   "that mesh and run one process per rank under $MPIEXEC (mpiexec)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("routing", nargs=argparse.REMAINDER)
     args = p.parse_args()
     if args.routing and args.routing[0] == "--":
         args.routing = args.routing[1:]
     work = args.workdir or tempfile.mkdtemp(prefix="train_check.")
-    if args.workdir:
+    if args.workdir and not args.worker:
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
     try:
         check(args, work)
     except CheckError as e:
         msg = re.sub(r"\s+", " ", str(e))[:2000]
-        print(f"FAIL {args.family} {msg}")
+        print(f"FAIL {args.family} {args.mesh or 'single'} {msg}", flush=True)
+        Module.finalize()
         return 1
-    print(f"PASS {args.family}")
+    if not args.worker:
+        print(f"PASS {args.family} {args.mesh or 'single'}")
+    else:
+        sys.stdout.flush()
+        Module.finalize()
     return 0
 
 

@@ -80,7 +80,7 @@ cl::opt<bool> expertTP("expert-tp",
 cl::opt<bool> train("train",
                     cl::desc("Also compile the training entries "
                              "forward_train, backward, step_adamw and "
-                             "step_sgd (f32 models, one device)"),
+                             "step_sgd (f32 models)"),
                     cl::cat(category));
 cl::opt<std::string> target("target",
                             cl::desc("Default device recorded in the manifest "

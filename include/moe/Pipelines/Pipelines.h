@@ -42,14 +42,13 @@ struct CompilePipelineOptions
   PassOptions::Option<bool> train{
       *this, "train",
       llvm::cl::desc("Add the training entries forward_train, backward, "
-                     "step_adamw, step_sgd (moe-differentiate; one device "
-                     "for now)"),
+                     "step_adamw, step_sgd (moe-differentiate, after "
+                     "sharding)"),
       llvm::cl::init(false)};
 };
 
 /// Checks what the passes themselves cannot: `dtd` and `expert-tp` need a
-/// mesh (without one nothing would be sharded); `train` needs no mesh (the
-/// differentiation of sharded programs is not implemented yet).
+/// mesh (without one nothing would be sharded).
 llvm::Error verifyCompilePipelineOptions(const CompilePipelineOptions &options);
 
 /// Adds the compile pipeline: moe-decompose, canonicalize, [moe-shard,

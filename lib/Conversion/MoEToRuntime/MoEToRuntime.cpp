@@ -698,6 +698,32 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
                             .dst = ptr(o.getLoad()),
                             .bytes = e.i64(byteSize(tensorOf(o.getLoad())))});
       })
+      .Case([&](PackOp o) -> LogicalResult {
+        int64_t offset = 0;
+        for (Value in : o.getInputs()) {
+          int64_t bytes = byteSize(tensorOf(in));
+          if (failed(e.call(abi::moert_copy{
+                  .src = ptr(in),
+                  .dst = e.offsetPtr(ptr(o.getOutput()), offset),
+                  .bytes = e.i64(bytes)})))
+            return failure();
+          offset += bytes;
+        }
+        return success();
+      })
+      .Case([&](UnpackOp o) -> LogicalResult {
+        int64_t offset = 0;
+        for (Value out : o.getOutputs()) {
+          int64_t bytes = byteSize(tensorOf(out));
+          if (failed(e.call(abi::moert_copy{
+                  .src = e.offsetPtr(ptr(o.getInput()), offset),
+                  .dst = ptr(out),
+                  .bytes = e.i64(bytes)})))
+            return failure();
+          offset += bytes;
+        }
+        return success();
+      })
       .Case([&](WaitOp o) {
         return e.call(abi::moert_wait{.handle = handles.lookup(o.getFuture())});
       })

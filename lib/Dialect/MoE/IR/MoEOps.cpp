@@ -1203,3 +1203,33 @@ LogicalResult LoadCountsOp::verify() {
                          << ", expected [2, E] (counts and score sums)";
   return expectShape(*this, getLoad(), {s.getDimSize(1)}, "result");
 }
+
+namespace {
+
+/// The elements of `pieces` fill `buffer` exactly.
+LogicalResult verifyPacking(Operation *op, Value buffer, TypeRange pieces) {
+  int64_t sum = 0;
+  for (auto [i, t] : llvm::enumerate(pieces)) {
+    auto rt = cast<RankedTensorType>(t);
+    if (!rt.hasStaticShape())
+      return op->emitOpError() << "needs static shapes, got " << rt
+                               << " at position " << i;
+    sum += rt.getNumElements();
+  }
+  auto b = tensorType(buffer);
+  if (!b.hasStaticShape() || b.getNumElements() != sum)
+    return op->emitOpError() << "buffer " << b << " does not hold the " << sum
+                             << " elements of the " << pieces.size()
+                             << " tensors";
+  return success();
+}
+
+} // namespace
+
+LogicalResult PackOp::verify() {
+  return verifyPacking(*this, getOutput(), getInputs().getTypes());
+}
+
+LogicalResult UnpackOp::verify() {
+  return verifyPacking(*this, getInput(), getOutputs().getTypes());
+}

@@ -41,7 +41,7 @@ constexpr bool onlyInShardedPrograms =
                     DispatchGradOp, CombineGradOp, ExpertFFNGradOp, MLPGradOp,
                     ExpertLoadGradOp, LoadBalanceLossGradOp, ZLossGradOp,
                     MSELossOp, AdamWOp, SGDOp, BiasUpdateOp, ReshapeOp,
-                    LoadCountsOp>::value;
+                    LoadCountsOp, PackOp, UnpackOp>::value;
 
 template <typename... Ops> constexpr bool allHaveShardingRules() {
   return (... && (Ops::template hasTrait<ShardingRuleOpInterface::Trait>() ||

@@ -67,12 +67,26 @@ private:
   /// The gradient accumulated for `v` so far (null if none).
   Value grad(Value v) { return grads.lookup(v); }
   void addGrad(Value v, Value g);
+  /// The mesh axes weight argument `i` of @forward is split over.
+  SmallVector<StringRef> shardAxes(unsigned i);
+  /// `moe.all_reduce` of `v` over `axes` (built with `b`).
+  Value allReduce(OpBuilder &b, Location loc, Value v, ArrayRef<StringRef> axes);
+  /// Sums every weight gradient over the axes of spec 7.1, bucketed.
+  void synchronizeGradients();
+  /// Attributes of a tensor named like @forward argument `i` (its shard
+  /// spec and global shape), under `attr` = `name`.
+  DictionaryAttr like(unsigned i, StringRef attr, const Twine &name);
 
   ModuleOp module;
   func::FuncOp forward, train, backward;
   MLIRContext *ctx;
   std::unique_ptr<OpBuilder> bb; // builds the backward body
 
+  MeshOp mesh;                       // of a sharded program
+  SmallVector<StringRef> tokenAxes;  // dp, ep of size > 1: tokens differ
+  /// Values summed by a collective over tp (partial sums of a tp-split op):
+  /// the gradients of that op's tp-replicated operands are partial too.
+  llvm::DenseMap<Value, SmallVector<StringRef>> partialAxes;
   unsigned inputArg = 0;    // hidden_states in @forward
   Value output, aux, zloss; // forward_train's results of the forward
   Value seed, one;          // forward_train: dy, and 1.0 for the losses
@@ -112,22 +126,26 @@ LogicalResult Differentiator::checkForward() {
   if (!haveInput || inputArg != 0)
     return forward.emitOpError("moe-differentiate: argument 0 of @forward "
                                "must be its moe.input (hidden_states)");
-  for (MeshOp mesh : module.getOps<MeshOp>())
-    if (mesh.getNumRanks() > 1)
-      return mesh.emitOpError()
-             << "moe-differentiate supports one device only: the adjoints of "
-                "the collectives of a sharded program and the bucketed "
-                "gradient all-reduces are not implemented yet; compile "
-                "--train without --mesh";
+  for (MeshOp m : module.getOps<MeshOp>()) {
+    if (mesh)
+      return m.emitOpError("moe-differentiate needs one moe.mesh in the "
+                           "module");
+    mesh = m;
+  }
+  if (mesh)
+    for (StringRef axis : {kAxisDP, kAxisEP})
+      if (mesh.getAxisSize(axis) > 1)
+        tokenAxes.push_back(axis);
   for (Operation &op : forward.getBody().front()) {
     if (isa<func::ReturnOp>(op))
       continue;
-    if (isa<CollectiveOpInterface>(op) || isa<WaitOp>(op))
+    if (isa<WaitOp>(op) || (isa<CollectiveOpInterface>(op) &&
+                            cast<CollectiveOpInterface>(op).isStart()))
       return op.emitOpError()
-             << "has no adjoint yet: moe-differentiate supports one device "
-                "only (the transposes of the collectives and the gradient "
-                "all-reduces of a sharded program are not implemented); "
-                "compile --train without --mesh";
+             << "has no adjoint yet: moe-differentiate takes the synchronous "
+                "collectives (canonicalize a start followed by its wait)";
+    if (isa<CollectiveOpInterface>(op) && !mesh)
+      return op.emitOpError("names a mesh but the module has no moe.mesh");
     if (isa<LayerOp>(op))
       return op.emitOpError("must be decomposed before moe-differentiate "
                             "(run moe-decompose)");
@@ -179,10 +197,18 @@ LogicalResult Differentiator::buildForwardTrain() {
   Type f32 = b.getF32Type();
   auto scalar1 = RankedTensorType::get({1}, f32);
   BlockArgument targets = body.insertArgument(1u, yTy, loc);
+  // The mean is over the global batch (spec 7.1).
+  int64_t total = yTy.getNumElements();
+  for (auto [i, v] : llvm::enumerate(ret.getOperands()))
+    if (v == output)
+      if (auto g = forward.getResultAttrOfType<DenseI64ArrayAttr>(
+              i, D::kGlobalShapeAttrName))
+        total = llvm::product_of(g.asArrayRef());
   auto mse = MSELossOp::create(b, loc, scalar1, yTy, output, targets,
-                               b.getI64IntegerAttr(yTy.getNumElements()));
+                               b.getI64IntegerAttr(total));
   seed = mse.getDoutput();
-  Value loss = mse.getLoss();
+  // Each rank's share, summed over the ranks that hold other tokens.
+  Value loss = allReduce(b, loc, mse.getLoss(), tokenAxes);
   SmallVector<std::pair<Value, StringRef>> results{{Value(), "loss"},
                                                    {loss, "mse_loss"}};
   for (auto [l, name] : {std::pair{aux, "aux_loss"}, {zloss, "z_loss"}}) {
@@ -222,13 +248,22 @@ LogicalResult Differentiator::buildForwardTrain() {
       if (auto load = dyn_cast<ExpertLoadOp>(user);
           load && load.getIndices() == topk.getIndices())
         stats = load.getStats();
-    if (!stats) {
+    if (stats) {
+      // A sharded program sums the statistics of the aux loss already.
+      for (Operation *user : stats.getUsers())
+        if (auto sum = dyn_cast<AllReduceOp>(user))
+          stats = sum.getResult();
+    } else {
       OpBuilder ab(topk->getBlock(), std::next(topk->getIterator()));
       int64_t e = tensorOf(topk.getScores()).getDimSize(1);
       stats = ExpertLoadOp::create(ab, topk.getLoc(),
                                    RankedTensorType::get({2, e}, f32),
                                    topk.getScores(), topk.getIndices());
+      stats = allReduce(ab, topk.getLoc(), stats, tokenAxes);
     }
+    int64_t tokenRanks = 1;
+    for (StringRef axis : tokenAxes)
+      tokenRanks *= mesh.getAxisSize(axis);
     int64_t e = tensorOf(stats).getDimSize(1);
     Value load =
         LoadCountsOp::create(b, loc, RankedTensorType::get({e}, f32), stats);
@@ -236,7 +271,8 @@ LogicalResult Differentiator::buildForwardTrain() {
     unsigned fwdArg = arg.getArgNumber() - (arg.getArgNumber() > 0 ? 1 : 0);
     biases.push_back(
         {fwdArg, argName(forward, fwdArg, D::kWeightAttrName).getValue(), load,
-         tensorOf(topk.getLogits()).getDimSize(0), int64_t(topk.getK())});
+         tensorOf(topk.getLogits()).getDimSize(0) * tokenRanks,
+         int64_t(topk.getK())});
   }
 
   // Result list: the losses now, the saved values after the backward.
@@ -254,7 +290,7 @@ LogicalResult Differentiator::buildForwardTrain() {
   for (unsigned i = 0; i < forward.getNumArguments(); ++i) {
     argAttrs.push_back(forward.getArgAttrDict(i));
     if (i == 0)
-      argAttrs.push_back(named(D::kInputAttrName, "targets"));
+      argAttrs.push_back(like(0, D::kInputAttrName, "targets"));
   }
   train.setType(FunctionType::get(ctx, body.getArgumentTypes(),
                                   ValueRange(values).getTypes()));
@@ -287,14 +323,122 @@ void Differentiator::addGrad(Value v, Value g) {
     it->second = AddOp::create(*bb, g.getLoc(), it->second, g);
 }
 
+SmallVector<StringRef> Differentiator::shardAxes(unsigned i) {
+  SmallVector<StringRef> axes;
+  if (auto dims = forward.getArgAttrOfType<ArrayAttr>(i, D::kShardAttrName))
+    for (Attribute dim : dims)
+      for (Attribute a : cast<ArrayAttr>(dim))
+        axes.push_back(cast<StringAttr>(a).getValue());
+  return axes;
+}
+
+Value Differentiator::allReduce(OpBuilder &b, Location loc, Value v,
+                                ArrayRef<StringRef> axes) {
+  if (axes.empty())
+    return v;
+  SmallVector<Attribute> names;
+  for (StringRef a : axes)
+    names.push_back(b.getStringAttr(a));
+  return AllReduceOp::create(b, loc, v.getType(), v,
+                             FlatSymbolRefAttr::get(mesh.getSymNameAttr()),
+                             b.getArrayAttr(names));
+}
+
+DictionaryAttr Differentiator::like(unsigned i, StringRef attr,
+                                    const Twine &name) {
+  NamedAttrList attrs;
+  attrs.append(attr, StringAttr::get(ctx, name));
+  for (StringRef keep : {D::kShardAttrName, D::kGlobalShapeAttrName})
+    if (Attribute a = forward.getArgAttr(i, keep))
+      attrs.append(keep, a);
+  return attrs.getDictionary(ctx);
+}
+
 LogicalResult Differentiator::adjoint(Operation *op) {
   OpBuilder &b = *bb;
   Location loc = op->getLoc();
-  auto anyGrad =
-      llvm::any_of(op->getResults(), [&](Value r) { return bool(grad(r)); });
+  auto anyGrad = llvm::any_of(op->getResults(),
+                              [&](Value r) { return bool(grad(r)); });
   if (!anyGrad)
     return success(); // nothing of the loss depends on it
+  // An op whose result a collective sums over tp (a tp-split MLP or expert
+  // FFN) computes its share of the sum: the gradients it gives the operands
+  // that every tp rank holds whole (the tokens, a replicated sigmoid gate)
+  // are shares too, and are summed over tp here. Its split weights' slices
+  // get their own gradients.
+  ArrayRef<StringRef> partial;
+  if (auto it = partialAxes.find(op->getResult(0)); it != partialAxes.end())
+    partial = it->second;
+  Block &trainBody = train.getBody().front();
+  auto addGradOf = [&](Value v, Value g) {
+    if (!partial.empty() && g) {
+      bool split = false;
+      if (auto arg = dyn_cast<BlockArgument>(v);
+          arg && arg.getOwner() == &trainBody && arg.getArgNumber() > 1)
+        for (StringRef axis : shardAxes(arg.getArgNumber() - 1))
+          split |= llvm::is_contained(partial, axis);
+      if (!split)
+        g = allReduce(b, loc, g, partial);
+    }
+    addGrad(v, g);
+  };
+  auto axesOf = [](CollectiveOpInterface c) {
+    SmallVector<StringRef> axes;
+    for (Attribute a : c.getAxes())
+      axes.push_back(cast<StringAttr>(a).getValue());
+    return axes;
+  };
+  auto onlyTp = [](ArrayRef<StringRef> axes) {
+    return llvm::all_of(axes, [](StringRef a) { return a == kAxisTP; });
+  };
   return TypeSwitch<Operation *, LogicalResult>(op)
+      // Collectives. The gradient of a value that every rank of a group
+      // holds whole (replicated) is held whole on every rank: the adjoint
+      // of a sum to a replicated value is the identity, of a gather a
+      // slice, of a slice a gather, of a reduce-scatter a gather;
+      // all-to-alls are permutations and go back by their inverse.
+      .Case([&](AllReduceOp o) {
+        if (onlyTp(axesOf(o)))
+          partialAxes[o.getInput()] = axesOf(o);
+        addGrad(o.getInput(), grad(o.getResult()));
+        return success();
+      })
+      .Case([&](ReduceScatterOp o) {
+        if (onlyTp(axesOf(o)))
+          partialAxes[o.getInput()] = axesOf(o);
+        addGrad(o.getInput(),
+                AllGatherOp::create(b, loc, o.getInput().getType(),
+                                    grad(o.getResult()), o.getMeshAttr(),
+                                    o.getAxes(), o.getDimAttr()));
+        return success();
+      })
+      .Case([&](AllGatherOp o) {
+        addGradOf(o.getInput(),
+                  SliceOp::create(b, loc, o.getInput().getType(),
+                                  grad(o.getResult()), o.getMeshAttr(),
+                                  o.getAxes(), o.getDimAttr()));
+        return success();
+      })
+      .Case([&](SliceOp o) {
+        addGradOf(o.getInput(),
+                  AllGatherOp::create(b, loc, o.getInput().getType(),
+                                      grad(o.getResult()), o.getMeshAttr(),
+                                      o.getAxes(), o.getDimAttr()));
+        return success();
+      })
+      .Case([&](AllToAllOp o) {
+        addGradOf(o.getInput(), o.buildInverse(b, loc, grad(o.getResult())));
+        return success();
+      })
+      .Case([&](AllToAllVOp o) {
+        addGradOf(o.getInput(),
+                  AllToAllVOp::create(b, loc, o.getInput().getType(),
+                                      grad(o.getResult()),
+                                      primal(o.getRecvCounts()),
+                                      primal(o.getSendCounts()),
+                                      o.getMeshAttr(), o.getAxes()));
+        return success();
+      })
       .Case([&](AddOp o) {
         addGrad(o.getLhs(), grad(o.getOutput()));
         addGrad(o.getRhs(), grad(o.getOutput()));
@@ -305,8 +449,8 @@ LogicalResult Differentiator::adjoint(Operation *op) {
             b, loc, o.getInput().getType(), o.getWeight().getType(),
             primal(o.getInput()), primal(o.getWeight()), grad(o.getOutput()),
             o.getEpsAttr());
-        addGrad(o.getInput(), g.getDinput());
-        addGrad(o.getWeight(), g.getDweight());
+        addGradOf(o.getInput(), g.getDinput());
+        addGradOf(o.getWeight(), g.getDweight());
         return success();
       })
       .Case([&](MLPOp o) {
@@ -319,13 +463,13 @@ LogicalResult Differentiator::adjoint(Operation *op) {
             primalOr(o.getGate()), primal(o.getUp()), primal(o.getDown()),
             primalOr(o.getSigmoidGate()), grad(o.getOutput()),
             o.getActivationAttr());
-        addGrad(o.getInput(), g.getDinput());
+        addGradOf(o.getInput(), g.getDinput());
         if (o.getGate())
-          addGrad(o.getGate(), g.getDgate());
-        addGrad(o.getUp(), g.getDup());
-        addGrad(o.getDown(), g.getDdown());
+          addGradOf(o.getGate(), g.getDgate());
+        addGradOf(o.getUp(), g.getDup());
+        addGradOf(o.getDown(), g.getDdown());
         if (o.getSigmoidGate())
-          addGrad(o.getSigmoidGate(), g.getDsigmoidGate());
+          addGradOf(o.getSigmoidGate(), g.getDsigmoidGate());
         return success();
       })
       .Case([&](CombineOp o) {
@@ -335,10 +479,10 @@ LogicalResult Differentiator::adjoint(Operation *op) {
             p ? p.getType() : Type(), primal(o.getInput()),
             primal(o.getPositions()), primal(o.getWeights()),
             p ? primal(p) : Value(), grad(o.getOutput()));
-        addGrad(o.getInput(), g.getDinput());
-        addGrad(o.getWeights(), g.getDweights());
+        addGradOf(o.getInput(), g.getDinput());
+        addGradOf(o.getWeights(), g.getDweights());
         if (p)
-          addGrad(p, g.getDpassthrough());
+          addGradOf(p, g.getDpassthrough());
         return success();
       })
       .Case([&](ExpertFFNOp o) {
@@ -349,18 +493,18 @@ LogicalResult Differentiator::adjoint(Operation *op) {
             counts ? primal(counts) : Value(), gate ? primal(gate) : Value(),
             primal(o.getUp()), primal(o.getDown()), grad(o.getOutput()),
             o.getActivationAttr());
-        addGrad(o.getInput(), g.getDinput());
+        addGradOf(o.getInput(), g.getDinput());
         if (gate)
-          addGrad(gate, g.getDgate());
-        addGrad(o.getUp(), g.getDup());
-        addGrad(o.getDown(), g.getDdown());
+          addGradOf(gate, g.getDgate());
+        addGradOf(o.getUp(), g.getDup());
+        addGradOf(o.getDown(), g.getDdown());
         return success();
       })
       .Case([&](DispatchOp o) {
         Value dx = DispatchGradOp::create(b, loc, o.getInput().getType(),
                                           grad(o.getOutput()),
                                           primal(o.getPositions()));
-        addGrad(o.getInput(), dx);
+        addGradOf(o.getInput(), dx);
         return success();
       })
       .Case([&](TopKOp o) -> LogicalResult {
@@ -373,21 +517,21 @@ LogicalResult Differentiator::adjoint(Operation *op) {
             b, loc, o.getLogits().getType(), primal(o.getLogits()),
             primal(o.getIndices()), dw, ds, o.getScoreAttr(),
             o.getRenormalizeAttr(), o.getRoutedScalingAttr());
-        addGrad(o.getLogits(), dl);
+        addGradOf(o.getLogits(), dl);
         return success();
       })
       .Case([&](RouterOp o) {
         auto g = RouterGradOp::create(
             b, loc, o.getInput().getType(), o.getWeight().getType(),
             primal(o.getInput()), primal(o.getWeight()), grad(o.getLogits()));
-        addGrad(o.getInput(), g.getDinput());
-        addGrad(o.getWeight(), g.getDweight());
+        addGradOf(o.getInput(), g.getDinput());
+        addGradOf(o.getWeight(), g.getDweight());
         return success();
       })
       .Case([&](ExpertLoadOp o) {
         Value ds = ExpertLoadGradOp::create(b, loc, o.getScores().getType(),
                                             grad(o.getStats()));
-        addGrad(o.getScores(), ds);
+        addGradOf(o.getScores(), ds);
         return success();
       })
       .Case([&](LoadBalanceLossOp o) {
@@ -395,19 +539,78 @@ LogicalResult Differentiator::adjoint(Operation *op) {
             b, loc, o.getStats().getType(), primal(o.getStats()),
             grad(o.getLoss()), o.getTokensAttr(), o.getKAttr(),
             o.getCoeffAttr());
-        addGrad(o.getStats(), dst);
+        addGradOf(o.getStats(), dst);
         return success();
       })
       .Case([&](ZLossOp o) {
         Value dl = ZLossGradOp::create(b, loc, o.getLogits().getType(),
                                        primal(o.getLogits()), grad(o.getLoss()),
                                        o.getTokensAttr(), o.getCoeffAttr());
-        addGrad(o.getLogits(), dl);
+        addGradOf(o.getLogits(), dl);
         return success();
       })
       .Default([](Operation *o) {
         return o->emitOpError("has no adjoint in moe-differentiate");
       });
+}
+
+void Differentiator::synchronizeGradients() {
+  // Spec 7.1: a weight replicated over ranks that hold other tokens gets the
+  // sum of their gradients, over exactly those of dp, ep it is not split
+  // over (router, norms, shared and dense weights over dp x ep, experts over
+  // dp). Gradients with the same axes are packed into buckets of at most
+  // kBucketElements, each summed by one all-reduce.
+  constexpr int64_t kBucketElements = int64_t(1) << 24; // 64 MiB of f32
+  if (tokenAxes.empty())
+    return;
+  Block &trainBody = train.getBody().front();
+  Location loc = forward.getLoc();
+  // (axes, weights) in order of first appearance.
+  SmallVector<std::pair<SmallVector<StringRef>, SmallVector<Value>>> groups;
+  for (unsigned i = 0; i < forward.getNumArguments(); ++i) {
+    if (i == inputArg || !grad(trainBody.getArgument(i + 1)))
+      continue;
+    SmallVector<StringRef> split = shardAxes(i), axes;
+    for (StringRef a : tokenAxes)
+      if (!llvm::is_contained(split, a))
+        axes.push_back(a);
+    if (axes.empty())
+      continue;
+    auto it = llvm::find_if(groups, [&](auto &g) { return g.first == axes; });
+    if (it == groups.end())
+      it = groups.insert(groups.end(), {axes, {}});
+    it->second.push_back(trainBody.getArgument(i + 1));
+  }
+  for (auto &[axes, weights] : groups) {
+    for (size_t first = 0; first < weights.size();) {
+      size_t last = first;
+      int64_t elements = 0;
+      while (last < weights.size() &&
+             (last == first ||
+              elements + tensorOf(weights[last]).getNumElements() <=
+                  kBucketElements))
+        elements += tensorOf(weights[last++]).getNumElements();
+      if (last - first == 1) {
+        grads[weights[first]] =
+            allReduce(*bb, loc, grads[weights[first]], axes);
+      } else {
+        SmallVector<Value> pieces;
+        SmallVector<Type> types;
+        for (size_t j = first; j < last; ++j) {
+          pieces.push_back(grads[weights[j]]);
+          types.push_back(weights[j].getType());
+        }
+        Value bucket = PackOp::create(
+            *bb, loc, RankedTensorType::get({elements}, bb->getF32Type()),
+            pieces);
+        bucket = allReduce(*bb, loc, bucket, axes);
+        auto unpack = UnpackOp::create(*bb, loc, types, bucket);
+        for (size_t j = first; j < last; ++j)
+          grads[weights[j]] = unpack.getResult(j - first);
+      }
+      first = last;
+    }
+  }
 }
 
 LogicalResult Differentiator::buildBackward() {
@@ -437,6 +640,7 @@ LogicalResult Differentiator::buildBackward() {
   for (Operation *op : llvm::reverse(forwardOps))
     if (failed(adjoint(op)))
       return failure();
+  synchronizeGradients();
 
   // Results: grad.hidden_states, then grad.<weight> in argument order.
   SmallVector<Value> results;
@@ -450,7 +654,7 @@ LogicalResult Differentiator::buildBackward() {
     return forward.emitOpError("moe-differentiate: the loss does not depend "
                                "on hidden_states");
   results.push_back(dx);
-  resultAttrs.push_back(named(D::kOutputAttrName, "grad.hidden_states"));
+  resultAttrs.push_back(like(0, D::kOutputAttrName, "grad.hidden_states"));
   for (unsigned i = 0; i < forward.getNumArguments(); ++i) {
     if (i == inputArg)
       continue;
@@ -460,8 +664,8 @@ LogicalResult Differentiator::buildBackward() {
     weightGrads.push_back({i, g});
     results.push_back(g);
     resultAttrs.push_back(
-        named(D::kOutputAttrName,
-              "grad." + argName(forward, i, D::kWeightAttrName).getValue()));
+        like(i, D::kOutputAttrName,
+             "grad." + argName(forward, i, D::kWeightAttrName).getValue()));
   }
   func::ReturnOp::create(*bb, loc, results);
   backward.setType(FunctionType::get(ctx, body->getArgumentTypes(),
@@ -525,7 +729,7 @@ void Differentiator::buildStep(bool adamw) {
   SmallVector<Value> g;
   for (auto [i, grad] : weightGrads)
     g.push_back(
-        addArg(grad.getType(), named(D::kGradAttrName, "grad." + name(i))));
+        addArg(grad.getType(), like(i, D::kGradAttrName, "grad." + name(i))));
   SmallVector<StringRef> stateNames =
       adamw ? SmallVector<StringRef>{"exp_avg", "exp_avg_sq"}
             : SmallVector<StringRef>{"momentum_buffer"};
@@ -533,7 +737,7 @@ void Differentiator::buildStep(bool adamw) {
   for (auto [s, stateName] : llvm::enumerate(stateNames))
     for (auto [i, grad] : weightGrads)
       state[s].push_back(addArg(
-          grad.getType(), named(D::kStateAttrName, name(i) + "." + stateName)));
+          grad.getType(), like(i, D::kStateAttrName, name(i) + "." + stateName)));
   Value hparams = addArg(RankedTensorType::get({8}, b.getF32Type()),
                          named(D::kHparamsAttrName, "optimizer.hparams"));
   SmallVector<Value> loads;
@@ -562,13 +766,13 @@ void Differentiator::buildStep(bool adamw) {
   SmallVector<Value> results;
   for (auto [j, wg] : llvm::enumerate(weightGrads)) {
     results.push_back(newWeights[j]);
-    resultAttrs.push_back(named(D::kOutputAttrName, name(wg.first)));
+    resultAttrs.push_back(like(wg.first, D::kOutputAttrName, name(wg.first)));
   }
   for (auto [s, stateName] : llvm::enumerate(stateNames))
     for (auto [j, wg] : llvm::enumerate(weightGrads)) {
       results.push_back(newState[s][j]);
       resultAttrs.push_back(
-          named(D::kOutputAttrName, name(wg.first) + "." + stateName));
+          like(wg.first, D::kOutputAttrName, name(wg.first) + "." + stateName));
     }
   // The selection-bias update comes after the optimizer update (7.5).
   for (auto [bias, load] : llvm::zip(biases, loads)) {
@@ -576,7 +780,7 @@ void Differentiator::buildStep(bool adamw) {
         b, loc, load.getType(), weights[bias.arg], load, hparams,
         b.getI64IntegerAttr(bias.tokens), b.getI64IntegerAttr(bias.k));
     results.push_back(nb);
-    resultAttrs.push_back(named(D::kOutputAttrName, bias.name));
+    resultAttrs.push_back(like(bias.arg, D::kOutputAttrName, bias.name));
   }
   func::ReturnOp::create(b, loc, results);
   fn.setType(FunctionType::get(ctx, body->getArgumentTypes(),

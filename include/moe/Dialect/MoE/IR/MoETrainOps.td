@@ -290,4 +290,26 @@ def MoE_LoadCountsOp : MoE_Op<"load_counts", [Pure]> {
   let hasVerifier = 1;
 }
 
+def MoE_PackOp : MoE_Op<"pack", [Pure]> {
+  let summary = "concatenate the elements of tensors into one buffer";
+  let description = [{
+    The inputs' elements, each in row-major order, one after the other: the
+    bucket that one `moe.all_reduce` sums for many gradients
+    (`moe-differentiate`'s gradient synchronization); `moe.unpack` undoes
+    it.
+  }];
+  let arguments = (ins Variadic<MoE_F32Tensor>:$inputs);
+  let results = (outs MoE_F32_1D:$output);
+  let assemblyFormat = "$inputs attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def MoE_UnpackOp : MoE_Op<"unpack", [Pure]> {
+  let summary = "split a buffer into tensors (the inverse of moe.pack)";
+  let arguments = (ins MoE_F32_1D:$input);
+  let results = (outs Variadic<MoE_F32Tensor>:$outputs);
+  let assemblyFormat = "$input attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
 #endif // MOE_DIALECT_MOE_IR_MOETRAINOPS_TD
