@@ -90,3 +90,22 @@ func.func @mlp(%x: tensor<8x32xf32>, %g: tensor<16x32xf32>, %u: tensor<16x32xf32
   %0:5 = moe.mlp_grad %x gate %g up %u down %d sigmoid_gate %s, %dy act = swiglu {resultSegmentSizes = array<i32: 1, 1, 1, 1, 1>} : (tensor<8x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<32x16xf32>, tensor<1x32xf32>, tensor<8x32xf32>) -> (tensor<8x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<32x16xf32>, tensor<1x32xf32>)
   return %0#0, %0#1, %0#2, %0#3, %0#4 : tensor<8x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<32x16xf32>, tensor<1x32xf32>
 }
+
+// -----
+
+// A gradient bucket: pack copies each tensor to its offset in the buffer,
+// unpack copies it back out (into the result buffers here).
+// CHECK-LABEL: func.func @moe_entry_bucket
+// CHECK-DAG: %[[A:.*]] = llvm.load %arg1 : !llvm.ptr -> !llvm.ptr
+// CHECK-DAG: %[[BASE:.*]] = call @moert_arena
+// CHECK: call @moert_copy(%arg0, %[[A]], %[[BASE]], %c64_i64)
+// CHECK: %[[OFF:.*]] = llvm.getelementptr %[[BASE]][64] : (!llvm.ptr) -> !llvm.ptr, i8
+// CHECK: call @moert_copy(%arg0, %{{[^,]*}}, %[[OFF]], %c16_i64)
+// CHECK: call @moert_copy(%arg0, %[[BASE]], %{{[^,]*}}, %c64_i64)
+// CHECK: %[[OFF2:.*]] = llvm.getelementptr %[[BASE]][64] : (!llvm.ptr) -> !llvm.ptr, i8
+// CHECK: call @moert_copy(%arg0, %[[OFF2]], %{{[^,]*}}, %c16_i64)
+func.func @bucket(%a: tensor<4x4xf32>, %b: tensor<4xf32>) -> (tensor<4x4xf32>, tensor<4xf32>) {
+  %0 = moe.pack %a, %b : (tensor<4x4xf32>, tensor<4xf32>) -> tensor<20xf32>
+  %1:2 = moe.unpack %0 : (tensor<20xf32>) -> (tensor<4x4xf32>, tensor<4xf32>)
+  return %1#0, %1#1 : tensor<4x4xf32>, tensor<4xf32>
+}

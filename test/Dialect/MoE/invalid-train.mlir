@@ -264,3 +264,19 @@ func.func @f(%s: tensor<2x4xf32>) {
   %0 = moe.load_counts %s : (tensor<2x4xf32>) -> tensor<5xf32>
   return
 }
+
+// -----
+
+func.func @f(%a: tensor<2x3xf32>, %b: tensor<4xf32>) {
+  // expected-error @+1 {{buffer 'tensor<9xf32>' does not hold the 10 elements of the 2 tensors}}
+  %0 = moe.pack %a, %b : (tensor<2x3xf32>, tensor<4xf32>) -> tensor<9xf32>
+  return
+}
+
+// -----
+
+func.func @f(%a: tensor<10xf32>) {
+  // expected-error @+1 {{buffer 'tensor<10xf32>' does not hold the 12 elements of the 2 tensors}}
+  %0:2 = moe.unpack %a : (tensor<10xf32>) -> (tensor<2x4xf32>, tensor<4xf32>)
+  return
+}

@@ -58,5 +58,9 @@ func.func @loss_and_steps(%y: tensor<8x32xf32>, %t: tensor<8x32xf32>, %w: tensor
   %4 = moe.bias_update %b, %3, %hp tokens = 8 k = 2 : (tensor<4xf32>, tensor<4xf32>, tensor<8xf32>) -> tensor<4xf32>
   // CHECK: moe.reshape %{{.*}} : (tensor<f32>) -> tensor<1xf32>
   %5 = moe.reshape %l : (tensor<f32>) -> tensor<1xf32>
+  // CHECK: %[[P:.*]] = moe.pack %{{.*}}, %{{.*}} : (tensor<4x16x32xf32>, tensor<4xf32>) -> tensor<2052xf32>
+  %6 = moe.pack %w, %b : (tensor<4x16x32xf32>, tensor<4xf32>) -> tensor<2052xf32>
+  // CHECK: moe.unpack %[[P]] : (tensor<2052xf32>) -> (tensor<4x16x32xf32>, tensor<4xf32>)
+  %7:2 = moe.unpack %6 : (tensor<2052xf32>) -> (tensor<4x16x32xf32>, tensor<4xf32>)
   return
 }
