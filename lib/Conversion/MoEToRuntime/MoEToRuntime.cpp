@@ -715,10 +715,10 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
         int64_t offset = 0;
         for (Value out : o.getOutputs()) {
           int64_t bytes = byteSize(tensorOf(out));
-          if (failed(e.call(abi::moert_copy{
-                  .src = e.offsetPtr(ptr(o.getInput()), offset),
-                  .dst = ptr(out),
-                  .bytes = e.i64(bytes)})))
+          if (failed(e.call(
+                  abi::moert_copy{.src = e.offsetPtr(ptr(o.getInput()), offset),
+                                  .dst = ptr(out),
+                                  .bytes = e.i64(bytes)})))
             return failure();
           offset += bytes;
         }

@@ -1212,15 +1212,15 @@ LogicalResult verifyPacking(Operation *op, Value buffer, TypeRange pieces) {
   for (auto [i, t] : llvm::enumerate(pieces)) {
     auto rt = cast<RankedTensorType>(t);
     if (!rt.hasStaticShape())
-      return op->emitOpError() << "needs static shapes, got " << rt
-                               << " at position " << i;
+      return op->emitOpError()
+             << "needs static shapes, got " << rt << " at position " << i;
     sum += rt.getNumElements();
   }
   auto b = tensorType(buffer);
   if (!b.hasStaticShape() || b.getNumElements() != sum)
-    return op->emitOpError() << "buffer " << b << " does not hold the " << sum
-                             << " elements of the " << pieces.size()
-                             << " tensors";
+    return op->emitOpError()
+           << "buffer " << b << " does not hold the " << sum
+           << " elements of the " << pieces.size() << " tensors";
   return success();
 }
 

@@ -8,7 +8,9 @@
 // under the same name. backward walks the forward's ops in reverse and
 // emits, per op, the gradient op of the same name; gradients that reach a
 // value along several paths are summed with moe.add in the order they
-// arrive.
+// arrive. It runs on the per-rank program (after moe-shard): collectives get
+// their adjoints and weight gradients their bucketed all-reduces
+// (docs/design.md, "Training").
 //
 //===----------------------------------------------------------------------===//
 #include "moe/Dialect/MoE/IR/MoE.h"
@@ -70,7 +72,8 @@ private:
   /// The mesh axes weight argument `i` of @forward is split over.
   SmallVector<StringRef> shardAxes(unsigned i);
   /// `moe.all_reduce` of `v` over `axes` (built with `b`).
-  Value allReduce(OpBuilder &b, Location loc, Value v, ArrayRef<StringRef> axes);
+  Value allReduce(OpBuilder &b, Location loc, Value v,
+                  ArrayRef<StringRef> axes);
   /// Sums every weight gradient over the axes of spec 7.1, bucketed.
   void synchronizeGradients();
   /// Attributes of a tensor named like @forward argument `i` (its shard
@@ -82,8 +85,8 @@ private:
   MLIRContext *ctx;
   std::unique_ptr<OpBuilder> bb; // builds the backward body
 
-  MeshOp mesh;                       // of a sharded program
-  SmallVector<StringRef> tokenAxes;  // dp, ep of size > 1: tokens differ
+  MeshOp mesh;                      // of a sharded program
+  SmallVector<StringRef> tokenAxes; // dp, ep of size > 1: tokens differ
   /// Values summed by a collective over tp (partial sums of a tp-split op):
   /// the gradients of that op's tp-replicated operands are partial too.
   llvm::DenseMap<Value, SmallVector<StringRef>> partialAxes;
@@ -357,8 +360,8 @@ DictionaryAttr Differentiator::like(unsigned i, StringRef attr,
 LogicalResult Differentiator::adjoint(Operation *op) {
   OpBuilder &b = *bb;
   Location loc = op->getLoc();
-  auto anyGrad = llvm::any_of(op->getResults(),
-                              [&](Value r) { return bool(grad(r)); });
+  auto anyGrad =
+      llvm::any_of(op->getResults(), [&](Value r) { return bool(grad(r)); });
   if (!anyGrad)
     return success(); // nothing of the loss depends on it
   // An op whose result a collective sums over tp (a tp-split MLP or expert
@@ -432,11 +435,10 @@ LogicalResult Differentiator::adjoint(Operation *op) {
       })
       .Case([&](AllToAllVOp o) {
         addGradOf(o.getInput(),
-                  AllToAllVOp::create(b, loc, o.getInput().getType(),
-                                      grad(o.getResult()),
-                                      primal(o.getRecvCounts()),
-                                      primal(o.getSendCounts()),
-                                      o.getMeshAttr(), o.getAxes()));
+                  AllToAllVOp::create(
+                      b, loc, o.getInput().getType(), grad(o.getResult()),
+                      primal(o.getRecvCounts()), primal(o.getSendCounts()),
+                      o.getMeshAttr(), o.getAxes()));
         return success();
       })
       .Case([&](AddOp o) {
@@ -736,8 +738,9 @@ void Differentiator::buildStep(bool adamw) {
   SmallVector<SmallVector<Value>> state(stateNames.size());
   for (auto [s, stateName] : llvm::enumerate(stateNames))
     for (auto [i, grad] : weightGrads)
-      state[s].push_back(addArg(
-          grad.getType(), like(i, D::kStateAttrName, name(i) + "." + stateName)));
+      state[s].push_back(
+          addArg(grad.getType(),
+                 like(i, D::kStateAttrName, name(i) + "." + stateName)));
   Value hparams = addArg(RankedTensorType::get({8}, b.getF32Type()),
                          named(D::kHparamsAttrName, "optimizer.hparams"));
   SmallVector<Value> loads;

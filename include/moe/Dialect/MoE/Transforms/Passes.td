@@ -94,11 +94,14 @@ def MoEDifferentiate : Pass<"moe-differentiate", "::mlir::ModuleOp"> {
     exact 1.0 in forward_train as the gate weight of a top-1 softmax over a
     single logit (the loss itself) and saves it.
 
-    Where it runs: after `moe-shard` (and DTD), on the per-rank program, so
-    that the backward's collectives are the transposes of the forward's and
-    DTD carries over. Only programs without a mesh (one device) are
-    differentiated today; a sharded program is refused with an error naming
-    the collective that has no adjoint yet (docs/design.md, "Training").
+    Where it runs: after `moe-shard` (and DTD), on the per-rank program. The
+    backward's collectives are the adjoints of the forward's (with gradients
+    of replicated values held whole on every rank: all_reduce -> identity,
+    all_gather -> slice, slice -> all_gather, reduce_scatter -> all_gather,
+    all-to-alls -> their inverse), the tp partial sums of tp-split ops are
+    summed over tp, and every weight gradient is summed over the axes of
+    docs/spec.md 7.1 by bucketed all-reduces (`moe.pack`, one
+    `moe.all_reduce` per bucket, `moe.unpack`). docs/design.md, "Training".
   }];
   let dependentDialects = ["::mlir::moe::MoEDialect", "::mlir::func::FuncDialect"];
 }
