@@ -1,4 +1,4 @@
-// RUN: moe-opt %s -moe-decompose -canonicalize -moe-shard="mesh=dp=2,ep=2,tp=2" -moe-drop-duplicate-tokens -canonicalize -cse -moe-differentiate | FileCheck %s
+// RUN: moe-opt %s -split-input-file -moe-decompose -canonicalize -moe-shard="mesh=dp=2,ep=2,tp=2" -moe-drop-duplicate-tokens -canonicalize -cse -moe-differentiate | FileCheck %s
 
 // moe-differentiate on a sharded program (dp=2, ep=2, tp=2 with DTD; a
 // Qwen-style layer whose shared expert, split over tp, has a replicated
@@ -63,4 +63,33 @@ func.func @forward(%x: tensor<16x8xf32> {moe.input = "hidden_states"},
       : (tensor<16x8xf32>, tensor<4x8xf32>, tensor<4x6x8xf32>, tensor<4x6x8xf32>, tensor<4x8x6xf32>, tensor<4x8xf32>, tensor<4x8xf32>, tensor<8x4xf32>, tensor<1x8xf32>) -> tensor<16x8xf32>
   %2 = moe.add %x, %1 : (tensor<16x8xf32>, tensor<16x8xf32>) -> tensor<16x8xf32>
   return %2 : tensor<16x8xf32>
+}
+
+// -----
+
+// Expert-tp under DTD: the forward's reduce-scatter over tp comes back as an
+// all-gather, and the tp sum of the expert FFN's input gradient with the
+// adjoint of the gather before it is one reduce-scatter, so the backward's
+// collectives mirror the forward's one for one.
+// RUN: moe-opt %s -split-input-file -moe-decompose -canonicalize -moe-shard="mesh=ep=2,tp=2 expert-tp" -moe-drop-duplicate-tokens -canonicalize -cse -moe-differentiate | FileCheck %s --check-prefix=ETP
+// ETP-LABEL: func.func @backward
+// ETP: moe.slice %{{.*}} on @mesh ["tp"] dim = 1
+// ETP-NEXT: moe.all_to_all_v
+// ETP-NEXT: moe.all_gather %{{.*}} on @mesh ["tp"] dim = 1
+// ETP-NEXT: %[[DX:.*]], %{{.*}}, %{{.*}}, %{{.*}} = moe.expert_ffn_grad
+// ETP-NEXT: moe.reduce_scatter %[[DX]] on @mesh ["tp"] dim = 1
+// ETP-NEXT: moe.all_to_all_v
+// ETP-NEXT: moe.all_gather %{{.*}} on @mesh ["tp"] dim = 1
+// ETP-NOT: moe.all_reduce %{{.*}} on @mesh ["tp"]
+// ETP: return
+func.func @forward(%x: tensor<16x8xf32> {moe.input = "hidden_states"},
+                   %wr: tensor<4x8xf32> {moe.weight = "gate"},
+                   %w1: tensor<4x6x8xf32> {moe.weight = "experts.{e}.w1"},
+                   %w3: tensor<4x6x8xf32> {moe.weight = "experts.{e}.w3"},
+                   %w2: tensor<4x8x6xf32> {moe.weight = "experts.{e}.w2"})
+    -> (tensor<16x8xf32> {moe.output = "hidden_states"}) {
+  %y = moe.layer %x router %wr gate %w1 up %w3 down %w2
+      {num_experts = 4 : i64, top_k = 2 : i64, renormalize, activation = #moe<activation swiglu>}
+      : (tensor<16x8xf32>, tensor<4x8xf32>, tensor<4x6x8xf32>, tensor<4x6x8xf32>, tensor<4x8x6xf32>) -> tensor<16x8xf32>
+  return %y : tensor<16x8xf32>
 }

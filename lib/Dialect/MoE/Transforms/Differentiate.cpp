@@ -415,11 +415,25 @@ LogicalResult Differentiator::adjoint(Operation *op) {
                                     o.getAxes(), o.getDimAttr()));
         return success();
       })
-      .Case([&](AllGatherOp o) {
-        addGradOf(o.getInput(),
-                  SliceOp::create(b, loc, o.getInput().getType(),
-                                  grad(o.getResult()), o.getMeshAttr(),
-                                  o.getAxes(), o.getDimAttr()));
+      .Case([&](AllGatherOp o) -> LogicalResult {
+        Value g = grad(o.getResult());
+        // A sum over the same axes just before (the tp partial sums of an
+        // expert-tp FFN under DTD) and this slice are one reduce-scatter,
+        // as in the forward: half the bytes of the all-reduce.
+        if (auto sum = g.getDefiningOp<AllReduceOp>();
+            sum && sum.getAxes() == o.getAxes() &&
+            sum.getMeshAttr() == o.getMeshAttr() && g.use_empty()) {
+          Value rs = ReduceScatterOp::create(b, loc, o.getInput().getType(),
+                                             sum.getInput(), o.getMeshAttr(),
+                                             o.getAxes(), o.getDimAttr());
+          grads.erase(o.getResult());
+          sum.erase();
+          addGradOf(o.getInput(), rs);
+          return success();
+        }
+        addGradOf(o.getInput(), SliceOp::create(b, loc, o.getInput().getType(),
+                                                g, o.getMeshAttr(), o.getAxes(),
+                                                o.getDimAttr()));
         return success();
       })
       .Case([&](SliceOp o) {
