@@ -336,14 +336,16 @@ def check(args: argparse.Namespace, work: str) -> None:
     # Gradients of the first step: this rank's slice of the reference's, in
     # the compiler layout.
     ref_grads = load(paths["grads"])
+    # Each gradient's own shard spec (ZeRO-1 splits it over dp too).
+    rspecs = {r["name"]: r for r in m.entries["backward"]["results"]}
     worst, count = 0.0, 0
     for name, value in first_grads.items():
         base = name[len("grad."):]
         if base == "hidden_states":
-            want = m.local(xspec, ref_grads["hidden_states"])
+            want = m.local(rspecs[name], ref_grads["hidden_states"])
         else:
             try:
-                want = m.local(specs[base], expand(base, specs[base], ref_grads))
+                want = m.local(rspecs[name], expand(base, specs[base], ref_grads))
             except KeyError as e:
                 raise CheckError(f"gradient '{name}': {e} is not in the reference") from None
         e = rel_err(value, want)

@@ -82,6 +82,10 @@ cl::opt<bool> train("train",
                              "forward_train, backward, step_adamw and "
                              "step_sgd (f32 models)"),
                     cl::cat(category));
+cl::opt<bool> zero1("zero1",
+                    cl::desc("With --train: shard the optimizer state over dp "
+                             "(ZeRO-1)"),
+                    cl::cat(category));
 cl::opt<std::string> target("target",
                             cl::desc("Default device recorded in the manifest "
                                      "(moe-run --device overrides)"),
@@ -184,6 +188,7 @@ llvm::Error pipelineOptions(moe::CompilePipelineOptions &options) {
   options.dtd = dtd;
   options.expertTp = expertTP;
   options.train = train;
+  options.zero1 = zero1;
   return moe::verifyCompilePipelineOptions(options);
 }
 

@@ -45,6 +45,12 @@ struct CompilePipelineOptions
                      "step_adamw, step_sgd (moe-differentiate, after "
                      "sharding)"),
       llvm::cl::init(false)};
+  PassOptions::Option<bool> zero1{
+      *this, "zero1",
+      llvm::cl::desc("With train: shard the optimizer state over dp "
+                     "(ZeRO-1: reduce-scatter of gradients, all-gather of "
+                     "updated weights)"),
+      llvm::cl::init(false)};
 };
 
 /// Checks what the passes themselves cannot: `dtd` and `expert-tp` need a

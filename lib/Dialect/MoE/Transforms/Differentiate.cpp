@@ -18,6 +18,7 @@
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
+#include "llvm/ADT/DenseSet.h"
 #include "llvm/ADT/MapVector.h"
 #include "llvm/ADT/TypeSwitch.h"
 
@@ -51,8 +52,9 @@ struct BiasInfo {
 
 class Differentiator {
 public:
-  Differentiator(ModuleOp module, func::FuncOp forward)
-      : module(module), forward(forward), ctx(module.getContext()) {}
+  Differentiator(ModuleOp module, func::FuncOp forward, bool zero1)
+      : module(module), forward(forward), ctx(module.getContext()),
+        zero1(zero1) {}
 
   LogicalResult run();
 
@@ -79,11 +81,18 @@ private:
   /// Attributes of a tensor named like @forward argument `i` (its shard
   /// spec and global shape), under `attr` = `name`.
   DictionaryAttr like(unsigned i, StringRef attr, const Twine &name);
+  /// The same for the gradient and optimizer state of weight `i`: with
+  /// ZeRO-1 they are also split over dp (dimension 0).
+  DictionaryAttr likeGrad(unsigned i, StringRef attr, const Twine &name);
+  /// Collective `OpTy` over dp along dimension 0 (ZeRO-1).
+  template <typename OpTy> Value overDp(OpBuilder &b, Type type, Value v);
 
   ModuleOp module;
   func::FuncOp forward, train, backward;
   MLIRContext *ctx;
-  std::unique_ptr<OpBuilder> bb; // builds the backward body
+  bool zero1;                           // optimizer state sharded over dp
+  llvm::DenseSet<unsigned> zeroWeights; // @forward weights stepped sharded
+  std::unique_ptr<OpBuilder> bb;        // builds the backward body
 
   MeshOp mesh;                      // of a sharded program
   SmallVector<StringRef> tokenAxes; // dp, ep of size > 1: tokens differ
@@ -357,6 +366,37 @@ DictionaryAttr Differentiator::like(unsigned i, StringRef attr,
   return attrs.getDictionary(ctx);
 }
 
+DictionaryAttr Differentiator::likeGrad(unsigned i, StringRef attr,
+                                        const Twine &name) {
+  DictionaryAttr attrs = like(i, attr, name);
+  if (!zeroWeights.contains(i))
+    return attrs;
+  // The chunk of dimension 0 this rank keeps: dp within the axes that
+  // already split it (docs/module-format.md, the sharding rule).
+  auto type = cast<RankedTensorType>(forward.getArgumentTypes()[i]);
+  SmallVector<Attribute> dims;
+  if (auto shard = attrs.getAs<ArrayAttr>(D::kShardAttrName))
+    dims.assign(shard.begin(), shard.end());
+  else
+    dims.assign(type.getRank(), ArrayAttr::get(ctx, {}));
+  SmallVector<Attribute> dim0(cast<ArrayAttr>(dims[0]).getValue());
+  dim0.push_back(StringAttr::get(ctx, kAxisDP));
+  dims[0] = ArrayAttr::get(ctx, dim0);
+  NamedAttrList list(attrs);
+  list.set(D::kShardAttrName, ArrayAttr::get(ctx, dims));
+  if (!list.get(D::kGlobalShapeAttrName))
+    list.set(D::kGlobalShapeAttrName,
+             DenseI64ArrayAttr::get(ctx, type.getShape()));
+  return list.getDictionary(ctx);
+}
+
+template <typename OpTy>
+Value Differentiator::overDp(OpBuilder &b, Type type, Value v) {
+  return OpTy::create(b, v.getLoc(), type, v,
+                      FlatSymbolRefAttr::get(mesh.getSymNameAttr()),
+                      b.getStrArrayAttr({kAxisDP}), b.getI64IntegerAttr(0));
+}
+
 LogicalResult Differentiator::adjoint(Operation *op) {
   OpBuilder &b = *bb;
   Location loc = op->getLoc();
@@ -590,6 +630,14 @@ void Differentiator::synchronizeGradients() {
     for (StringRef a : tokenAxes)
       if (!llvm::is_contained(split, a))
         axes.push_back(a);
+    // ZeRO-1: the sum over dp becomes a reduce-scatter of dimension 0 (below),
+    // so that each dp rank steps its chunk.
+    auto type = cast<RankedTensorType>(forward.getArgumentTypes()[i]);
+    if (zero1 && llvm::is_contained(axes, kAxisDP) &&
+        type.getDimSize(0) % mesh.getAxisSize(kAxisDP) == 0) {
+      zeroWeights.insert(i);
+      llvm::erase(axes, kAxisDP);
+    }
     if (axes.empty())
       continue;
     auto it = llvm::find_if(groups, [&](auto &g) { return g.first == axes; });
@@ -626,6 +674,16 @@ void Differentiator::synchronizeGradients() {
       }
       first = last;
     }
+  }
+  for (unsigned i = 0; i < forward.getNumArguments(); ++i) {
+    if (!zeroWeights.contains(i))
+      continue;
+    Value w = trainBody.getArgument(i + 1);
+    SmallVector<int64_t> shape(tensorOf(w).getShape());
+    shape[0] /= mesh.getAxisSize(kAxisDP);
+    grads[w] = overDp<ReduceScatterOp>(
+        *bb, RankedTensorType::get(shape, tensorOf(w).getElementType()),
+        grads[w]);
   }
 }
 
@@ -680,8 +738,8 @@ LogicalResult Differentiator::buildBackward() {
     weightGrads.push_back({i, g});
     results.push_back(g);
     resultAttrs.push_back(
-        like(i, D::kOutputAttrName,
-             "grad." + argName(forward, i, D::kWeightAttrName).getValue()));
+        likeGrad(i, D::kOutputAttrName,
+                 "grad." + argName(forward, i, D::kWeightAttrName).getValue()));
   }
   func::ReturnOp::create(*bb, loc, results);
   backward.setType(FunctionType::get(ctx, body->getArgumentTypes(),
@@ -744,8 +802,8 @@ void Differentiator::buildStep(bool adamw) {
           addArg(forward.getArgumentTypes()[i], forward.getArgAttrDict(i));
   SmallVector<Value> g;
   for (auto [i, grad] : weightGrads)
-    g.push_back(
-        addArg(grad.getType(), like(i, D::kGradAttrName, "grad." + name(i))));
+    g.push_back(addArg(grad.getType(),
+                       likeGrad(i, D::kGradAttrName, "grad." + name(i))));
   SmallVector<StringRef> stateNames =
       adamw ? SmallVector<StringRef>{"exp_avg", "exp_avg_sq"}
             : SmallVector<StringRef>{"momentum_buffer"};
@@ -754,7 +812,7 @@ void Differentiator::buildStep(bool adamw) {
     for (auto [i, grad] : weightGrads)
       state[s].push_back(
           addArg(grad.getType(),
-                 like(i, D::kStateAttrName, name(i) + "." + stateName)));
+                 likeGrad(i, D::kStateAttrName, name(i) + "." + stateName)));
   Value hparams = addArg(RankedTensorType::get({8}, b.getF32Type()),
                          named(D::kHparamsAttrName, "optimizer.hparams"));
   SmallVector<Value> loads;
@@ -767,18 +825,26 @@ void Differentiator::buildStep(bool adamw) {
   SmallVector<SmallVector<Value>> newState(stateNames.size());
   for (auto [j, wg] : llvm::enumerate(weightGrads)) {
     Value w = weights[wg.first];
-    Type t = w.getType();
+    // ZeRO-1: step this dp rank's chunk, then gather the updated weight.
+    bool zero = zeroWeights.contains(wg.first);
+    Type t = g[j].getType();
+    if (zero)
+      w = overDp<SliceOp>(b, t, w);
+    Value nw;
     if (adamw) {
       auto op = AdamWOp::create(b, loc, t, t, t, w, g[j], state[0][j],
                                 state[1][j], hparams);
-      newWeights.push_back(op.getNewWeight());
+      nw = op.getNewWeight();
       newState[0].push_back(op.getNewExpAvg());
       newState[1].push_back(op.getNewExpAvgSq());
     } else {
       auto op = SGDOp::create(b, loc, t, t, w, g[j], state[0][j], hparams);
-      newWeights.push_back(op.getNewWeight());
+      nw = op.getNewWeight();
       newState[0].push_back(op.getNewMomentumBuffer());
     }
+    if (zero)
+      nw = overDp<AllGatherOp>(b, weights[wg.first].getType(), nw);
+    newWeights.push_back(nw);
   }
   SmallVector<Value> results;
   for (auto [j, wg] : llvm::enumerate(weightGrads)) {
@@ -788,8 +854,8 @@ void Differentiator::buildStep(bool adamw) {
   for (auto [s, stateName] : llvm::enumerate(stateNames))
     for (auto [j, wg] : llvm::enumerate(weightGrads)) {
       results.push_back(newState[s][j]);
-      resultAttrs.push_back(
-          like(wg.first, D::kOutputAttrName, name(wg.first) + "." + stateName));
+      resultAttrs.push_back(likeGrad(wg.first, D::kOutputAttrName,
+                                     name(wg.first) + "." + stateName));
     }
   // The selection-bias update comes after the optimizer update (7.5).
   for (auto [bias, load] : llvm::zip(biases, loads)) {
@@ -822,6 +888,7 @@ LogicalResult Differentiator::run() {
 
 struct MoEDifferentiatePass
     : moe::impl::MoEDifferentiateBase<MoEDifferentiatePass> {
+  using MoEDifferentiateBase::MoEDifferentiateBase;
   void runOnOperation() override {
     ModuleOp module = getOperation();
     auto forward = module.lookupSymbol<func::FuncOp>("forward");
@@ -830,7 +897,7 @@ struct MoEDifferentiatePass
                        "function to differentiate");
       return signalPassFailure();
     }
-    if (failed(Differentiator(module, forward).run()))
+    if (failed(Differentiator(module, forward, zero1).run()))
       signalPassFailure();
   }
 };

@@ -102,7 +102,16 @@ def MoEDifferentiate : Pass<"moe-differentiate", "::mlir::ModuleOp"> {
     summed over tp, and every weight gradient is summed over the axes of
     docs/spec.md 7.1 by bucketed all-reduces (`moe.pack`, one
     `moe.all_reduce` per bucket, `moe.unpack`). docs/design.md, "Training".
+
+    With `zero1` (ZeRO-1), the optimizer state of every weight replicated
+    over dp (whose dimension 0 divides by dp) is split over dp: the backward
+    reduce-scatters its gradient over dp (dimension 0) instead of summing it,
+    and the steps update this rank's chunk of the weight and all-gather it.
   }];
+  let options = [
+    Option<"zero1", "zero1", "bool", /*default=*/"false",
+           "shard the optimizer state over dp (ZeRO-1)">
+  ];
   let dependentDialects = ["::mlir::moe::MoEDialect", "::mlir::func::FuncDialect"];
 }
 
