@@ -15,6 +15,8 @@ For one model config and one set of routing options it
 
 Output, one line per check (FileCheck reads them):
   LOSS <family> compiled=<l> reference=<l>
+  A2A <family> <mesh> <op> forward=<b> backward=<b>   (rank 0's bytes sent by the
+                           token all-to-alls of forward_train and backward: equal)
   GRADS <family> <n> tensors max_rel_err=<e>
   STEP <family> <optimizer> steps=<n> <m> tensors max_rel_err=<e>
   PASS <family>            (or FAIL <family> <why>, exit status 1)
@@ -150,6 +152,10 @@ class Module:
         self.coords = [rt.moert_ctx_coord(self.ctx, i) for i in range(len(self.axes))]
         self.rank = rt.moert_ctx_rank(self.ctx)
         rt.moert_ctx_destroy.argtypes = [ctypes.c_void_p]
+        rt.moert_ctx_stats_json.restype = ctypes.c_char_p
+        rt.moert_ctx_stats_json.argtypes = [ctypes.c_void_p]
+        rt.moert_ctx_reset_stats.argtypes = [ctypes.c_void_p]
+        self.a2a_bytes: dict[str, dict[str, int]] = {}
         Module._instances.append(self)
 
     _instances: list[Module] = []
@@ -199,9 +205,17 @@ class Module:
             *[r.ctypes.data for r in results])
         fn = getattr(self.lib, entry["symbol"])
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self.rt.moert_ctx_reset_stats(self.ctx)
         fn(self.ctx, argv, resv)
         if self.rt.moert_ctx_status(self.ctx) != 0:
             raise CheckError(f"{name}: {self.rt.moert_ctx_error(self.ctx).decode()}")
+        # Bytes this rank sent by each kind of all-to-all in this call.
+        stats = json.loads(self.rt.moert_ctx_stats_json(self.ctx).decode())
+        sent = {"all_to_all": 0, "all_to_all_v": 0}
+        for c in stats["collectives"]:
+            if c["op"] in sent:
+                sent[c["op"]] += c["bytes_sent"]
+        self.a2a_bytes[name] = sent
         return {r["name"]: v for r, v in zip(entry["results"], results)}
 
 
@@ -244,6 +258,28 @@ def rel_err(a: np.ndarray, ref: np.ndarray, atol: float | None = None) -> float:
 
 
 # ---------------------------------------------------------------- the check
+
+
+def say(line: str) -> None:
+    """One line in one write, so that the lines of ranks sharing mpiexec's
+    stdout do not interleave."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def check_exchange(args: argparse.Namespace, m: Module, where: str) -> None:
+    """The backward's token all-to-alls send what the forward's send: the
+    uneven ones (dropless) byte for byte; the even ones too in the capacity
+    layout, where they carry the tokens (in the dropless one they only carry
+    the counts, which the backward takes from forward_train)."""
+    fwd, bwd = m.a2a_bytes["forward_train"], m.a2a_bytes["backward"]
+    dropless = fwd["all_to_all_v"] > 0
+    tokens = "all_to_all_v" if dropless else "all_to_all"
+    say(f"A2A{where}{args.family} {args.mesh} {tokens} forward={fwd[tokens]} "
+        f"backward={bwd[tokens]}")
+    if bwd[tokens] != fwd[tokens] or (dropless and bwd["all_to_all"] != 0):
+        raise CheckError(f"the backward's all-to-all bytes {bwd} differ from the "
+                         f"forward's {fwd}")
 
 
 def check(args: argparse.Namespace, work: str) -> None:
@@ -291,7 +327,7 @@ def check(args: argparse.Namespace, work: str) -> None:
                "--mesh", args.mesh, "--workdir", work, "--", *routing]
         out = run(cmd)
         for line in out.splitlines():
-            if line.startswith(("LOSS", "GRADS", "STEP")) and " rank 0 " in line:
+            if line.startswith(("LOSS", "GRADS", "STEP", "A2A")) and " rank 0 " in line:
                 print(line.replace(" rank 0 ", " "))
         bad = [ln for ln in out.splitlines() if ln.startswith("FAIL")]
         if bad:
@@ -319,8 +355,7 @@ def check(args: argparse.Namespace, work: str) -> None:
         out = m.call("forward_train", tensors)
         if i == 0:
             loss, want = float(out["loss"][0]), ref["steps"][0]["loss"]
-            print(f"LOSS{where}{args.family} compiled={loss:.9e} reference={want:.9e}",
-                  flush=True)
+            say(f"LOSS{where}{args.family} compiled={loss:.9e} reference={want:.9e}")
             if abs(loss - want) > RTOL * abs(want):
                 raise CheckError(f"loss {loss} differs from the reference {want}")
         tensors.update(out)
@@ -328,6 +363,8 @@ def check(args: argparse.Namespace, work: str) -> None:
         if i == 0:
             first_grads = grads
         tensors.update(grads)
+        if i == 0 and args.mesh:
+            check_exchange(args, m, where)
         hp = np.array([LR, BETAS[0], BETAS[1], EPS, WD, MOMENTUM if args.optimizer == "sgd"
                        else 0.0, i + 1, BIAS_RATE], dtype=np.float32)
         tensors["optimizer.hparams"] = hp
@@ -358,7 +395,7 @@ def check(args: argparse.Namespace, work: str) -> None:
     missing = [n for n in ref_grads if not any(p.match(n) for p in patterns)]
     if missing:
         raise CheckError(f"no compiled gradient for {sorted(missing)}")
-    print(f"GRADS{where}{args.family} {count} tensors max_rel_err={worst:.3e}", flush=True)
+    say(f"GRADS{where}{args.family} {count} tensors max_rel_err={worst:.3e}")
 
     # Weights after the last step, biases included.
     ref_w = load(paths["w2"])
@@ -370,8 +407,8 @@ def check(args: argparse.Namespace, work: str) -> None:
             raise CheckError(f"weight '{name}' after {args.steps} steps: "
                              f"max_rel_err {e:.3g} > {RTOL}")
         worst = max(worst, e)
-    print(f"STEP{where}{args.family} {args.optimizer} steps={args.steps} {len(specs)} tensors "
-          f"max_rel_err={worst:.3e}", flush=True)
+    say(f"STEP{where}{args.family} {args.optimizer} steps={args.steps} {len(specs)} tensors "
+        f"max_rel_err={worst:.3e}")
 
 
 def main() -> int:
@@ -397,7 +434,7 @@ def main() -> int:
         check(args, work)
     except CheckError as e:
         msg = re.sub(r"\s+", " ", str(e))[:2000]
-        print(f"FAIL {args.family} {args.mesh or 'single'} {msg}", flush=True)
+        say(f"FAIL {args.family} {args.mesh or 'single'} {msg}")
         Module.finalize()
         return 1
     if not args.worker:
