@@ -7,13 +7,18 @@ and with `python3 -m moe_compiler train-reference`, and compares: the printed
 losses, the first step's gradients (--grads), the saved weights and the saved
 optimizer state (the same names, shapes and dtypes; values at rtol), then
 resumes: N-1 steps saved and one more must give the N-step files bit for bit.
-Prints one PASS or FAIL line per check; exit 1 on any FAIL, 77 (a skip for
-CTest) when moe-compile has no --train.
+With --mesh SPEC[+dtd][+expert-tp] the module is compiled for that mesh and run
+under MPIEXEC; --compare-single then also trains the single-device module for
+the same steps and compares the saved weights (N ranks train like one).
+--learnable makes the targets the model's own output under other weights, and
+checks that the loss goes down. Prints one PASS or FAIL line per check; exit 1
+on any FAIL.
 
 usage: train_e2e.py --config CONFIG.json --moe-compile BIN --moe-run BIN
                     --workdir DIR [--tokens T] [--steps N] [--optimizer NAME]
-                    [--routing '--norm rmsnorm ...'] [--mesh SPEC --mpiexec
-                    MPIEXEC] [-- options for both trainers]
+                    [--routing '--norm rmsnorm ...'] [--mesh SPEC[+dtd]
+                    --mpiexec MPIEXEC [--compare-single]] [--learnable]
+                    [-- options for both trainers]
 """
 import argparse
 import os
@@ -79,12 +84,13 @@ def main():
     ap.add_argument("--routing", default="",
                     help="routing overrides for emit and train-reference, "
                     "e.g. '--norm rmsnorm --losses'")
+    ap.add_argument("--compare-single", action="store_true",
+                    help="with --mesh: also train on one device and compare")
+    ap.add_argument("--learnable", action="store_true",
+                    help="targets from other weights; the loss must go down")
     ap.add_argument("extra", nargs="*", help="options for both trainers")
     a = ap.parse_args()
-    if "--train" not in subprocess.run([a.moe_compile, "--help"],
-                                       capture_output=True, text=True).stdout:
-        print(f"SKIP {a.moe_compile} has no --train")
-        return 77
+    mesh, *flags = a.mesh.split("+") if a.mesh else [""]
     w = os.path.abspath(a.workdir)
     shutil.rmtree(w, ignore_errors=True)
     os.makedirs(w)
@@ -96,23 +102,30 @@ def main():
     sh(py + ["emit", *cfg, *routing, "--tokens", str(a.tokens), "--dtype", "f32", "-o",
              p("model.mlir")])
     sh([a.moe_compile, p("model.mlir"), "-o", p("mod"), "--train"]
-       + (["--mesh", a.mesh] if a.mesh else []))
+       + (["--mesh", mesh] if mesh else []) + ["--" + f for f in flags])
     sh(py + ["init-weights", *cfg, "--seed", "1", "-o", p("W.safetensors")])
     sh(py + ["init-inputs", *cfg, "--tokens", str(a.tokens), "--seed", "2",
              "-o", p("X.safetensors")])
-    sh(py + ["init-targets", *cfg, "--tokens", str(a.tokens), "--seed", "3",
-             "-o", p("T.safetensors")])
+    if a.learnable:
+        # What the same model computes with other weights: reachable by training.
+        sh(py + ["init-weights", *cfg, "--seed", "4", "-o", p("W4.safetensors")])
+        sh(py + ["reference", *cfg, *routing, "--weights", p("W4.safetensors"),
+                 "--inputs", p("X.safetensors"), "-o", p("T.safetensors")])
+    else:
+        sh(py + ["init-targets", *cfg, "--tokens", str(a.tokens), "--seed", "3",
+                 "-o", p("T.safetensors")])
     opts = ["--optimizer", a.optimizer, *a.extra]
     data = ["--inputs", p("X.safetensors"), "--targets", p("T.safetensors")]
     ranks = 1
-    if a.mesh:
-        for part in a.mesh.split(","):
+    if mesh:
+        for part in mesh.split(","):
             ranks *= int(part.split("=")[1])
     launch = ([a.mpiexec, "--allow-run-as-root", "--oversubscribe", "-np",
                str(ranks)] if ranks > 1 else [])
 
-    def run(weights, steps, out, state=None, grads=None):
-        cmd = launch + [a.moe_run, p("mod"), "--train", "--steps", str(steps),
+    def run(weights, steps, out, state=None, grads=None, module="mod", np_=True):
+        cmd = (launch if np_ else []) + [
+            a.moe_run, p(module), "--train", "--steps", str(steps),
                         "--weights", weights, *data, *opts, "--quiet",
                         "--save-weights", p(out + "W.safetensors"),
                         "--save-optimizer-state", p(out + "S.safetensors")]
@@ -132,6 +145,14 @@ def main():
                                                   ref_out, re.M)]
     check(len(mine) == a.steps and np.allclose(mine, ref, rtol=a.rtol),
           f"losses {mine} vs reference {ref}")
+    if a.learnable:
+        check(len(mine) > 1 and mine[-1] < mine[0],
+              f"the loss goes down on a learnable target: {mine[0]} -> {mine[-1]}")
+    if a.compare_single and ranks > 1:
+        sh([a.moe_compile, p("model.mlir"), "-o", p("mod1"), "--train"])
+        run(p("W.safetensors"), a.steps, "s", module="mod1", np_=False)
+        compare(f"{ranks} ranks vs 1 device after {a.steps} steps: saved weights",
+                p("mW.safetensors"), p("sW.safetensors"), a.rtol, a.atol)
     compare("first step's gradients", p("mG.safetensors"), p("rG.safetensors"),
             a.rtol, 1e-6)
     compare("saved weights", p("mW.safetensors"), p("rW.safetensors"), a.rtol,
