@@ -321,8 +321,13 @@ void printTrainingTables(const std::vector<std::string> &stats,
     std::vector<json::Value> perRank;
     for (const json::Value &r : ranks) {
       const json::Value *es = r.get("entries");
-      perRank.push_back(es && i < es->elements().size() ? es->elements()[i]
-                                                        : json::Value());
+      json::Value entry = es && i < es->elements().size()
+                              ? es->elements()[i]
+                              : json::Value::object();
+      // The per-entry statistics carry no rank: the rank's own record does.
+      if (const json::Value *rank = r.get("rank"))
+        entry.set("rank", rank->getInt());
+      perRank.push_back(std::move(entry));
     }
     printCollectiveTable(perRank, title);
   }

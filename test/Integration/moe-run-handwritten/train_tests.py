@@ -593,6 +593,16 @@ def mpi_cases(c):
         if coll.get("all_reduce", 0) <= 0:
             fail("dp2: --stats", "backward has no all_reduce bytes: "
                  + json.dumps(s[1]["entries"][1]))
+        # The printed per-rank table names every rank (0 and 1), per entry.
+        table = re.findall(r"^collectives per rank, entry (\S+)\n.*\n((?:  \S+ .*\n)+)",
+                           got[1], re.M)
+        ranks = {e: sorted({row.split()[0] for row in rows.splitlines()})
+                 for e, rows in table}
+        if not table or any(r != ["0", "1"] for r in ranks.values()):
+            fail("dp2: per-rank collectives table", f"ranks per entry {ranks}")
+        else:
+            print(f"ok   dp2: per-rank collectives table names ranks 0 and 1 "
+                  f"({', '.join(sorted(ranks))})")
     k = [c.path(f"dp2-{n}.safetensors") for n in ("w1", "s1", "w3", "s3")]
     a = train("dp2: 1 step, saved", mpi + c.cmd(
         dp2, None, None, 1, "--save-weights", k[0], "--save-optimizer-state",
