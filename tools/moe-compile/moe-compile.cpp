@@ -11,6 +11,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "moe/Conversion/Passes.h"
+#include "moe/Conversion/RuntimeAbi.h"
 #include "moe/Dialect/MoE/IR/MoE.h"
 #include "moe/Dialect/MoE/Transforms/Passes.h"
 #include "moe/Pipelines/Manifest.h"
@@ -347,7 +348,13 @@ llvm::Error compile(MLIRContext &context,
     return e;
   timer.done("print IR");
 
-  // 2. LLVM dialect, LLVM IR, object, shared library.
+  // 2. LLVM dialect, LLVM IR, object, shared library, which carries its own
+  // description (moe-run checks manifest.json against it).
+  std::string embedded;
+  llvm::raw_string_ostream embeddedStream(embedded);
+  embeddedStream << llvm::json::Value(llvm::json::Object(*description));
+  if (failed(moe::abi::addManifestDescription(*module, embedded)))
+    return makeError("cannot embed the manifest in the module");
   if (llvm::Error e = runPipeline(*module, timer, "moe-lower-to-llvm",
                                   moe::buildLowerToLLVMPipeline))
     return e;

@@ -68,6 +68,8 @@ private:
   void createContext();
   bool checkSameModule();
 
+  void *loadVerified(const std::string &lib, const std::string &manifestPath);
+
   moert::Status loaded_;
   std::string libraryHash_;
   std::vector<std::pair<std::string, EntryFn>> fns_;

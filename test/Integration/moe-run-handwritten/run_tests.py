@@ -158,15 +158,35 @@ def manifest(mesh_axes, mesh_shape, module_hash):
                          "results": results}]}
 
 
-def build_module(out_dir, cc, include, mesh_axes, mesh_shape, extra=()):
+def description_flags(out_dir, m):
+    """Like every compiled module, the library carries its own description
+    (manifest.json's mesh and entries) as `const char moe_manifest[]`:
+    writes it as a C header and returns the flags that include it."""
+    desc = {"mesh": m["mesh"], "entries": m["entries"]}
+    text = json.dumps(desc, separators=(",", ":"))
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    path = os.path.join(out_dir, "moe_manifest.h")
+    with open(path, "w") as f:
+        f.write(f'const char moe_manifest[] = "{text}";\n')
+    return ["-include", path]
+
+
+def build_module(out_dir, cc, include, mesh_axes, mesh_shape, extra=(),
+                 describe=None):
+    """`describe` edits the description the library embeds (default: the
+    manifest's own)."""
     os.makedirs(out_dir, exist_ok=True)
     n = 1
     for s in mesh_shape:
         n *= s
     lib = os.path.join(out_dir, "module.so")
+    desc = manifest(mesh_axes, mesh_shape, "0" * 16)
+    if describe:
+        describe(desc)
     cmd = [cc, "-shared", "-fPIC", "-O1", "-I", include,
            f"-DLT={T // n}", f"-DLE={E // n}",
            f"-DMASK={1 if mesh_axes else 0}", *extra,
+           *description_flags(out_dir, desc),
            os.path.join(HERE, "module.c"), "-o", lib]
     subprocess.run(cmd, check=True)
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
