@@ -4,6 +4,7 @@
 #include "ShardedLoader.h"
 #include "World.h"
 
+#include "base/Dtype.h"
 #include "support/Format.h"
 #include "support/ModuleAbi.h"
 #include "support/Safetensors.h"
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <new>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -57,6 +59,31 @@ bool sameFile(const std::string &a, const std::string &b) {
   return !a.empty() && !b.empty() && ::stat(a.c_str(), &sa) == 0 &&
          ::stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev &&
          sa.st_ino == sb.st_ino;
+}
+
+Status hostBuffer(const TensorSpec &spec, std::vector<char> &buf) {
+  int64_t bytes = spec.localBytes();
+  try {
+    buf.assign(static_cast<size_t>(bytes), 0);
+  } catch (const std::bad_alloc &) {
+    return supportError(MOERT_ERR_NOMEM,
+                        "cannot allocate %lld bytes of host memory for '%s' "
+                        "(%s %s)",
+                        static_cast<long long>(bytes), spec.name.c_str(),
+                        dtypeName(spec.dtype),
+                        shapeString(spec.localShape).c_str());
+  }
+  return Status::ok();
+}
+
+Status deviceBuffer(moert_ctx *ctx, const TensorSpec &spec, void *&out) {
+  int64_t bytes = std::max<int64_t>(spec.localBytes(), 1);
+  if (moert_alloc(ctx, bytes, &out) == MOERT_OK)
+    return Status::ok();
+  return supportError(
+      moert_ctx_status(ctx), "cannot allocate %lld bytes for '%s' (%s %s): %s",
+      static_cast<long long>(bytes), spec.name.c_str(), dtypeName(spec.dtype),
+      shapeString(spec.localShape).c_str(), moert_ctx_error(ctx));
 }
 
 Session::~Session() {
