@@ -238,9 +238,10 @@ load_end=$(loadavg)
 git_rev=$(git -C "$root" rev-parse --short HEAD 2> /dev/null || echo unknown)
 git_dirty=$(git -C "$root" status --porcelain 2> /dev/null | grep -c . || true)
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+ncpu=$(nproc)
 export BM_CMD="$cmdline" BM_T=$tokens BM_D=$D BM_F=$F BM_E=$E BM_K=$K BM_THREADS=$threads \
   BM_ROUNDS=$rounds BM_WARMUP=$warmup BM_REPEAT=$repeat BM_QUICK=$quick BM_STAMP=$stamp \
-  BM_GIT="$git_rev" BM_DIRTY="$git_dirty" BM_CPU="$cpu" BM_NPROC=$(nproc) \
+  BM_GIT="$git_rev" BM_DIRTY="$git_dirty" BM_CPU="$cpu" BM_NPROC=$ncpu \
   BM_LOAD0="$load_start" BM_LOAD1="$load_end" BM_BUILD="$build" BM_COMPILER="$compiler" \
   BM_PY="$PY" BM_TORCH_PY="$TORCH_PY" BM_MOERT="$moert_sum" BM_SECONDS=$(($(date +%s) - t0))
 "$PY" "$here/train_bench.py" meta --out "$work/meta.json"
