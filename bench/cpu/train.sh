@@ -22,9 +22,10 @@
 #                           [--no-reference] [--no-profile] [--keep-work]
 #   --quick        T=256, 1 round of 1 + 2 steps: a smoke test (under a minute)
 #   --threads N    threads of every contender (default: nproc)
-#   --rounds R     contenders run R times, interleaved (default 3); each time
-#                  W untimed + N timed steps (default W=1, N=3). Medians are
-#                  over all R*N timed steps.
+#   --rounds R     contenders run R times, interleaved (default 5); each time
+#                  W untimed + N timed steps (default W=1, N=2). Medians are
+#                  over all R*N timed steps; the ratios also per round (short
+#                  rounds: the contenders of one round see the same load).
 #   --tokens T     tokens (default 2048, --quick 256)
 #   --no-reference skip (c); correctness is then module against torch only
 #   --no-profile   skip the extra moe-run under sgemm_timer.so that splits
@@ -81,7 +82,7 @@ done
 if [ $quick = 1 ]; then
   : "${tokens:=256}" "${rounds:=1}" "${warmup:=1}" "${repeat:=2}"
 else
-  : "${tokens:=2048}" "${rounds:=3}" "${warmup:=1}" "${repeat:=3}"
+  : "${tokens:=2048}" "${rounds:=5}" "${warmup:=1}" "${repeat:=2}"
 fi
 for v in threads rounds repeat tokens; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "--$v must be a positive integer (got '${!v}')"

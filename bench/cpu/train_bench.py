@@ -358,6 +358,13 @@ def cmd_report(a: argparse.Namespace) -> int:  # noqa: C901 (one table, read top
             "module_backward_over_floor_no_recompute": min(mod["backward"])
             / min(flo["backward_s"]),
         },
+        "median_of_per_round": {
+            "torch_over_module": med(per_round(tor_round, mod_round)),
+            "module_backward_over_floor_recompute": med(per_round(mod_round_bwd,
+                                                                  flo_round_bwdr)),
+            "module_backward_over_floor_no_recompute": med(per_round(mod_round_bwd,
+                                                                     flo_round_bwd)),
+        },
         "per_round": {
             "torch_over_module": per_round(tor_round, mod_round),
             "module_backward_over_floor_recompute": per_round(mod_round_bwd, flo_round_bwdr),
@@ -441,6 +448,11 @@ def cmd_report(a: argparse.Namespace) -> int:  # noqa: C901 (one table, read top
         f"{ratios['module_forward_train_over_floor_forward']:6.2f}")
     out(f"  module step / floor (fwd + bwd + rec.)   {ratios['module_step_over_floor_step']:6.2f}"
         f"   (AdamW is not in the floor)")
+    mr = ratios["median_of_per_round"]
+    out(f"  median of the per-round ratios: torch / module "
+        f"{mr['torch_over_module']:.2f}, backward / floor with recompute "
+        f"{mr['module_backward_over_floor_recompute']:.2f}, without "
+        f"{mr['module_backward_over_floor_no_recompute']:.2f}")
     mn = ratios["of_minimums"]
     out(f"  of the fastest runs (least disturbed): torch / module "
         f"{mn['torch_over_module']:.2f}, backward / floor with recompute "
