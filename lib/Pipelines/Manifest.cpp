@@ -154,25 +154,51 @@ llvm::json::Array describeCollectives(func::FuncOp f) {
   return out;
 }
 
+/// What an entry point is for, from its name (docs/module-format.md):
+/// the training entries of `moe-differentiate`, anything else a forward.
+StringRef entryRole(StringRef name) {
+  if (name == "forward_train" || name == "backward")
+    return name;
+  if (name.starts_with("step_"))
+    return "step";
+  return "forward";
+}
+
 FailureOr<llvm::json::Object> describeEntry(func::FuncOp f) {
   llvm::json::Object entry;
   entry["name"] = f.getSymName().str();
   entry["symbol"] = ("moe_entry_" + f.getSymName()).str();
+  entry["role"] = entryRole(f.getSymName()).str();
   llvm::json::Array args, results;
   for (unsigned i = 0; i < f.getNumArguments(); ++i) {
     DictionaryAttr attrs = f.getArgAttrDict(i);
     llvm::json::Object a;
     a["index"] = int64_t(i);
-    StringAttr input =
-        attrs ? attrs.getAs<StringAttr>(MoEDialect::kInputAttrName) : nullptr;
-    StringAttr weight =
-        attrs ? attrs.getAs<StringAttr>(MoEDialect::kWeightAttrName) : nullptr;
-    if (!input && !weight)
+    // The role is the one moe.* naming attribute the argument carries (the
+    // dialect verifies there is at most one).
+    static constexpr std::pair<StringLiteral, StringLiteral> roles[] = {
+        {MoEDialect::kInputAttrName, "input"},
+        {MoEDialect::kWeightAttrName, "weight"},
+        {MoEDialect::kSavedAttrName, "saved"},
+        {MoEDialect::kGradAttrName, "grad"},
+        {MoEDialect::kStateAttrName, "state"},
+        {MoEDialect::kHparamsAttrName, "hparams"}};
+    StringAttr name;
+    StringRef role;
+    for (auto [attrName, roleName] : roles)
+      if (StringAttr n = attrs ? attrs.getAs<StringAttr>(attrName) : nullptr) {
+        name = n;
+        role = roleName;
+        break;
+      }
+    if (!name)
       return f.emitError() << "argument " << i << " of @" << f.getSymName()
-                           << " has neither moe.input nor moe.weight: the "
-                           << "runner cannot know where its data comes from";
-    a["role"] = input ? "input" : "weight";
-    a["name"] = (input ? input : weight).getValue().str();
+                           << " has no moe.input, moe.weight, moe.saved, "
+                              "moe.grad, moe.state or moe.hparams: the "
+                              "runner cannot know where its data comes from";
+    a["role"] = role.str();
+    a["name"] = name.getValue().str();
+    bool weight = role == "weight";
     if (weight)
       a["transpose"] = bool(attrs.get(MoEDialect::kWeightTransposeAttrName));
     if (failed(describeTensor(f, "argument " + Twine(i),

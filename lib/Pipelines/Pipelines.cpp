@@ -19,6 +19,10 @@ moe::verifyCompilePipelineOptions(const CompilePipelineOptions &options) {
     return llvm::createStringError(
         llvm::inconvertibleErrorCode(),
         "dtd and expert-tp need a mesh with tp > 1 (mesh=...)");
+  if (options.zero1 && !options.train)
+    return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                   "zero1 shards optimizer state: it needs "
+                                   "train");
   return llvm::Error::success();
 }
 
@@ -37,6 +41,13 @@ void moe::buildCompilePipeline(OpPassManager &pm,
   }
   pm.addPass(createCanonicalizerPass());
   pm.addPass(createCSEPass());
+  // Training entries from the per-rank forward (docs/design.md, Training).
+  if (options.train) {
+    MoEDifferentiateOptions differentiate;
+    differentiate.zero1 = options.zero1;
+    pm.addPass(createMoEDifferentiate(differentiate));
+    pm.addPass(createCSEPass());
+  }
   // Describe the entry points while the tensor signatures still exist.
   pm.addPass(createMoEAttachManifest());
   // Buffers and runtime calls.

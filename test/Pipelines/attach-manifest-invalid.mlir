@@ -1,6 +1,6 @@
 // RUN: moe-opt %s -split-input-file -moe-attach-manifest -verify-diagnostics
 
-// expected-error @+1 {{argument 1 of @f has neither moe.input nor moe.weight: the runner cannot know where its data comes from}}
+// expected-error @+1 {{argument 1 of @f has no moe.input, moe.weight, moe.saved, moe.grad, moe.state or moe.hparams: the runner cannot know where its data comes from}}
 func.func @f(%x: tensor<4xf32> {moe.input = "x"}, %y: tensor<4xf32>) {
   return
 }

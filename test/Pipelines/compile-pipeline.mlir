@@ -38,7 +38,7 @@
 
 // MANIFEST: manifest
 // MANIFEST-NEXT: mesh dp=1 ep=2 tp=2
-// MANIFEST-NEXT: entry forward symbol moe_entry_forward keys args,collectives,name,results,symbol
+// MANIFEST-NEXT: entry forward symbol moe_entry_forward keys args,collectives,name,results,role,symbol
 // MANIFEST-NEXT: arg 0 input hidden_states f32 global [64, 32] local [32, 32] shard dp*ep x -
 // MANIFEST-NEXT: arg 1 weight model.layers.0.post_attention_layernorm.weight f32 global [32] local [32] shard -
 // MANIFEST-NEXT: arg 2 weight model.layers.0.block_sparse_moe.gate.weight f32 global [8, 32] local [8, 32] shard - x -

@@ -1,6 +1,6 @@
 //===- moe-compile.cpp - MoE model graph to a runnable module directory ---===//
 //
-//   moe-compile MODEL.mlir -o OUT_DIR [--mesh dp=1,ep=2,tp=2] [--dtd] ...
+//   moe-compile MODEL.mlir -o OUT_DIR [--mesh dp=1,ep=2,tp=2] [--dtd] [--train]
 //
 // A thin driver around the library: runs moe-compile-pipeline (the same
 // pipeline `moe-opt --moe-compile-pipeline` runs) and moe-lower-to-llvm,
@@ -77,6 +77,15 @@ cl::opt<bool> expertTP("expert-tp",
                        cl::desc("Split every expert's FFN over the tp axis "
                                 "(column-parallel gate/up, row-parallel down)"),
                        cl::cat(category));
+cl::opt<bool> train("train",
+                    cl::desc("Also compile the training entries "
+                             "forward_train, backward, step_adamw and "
+                             "step_sgd (f32 models)"),
+                    cl::cat(category));
+cl::opt<bool> zero1("zero1",
+                    cl::desc("With --train: shard the optimizer state over dp "
+                             "(ZeRO-1)"),
+                    cl::cat(category));
 cl::opt<std::string> target("target",
                             cl::desc("Default device recorded in the manifest "
                                      "(moe-run --device overrides)"),
@@ -178,6 +187,8 @@ llvm::Error pipelineOptions(moe::CompilePipelineOptions &options) {
   options.mesh = meshSpec;
   options.dtd = dtd;
   options.expertTp = expertTP;
+  options.train = train;
+  options.zero1 = zero1;
   return moe::verifyCompilePipelineOptions(options);
 }
 
@@ -273,6 +284,32 @@ llvm::Error publish(StringRef staging, StringRef dir) {
 // Driver
 //===----------------------------------------------------------------------===//
 
+/// --train: f32 master weights and state, so an f32 model (spec.md 7.3).
+llvm::Error checkTrainable(ModuleOp module) {
+  auto forward = module.lookupSymbol<func::FuncOp>("forward");
+  if (!forward)
+    return makeError("--train needs a function @forward to differentiate");
+  for (auto [i, t] : llvm::enumerate(forward.getArgumentTypes())) {
+    auto elem = cast<ShapedType>(t).getElementType();
+    if (elem.isF32())
+      continue;
+    auto name = forward.getArgAttrOfType<StringAttr>(
+        i, moe::MoEDialect::kWeightAttrName);
+    if (!name)
+      name = forward.getArgAttrOfType<StringAttr>(
+          i, moe::MoEDialect::kInputAttrName);
+    std::string what;
+    llvm::raw_string_ostream os(what);
+    os << elem;
+    return makeError("--train supports f32 models only (f32 master weights "
+                     "and optimizer state), but argument " +
+                     Twine(i) + (name ? " '" + name.getValue() + "'" : "") +
+                     " of @forward is " + what +
+                     "; emit the model with --dtype f32");
+  }
+  return llvm::Error::success();
+}
+
 llvm::Error compile(MLIRContext &context,
                     const moe::CompilePipelineOptions &options,
                     StringRef staging, StageTimer &timer) {
@@ -287,6 +324,9 @@ llvm::Error compile(MLIRContext &context,
   if (!module)
     return makeError("could not parse " + inputFile);
   timer.done("parse");
+  if (options.train)
+    if (llvm::Error e = checkTrainable(*module))
+      return e;
 
   // 1. The per-rank program of runtime calls, described in moe.manifest.
   if (llvm::Error e = runPipeline(
@@ -379,7 +419,8 @@ int main(int argc, char **argv) {
       argc, argv,
       "moe-compile: compile a MoE model graph (moe dialect) into a module "
       "directory that moe-run executes\n\n"
-      "  moe-compile model.mlir -o out/ [--mesh dp=1,ep=2,tp=2 [--dtd]]\n\n"
+      "  moe-compile model.mlir -o out/ [--mesh dp=1,ep=2,tp=2 [--dtd]] "
+      "[--train]\n\n"
       "OUT_DIR receives manifest.json, module.so and module.mlir "
       "(docs/module-format.md).\n");
   if (target != "cpu" && target != "cuda") {

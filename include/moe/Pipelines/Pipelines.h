@@ -39,6 +39,18 @@ struct CompilePipelineOptions
       *this, "expert-tp",
       llvm::cl::desc("Split every expert's FFN over tp (needs a mesh)"),
       llvm::cl::init(false)};
+  PassOptions::Option<bool> train{
+      *this, "train",
+      llvm::cl::desc("Add the training entries forward_train, backward, "
+                     "step_adamw, step_sgd (moe-differentiate, after "
+                     "sharding)"),
+      llvm::cl::init(false)};
+  PassOptions::Option<bool> zero1{
+      *this, "zero1",
+      llvm::cl::desc("With train: shard the optimizer state over dp "
+                     "(ZeRO-1: reduce-scatter of gradients, all-gather of "
+                     "updated weights)"),
+      llvm::cl::init(false)};
 };
 
 /// Checks what the passes themselves cannot: `dtd` and `expert-tp` need a
@@ -46,7 +58,8 @@ struct CompilePipelineOptions
 llvm::Error verifyCompilePipelineOptions(const CompilePipelineOptions &options);
 
 /// Adds the compile pipeline: moe-decompose, canonicalize, [moe-shard,
-/// [moe-drop-duplicate-tokens]], canonicalize, cse, moe-attach-manifest,
+/// [moe-drop-duplicate-tokens]], canonicalize, cse, [moe-differentiate,
+/// cse], moe-attach-manifest,
 /// moe-to-runtime, canonicalize, cse. Its result is the per-rank program of
 /// runtime calls that moe-compile writes as module.mlir, with the entry
 /// points described in the module's `moe.manifest` attribute. The options

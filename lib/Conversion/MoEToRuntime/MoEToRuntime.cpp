@@ -505,6 +505,225 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
                               .total_tokens = e.i64(o.getTokens()),
                               .coeff = e.f32(o.getCoeff().convertToFloat())});
       })
+      // Training (moe-differentiate): one kernel per gradient op.
+      .Case([&](RMSNormGradOp o) {
+        return e.call(
+            abi::moert_rmsnorm_grad{.x = ptr(o.getInput()),
+                                    .w = ptr(o.getWeight()),
+                                    .dy = ptr(o.getDout()),
+                                    .dx = ptr(o.getDinput()),
+                                    .dw = ptr(o.getDweight()),
+                                    .T = dim(o.getInput(), 0),
+                                    .D = dim(o.getInput(), 1),
+                                    .eps = e.f32(o.getEps().convertToFloat()),
+                                    .dtype = dtype(o.getInput())});
+      })
+      .Case([&](RouterGradOp o) {
+        return e.call(abi::moert_router_grad{.x = ptr(o.getInput()),
+                                             .w = ptr(o.getWeight()),
+                                             .dlogits = ptr(o.getDlogits()),
+                                             .dx = ptr(o.getDinput()),
+                                             .dw = ptr(o.getDweight()),
+                                             .T = dim(o.getInput(), 0),
+                                             .D = dim(o.getInput(), 1),
+                                             .E = dim(o.getWeight(), 0),
+                                             .dtype = dtype(o.getInput())});
+      })
+      .Case([&](TopKGradOp o) {
+        return e.call(abi::moert_topk_grad{
+            .logits = ptr(o.getLogits()),
+            .indices = ptr(o.getIndices()),
+            .dweights = ptr(o.getDweights()),
+            .dscores = optPtr(o.getDscores()),
+            .dlogits = ptr(o.getDlogits()),
+            .T = dim(o.getLogits(), 0),
+            .E = dim(o.getLogits(), 1),
+            .k = dim(o.getIndices(), 1),
+            .score_fn = e.i32(abi::toMoert(o.getScore())),
+            .renormalize = e.i32(o.getRenormalize()),
+            .scaling = e.f32(o.getRoutedScaling().convertToFloat())});
+      })
+      .Case([&](DispatchGradOp o) {
+        RankedTensorType buf = tensorOf(o.getDout());
+        return e.call(abi::moert_dispatch_grad{
+            .dout = ptr(o.getDout()),
+            .positions = ptr(o.getPositions()),
+            .dx = ptr(o.getDinput()),
+            .T = dim(o.getDinput(), 0),
+            .k = dim(o.getPositions(), 1),
+            .D = dim(o.getDinput(), 1),
+            .out_rows = e.i64(buf.getNumElements() / buf.getShape().back()),
+            .dtype = dtype(o.getDout())});
+      })
+      .Case([&](CombineGradOp o) {
+        RankedTensorType buf = tensorOf(o.getInput());
+        return e.call(abi::moert_combine_grad{
+            .y = ptr(o.getInput()),
+            .positions = ptr(o.getPositions()),
+            .weights = ptr(o.getWeights()),
+            .passthrough = optPtr(o.getPassthrough()),
+            .dout = ptr(o.getDout()),
+            .dy = ptr(o.getDinput()),
+            .dweights = ptr(o.getDweights()),
+            .dpassthrough = optPtr(o.getDpassthrough()),
+            .T = dim(o.getPositions(), 0),
+            .k = dim(o.getPositions(), 1),
+            .D = dim(o.getDout(), 1),
+            .y_rows = e.i64(buf.getNumElements() / buf.getShape().back()),
+            .dtype = dtype(o.getDout())});
+      })
+      .Case([&](ExpertFFNGradOp o) {
+        RankedTensorType x = tensorOf(o.getInput());
+        RankedTensorType up = tensorOf(o.getUp());
+        int64_t segments =
+            o.getCounts() ? tensorOf(o.getCounts()).getDimSize(0) : 1;
+        int64_t rowsPerExpert = x.getRank() == 3 ? x.getDimSize(1) : 0;
+        return e.call(abi::moert_expert_ffn_grad{
+            .x = ptr(o.getInput()),
+            .counts = optPtr(o.getCounts()),
+            .gate = optPtr(o.getGate()),
+            .up = ptr(o.getUp()),
+            .down = ptr(o.getDown()),
+            .dy = ptr(o.getDout()),
+            .dx = ptr(o.getDinput()),
+            .dgate = optPtr(o.getDgate()),
+            .dup = ptr(o.getDup()),
+            .ddown = ptr(o.getDdown()),
+            .E = e.i64(up.getDimSize(0)),
+            .segments = e.i64(segments),
+            .rows_per_expert = e.i64(rowsPerExpert),
+            .total_rows = e.i64(x.getNumElements() / x.getShape().back()),
+            .D = e.i64(x.getShape().back()),
+            .F = e.i64(up.getDimSize(1)),
+            .activation = e.i32(abi::toMoert(o.getActivation())),
+            .dtype = dtype(o.getInput())});
+      })
+      .Case([&](MLPGradOp o) {
+        return e.call(abi::moert_mlp_grad{
+            .x = ptr(o.getInput()),
+            .gate = optPtr(o.getGate()),
+            .up = ptr(o.getUp()),
+            .down = ptr(o.getDown()),
+            .sigmoid_gate = optPtr(o.getSigmoidGate()),
+            .dy = ptr(o.getDout()),
+            .dx = ptr(o.getDinput()),
+            .dgate = optPtr(o.getDgate()),
+            .dup = ptr(o.getDup()),
+            .ddown = ptr(o.getDdown()),
+            .dsigmoid_gate = optPtr(o.getDsigmoidGate()),
+            .T = dim(o.getInput(), 0),
+            .D = dim(o.getInput(), 1),
+            .F = dim(o.getUp(), 0),
+            .activation = e.i32(abi::toMoert(o.getActivation())),
+            .dtype = dtype(o.getInput())});
+      })
+      .Case([&](ExpertLoadGradOp o) {
+        return e.call(
+            abi::moert_expert_load_grad{.dstats = ptr(o.getDstats()),
+                                        .dscores = ptr(o.getDscores()),
+                                        .T = dim(o.getDscores(), 0),
+                                        .E = dim(o.getDscores(), 1)});
+      })
+      .Case([&](LoadBalanceLossGradOp o) {
+        return e.call(abi::moert_load_balance_loss_grad{
+            .stats = ptr(o.getStats()),
+            .dloss = ptr(o.getDloss()),
+            .dstats = ptr(o.getDstats()),
+            .E = dim(o.getStats(), 1),
+            .tokens = e.i64(o.getTokens()),
+            .k = e.i64(o.getK()),
+            .coeff = e.f32(o.getCoeff().convertToFloat())});
+      })
+      .Case([&](ZLossGradOp o) {
+        return e.call(abi::moert_z_loss_grad{
+            .logits = ptr(o.getLogits()),
+            .dloss = ptr(o.getDloss()),
+            .dlogits = ptr(o.getDlogits()),
+            .T = dim(o.getLogits(), 0),
+            .E = dim(o.getLogits(), 1),
+            .total_tokens = e.i64(o.getTokens()),
+            .coeff = e.f32(o.getCoeff().convertToFloat())});
+      })
+      .Case([&](MSELossOp o) {
+        return e.call(abi::moert_mse_loss{
+            .y = ptr(o.getOutput()),
+            .target = ptr(o.getTarget()),
+            .loss = ptr(o.getLoss()),
+            .dy = ptr(o.getDoutput()),
+            .n = e.i64(tensorOf(o.getOutput()).getNumElements()),
+            .total_n = e.i64(o.getTotal()),
+            .dtype = dtype(o.getOutput())});
+      })
+      .Case([&](AdamWOp o) {
+        return e.call(abi::moert_adamw{
+            .w = ptr(o.getWeight()),
+            .g = ptr(o.getGrad()),
+            .m = ptr(o.getExpAvg()),
+            .v = ptr(o.getExpAvgSq()),
+            .hparams = ptr(o.getHparams()),
+            .w_out = ptr(o.getNewWeight()),
+            .m_out = ptr(o.getNewExpAvg()),
+            .v_out = ptr(o.getNewExpAvgSq()),
+            .n = e.i64(tensorOf(o.getWeight()).getNumElements())});
+      })
+      .Case([&](SGDOp o) {
+        return e.call(abi::moert_sgd{
+            .w = ptr(o.getWeight()),
+            .g = ptr(o.getGrad()),
+            .buf = ptr(o.getMomentumBuffer()),
+            .hparams = ptr(o.getHparams()),
+            .w_out = ptr(o.getNewWeight()),
+            .buf_out = ptr(o.getNewMomentumBuffer()),
+            .n = e.i64(tensorOf(o.getWeight()).getNumElements())});
+      })
+      .Case([&](BiasUpdateOp o) {
+        return e.call(abi::moert_bias_update{.bias = ptr(o.getBias()),
+                                             .load = ptr(o.getLoad()),
+                                             .hparams = ptr(o.getHparams()),
+                                             .bias_out = ptr(o.getNewBias()),
+                                             .E = dim(o.getBias(), 0),
+                                             .tokens = e.i64(o.getTokens()),
+                                             .k = e.i64(o.getK())});
+      })
+      .Case([&](ReshapeOp o) {
+        return e.call(
+            abi::moert_copy{.src = ptr(o.getInput()),
+                            .dst = ptr(o.getOutput()),
+                            .bytes = e.i64(byteSize(tensorOf(o.getOutput())))});
+      })
+      .Case([&](LoadCountsOp o) {
+        // Row 0 of the row-major [2, E] statistics is their first E floats.
+        return e.call(
+            abi::moert_copy{.src = ptr(o.getStats()),
+                            .dst = ptr(o.getLoad()),
+                            .bytes = e.i64(byteSize(tensorOf(o.getLoad())))});
+      })
+      .Case([&](PackOp o) -> LogicalResult {
+        int64_t offset = 0;
+        for (Value in : o.getInputs()) {
+          int64_t bytes = byteSize(tensorOf(in));
+          if (failed(e.call(abi::moert_copy{
+                  .src = ptr(in),
+                  .dst = e.offsetPtr(ptr(o.getOutput()), offset),
+                  .bytes = e.i64(bytes)})))
+            return failure();
+          offset += bytes;
+        }
+        return success();
+      })
+      .Case([&](UnpackOp o) -> LogicalResult {
+        int64_t offset = 0;
+        for (Value out : o.getOutputs()) {
+          int64_t bytes = byteSize(tensorOf(out));
+          if (failed(e.call(
+                  abi::moert_copy{.src = e.offsetPtr(ptr(o.getInput()), offset),
+                                  .dst = ptr(out),
+                                  .bytes = e.i64(bytes)})))
+            return failure();
+          offset += bytes;
+        }
+        return success();
+      })
       .Case([&](WaitOp o) {
         return e.call(abi::moert_wait{.handle = handles.lookup(o.getFuture())});
       })

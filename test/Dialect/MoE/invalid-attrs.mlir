@@ -248,3 +248,55 @@ module attributes {moe.manifest = 1 : i64} {
 func.func @f() attributes {moe.manifest = "{}"} {
   return
 }
+
+// -----
+
+// The training roles (moe-differentiate): accepted where they belong.
+func.func @step(%w: tensor<4xf32> {moe.weight = "w"}, %g: tensor<4xf32> {moe.grad = "grad.w"},
+                %m: tensor<4xf32> {moe.state = "w.exp_avg"}, %hp: tensor<8xf32> {moe.hparams = "optimizer.hparams"},
+                %s: tensor<4xf32> {moe.saved = "saved.0"})
+    -> (tensor<4xf32> {moe.output = "w"}) {
+  return %w : tensor<4xf32>
+}
+
+// -----
+
+// expected-error @+1 {{'moe.saved' must be a non-empty string, got ""}}
+func.func @f(%x: tensor<8xf32> {moe.saved = ""}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.grad' must be a non-empty string, got 3 : i64}}
+func.func @f(%x: tensor<8xf32> {moe.grad = 3}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{argument 0 has both 'moe.weight' and 'moe.state'}}
+func.func @f(%x: tensor<8xf32> {moe.weight = "w", moe.state = "w.exp_avg"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{argument 0 has both 'moe.saved' and 'moe.grad'}}
+func.func @f(%x: tensor<8xf32> {moe.grad = "grad.w", moe.saved = "saved.1"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.hparams' needs the f32 [8] hyperparameter tensor, got 'tensor<7xf32>'}}
+func.func @f(%x: tensor<7xf32> {moe.hparams = "optimizer.hparams"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{'moe.state' is not valid on a result (it belongs on an argument)}}
+func.func @f(%x: tensor<8xf32>) -> (tensor<8xf32> {moe.state = "w.exp_avg"}) {
+  return %x : tensor<8xf32>
+}

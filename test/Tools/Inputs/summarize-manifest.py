@@ -12,7 +12,8 @@ def shard(spec):
 
 
 for e in m["entries"]:
-    print(f"entry {e['name']} symbol {e['symbol']} arena {e['arena_bytes']} bytes")
+    role = f" role {e['role']}" if "role" in e else ""
+    print(f"entry {e['name']} symbol {e['symbol']} arena {e['arena_bytes']} bytes{role}")
     for a in e["args"]:
         extra = f" transpose {a['transpose']}" if "transpose" in a else ""
         print(f"arg {a['index']} {a['role']} {a['name']} {a['dtype']} global {a['shape']} "

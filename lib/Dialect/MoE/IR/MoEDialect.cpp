@@ -63,7 +63,9 @@ StringRef placeName(Place p) {
 std::optional<SmallVector<Place, 2>> allowedPlaces(StringRef name) {
   using D = MoEDialect;
   if (name == D::kInputAttrName || name == D::kWeightAttrName ||
-      name == D::kWeightTransposeAttrName)
+      name == D::kWeightTransposeAttrName || name == D::kSavedAttrName ||
+      name == D::kGradAttrName || name == D::kStateAttrName ||
+      name == D::kHparamsAttrName)
     return SmallVector<Place, 2>{Place::Argument};
   if (name == D::kOutputAttrName)
     return SmallVector<Place, 2>{Place::Result};
@@ -236,13 +238,31 @@ LogicalResult verifyValueAttribute(Operation *op, Place place, unsigned index,
   DictionaryAttr siblings = attrDict(op, place, index);
   using D = MoEDialect;
   if (name == D::kInputAttrName || name == D::kWeightAttrName ||
-      name == D::kOutputAttrName) {
+      name == D::kOutputAttrName || name == D::kSavedAttrName ||
+      name == D::kGradAttrName || name == D::kStateAttrName ||
+      name == D::kHparamsAttrName) {
     if (failed(verifyName(op, attr)))
       return failure();
-    if (name == D::kInputAttrName && siblings.get(D::kWeightAttrName))
-      return op->emitError()
-             << "argument " << index << " has both '" << D::kInputAttrName
-             << "' and '" << D::kWeightAttrName << "'";
+    // An argument has one role (docs/module-format.md): report the pair
+    // once, from the first of the two in this order.
+    static constexpr StringLiteral roles[] = {
+        D::kInputAttrName, D::kWeightAttrName, D::kSavedAttrName,
+        D::kGradAttrName,  D::kStateAttrName,  D::kHparamsAttrName};
+    if (place == Place::Argument) {
+      const StringLiteral *self = llvm::find(roles, name);
+      for (const StringLiteral *other = self + 1; other != std::end(roles);
+           ++other)
+        if (siblings.get(*other))
+          return op->emitError() << "argument " << index << " has both '"
+                                 << name << "' and '" << *other << "'";
+    }
+    if (name == D::kHparamsAttrName &&
+        (type->getRank() != 1 || type->getDimSize(0) != 8 ||
+         !type->getElementType().isF32()))
+      return op->emitError() << "'" << name
+                             << "' needs the f32 [8] hyperparameter tensor, "
+                                "got "
+                             << *type;
     return success();
   }
   if (name == D::kWeightTransposeAttrName) {

@@ -941,3 +941,295 @@ void WaitOp::getCanonicalizationPatterns(RewritePatternSet &results,
 
 #define GET_OP_CLASSES
 #include "moe/Dialect/MoE/IR/MoEOps.cpp.inc"
+
+//===----------------------------------------------------------------------===//
+// Gradient, loss and optimizer ops (MoETrainOps.td)
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// `grad` (the gradient of `what`) has the type of the value it belongs to.
+LogicalResult expectGradOf(Operation *op, Value grad, Value of,
+                           StringRef gradName, StringRef ofName) {
+  if (grad.getType() == of.getType())
+    return success();
+  return op->emitOpError() << gradName << " type " << grad.getType()
+                           << " differs from " << ofName << " type "
+                           << of.getType();
+}
+
+} // namespace
+
+LogicalResult RMSNormGradOp::verify() {
+  if (!(getEps().convertToFloat() > 0))
+    return emitOpError() << "eps (" << getEps().convertToFloat()
+                         << ") must be positive";
+  int64_t d = tensorType(getInput()).getDimSize(1);
+  if (failed(expectShape(*this, getWeight(), {d}, "weight")) ||
+      failed(expectGradOf(*this, getDout(), getInput(), "dout", "input")) ||
+      failed(expectGradOf(*this, getDinput(), getInput(), "dinput", "input")))
+    return failure();
+  return expectGradOf(*this, getDweight(), getWeight(), "dweight", "weight");
+}
+
+LogicalResult RouterGradOp::verify() {
+  auto x = tensorType(getInput()), w = tensorType(getWeight());
+  if (!sameDim(x.getDimSize(1), w.getDimSize(1)))
+    return emitOpError() << "router weight has " << dimStr(w.getDimSize(1))
+                         << " columns but tokens have D = "
+                         << dimStr(x.getDimSize(1));
+  if (failed(expectShape(*this, getDlogits(),
+                         {x.getDimSize(0), w.getDimSize(0)}, "dlogits")) ||
+      failed(expectGradOf(*this, getDinput(), getInput(), "dinput", "input")))
+    return failure();
+  return expectGradOf(*this, getDweight(), getWeight(), "dweight", "weight");
+}
+
+LogicalResult TopKGradOp::verify() {
+  auto logits = tensorType(getLogits());
+  auto idx = tensorType(getIndices());
+  if (!(getRoutedScaling().convertToFloat() > 0))
+    return emitOpError() << "routed_scaling ("
+                         << getRoutedScaling().convertToFloat()
+                         << ") must be positive";
+  if (failed(expectShape(*this, getIndices(),
+                         {logits.getDimSize(0), idx.getDimSize(1)},
+                         "indices")) ||
+      failed(expectShape(*this, getDweights(), idx.getShape(), "dweights")) ||
+      failed(
+          expectGradOf(*this, getDlogits(), getLogits(), "dlogits", "logits")))
+    return failure();
+  if (Value ds = getDscores())
+    return expectGradOf(*this, ds, getLogits(), "dscores", "logits");
+  return success();
+}
+
+LogicalResult DispatchGradOp::verify() {
+  auto dout = tensorType(getDout()), dx = tensorType(getDinput());
+  if (!sameDim(dout.getShape().back(), dx.getDimSize(1)))
+    return emitOpError() << "buffer rows have "
+                         << dimStr(dout.getShape().back())
+                         << " elements but dinput has D = "
+                         << dimStr(dx.getDimSize(1));
+  if (!sameDim(tensorType(getPositions()).getDimSize(0), dx.getDimSize(0)))
+    return emitOpError() << "positions are for "
+                         << dimStr(tensorType(getPositions()).getDimSize(0))
+                         << " tokens but dinput has "
+                         << dimStr(dx.getDimSize(0));
+  return expectSameElementType(*this, getDout(), getDinput(), "dout", "dinput");
+}
+
+LogicalResult CombineGradOp::verify() {
+  auto y = tensorType(getInput()), pos = tensorType(getPositions());
+  int64_t t = pos.getDimSize(0), k = pos.getDimSize(1), d = y.getShape().back();
+  if (failed(expectShape(*this, getWeights(), {t, k}, "weights")) ||
+      failed(expectShape(*this, getDout(), {t, d}, "dout")) ||
+      failed(expectGradOf(*this, getDinput(), getInput(), "dinput", "input")) ||
+      failed(expectGradOf(*this, getDweights(), getWeights(), "dweights",
+                          "weights")) ||
+      failed(
+          expectSameElementType(*this, getInput(), getDout(), "input", "dout")))
+    return failure();
+  Value p = getPassthrough(), dp = getDpassthrough();
+  if (bool(p) != bool(dp))
+    return emitOpError() << "has " << (p ? "a" : "no")
+                         << " passthrough operand but " << (dp ? "a" : "no")
+                         << " dpassthrough result";
+  if (p && (failed(expectShape(*this, p, {t, d}, "passthrough")) ||
+            failed(expectGradOf(*this, dp, p, "dpassthrough", "passthrough"))))
+    return failure();
+  return success();
+}
+
+LogicalResult ExpertFFNGradOp::verify() {
+  auto x = tensorType(getInput());
+  int64_t e = tensorType(getUp()).getDimSize(0), d = x.getShape().back();
+  if (x.getRank() == 2 && !getCounts())
+    return emitOpError() << "packed (2-D) input needs counts";
+  if (x.getRank() == 3 && !sameDim(x.getDimSize(0), e))
+    return emitOpError() << "capacity buffer has " << dimStr(x.getDimSize(0))
+                         << " experts but the weights have " << dimStr(e);
+  if (failed(verifyFFNWeights(*this, getGate(), getUp(), getDown(),
+                              getActivation(), {e}, d, "")))
+    return failure();
+  if (Value counts = getCounts())
+    if (!sameDim(tensorType(counts).getDimSize(1), e))
+      return emitOpError() << "counts have "
+                           << dimStr(tensorType(counts).getDimSize(1))
+                           << " experts but the weights have " << dimStr(e);
+  if (bool(getGate()) != bool(getDgate()))
+    return emitOpError() << "has " << (getGate() ? "a" : "no")
+                         << " gate weight but " << (getDgate() ? "a" : "no")
+                         << " dgate result";
+  if (failed(expectGradOf(*this, getDout(), getInput(), "dout", "input")) ||
+      failed(expectGradOf(*this, getDinput(), getInput(), "dinput", "input")) ||
+      failed(expectGradOf(*this, getDup(), getUp(), "dup", "up weight")) ||
+      failed(
+          expectGradOf(*this, getDdown(), getDown(), "ddown", "down weight")))
+    return failure();
+  if (getGate())
+    return expectGradOf(*this, getDgate(), getGate(), "dgate", "gate weight");
+  return success();
+}
+
+LogicalResult MLPGradOp::verify() {
+  int64_t d = tensorType(getInput()).getDimSize(1);
+  if (failed(verifyFFNWeights(*this, getGate(), getUp(), getDown(),
+                              getActivation(), {}, d, "")))
+    return failure();
+  if (bool(getGate()) != bool(getDgate()))
+    return emitOpError() << "has " << (getGate() ? "a" : "no")
+                         << " gate weight but " << (getDgate() ? "a" : "no")
+                         << " dgate result";
+  if (bool(getSigmoidGate()) != bool(getDsigmoidGate()))
+    return emitOpError() << "has " << (getSigmoidGate() ? "a" : "no")
+                         << " sigmoid gate but "
+                         << (getDsigmoidGate() ? "a" : "no")
+                         << " dsigmoid_gate result";
+  if (Value g = getSigmoidGate())
+    if (failed(expectShape(*this, g, {1, d}, "sigmoid gate")) ||
+        failed(expectGradOf(*this, getDsigmoidGate(), g, "dsigmoid_gate",
+                            "sigmoid gate")))
+      return failure();
+  if (failed(expectGradOf(*this, getDout(), getInput(), "dout", "input")) ||
+      failed(expectGradOf(*this, getDinput(), getInput(), "dinput", "input")) ||
+      failed(expectGradOf(*this, getDup(), getUp(), "dup", "up weight")) ||
+      failed(
+          expectGradOf(*this, getDdown(), getDown(), "ddown", "down weight")))
+    return failure();
+  if (getGate())
+    return expectGradOf(*this, getDgate(), getGate(), "dgate", "gate weight");
+  return success();
+}
+
+LogicalResult ExpertLoadGradOp::verify() {
+  auto s = tensorType(getDstats());
+  if (s.getDimSize(0) != 2)
+    return emitOpError() << "dstats have shape " << shapeStr(getDstats())
+                         << ", expected [2, E]";
+  if (!sameDim(tensorType(getDscores()).getDimSize(1), s.getDimSize(1)))
+    return emitOpError() << "dscores have "
+                         << dimStr(tensorType(getDscores()).getDimSize(1))
+                         << " experts but dstats have "
+                         << dimStr(s.getDimSize(1));
+  return success();
+}
+
+LogicalResult LoadBalanceLossGradOp::verify() {
+  if (tensorType(getStats()).getDimSize(0) != 2)
+    return emitOpError() << "stats have shape " << shapeStr(getStats())
+                         << ", expected [2, E] (counts and score sums)";
+  return expectGradOf(*this, getDstats(), getStats(), "dstats", "stats");
+}
+
+LogicalResult ZLossGradOp::verify() {
+  return expectGradOf(*this, getDlogits(), getLogits(), "dlogits", "logits");
+}
+
+LogicalResult MSELossOp::verify() {
+  if (failed(
+          expectGradOf(*this, getTarget(), getOutput(), "target", "output")) ||
+      failed(expectGradOf(*this, getDoutput(), getOutput(), "doutput",
+                          "output")) ||
+      failed(expectShape(*this, getLoss(), {1}, "loss")))
+    return failure();
+  auto y = tensorType(getOutput());
+  if (y.hasStaticShape() && int64_t(getTotal()) < y.getNumElements())
+    return emitOpError() << "total (" << getTotal() << ") is less than the "
+                         << y.getNumElements()
+                         << " elements of this rank's output";
+  return success();
+}
+
+namespace {
+
+LogicalResult verifyHparams(Operation *op, Value hparams) {
+  return expectShape(op, hparams, {8}, "hparams");
+}
+
+} // namespace
+
+LogicalResult AdamWOp::verify() {
+  Value w = getWeight();
+  for (auto [v, name] :
+       {std::pair{getGrad(), "grad"}, std::pair{getExpAvg(), "exp_avg"},
+        std::pair{getExpAvgSq(), "exp_avg_sq"},
+        std::pair{getNewWeight(), "new_weight"},
+        std::pair{getNewExpAvg(), "new_exp_avg"},
+        std::pair{getNewExpAvgSq(), "new_exp_avg_sq"}})
+    if (failed(expectGradOf(*this, v, w, name, "weight")))
+      return failure();
+  return verifyHparams(*this, getHparams());
+}
+
+LogicalResult SGDOp::verify() {
+  Value w = getWeight();
+  for (auto [v, name] :
+       {std::pair{getGrad(), "grad"},
+        std::pair{getMomentumBuffer(), "momentum_buffer"},
+        std::pair{getNewWeight(), "new_weight"},
+        std::pair{getNewMomentumBuffer(), "new_momentum_buffer"}})
+    if (failed(expectGradOf(*this, v, w, name, "weight")))
+      return failure();
+  return verifyHparams(*this, getHparams());
+}
+
+LogicalResult BiasUpdateOp::verify() {
+  if (failed(expectGradOf(*this, getLoad(), getBias(), "load", "bias")) ||
+      failed(expectGradOf(*this, getNewBias(), getBias(), "new_bias", "bias")))
+    return failure();
+  return verifyHparams(*this, getHparams());
+}
+
+LogicalResult ReshapeOp::verify() {
+  auto in = tensorType(getInput()), out = tensorType(getOutput());
+  if (failed(expectSameElementType(*this, getInput(), getOutput(), "input",
+                                   "result")))
+    return failure();
+  if (!in.hasStaticShape() || !out.hasStaticShape())
+    return emitOpError() << "needs static shapes, got " << in << " -> " << out;
+  if (in.getNumElements() != out.getNumElements())
+    return emitOpError() << "input " << shapeStr(getInput()) << " has "
+                         << in.getNumElements() << " elements but the result "
+                         << shapeStr(getOutput()) << " has "
+                         << out.getNumElements();
+  return success();
+}
+
+LogicalResult LoadCountsOp::verify() {
+  auto s = tensorType(getStats());
+  if (s.getDimSize(0) != 2)
+    return emitOpError() << "stats have shape " << shapeStr(getStats())
+                         << ", expected [2, E] (counts and score sums)";
+  return expectShape(*this, getLoad(), {s.getDimSize(1)}, "result");
+}
+
+namespace {
+
+/// The elements of `pieces` fill `buffer` exactly.
+LogicalResult verifyPacking(Operation *op, Value buffer, TypeRange pieces) {
+  int64_t sum = 0;
+  for (auto [i, t] : llvm::enumerate(pieces)) {
+    auto rt = cast<RankedTensorType>(t);
+    if (!rt.hasStaticShape())
+      return op->emitOpError()
+             << "needs static shapes, got " << rt << " at position " << i;
+    sum += rt.getNumElements();
+  }
+  auto b = tensorType(buffer);
+  if (!b.hasStaticShape() || b.getNumElements() != sum)
+    return op->emitOpError()
+           << "buffer " << b << " does not hold the " << sum
+           << " elements of the " << pieces.size() << " tensors";
+  return success();
+}
+
+} // namespace
+
+LogicalResult PackOp::verify() {
+  return verifyPacking(*this, getOutput(), getInputs().getTypes());
+}
+
+LogicalResult UnpackOp::verify() {
+  return verifyPacking(*this, getInput(), getOutputs().getTypes());
+}

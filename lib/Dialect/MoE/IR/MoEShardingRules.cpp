@@ -33,7 +33,15 @@ constexpr bool onlyInShardedPrograms =
     llvm::is_one_of<OpTy, MeshOp, AllToAllOp, AllToAllStartOp, AllToAllVOp,
                     AllToAllVStartOp, AllGatherOp, AllGatherStartOp,
                     ReduceScatterOp, ReduceScatterStartOp, AllReduceOp,
-                    AllReduceStartOp, SliceOp, WaitOp>::value;
+                    AllReduceStartOp, SliceOp, WaitOp>::value ||
+    // Training: moe-differentiate runs after moe-shard (docs/design.md,
+    // "Training"), so the gradient, loss and optimizer ops are written into
+    // per-rank programs and never sharded themselves.
+    llvm::is_one_of<OpTy, RMSNormGradOp, RouterGradOp, TopKGradOp,
+                    DispatchGradOp, CombineGradOp, ExpertFFNGradOp, MLPGradOp,
+                    ExpertLoadGradOp, LoadBalanceLossGradOp, ZLossGradOp,
+                    MSELossOp, AdamWOp, SGDOp, BiasUpdateOp, ReshapeOp,
+                    LoadCountsOp, PackOp, UnpackOp>::value;
 
 template <typename... Ops> constexpr bool allHaveShardingRules() {
   return (... && (Ops::template hasTrait<ShardingRuleOpInterface::Trait>() ||

@@ -41,6 +41,15 @@ def MoE_Dialect : Dialect {
     /// Argument (unit, with moe.weight): the checkpoint stores it transposed.
     static constexpr ::llvm::StringLiteral kWeightTransposeAttrName =
         "moe.weight_transpose";
+    /// Argument of a training entry: the saved activation (a result of
+    /// forward_train, `saved.N` or `load.<bias>`) it receives.
+    static constexpr ::llvm::StringLiteral kSavedAttrName = "moe.saved";
+    /// Argument of a step entry: the gradient it receives (`grad.<name>`).
+    static constexpr ::llvm::StringLiteral kGradAttrName = "moe.grad";
+    /// Argument of a step entry: optimizer state (`<name>.exp_avg`, ...).
+    static constexpr ::llvm::StringLiteral kStateAttrName = "moe.state";
+    /// Argument of a step entry: the f32 [8] optimizer hyperparameters.
+    static constexpr ::llvm::StringLiteral kHparamsAttrName = "moe.hparams";
     /// Result: the name of the output tensor (non-empty).
     static constexpr ::llvm::StringLiteral kOutputAttrName = "moe.output";
     /// Argument or result: per dimension, the mesh axes it is split over.

@@ -444,6 +444,8 @@ def MoE_LayerOp : MoE_Op<"layer", [Pure, AttrSizedOperandSegments,
   }];
 }
 
+include "moe/Dialect/MoE/IR/MoETrainOps.td"
+
 //===----------------------------------------------------------------------===//
 // Collectives
 //===----------------------------------------------------------------------===//

@@ -68,4 +68,51 @@ def MoEDropDuplicateTokens : Pass<"moe-drop-duplicate-tokens", "::mlir::ModuleOp
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }
 
+def MoEDifferentiate : Pass<"moe-differentiate", "::mlir::ModuleOp"> {
+  let summary = "Build the training entries: forward_train, backward, step_adamw, step_sgd";
+  let description = [{
+    From the public function `@forward` (decomposed: primitives only) builds
+
+    - `@forward_train(hidden_states, targets, weights...) -> (loss,
+      mse_loss, [aux_loss], [z_loss], saved.0, ..., load.<bias>...)`: the
+      forward, `moe.mse_loss` against the targets (which also computes the
+      seed `dy`), the total `loss = mse + aux + z` (each `tensor<1xf32>`),
+      then every value the backward needs (`saved.N`), and, for every
+      layer with a selection bias, the expert counts `load.<bias name>`;
+    - `@backward(saved..., weights...) -> (grad.hidden_states,
+      grad.<weight>...)`: the adjoint of every forward op in reverse order
+      (docs/spec.md 7.2), one gradient op each (`moe.rmsnorm_grad`, ...);
+      gradients reaching a value along several paths are summed with
+      `moe.add`. The selection (indices, bias, group mask, capacity) carries
+      no gradient: the selection bias has no `grad.` result;
+    - `@step_adamw` and `@step_sgd`: one `moe.adamw` / `moe.sgd` per weight
+      with a gradient, then one `moe.bias_update` per selection bias.
+
+    Arguments and results carry their `moe.*` names and roles
+    (docs/module-format.md), so the driver passes tensors between entries by
+    name. The loss gradient of the aux losses is 1: the pass computes an
+    exact 1.0 in forward_train as the gate weight of a top-1 softmax over a
+    single logit (the loss itself) and saves it.
+
+    Where it runs: after `moe-shard` (and DTD), on the per-rank program. The
+    backward's collectives are the adjoints of the forward's (with gradients
+    of replicated values held whole on every rank: all_reduce -> identity,
+    all_gather -> slice, slice -> all_gather, reduce_scatter -> all_gather,
+    all-to-alls -> their inverse), the tp partial sums of tp-split ops are
+    summed over tp, and every weight gradient is summed over the axes of
+    docs/spec.md 7.1 by bucketed all-reduces (`moe.pack`, one
+    `moe.all_reduce` per bucket, `moe.unpack`). docs/design.md, "Training".
+
+    With `zero1` (ZeRO-1), the optimizer state of every weight replicated
+    over dp (whose dimension 0 divides by dp) is split over dp: the backward
+    reduce-scatters its gradient over dp (dimension 0) instead of summing it,
+    and the steps update this rank's chunk of the weight and all-gather it.
+  }];
+  let options = [
+    Option<"zero1", "zero1", "bool", /*default=*/"false",
+           "shard the optimizer state over dp (ZeRO-1)">
+  ];
+  let dependentDialects = ["::mlir::moe::MoEDialect", "::mlir::func::FuncDialect"];
+}
+
 #endif // MOE_DIALECT_MOE_TRANSFORMS_PASSES_TD

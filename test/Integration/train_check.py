@@ -1,0 +1,449 @@
+#!/usr/bin/env python3
+"""Training entries of a compiled module against the float64 training reference.
+
+For one model config and one set of routing options it
+  1. emits the model graph and draws seeded weights, inputs and targets;
+  2. compiles it with ``moe-compile --train`` (one device);
+  3. runs the entry points through libmoert's C ABI with ctypes, as a driver does
+     (tensors passed between entries by name): ``forward_train``, ``backward``
+     and ``step_<optimizer>`` for ``--steps`` steps;
+  4. compares the first step's loss and every gradient (``grad.hidden_states``
+     and ``grad.<weight>``, put back into the file layout: ``{e}`` stacks split
+     per expert, transposed weights transposed back) with
+     ``train-reference --grads``, and the weights after the last step with
+     ``train-reference --save-weights``, at rtol 1e-4.
+
+Output, one line per check (FileCheck reads them):
+  LOSS <family> compiled=<l> reference=<l>
+  A2A <family> <mesh> <op> forward=<b> backward=<b>   (rank 0's bytes sent by the
+                           token all-to-alls of forward_train and backward: equal)
+  GRADS <family> <n> tensors max_rel_err=<e>
+  STEP <family> <optimizer> steps=<n> <m> tensors max_rel_err=<e>
+  PASS <family>            (or FAIL <family> <why>, exit status 1)
+
+``max_rel_err`` = max |a - ref| / (|ref| + atol/rtol) with atol = 1e-6 times the
+largest |ref| of the tensor (gradients are small numbers, so the floor is
+relative), so it is <= rtol exactly when |a - ref| <= atol + rtol |ref| everywhere.
+For the weights after the steps atol is a fraction of the largest possible
+change (lr per step): rtol of it for SGD; 1% of it for AdamW, which divides by
+sqrt(v) + eps, so that a gradient element near eps (f32 against float64) moves
+its weight by a visible fraction of lr, which a relative tolerance on a weight
+near 0 cannot absorb.
+
+  train_check.py --config examples/configs/tiny-mixtral.json --family mixtral \
+                 --tokens 16 [--optimizer adamw|sgd] [--steps 2] -- --losses
+
+Needs numpy, the repository's python/ (found next to this file), moe-compile on
+PATH (else $MOE_BUILD_DIR/bin, else build/bin) and libmoert.so next to it
+($MOE_BUILD_DIR/lib).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.dirname(os.path.dirname(HERE))
+if os.path.join(SRC, "python") not in sys.path:
+    sys.path.insert(0, os.path.join(SRC, "python"))
+
+from moe_compiler.safetensors import load  # noqa: E402
+
+RTOL = 1e-4
+ATOL_REL = 1e-6
+# AdamW's first update is lr * g / (|g| + eps): for a gradient element near eps
+# (1e-8, a millionth of the tensor's largest), the f32 gradient's last digits
+# move the weight by up to ~1% of lr (seen: 2.06e-8 against 2.03e-8 in the
+# float64 reference, 0.3% of lr).
+ADAMW_ATOL = 1e-2
+# Hyperparameters of the steps (train-reference gets the same ones).
+LR, BETAS, EPS, WD, MOMENTUM, BIAS_RATE = 1e-3, (0.9, 0.999), 1e-8, 0.01, 0.9, 1e-3
+
+
+class CheckError(Exception):
+    pass
+
+
+def build_dir() -> str:
+    if os.environ.get("MOE_BUILD_DIR"):
+        return os.environ["MOE_BUILD_DIR"]
+    return os.path.join(SRC, "build")
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    return path or os.path.join(build_dir(), "bin", name)
+
+
+def run(cmd: list[str]) -> str:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.join(SRC, "python")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    if p.returncode != 0:
+        raise CheckError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout}{p.stderr}")
+    return p.stdout
+
+
+def cli(*args: str) -> str:
+    return run([sys.executable, "-m", "moe_compiler", *args])
+
+
+# ---------------------------------------------------------------- the C ABI
+
+
+class CtxOptions(ctypes.Structure):
+    _fields_ = [("device", ctypes.c_int32), ("device_index", ctypes.c_int32),
+                ("comm", ctypes.c_int32), ("num_threads", ctypes.c_int32),
+                ("mesh_rank", ctypes.c_int32),
+                ("mesh_shape", ctypes.POINTER(ctypes.c_int64)),
+                ("mesh_axes", ctypes.POINTER(ctypes.c_char_p)),
+                ("timeout_s", ctypes.c_double), ("record_trace", ctypes.c_int32)]
+
+
+class Module:
+    """A compiled module directory on a CPU context of libmoert (over MPI
+    when the module has a mesh: one process per rank, under mpirun)."""
+
+    def __init__(self, moddir: str):
+        self.rt = ctypes.CDLL(os.path.join(build_dir(), "lib", "libmoert.so"),
+                              mode=ctypes.RTLD_GLOBAL)
+        self.lib = ctypes.CDLL(os.path.join(moddir, "module.so"))
+        with open(os.path.join(moddir, "manifest.json")) as f:
+            self.manifest = json.load(f)
+        self.entries = {e["name"]: e for e in self.manifest["entries"]}
+        rt = self.rt
+        rt.moert_ctx_create.argtypes = [ctypes.POINTER(CtxOptions),
+                                        ctypes.POINTER(ctypes.c_void_p)]
+        rt.moert_ctx_error.restype = ctypes.c_char_p
+        rt.moert_ctx_error.argtypes = [ctypes.c_void_p]
+        rt.moert_ctx_status.argtypes = [ctypes.c_void_p]
+        rt.moert_last_error.restype = ctypes.c_char_p
+        opts = CtxOptions()
+        rt.moert_ctx_options_init(ctypes.byref(opts))
+        mesh = self.manifest["mesh"]
+        self.axes, self.shape = mesh["axes"], mesh["shape"]
+        if self.axes:
+            argc, argv = ctypes.c_int(0), ctypes.POINTER(ctypes.c_char_p)()
+            if rt.moert_world_init(ctypes.byref(argc), ctypes.byref(argv), 1) != 0:
+                raise CheckError(f"moert_world_init: {rt.moert_last_error().decode()}")
+            self._shape = (ctypes.c_int64 * len(self.shape))(*self.shape)
+            self._axes = (ctypes.c_char_p * len(self.axes))(*[a.encode() for a in self.axes])
+            opts.comm = 1  # MOERT_COMM_MPI
+            opts.mesh_rank = len(self.axes)
+            opts.mesh_shape = self._shape
+            opts.mesh_axes = self._axes
+        self.ctx = ctypes.c_void_p()
+        if rt.moert_ctx_create(ctypes.byref(opts), ctypes.byref(self.ctx)) != 0:
+            raise CheckError(f"moert_ctx_create: {rt.moert_last_error().decode()}")
+        rt.moert_ctx_coord.restype = ctypes.c_int64
+        rt.moert_ctx_coord.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+        rt.moert_ctx_rank.argtypes = [ctypes.c_void_p]
+        self.coords = [rt.moert_ctx_coord(self.ctx, i) for i in range(len(self.axes))]
+        self.rank = rt.moert_ctx_rank(self.ctx)
+        rt.moert_ctx_destroy.argtypes = [ctypes.c_void_p]
+        rt.moert_ctx_stats_json.restype = ctypes.c_char_p
+        rt.moert_ctx_stats_json.argtypes = [ctypes.c_void_p]
+        rt.moert_ctx_reset_stats.argtypes = [ctypes.c_void_p]
+        self.a2a_bytes: dict[str, dict[str, int]] = {}
+        Module._instances.append(self)
+
+    _instances: list[Module] = []
+
+    @classmethod
+    def finalize(cls) -> None:
+        """Destroys the contexts and ends MPI (a rank that exits without
+        MPI_Finalize makes mpiexec report an abnormal termination)."""
+        for m in cls._instances:
+            m.rt.moert_ctx_destroy(m.ctx)
+            if m.axes:
+                m.rt.moert_world_finalize()
+        cls._instances.clear()
+
+    def local(self, spec: dict, value: np.ndarray) -> np.ndarray:
+        """This rank's slice of a global tensor (docs/module-format.md,
+        Sharding rule)."""
+        index = []
+        for d, axes in enumerate(spec.get("shard", [])):
+            n, i = 1, 0
+            for a in axes:
+                ax = self.axes.index(a)
+                i, n = i * self.shape[ax] + self.coords[ax], n * self.shape[ax]
+            size = value.shape[d] // n
+            index.append(slice(i * size, (i + 1) * size))
+        return value[tuple(index)]
+
+    def call(self, name: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs entry `name`; arguments by name from `tensors` (host memory is
+        the device memory of a CPU context); returns the results by name."""
+        entry = self.entries[name]
+        dtypes = {"f32": np.float32, "i32": np.int32, "i64": np.int64}
+        args = []
+        for a in entry["args"]:
+            if a["name"] not in tensors:
+                raise CheckError(f"{name}: no tensor for argument {a['index']} "
+                                 f"({a['role']} '{a['name']}')")
+            v = np.require(tensors[a["name"]], dtype=dtypes[a["dtype"]], requirements="C")
+            if list(v.shape) != a["local_shape"]:
+                raise CheckError(f"{name}: '{a['name']}' has shape {list(v.shape)}, "
+                                 f"the entry wants {a['local_shape']}")
+            args.append(v)
+        results = [np.zeros(r["local_shape"], dtype=dtypes[r["dtype"]])
+                   for r in entry["results"]]
+        argv = (ctypes.c_void_p * max(len(args), 1))(*[a.ctypes.data for a in args])
+        resv = (ctypes.c_void_p * max(len(results), 1))(
+            *[r.ctypes.data for r in results])
+        fn = getattr(self.lib, entry["symbol"])
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self.rt.moert_ctx_reset_stats(self.ctx)
+        fn(self.ctx, argv, resv)
+        if self.rt.moert_ctx_status(self.ctx) != 0:
+            raise CheckError(f"{name}: {self.rt.moert_ctx_error(self.ctx).decode()}")
+        # Bytes this rank sent by each kind of all-to-all in this call.
+        stats = json.loads(self.rt.moert_ctx_stats_json(self.ctx).decode())
+        sent = {"all_to_all": 0, "all_to_all_v": 0}
+        for c in stats["collectives"]:
+            if c["op"] in sent:
+                sent[c["op"]] += c["bytes_sent"]
+        self.a2a_bytes[name] = sent
+        return {r["name"]: v for r, v in zip(entry["results"], results)}
+
+
+# ---------------------------------------------------------------- layouts
+
+
+def expand(name: str, spec: dict, file: dict[str, np.ndarray]) -> np.ndarray:
+    """The compiler-layout tensor of a weight argument from file tensors."""
+    def one(t: np.ndarray, shape: list[int]) -> np.ndarray:
+        # The file's layout of `shape` (DBRX fuses its experts into one
+        # [E*F, D] tensor: same elements, same order).
+        if spec.get("transpose"):
+            return np.swapaxes(t.reshape(shape[:-2] + [shape[-1], shape[-2]]), -1, -2)
+        return t.reshape(shape)
+    if "{e}" in name:
+        e = spec["shape"][0]
+        return np.stack([one(file[name.replace("{e}", str(i))], spec["shape"][1:])
+                         for i in range(e)])
+    return one(file[name], spec["shape"])
+
+
+def to_file(name: str, value: np.ndarray, transpose: bool) -> dict[str, np.ndarray]:
+    """The inverse of expand: file tensors of a compiler-layout tensor (to be
+    reshaped to the file's shape where experts are fused)."""
+    def one(t: np.ndarray) -> np.ndarray:
+        return np.swapaxes(t, -1, -2) if transpose else t
+    if "{e}" in name:
+        return {name.replace("{e}", str(i)): one(value[i]) for i in range(value.shape[0])}
+    return {name: one(value)}
+
+
+def rel_err(a: np.ndarray, ref: np.ndarray, atol: float | None = None) -> float:
+    a = np.asarray(a, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if a.shape != ref.shape:
+        raise CheckError(f"shape {a.shape} vs reference {ref.shape}")
+    if atol is None:
+        atol = ATOL_REL * float(np.max(np.abs(ref))) if ref.size else 0.0
+    return float(np.max(np.abs(a - ref) / (np.abs(ref) + atol / RTOL + 1e-300)))
+
+
+# ---------------------------------------------------------------- the check
+
+
+def say(line: str) -> None:
+    """One line in one write, so that the lines of ranks sharing mpiexec's
+    stdout do not interleave."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def check_exchange(args: argparse.Namespace, m: Module, where: str) -> None:
+    """The backward's token all-to-alls send what the forward's send: the
+    uneven ones (dropless) byte for byte; the even ones too in the capacity
+    layout, where they carry the tokens (in the dropless one they only carry
+    the counts, which the backward takes from forward_train)."""
+    fwd, bwd = m.a2a_bytes["forward_train"], m.a2a_bytes["backward"]
+    dropless = fwd["all_to_all_v"] > 0
+    tokens = "all_to_all_v" if dropless else "all_to_all"
+    say(f"A2A{where}{args.family} {args.mesh} {tokens} forward={fwd[tokens]} "
+        f"backward={bwd[tokens]}")
+    if bwd[tokens] != fwd[tokens] or (dropless and bwd["all_to_all"] != 0):
+        raise CheckError(f"the backward's all-to-all bytes {bwd} differ from the "
+                         f"forward's {fwd}")
+
+
+def check(args: argparse.Namespace, work: str) -> None:
+    routing = args.routing
+    model = ["--hf-config", args.config]
+    paths = {k: os.path.join(work, k + ".safetensors")
+             for k in ("w", "x", "t", "grads", "w2")}
+    mlir = os.path.join(work, "model.mlir")
+    if not args.worker:
+        cli("emit", *model, "--tokens", str(args.tokens), "-o", mlir, *routing)
+        cli("init-weights", *model, "--seed", "1", "-o", paths["w"])
+        cli("init-inputs", *model, "--tokens", str(args.tokens), "--seed", "2", "-o",
+            paths["x"])
+        cli("init-targets", *model, "--tokens", str(args.tokens), "--seed", "3", "-o",
+            paths["t"])
+    moddir = os.path.join(work, "mod")
+    mesh_flags = []
+    if args.mesh:
+        spec, *flags = args.mesh.split("+")
+        mesh_flags = ["--mesh", spec] + [f"--{f}" for f in flags]
+    if not args.worker:
+        run([tool("moe-compile"), mlir, "-o", moddir, "--train", *mesh_flags])
+
+    opt = ["--optimizer", args.optimizer, "--lr", str(LR), "--weight-decay", str(WD)]
+    if args.optimizer == "adamw":
+        opt += ["--betas", f"{BETAS[0]},{BETAS[1]}", "--eps", str(EPS)]
+    else:
+        opt += ["--momentum", str(MOMENTUM)]
+    ref_json = os.path.join(work, "ref.json")
+    if not args.worker:
+        with open(ref_json, "w") as f:
+            f.write(cli("train-reference", *model, "--weights", paths["w"],
+                        "--inputs", paths["x"], "--targets", paths["t"],
+                        "--steps", str(args.steps), *opt, *routing, "--json",
+                        "--grads", paths["grads"], "--save-weights", paths["w2"]))
+    if args.mesh and not args.worker:
+        # One process per rank; each checks its slices and prints its lines.
+        ranks = 1
+        for part in args.mesh.split("+")[0].split(","):
+            ranks *= int(part.split("=")[1])
+        cmd = [os.environ.get("MPIEXEC", "mpiexec"), "--oversubscribe", "-np", str(ranks),
+               sys.executable, os.path.abspath(__file__), "--worker", "--config",
+               args.config, "--family", args.family, "--tokens", str(args.tokens),
+               "--optimizer", args.optimizer, "--steps", str(args.steps),
+               "--mesh", args.mesh, "--workdir", work, "--", *routing]
+        out = run(cmd)
+        for line in out.splitlines():
+            if line.startswith(("LOSS", "GRADS", "STEP", "A2A")) and " rank 0 " in line:
+                print(line.replace(" rank 0 ", " "))
+        bad = [ln for ln in out.splitlines() if ln.startswith("FAIL")]
+        if bad:
+            raise CheckError("; ".join(bad))
+        return
+    with open(ref_json) as f:
+        ref = json.load(f)
+
+    m = Module(moddir)
+    fwd = m.entries["forward_train"]
+    specs = {a["name"]: a for a in fwd["args"] if a["role"] == "weight"}
+    wfile = load(paths["w"])
+    tensors = {n: m.local(s, expand(n, s, wfile)) for n, s in specs.items()}
+    xspec = fwd["args"][0]
+    tensors["hidden_states"] = m.local(xspec, load(paths["x"])["hidden_states"])
+    tensors["targets"] = m.local(xspec, load(paths["t"])["hidden_states"])
+    where = f" rank {m.rank} " if args.mesh else " "
+    step = m.entries["step_" + args.optimizer]
+    for a in step["args"]:
+        if a["role"] == "state":
+            tensors[a["name"]] = np.zeros(a["local_shape"], dtype=np.float32)
+
+    first_grads = None
+    for i in range(args.steps):
+        out = m.call("forward_train", tensors)
+        if i == 0:
+            loss, want = float(out["loss"][0]), ref["steps"][0]["loss"]
+            say(f"LOSS{where}{args.family} compiled={loss:.9e} reference={want:.9e}")
+            if abs(loss - want) > RTOL * abs(want):
+                raise CheckError(f"loss {loss} differs from the reference {want}")
+        tensors.update(out)
+        grads = m.call("backward", tensors)
+        if i == 0:
+            first_grads = grads
+        tensors.update(grads)
+        if i == 0 and args.mesh:
+            check_exchange(args, m, where)
+        hp = np.array([LR, BETAS[0], BETAS[1], EPS, WD, MOMENTUM if args.optimizer == "sgd"
+                       else 0.0, i + 1, BIAS_RATE], dtype=np.float32)
+        tensors["optimizer.hparams"] = hp
+        tensors.update(m.call(step["name"], tensors))
+
+    # Gradients of the first step: this rank's slice of the reference's, in
+    # the compiler layout.
+    ref_grads = load(paths["grads"])
+    # Each gradient's own shard spec (ZeRO-1 splits it over dp too).
+    rspecs = {r["name"]: r for r in m.entries["backward"]["results"]}
+    worst, count = 0.0, 0
+    for name, value in first_grads.items():
+        base = name[len("grad."):]
+        if base == "hidden_states":
+            want = m.local(rspecs[name], ref_grads["hidden_states"])
+        else:
+            try:
+                want = m.local(rspecs[name], expand(base, specs[base], ref_grads))
+            except KeyError as e:
+                raise CheckError(f"gradient '{name}': {e} is not in the reference") from None
+        e = rel_err(value, want)
+        if e > RTOL:
+            raise CheckError(f"gradient '{name}': max_rel_err {e:.3g} > {RTOL}")
+        worst, count = max(worst, e), count + 1
+    # Every gradient of the reference has its compiled counterpart.
+    patterns = [re.compile(re.escape(n[len("grad."):]).replace(r"\{e\}", r"\d+") + "$")
+                for n in first_grads]
+    missing = [n for n in ref_grads if not any(p.match(n) for p in patterns)]
+    if missing:
+        raise CheckError(f"no compiled gradient for {sorted(missing)}")
+    say(f"GRADS{where}{args.family} {count} tensors max_rel_err={worst:.3e}")
+
+    # Weights after the last step, biases included.
+    ref_w = load(paths["w2"])
+    step_atol = (RTOL if args.optimizer == "sgd" else ADAMW_ATOL) * LR * args.steps
+    worst = 0.0
+    for name, spec in specs.items():
+        e = rel_err(tensors[name], m.local(spec, expand(name, spec, ref_w)), atol=step_atol)
+        if e > RTOL:
+            raise CheckError(f"weight '{name}' after {args.steps} steps: "
+                             f"max_rel_err {e:.3g} > {RTOL}")
+        worst = max(worst, e)
+    say(f"STEP{where}{args.family} {args.optimizer} steps={args.steps} {len(specs)} tensors "
+        f"max_rel_err={worst:.3e}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--family", required=True)
+    p.add_argument("--tokens", type=int, default=16)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--workdir")
+    p.add_argument("--mesh", help="dp=..,ep=..,tp=.. with +dtd / +expert-tp: compile for "
+                   "that mesh and run one process per rank under $MPIEXEC (mpiexec)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("routing", nargs=argparse.REMAINDER)
+    args = p.parse_args()
+    if args.routing and args.routing[0] == "--":
+        args.routing = args.routing[1:]
+    work = args.workdir or tempfile.mkdtemp(prefix="train_check.")
+    if args.workdir and not args.worker:
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+    try:
+        check(args, work)
+    except CheckError as e:
+        msg = re.sub(r"\s+", " ", str(e))[:2000]
+        say(f"FAIL {args.family} {args.mesh or 'single'} {msg}")
+        Module.finalize()
+        return 1
+    if not args.worker:
+        print(f"PASS {args.family} {args.mesh or 'single'}")
+    else:
+        sys.stdout.flush()
+        Module.finalize()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
