@@ -16,9 +16,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import __version__
+from .checkpoint import Checkpoint
 from .configs import ConfigError, MoEConfig, load_hf_config, parse_layers, parse_mesh
 from .presets import PRESETS, get_preset
-from .checkpoint import Checkpoint
 from .safetensors import SafetensorsError, SafetensorsFile, save
 
 PROG = "python3 -m moe_compiler"

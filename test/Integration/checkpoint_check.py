@@ -29,6 +29,7 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -39,6 +40,7 @@ sys.path.insert(0, HERE)
 import e2e  # noqa: E402
 import make_checkpoint  # noqa: E402
 from e2e import Failure, find_tool, frontend, run  # noqa: E402
+
 from moe_compiler.checkpoint import INDEX_NAME, Checkpoint  # noqa: E402
 from moe_compiler.configs import load_hf_config  # noqa: E402
 from moe_compiler.safetensors import SafetensorsFile, save  # noqa: E402
@@ -63,7 +65,7 @@ def same_bits(a: str, b: str, what: str) -> None:
 
 
 def failing(cmd: list[str], what: str) -> str:
-    p = __import__("subprocess").run(cmd, capture_output=True, text=True, timeout=120)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if p.returncode != 1:
         raise Failure(f"{what}: expected exit 1, got {p.returncode}: {shlex.join(cmd)}\n"
                       f"{p.stdout[-2000:]}{p.stderr[-2000:]}")
@@ -130,8 +132,9 @@ def check(args: argparse.Namespace) -> None:
         run([compile_, p["mlir"], "-o", mod, *m.compile_flags()], f"compile {label}")
         launch = shlex.split(args.mpirun) + ["-np", str(m.ranks)] if m.ranks > 1 else []
 
-        def go(weights: str, out: str, *extra: str) -> None:
-            run(launch + [moe_run, mod, "--weights", weights, "--inputs", p["x"],  # noqa: B023
+        def go(weights: str, out: str, *extra: str, mod: str = mod, launch: list[str] = launch,
+               label: str = label) -> None:
+            run(launch + [moe_run, mod, "--weights", weights, "--inputs", p["x"],
                           "--output", out, *extra], f"moe-run {label} {weights}")
 
         for kind, single in (("f32", "w"), ("bf16", "wb"), ("fp8", "d8")):
