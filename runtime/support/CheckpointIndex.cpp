@@ -215,6 +215,11 @@ Status TensorSource::locate(const std::string &name,
   return Status::ok();
 }
 
+bool TensorSource::contains(const std::string &name) const {
+  return indexPath_.empty() ? shards_[0]->find(name) != nullptr
+                            : index_.shardOf.count(name) != 0;
+}
+
 const TensorInfo *TensorSource::find(const std::string &name) const {
   const SafetensorsFile *file;
   const TensorInfo *info = nullptr;
@@ -266,7 +271,9 @@ static Status readBlockScale(const TensorSource &src, const TensorInfo &t,
                              int64_t rows, int64_t cols,
                              std::vector<float> &scale) {
   std::string name = t.name + "_scale_inv";
-  const TensorInfo *s = src.find(name);
+  const TensorInfo *s = nullptr;
+  if (src.contains(name)) // listed: its shard must be readable
+    MOERT_TRY(src.lookup(name, s));
   if (!s)
     return supportError(MOERT_ERR_INVALID,
                         "%s: tensor '%s' is F8_E4M3 but there is no block "

@@ -58,6 +58,8 @@ public:
   /// Tensor `name`, or nullptr when it is not there or its shard cannot be
   /// opened.
   const TensorInfo *find(const std::string &name) const;
+  /// Whether the file or the index lists tensor `name` (opens nothing).
+  bool contains(const std::string &name) const;
   /// Tensor `name` (opening its shard) or an error naming it.
   Status lookup(const std::string &name, const TensorInfo *&out) const;
   /// As SafetensorsFile::readSlice; F8_E4M3 tensors are dequantized.

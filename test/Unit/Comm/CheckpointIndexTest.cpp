@@ -334,6 +334,16 @@ TEST_F(Folder, Fp8ScaleErrors) {
     ASSERT_FALSE(s.isOk()) << c.file;
     EXPECT_NE(s.message().find(c.want), std::string::npos) << s.message();
   }
+  // A scale listed in the index, in a shard that is not there.
+  writeText(kCheckpointIndexName, R"({"weight_map": {
+    "w": "noscale.safetensors", "w_scale_inv": "gone.safetensors"}})");
+  ASSERT_TRUE(open(dir_).isOk());
+  std::vector<float> out(16);
+  Status s0 = src_->readSlice("w", {}, {0, 0}, {4, 4}, MOERT_F32, out.data());
+  EXPECT_NE(s0.message().find("tensor 'w_scale_inv' is in shard "
+                              "'gone.safetensors', which cannot be read"),
+            std::string::npos)
+      << s0.message();
   ASSERT_TRUE(open(path("nan.safetensors")).isOk());
   int32_t ints[16];
   Status s = src_->readSlice("w", {}, {0, 0}, {4, 4}, MOERT_I32, ints);
