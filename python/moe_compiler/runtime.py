@@ -151,6 +151,11 @@ class Module:
         self._fns: dict[str, ctypes._CFuncPtr] = {}
         Module._instances.append(self)
 
+    def __deepcopy__(self, memo: dict) -> Module:
+        # A loaded library and its context are shared, not copied (copy.deepcopy of
+        # a torch module that holds one).
+        return self
+
     def close(self) -> None:
         """Destroys the context (idempotent)."""
         if self.ctx:

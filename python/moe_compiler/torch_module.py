@@ -28,6 +28,7 @@ a CUDA tensor, is refused with an error naming it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import subprocess
@@ -172,6 +173,26 @@ def _contig_strides(shape: list[int]) -> list[int]:
     return list(reversed(strides))
 
 
+def _check_manifest(module_dir: str) -> None:
+    """Refuses, before any runtime context exists, what CompiledMoEBlock cannot run."""
+    path = os.path.join(module_dir, "manifest.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise RuntimeError_(f"{path}: cannot read the manifest ({e})") from None
+    shape = (manifest.get("mesh") or {}).get("shape") or []
+    if math.prod(shape) > 1:
+        raise RuntimeError_(f"{module_dir}: compiled for a mesh of {math.prod(shape)} ranks "
+                            f"({manifest['mesh']}); CompiledMoEBlock runs single-rank modules")
+    if manifest.get("target", "cpu") != "cpu":
+        raise RuntimeError_(f"{module_dir}: compiled for target '{manifest['target']}'; "
+                            "CompiledMoEBlock runs CPU modules (CUDA is not supported yet)")
+    names = [e.get("name") for e in manifest.get("entries", [])]
+    if "forward" not in names:
+        raise RuntimeError_(f"{module_dir}: no 'forward' entry point")
+
+
 _TORCH_DTYPES = {"f32": torch.float32, "i32": torch.int32, "i64": torch.int64}
 
 
@@ -189,11 +210,10 @@ class CompiledMoEBlock(nn.Module):
                  router_logits: bool = False, router_name: str | None = None,
                  runtime: Module | None = None):
         super().__init__()
-        rt = runtime or Module(module_dir)
-        if rt.axes and rt.ranks > 1:
-            raise RuntimeError_(f"{module_dir}: compiled for a mesh of {rt.ranks} ranks; "
-                                "CompiledMoEBlock runs single-rank modules")
-        self._rt = rt
+        if runtime is None:
+            _check_manifest(str(module_dir))
+            runtime = Module(module_dir)
+        rt = self._rt = runtime
         fwd = rt.entries["forward"]
         self._train = all(n in rt.entries for n in ("forward_train", "backward"))
         self._x_spec = next(a for a in fwd["args"] if a["role"] == "input")
@@ -220,9 +240,11 @@ class CompiledMoEBlock(nn.Module):
     def _register(self, name: str, p: nn.Parameter) -> None:
         *path, leaf = name.split(".")
         mod: nn.Module = self
-        for part in path:
+        for i, part in enumerate(path):
             if part not in mod._modules:
-                mod.add_module(part, nn.Module())
+                # "experts.0...": a ModuleList, indexable as in Hugging Face's blocks.
+                nxt = (path + [leaf])[i + 1]
+                mod.add_module(part, nn.ModuleList() if nxt.isdigit() else nn.Module())
             mod = mod._modules[part]  # type: ignore[assignment]
         if name.endswith("e_score_correction_bias"):
             p.requires_grad_(False)  # reached by no gradient (docs/spec.md 7.2)
@@ -397,6 +419,7 @@ def replace_moe_blocks(model: nn.Module, cfg: MoEConfig, tokens: int,
         return []
     workdir = workdir or tempfile.mkdtemp(prefix="moe_block.")
     moddir = compile_block(cfg, tokens, os.path.join(workdir, "block"))
+    _check_manifest(moddir)
     rt = Module(moddir)
     shapes = {s.name: list(s.file_shape) for s in block_specs(cfg)[1] if s.file_shape}
     for name, old in found:
