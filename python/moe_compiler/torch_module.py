@@ -45,7 +45,7 @@ from .emit import _Builder, _emit_moe, tensor_type
 from .layout import Sublayer, WeightSpec, sublayers
 from .runtime import Module, RuntimeError_
 
-__all__ = ["CompiledMoEBlock", "block_specs", "compile_block", "emit_block",
+__all__ = ["CompiledMoEBlock", "block_specs", "compile_block", "emit_block", "from_config",
            "replace_moe_blocks"]
 
 # Hugging Face sparse-block classes that return (hidden_states, router_logits).
@@ -257,7 +257,7 @@ class CompiledMoEBlock(nn.Module):
     def reset_parameters(self) -> None:
         """nn.Linear's default initialization for matrices; 0 for selection biases."""
         with torch.no_grad():
-            for name, p in self.named_parameters():
+            for p in self.parameters():
                 if p.dim() == 1:
                     p.zero_()
                 else:
@@ -444,5 +444,3 @@ def from_config(cfg: MoEConfig, tokens: int, workdir: str | None = None,
     shapes = {s.name: list(s.file_shape) for s in block_specs(cfg, layer)[1] if s.file_shape}
     return CompiledMoEBlock(moddir, shapes, router_logits=cfg.family in _TUPLE_FAMILIES)
 
-
-__all__ += ["from_config"]
