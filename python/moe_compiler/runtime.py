@@ -87,6 +87,7 @@ def _runtime() -> ctypes.CDLL:
         rt.moert_ctx_stats_json.restype = ctypes.c_char_p
         rt.moert_ctx_stats_json.argtypes = [vp]
         rt.moert_ctx_reset_stats.argtypes = [vp]
+        rt.moert_world_allgather.argtypes = [vp, vp, vp, ctypes.c_int64]
         _RT = rt
     return _RT
 
@@ -182,18 +183,43 @@ class Module:
             n *= s
         return n
 
-    def local(self, spec: Mapping, value: np.ndarray) -> np.ndarray:
-        """This rank's slice of a global tensor (docs/module-format.md,
-        Sharding rule)."""
+    def launcher_size(self) -> int:
+        """Ranks the launcher (mpirun) started, 0 when not launched."""
+        return int(self.rt.moert_world_launcher_size())
+
+    def coords_of(self, rank: int) -> list[int]:
+        """Mesh coordinates of world rank ``rank`` (row-major, last axis fastest)."""
+        out = []
+        for s in reversed(self.shape):
+            out.append(rank % s)
+            rank //= s
+        return list(reversed(out))
+
+    def index(self, spec: Mapping, shape: Sequence[int],
+              coords: Sequence[int] | None = None) -> tuple[slice, ...]:
+        """The slice of a global tensor of ``shape`` that the rank at ``coords``
+        (default: this one) holds (docs/module-format.md, Sharding rule)."""
+        coords = self.coords if coords is None else coords
         index = []
         for d, axes in enumerate(spec.get("shard", [])):
             n, i = 1, 0
             for a in axes:
                 ax = self.axes.index(a)
-                i, n = i * self.shape[ax] + self.coords[ax], n * self.shape[ax]
-            size = value.shape[d] // n
+                i, n = i * self.shape[ax] + coords[ax], n * self.shape[ax]
+            size = shape[d] // n
             index.append(slice(i * size, (i + 1) * size))
-        return value[tuple(index)]
+        return tuple(index)
+
+    def allgather(self, send_ptr: int, recv_ptr: int, nbytes: int) -> None:
+        """Every rank's ``nbytes`` host bytes, in rank order, into ``recv_ptr``."""
+        if self.rt.moert_world_allgather(self.ctx, send_ptr, recv_ptr, nbytes) != 0:
+            msg = self.rt.moert_ctx_error(self.ctx).decode()
+            raise RuntimeError_(f"moert_world_allgather: {msg}")
+
+    def local(self, spec: Mapping, value: np.ndarray) -> np.ndarray:
+        """This rank's slice of a global tensor (docs/module-format.md,
+        Sharding rule)."""
+        return value[self.index(spec, value.shape)]
 
     def call_ptrs(self, name: str, args: Sequence[int], results: Sequence[int]) -> None:
         """Runs entry ``name`` on raw host pointers, one per argument and result

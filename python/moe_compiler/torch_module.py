@@ -43,7 +43,7 @@ from .configs import ConfigError, MoEConfig
 from .driver import find_tool
 from .emit import _Builder, _emit_moe, tensor_type
 from .layout import Sublayer, WeightSpec, sublayers
-from .runtime import Module, RuntimeError_
+from .runtime import Module, RuntimeError_, _runtime
 
 __all__ = ["CompiledMoEBlock", "block_specs", "compile_block", "emit_block", "from_config",
            "replace_moe_blocks"]
@@ -127,7 +127,8 @@ class _Operand:
 
     def __init__(self, arg: dict, param_shape: list[int] | None):
         self.name = arg["name"]
-        self.shape = list(arg["local_shape"])
+        self.spec = arg
+        self.shape = list(arg["shape"])  # global: the parameters hold whole tensors
         self.transpose = bool(arg.get("transpose"))
         self.stacked = "{e}" in self.name
         if self.stacked:
@@ -183,8 +184,12 @@ def _check_manifest(module_dir: str) -> None:
         raise RuntimeError_(f"{path}: cannot read the manifest ({e})") from None
     shape = (manifest.get("mesh") or {}).get("shape") or []
     if math.prod(shape) > 1:
-        raise RuntimeError_(f"{module_dir}: compiled for a mesh of {math.prod(shape)} ranks "
-                            f"({manifest['mesh']}); CompiledMoEBlock runs single-rank modules")
+        launched = _runtime().moert_world_launcher_size()
+        if launched != math.prod(shape):
+            raise RuntimeError_(
+                f"{module_dir}: compiled for a mesh of {math.prod(shape)} ranks "
+                f"({manifest['mesh']}); run it under mpirun -np {math.prod(shape)} (this "
+                + (f"job has {launched} ranks)" if launched else "process has no launcher)"))
     if manifest.get("target", "cpu") != "cpu":
         raise RuntimeError_(f"{module_dir}: compiled for target '{manifest['target']}'; "
                             "CompiledMoEBlock runs CPU modules (CUDA is not supported yet)")
@@ -288,6 +293,10 @@ class CompiledMoEBlock(nn.Module):
             for (name, shape), t in zip(op.params, ts):
                 self._check(f"parameter '{name}'", t, list(shape))
             arr, copied = op.build(ts)
+            if self._rt.ranks > 1:
+                arr = arr[self._rt.index(op.spec, op.shape)]  # this rank's slice
+                if not arr.is_contiguous():
+                    arr, copied = arr.contiguous(), True
             copies += copied
             out[op.name] = arr
             i += len(op.params)
@@ -307,6 +316,19 @@ class CompiledMoEBlock(nn.Module):
                    for r in e["results"]]
         self._rt.call_ptrs(entry, [t.data_ptr() for t in args], [r.data_ptr() for r in results])
         return {r["name"]: v for r, v in zip(e["results"], results)}
+
+    def _gather(self, spec: dict, shape: list[int], local: torch.Tensor) -> torch.Tensor:
+        """The whole tensor from every rank's slice (gradients come back already
+        summed over the mesh, docs/spec.md 7.1: a replicated one is whole)."""
+        rt = self._rt
+        if rt.ranks == 1 or not any(spec.get("shard", [])):
+            return local
+        recv = torch.empty([rt.ranks] + list(local.shape), dtype=local.dtype)
+        rt.allgather(local.data_ptr(), recv.data_ptr(), local.numel() * local.element_size())
+        whole = torch.empty(shape, dtype=local.dtype)
+        for r in range(rt.ranks):
+            whole[rt.index(spec, shape, rt.coords_of(r))] = recv[r]
+        return whole
 
     def _forward_train(self, x: torch.Tensor, ops: dict[str, torch.Tensor]
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -378,12 +400,13 @@ class _CompiledFn(torch.autograd.Function):
         saved[block._dy[0]] = dy
         out = block._call("backward", {**ctx.ops, **saved})
         grads: list[torch.Tensor | None] = []
+        specs = {r["name"]: r for r in block._rt.entries["backward"]["results"]}
         for op in block._ops:
             g = out.get("grad." + op.name)
             if g is None:
                 grads += [None] * len(op.params)
             else:
-                grads += op.split(g)
+                grads += op.split(block._gather(specs["grad." + op.name], op.shape, g))
         return (None, out["grad.hidden_states"], *grads)
 
 
