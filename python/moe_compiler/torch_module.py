@@ -101,14 +101,16 @@ def emit_block(cfg: MoEConfig, tokens: int, layer: int | None = None) -> str:
 
 
 def compile_block(cfg: MoEConfig, tokens: int, out_dir: str, layer: int | None = None,
-                  train: bool = True) -> str:
-    """Emits the block and compiles it with ``moe-compile [--train]`` into ``out_dir``."""
+                  train: bool = True, extra: Iterable[str] = ()) -> str:
+    """Emits the block and compiles it with ``moe-compile [--train] EXTRA...`` into
+    ``out_dir`` (``extra``: e.g. ``["--mesh", "ep=2"]``); returns ``out_dir``."""
     out_dir = out_dir.rstrip("/")
     os.makedirs(os.path.dirname(out_dir) or ".", exist_ok=True)
     mlir = out_dir + ".mlir"
     with open(mlir, "w", encoding="utf-8") as f:
         f.write(emit_block(cfg, tokens, layer))
-    cmd = [find_tool("moe-compile"), mlir, "-o", out_dir] + (["--train"] if train else [])
+    cmd = ([find_tool("moe-compile"), mlir, "-o", out_dir] + (["--train"] if train else [])
+           + list(extra))
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError_(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()}")

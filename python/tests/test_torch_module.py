@@ -270,3 +270,35 @@ def test_refuses_mesh_modules_and_modules_without_training(workdir):
     (base / "two" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RuntimeError_, match="target 'cuda'"):
         tm.CompiledMoEBlock(base / "two")
+
+
+@pytest.mark.parametrize("mesh,ranks", [(["--mesh", "ep=2"], 2),
+                                        (["--mesh", "ep=2,tp=2", "--expert-tp"], 4)],
+                         ids=["ep2", "ep2-tp2-expert-tp"])
+def test_mesh_under_mpirun(mesh, ranks, workdir):
+    """Each rank runs its tokens with its slices of the whole parameters; its output
+    rows, dX rows and the gathered gradients equal the HF block on the global batch,
+    and three SGD steps keep the ranks' parameters equal to the torch-only run's
+    (python/tests/torch_mesh_check.py)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        pytest.skip("needs mpirun")
+    cfg = load_hf_config(EXAMPLES / "tiny-mixtral.json")
+    moddir = tm.compile_block(cfg, TOKENS, str(workdir / ("mesh-" + "-".join(mesh))),
+                              extra=mesh)
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    script = Path(__file__).with_name("torch_mesh_check.py")
+    p = subprocess.run([mpirun, "--allow-run-as-root", "--oversubscribe", "-np", str(ranks),
+                        sys.executable, str(script), moddir,
+                        str(EXAMPLES / "tiny-mixtral.json"), str(TOKENS)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out
+    assert sorted(ln.strip() for ln in p.stdout.replace("OK", "\nOK").splitlines()
+                  if ln.strip().startswith("OK")) == [f"OK rank {r}" for r in range(ranks)], out
