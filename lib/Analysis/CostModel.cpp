@@ -505,6 +505,27 @@ FailureOr<Cost> CostModel::op(Operation *op) const {
   return copy(bytes);
 }
 
+FailureOr<Cost> CostModel::ops(llvm::ArrayRef<Operation *> list) const {
+  Cost total;
+  for (Operation *o : list) {
+    FailureOr<Cost> c = op(o);
+    if (failed(c))
+      return failure();
+    total += *c;
+  }
+  return total;
+}
+
+FailureOr<ExchangeStage>
+CostModel::exchangeStage(llvm::ArrayRef<Operation *> dispatch,
+                         llvm::ArrayRef<Operation *> compute,
+                         llvm::ArrayRef<Operation *> combine) const {
+  FailureOr<Cost> d = ops(dispatch), f = ops(compute), c = ops(combine);
+  if (failed(d) || failed(f) || failed(c))
+    return failure();
+  return ExchangeStage{*d, *f, *c};
+}
+
 //===----------------------------------------------------------------------===//
 // Pipelined exchanges and the list scheduler
 //===----------------------------------------------------------------------===//

@@ -174,6 +174,14 @@ struct GroupLinks {
   LinkParams near, far;
 };
 
+/// The exchange around an expert FFN at degree 1: the dispatch collectives
+/// (all-to-all, and under DTD the slice before it), the local work between
+/// (the expert FFN, DTD's all-gathers over tp) and the combine collectives.
+/// At degree d each of the three is cut into d chunks (Cost::chunk).
+struct ExchangeStage {
+  Cost dispatch, compute, combine;
+};
+
 /// The cost model: a cluster and the queries of the passes.
 class CostModel {
 public:
@@ -218,6 +226,19 @@ public:
   /// an op of another dialect.
   FailureOr<Cost> op(Operation *op) const;
 
+  /// The sum of op() over `ops`; fails when one op fails.
+  FailureOr<Cost> ops(llvm::ArrayRef<Operation *> ops) const;
+
+  /// The exchange around an expert FFN from its ops at degree 1: the
+  /// dispatch collectives (the all-to-all; DTD's slice), the local work
+  /// between (the expert FFN; DTD's all-gathers), the combine collectives.
+  /// For moe-overlap's `degree=auto`: pass the result to
+  /// chooseExchangeDegree.
+  FailureOr<ExchangeStage>
+  exchangeStage(llvm::ArrayRef<Operation *> dispatch,
+                llvm::ArrayRef<Operation *> compute,
+                llvm::ArrayRef<Operation *> combine) const;
+
 private:
   ClusterSpec cluster_;
 };
@@ -230,14 +251,6 @@ int64_t getExpertFFNFlops(Operation *expertFFN);
 //===----------------------------------------------------------------------===//
 // Pipelined exchanges (moe-overlap's degree)
 //===----------------------------------------------------------------------===//
-
-/// The exchange around an expert FFN at degree 1: the dispatch collectives
-/// (all-to-all, and under DTD the slice before it), the local work between
-/// (the expert FFN, DTD's all-gathers over tp) and the combine collectives.
-/// At degree d each of the three is cut into d chunks (Cost::chunk).
-struct ExchangeStage {
-  Cost dispatch, compute, combine;
-};
 
 /// The predicted time line of one exchange at one degree.
 struct PipelinePrediction {

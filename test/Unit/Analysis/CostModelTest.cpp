@@ -196,6 +196,14 @@ TEST_F(OpCost, OpsAreDispatchedByKind) {
   expectCost(*m.op(named("n")), 0, 3 * 512 / 1e10);
   // A dynamic shape has no cost.
   EXPECT_TRUE(failed(m.op(named("h"))));
+  // The exchange of the overlap pass: all-to-all, FFN, all-to-all.
+  FailureOr<ExchangeStage> stage =
+      m.exchangeStage({named("a")}, {named("y"), named("n")}, {named("a")});
+  ASSERT_TRUE(succeeded(stage));
+  expectCost(stage->dispatch, a->fixed, a->proportional);
+  expectCost(stage->compute, 1e-5,
+             2.0 * 32 * 16 * 32 * 3 / 1e11 + 3 * 512 / 1e10);
+  EXPECT_TRUE(failed(m.exchangeStage({named("h")}, {}, {})));
   EXPECT_EQ(getExpertFFNFlops(named("a")), -1);
 }
 
