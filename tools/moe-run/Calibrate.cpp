@@ -66,19 +66,22 @@ Status parseMesh(const std::string &text, Mesh &m) {
   return Status::ok();
 }
 
-/// Least squares of y = a + b x.
+/// Least squares of y = a + b x relative to y (weights 1/y^2), so that the
+/// small sizes, which carry the latency, count as much as the large ones.
 void fitLine(const std::vector<double> &x, const std::vector<double> &y,
              double &a, double &b) {
-  double n = static_cast<double>(x.size()), sx = 0, sy = 0, sxx = 0, sxy = 0;
+  double sw = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
   for (size_t i = 0; i < x.size(); ++i) {
-    sx += x[i];
-    sy += y[i];
-    sxx += x[i] * x[i];
-    sxy += x[i] * y[i];
+    double w = y[i] > 0 ? 1 / (y[i] * y[i]) : 1;
+    sw += w;
+    sx += w * x[i];
+    sy += w * y[i];
+    sxx += w * x[i] * x[i];
+    sxy += w * x[i] * y[i];
   }
-  double den = n * sxx - sx * sx;
-  b = den > 0 ? (n * sxy - sx * sy) / den : 0;
-  a = (sy - b * sx) / n;
+  double den = sw * sxx - sx * sx;
+  b = den > 0 ? (sw * sxy - sx * sy) / den : 0;
+  a = (sy - b * sx) / sw;
 }
 
 class Calibrator {
