@@ -78,7 +78,8 @@ void buildCompilePipeline(OpPassManager &pm,
 void buildLowerToLLVMPipeline(OpPassManager &pm);
 
 /// Registers `moe-compile-pipeline` and `moe-lower-to-llvm` (and the passes
-/// of this library, moe-attach-manifest).
+/// of this library, moe-attach-manifest, and of the analyses,
+/// moe-print-costs).
 void registerMoECompilePipelines();
 
 } // namespace moe
