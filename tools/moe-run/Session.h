@@ -66,6 +66,7 @@ public:
 
 private:
   void createContext();
+  void printThreads() const;
   bool checkSameModule();
 
   moert::Status loaded_;
