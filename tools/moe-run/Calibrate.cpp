@@ -136,6 +136,8 @@ void Calibrator::createContext() {
   o.mesh_rank = static_cast<int32_t>(axes.size());
   o.mesh_shape = mesh_.shape.data();
   o.mesh_axes = axes.data();
+  // Under --net the calibration measures the emulated links.
+  o.net = opt_.net.empty() ? nullptr : opt_.net.c_str();
   o.timeout_s = opt_.timeout;
   if (moert_ctx_create(&o, &ctx_) != MOERT_OK)
     fatal(supportError(MOERT_ERR_INVALID,

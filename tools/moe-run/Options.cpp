@@ -2,6 +2,7 @@
 #include "Options.h"
 
 #include "Calibrate.h"
+#include "moert/moert.h"
 
 #include <cerrno>
 #include <cmath>
@@ -44,7 +45,12 @@ const char *const kUsage =
     "  --trace FILE        write a Chrome trace of all ranks (rank 0)\n"
     "  --repeat N          timed runs (default: 1)\n"
     "  --warmup N          untimed runs before them (default: 0)\n"
-    "  --threads N         CPU threads per rank (default: runtime default)\n"
+    "  --threads N         CPU threads per rank (default: OMP_NUM_THREADS,\n"
+    "                      else the node's cores / the ranks on the node)\n"
+    "  --net SPEC          emulate a slower link per mesh axis: every\n"
+    "                      collective over the axis completes no earlier than\n"
+    "                      alpha + bytes/bw after it starts (link time only),\n"
+    "                      e.g. ep:alpha=50us,bw=1GB/s;tp:bw=100GB/s\n"
     "  --timeout SECONDS   a collective not done after this fails (default: "
     "300)\n"
     "  --quiet             print no tables\n"
@@ -154,7 +160,8 @@ Status setOption(Options &o, RawTrain &raw, const std::string &flag,
       {"--weights", &o.weights}, {"--inputs", &o.inputs},
       {"--output", &o.output},   {"--entry", &o.entry},
       {"--device", &o.device},   {"--check", &o.check},
-      {"--stats", &o.stats},     {"--trace", &o.trace}};
+      {"--stats", &o.stats},     {"--trace", &o.trace},
+      {"--net", &o.net}};
   if (flag == "--entry" || flag == "--output" || flag == "--check" ||
       flag == "--repeat" || flag == "--warmup")
     raw.given[flag] = v; // refused with --train
@@ -347,6 +354,8 @@ Status parseArgs(int argc, char **argv, Options &o) {
   if (o.outDir.empty())
     return supportError(MOERT_ERR_INVALID, "missing OUT_DIR");
   MOERT_TRY(checkMode(o, raw));
+  if (!o.net.empty() && moert_net_check(o.net.c_str()) != MOERT_OK)
+    return supportError(MOERT_ERR_INVALID, "%s", moert_last_error());
   if (!o.device.empty() && o.device != "cpu" && o.device != "cuda")
     return supportError(MOERT_ERR_INVALID,
                         "--device must be cpu or cuda, got '%s'",
