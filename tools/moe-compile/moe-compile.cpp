@@ -86,6 +86,11 @@ cl::opt<bool> zero1("zero1",
                     cl::desc("With --train: shard the optimizer state over dp "
                              "(ZeRO-1)"),
                     cl::cat(category));
+cl::opt<std::string> overlapDegree(
+    "overlap-degree",
+    cl::desc("Pipeline every expert-parallel exchange with the expert FFN "
+             "in this many chunks (moe-overlap; 1: off)"),
+    cl::value_desc("n"), cl::init("1"), cl::cat(category));
 cl::opt<std::string> target("target",
                             cl::desc("Default device recorded in the manifest "
                                      "(moe-run --device overrides)"),
@@ -189,6 +194,7 @@ llvm::Error pipelineOptions(moe::CompilePipelineOptions &options) {
   options.expertTp = expertTP;
   options.train = train;
   options.zero1 = zero1;
+  options.overlapDegree = overlapDegree;
   return moe::verifyCompilePipelineOptions(options);
 }
 
