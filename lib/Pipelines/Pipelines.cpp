@@ -1,5 +1,7 @@
 //===- Pipelines.cpp - The compile pipeline of moe-compiler ---------------===//
 #include "moe/Pipelines/Pipelines.h"
+#include "moe/Analysis/CostModel.h"
+#include "moe/Analysis/Passes.h"
 #include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/Transforms/Passes.h"
 #include "moe/Pipelines/Passes.h"
@@ -34,6 +36,11 @@ moe::verifyCompilePipelineOptions(const CompilePipelineOptions &options) {
         llvm::inconvertibleErrorCode(),
         "overlap-degree pipelines the expert-parallel exchange: it needs a "
         "mesh with ep > 1 (mesh=...)");
+  if (!options.cluster.empty())
+    if (llvm::Expected<cost::ClusterSpec> c =
+            cost::loadClusterFile(options.cluster);
+        !c)
+      return c.takeError();
   return llvm::Error::success();
 }
 
@@ -64,6 +71,7 @@ void moe::buildCompilePipeline(OpPassManager &pm,
   if (options.overlapDegree != "1") {
     MoEOverlapOptions overlap;
     overlap.degree = options.overlapDegree;
+    overlap.cluster = options.cluster;
     pm.addPass(createMoEOverlap(overlap));
   }
   // Describe the entry points while the tensor signatures still exist.
@@ -82,6 +90,7 @@ void moe::buildLowerToLLVMPipeline(OpPassManager &pm) {
 
 void moe::registerMoECompilePipelines() {
   registerMoEPipelinesPasses();
+  registerMoEAnalysisPasses();
   // PassPipelineRegistration<CompilePipelineOptions> without its silence on
   // option combinations the builder cannot honour.
   registerPassPipeline(

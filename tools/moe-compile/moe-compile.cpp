@@ -91,6 +91,12 @@ cl::opt<std::string> overlapDegree(
     cl::desc("Pipeline every expert-parallel exchange with the expert FFN "
              "in this many chunks (moe-overlap; 1: off)"),
     cl::value_desc("n"), cl::init("1"), cl::cat(category));
+cl::opt<std::string>
+    clusterFile("cluster",
+                cl::desc("Cluster file (JSON) for the cost model: links, "
+                         "GEMM and memory rates (moe-run --calibrate writes "
+                         "one; default: built-in)"),
+                cl::value_desc("FILE.json"), cl::cat(category));
 cl::opt<std::string> target("target",
                             cl::desc("Default device recorded in the manifest "
                                      "(moe-run --device overrides)"),
@@ -195,6 +201,7 @@ llvm::Error pipelineOptions(moe::CompilePipelineOptions &options) {
   options.train = train;
   options.zero1 = zero1;
   options.overlapDegree = overlapDegree;
+  options.cluster = clusterFile;
   return moe::verifyCompilePipelineOptions(options);
 }
 

@@ -23,12 +23,17 @@
 // result is bit for bit the one of degree 1: no floating-point sum is split
 // (the FFN's GEMMs compute each row from that row alone).
 //
+// With degree=auto, each exchange gets the degree among 1, 2, 4, 8 (that
+// divides its slots) that the cost model (moe/Analysis/CostModel.h: the
+// cluster file's links, the GEMM rate) predicts fastest for this schedule.
+//
 // Only the forward exchange is pipelined. The backward's expert_ffn_grad
 // sums the weight gradients over all rows of the buffer, and splitting that
 // sum into chunks would change its rounding, so the pass runs after
 // moe-differentiate and leaves the backward as it is.
 //
 //===----------------------------------------------------------------------===//
+#include "moe/Analysis/CostModel.h"
 #include "moe/Dialect/MoE/IR/MoE.h"
 #include "moe/Dialect/MoE/Transforms/Passes.h"
 
@@ -148,10 +153,36 @@ RankedTensorType chunkType(Type whole, int64_t degree) {
   return RankedTensorType::get(shape, t.getElementType());
 }
 
+/// Each expert's slots on this rank (dimension 1 of the dispatched buffer).
+int64_t slotsOf(const Exchange &x) {
+  return cast<RankedTensorType>(x.ops.front()->getOperand(0).getType())
+      .getDimSize(1);
+}
+
+/// degree=auto: the degree among 1, 2, 4, 8 that divides the slots with the
+/// least predicted time of the pipelined exchange (the cost model's
+/// chooseExchangeDegree, on the schedule this pass emits).
+FailureOr<int64_t> chooseDegree(const Exchange &x,
+                                const cost::CostModel &model) {
+  ArrayRef<Operation *> ops(x.ops);
+  FailureOr<cost::ExchangeStage> stage = model.exchangeStage(
+      ops.take_front(x.forward + 1),
+      ops.slice(x.forward + 1, x.back - x.forward - 1),
+      ops.drop_front(x.back));
+  if (failed(stage))
+    return x.ffn.emitOpError(
+        "moe-overlap: the cost model cannot price this exchange");
+  SmallVector<int64_t> candidates;
+  for (int64_t d : cost::kDefaultDegreeCandidates)
+    if (slotsOf(x) % d == 0)
+      candidates.push_back(d);
+  return cost::chooseExchangeDegree(*stage, candidates).degree;
+}
+
 LogicalResult pipeline(Exchange &x, int64_t degree) {
-  Operation *first = x.ops.front(), *last = x.ops.back();
-  Value source = first->getOperand(0);
-  int64_t slots = cast<RankedTensorType>(source.getType()).getDimSize(1);
+  Operation *last = x.ops.back();
+  Value source = x.ops.front()->getOperand(0);
+  int64_t slots = slotsOf(x);
   if (slots % degree != 0)
     return x.ffn.emitOpError()
            << "moe-overlap: degree " << degree << " does not divide the "
@@ -250,11 +281,28 @@ struct MoEOverlapPass : moe::impl::MoEOverlapBase<MoEOverlapPass> {
       return signalPassFailure();
     if (*n == 1)
       return;
+    std::optional<cost::CostModel> model;
+    if (*n == 0) { // auto
+      llvm::Expected<cost::ClusterSpec> spec = cost::loadClusterFile(cluster);
+      if (!spec) {
+        module.emitError() << "moe-overlap: "
+                           << llvm::toString(spec.takeError());
+        return signalPassFailure();
+      }
+      model.emplace(std::move(*spec));
+    }
     SmallVector<ExpertFFNOp> ffns;
     module.walk([&](ExpertFFNOp op) { ffns.push_back(op); });
     for (ExpertFFNOp ffn : ffns) {
       FailureOr<std::optional<Exchange>> x = matchExchange(ffn);
-      if (failed(x) || (*x && failed(pipeline(**x, *n))))
+      if (failed(x))
+        return signalPassFailure();
+      if (!*x)
+        continue;
+      FailureOr<int64_t> degree = *n;
+      if (model)
+        degree = chooseDegree(**x, *model);
+      if (failed(degree) || (*degree > 1 && failed(pipeline(**x, *degree))))
         return signalPassFailure();
     }
   }
@@ -262,9 +310,7 @@ struct MoEOverlapPass : moe::impl::MoEOverlapBase<MoEOverlapPass> {
   FailureOr<int64_t> parseDegree(ModuleOp module) {
     StringRef text = StringRef(degree).trim();
     if (text == "auto")
-      return module.emitError(
-          "moe-overlap: degree=auto needs the cost model, which is not "
-          "there yet; give a number (1, 2, 4, 8)");
+      return 0;
     int64_t value;
     if (text.getAsInteger(10, value) || value < 1)
       return module.emitError()

@@ -132,11 +132,15 @@ def MoEOverlap : Pass<"moe-overlap", "::mlir::ModuleOp"> {
     backward is not pipelined: expert_ffn_grad sums the weight gradients
     over the rows, which chunking would reorder. Dropless exchanges
     (`all_to_all_v`) are refused with degree > 1 (not yet pipelined).
-    `degree=auto` is refused until the cost model exists.
+    With `degree=auto` each exchange gets the degree among 1, 2, 4, 8
+    (dividing its slots) with the least time the cost model predicts for
+    this schedule (`cluster`: its cluster file; empty: the built-in one).
   }];
   let options = [
     Option<"degree", "degree", "std::string", /*default=*/"\"1\"",
-           "number of chunks (1: unchanged), or auto">
+           "number of chunks (1: unchanged), or auto">,
+    Option<"cluster", "cluster", "std::string", /*default=*/"\"\"",
+           "cluster file of the cost model for degree=auto (empty: built-in)">
   ];
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }
