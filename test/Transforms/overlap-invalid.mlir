@@ -1,9 +1,10 @@
 // RUN: moe-opt %s -split-input-file -moe-shard="mesh=ep=2" -moe-overlap="degree=3" -verify-diagnostics
-// RUN: not moe-opt %s -split-input-file -moe-shard="mesh=ep=2" -moe-overlap="degree=auto" 2>&1 | FileCheck %s --check-prefix=AUTO
+// RUN: echo '{"version": 1}' > %t.bad.json
+// RUN: not moe-opt %s -split-input-file -moe-shard="mesh=ep=2" -moe-overlap="degree=auto cluster=%t.bad.json" 2>&1 | FileCheck %s --check-prefix=AUTO
 // RUN: not moe-opt %s -split-input-file -moe-shard="mesh=ep=2" -moe-overlap="degree=0" 2>&1 | FileCheck %s --check-prefix=ZERO
 // RUN: not moe-opt %s -split-input-file -moe-shard="mesh=ep=2" -moe-overlap="degree=two" 2>&1 | FileCheck %s --check-prefix=WORD
 
-// AUTO: moe-overlap: degree=auto needs the cost model, which is not there yet
+// AUTO: error: moe-overlap: cluster file {{.*}}bad.json: nodes: missing
 // ZERO: moe-overlap: degree '0' is not a positive number or 'auto'
 // WORD: moe-overlap: degree 'two' is not a positive number or 'auto'
 

@@ -739,10 +739,11 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
       })
       .Case([&](ChunkOp o) {
         // Viewed as [outer, d / n, n, inner]: chunk i is [:, :, i, :].
-        ChunkGeometry g = chunkGeometry(tensorOf(o.getInput()), o.getDim(),
-                                        o.getChunks());
+        ChunkGeometry g =
+            chunkGeometry(tensorOf(o.getInput()), o.getDim(), o.getChunks());
         return e.call(abi::moert_copy_2d{
-            .src = e.offsetPtr(ptr(o.getInput()), int64_t(o.getIndex()) * g.width),
+            .src =
+                e.offsetPtr(ptr(o.getInput()), int64_t(o.getIndex()) * g.width),
             .dst = ptr(o.getOutput()),
             .width = e.i64(g.width),
             .height = e.i64(g.height),
@@ -751,8 +752,7 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
       })
       .Case([&](InterleaveOp o) -> LogicalResult {
         int64_t n = o.getInputs().size();
-        ChunkGeometry g =
-            chunkGeometry(tensorOf(o.getOutput()), o.getDim(), n);
+        ChunkGeometry g = chunkGeometry(tensorOf(o.getOutput()), o.getDim(), n);
         for (auto [i, in] : llvm::enumerate(o.getInputs()))
           if (failed(e.call(abi::moert_copy_2d{
                   .src = ptr(in),

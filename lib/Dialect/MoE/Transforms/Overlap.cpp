@@ -162,13 +162,11 @@ int64_t slotsOf(const Exchange &x) {
 /// degree=auto: the degree among 1, 2, 4, 8 that divides the slots with the
 /// least predicted time of the pipelined exchange (the cost model's
 /// chooseExchangeDegree, on the schedule this pass emits).
-FailureOr<int64_t> chooseDegree(const Exchange &x,
-                                const cost::CostModel &model) {
+FailureOr<int64_t> chooseDegree(Exchange &x, const cost::CostModel &model) {
   ArrayRef<Operation *> ops(x.ops);
   FailureOr<cost::ExchangeStage> stage = model.exchangeStage(
       ops.take_front(x.forward + 1),
-      ops.slice(x.forward + 1, x.back - x.forward - 1),
-      ops.drop_front(x.back));
+      ops.slice(x.forward + 1, x.back - x.forward - 1), ops.drop_front(x.back));
   if (failed(stage))
     return x.ffn.emitOpError(
         "moe-overlap: the cost model cannot price this exchange");
@@ -192,9 +190,8 @@ LogicalResult pipeline(Exchange &x, int64_t degree) {
   for (Operation *o : x.ops)
     for (Operation *user : o->getResult(0).getUsers())
       if (!llvm::is_contained(x.ops, user) && user->isBeforeInBlock(last))
-        return x.ffn.emitOpError()
-               << "moe-overlap: " << user->getName()
-               << " uses the exchange before it ends";
+        return x.ffn.emitOpError() << "moe-overlap: " << user->getName()
+                                   << " uses the exchange before it ends";
 
   OpBuilder b(last);
   Location loc = x.ffn.getLoc();
@@ -217,11 +214,10 @@ LogicalResult pipeline(Exchange &x, int64_t degree) {
   auto startA2A = [&](int64_t i, unsigned k, Value in) {
     auto a2a = cast<AllToAllOp>(x.ops[k]);
     auto ty = chunkType(a2a.getResult().getType(), degree);
-    return AllToAllStartOp::create(b, a2a.getLoc(),
-                                   FutureType::get(b.getContext(), ty), in,
-                                   a2a.getMeshAttr(), a2a.getAxesAttr(),
-                                   a2a.getSplitDimAttr(),
-                                   a2a.getConcatDimAttr())
+    return AllToAllStartOp::create(
+               b, a2a.getLoc(), FutureType::get(b.getContext(), ty), in,
+               a2a.getMeshAttr(), a2a.getAxesAttr(), a2a.getSplitDimAttr(),
+               a2a.getConcatDimAttr())
         .getResult();
   };
   auto wait = [&](int64_t i, unsigned k, Value future) {
@@ -252,8 +248,7 @@ LogicalResult pipeline(Exchange &x, int64_t degree) {
   // Every value of the exchange is the interleave of its chunks.
   for (unsigned k = 0; k < n; ++k) {
     Value whole = x.ops[k]->getResult(0);
-    if (whole.use_empty() ||
-        llvm::all_of(whole.getUsers(), [&](Operation *u) {
+    if (whole.use_empty() || llvm::all_of(whole.getUsers(), [&](Operation *u) {
           return llvm::is_contained(x.ops, u);
         }))
       continue;
@@ -313,9 +308,8 @@ struct MoEOverlapPass : moe::impl::MoEOverlapBase<MoEOverlapPass> {
       return 0;
     int64_t value;
     if (text.getAsInteger(10, value) || value < 1)
-      return module.emitError()
-             << "moe-overlap: degree '" << degree
-             << "' is not a positive number or 'auto'";
+      return module.emitError() << "moe-overlap: degree '" << degree
+                                << "' is not a positive number or 'auto'";
     return value;
   }
 };
