@@ -143,12 +143,18 @@ Status setOption(Options &o, RawTrain &raw, const std::string &flag,
       raw.given[flag] = v;
       return Status::ok();
     }
+  if (flag == "--calibrate" || flag == "--mesh") { // Calibrate.h
+    if (v.empty())
+      return supportError(MOERT_ERR_INVALID, "%s expects a value",
+                          flag.c_str());
+    (flag == "--calibrate" ? o.calibrate : o.mesh) = v;
+    return Status::ok();
+  }
   std::map<std::string, std::string *> strings = {
-      {"--weights", &o.weights},     {"--inputs", &o.inputs},
-      {"--output", &o.output},       {"--entry", &o.entry},
-      {"--device", &o.device},       {"--check", &o.check},
-      {"--stats", &o.stats},         {"--trace", &o.trace},
-      {"--calibrate", &o.calibrate}, {"--mesh", &o.mesh}};
+      {"--weights", &o.weights}, {"--inputs", &o.inputs},
+      {"--output", &o.output},   {"--entry", &o.entry},
+      {"--device", &o.device},   {"--check", &o.check},
+      {"--stats", &o.stats},     {"--trace", &o.trace}};
   if (flag == "--entry" || flag == "--output" || flag == "--check" ||
       flag == "--repeat" || flag == "--warmup")
     raw.given[flag] = v; // refused with --train

@@ -274,7 +274,8 @@ struct PipelinePrediction {
 PipelinePrediction predictPipelinedExchange(const ExchangeStage &stage,
                                             int64_t degree);
 
-/// The degree among `candidates` (positive) with the least predicted time;
+/// The degree among `candidates` (positive, at least one; a pass leaves out
+/// the degrees its layout cannot split into) with the least predicted time;
 /// a tie goes to the smaller degree. All predictions are returned in
 /// `all` (in the order of `candidates`) when it is given.
 PipelinePrediction
