@@ -25,6 +25,17 @@ moe::verifyCompilePipelineOptions(const CompilePipelineOptions &options) {
     return llvm::createStringError(llvm::inconvertibleErrorCode(),
                                    "zero1 shards optimizer state: it needs "
                                    "train");
+  StringRef degree = StringRef(options.overlapDegree).trim();
+  int64_t n;
+  if (degree != "auto" && (degree.getAsInteger(10, n) || n < 1))
+    return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                   "overlap-degree '" + degree.str() +
+                                       "' is not a positive number or auto");
+  if (degree != "1" && options.mesh.empty())
+    return llvm::createStringError(
+        llvm::inconvertibleErrorCode(),
+        "overlap-degree pipelines the expert-parallel exchange: it needs a "
+        "mesh with ep > 1 (mesh=...)");
   if (!options.cluster.empty())
     if (llvm::Expected<cost::ClusterSpec> c =
             cost::loadClusterFile(options.cluster);
@@ -54,6 +65,14 @@ void moe::buildCompilePipeline(OpPassManager &pm,
     differentiate.zero1 = options.zero1;
     pm.addPass(createMoEDifferentiate(differentiate));
     pm.addPass(createCSEPass());
+  }
+  // Pipelined exchanges, after differentiation: the backward is built from
+  // the unchunked forward (docs/design.md, Overlap).
+  if (options.overlapDegree != "1") {
+    MoEOverlapOptions overlap;
+    overlap.degree = options.overlapDegree;
+    overlap.cluster = options.cluster;
+    pm.addPass(createMoEOverlap(overlap));
   }
   // Describe the entry points while the tensor signatures still exist.
   pm.addPass(createMoEAttachManifest());

@@ -681,6 +681,25 @@ void moert_copy(moert_ctx *ctx, const void *src, void *dst, int64_t bytes) {
   });
 }
 
+void moert_copy_2d(moert_ctx *ctx, const void *src, void *dst, int64_t width,
+                   int64_t height, int64_t src_pitch, int64_t dst_pitch) {
+  runKernel(ctx, "moert_copy_2d", [&] {
+    MOERT_TRY(checkCtx(ctx, "moert_copy_2d"));
+    Args a("moert_copy_2d");
+    a.nonNegative("width", width).nonNegative("height", height);
+    a.require(src_pitch >= width && dst_pitch >= width,
+              "the pitches (%" PRId64 ", %" PRId64
+              ") must be at least the width (%" PRId64 ")",
+              src_pitch, dst_pitch, width);
+    if (width > 0 && height > 0)
+      a.ptr("dst", dst).ptr("src", src);
+    MOERT_TRY(a.status());
+    if (width == 0 || height == 0)
+      return Status::ok();
+    return ctx->backend->copy2D(dst, dst_pitch, src, src_pitch, width, height);
+  });
+}
+
 //===--- Kernel ABI: compute ----------------------------------------------===//
 
 void moert_rmsnorm(moert_ctx *ctx, const void *x, const void *w, void *y,

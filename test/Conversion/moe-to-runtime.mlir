@@ -86,3 +86,27 @@ func.func @collectives(%x: tensor<8x4x32xf32>, %r: tensor<16x32xf32>) -> (tensor
   %3 = moe.wait %f : !moe.future<tensor<16x32xf32>>
   return %0, %1, %2, %3 : tensor<4x8x32xf32>, tensor<16x64xf32>, tensor<16x32xf32>, tensor<16x32xf32>
 }
+
+// -----
+
+// moe.chunk and moe.interleave: one strided copy per chunk. Chunk 1 of 2 of
+// dimension 1 of [8, 16, 32] f32: 64 rows of 128 bytes, every other one of
+// the input starting at byte 128; the interleave writes each chunk to every
+// other row of the result.
+// CHECK-LABEL: func.func @moe_entry_chunks
+// CHECK-DAG: %[[W:.*]] = arith.constant 128 : i64
+// CHECK-DAG: %[[P:.*]] = arith.constant 256 : i64
+// CHECK-DAG: %[[H:.*]] = arith.constant 64 : i64
+// CHECK: %[[X:.*]] = llvm.load %{{.*}} : !llvm.ptr -> !llvm.ptr
+// CHECK: %[[C1:.*]] = llvm.getelementptr %[[X]][128] : (!llvm.ptr) -> !llvm.ptr, i8
+// CHECK: call @moert_copy_2d(%{{.*}}, %[[C1]], %[[T1:.*]], %[[W]], %[[H]], %[[P]], %[[W]])
+// CHECK: call @moert_copy_2d(%{{.*}}, %[[X]], %[[T0:.*]], %[[W]], %[[H]], %[[P]], %[[W]])
+// CHECK: call @moert_copy_2d(%{{.*}}, %[[T1]], %[[OUT:.*]], %[[W]], %[[H]], %[[W]], %[[P]])
+// CHECK: %[[O1:.*]] = llvm.getelementptr %[[OUT]][128]
+// CHECK: call @moert_copy_2d(%{{.*}}, %[[T0]], %[[O1]], %[[W]], %[[H]], %[[W]], %[[P]])
+func.func @chunks(%x: tensor<8x16x32xf32>) -> tensor<8x16x32xf32> {
+  %1 = moe.chunk %x dim = 1 index = 1 chunks = 2 : (tensor<8x16x32xf32>) -> tensor<8x8x32xf32>
+  %0 = moe.chunk %x dim = 1 index = 0 chunks = 2 : (tensor<8x16x32xf32>) -> tensor<8x8x32xf32>
+  %2 = moe.interleave %1, %0 dim = 1 : (tensor<8x8x32xf32>, tensor<8x8x32xf32>) -> tensor<8x16x32xf32>
+  return %2 : tensor<8x16x32xf32>
+}

@@ -21,6 +21,8 @@ Output, one line per run (FileCheck reads them):
   IR <family> %N = moe.layer ... {attributes}        (with --show-ir)
   PASS <family> <mesh> max_rel_err=<e> collectives=<n> outputs=<names>
   DTD <family> <mesh> <op> bytes/rank=<b> nodtd=<b0> ratio=1/<tp>
+  OVERLAP <family> <mesh> bitwise=<baseline mesh>   (outputs byte for byte equal)
+  OVERLAP <family> <mesh> rounding=<baseline mesh> max_rel_diff=<e>   (equal to rtol)
   WEIGHTS <family> <mesh> elements/rank=<n> single=<n1> info=<n>
   DROPS <family> dropped=<n> of <m> assignments (capacity <c> per group)
   FAIL <family> <mesh> <why>                       (and exit status 1)
@@ -29,8 +31,10 @@ Output, one line per run (FileCheck reads them):
 reference with moe-run's absolute floor, so it is <= rtol exactly when moe-run's
 criterion ``|y - ref| <= atol + rtol |ref|`` holds everywhere.
 
-A mesh is ``dp=..,ep=..,tp=..`` optionally followed by ``+dtd`` and/or
-``+expert-tp`` (the moe-compile flags). Arguments after ``--`` are routing options
+A mesh is ``dp=..,ep=..,tp=..`` optionally followed by ``+dtd``, ``+expert-tp``
+and ``+overlap=N`` (the moe-compile flags; ``overlap=N`` is ``--overlap-degree N``,
+and its run's outputs are compared with the same mesh's without it: byte for byte
+with ``--overlap-bitwise``, else to rtol 1e-4). Arguments after ``--`` are routing options
 given to both ``emit`` and ``reference`` (``--capacity-factor``, ``--token-groups``,
 ``--losses``, ``--norm``, ...).
 
@@ -139,9 +143,13 @@ class MeshRun:
         parts = spec.split("+")
         self.mesh = parts[0]
         self.flags = parts[1:]
+        self.overlap = None
         for f in self.flags:
-            if f not in ("dtd", "expert-tp"):
-                raise Failure(f"mesh {spec!r}: unknown flag +{f} (dtd or expert-tp)")
+            if f.startswith("overlap="):
+                self.overlap = f.partition("=")[2]
+            elif f not in ("dtd", "expert-tp"):
+                raise Failure(f"mesh {spec!r}: unknown flag +{f} (dtd, expert-tp or "
+                              "overlap=N)")
         self.axes = {"dp": 1, "ep": 1, "tp": 1}
         if self.mesh != "single":
             for part in self.mesh.split(","):
@@ -155,10 +163,16 @@ class MeshRun:
     def compile_flags(self) -> list[str]:
         if self.mesh == "single":
             return []
-        return [f"--mesh={self.mesh}"] + [f"--{f}" for f in self.flags]
+        return [f"--mesh={self.mesh}"] + [
+            f"--overlap-degree={self.overlap}" if f.startswith("overlap=") else f"--{f}"
+            for f in self.flags]
 
     def without_dtd(self) -> str:
         return "+".join([self.mesh] + [f for f in self.flags if f != "dtd"])
+
+    def without_overlap(self) -> str:
+        return "+".join([self.mesh] + [f for f in self.flags
+                                       if not f.startswith("overlap=")])
 
 
 # -- checks -------------------------------------------------------------------------------
@@ -292,6 +306,11 @@ def main() -> int:
                    help="print DROPS and fail unless the reference drops assignments")
     p.add_argument("--expect-outputs", default="hidden_states",
                    help="comma-separated output names the reference must have")
+    p.add_argument("--overlap-bitwise", action="store_true",
+                   help="an +overlap=N run must write the same bytes as its run "
+                   "without overlap (default: equal up to rounding, rtol 1e-4; the "
+                   "CPU backend's OpenBLAS GEMMs round a row differently with the "
+                   "number of rows in the call)")
     p.add_argument("--show-ir", action="store_true",
                    help="print the emitted moe.layer / moe.mlp ops (IR lines)")
     p.add_argument("--reference-only", action="append", default=[], metavar="ARG",
@@ -319,6 +338,10 @@ def main() -> int:
         if m.dtd and m.without_dtd() not in labels:
             meshes.insert(meshes.index(m), MeshRun(m.without_dtd()))
             labels.add(m.without_dtd())
+    for m in list(meshes):  # every overlap run is compared with its baseline
+        if m.overlap and m.without_overlap() not in labels:
+            meshes.insert(meshes.index(m), MeshRun(m.without_overlap()))
+            labels.add(m.without_overlap())
 
     work = a.workdir or tempfile.mkdtemp(prefix="moe-e2e-")
     if a.workdir:
@@ -382,6 +405,7 @@ def drive(a: argparse.Namespace, config: str, routing: list[str], meshes: list[M
 
     compile_bin, run_bin = find_tool("moe-compile"), find_tool("moe-run")
     stats: dict[str, str] = {}
+    outputs: dict[str, str] = {}
     ok = True
     for i, m in enumerate(meshes):
         t1 = time.time()
@@ -405,6 +429,7 @@ def drive(a: argparse.Namespace, config: str, routing: list[str], meshes: list[M
                               f"{sorted(ref_names)}")
             err, names = compare(out, ref_tensors)
             stats[m.label] = st
+            outputs[m.label] = out
             kinds = check_collectives(mod, st)
             print(f"PASS {a.family} {m.label} max_rel_err={err:.2e} "
                   f"collectives={kinds} outputs={','.join(names)}", flush=True)
@@ -432,6 +457,29 @@ def drive(a: argparse.Namespace, config: str, routing: list[str], meshes: list[M
         else:
             print(f"FAIL {a.family} {m.label} DTD bytes are not 1/tp of the run without "
                   f"--dtd: per rank {with_dtd} vs {base} ({op}, tp={tp})", flush=True)
+            ok = False
+    for m in meshes:
+        base = m.without_overlap()
+        if not m.overlap or m.label not in outputs or base not in outputs:
+            continue
+        with open(outputs[m.label], "rb") as f1, open(outputs[base], "rb") as f2:
+            same = f1.read() == f2.read()
+        diff = 0.0
+        if not same:
+            y, y0 = load(outputs[m.label]), load(outputs[base])
+            for name, v in y0.items():
+                v = v.astype(np.float64)
+                rel = np.abs(y[name].astype(np.float64) - v) / (np.abs(v) + ATOL / RTOL)
+                diff = max(diff, float(rel.max()) if rel.size else 0.0)
+        if same:
+            print(f"OVERLAP {a.family} {m.label} bitwise={base}", flush=True)
+        elif not a.overlap_bitwise and diff <= RTOL:
+            print(f"OVERLAP {a.family} {m.label} rounding={base} max_rel_diff={diff:.2e}",
+                  flush=True)
+        else:
+            print(f"FAIL {a.family} {m.label} the output differs from {base}'s "
+                  f"(max_rel_diff={diff:.2e}; overlap must not change "
+                  f"{'a bit' if a.overlap_bitwise else 'more than rounding'})", flush=True)
             ok = False
     if a.verbose:
         print(f"# total {time.time() - t0:.1f}s", flush=True)

@@ -180,7 +180,9 @@ def check(args: argparse.Namespace, work: str) -> None:
     mesh_flags = []
     if args.mesh:
         spec, *flags = args.mesh.split("+")
-        mesh_flags = ["--mesh", spec] + [f"--{f}" for f in flags]
+        mesh_flags = ["--mesh", spec] + [
+            f"--overlap-degree={f.partition('=')[2]}" if f.startswith("overlap=")
+            else f"--{f}" for f in flags]
     if not args.worker:
         run([tool("moe-compile"), mlir, "-o", moddir, "--train", *mesh_flags])
 

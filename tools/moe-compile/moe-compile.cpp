@@ -87,6 +87,11 @@ cl::opt<bool> zero1("zero1",
                     cl::desc("With --train: shard the optimizer state over dp "
                              "(ZeRO-1)"),
                     cl::cat(category));
+cl::opt<std::string> overlapDegree(
+    "overlap-degree",
+    cl::desc("Pipeline every expert-parallel exchange with the expert FFN "
+             "in this many chunks (moe-overlap; 1: off)"),
+    cl::value_desc("n"), cl::init("1"), cl::cat(category));
 cl::opt<std::string>
     clusterFile("cluster",
                 cl::desc("Cluster file (JSON) for the cost model: links, "
@@ -196,6 +201,7 @@ llvm::Error pipelineOptions(moe::CompilePipelineOptions &options) {
   options.expertTp = expertTP;
   options.train = train;
   options.zero1 = zero1;
+  options.overlapDegree = overlapDegree;
   options.cluster = clusterFile;
   return moe::verifyCompilePipelineOptions(options);
 }

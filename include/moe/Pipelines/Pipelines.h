@@ -51,6 +51,11 @@ struct CompilePipelineOptions
                      "(ZeRO-1: reduce-scatter of gradients, all-gather of "
                      "updated weights)"),
       llvm::cl::init(false)};
+  PassOptions::Option<std::string> overlapDegree{
+      *this, "overlap-degree",
+      llvm::cl::desc("Pipeline every expert-parallel exchange in this many "
+                     "chunks (moe-overlap; 1: off)"),
+      llvm::cl::init("1")};
   PassOptions::Option<std::string> cluster{
       *this, "cluster",
       llvm::cl::desc("Cluster file (JSON) of the cost model that passes "
@@ -65,7 +70,7 @@ llvm::Error verifyCompilePipelineOptions(const CompilePipelineOptions &options);
 
 /// Adds the compile pipeline: moe-decompose, canonicalize, [moe-shard,
 /// [moe-drop-duplicate-tokens]], canonicalize, cse, [moe-differentiate,
-/// cse], moe-attach-manifest,
+/// cse], [moe-overlap], moe-attach-manifest,
 /// moe-to-runtime, canonicalize, cse. Its result is the per-rank program of
 /// runtime calls that moe-compile writes as module.mlir, with the entry
 /// points described in the module's `moe.manifest` attribute. The options

@@ -260,6 +260,19 @@ FailureOr<SmallVector<int64_t, 4>> dims4(Operation *op, RankedTensorType t) {
   return d;
 }
 
+/// A cyclic chunk of dimension `dim` of `whole` (moe.chunk) as a strided
+/// copy: `height` rows of `width` bytes, one in every `n` of the whole.
+struct ChunkGeometry {
+  int64_t width, height;
+};
+ChunkGeometry chunkGeometry(RankedTensorType whole, int64_t dim, int64_t n) {
+  int64_t inner = 1;
+  for (int64_t d = dim + 1; d < whole.getRank(); ++d)
+    inner *= whole.getDimSize(d);
+  int64_t elemBytes = (whole.getElementTypeBitWidth() + 7) / 8;
+  return {inner * elemBytes, whole.getNumElements() / inner / n};
+}
+
 /// Lowers one function into its entry point.
 class FunctionLowering {
 public:
@@ -766,6 +779,33 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             return failure();
           offset += bytes;
         }
+        return success();
+      })
+      .Case([&](ChunkOp o) {
+        // Viewed as [outer, d / n, n, inner]: chunk i is [:, :, i, :].
+        ChunkGeometry g =
+            chunkGeometry(tensorOf(o.getInput()), o.getDim(), o.getChunks());
+        return e.call(abi::moert_copy_2d{
+            .src =
+                e.offsetPtr(ptr(o.getInput()), int64_t(o.getIndex()) * g.width),
+            .dst = ptr(o.getOutput()),
+            .width = e.i64(g.width),
+            .height = e.i64(g.height),
+            .src_pitch = e.i64(g.width * int64_t(o.getChunks())),
+            .dst_pitch = e.i64(g.width)});
+      })
+      .Case([&](InterleaveOp o) -> LogicalResult {
+        int64_t n = o.getInputs().size();
+        ChunkGeometry g = chunkGeometry(tensorOf(o.getOutput()), o.getDim(), n);
+        for (auto [i, in] : llvm::enumerate(o.getInputs()))
+          if (failed(e.call(abi::moert_copy_2d{
+                  .src = ptr(in),
+                  .dst = e.offsetPtr(ptr(o.getOutput()), int64_t(i) * g.width),
+                  .width = e.i64(g.width),
+                  .height = e.i64(g.height),
+                  .src_pitch = e.i64(g.width),
+                  .dst_pitch = e.i64(g.width * n)})))
+            return failure();
         return success();
       })
       .Case([&](WaitOp o) {

@@ -917,3 +917,57 @@ func.func @f(%x: tensor<8x32xf32>) {
   %0 = moe.all_gather_start %x on @nomesh ["tp"] dim = 0 : (tensor<8x32xf32>) -> !moe.future<tensor<16x32xf32>>
   return
 }
+
+// -----
+
+// chunk: the index is one of the chunks
+func.func @f(%x: tensor<8x16x32xf32>) {
+  // expected-error @+1 {{index 4 is not in [0, chunks = 4)}}
+  %0 = moe.chunk %x dim = 1 index = 4 chunks = 4 : (tensor<8x16x32xf32>) -> tensor<8x4x32xf32>
+  return
+}
+
+// -----
+
+// chunk: the dimension divides into the chunks
+func.func @f(%x: tensor<8x16x32xf32>) {
+  // expected-error @+1 {{dimension 1 of the input (16) does not divide into 3 chunks}}
+  %0 = moe.chunk %x dim = 1 index = 0 chunks = 3 : (tensor<8x16x32xf32>) -> tensor<8x5x32xf32>
+  return
+}
+
+// -----
+
+// chunk: the dimension exists
+func.func @f(%x: tensor<8x16x32xf32>) {
+  // expected-error @+1 {{dim 3 is out of range for the input of rank 3}}
+  %0 = moe.chunk %x dim = 3 index = 0 chunks = 2 : (tensor<8x16x32xf32>) -> tensor<8x16x32xf32>
+  return
+}
+
+// -----
+
+// chunk: the result has the chunk's shape
+func.func @f(%x: tensor<8x16x32xf32>) {
+  // expected-error @+1 {{result has shape [8, 16, 16], expected [8, 8, 32]}}
+  %0 = moe.chunk %x dim = 1 index = 0 chunks = 2 : (tensor<8x16x32xf32>) -> tensor<8x16x16xf32>
+  return
+}
+
+// -----
+
+// interleave: the inputs are chunks of the result
+func.func @f(%a: tensor<8x4x32xf32>, %b: tensor<8x4x32xf32>) {
+  // expected-error @+1 {{input has shape [8, 4, 32], expected [8, 8, 32]}}
+  %0 = moe.interleave %a, %b dim = 1 : (tensor<8x4x32xf32>, tensor<8x4x32xf32>) -> tensor<8x16x32xf32>
+  return
+}
+
+// -----
+
+// interleave: the inputs have one type
+func.func @f(%a: tensor<8x4x32xf32>, %b: tensor<8x4x16xf32>) {
+  // expected-error @+1 {{inputs differ in type: 'tensor<8x4x32xf32>' and 'tensor<8x4x16xf32>'}}
+  %0 = moe.interleave %a, %b dim = 1 : (tensor<8x4x32xf32>, tensor<8x4x16xf32>) -> tensor<8x8x32xf32>
+  return
+}

@@ -95,6 +95,17 @@ func.func @collectives(%b: tensor<8x4x32xf32>, %r: tensor<64x32xf32>, %c: tensor
   return
 }
 
+// CHECK-LABEL: func.func @chunks
+func.func @chunks(%b: tensor<8x16x32xf32>) -> tensor<8x16x32xf32> {
+  // CHECK: %[[C0:.*]] = moe.chunk %{{.*}} dim = 1 index = 0 chunks = 2 : (tensor<8x16x32xf32>) -> tensor<8x8x32xf32>
+  %0 = moe.chunk %b dim = 1 index = 0 chunks = 2 : (tensor<8x16x32xf32>) -> tensor<8x8x32xf32>
+  // CHECK: %[[C1:.*]] = moe.chunk %{{.*}} dim = 1 index = 1 chunks = 2
+  %1 = moe.chunk %b dim = 1 index = 1 chunks = 2 : (tensor<8x16x32xf32>) -> tensor<8x8x32xf32>
+  // CHECK: moe.interleave %[[C0]], %[[C1]] dim = 1 : (tensor<8x8x32xf32>, tensor<8x8x32xf32>) -> tensor<8x16x32xf32>
+  %2 = moe.interleave %0, %1 dim = 1 : (tensor<8x8x32xf32>, tensor<8x8x32xf32>) -> tensor<8x16x32xf32>
+  return %2 : tensor<8x16x32xf32>
+}
+
 // CHECK-LABEL: func.func @async_collectives
 func.func @async_collectives(%b: tensor<8x4x32xf32>, %r: tensor<64x32xf32>, %c: tensor<1x8xi32>, %rc: tensor<2x4xi32>) {
   // CHECK: %[[F0:.*]] = moe.all_to_all_start %{{.*}} on @mesh ["ep"] split = 0 concat = 1 : (tensor<8x4x32xf32>) -> !moe.future<tensor<4x8x32xf32>>

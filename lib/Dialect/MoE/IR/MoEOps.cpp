@@ -1233,3 +1233,72 @@ LogicalResult PackOp::verify() {
 LogicalResult UnpackOp::verify() {
   return verifyPacking(*this, getInput(), getOutputs().getTypes());
 }
+
+//===----------------------------------------------------------------------===//
+// Chunks of a pipelined exchange
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+/// The chunked type of `whole`: dimension `dim` divided by `chunks`; fails
+/// with a message naming `what` when `dim` is out of range or does not
+/// divide.
+FailureOr<SmallVector<int64_t>> chunkShape(Operation *op,
+                                           RankedTensorType whole, int64_t dim,
+                                           int64_t chunks, StringRef what) {
+  if (!whole.hasStaticShape()) {
+    op->emitOpError() << "needs static shapes, got " << whole;
+    return failure();
+  }
+  if (dim < 0 || dim >= whole.getRank()) {
+    op->emitOpError() << "dim " << dim << " is out of range for the " << what
+                      << " of rank " << whole.getRank();
+    return failure();
+  }
+  if (chunks < 1 || whole.getDimSize(dim) % chunks != 0) {
+    op->emitOpError() << "dimension " << dim << " of the " << what << " ("
+                      << whole.getDimSize(dim) << ") does not divide into "
+                      << chunks << " chunks";
+    return failure();
+  }
+  SmallVector<int64_t> shape(whole.getShape());
+  shape[dim] /= chunks;
+  return shape;
+}
+
+} // namespace
+
+LogicalResult ChunkOp::verify() {
+  int64_t index = getIndex(), chunks = getChunks();
+  if (index < 0 || index >= chunks)
+    return emitOpError() << "index " << getIndex()
+                         << " is not in [0, chunks = " << getChunks() << ")";
+  if (failed(expectSameElementType(*this, getInput(), getOutput(), "input",
+                                   "result")))
+    return failure();
+  FailureOr<SmallVector<int64_t>> shape =
+      chunkShape(*this, tensorType(getInput()), getDim(), chunks, "input");
+  if (failed(shape))
+    return failure();
+  return expectShape(*this, getOutput(), *shape, "result");
+}
+
+LogicalResult InterleaveOp::verify() {
+  if (getInputs().empty())
+    return emitOpError("needs at least one input");
+  for (Value in : getInputs()) {
+    if (in.getType() != getInputs().front().getType())
+      return emitOpError() << "inputs differ in type: "
+                           << getInputs().front().getType() << " and "
+                           << in.getType();
+  }
+  if (failed(expectSameElementType(*this, getInputs().front(), getOutput(),
+                                   "input", "result")))
+    return failure();
+  FailureOr<SmallVector<int64_t>> shape =
+      chunkShape(*this, tensorType(getOutput()), getDim(),
+                 int64_t(getInputs().size()), "result");
+  if (failed(shape))
+    return failure();
+  return expectShape(*this, getInputs().front(), *shape, "input");
+}

@@ -600,6 +600,46 @@ def MoE_SliceOp : MoE_DimCollectiveBase<"slice", MoE_AnyTensor> {
   let hasFolder = 1;
 }
 
+// Chunks of a pipelined exchange (moe-overlap).
+def MoE_ChunkOp : MoE_Op<"chunk", [Pure]> {
+  let summary = "a cyclic chunk of one dimension: elements i, i+n, i+2n, ...";
+  let description = [{
+    Keeps the elements `index, index + chunks, index + 2*chunks, ...` of
+    dimension `dim` (which must divide by `chunks`); the result has
+    `d_dim / chunks` there. `moe.interleave` of the `chunks` chunks undoes
+    it. Cyclic rather than blocked: a cyclic chunk of the slot dimension
+    commutes with the expert-parallel all-to-all (`split = 0 concat = 1`),
+    so the chunks' exchanges interleave back into the whole exchange.
+
+    ```mlir
+    %c = moe.chunk %buf dim = 1 index = 1 chunks = 4
+        : (tensor<8x16x32xf32>) -> tensor<8x4x32xf32>
+    ```
+  }];
+  let arguments = (ins MoE_AnyTensor:$input, I64Attr:$dim, I64Attr:$index,
+                       I64Attr:$chunks);
+  let results = (outs MoE_AnyTensor:$output);
+  let assemblyFormat = [{
+    $input `dim` `=` $dim `index` `=` $index `chunks` `=` $chunks attr-dict
+    `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_InterleaveOp : MoE_Op<"interleave", [Pure]> {
+  let summary = "the inverse of moe.chunk: n chunks back into one tensor";
+  let description = [{
+    With `n` inputs of the same type, element `j` of dimension `dim` of
+    input `i` becomes element `j * n + i` of the result.
+  }];
+  let arguments = (ins Variadic<MoE_AnyTensor>:$inputs, I64Attr:$dim);
+  let results = (outs MoE_AnyTensor:$output);
+  let assemblyFormat = [{
+    $inputs `dim` `=` $dim attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def MoE_WaitOp : MoE_Op<"wait", [
     TypesMatchWith<"result is the future's tensor", "future", "result",
                    "::llvm::cast<::mlir::moe::FutureType>($_self).getValueType()">]> {

@@ -115,4 +115,34 @@ def MoEDifferentiate : Pass<"moe-differentiate", "::mlir::ModuleOp"> {
   let dependentDialects = ["::mlir::moe::MoEDialect", "::mlir::func::FuncDialect"];
 }
 
+def MoEOverlap : Pass<"moe-overlap", "::mlir::ModuleOp"> {
+  let summary = "Pipeline the expert-parallel exchange with the expert FFN (Tutel-style overlap)";
+  let description = [{
+    Splits the exchange around every expert FFN of a sharded program (the
+    all-to-all over ep and back, with DTD's slices and all-gathers over tp)
+    into `degree` cyclic chunks of the capacity slots (`moe.chunk`) and
+    pipelines them with started all-to-alls (`moe.all_to_all_start` /
+    `moe.wait`): the all-to-all of chunk i+1 and the return of chunk i-1
+    are in flight while the experts compute chunk i; `moe.interleave`
+    joins the chunks. The result is bit for bit the one of degree 1 (no sum
+    is split). The degree must divide each expert's slots on a rank.
+
+    Where it runs: after moe-differentiate, on @forward and @forward_train
+    (whose saved FFN input and output are rebuilt by `moe.interleave`); the
+    backward is not pipelined: expert_ffn_grad sums the weight gradients
+    over the rows, which chunking would reorder. Dropless exchanges
+    (`all_to_all_v`) are refused with degree > 1 (not yet pipelined).
+    With `degree=auto` each exchange gets the degree among 1, 2, 4, 8
+    (dividing its slots) with the least time the cost model predicts for
+    this schedule (`cluster`: its cluster file; empty: the built-in one).
+  }];
+  let options = [
+    Option<"degree", "degree", "std::string", /*default=*/"\"1\"",
+           "number of chunks (1: unchanged), or auto">,
+    Option<"cluster", "cluster", "std::string", /*default=*/"\"\"",
+           "cluster file of the cost model for degree=auto (empty: built-in)">
+  ];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
 #endif // MOE_DIALECT_MOE_TRANSFORMS_PASSES_TD

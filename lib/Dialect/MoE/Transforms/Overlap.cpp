@@ -1,0 +1,317 @@
+//===- Overlap.cpp - Pipelined expert-parallel exchange (moe-overlap) -----===//
+//
+// Tutel-style overlap: the exchange around every expert FFN of a per-rank
+// program (all-to-all over ep, with DTD's slice and all-gathers over tp) is
+// split into `degree` chunks of the slot dimension and software-pipelined,
+//
+//   start a2a(0)
+//   for i: start a2a(i+1); wait a2a(i); [gather]; FFN(i); [reduce];
+//          start return(i); wait return(i-1); [gather]
+//   wait return(n-1); [gather]; interleave
+//
+// so that the all-to-all of chunk i+1 and the return of chunk i-1 are in
+// flight while the experts compute chunk i.
+//
+// The chunks are cyclic (moe.chunk: slots i, i+n, i+2n, ...), which
+// commutes with every op of the exchange: the slice and gathers over tp cut
+// the hidden dimension, the FFN works row by row, and an all-to-all with
+// split = 0 concat = 1 of [E, R, D] concatenates the sources' R slots, so
+// that cyclic chunk i of its result is the exchange of cyclic chunk i of its
+// input when n divides R. Hence every value of the exchange equals the
+// moe.interleave of its chunks, which is how values used elsewhere (the
+// FFN's input and output that forward_train saves) are rebuilt, and the
+// result is bit for bit the one of degree 1: no floating-point sum is split
+// (the FFN's GEMMs compute each row from that row alone).
+//
+// With degree=auto, each exchange gets the degree among 1, 2, 4, 8 (that
+// divides its slots) that the cost model (moe/Analysis/CostModel.h: the
+// cluster file's links, the GEMM rate) predicts fastest for this schedule.
+//
+// Only the forward exchange is pipelined. The backward's expert_ffn_grad
+// sums the weight gradients over all rows of the buffer, and splitting that
+// sum into chunks would change its rounding, so the pass runs after
+// moe-differentiate and leaves the backward as it is.
+//
+//===----------------------------------------------------------------------===//
+#include "moe/Analysis/CostModel.h"
+#include "moe/Dialect/MoE/IR/MoE.h"
+#include "moe/Dialect/MoE/Transforms/Passes.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/IRMapping.h"
+
+namespace mlir::moe {
+#define GEN_PASS_DEF_MOEOVERLAP
+#include "moe/Dialect/MoE/Transforms/Passes.h.inc"
+} // namespace mlir::moe
+
+using namespace mlir;
+using namespace mlir::moe;
+
+namespace {
+
+/// A collective whose group spans exactly `axis`.
+bool overAxis(Operation *op, StringRef axis) {
+  auto coll = dyn_cast_or_null<CollectiveOpInterface>(op);
+  if (!coll || coll.getAxes().size() != 1)
+    return false;
+  return cast<StringAttr>(coll.getAxes()[0]).getValue() == axis;
+}
+
+/// The only user of `v` that is not a func.return (values the training
+/// entries save are returned as well), or null.
+Operation *chainUser(Value v) {
+  Operation *next = nullptr;
+  for (Operation *user : v.getUsers()) {
+    if (isa<func::ReturnOp>(user))
+      continue;
+    if (next && next != user)
+      return nullptr;
+    next = user;
+  }
+  return next;
+}
+
+/// One expert FFN with its exchange: the ops from the first one that reads
+/// the dispatched buffer to the last one before the combine, in order. Each
+/// reads the previous one's result as operand 0.
+struct Exchange {
+  SmallVector<Operation *> ops;
+  unsigned forward = 0, back = 0; // indices of the two all-to-alls
+  ExpertFFNOp ffn;
+};
+
+/// Matches `[slice tp] -> all_to_all ep -> [all_gather tp] -> ffn ->
+/// [reduce_scatter | all_reduce | slice tp] -> all_to_all ep ->
+/// [all_gather tp]` around `ffn`; fails without a diagnostic when `ffn` is
+/// not in an exchange, with one when the exchange cannot be pipelined.
+FailureOr<std::optional<Exchange>> matchExchange(ExpertFFNOp ffn) {
+  Exchange x;
+  x.ffn = ffn;
+  SmallVector<Operation *> before;
+  Operation *op = ffn.getInput().getDefiningOp();
+  if (op && isa<AllGatherOp>(op) && overAxis(op, kAxisTP)) {
+    before.push_back(op);
+    op = op->getOperand(0).getDefiningOp();
+  }
+  if (op && isa<AllToAllVOp>(op) && overAxis(op, kAxisEP)) {
+    ffn.emitOpError("moe-overlap: the dropless (all_to_all_v) exchange is "
+                    "not pipelined yet; use overlap degree 1 for dropless "
+                    "layers");
+    return failure();
+  }
+  if (!op || !isa<AllToAllOp>(op) || !overAxis(op, kAxisEP))
+    return std::optional<Exchange>(); // Not expert-parallel: nothing to hide.
+  before.push_back(op);
+  op = op->getOperand(0).getDefiningOp();
+  if (op && isa<SliceOp>(op) && overAxis(op, kAxisTP))
+    before.push_back(op);
+  x.ops.assign(before.rbegin(), before.rend());
+  for (auto [i, o] : llvm::enumerate(x.ops))
+    if (isa<AllToAllOp>(o))
+      x.forward = i;
+  x.ops.push_back(ffn);
+
+  auto fail = [&](const Twine &why) -> FailureOr<std::optional<Exchange>> {
+    ffn.emitOpError() << "moe-overlap: " << why;
+    return failure();
+  };
+  op = chainUser(ffn.getOutput());
+  if (op && isa<ReduceScatterOp, AllReduceOp, SliceOp>(op) &&
+      overAxis(op, kAxisTP)) {
+    x.ops.push_back(op);
+    op = chainUser(op->getResult(0));
+  }
+  if (!op || !isa<AllToAllOp>(op) || !overAxis(op, kAxisEP))
+    return fail("expected the expert output to go back through one "
+                "all-to-all over ep");
+  x.back = x.ops.size();
+  x.ops.push_back(op);
+  op = chainUser(op->getResult(0));
+  if (op && isa<AllGatherOp>(op) && overAxis(op, kAxisTP))
+    x.ops.push_back(op);
+
+  // The exchange of a capacity buffer [E, R, D]: split = 0 concat = 1 out,
+  // its inverse back. Every value keeps its slots in dimension 1.
+  auto fwd = cast<AllToAllOp>(x.ops[x.forward]);
+  auto bwd = cast<AllToAllOp>(x.ops[x.back]);
+  if (fwd.getSplitDim() != 0 || fwd.getConcatDim() != 1 ||
+      bwd.getSplitDim() != 1 || bwd.getConcatDim() != 0)
+    return fail("expected the capacity exchange (all_to_all split = 0 "
+                "concat = 1, and back split = 1 concat = 0)");
+  for (Operation *o : x.ops)
+    if (cast<RankedTensorType>(o->getResult(0).getType()).getRank() != 3)
+      return fail("expected [E, slots, D] buffers throughout the exchange");
+  return std::optional<Exchange>(std::move(x));
+}
+
+RankedTensorType chunkType(Type whole, int64_t degree) {
+  auto t = cast<RankedTensorType>(whole);
+  SmallVector<int64_t> shape(t.getShape());
+  shape[1] /= degree;
+  return RankedTensorType::get(shape, t.getElementType());
+}
+
+/// Each expert's slots on this rank (dimension 1 of the dispatched buffer).
+int64_t slotsOf(const Exchange &x) {
+  return cast<RankedTensorType>(x.ops.front()->getOperand(0).getType())
+      .getDimSize(1);
+}
+
+/// degree=auto: the degree among 1, 2, 4, 8 that divides the slots with the
+/// least predicted time of the pipelined exchange (the cost model's
+/// chooseExchangeDegree, on the schedule this pass emits).
+FailureOr<int64_t> chooseDegree(Exchange &x, const cost::CostModel &model) {
+  ArrayRef<Operation *> ops(x.ops);
+  FailureOr<cost::ExchangeStage> stage = model.exchangeStage(
+      ops.take_front(x.forward + 1),
+      ops.slice(x.forward + 1, x.back - x.forward - 1), ops.drop_front(x.back));
+  if (failed(stage))
+    return x.ffn.emitOpError(
+        "moe-overlap: the cost model cannot price this exchange");
+  SmallVector<int64_t> candidates;
+  for (int64_t d : cost::kDefaultDegreeCandidates)
+    if (slotsOf(x) % d == 0)
+      candidates.push_back(d);
+  return cost::chooseExchangeDegree(*stage, candidates).degree;
+}
+
+LogicalResult pipeline(Exchange &x, int64_t degree) {
+  Operation *last = x.ops.back();
+  Value source = x.ops.front()->getOperand(0);
+  int64_t slots = slotsOf(x);
+  if (slots % degree != 0)
+    return x.ffn.emitOpError()
+           << "moe-overlap: degree " << degree << " does not divide the "
+           << slots << " capacity slots of each expert on this rank";
+  // A value of the exchange used outside it is rebuilt after the last op:
+  // its users must come later.
+  for (Operation *o : x.ops)
+    for (Operation *user : o->getResult(0).getUsers())
+      if (!llvm::is_contained(x.ops, user) && user->isBeforeInBlock(last))
+        return x.ffn.emitOpError() << "moe-overlap: " << user->getName()
+                                   << " uses the exchange before it ends";
+
+  OpBuilder b(last);
+  Location loc = x.ffn.getLoc();
+  unsigned n = x.ops.size();
+  // value[i][k]: chunk i's result of x.ops[k].
+  SmallVector<SmallVector<Value>> value(degree, SmallVector<Value>(n));
+  SmallVector<Value> started(degree), returning(degree);
+
+  auto emitRange = [&](int64_t i, unsigned from, unsigned to, Value in) {
+    for (unsigned k = from; k < to; ++k) {
+      Operation *o = x.ops[k];
+      IRMapping map;
+      map.map(o->getOperand(0), in);
+      Operation *c = b.clone(*o, map);
+      c->getResult(0).setType(chunkType(o->getResult(0).getType(), degree));
+      in = value[i][k] = c->getResult(0);
+    }
+    return in;
+  };
+  auto startA2A = [&](int64_t i, unsigned k, Value in) {
+    auto a2a = cast<AllToAllOp>(x.ops[k]);
+    auto ty = chunkType(a2a.getResult().getType(), degree);
+    return AllToAllStartOp::create(
+               b, a2a.getLoc(), FutureType::get(b.getContext(), ty), in,
+               a2a.getMeshAttr(), a2a.getAxesAttr(), a2a.getSplitDimAttr(),
+               a2a.getConcatDimAttr())
+        .getResult();
+  };
+  auto wait = [&](int64_t i, unsigned k, Value future) {
+    return value[i][k] = WaitOp::create(b, loc, future).getResult();
+  };
+  // Chunk i up to its forward all-to-all, started.
+  auto issue = [&](int64_t i) {
+    Value c = ChunkOp::create(b, loc, chunkType(source.getType(), degree),
+                              source, 1, i, degree);
+    started[i] = startA2A(i, x.forward, emitRange(i, 0, x.forward, c));
+  };
+  // The ops after the return all-to-all of chunk i, once it has arrived.
+  auto finish = [&](int64_t i) {
+    emitRange(i, x.back + 1, n, wait(i, x.back, returning[i]));
+  };
+
+  issue(0);
+  for (int64_t i = 0; i < degree; ++i) {
+    if (i + 1 < degree)
+      issue(i + 1);
+    Value in = wait(i, x.forward, started[i]);
+    returning[i] = startA2A(i, x.back, emitRange(i, x.forward + 1, x.back, in));
+    if (i > 0)
+      finish(i - 1);
+  }
+  finish(degree - 1);
+
+  // Every value of the exchange is the interleave of its chunks.
+  for (unsigned k = 0; k < n; ++k) {
+    Value whole = x.ops[k]->getResult(0);
+    if (whole.use_empty() || llvm::all_of(whole.getUsers(), [&](Operation *u) {
+          return llvm::is_contained(x.ops, u);
+        }))
+      continue;
+    SmallVector<Value> chunks;
+    for (int64_t i = 0; i < degree; ++i)
+      chunks.push_back(value[i][k]);
+    auto joined =
+        InterleaveOp::create(b, loc, whole.getType(), chunks, int64_t(1));
+    whole.replaceUsesWithIf(joined, [&](OpOperand &use) {
+      return !llvm::is_contained(x.ops, use.getOwner());
+    });
+  }
+  for (Operation *o : llvm::reverse(x.ops))
+    o->erase();
+  return success();
+}
+
+struct MoEOverlapPass : moe::impl::MoEOverlapBase<MoEOverlapPass> {
+  using MoEOverlapBase::MoEOverlapBase;
+
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    FailureOr<int64_t> n = parseDegree(module);
+    if (failed(n))
+      return signalPassFailure();
+    if (*n == 1)
+      return;
+    std::optional<cost::CostModel> model;
+    if (*n == 0) { // auto
+      llvm::Expected<cost::ClusterSpec> spec = cost::loadClusterFile(cluster);
+      if (!spec) {
+        module.emitError() << "moe-overlap: "
+                           << llvm::toString(spec.takeError());
+        return signalPassFailure();
+      }
+      model.emplace(std::move(*spec));
+    }
+    SmallVector<ExpertFFNOp> ffns;
+    module.walk([&](ExpertFFNOp op) { ffns.push_back(op); });
+    for (ExpertFFNOp ffn : ffns) {
+      FailureOr<std::optional<Exchange>> x = matchExchange(ffn);
+      if (failed(x))
+        return signalPassFailure();
+      if (!*x)
+        continue;
+      FailureOr<int64_t> degree = *n;
+      if (model)
+        degree = chooseDegree(**x, *model);
+      if (failed(degree) || (*degree > 1 && failed(pipeline(**x, *degree))))
+        return signalPassFailure();
+    }
+  }
+
+  FailureOr<int64_t> parseDegree(ModuleOp module) {
+    StringRef text = StringRef(degree).trim();
+    if (text == "auto")
+      return 0;
+    int64_t value;
+    if (text.getAsInteger(10, value) || value < 1)
+      return module.emitError() << "moe-overlap: degree '" << degree
+                                << "' is not a positive number or 'auto'";
+    return value;
+  }
+};
+
+} // namespace
