@@ -26,6 +26,8 @@
 #   --keep-work    keep the work directory (weights, module, traces)
 #   --no-passive   skip the diagnostic row: the module again with
 #                  OMP_WAIT_POLICY=passive (see bench/README.md, findings)
+#   --train        the training-step benchmark instead: runs
+#                  bench/cpu/train.sh with the other arguments (see its --help)
 # Environment: MOE_BUILD_DIR (default <repo>/build), PYTHON (default
 # /usr/bin/python3; runs the front end, the reference and the report),
 # TORCH_PYTHON (default /usr/bin/python3), WORK_DIR (default: mktemp -d).
@@ -45,6 +47,14 @@ usage() {
   if [ "${1:-0}" = 0 ]; then echo "$text"; else echo "$text" >&2; fi
   exit "${1:-0}"
 }
+
+for arg in "$@"; do # --train: the training step, bench/cpu/train.sh
+  if [ "$arg" = --train ]; then
+    args=()
+    for a in "$@"; do [ "$a" = --train ] || args+=("$a"); done
+    exec "$here/train.sh" "${args[@]}"
+  fi
+done
 
 threads=$(nproc)
 quick=0
