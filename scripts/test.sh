@@ -6,7 +6,13 @@
 #   2. GoogleTest suites through CTest (runtime kernels, communicators under
 #      mpirun, moe-run on hand-written modules, the dialect's C++ API);
 #   3. pytest for the Python package, with the default python3 and with
-#      Debian's /usr/bin/python3 (numpy 2.x and 1.24).
+#      Debian's /usr/bin/python3 (numpy 2.x and 1.24);
+#   4. the sanitizers: the runtime, moe-run and their unit and integration
+#      tests built with ASan + UBSan (build-asan/, scripts/test-sanitizers.sh);
+#   5. the fuzz targets, FUZZ_SECONDS (30) seconds each, all at once
+#      (build-fuzz/, fuzz/run.sh; fuzz/README.md).
+# 4 and 5 need the builds scripts/setup.sh makes (unless
+# MOE_SKIP_CHECK_BUILDS=1); without them their lines say "not built".
 # Prints each summary and exits non-zero if anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,10 +44,26 @@ if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import numpy, pytest' 2>/dev/
   run "pytest (/usr/bin/python3)" /usr/bin/python3 -m pytest -q python/tests
 fi
 
+if [ -x build-asan/bin/moe-run ]; then
+  run "sanitizers (build-asan, ASan+UBSan)" scripts/test-sanitizers.sh \
+    build-asan "$BUILD_DIR"
+else
+  names+=("sanitizers (build-asan, ASan+UBSan)"); results+=("not built")
+fi
+fuzz_table=$(mktemp)
+if [ -x build-fuzz/bin/moe-fuzz-json ]; then
+  run "fuzz (build-fuzz, ${FUZZ_SECONDS:-30} s per target)" \
+    env FUZZ_TABLE="$fuzz_table" fuzz/run.sh build-fuzz
+else
+  names+=("fuzz (build-fuzz)"); results+=("not built")
+fi
+
 printf '\n==> summary (exit status and time)\n'
 failed=0
 for i in "${!names[@]}"; do
   printf '  %-40s %s\n' "${names[$i]}" "${results[$i]}"
-  case "${results[$i]}" in 0\ *) ;; *) failed=1 ;; esac
+  case "${results[$i]}" in 0\ * | "not built") ;; *) failed=1 ;; esac
+  case "${names[$i]}" in fuzz*) sed 's/^/      /' "$fuzz_table" ;; esac
 done
+rm -f "$fuzz_table"
 exit $failed
