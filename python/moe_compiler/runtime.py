@@ -28,8 +28,6 @@ from .configs import ConfigError
 __all__ = ["DTYPES", "Module", "RuntimeError_", "find_runtime_library"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# The runtime ABI version this binding speaks (MOERT_ABI_VERSION in moert.h).
-ABI_VERSION = 3
 # Manifest dtype -> numpy dtype (the element types the bindings pass).
 DTYPES = {"f32": np.float32, "i32": np.int32, "i64": np.int64}
 
@@ -62,7 +60,8 @@ class _CtxOptions(ctypes.Structure):
                 ("mesh_rank", ctypes.c_int32),
                 ("mesh_shape", ctypes.POINTER(ctypes.c_int64)),
                 ("mesh_axes", ctypes.POINTER(ctypes.c_char_p)),
-                ("timeout_s", ctypes.c_double), ("record_trace", ctypes.c_int32)]
+                ("timeout_s", ctypes.c_double), ("record_trace", ctypes.c_int32),
+                ("net", ctypes.c_char_p)]
 
 
 _RT: ctypes.CDLL | None = None
@@ -88,6 +87,15 @@ def _runtime() -> ctypes.CDLL:
         rt.moert_ctx_stats_json.argtypes = [vp]
         rt.moert_ctx_reset_stats.argtypes = [vp]
         rt.moert_world_allgather.argtypes = [vp, vp, vp, ctypes.c_int64]
+        rt.moert_ctx_options_size.restype = ctypes.c_size_t
+        rt.moert_runtime_abi_version.restype = ctypes.c_int32
+        # The mirror of moert_ctx_options must be the runtime's struct: the
+        # runtime writes all of it (moert_ctx_options_init).
+        if rt.moert_ctx_options_size() != ctypes.sizeof(_CtxOptions):
+            raise RuntimeError_(
+                f"{find_runtime_library()}: moert_ctx_options is "
+                f"{rt.moert_ctx_options_size()} bytes, these bindings know "
+                f"{ctypes.sizeof(_CtxOptions)}: update moe_compiler/runtime.py")
         _RT = rt
     return _RT
 
@@ -123,9 +131,10 @@ class Module:
         except ValueError:
             raise RuntimeError_(f"{lib} has no moe_abi_version: recompile the model with "
                                 "this moe-compile") from None
-        if version != ABI_VERSION:
-            raise RuntimeError_(f"{lib} was built for runtime ABI version {version}, these "
-                                f"bindings speak version {ABI_VERSION}")
+        expected = rt.moert_runtime_abi_version()
+        if version != expected:
+            raise RuntimeError_(f"{lib} was built for runtime ABI version {version}, this "
+                                f"runtime is version {expected}")
         opts = _CtxOptions()
         rt.moert_ctx_options_init(ctypes.byref(opts))
         mesh = self.manifest.get("mesh") or {"axes": [], "shape": []}

@@ -448,6 +448,10 @@ void recordCollective(moert_ctx *ctx, const char *op, int64_t axisMask,
 //===--- Host API ---------------------------------------------------------===//
 // (The C linkage comes from the declarations in moert.h.)
 
+size_t moert_ctx_options_size(void) { return sizeof(moert_ctx_options); }
+
+int32_t moert_runtime_abi_version(void) { return MOERT_ABI_VERSION; }
+
 void moert_ctx_options_init(moert_ctx_options *o) {
   if (!o)
     return;

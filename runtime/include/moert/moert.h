@@ -116,6 +116,11 @@ typedef struct moert_ctx_options {
 
 /* Fills `o` with defaults: CPU, single communicator, no mesh. */
 void moert_ctx_options_init(moert_ctx_options *o);
+/* sizeof(moert_ctx_options) and MOERT_ABI_VERSION of this build of the
+ * runtime, for bindings that cannot include this header (Python's ctypes
+ * checks its mirror of the struct and the modules it loads against them). */
+size_t moert_ctx_options_size(void);
+int32_t moert_runtime_abi_version(void);
 
 /* Creates a context. On failure returns non-OK, *out is NULL and
  * moert_last_error() says why. For MOERT_COMM_MPI / NCCL the caller must have
