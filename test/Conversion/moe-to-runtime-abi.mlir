@@ -129,13 +129,12 @@ func.func @activations(%x: tensor<16x32xf16>, %g: tensor<48x32xf16>, %u: tensor<
 // CHECK-DAG: func.func private @moert_layernorm(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, f32, i32)
 // CHECK-DAG: func.func private @moert_layernorm_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, f32, i32)
 // CHECK-LABEL: func.func @moe_entry_layernorm
-// CHECK: %[[NULL:.*]] = llvm.mlir.zero : !llvm.ptr
-// CHECK: call @moert_layernorm(%arg0, %{{[^,]*}}, %{{[^,]*}}, %[[NULL]], %{{[^,]*}}, %c16_i64, %c32_i64, %{{[^,]*}}, %c0_i32)
-// CHECK: call @moert_layernorm(%arg0, %{{[^,]*}}, %{{[^,]*}}, %[[B:[^,]*]], %{{[^,]*}}, %c16_i64, %c32_i64,
-// CHECK-NOT: %[[NULL]]
-// CHECK-SAME: %c0_i32)
-// CHECK: call @moert_layernorm_grad(%arg0, %{{[^,]*}}, %{{[^,]*}}, %{{[^,]*}}, %{{[^,]*}}, %{{[^,]*}}, %[[NULL]], %c16_i64, %c32_i64, %{{[^,]*}}, %c0_i32)
-// CHECK: call @moert_layernorm_grad(%arg0, %{{[^,]*}}, %{{[^,]*}}, %{{[^,]*}}, %{{[^,]*}}, %{{[^,]*}}, %{{[^,]*}}, %c16_i64, %c32_i64, %{{[^,]*}}, %c0_i32)
+// CHECK-DAG: %[[NULL:.*]] = llvm.mlir.zero : !llvm.ptr
+// CHECK-DAG: %[[X:.*]] = llvm.load %arg1 : !llvm.ptr -> !llvm.ptr
+// CHECK: call @moert_layernorm(%arg0, %[[X]], %[[W:[^,]*]], %[[NULL]], %[[Y0:[^,]*]], %c16_i64, %c32_i64, %[[EPS:[^,]*]], %c0_i32)
+// CHECK: call @moert_layernorm(%arg0, %[[Y0]], %[[W]], %[[B:[^,]*]], %[[Y1:[^,]*]], %c16_i64, %c32_i64, %[[EPS]], %c0_i32)
+// CHECK: call @moert_layernorm_grad(%arg0, %[[X]], %[[W]], %[[Y1]], %{{[^,]*}}, %{{[^,]*}}, %[[NULL]], %c16_i64, %c32_i64, %[[EPS]], %c0_i32)
+// CHECK: call @moert_layernorm_grad(%arg0, %[[X]], %[[W]], %{{[^,]*}}, %{{[^,]*}}, %{{[^,]*}}, %[[DB:[^,]*]], %c16_i64, %c32_i64, %[[EPS]], %c0_i32)
 func.func @layernorm(%x: tensor<16x32xf32>, %w: tensor<32xf32>, %b: tensor<32xf32>) -> (tensor<16x32xf32>, tensor<32xf32>, tensor<32xf32>) {
   %0 = moe.layernorm %x, %w {eps = 1.0e-5 : f32} : (tensor<16x32xf32>, tensor<32xf32>) -> tensor<16x32xf32>
   %1 = moe.layernorm %0, %w bias %b {eps = 1.0e-5 : f32} : (tensor<16x32xf32>, tensor<32xf32>, tensor<32xf32>) -> tensor<16x32xf32>
