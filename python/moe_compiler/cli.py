@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from . import __version__
+from .checkpoint import Checkpoint
 from .configs import ConfigError, MoEConfig, load_hf_config, parse_layers, parse_mesh
 from .presets import PRESETS, get_preset
 from .safetensors import SafetensorsError, SafetensorsFile, save
@@ -178,7 +179,10 @@ def cmd_init_weights(args: argparse.Namespace) -> int:
 
     cfg = _load_model(args)
     layers = parse_layers(args.layers, cfg.num_layers)
-    n = init_weights(cfg, args.output, args.seed, layers, args.scale, args.dtype)
+    if args.shards is not None and args.shards < 1:
+        raise ConfigError(f"shards: must be at least 1 (got {args.shards})")
+    n = init_weights(cfg, args.output, args.seed, layers, args.scale, args.dtype,
+                     args.shards)
     print(f"wrote {n} tensors to {args.output}", file=sys.stderr)
     return 0
 
@@ -200,7 +204,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
     layers = parse_layers(args.layers, cfg.num_layers)
     with SafetensorsFile(args.inputs) as xf:
         x = xf.get("hidden_states")
-    with SafetensorsFile(args.weights) as wf:
+    with Checkpoint(args.weights) as wf:
         out = model_forward(cfg, x, wf.get, layers)
     save(args.output, {k: np.asarray(v, dtype=np.float32) for k, v in out.items()},
          metadata={"generator": "moe_compiler reference (float64, written as f32)"})
@@ -275,7 +279,7 @@ def cmd_train_reference(args: argparse.Namespace) -> int:
     if t.shape != x.shape:
         raise ConfigError(f"targets {args.targets}: tensor 'hidden_states' has shape "
                           f"{list(t.shape)}, expected {list(x.shape)} (the inputs' shape)")
-    with SafetensorsFile(args.weights) as wf:
+    with Checkpoint(args.weights) as wf:
         weights = load_training_weights(cfg, wf.get, layers)
     bias_names = {b.name for b in biased}
     shapes = {n: a.shape for n, a in weights.items() if n not in bias_names}
@@ -414,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "keeps activations O(1); 0.02 = HF initializer_range)")
     s.add_argument("--dtype", choices=("f32", "bf16", "f16"), default="f32",
                    help="file dtype (default f32)")
+    s.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="write a checkpoint folder OUTPUT of N shards and "
+                   "model.safetensors.index.json, as Hugging Face publishes models")
     s.add_argument("-o", "--output", required=True, metavar="W.safetensors")
     s.set_defaults(func=cmd_init_weights)
 
@@ -431,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "write its outputs as f32.")
     _add_model(s)
     _add_layers(s)
-    s.add_argument("--weights", required=True, metavar="W.safetensors")
+    s.add_argument("--weights", required=True, metavar="W",
+                   help="safetensors file or checkpoint folder (model.safetensors.index.json "
+                   "and its shards; F8_E4M3 with block scales is dequantized)")
     s.add_argument("--inputs", required=True, metavar="X.safetensors")
     _add_routing(s)
     s.add_argument("-o", "--output", required=True, metavar="REF.safetensors")
@@ -456,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "written unless every step succeeds.")
     _add_model(s)
     _add_layers(s)
-    s.add_argument("--weights", required=True, metavar="W.safetensors")
+    s.add_argument("--weights", required=True, metavar="W",
+                   help="safetensors file or checkpoint folder")
     s.add_argument("--inputs", required=True, metavar="X.safetensors")
     s.add_argument("--targets", required=True, metavar="T.safetensors",
                    help="tensor 'hidden_states' of the inputs' shape (e.g. from "
@@ -502,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(or --mesh-ranks N) under mpirun. Unknown arguments (--stats, "
                        "--trace, --repeat, ...) go to moe-run; its exit code is returned.")
     s.add_argument("module", metavar="OUT_DIR")
-    s.add_argument("--weights", required=True, metavar="W.safetensors")
+    s.add_argument("--weights", required=True, metavar="W",
+                   help="safetensors file or checkpoint folder")
     s.add_argument("--inputs", required=True, metavar="X.safetensors")
     s.add_argument("--output", required=True, metavar="Y.safetensors")
     s.add_argument("--check", metavar="REF.safetensors",

@@ -46,12 +46,15 @@ _DTYPES: dict[str, np.dtype] = {
     "I8": np.dtype("i1"),
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
+    # FP8 E4M3 bytes: read raw, dequantized by moe_compiler.checkpoint (block scales).
+    "F8_E4M3": np.dtype("u1"),
 }
 
 # Names accepted for the ``dtype`` argument of :func:`save` (ours and the file's).
 _DTYPE_ALIASES = {
     "f64": "F64", "f32": "F32", "f16": "F16", "bf16": "BF16",
     "i64": "I64", "i32": "I32", "i16": "I16", "i8": "I8", "u8": "U8", "bool": "BOOL",
+    "f8_e4m3": "F8_E4M3",
 }
 
 # A header larger than this is certainly corruption, not a real checkpoint
@@ -210,18 +213,24 @@ class SafetensorsFile:
         except KeyError:
             raise SafetensorsError(f"{self.path}: no tensor named '{name}'") from None
 
-    def get(self, name: str, raw_bf16: bool = False) -> np.ndarray:
+    def get(self, name: str, raw_bf16: bool = False, raw: bool = False) -> np.ndarray:
         """Read one tensor (a fresh, writable array in native byte order).
 
-        BF16 is returned as float32 unless ``raw_bf16``, which gives the uint16 bits.
+        BF16 is returned as float32 unless ``raw_bf16`` or ``raw``, which give the
+        uint16 bits. F8_E4M3 needs its block scale: ``raw`` gives the bytes (uint8);
+        :class:`moe_compiler.checkpoint.Checkpoint` dequantizes it.
         """
         dtype, shape, begin, end = self._entry(name)
+        if dtype == "F8_E4M3" and not raw:
+            raise self._fail(f"tensor '{name}' is F8_E4M3: read it through "
+                             "moe_compiler.checkpoint.Checkpoint (block-scaled "
+                             "dequantization), or with raw=True")
         self._f.seek(self._data_start + begin)
         buf = self._read(end - begin)
         if len(buf) != end - begin:
             raise self._fail(f"truncated: tensor '{name}' has {len(buf)} of {end - begin} bytes")
         arr = np.frombuffer(buf, dtype=_DTYPES[dtype]).reshape(shape)
-        if dtype == "BF16" and not raw_bf16:
+        if dtype == "BF16" and not (raw_bf16 or raw):
             return bf16_bits_to_f32(arr)
         # The buffer is ours and writable, so no copy is needed on little-endian hosts.
         return arr.astype(arr.dtype.newbyteorder("="), copy=False)
@@ -257,7 +266,8 @@ def _encode(name: str, arr: np.ndarray, dtype: str | None) -> tuple[str, bytes, 
             want = "F64"
         else:
             want = next((k for k, v in _DTYPES.items()
-                         if k != "BF16" and v == a.dtype.newbyteorder("<")), "")
+                         if k not in ("BF16", "F8_E4M3")
+                         and v == a.dtype.newbyteorder("<")), "")
             if not want:
                 raise SafetensorsError(f"tensor '{name}': numpy dtype {a.dtype} has no "
                                        "safetensors equivalent")
@@ -265,6 +275,10 @@ def _encode(name: str, arr: np.ndarray, dtype: str | None) -> tuple[str, bytes, 
         want = _file_dtype(name, dtype)
     if want == "BF16":
         data = f32_to_bf16_bits(a) if a.dtype != np.uint16 else a
+    elif want == "F8_E4M3":
+        from .fp8 import f32_to_e4m3
+
+        data = a if a.dtype == np.uint8 else f32_to_e4m3(a)
     else:
         data = a.astype(_DTYPES[want], copy=False)
     return want, np.ascontiguousarray(data).tobytes(), list(a.shape)

@@ -60,8 +60,12 @@ def weight_tensors(cfg: MoEConfig, layers: range | None = None
 
 def init_weights(cfg: MoEConfig, path: str | os.PathLike[str], seed: int,
                  layers: range | None = None, scale: float | None = None,
-                 dtype: str = "f32") -> int:
-    """Write random weights for ``layers``; returns the number of tensors."""
+                 dtype: str = "f32", shards: int | None = None) -> int:
+    """Write random weights for ``layers``; returns the number of tensors.
+
+    With ``shards``, ``path`` is a checkpoint folder of that many shards and an index
+    (:func:`moe_compiler.checkpoint.save_sharded`), as Hugging Face publishes models.
+    """
     entries = []
     for spec, name, shape in weight_tensors(cfg, layers):
         # Selection biases are f32 in HF checkpoints whatever the model dtype.
@@ -70,7 +74,12 @@ def init_weights(cfg: MoEConfig, path: str | os.PathLike[str], seed: int,
                         lambda s=spec, n=name, sh=shape: _make(s, n, sh, seed, scale)))
     meta = {"generator": "moe_compiler init-weights", "model": cfg.name,
             "seed": str(seed), "scale": "1/sqrt(fan_in)" if scale is None else str(scale)}
-    save_lazy(path, entries, metadata=meta)
+    if shards is not None:
+        from .checkpoint import save_sharded
+
+        save_sharded(path, entries, shards, metadata=meta)
+    else:
+        save_lazy(path, entries, metadata=meta)
     return len(entries)
 
 

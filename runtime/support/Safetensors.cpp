@@ -587,6 +587,24 @@ Status SafetensorsFile::readSlice(const std::string &name,
   }
 }
 
+Status SafetensorsFile::readRaw(const TensorInfo &t, int64_t firstElem,
+                                int64_t count, void *out) const {
+  int64_t numel = numElements(t.shape);
+  if (firstElem < 0 || count < 0 || firstElem > numel ||
+      count > numel - firstElem)
+    return supportError(
+        MOERT_ERR_INVALID,
+        "%s: tensor '%s': elements [%lld, +%lld) are outside "
+        "its %lld elements",
+        path_.c_str(), t.name.c_str(), static_cast<long long>(firstElem),
+        static_cast<long long>(count), static_cast<long long>(numel));
+  int64_t es = static_cast<int64_t>(t.elemBytes);
+  ++readCalls_;
+  bytesRead_ += count * es;
+  return preadFull(fd_, out, count * es, t.offset + firstElem * es, path_,
+                   format("tensor '%s'", t.name.c_str()));
+}
+
 Status SafetensorsFile::readAll(const std::string &name, int32_t outType,
                                 void *out) const {
   const TensorInfo *t;

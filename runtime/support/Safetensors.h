@@ -89,6 +89,11 @@ public:
                    void *out) const;
   /// Reads the whole tensor converted to `outType`.
   Status readAll(const std::string &name, int32_t outType, void *out) const;
+  /// Reads the stored bytes of elements [firstElem, firstElem + count) of
+  /// `t` (a tensor of this file) unconverted, for dtypes the runtime has no
+  /// type of (F8_E4M3: TensorSource dequantizes it, CheckpointIndex.h).
+  Status readRaw(const TensorInfo &t, int64_t firstElem, int64_t count,
+                 void *out) const;
 
   /// Number of pread calls so far (tests check that slices read runs only).
   int64_t readCalls() const { return readCalls_; }

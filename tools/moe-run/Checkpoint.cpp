@@ -84,7 +84,7 @@ Status toFileTensors(const TensorSpec &spec, const std::vector<char> &global,
   return Status::ok();
 }
 
-std::vector<int64_t> fileShapeOf(const SafetensorsFile *file,
+std::vector<int64_t> fileShapeOf(const TensorSource *file,
                                  const TensorSpec &spec) {
   if (spec.isExpertStack()) {
     std::vector<int64_t> sub(spec.shape.begin() + 1, spec.shape.end());

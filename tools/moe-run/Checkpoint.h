@@ -12,6 +12,7 @@
 #ifndef MOE_RUN_CHECKPOINT_H
 #define MOE_RUN_CHECKPOINT_H
 
+#include "support/CheckpointIndex.h"
 #include "support/Manifest.h"
 #include "support/Safetensors.h"
 
@@ -41,7 +42,7 @@ moert::Status toFileTensors(const moert::TensorSpec &spec,
 
 /// The shape of the file tensor(s) of a weight-like argument read from
 /// `file`: per expert for a stack, the file's own for a plain tensor.
-std::vector<int64_t> fileShapeOf(const moert::SafetensorsFile *file,
+std::vector<int64_t> fileShapeOf(const moert::TensorSource *file,
                                  const moert::TensorSpec &spec);
 
 /// Writes `tensors` to `path` atomically (moert::writeSafetensors).

@@ -78,8 +78,10 @@ void placeSlice(char *global, const std::vector<int64_t> &shape,
 
 /// Reads the slice [lo, hi) of `spec` (argument coordinates) from file
 /// tensor `name` viewed as `view` (argument coordinates), honouring the
-/// transpose flag, into `out`.
-Status readArgSlice(const SafetensorsFile &file, const std::string &name,
+/// transpose flag, into `out`. `File`: a SafetensorsFile or a TensorSource
+/// (a checkpoint folder; FP8 dequantized).
+template <typename File>
+Status readArgSlice(const File &file, const std::string &name,
                     const TensorSpec &spec, std::vector<int64_t> view,
                     std::vector<int64_t> lo, std::vector<int64_t> hi,
                     char *out) {
@@ -98,10 +100,11 @@ Status readArgSlice(const SafetensorsFile &file, const std::string &name,
   return Status::ok();
 }
 
-Status checkDtypeClass(const SafetensorsFile &file, const TensorInfo &t,
+template <typename File>
+Status checkDtypeClass(const File &file, const TensorInfo &t,
                        const TensorSpec &spec) {
   bool argFloat = isFloatDtype(spec.dtype);
-  if ((argFloat && isFloatDtype(t.dtype)) || (!argFloat && isIntDtype(t.dtype)))
+  if ((argFloat && isFloatTensor(t)) || (!argFloat && isIntDtype(t.dtype)))
     return Status::ok();
   return supportError(MOERT_ERR_INVALID,
                       "%s: tensor '%s' has dtype %s but argument %lld ('%s') "
@@ -111,8 +114,9 @@ Status checkDtypeClass(const SafetensorsFile &file, const TensorInfo &t,
                       safetensorsDtypeName(spec.dtype));
 }
 
-Status loadPlain(const SafetensorsFile &file, const TensorSpec &spec,
-                 const Slice &slice, char *out) {
+template <typename File>
+Status loadPlain(const File &file, const TensorSpec &spec, const Slice &slice,
+                 char *out) {
   const TensorInfo *t;
   MOERT_TRY(file.lookup(spec.name, t));
   MOERT_TRY(checkDtypeClass(file, *t, spec));
@@ -121,7 +125,8 @@ Status loadPlain(const SafetensorsFile &file, const TensorSpec &spec,
 }
 
 /// A stack over experts: one file tensor per global expert index.
-Status loadExpertStack(const SafetensorsFile &file, const TensorSpec &spec,
+template <typename File>
+Status loadExpertStack(const File &file, const TensorSpec &spec,
                        const Slice &slice, char *out) {
   std::vector<int64_t> sub(spec.shape.begin() + 1, spec.shape.end());
   std::vector<int64_t> lo(slice.lo.begin() + 1, slice.lo.end());
@@ -158,29 +163,39 @@ Status loadExpertStack(const SafetensorsFile &file, const TensorSpec &spec,
 Status ShardedLoader::open(const std::string &weights,
                            const std::string &inputs) {
   if (!weights.empty())
-    MOERT_TRY(SafetensorsFile::open(weights, weights_));
+    MOERT_TRY(TensorSource::open(weights, weights_));
   if (!inputs.empty())
     MOERT_TRY(SafetensorsFile::open(inputs, inputs_));
   return Status::ok();
 }
 
 Status ShardedLoader::read(const TensorSpec &spec, char *out) const {
-  const std::unique_ptr<SafetensorsFile> &file =
-      spec.role == "weight" ? weights_ : inputs_;
-  if (!file)
+  bool weight = spec.role == "weight";
+  if (weight ? !weights_ : !inputs_)
     return supportError(MOERT_ERR_INVALID, "argument '%s': no %s file open",
-                        spec.name.c_str(),
-                        spec.role == "weight" ? "weights" : "inputs");
-  return readFrom(*file, spec, out);
+                        spec.name.c_str(), weight ? "weights" : "inputs");
+  return weight ? readFrom(*weights_, spec, out)
+                : readFrom(*inputs_, spec, out);
+}
+
+template <typename File>
+static Status readSpec(const Mesh &mesh, const std::vector<int64_t> &coords,
+                       const File &file, const TensorSpec &spec, char *out) {
+  Slice slice;
+  MOERT_TRY(computeSlice(mesh, spec, coords, slice));
+  if (spec.isExpertStack())
+    return loadExpertStack(file, spec, slice, out);
+  return loadPlain(file, spec, slice, out);
 }
 
 Status ShardedLoader::readFrom(const SafetensorsFile &file,
                                const TensorSpec &spec, char *out) const {
-  Slice slice;
-  MOERT_TRY(computeSlice(mesh_, spec, coords_, slice));
-  if (spec.isExpertStack())
-    return loadExpertStack(file, spec, slice, out);
-  return loadPlain(file, spec, slice, out);
+  return readSpec(mesh_, coords_, file, spec, out);
+}
+
+Status ShardedLoader::readFrom(const TensorSource &source,
+                               const TensorSpec &spec, char *out) const {
+  return readSpec(mesh_, coords_, source, spec, out);
 }
 
 void ShardedLoader::close() {

@@ -12,6 +12,7 @@
 #ifndef MOE_RUN_SHARDEDLOADER_H
 #define MOE_RUN_SHARDEDLOADER_H
 
+#include "support/CheckpointIndex.h"
 #include "support/Manifest.h"
 #include "support/Safetensors.h"
 
@@ -28,8 +29,9 @@ public:
   ShardedLoader(const moert::Mesh &mesh, std::vector<int64_t> coords)
       : mesh_(mesh), coords_(std::move(coords)) {}
 
-  /// Opens (and validates the headers of) the weights and inputs files; an
-  /// empty path is not opened.
+  /// Opens the weights (a safetensors file or a checkpoint folder, see
+  /// support/CheckpointIndex.h: shards are opened when first needed) and
+  /// the inputs file; an empty path is not opened.
   moert::Status open(const std::string &weights, const std::string &inputs);
   /// Reads this rank's slice of argument `spec` (spec.localBytes() bytes,
   /// the argument's dtype) into `out`, from the weights file for a weight
@@ -39,15 +41,18 @@ public:
   /// targets and optimizer state files of a training run).
   moert::Status readFrom(const moert::SafetensorsFile &file,
                          const moert::TensorSpec &spec, char *out) const;
-  /// The weights file (nullptr when none is open).
-  const moert::SafetensorsFile *weightsFile() const { return weights_.get(); }
+  moert::Status readFrom(const moert::TensorSource &source,
+                         const moert::TensorSpec &spec, char *out) const;
+  /// The weights (nullptr when none are open).
+  const moert::TensorSource *weightsFile() const { return weights_.get(); }
   /// Closes the files.
   void close();
 
 private:
   const moert::Mesh &mesh_;
   std::vector<int64_t> coords_;
-  std::unique_ptr<moert::SafetensorsFile> weights_, inputs_;
+  std::unique_ptr<moert::TensorSource> weights_;
+  std::unique_ptr<moert::SafetensorsFile> inputs_;
 };
 
 /// The global tensor of result `spec` from the local buffers of every rank
