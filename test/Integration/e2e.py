@@ -19,7 +19,7 @@ For one model config and one set of routing options it
 
 Output, one line per run (FileCheck reads them):
   IR <family> %N = moe.layer ... {attributes}        (with --show-ir; also moe.mlp
-                                                    and the norms)
+                                                    and moe.layernorm)
   PASS <family> <mesh> max_rel_err=<e> collectives=<n> outputs=<names>
   DTD <family> <mesh> <op> bytes/rank=<b> nodtd=<b0> ratio=1/<tp>
   WEIGHTS <family> <mesh> elements/rank=<n> single=<n1> info=<n>
@@ -294,7 +294,7 @@ def main() -> int:
     p.add_argument("--expect-outputs", default="hidden_states",
                    help="comma-separated output names the reference must have")
     p.add_argument("--show-ir", action="store_true",
-                   help="print the emitted moe.layer / moe.mlp / norm ops (IR lines)")
+                   help="print the emitted moe.layer / moe.mlp / moe.layernorm ops (IR lines)")
     p.add_argument("--reference-only", action="append", default=[], metavar="ARG",
                    help="an extra routing argument for the reference alone (the harness's "
                    "own negative test: emit and reference then disagree)")
@@ -352,7 +352,7 @@ def drive(a: argparse.Namespace, config: str, routing: list[str], meshes: list[M
     if a.show_ir:
         with open(mlir, encoding="utf-8") as fh:
             for line in fh:
-                if re.search(r"= moe\.(layer|mlp|rmsnorm|layernorm) ", line):
+                if re.search(r"= moe\.(layer|mlp|layernorm) ", line):
                     print(f"IR {a.family} {line.strip().split(' : (')[0]}", flush=True)
 
     # The config exactly as emit / reference saw it (with the routing overrides).
