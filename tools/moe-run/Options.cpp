@@ -1,6 +1,8 @@
 //===- Options.cpp - Command line of moe-run ------------------------------===//
 #include "Options.h"
 
+#include "Calibrate.h"
+
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -76,6 +78,13 @@ const char *const kUsage =
     "  Hyperparameters are rounded to f32. Nothing is written unless every\n"
     "  step succeeds; a NaN or Inf in the loss or a gradient stops the run.\n"
     "\n"
+    "calibration (docs/user-guide.md, \"Cluster files\"):\n"
+    "  moe-run --calibrate FILE.json [--mesh AXIS=N,...] [--device D]\n"
+    "                      measure the GEMM and copy rates and each mesh\n"
+    "                      axis's all-to-all (alpha, bandwidth) and write the\n"
+    "                      cluster file of moe-compile --cluster (under\n"
+    "                      mpirun -np N; --mesh default: ep=N)\n"
+    "\n"
     "Exit status: 0 on success, 1 on an error or a --check mismatch, 2 on a\n"
     "usage error.\n";
 
@@ -134,6 +143,13 @@ Status setOption(Options &o, RawTrain &raw, const std::string &flag,
       raw.given[flag] = v;
       return Status::ok();
     }
+  if (flag == "--calibrate" || flag == "--mesh") { // Calibrate.h
+    if (v.empty())
+      return supportError(MOERT_ERR_INVALID, "%s expects a value",
+                          flag.c_str());
+    (flag == "--calibrate" ? o.calibrate : o.mesh) = v;
+    return Status::ok();
+  }
   std::map<std::string, std::string *> strings = {
       {"--weights", &o.weights}, {"--inputs", &o.inputs},
       {"--output", &o.output},   {"--entry", &o.entry},
@@ -326,6 +342,8 @@ Status parseArgs(int argc, char **argv, Options &o) {
                           a.c_str());
     }
   }
+  if (!o.calibrate.empty() || !o.mesh.empty())
+    return checkCalibrateOptions(o);
   if (o.outDir.empty())
     return supportError(MOERT_ERR_INVALID, "missing OUT_DIR");
   MOERT_TRY(checkMode(o, raw));

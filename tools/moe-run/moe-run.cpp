@@ -20,6 +20,7 @@
 // (runtime/support over the header-only runtime/base); docs/runtime.md.
 //
 //===----------------------------------------------------------------------===//
+#include "Calibrate.h"
 #include "Options.h"
 #include "Report.h"
 #include "Session.h"
@@ -115,10 +116,10 @@ Status Driver::openFiles() {
 
 Status Driver::loadArg(const TensorSpec &spec, void *&buffer) {
   int64_t bytes = spec.localBytes();
-  std::vector<char> host(static_cast<size_t>(bytes));
+  std::vector<char> host;
+  MOERT_TRY(hostBuffer(spec, host));
   MOERT_TRY(loader_->read(spec, host.data()));
-  if (moert_alloc(ctx_, std::max<int64_t>(bytes, 1), &buffer) != MOERT_OK)
-    return ctxError(ctx_, "loading arguments");
+  MOERT_TRY(deviceBuffer(ctx_, spec, buffer));
   // Each weight goes to the device once; the copy is timed apart from the
   // file reads so that H2D cost is visible on GPUs.
   double start = now();
@@ -135,11 +136,8 @@ Status Driver::loadArgs() {
   for (const TensorSpec &spec : entry_->args)
     MOERT_TRY(loadArg(spec, args_[spec.index]));
   results_.assign(entry_->results.size(), nullptr);
-  for (const TensorSpec &spec : entry_->results) {
-    int64_t bytes = std::max<int64_t>(spec.localBytes(), 1);
-    if (moert_alloc(ctx_, bytes, &results_[spec.index]) != MOERT_OK)
-      return ctxError(ctx_, "allocating results");
-  }
+  for (const TensorSpec &spec : entry_->results)
+    MOERT_TRY(deviceBuffer(ctx_, spec, results_[spec.index]));
   return Status::ok();
 }
 
@@ -254,6 +252,14 @@ int main(int argc, char **argv) {
                  s.message().c_str());
     return 2;
   }
+  if (!opt.calibrate.empty()) {
+    s = initWorld(&argc, &argv, opt.device == "cuda");
+    if (!s.isOk())
+      fatal(s);
+    int rc = runCalibration(opt);
+    moert_world_finalize();
+    return rc;
+  }
   Manifest manifest; // the default device is the manifest's target
   Status loaded = loadManifest(joinPath(opt.outDir, "manifest.json"), manifest);
   if (opt.device.empty())
@@ -262,7 +268,7 @@ int main(int argc, char **argv) {
   if (!s.isOk())
     fatal(s);
   int rc;
-  {
+  try {
     Session session(opt, std::move(manifest), std::move(loaded));
     if (opt.train) {
       rc = session.start(trainingEntries(opt)) ? runTraining(session) : 1;
@@ -272,6 +278,10 @@ int main(int argc, char **argv) {
       Driver d(session);
       rc = d.run();
     }
+  } catch (const std::bad_alloc &) {
+    // Every tensor buffer is allocated through hostBuffer / deviceBuffer,
+    // which name the tensor; this catches what is left (a report, a gather).
+    fatal(supportError(MOERT_ERR_NOMEM, "out of host memory"));
   }
   moert_world_finalize();
   return rc;
