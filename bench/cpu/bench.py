@@ -55,7 +55,7 @@ def cmd_prep(a: argparse.Namespace) -> int:
     t = x.shape[0]
 
     # Routing of all T tokens, as the spec (and so the module) decides it.
-    r = route(prenorm(cfg, x, w["norm"]), w["router"], cfg, e, w.get("bias"))
+    r = route(prenorm(cfg, x, w["norm"], w.get("norm_bias")), w["router"], cfg, e, w.get("bias"))
     counts = np.bincount(r.idx.ravel(), minlength=e)
     with open(os.path.join(a.work, "counts.txt"), "w", encoding="utf-8") as fh:
         fh.write(" ".join(str(int(c)) for c in counts) + "\n")

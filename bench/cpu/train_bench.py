@@ -54,7 +54,8 @@ def cmd_prep(a: argparse.Namespace) -> int:
         w = sublayer_weights(sub, wf.get)
     with SafetensorsFile(a.inputs) as xf:
         x = np.asarray(xf.get("hidden_states"), dtype=np.float64)
-    r = route(prenorm(cfg, x, w["norm"]), w["router"], cfg, sub.num_experts, w.get("bias"))
+    n = prenorm(cfg, x, w["norm"], w.get("norm_bias"))
+    r = route(n, w["router"], cfg, sub.num_experts, w.get("bias"))
     counts = np.bincount(r.idx.ravel(), minlength=sub.num_experts)
     with open(os.path.join(a.work, "counts.txt"), "w", encoding="utf-8") as fh:
         fh.write(" ".join(str(int(c)) for c in counts) + "\n")

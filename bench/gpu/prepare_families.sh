@@ -18,7 +18,6 @@ for cfg in examples/configs/tiny-*.json; do
   name=$(basename "$cfg" .json)
   [ "$name" = config ] && name=$(basename "$(dirname "$cfg")")
   extra=()
-  [ "$name" = tiny-dbrx ] && extra=(--norm rmsnorm)
   case_dir=$PACK/$name
   mkdir -p "$case_dir"
   $MOE init-weights --hf-config "$cfg" --seed 1 -o "$case_dir/w.safetensors" > /dev/null

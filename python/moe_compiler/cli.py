@@ -57,7 +57,7 @@ def _add_routing(p: argparse.ArgumentParser) -> None:
     g.add_argument("--losses", action="store_true",
                    help="emit both losses with the model's published coefficients")
     g.add_argument("--norm", choices=("rmsnorm", "layernorm"),
-                   help="override the norm (DBRX's LayerNorm has no dialect op yet)")
+                   help="override the norm (rmsnorm also drops a LayerNorm's bias)")
 
 
 def _load_model(args: argparse.Namespace) -> MoEConfig:

@@ -108,7 +108,8 @@ class MoEConfig:
     num_shared_experts: int = 0
     shared_intermediate_size: int = 0  # total width Fs of the shared MLP
     shared_gated: bool = False  # Qwen: shared output times sigmoid(x . w)
-    norm: str = "rmsnorm"  # or "layernorm" (DBRX: LayerNorm without bias)
+    norm: str = "rmsnorm"  # or "layernorm" (DBRX: without bias; GPT style: with norm_bias)
+    norm_bias: bool = False  # the LayerNorm has a bias (GPT style); layernorm only
     norm_eps: float = 1e-6
     aux_loss_coeff: float = 0.0  # in the graph; 0 = no load-balance loss output
     z_loss_coeff: float = 0.0
@@ -137,6 +138,8 @@ class MoEConfig:
     def with_overrides(self, **changes: Any) -> MoEConfig:
         """A copy with ``changes`` applied (None values are ignored) and re-validated."""
         changes = {k: v for k, v in changes.items() if v is not None}
+        if changes.get("norm") == "rmsnorm":
+            changes.setdefault("norm_bias", False)  # RMSNorm in place of a LayerNorm
         cfg = dataclasses.replace(self, **changes)
         cfg.validate()
         return cfg
@@ -210,6 +213,8 @@ class MoEConfig:
             raise bad("shared_gated", "needs a shared expert")
         if self.norm not in ("rmsnorm", "layernorm"):
             raise bad("norm", f"{self.norm!r} is not rmsnorm or layernorm")
+        if self.norm_bias and self.norm != "layernorm":
+            raise bad("norm_bias", "needs norm = layernorm (RMSNorm has no bias)")
         if self.norm_eps <= 0:
             raise bad("norm_eps", "must be positive")
         if self.aux_loss_coeff < 0 or self.z_loss_coeff < 0:
@@ -626,8 +631,7 @@ def _dbrx(f: _Fields, name: str) -> MoEConfig:
                   attention=Attention(num_heads=heads,
                                       num_kv_heads=attn.int("kv_n_heads", 1),
                                       head_dim=d // heads)),
-        notes=("norm_2 is a LayerNorm without bias; the reference computes it exactly, "
-               "the moe dialect has only RMSNorm (see docs/frontend.md)",
+        notes=("norm_2 is a LayerNorm without bias (moe.layernorm)",
                "moe_normalize_expert_weights=1: top-k weights divided by their L1 norm",
                "expert weights are fused [E*F, D]; w2 is stored transposed",
                "moe_jitter_eps is training-only and ignored"),

@@ -105,10 +105,6 @@ def emit_module(cfg: MoEConfig, tokens: int, layers: range | None = None,
         raise ConfigError(f"dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
     if tokens <= 0:
         raise ConfigError(f"tokens: must be positive (got {tokens})")
-    if cfg.norm != "rmsnorm":
-        raise ConfigError(f"{cfg.name}: norm is {cfg.norm} but the moe dialect has only "
-                          "moe.rmsnorm; pass --norm rmsnorm to emit (and check against a "
-                          "reference run with --norm rmsnorm)")
     cfg.validate()  # the verifier's rules on every layer attribute
     if tokens % cfg.token_groups:
         raise ConfigError(f"token_groups: {cfg.token_groups} does not divide tokens={tokens}")
@@ -121,9 +117,7 @@ def emit_module(cfg: MoEConfig, tokens: int, layers: range | None = None,
     h = b.arg((tokens, d), 'moe.input = "hidden_states"')
     losses: dict[str, list[str]] = {"aux_loss": [], "z_loss": []}
     for sub in subs:
-        w = b.weight(sub.norm)
-        n = b.op(f"moe.rmsnorm {h}, {w} {{eps = {format_f32(cfg.norm_eps)}}} : "
-                 f"({act_ty}, {b.arg_types[w]}) -> {act_ty}")
+        n = _emit_norm(b, cfg, sub, h, act_ty)
         operands = [(s.role, b.weight(s)) for s in sub.weights]
         if sub.kind == "moe":
             y = _emit_moe(b, cfg, sub, n, operands, act_ty, losses)
@@ -154,6 +148,20 @@ def emit_module(cfg: MoEConfig, tokens: int, layers: range | None = None,
     lines.append("  }")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _emit_norm(b: _Builder, cfg: MoEConfig, sub: Sublayer, h: str, act_ty: str) -> str:
+    """``moe.rmsnorm``, or ``moe.layernorm`` (with ``bias`` where the config has one)."""
+    w = b.weight(sub.norm)
+    eps = f"{{eps = {format_f32(cfg.norm_eps)}}}"
+    if cfg.norm == "rmsnorm":
+        return b.op(f"moe.rmsnorm {h}, {w} {eps} : ({act_ty}, {b.arg_types[w]}) -> {act_ty}")
+    if sub.norm_bias is None:
+        return b.op(f"moe.layernorm {h}, {w} {eps} : ({act_ty}, {b.arg_types[w]}) -> "
+                    f"{act_ty}")
+    bias = b.weight(sub.norm_bias)
+    return b.op(f"moe.layernorm {h}, {w} bias {bias} {eps} : ({act_ty}, {b.arg_types[w]}, "
+                f"{b.arg_types[bias]}) -> {act_ty}")
 
 
 def _operand_list(roles: Sequence[str],

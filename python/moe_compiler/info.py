@@ -118,7 +118,7 @@ def count_params(cfg: MoEConfig) -> ParamCount:
     """Whole-model parameter counts (see the module docstring for what is included)."""
     a, d = cfg.arch, cfg.hidden_size
     c = ParamCount()
-    norm = d * (2 if a.norm_bias else 1)
+    norm = d * (2 if a.norm_bias or cfg.norm_bias else 1)
     att = _attention(a.attention, d)
     heads = a.attention.num_heads
     c.embedding = a.vocab_size * d * (1 if a.tie_embeddings else 2) + a.learned_positions * d
@@ -191,8 +191,7 @@ def graph_weights_per_rank(cfg: MoEConfig, mesh: Mesh, layers: range | None = No
     """
     total = 0
     for sub in sublayers(cfg, layers):
-        total += math.prod(sub.norm.shape)
-        for w in sub.weights:
+        for w in sub.specs():  # the norm (and its bias) first: replicated
             total += math.prod(w.shape) // _split(sub.kind, w.role, mesh, expert_tp)
     return total
 

@@ -61,12 +61,14 @@ class Sublayer:
     num_experts: int
     norm: WeightSpec
     weights: tuple[WeightSpec, ...]  # operands in dialect order
+    norm_bias: WeightSpec | None = None  # the LayerNorm's bias (GPT style)
 
     def get(self, role: str) -> WeightSpec | None:
         return next((w for w in self.weights if w.role == role), None)
 
     def specs(self) -> tuple[WeightSpec, ...]:
-        return (self.norm,) + self.weights
+        bias = (self.norm_bias,) if self.norm_bias is not None else ()
+        return (self.norm,) + bias + self.weights
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,16 @@ def _extra_names(i: int) -> tuple[str, Callable[[str], str]]:
     return f"{p}.extra_mlp_layernorm.weight", _proj(f"{p}.extra_mlp.")
 
 
+def _norm_specs(cfg: MoEConfig, name: str) -> tuple[WeightSpec, WeightSpec | None]:
+    """The norm's weight and, for a LayerNorm with bias, its bias (HF: ``.bias``)."""
+    d = cfg.hidden_size
+    bias = None
+    if cfg.norm_bias:
+        assert name.endswith(".weight"), name
+        bias = WeightSpec("norm_bias", name[:-len("weight")] + "bias", (d,))
+    return WeightSpec("norm", name, (d,)), bias
+
+
 def _mlp_specs(name: Callable[[str], str], gated: bool, d: int, f: int,
                prefix: str = "") -> list[WeightSpec]:
     out = []
@@ -170,7 +182,8 @@ def _moe_sublayer(cfg: MoEConfig, i: int, n: _Names) -> Sublayer:
         if cfg.shared_gated:
             assert n.shared_sigmoid_gate is not None
             ws.append(WeightSpec("shared_sigmoid_gate", n.shared_sigmoid_gate, (1, d)))
-    return Sublayer(i, "moe", e, WeightSpec("norm", n.norm, (d,)), tuple(ws))
+    norm, bias = _norm_specs(cfg, n.norm)
+    return Sublayer(i, "moe", e, norm, tuple(ws), bias)
 
 
 def sublayers(cfg: MoEConfig, layers: range | None = None) -> list[Sublayer]:
@@ -186,13 +199,15 @@ def sublayers(cfg: MoEConfig, layers: range | None = None) -> list[Sublayer]:
                 raise ConfigError(f"{cfg.name}: dense_intermediate_size is needed by dense "
                                   f"layer {i}")
             ws = _mlp_specs(n.dense, cfg.dense_act in GATED, d, cfg.dense_intermediate_size)
-            out.append(Sublayer(i, "dense", 0, WeightSpec("norm", n.norm, (d,)), tuple(ws)))
+            nw, nb = _norm_specs(cfg, n.norm)
+            out.append(Sublayer(i, "dense", 0, nw, tuple(ws), nb))
             continue
         out.append(_moe_sublayer(cfg, i, n))
         if kind == "moe+dense":
             norm, name = _extra_names(i)
             ws = _mlp_specs(name, cfg.dense_act in GATED, d, cfg.dense_intermediate_size)
-            out.append(Sublayer(i, "dense", 0, WeightSpec("norm", norm, (d,)), tuple(ws)))
+            nw, nb = _norm_specs(cfg, norm)
+            out.append(Sublayer(i, "dense", 0, nw, tuple(ws), nb))
     return out
 
 

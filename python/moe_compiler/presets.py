@@ -66,6 +66,9 @@ def _generic(name: str, *, d: int, layers: int, every: int, experts: int | list[
             layer_experts=counts, top_k=top_k, moe_intermediate_size=f,
             dense_intermediate_size=dense_f or f, activation=act,
             score_func="softmax", renormalize=top_k > 1, capacity_factor=capacity_factor,
+            # GPT style: LayerNorm with bias (torch's default eps); T5 style: RMSNorm.
+            norm="layernorm" if gpt_biases else "rmsnorm", norm_bias=gpt_biases,
+            norm_eps=1e-5 if gpt_biases else 1e-6,
             num_shared_experts=1 if shared else 0, shared_intermediate_size=shared,
             published_aux_loss_coeff=aux, published_z_loss_coeff=z,
             arch=Arch(vocab_size=vocab, tie_embeddings=tie,

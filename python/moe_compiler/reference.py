@@ -79,10 +79,12 @@ def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + _f32(eps)) * w
 
 
-def layernorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    """LayerNorm without bias (DBRX's norm_2)."""
+def layernorm(x: np.ndarray, w: np.ndarray, eps: float,
+              b: np.ndarray | None = None) -> np.ndarray:
+    """LayerNorm, without bias (DBRX's norm_2) or with one (GPT style)."""
     c = x - x.mean(axis=-1, keepdims=True)
-    return c / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + _f32(eps)) * w
+    y = c / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + _f32(eps)) * w
+    return y if b is None else y + b
 
 
 def activation(name: str, x: np.ndarray) -> np.ndarray:
@@ -218,10 +220,12 @@ def moe_layer(x: np.ndarray, w: dict[str, np.ndarray], cfg: MoEConfig,
     return y, aux, z
 
 
-def prenorm(cfg: MoEConfig, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """The norm in front of every FFN sublayer: the config's RMSNorm or LayerNorm."""
+def prenorm(cfg: MoEConfig, x: np.ndarray, w: np.ndarray,
+            b: np.ndarray | None = None) -> np.ndarray:
+    """The norm in front of every FFN sublayer: the config's RMSNorm or LayerNorm
+    (``b``: the LayerNorm's bias, where the config has one)."""
     if cfg.norm == "layernorm":
-        return layernorm(x, w, cfg.norm_eps)
+        return layernorm(x, w, cfg.norm_eps, b)
     return rmsnorm(x, w, cfg.norm_eps)
 
 
@@ -243,7 +247,7 @@ def sublayer_forward(cfg: MoEConfig, sub: Sublayer, h: np.ndarray,
 def sublayer_apply(cfg: MoEConfig, sub: Sublayer, h: np.ndarray,
                    w: dict[str, np.ndarray]) -> tuple[np.ndarray, float, float]:
     """:func:`sublayer_forward` on operands already loaded by :func:`sublayer_weights`."""
-    n = prenorm(cfg, h, w["norm"])
+    n = prenorm(cfg, h, w["norm"], w.get("norm_bias"))
     if sub.kind == "moe":
         y, aux, z = moe_layer(n, w, cfg, sub.num_experts)
     else:

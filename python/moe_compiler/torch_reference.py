@@ -256,11 +256,13 @@ def _ffn(x: torch.Tensor, act: str, gate: torch.Tensor | None, up: torch.Tensor,
     return F.linear(h, down)
 
 
-def _norm(cfg: MoEConfig, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def _norm(cfg: MoEConfig, x: torch.Tensor, w: torch.Tensor,
+          b: torch.Tensor | None = None) -> torch.Tensor:
     eps = _f32(cfg.norm_eps)
     if cfg.norm == "layernorm":
         x = x - x.mean(-1, keepdim=True)
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+    return y if b is None else y + b
 
 
 def _moe(cfg: MoEConfig, x: torch.Tensor, w: Mapping[str, torch.Tensor],
@@ -310,7 +312,7 @@ def spec_graph(cfg: MoEConfig, x: torch.Tensor, tensors: Mapping[str, torch.Tens
     for sub in sublayers(cfg, layers):
         # load_operand's reshapes and transposes, but on torch tensors (differentiable)
         w = {s.role: _operand(s, get) for s in sub.specs()}
-        n = _norm(cfg, h, w["norm"])
+        n = _norm(cfg, h, w["norm"], w.get("norm_bias"))
         if sub.kind == "moe":
             y, aux, z = _moe(cfg, n, w, sub.num_experts)
             aux_t, z_t = aux_t + aux, z_t + z

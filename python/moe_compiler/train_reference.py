@@ -153,7 +153,8 @@ def rmsnorm_backward(x: np.ndarray, w: np.ndarray, eps: float,
 
 def layernorm_backward(x: np.ndarray, w: np.ndarray, eps: float,
                        dn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(dx, dw) of the bias-free LayerNorm ``n = (x - mean) / sqrt(var + eps) * w``."""
+    """(dx, dw) of the LayerNorm ``n = (x - mean) / sqrt(var + eps) * w (+ b)``; a
+    bias's gradient is ``dn`` summed over the tokens."""
     c = x - x.mean(axis=-1, keepdims=True)
     r = 1.0 / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + _f32(eps))
     xhat = c * r
@@ -163,11 +164,16 @@ def layernorm_backward(x: np.ndarray, w: np.ndarray, eps: float,
     return dx, np.sum(dn * xhat, axis=0)
 
 
-def _norm_backward(cfg: MoEConfig, x: np.ndarray, w: np.ndarray,
-                   dn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _norm_backward(cfg: MoEConfig, x: np.ndarray, w: Mapping[str, np.ndarray],
+                   dn: np.ndarray, grads: dict[str, np.ndarray]) -> np.ndarray:
+    """dx of the sublayer's norm; its weight's (and bias's) gradients into ``grads``."""
     if cfg.norm == "layernorm":
-        return layernorm_backward(x, w, cfg.norm_eps, dn)
-    return rmsnorm_backward(x, w, cfg.norm_eps, dn)
+        dx, grads["norm"] = layernorm_backward(x, w["norm"], cfg.norm_eps, dn)
+        if "norm_bias" in w:
+            grads["norm_bias"] = dn.sum(axis=0)
+        return dx
+    dx, grads["norm"] = rmsnorm_backward(x, w["norm"], cfg.norm_eps, dn)
+    return dx
 
 
 # -- routing ----------------------------------------------------------------------------
@@ -333,7 +339,7 @@ def _sublayer_forward(cfg: MoEConfig, sub: Sublayer, h: np.ndarray,
                       w: Mapping[str, np.ndarray]) -> tuple[np.ndarray, float, float,
                                                             SublayerCache]:
     """:func:`reference.sublayer_apply` with its intermediates."""
-    n = prenorm(cfg, h, w["norm"])
+    n = prenorm(cfg, h, w["norm"], w.get("norm_bias"))
     cache = SublayerCache(h, n)
     if sub.kind == "moe":
         y, aux, z, cache.moe = moe_layer_forward(n, w, cfg, sub.num_experts)
@@ -357,7 +363,7 @@ def _sublayer_backward(cfg: MoEConfig, sub: Sublayer, cache: SublayerCache,
         grads = {}
         dn = _gated_mlp_backward(cache.ffn, cache.out, cache.sig, w, "", "sigmoid_gate",
                                  dh, grads)
-    dxn, grads["norm"] = _norm_backward(cfg, cache.h, w["norm"], dn)
+    dxn = _norm_backward(cfg, cache.h, w, dn, grads)
     return dh + dxn, grads
 
 

@@ -40,7 +40,7 @@ def _make(spec: WeightSpec, name: str, shape: tuple[int, ...], seed: int,
     rng = _rng(seed, name)
     if spec.role == "norm":
         return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-    if spec.role == "bias":
+    if spec.role in ("bias", "norm_bias"):
         # Comparable to the spread of sigmoid scores, so it changes some selections.
         return (0.1 * rng.standard_normal(shape)).astype(np.float32)
     std = scale if scale is not None else 1.0 / np.sqrt(_fan_in(spec))

@@ -39,7 +39,7 @@ CASES = [
     ("tiny-deepseek-v3", 16, None, []),
     ("tiny-olmoe", 16, None, ["--capacity-factor", "1.0"]),
     ("tiny-switch", 16, None, ["--token-groups", "2"]),
-    ("tiny-dbrx", 16, None, ["--norm", "rmsnorm"]),
+    ("tiny-dbrx", 16, None, []),
     ("tiny-mixtral", 16, "ep=2", []),
     ("tiny-switch", 16, "dp=1,ep=2,tp=1", ["--token-groups", "2"]),
     ("tiny-deepseek-v3", 16, "ep=2,tp=2", []),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 
@@ -73,11 +74,28 @@ def test_qwen_shared_gate_and_dbrx_transpose():
     assert 'tensor<1x2048xf32> {moe.weight = "model.layers.0.mlp.shared_expert_gate.weight"}' \
         in q
     cfg = load_hf_config(FIXTURES / "dbrx-base.json")
-    with pytest.raises(ConfigError, match="norm is layernorm"):
-        emit_module(cfg, 4, range(0, 1))
-    d = emit_module(cfg.with_overrides(norm="rmsnorm"), 4, range(0, 1), dtype="bf16")
+    d = emit_module(cfg, 4, range(0, 1), dtype="bf16")
     assert ('tensor<16x6144x10752xbf16> {moe.weight = "transformer.blocks.0.ffn.experts.mlp.w2",'
             ' moe.weight_transpose}') in d
+    # DBRX's norm_2: LayerNorm without bias, eps 1e-5; --norm rmsnorm still overrides it.
+    assert "= moe.layernorm %arg0, %arg1 {eps = 9.999999747e-06 : f32}" in d
+    r = emit_module(cfg.with_overrides(norm="rmsnorm"), 4, range(0, 1))
+    assert "moe.rmsnorm" in r and "moe.layernorm" not in r
+
+
+def test_gpt_style_layernorm_has_a_bias():
+    cfg = get_preset("deepspeed-moe-1.3b-128")
+    assert (cfg.norm, cfg.norm_bias) == ("layernorm", True)
+    text = emit_module(cfg, 4, range(0, 2))
+    for i in (0, 1):
+        assert (f'tensor<2048xf32> {{moe.weight = "model.layers.{i}.post_attention_layernorm.'
+                'bias"}') in text
+    assert text.count("= moe.layernorm %") == 2 and text.count(" bias %arg") == 2
+    # The RMSNorm override drops the bias (and its weight argument).
+    r = emit_module(cfg.with_overrides(norm="rmsnorm"), 4, range(0, 2))
+    assert "layernorm.bias" not in r and "moe.layernorm" not in r
+    with pytest.raises(ConfigError, match="norm_bias needs norm = layernorm"):
+        dataclasses.replace(cfg, norm="rmsnorm").validate()
 
 
 def test_floats_round_trip_through_f32():
@@ -110,8 +128,7 @@ def test_token_groups_follow_the_verifier():
 def _emitted():
     cases = []
     for p in sorted(EXAMPLES.glob("tiny-*.json")):
-        cfg = load_hf_config(p).with_overrides(norm="rmsnorm", aux_loss_coeff=0.01,
-                                               z_loss_coeff=0.001)
+        cfg = load_hf_config(p).with_overrides(aux_loss_coeff=0.01, z_loss_coeff=0.001)
         cases.append((p.stem, emit_module(cfg, 16)))
     cases.append(("pr-moe-128-expert-layers", emit_module(get_preset("pr-moe-1.3b-64-128"), 4,
                                                           range(19, 24))))

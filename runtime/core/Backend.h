@@ -57,6 +57,9 @@ public:
   //===--- Kernels (semantics: moert.h and docs/dialect.md) ---------------===//
   virtual Status rmsnorm(const void *x, const void *w, void *y, int64_t T,
                          int64_t D, float eps, int32_t dtype) = 0;
+  /// `b` may be null (no bias).
+  virtual Status layernorm(const void *x, const void *w, const void *b, void *y,
+                           int64_t T, int64_t D, float eps, int32_t dtype) = 0;
   virtual Status add(const void *a, const void *b, void *y, int64_t n,
                      int32_t dtype) = 0;
   virtual Status router(const void *x, const void *w, float *logits, int64_t T,
@@ -96,6 +99,10 @@ public:
   virtual Status rmsnormGrad(const void *x, const void *w, const void *dy,
                              void *dx, void *dw, int64_t T, int64_t D,
                              float eps, int32_t dtype) = 0;
+  /// `db` may be null (the forward has no bias).
+  virtual Status layernormGrad(const void *x, const void *w, const void *dy,
+                               void *dx, void *dw, void *db, int64_t T,
+                               int64_t D, float eps, int32_t dtype) = 0;
   virtual Status routerGrad(const void *x, const void *w, const float *dlogits,
                             void *dx, void *dw, int64_t T, int64_t D, int64_t E,
                             int32_t dtype) = 0;

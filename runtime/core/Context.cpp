@@ -717,6 +717,18 @@ void moert_rmsnorm(moert_ctx *ctx, const void *x, const void *w, void *y,
   });
 }
 
+void moert_layernorm(moert_ctx *ctx, const void *x, const void *w,
+                     const void *b, void *y, int64_t T, int64_t D, float eps,
+                     int32_t dtype) {
+  runKernel(ctx, "moert_layernorm", [&] {
+    Args a("moert_layernorm");
+    a.ptrs({{"x", x}, {"w", w}, {"y", y}}).positive({{"T", T}, {"D", D}});
+    a.require(eps >= 0, "eps (%g) must not be negative", eps).dtype(dtype);
+    MOERT_TRY(a.status());
+    return ctx->backend->layernorm(x, w, b, y, T, D, eps, dtype);
+  });
+}
+
 void moert_add(moert_ctx *ctx, const void *a, const void *b, void *y, int64_t n,
                int32_t dtype) {
   runKernel(ctx, "moert_add", [&] {
@@ -971,6 +983,19 @@ void moert_rmsnorm_grad(moert_ctx *ctx, const void *x, const void *w,
     a.require(eps >= 0, "eps (%g) must not be negative", eps).f32(dtype);
     MOERT_TRY(a.status());
     return ctx->backend->rmsnormGrad(x, w, dy, dx, dw, T, D, eps, dtype);
+  });
+}
+
+void moert_layernorm_grad(moert_ctx *ctx, const void *x, const void *w,
+                          const void *dy, void *dx, void *dw, void *db,
+                          int64_t T, int64_t D, float eps, int32_t dtype) {
+  runKernel(ctx, "moert_layernorm_grad", [&] {
+    Args a("moert_layernorm_grad");
+    a.ptrs({{"x", x}, {"w", w}, {"dy", dy}, {"dx", dx}, {"dw", dw}});
+    a.positive({{"T", T}, {"D", D}});
+    a.require(eps >= 0, "eps (%g) must not be negative", eps).f32(dtype);
+    MOERT_TRY(a.status());
+    return ctx->backend->layernormGrad(x, w, dy, dx, dw, db, T, D, eps, dtype);
   });
 }
 

@@ -58,6 +58,8 @@ public:
 
   Status rmsnorm(const void *x, const void *w, void *y, int64_t T, int64_t D,
                  float eps, int32_t dtype) override;
+  Status layernorm(const void *x, const void *w, const void *b, void *y,
+                   int64_t T, int64_t D, float eps, int32_t dtype) override;
   Status add(const void *a, const void *b, void *y, int64_t n,
              int32_t dtype) override;
   Status router(const void *x, const void *w, float *logits, int64_t T,
@@ -97,6 +99,9 @@ public:
   Status rmsnormGrad(const void *x, const void *w, const void *dy, void *dx,
                      void *dw, int64_t T, int64_t D, float eps,
                      int32_t dtype) override;
+  Status layernormGrad(const void *x, const void *w, const void *dy, void *dx,
+                       void *dw, void *db, int64_t T, int64_t D, float eps,
+                       int32_t dtype) override;
   Status routerGrad(const void *x, const void *w, const float *dlogits,
                     void *dx, void *dw, int64_t T, int64_t D, int64_t E,
                     int32_t dtype) override;

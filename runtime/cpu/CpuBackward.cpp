@@ -85,6 +85,77 @@ Status CpuBackend::rmsnormGrad(const void *xv, const void *wv, const void *dyv,
   return Status::ok();
 }
 
+//===--- LayerNorm --------------------------------------------------------===//
+
+Status CpuBackend::layernormGrad(const void *xv, const void *wv,
+                                 const void *dyv, void *dxv, void *dwv,
+                                 void *dbv, int64_t T, int64_t D, float eps,
+                                 int32_t dtype) {
+  MOERT_TRY(requireF32("moert_layernorm_grad", dtype));
+  auto *x = static_cast<const float *>(xv);
+  auto *w = static_cast<const float *>(wv);
+  auto *dy = static_cast<const float *>(dyv);
+  auto *dx = static_cast<float *>(dxv);
+  auto *dw = static_cast<float *>(dwv);
+  auto *db = static_cast<float *>(dbv);
+  MOERT_TRY(trainWork_.reserve(2 * T, "moert_layernorm_grad"));
+  float *stats = trainWork_.data(); // per row: mean, r
+  // xh = (x - mean) r, g = dy w, r = 1/sqrt(var + eps):
+  // dx = r (g - mean(g) - xh mean(g xh)).
+#pragma omp parallel for num_threads(threads_) if (T * D > 16384)
+  for (int64_t t = 0; t < T; ++t) {
+    const float *xr = x + t * D, *dyr = dy + t * D;
+    double sum = 0;
+    for (int64_t d = 0; d < D; ++d)
+      sum += xr[d];
+    const double mean = sum / double(D);
+    double sq = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      const double c = double(xr[d]) - mean;
+      sq += c * c;
+    }
+    const double r = 1.0 / std::sqrt(sq / double(D) + double(eps));
+    double gs = 0, gxh = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      const double g = double(dyr[d]) * w[d];
+      gs += g;
+      gxh += g * (double(xr[d]) - mean) * r;
+    }
+    const float mu = static_cast<float>(mean), rf = static_cast<float>(r);
+    const float gMean = static_cast<float>(gs / double(D));
+    const float gxhMean = static_cast<float>(gxh / double(D));
+    stats[2 * t] = mu;
+    stats[2 * t + 1] = rf;
+    float *dxr = dx + t * D;
+    for (int64_t d = 0; d < D; ++d) {
+      const float xh = (xr[d] - mu) * rf;
+      dxr[d] = rf * (dyr[d] * w[d] - gMean - xh * gxhMean);
+    }
+  }
+  // dw[d] = sum_t dy xh, db[d] = sum_t dy: column blocks in parallel, summed
+  // in double.
+  const int64_t block = 64;
+#pragma omp parallel for num_threads(threads_) if (T * D > 16384)
+  for (int64_t d0 = 0; d0 < D; d0 += block) {
+    int64_t n = std::min(block, D - d0);
+    double accW[block] = {}, accB[block] = {};
+    for (int64_t t = 0; t < T; ++t) {
+      const float *xr = x + t * D + d0, *dyr = dy + t * D + d0;
+      const double mu = stats[2 * t], r = stats[2 * t + 1];
+      for (int64_t i = 0; i < n; ++i) {
+        accW[i] += double(dyr[i]) * (double(xr[i]) - mu) * r;
+        accB[i] += dyr[i];
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      dw[d0 + i] = static_cast<float>(accW[i]);
+      if (db)
+        db[d0 + i] = static_cast<float>(accB[i]);
+    }
+  }
+  return Status::ok();
+}
+
 //===--- Router and top-k -------------------------------------------------===//
 
 Status CpuBackend::routerGrad(const void *x, const void *w,

@@ -116,6 +116,91 @@ __global__ void rmsnormDxKernel(const float *x, const float *w, const float *dy,
   }
 }
 
+//===--- layernorm
+//-----------------------------------------------------------===//
+
+/// Per row: mean, r = 1/sqrt(var + eps), mean_d(g) and mean_d(g*xh) with
+/// g = dy*w and xh = (x - mean)*r (stats[4t .. 4t+3]).
+__global__ void layernormRowStatsKernel(const float *x, const float *w,
+                                        const float *dy, float *stats,
+                                        int64_t T, int64_t D, float eps) {
+  __shared__ float scratch[32];
+  const float fd = static_cast<float>(D);
+  for (int64_t t = blockIdx.x; t < T; t += gridDim.x) {
+    const float *xr = x + t * D, *gr = dy + t * D;
+    float s = 0.f;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
+      s += xr[d];
+    const float mean = blockSum(s, scratch) / fd;
+    float ss = 0.f, gs = 0.f, gc = 0.f;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      const float c = xr[d] - mean, g = gr[d] * w[d];
+      ss += c * c;
+      gs += g;
+      gc += g * c;
+    }
+    ss = blockSum(ss, scratch);
+    gs = blockSum(gs, scratch);
+    gc = blockSum(gc, scratch);
+    if (threadIdx.x == 0) {
+      const float r = 1.0f / sqrtf(ss / fd + eps);
+      stats[4 * t] = mean;
+      stats[4 * t + 1] = r;
+      stats[4 * t + 2] = gs / fd;
+      stats[4 * t + 3] = gc * r / fd;
+    }
+  }
+}
+
+/// partialW[c, d] = sum over the rows t of chunk c of dy*xh, partialB[c, d]
+/// of dy (if given), in the fixed order of rmsnormDwPartialKernel.
+__global__ void layernormDwPartialKernel(const float *x, const float *dy,
+                                         const float *stats, float *partialW,
+                                         float *partialB, int64_t T,
+                                         int64_t D) {
+  __shared__ float partW[kColRows][33];
+  __shared__ float partB[kColRows][33];
+  const int64_t d = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  const int64_t c = blockIdx.y;
+  const int64_t t0 = c * kRowsPerChunk;
+  const int64_t t1 = min(T, t0 + kRowsPerChunk);
+  float sw = 0.f, sb = 0.f;
+  if (d < D)
+    for (int64_t t = t0 + threadIdx.y; t < t1; t += kColRows) {
+      const float g = dy[t * D + d];
+      sw += g * (x[t * D + d] - stats[4 * t]) * stats[4 * t + 1];
+      sb += g;
+    }
+  partW[threadIdx.y][threadIdx.x] = sw;
+  partB[threadIdx.y][threadIdx.x] = sb;
+  __syncthreads();
+  if (threadIdx.y == 0 && d < D) {
+    float tw = 0.f, tb = 0.f;
+    for (int r = 0; r < kColRows; ++r) {
+      tw += partW[r][threadIdx.x];
+      tb += partB[r][threadIdx.x];
+    }
+    partialW[c * D + d] = tw;
+    if (partialB)
+      partialB[c * D + d] = tb;
+  }
+}
+
+/// dx = r*(dy*w - mean(g) - xh*mean(g*xh)) (reads x and dy before writing
+/// dx: may alias them).
+__global__ void layernormDxKernel(const float *x, const float *w,
+                                  const float *dy, const float *stats,
+                                  float *dx, int64_t T, int64_t D) {
+  const int64_t n = T * D;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / D, d = i - t * D;
+    const float *st = stats + 4 * t;
+    const float xh = (x[i] - st[0]) * st[1];
+    dx[i] = st[1] * (dy[i] * w[d] - st[2] - xh * st[3]);
+  }
+}
+
 //===--- top-k
 //----------------------------------------------------------------===//
 
@@ -496,6 +581,50 @@ Status launchRmsnormGrad(const LaunchEnv &env, const float *x, const float *w,
   rmsnormDxKernel<<<gridFor(env, T * D, 256), 256, 0, env.stream>>>(
       x, w, dy, rc, dx, T, D);
   MOERT_LAUNCHED(op, "rmsnormDxKernel");
+  return Status::ok();
+}
+
+Status launchLayernormGrad(const LaunchEnv &env, const float *x, const float *w,
+                           const float *dy, float *dx, float *dw, float *db,
+                           int64_t T, int64_t D, float eps) {
+  const char *op = "moert_layernorm_grad";
+  if (D == 0)
+    return Status::ok();
+  if (T == 0) {
+    MOERT_CUDA(op, cudaMemsetAsync(dw, 0, sizeof(float) * D, env.stream));
+    if (db)
+      MOERT_CUDA(op, cudaMemsetAsync(db, 0, sizeof(float) * D, env.stream));
+    return Status::ok();
+  }
+  const int64_t chunks = (T + kRowsPerChunk - 1) / kRowsPerChunk;
+  const int64_t colTiles = (D + 31) / 32;
+  if (chunks > 65535 || colTiles > INT_MAX)
+    return error(MOERT_ERR_UNSUPPORTED,
+                 "%s: T=%lld D=%lld exceed the CUDA kernel's grid", op,
+                 (long long)T, (long long)D);
+  Scratch ws(*env.alloc);
+  MOERT_TRY(ws.allocate(sizeof(float) * (4 * T + 2 * chunks * D), op));
+  float *stats = ws.as<float>(), *partialW = stats + 4 * T;
+  float *partialB = db ? partialW + chunks * D : nullptr;
+  layernormRowStatsKernel<<<rowBlocks(T), rowThreads(D), 0, env.stream>>>(
+      x, w, dy, stats, T, D, eps);
+  MOERT_LAUNCHED(op, "layernormRowStatsKernel");
+  layernormDwPartialKernel<<<dim3(static_cast<unsigned>(colTiles),
+                                  static_cast<unsigned>(chunks)),
+                             dim3(32, kColRows), 0, env.stream>>>(
+      x, dy, stats, partialW, partialB, T, D);
+  MOERT_LAUNCHED(op, "layernormDwPartialKernel");
+  sumChunksKernel<<<gridFor(env, D, 256), 256, 0, env.stream>>>(partialW, dw,
+                                                                chunks, D);
+  MOERT_LAUNCHED(op, "sumChunksKernel");
+  if (db) {
+    sumChunksKernel<<<gridFor(env, D, 256), 256, 0, env.stream>>>(partialB, db,
+                                                                  chunks, D);
+    MOERT_LAUNCHED(op, "sumChunksKernel");
+  }
+  layernormDxKernel<<<gridFor(env, T * D, 256), 256, 0, env.stream>>>(
+      x, w, dy, stats, dx, T, D);
+  MOERT_LAUNCHED(op, "layernormDxKernel");
   return Status::ok();
 }
 

@@ -95,6 +95,8 @@ public:
 
   Status rmsnorm(const void *x, const void *w, void *y, int64_t T, int64_t D,
                  float eps, int32_t dtype) override;
+  Status layernorm(const void *x, const void *w, const void *b, void *y,
+                   int64_t T, int64_t D, float eps, int32_t dtype) override;
   Status add(const void *a, const void *b, void *y, int64_t n,
              int32_t dtype) override;
   Status router(const void *x, const void *w, float *logits, int64_t T,
@@ -131,6 +133,9 @@ public:
   Status rmsnormGrad(const void *x, const void *w, const void *dy, void *dx,
                      void *dw, int64_t T, int64_t D, float eps,
                      int32_t dtype) override;
+  Status layernormGrad(const void *x, const void *w, const void *dy, void *dx,
+                       void *dw, void *db, int64_t T, int64_t D, float eps,
+                       int32_t dtype) override;
   Status routerGrad(const void *x, const void *w, const float *dlogits,
                     void *dx, void *dw, int64_t T, int64_t D, int64_t E,
                     int32_t dtype) override;
@@ -557,6 +562,13 @@ Status CudaBackend::rmsnorm(const void *x, const void *w, void *y, int64_t T,
   return cuda::launchRmsnorm(env(), x, w, y, T, D, eps, dtype);
 }
 
+Status CudaBackend::layernorm(const void *x, const void *w, const void *b,
+                              void *y, int64_t T, int64_t D, float eps,
+                              int32_t dtype) {
+  MOERT_TRY(enter("moert_layernorm"));
+  return cuda::launchLayernorm(env(), x, w, b, y, T, D, eps, dtype);
+}
+
 Status CudaBackend::add(const void *a, const void *b, void *y, int64_t n,
                         int32_t dtype) {
   MOERT_TRY(enter("moert_add"));
@@ -900,6 +912,18 @@ Status CudaBackend::rmsnormGrad(const void *x, const void *w, const void *dy,
       env(), static_cast<const float *>(x), static_cast<const float *>(w),
       static_cast<const float *>(dy), static_cast<float *>(dx),
       static_cast<float *>(dw), T, D, eps);
+}
+
+Status CudaBackend::layernormGrad(const void *x, const void *w, const void *dy,
+                                  void *dx, void *dw, void *db, int64_t T,
+                                  int64_t D, float eps, int32_t dtype) {
+  const char *op = "moert_layernorm_grad";
+  MOERT_TRY(enter(op));
+  MOERT_TRY(requireF32(dtype, op));
+  return cuda::launchLayernormGrad(
+      env(), static_cast<const float *>(x), static_cast<const float *>(w),
+      static_cast<const float *>(dy), static_cast<float *>(dx),
+      static_cast<float *>(dw), static_cast<float *>(db), T, D, eps);
 }
 
 Status CudaBackend::routerGrad(const void *x, const void *w,

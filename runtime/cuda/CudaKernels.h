@@ -57,6 +57,10 @@ Status launchZeroDeadRows(const LaunchEnv &env, void *y, const int32_t *counts,
 //===--- Elementwise (Elementwise.cu) -------------------------------------===//
 Status launchRmsnorm(const LaunchEnv &env, const void *x, const void *w,
                      void *y, int64_t T, int64_t D, float eps, int32_t dtype);
+/// `b` may be null (no bias).
+Status launchLayernorm(const LaunchEnv &env, const void *x, const void *w,
+                       const void *b, void *y, int64_t T, int64_t D, float eps,
+                       int32_t dtype);
 Status launchAdd(const LaunchEnv &env, const void *a, const void *b, void *y,
                  int64_t n, int32_t dtype);
 Status launchAccumulate(const LaunchEnv &env, void *acc, const void *x,
@@ -82,6 +86,11 @@ Status launchSigmoidGateScale(const LaunchEnv &env, const void *x,
 Status launchRmsnormGrad(const LaunchEnv &env, const float *x, const float *w,
                          const float *dy, float *dx, float *dw, int64_t T,
                          int64_t D, float eps);
+/// layernorm_grad: dx [T,D], dw [D] and db [D] (sums over the T rows; db may
+/// be null), overwritten. dx may alias x or dy.
+Status launchLayernormGrad(const LaunchEnv &env, const float *x, const float *w,
+                           const float *dy, float *dx, float *dw, float *db,
+                           int64_t T, int64_t D, float eps);
 Status launchTopkGrad(const LaunchEnv &env, const float *logits,
                       const int32_t *indices, const float *dweights,
                       const float *dscores, float *dlogits, int64_t T,

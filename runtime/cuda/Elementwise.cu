@@ -73,6 +73,52 @@ __global__ void rmsnormKernel(const T *x, const T *w, T *y, int64_t rows,
   }
 }
 
+//===--- layernorm
+//-----------------------------------------------------------===//
+
+/// One block per row: the mean, then the variance of the centered values
+/// (two passes, f32 math, fixed-order block sums), then the output.
+template <typename T, int VEC>
+__global__ void layernormKernel(const T *x, const T *w, const T *b, T *y,
+                                int64_t rows, int64_t D, float eps) {
+  __shared__ float scratch[32];
+  const int64_t vecs = D / VEC;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T *xr = x + r * D;
+    T *yr = y + r * D;
+    float s = 0.f;
+    for (int64_t v = threadIdx.x; v < vecs; v += blockDim.x) {
+      float f[VEC];
+      loadPack<T, VEC>(xr + v * VEC, f);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i)
+        s += f[i];
+    }
+    const float mean = blockSum(s, scratch) / static_cast<float>(D);
+    float ss = 0.f;
+    for (int64_t v = threadIdx.x; v < vecs; v += blockDim.x) {
+      float f[VEC];
+      loadPack<T, VEC>(xr + v * VEC, f);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i)
+        ss += (f[i] - mean) * (f[i] - mean);
+    }
+    ss = blockSum(ss, scratch);
+    const float inv = 1.0f / sqrtf(ss / static_cast<float>(D) + eps);
+    for (int64_t v = threadIdx.x; v < vecs; v += blockDim.x) {
+      float f[VEC], g[VEC], c[VEC] = {};
+      loadPack<T, VEC>(xr + v * VEC, f);
+      loadPack<T, VEC>(w + v * VEC, g);
+      if (b)
+        loadPack<T, VEC>(b + v * VEC, c);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i)
+        f[i] = (f[i] - mean) * inv * g[i] + (b ? c[i] : 0.f);
+      storePack<T, VEC>(yr + v * VEC, f);
+    }
+  }
+}
+
 //===--- flat elementwise
 //------------------------------------------------------===//
 
@@ -218,6 +264,33 @@ Status launchRmsnorm(const LaunchEnv &env, const void *x, const void *w,
       rmsnormKernel<T_, 1>
           <<<blocks, rowThreads(D), 0, env.stream>>>(tx, tw, tyy, T, D, eps);
     MOERT_LAUNCHED(op, "rmsnormKernel");
+    return Status::ok();
+  });
+}
+
+Status launchLayernorm(const LaunchEnv &env, const void *x, const void *w,
+                       const void *b, void *y, int64_t T, int64_t D, float eps,
+                       int32_t dtype) {
+  const char *op = "moert_layernorm";
+  if (T == 0)
+    return Status::ok();
+  return byDtype(dtype, op, [&](auto *tag) -> Status {
+    using T_ = std::remove_pointer_t<decltype(tag)>;
+    constexpr int V = vec16<T_>();
+    const bool vec = D % V == 0 && aligned16(x) && aligned16(w) &&
+                     (!b || aligned16(b)) && aligned16(y);
+    const unsigned blocks =
+        static_cast<unsigned>(std::min<int64_t>(T, int64_t(INT_MAX)));
+    const T_ *tx = static_cast<const T_ *>(x), *tw = static_cast<const T_ *>(w),
+             *tb = static_cast<const T_ *>(b);
+    T_ *tyy = static_cast<T_ *>(y);
+    if (vec)
+      layernormKernel<T_, V><<<blocks, rowThreads(D / V), 0, env.stream>>>(
+          tx, tw, tb, tyy, T, D, eps);
+    else
+      layernormKernel<T_, 1><<<blocks, rowThreads(D), 0, env.stream>>>(
+          tx, tw, tb, tyy, T, D, eps);
+    MOERT_LAUNCHED(op, "layernormKernel");
     return Status::ok();
   });
 }

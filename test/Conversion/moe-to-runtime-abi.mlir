@@ -7,7 +7,7 @@
 
 // Every module exports `const int32_t moe_abi_version = MOERT_ABI_VERSION`
 // (raise the number here with MOERT_ABI_VERSION).
-// CHECK: llvm.mlir.global external constant @moe_abi_version(3 : i32) {addr_space = 0 : i32} : i32
+// CHECK: llvm.mlir.global external constant @moe_abi_version(4 : i32) {addr_space = 0 : i32} : i32
 // CHECK-LABEL: func.func @moe_entry_empty
 func.func @empty(%x: tensor<4xf32>) -> tensor<4xf32> {
   return %x : tensor<4xf32>
@@ -121,6 +121,27 @@ func.func @activations(%x: tensor<16x32xf16>, %g: tensor<48x32xf16>, %u: tensor<
   return %1 : tensor<16x32xf16>
 }
 
+
+// -----
+
+// LayerNorm (ABI 4): the forward with and without a bias (a null pointer), and
+// its gradient with and without db.
+// CHECK-DAG: func.func private @moert_layernorm(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, f32, i32)
+// CHECK-DAG: func.func private @moert_layernorm_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, f32, i32)
+// CHECK-LABEL: func.func @moe_entry_layernorm
+// CHECK-DAG: %[[NULL:.*]] = llvm.mlir.zero : !llvm.ptr
+// CHECK-DAG: %[[X:.*]] = llvm.load %arg1 : !llvm.ptr -> !llvm.ptr
+// CHECK: call @moert_layernorm(%arg0, %[[X]], %[[W:[^,]*]], %[[NULL]], %[[Y0:[^,]*]], %c16_i64, %c32_i64, %[[EPS:[^,]*]], %c0_i32)
+// CHECK: call @moert_layernorm(%arg0, %[[Y0]], %[[W]], %[[B:[^,]*]], %[[Y1:[^,]*]], %c16_i64, %c32_i64, %[[EPS]], %c0_i32)
+// CHECK: call @moert_layernorm_grad(%arg0, %[[X]], %[[W]], %[[Y1]], %{{[^,]*}}, %{{[^,]*}}, %[[NULL]], %c16_i64, %c32_i64, %[[EPS]], %c0_i32)
+// CHECK: call @moert_layernorm_grad(%arg0, %[[X]], %[[W]], %{{[^,]*}}, %{{[^,]*}}, %{{[^,]*}}, %[[DB:[^,]*]], %c16_i64, %c32_i64, %[[EPS]], %c0_i32)
+func.func @layernorm(%x: tensor<16x32xf32>, %w: tensor<32xf32>, %b: tensor<32xf32>) -> (tensor<16x32xf32>, tensor<32xf32>, tensor<32xf32>) {
+  %0 = moe.layernorm %x, %w {eps = 1.0e-5 : f32} : (tensor<16x32xf32>, tensor<32xf32>) -> tensor<16x32xf32>
+  %1 = moe.layernorm %0, %w bias %b {eps = 1.0e-5 : f32} : (tensor<16x32xf32>, tensor<32xf32>, tensor<32xf32>) -> tensor<16x32xf32>
+  %2:2 = moe.layernorm_grad %x, %w, %1 {eps = 1.0e-5 : f32} : (tensor<16x32xf32>, tensor<32xf32>, tensor<16x32xf32>) -> (tensor<16x32xf32>, tensor<32xf32>)
+  %3:3 = moe.layernorm_grad %x, %w, %2#0 {eps = 1.0e-5 : f32} : (tensor<16x32xf32>, tensor<32xf32>, tensor<16x32xf32>) -> (tensor<16x32xf32>, tensor<32xf32>, tensor<32xf32>)
+  return %3#0, %2#1, %3#2 : tensor<16x32xf32>, tensor<32xf32>, tensor<32xf32>
+}
 
 // The training kernels of ABI 2 (docs/spec.md section 7). The lowering
 // declares a callee on first use, and no op of this file lowers to them yet,

@@ -18,7 +18,8 @@ For one model config and one set of routing options it
      (``moe_compiler.info.graph_weights_per_rank``).
 
 Output, one line per run (FileCheck reads them):
-  IR <family> %N = moe.layer ... {attributes}        (with --show-ir)
+  IR <family> %N = moe.layer ... {attributes}        (with --show-ir; also moe.mlp
+                                                    and moe.layernorm)
   PASS <family> <mesh> max_rel_err=<e> collectives=<n> outputs=<names>
   DTD <family> <mesh> <op> bytes/rank=<b> nodtd=<b0> ratio=1/<tp>
   OVERLAP <family> <mesh> bitwise=<baseline mesh>   (outputs byte for byte equal)
@@ -312,7 +313,7 @@ def main() -> int:
                    "CPU backend's OpenBLAS GEMMs round a row differently with the "
                    "number of rows in the call)")
     p.add_argument("--show-ir", action="store_true",
-                   help="print the emitted moe.layer / moe.mlp ops (IR lines)")
+                   help="print the emitted moe.layer / moe.mlp / moe.layernorm ops (IR lines)")
     p.add_argument("--reference-only", action="append", default=[], metavar="ARG",
                    help="an extra routing argument for the reference alone (the harness's "
                    "own negative test: emit and reference then disagree)")
@@ -374,7 +375,7 @@ def drive(a: argparse.Namespace, config: str, routing: list[str], meshes: list[M
     if a.show_ir:
         with open(mlir, encoding="utf-8") as fh:
             for line in fh:
-                if re.search(r"= moe\.(layer|mlp) ", line):
+                if re.search(r"= moe\.(layer|mlp|layernorm) ", line):
                     print(f"IR {a.family} {line.strip().split(' : (')[0]}", flush=True)
 
     # The config exactly as emit / reference saw it (with the routing overrides).

@@ -432,6 +432,17 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
                                .eps = e.f32(o.getEps().convertToFloat()),
                                .dtype = dtype(o.getInput())});
       })
+      .Case([&](LayerNormOp o) {
+        return e.call(
+            abi::moert_layernorm{.x = ptr(o.getInput()),
+                                 .w = ptr(o.getWeight()),
+                                 .b = optPtr(o.getBias()),
+                                 .y = ptr(o.getOutput()),
+                                 .T = dim(o.getInput(), 0),
+                                 .D = dim(o.getInput(), 1),
+                                 .eps = e.f32(o.getEps().convertToFloat()),
+                                 .dtype = dtype(o.getInput())});
+      })
       .Case([&](AddOp o) {
         return e.call(
             abi::moert_add{.a = ptr(o.getLhs()),
@@ -574,6 +585,19 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
                                     .D = dim(o.getInput(), 1),
                                     .eps = e.f32(o.getEps().convertToFloat()),
                                     .dtype = dtype(o.getInput())});
+      })
+      .Case([&](LayerNormGradOp o) {
+        return e.call(
+            abi::moert_layernorm_grad{.x = ptr(o.getInput()),
+                                      .w = ptr(o.getWeight()),
+                                      .dy = ptr(o.getDout()),
+                                      .dx = ptr(o.getDinput()),
+                                      .dw = ptr(o.getDweight()),
+                                      .db = optPtr(o.getDbias()),
+                                      .T = dim(o.getInput(), 0),
+                                      .D = dim(o.getInput(), 1),
+                                      .eps = e.f32(o.getEps().convertToFloat()),
+                                      .dtype = dtype(o.getInput())});
       })
       .Case([&](RouterGradOp o) {
         return e.call(abi::moert_router_grad{.x = ptr(o.getInput()),

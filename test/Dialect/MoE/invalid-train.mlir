@@ -280,3 +280,19 @@ func.func @f(%a: tensor<10xf32>) {
   %0:2 = moe.unpack %a : (tensor<10xf32>) -> (tensor<2x4xf32>, tensor<4xf32>)
   return
 }
+
+// -----
+
+func.func @f(%x: tensor<8x32xf32>, %n: tensor<32xf32>, %dy: tensor<8x32xf32>) {
+  // expected-error @+1 {{dbias type 'tensor<16xf32>' differs from weight type 'tensor<32xf32>'}}
+  %0:3 = moe.layernorm_grad %x, %n, %dy {eps = 1.0e-6 : f32} : (tensor<8x32xf32>, tensor<32xf32>, tensor<8x32xf32>) -> (tensor<8x32xf32>, tensor<32xf32>, tensor<16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%x: tensor<8x32xf32>, %n: tensor<32xf32>, %dy: tensor<4x32xf32>) {
+  // expected-error @+1 {{dout type 'tensor<4x32xf32>' differs from input type 'tensor<8x32xf32>'}}
+  %0:2 = moe.layernorm_grad %x, %n, %dy {eps = 1.0e-6 : f32} : (tensor<8x32xf32>, tensor<32xf32>, tensor<4x32xf32>) -> (tensor<8x32xf32>, tensor<32xf32>)
+  return
+}

@@ -55,6 +55,42 @@ func.func @f(%x: tensor<4x32xf32>, %w: tensor<32xbf16>) {
 
 // -----
 
+// layernorm: eps
+func.func @f(%x: tensor<4x32xf32>, %w: tensor<32xf32>) {
+  // expected-error @+1 {{eps (-1.000000e+00) must be positive}}
+  %0 = moe.layernorm %x, %w {eps = -1.0 : f32} : (tensor<4x32xf32>, tensor<32xf32>) -> tensor<4x32xf32>
+  return
+}
+
+// -----
+
+// layernorm: bias shape
+func.func @f(%x: tensor<4x32xf32>, %w: tensor<32xf32>, %b: tensor<16xf32>) {
+  // expected-error @+1 {{bias has shape [16], expected [32]}}
+  %0 = moe.layernorm %x, %w bias %b {eps = 1.0e-6 : f32} : (tensor<4x32xf32>, tensor<32xf32>, tensor<16xf32>) -> tensor<4x32xf32>
+  return
+}
+
+// -----
+
+// layernorm: bias element type
+func.func @f(%x: tensor<4x32xf32>, %w: tensor<32xf32>, %b: tensor<32xf16>) {
+  // expected-error @+1 {{input element type 'f32' differs from bias element type 'f16'}}
+  %0 = moe.layernorm %x, %w bias %b {eps = 1.0e-6 : f32} : (tensor<4x32xf32>, tensor<32xf32>, tensor<32xf16>) -> tensor<4x32xf32>
+  return
+}
+
+// -----
+
+// layernorm: weight shape
+func.func @f(%x: tensor<4x32xf32>, %w: tensor<8xf32>) {
+  // expected-error @+1 {{weight has shape [8], expected [32]}}
+  %0 = moe.layernorm %x, %w {eps = 1.0e-6 : f32} : (tensor<4x32xf32>, tensor<8xf32>) -> tensor<4x32xf32>
+  return
+}
+
+// -----
+
 // rmsnorm: result type
 func.func @f(%x: tensor<4x32xf32>, %w: tensor<32xf32>) {
   // expected-error @+1 {{result type 'tensor<8x32xf32>' differs from input type 'tensor<4x32xf32>'}}

@@ -14,6 +14,10 @@ func.func @grads(%x: tensor<8x32xf32>, %n: tensor<32xf32>, %dy: tensor<8x32xf32>
                  %sg: tensor<1x32xf32>, %stats: tensor<2x4xf32>, %one: tensor<f32>) {
   // CHECK: moe.rmsnorm_grad %{{.*}}, %{{.*}}, %{{.*}} {eps = 9.99999997E-7 : f32} : (tensor<8x32xf32>, tensor<32xf32>, tensor<8x32xf32>) -> (tensor<8x32xf32>, tensor<32xf32>)
   %0:2 = moe.rmsnorm_grad %x, %n, %dy {eps = 1.0e-6 : f32} : (tensor<8x32xf32>, tensor<32xf32>, tensor<8x32xf32>) -> (tensor<8x32xf32>, tensor<32xf32>)
+  // CHECK: moe.layernorm_grad %{{.*}}, %{{.*}}, %{{.*}} {eps = 9.99999997E-7 : f32} : (tensor<8x32xf32>, tensor<32xf32>, tensor<8x32xf32>) -> (tensor<8x32xf32>, tensor<32xf32>)
+  %ln:2 = moe.layernorm_grad %x, %n, %dy {eps = 1.0e-6 : f32} : (tensor<8x32xf32>, tensor<32xf32>, tensor<8x32xf32>) -> (tensor<8x32xf32>, tensor<32xf32>)
+  // CHECK: moe.layernorm_grad %{{.*}}, %{{.*}}, %{{.*}} {eps = 9.99999997E-7 : f32} : (tensor<8x32xf32>, tensor<32xf32>, tensor<8x32xf32>) -> (tensor<8x32xf32>, tensor<32xf32>, tensor<32xf32>)
+  %lnb:3 = moe.layernorm_grad %x, %n, %dy {eps = 1.0e-6 : f32} : (tensor<8x32xf32>, tensor<32xf32>, tensor<8x32xf32>) -> (tensor<8x32xf32>, tensor<32xf32>, tensor<32xf32>)
   // CHECK: moe.router_grad %{{.*}}, %{{.*}}, %{{.*}} : (tensor<8x32xf32>, tensor<4x32xf32>, tensor<8x4xf32>) -> (tensor<8x32xf32>, tensor<4x32xf32>)
   %1:2 = moe.router_grad %x, %wr, %logits : (tensor<8x32xf32>, tensor<4x32xf32>, tensor<8x4xf32>) -> (tensor<8x32xf32>, tensor<4x32xf32>)
   // CHECK: moe.topk_grad %{{.*}}, %{{.*}}, %{{.*}} dscores %{{.*}} score = sigmoid {renormalize, routed_scaling = 2.500000e+00 : f32} : (tensor<8x4xf32>, tensor<8x2xi32>, tensor<8x2xf32>, tensor<8x4xf32>) -> tensor<8x4xf32>

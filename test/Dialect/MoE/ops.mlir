@@ -16,6 +16,15 @@ func.func @graph(%x: tensor<64x32xf32>, %n: tensor<32xf32>) -> tensor<64x32xf32>
   return %1 : tensor<64x32xf32>
 }
 
+// CHECK-LABEL: func.func @layernorm
+func.func @layernorm(%x: tensor<64x32xbf16>, %n: tensor<32xbf16>, %b: tensor<32xbf16>) -> (tensor<64x32xbf16>, tensor<64x32xbf16>) {
+  // CHECK: moe.layernorm %{{.*}}, %{{.*}} {eps = 9.99999974E-6 : f32} : (tensor<64x32xbf16>, tensor<32xbf16>) -> tensor<64x32xbf16>
+  %0 = moe.layernorm %x, %n {eps = 1.0e-05 : f32} : (tensor<64x32xbf16>, tensor<32xbf16>) -> tensor<64x32xbf16>
+  // CHECK: moe.layernorm %{{.*}}, %{{.*}} bias %{{.*}} {eps = 9.99999974E-6 : f32} : (tensor<64x32xbf16>, tensor<32xbf16>, tensor<32xbf16>) -> tensor<64x32xbf16>
+  %1 = moe.layernorm %x, %n bias %b {eps = 1.0e-05 : f32} : (tensor<64x32xbf16>, tensor<32xbf16>, tensor<32xbf16>) -> tensor<64x32xbf16>
+  return %0, %1 : tensor<64x32xbf16>, tensor<64x32xbf16>
+}
+
 // CHECK-LABEL: func.func @routing
 func.func @routing(%x: tensor<64x32xbf16>, %wr: tensor<16x32xbf16>, %b: tensor<16xf32>) -> (tensor<64x4xf32>, tensor<64x4xi32>, tensor<64x16xf32>) {
   // CHECK: moe.router %{{.*}}, %{{.*}} : (tensor<64x32xbf16>, tensor<16x32xbf16>) -> tensor<64x16xf32>

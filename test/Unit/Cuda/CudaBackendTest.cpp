@@ -64,6 +64,33 @@ TEST_F(CudaBackendTest, RmsnormMatchesCpu) {
   }
 }
 
+TEST_F(CudaBackendTest, LayernormMatchesCpu) {
+  const int64_t T = 37;
+  for (int64_t D : {256, 250}) {
+    for (bool bias : {false, true}) {
+      for (int32_t dt : kFloatTypes) {
+        SCOPED_TRACE(std::string(name(dt)) + " D=" + std::to_string(D) +
+                     (bias ? " bias" : ""));
+        auto x = rounded(randomVec(T * D, 1, 1.0f, 3.0f), dt);
+        auto w = rounded(randomVec(D, 2, 0.5f, 1.5f), dt);
+        auto b = rounded(randomVec(D, 3), dt);
+        auto cx = put(*cpu, x), cw = put(*cpu, w), cb = put(*cpu, b);
+        Buf cy(*cpu, T * D * 4);
+        ASSERT_OK(cpu->layernorm(cx->get(), cw->get(),
+                                 bias ? cb->get() : nullptr, cy.get(), T, D,
+                                 1e-5f, MOERT_F32));
+        auto gx = putAs(*gpu, x, dt), gw = putAs(*gpu, w, dt),
+             gb = putAs(*gpu, b, dt);
+        Buf gy(*gpu, T * D * elemSize(dt));
+        ASSERT_OK(gpu->layernorm(gx->get(), gw->get(),
+                                 bias ? gb->get() : nullptr, gy.get(), T, D,
+                                 1e-5f, dt));
+        EXPECT_TRUE(close(getAs(gy, dt), cy.download<float>(), dt));
+      }
+    }
+  }
+}
+
 TEST_F(CudaBackendTest, AddAndAccumulateMatchCpu) {
   const int64_t n = 1003; // not a multiple of any vector width
   for (int32_t dt : kFloatTypes) {

@@ -144,6 +144,32 @@ TEST_F(CudaBackwardTest, RmsnormGradMatchesCpu) {
   }
 }
 
+TEST_F(CudaBackwardTest, LayernormGradMatchesCpu) {
+  unsigned seed = 100;
+  // T = 300 and 600: more than one chunk of the deterministic dw, db sums.
+  for (int64_t T : {37, 300, 600}) {
+    for (int64_t D : {256, 250, 13}) {
+      SCOPED_TRACE("T=" + std::to_string(T) + " D=" + std::to_string(D));
+      auto x = twin(*cpu, *gpu, randomVec(T * D, seed++));
+      auto w = twin(*cpu, *gpu, randomVec(D, seed++, 0.5f, 1.5f));
+      auto dy = twin(*cpu, *gpu, randomVec(T * D, seed++));
+      auto dx = outputs(*cpu, *gpu, T * D * 4), dw = outputs(*cpu, *gpu, D * 4),
+           db = outputs(*cpu, *gpu, D * 4);
+      ASSERT_OK(cpu->layernormGrad(x.cf(), w.cf(), dy.cf(), dx.cf(), dw.cf(),
+                                   db.cf(), T, D, 1e-5f, MOERT_F32));
+      ASSERT_OK(gpu->layernormGrad(x.gf(), w.gf(), dy.gf(), dx.gf(), dw.gf(),
+                                   db.gf(), T, D, 1e-5f, MOERT_F32));
+      EXPECT_TRUE(matches(dx)) << "dx";
+      EXPECT_TRUE(matches(dw)) << "dw";
+      EXPECT_TRUE(matches(db)) << "db";
+      auto first = dw.g->download<float>();
+      ASSERT_OK(gpu->layernormGrad(x.gf(), w.gf(), dy.gf(), dx.gf(), dw.gf(),
+                                   nullptr, T, D, 1e-5f, MOERT_F32));
+      EXPECT_TRUE(sameBits(dw.g->download<float>(), first)) << "dw, rerun";
+    }
+  }
+}
+
 TEST_F(CudaBackwardTest, RouterGradMatchesCpu) {
   struct Case {
     int64_t T, D, E;

@@ -180,6 +180,61 @@ TEST_F(Backward, RmsnormGradMatchesReference) {
   EXPECT_TRUE(ok());
 }
 
+//===--- LayerNorm --------------------------------------------------------===//
+
+TEST_F(Backward, LayernormGradMatchesReference) {
+  const int64_t T = 5, D = 37;
+  const float eps = 1e-5f;
+  std::vector<float> x = randomVec(T * D, 1), w = randomVec(D, 2, 0.5f, 1.5f);
+  std::vector<float> b = randomVec(D, 4), dy = randomVec(T * D, 3);
+  std::vector<float> dx(T * D, kNaN), dw(D, kNaN), db(D, kNaN);
+  moert_layernorm_grad(ctx, x.data(), w.data(), dy.data(), dx.data(), dw.data(),
+                       db.data(), T, D, eps, MOERT_F32);
+  ASSERT_TRUE(ok());
+  std::vector<double> dxRef(T * D), dwRef(D, 0.0), dbRef(D, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const float *xr = &x[t * D], *g = &dy[t * D];
+    double mean = 0, var = 0;
+    for (int64_t d = 0; d < D; ++d)
+      mean += double(xr[d]) / D;
+    for (int64_t d = 0; d < D; ++d)
+      var += (xr[d] - mean) * (xr[d] - mean) / D;
+    double r = 1 / std::sqrt(var + eps), gMean = 0, gxh = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      gMean += double(g[d]) * w[d] / D;
+      gxh += double(g[d]) * w[d] * (xr[d] - mean) * r / D;
+    }
+    for (int64_t d = 0; d < D; ++d) {
+      double xh = (xr[d] - mean) * r;
+      dxRef[t * D + d] = r * (double(g[d]) * w[d] - gMean - xh * gxh);
+      dwRef[d] += double(g[d]) * xh;
+      dbRef[d] += g[d];
+    }
+  }
+  expectClose(dx, dxRef, 1e-5, 1e-6, "dx");
+  expectClose(dw, dwRef, 1e-5, 1e-6, "dw");
+  expectClose(db, dbRef, 1e-5, 1e-6, "db");
+
+  // Without a bias db is not written; dx and dw are the same.
+  std::vector<float> dx2(T * D, kNaN), dw2(D, kNaN);
+  moert_layernorm_grad(ctx, x.data(), w.data(), dy.data(), dx2.data(),
+                       dw2.data(), nullptr, T, D, eps, MOERT_F32);
+  ASSERT_TRUE(ok());
+  EXPECT_EQ(dx2, dx);
+  EXPECT_EQ(dw2, dw);
+
+  auto loss = [&] {
+    std::vector<float> y(T * D);
+    moert_layernorm(ctx, x.data(), w.data(), b.data(), y.data(), T, D, eps,
+                    MOERT_F32);
+    return weightedSum(dy, y);
+  };
+  checkFiniteDiff(x, dx, loss, "layernorm dx");
+  checkFiniteDiff(w, dw, loss, "layernorm dw");
+  checkFiniteDiff(b, db, loss, "layernorm db");
+  EXPECT_TRUE(ok());
+}
+
 //===--- Router + top-k ---------------------------------------------------===//
 
 struct TopkCase {

@@ -270,6 +270,22 @@ const BadCall badCalls[] = {
      [](moert_ctx *c) { moert_rmsnorm(c, F, F, F, 2, 4, 1e-6f, MOERT_BF16); },
      MOERT_ERR_UNSUPPORTED,
      "moert_rmsnorm: dtype bf16 is not supported on the cpu backend"},
+    {"LayernormNullW",
+     [](moert_ctx *c) {
+       moert_layernorm(c, F, nullptr, F, F, 2, 4, 1e-6f, MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_layernorm: w is null"},
+    {"LayernormNegativeEps",
+     [](moert_ctx *c) {
+       moert_layernorm(c, F, F, nullptr, F, 2, 4, -1.0f, MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_layernorm: eps (-1) must not be negative"},
+    {"LayernormBf16",
+     [](moert_ctx *c) {
+       moert_layernorm(c, F, F, F, F, 2, 4, 1e-6f, MOERT_BF16);
+     },
+     MOERT_ERR_UNSUPPORTED,
+     "moert_layernorm: dtype bf16 is not supported on the cpu backend"},
     {"AddUnknownDtype", [](moert_ctx *c) { moert_add(c, F, F, F, 4, 9); },
      MOERT_ERR_INVALID, "moert_add: unknown dtype 9"},
     {"RouterNegativeE",
@@ -488,6 +504,19 @@ const BadCall badCalls[] = {
        moert_rmsnorm_grad(c, F, F, F, F, nullptr, 2, 4, 0, MOERT_F32);
      },
      MOERT_ERR_INVALID, "moert_rmsnorm_grad: dw is null"},
+    {"LayernormGradBf16",
+     [](moert_ctx *c) {
+       moert_layernorm_grad(c, F, F, F, F, F, F, 2, 4, 1e-6f, MOERT_BF16);
+     },
+     MOERT_ERR_UNSUPPORTED,
+     "moert_layernorm_grad: dtype bf16 is not supported by the training "
+     "kernels (only f32)"},
+    {"LayernormGradNullDx",
+     [](moert_ctx *c) {
+       moert_layernorm_grad(c, F, F, F, nullptr, F, nullptr, 2, 4, 0,
+                            MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_layernorm_grad: dx is null"},
     {"RouterGradZeroT",
      [](moert_ctx *c) { moert_router_grad(c, F, F, F, F, F, 0, 4, 2, 0); },
      MOERT_ERR_INVALID, "moert_router_grad: T (0) must be positive"},

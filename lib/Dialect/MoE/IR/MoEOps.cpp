@@ -242,6 +242,22 @@ LogicalResult RMSNormOp::verify() {
   return expectSameType(*this, getOutput().getType(), getInput().getType());
 }
 
+LogicalResult LayerNormOp::verify() {
+  if (!(getEps().convertToFloat() > 0))
+    return emitOpError() << "eps (" << getEps().convertToFloat()
+                         << ") must be positive";
+  int64_t d = tensorType(getInput()).getDimSize(1);
+  if (failed(expectShape(*this, getWeight(), {d}, "weight")) ||
+      failed(expectSameElementType(*this, getInput(), getWeight(), "input",
+                                   "weight")))
+    return failure();
+  if (Value b = getBias())
+    if (failed(expectShape(*this, b, {d}, "bias")) ||
+        failed(expectSameElementType(*this, getInput(), b, "input", "bias")))
+      return failure();
+  return expectSameType(*this, getOutput().getType(), getInput().getType());
+}
+
 LogicalResult RouterOp::verify() {
   auto x = tensorType(getInput()), w = tensorType(getWeight());
   if (!sameDim(x.getDimSize(1), w.getDimSize(1)))
@@ -970,6 +986,22 @@ LogicalResult RMSNormGradOp::verify() {
       failed(expectGradOf(*this, getDinput(), getInput(), "dinput", "input")))
     return failure();
   return expectGradOf(*this, getDweight(), getWeight(), "dweight", "weight");
+}
+
+LogicalResult LayerNormGradOp::verify() {
+  if (!(getEps().convertToFloat() > 0))
+    return emitOpError() << "eps (" << getEps().convertToFloat()
+                         << ") must be positive";
+  int64_t d = tensorType(getInput()).getDimSize(1);
+  if (failed(expectShape(*this, getWeight(), {d}, "weight")) ||
+      failed(expectGradOf(*this, getDout(), getInput(), "dout", "input")) ||
+      failed(expectGradOf(*this, getDinput(), getInput(), "dinput", "input")) ||
+      failed(
+          expectGradOf(*this, getDweight(), getWeight(), "dweight", "weight")))
+    return failure();
+  if (Value db = getDbias())
+    return expectGradOf(*this, db, getWeight(), "dbias", "weight");
+  return success();
 }
 
 LogicalResult RouterGradOp::verify() {

@@ -39,11 +39,11 @@ constexpr bool onlyInShardedPrograms =
     // Training: moe-differentiate runs after moe-shard (docs/design.md,
     // "Training"), so the gradient, loss and optimizer ops are written into
     // per-rank programs and never sharded themselves.
-    llvm::is_one_of<OpTy, RMSNormGradOp, RouterGradOp, TopKGradOp,
-                    DispatchGradOp, CombineGradOp, ExpertFFNGradOp, MLPGradOp,
-                    ExpertLoadGradOp, LoadBalanceLossGradOp, ZLossGradOp,
-                    MSELossOp, AdamWOp, SGDOp, BiasUpdateOp, ReshapeOp,
-                    LoadCountsOp, PackOp, UnpackOp>::value;
+    llvm::is_one_of<OpTy, RMSNormGradOp, LayerNormGradOp, RouterGradOp,
+                    TopKGradOp, DispatchGradOp, CombineGradOp, ExpertFFNGradOp,
+                    MLPGradOp, ExpertLoadGradOp, LoadBalanceLossGradOp,
+                    ZLossGradOp, MSELossOp, AdamWOp, SGDOp, BiasUpdateOp,
+                    ReshapeOp, LoadCountsOp, PackOp, UnpackOp>::value;
 
 template <typename... Ops> constexpr bool allHaveShardingRules() {
   return (... && (Ops::template hasTrait<ShardingRuleOpInterface::Trait>() ||
@@ -123,6 +123,12 @@ Value ShardingContext::allReduceAfter(Value v, ArrayRef<StringRef> axes) {
 //===----------------------------------------------------------------------===//
 
 LogicalResult RMSNormOp::shardToRank(ShardingContext &ctx) {
+  ctx.sameAs(getOutput(), getInput());
+  return success();
+}
+
+// Weight and bias stay replicated; each rank normalizes its own rows.
+LogicalResult LayerNormOp::shardToRank(ShardingContext &ctx) {
   ctx.sameAs(getOutput(), getInput());
   return success();
 }

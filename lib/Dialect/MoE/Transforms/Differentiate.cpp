@@ -509,6 +509,18 @@ LogicalResult Differentiator::adjoint(Operation *op) {
         addGradOf(o.getWeight(), g.getDweight());
         return success();
       })
+      .Case([&](LayerNormOp o) {
+        Value bias = o.getBias();
+        auto g = LayerNormGradOp::create(
+            b, loc, o.getInput().getType(), o.getWeight().getType(),
+            bias ? bias.getType() : Type(), primal(o.getInput()),
+            primal(o.getWeight()), grad(o.getOutput()), o.getEpsAttr());
+        addGradOf(o.getInput(), g.getDinput());
+        addGradOf(o.getWeight(), g.getDweight());
+        if (bias)
+          addGradOf(bias, g.getDbias());
+        return success();
+      })
       .Case([&](MLPOp o) {
         auto typeOr = [](Value v) { return v ? v.getType() : Type(); };
         auto primalOr = [&](Value v) { return v ? primal(v) : Value(); };

@@ -103,6 +103,23 @@ def MoE_RMSNormOp : MoE_Op<"rmsnorm", [Pure, MoE_ShardingRule]> {
   let hasVerifier = 1;
 }
 
+def MoE_LayerNormOp : MoE_Op<"layernorm", [Pure, MoE_ShardingRule]> {
+  let summary = "Layer normalization of every token, with an optional bias";
+  let description = [{
+    `y[t] = (x[t] - mu) / sqrt(mean_d((x[t, d] - mu)^2) + eps) * w (+ b)` with
+    `mu = mean_d(x[t, d])`; mean and variance in f32. Without `bias` it is
+    DBRX's bias-free LayerNorm, with it the GPT-style one.
+  }];
+  let arguments = (ins MoE_Act2D:$input, MoE_Act1D:$weight,
+                       Optional<MoE_Act1D>:$bias, F32Attr:$eps);
+  let results = (outs MoE_Act2D:$output);
+  let assemblyFormat = [{
+    $input `,` $weight (`bias` $bias^)? attr-dict `:`
+    functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def MoE_AddOp : MoE_Op<"add", [Pure, SameOperandsAndResultType,
     MoE_ShardingRule]> {
   let summary = "elementwise sum (residual connections, loss totals)";

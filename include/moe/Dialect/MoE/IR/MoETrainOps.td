@@ -32,6 +32,23 @@ def MoE_RMSNormGradOp : MoE_Op<"rmsnorm_grad", [Pure]> {
   let hasVerifier = 1;
 }
 
+def MoE_LayerNormGradOp : MoE_Op<"layernorm_grad", [Pure]> {
+  let summary = "gradient of moe.layernorm: input, weight and bias";
+  let description = [{
+    For `y = moe.layernorm(x, w [, b])` and the gradient `dy` of `y`: `dx`
+    [T, D], `dw` [D] and, when the forward has a bias, `db` [D] (both summed
+    over the tokens), docs/spec.md 7.2. The bias's value is not needed.
+  }];
+  let arguments = (ins MoE_Act2D:$input, MoE_Act1D:$weight, MoE_Act2D:$dout,
+                       F32Attr:$eps);
+  let results = (outs MoE_Act2D:$dinput, MoE_Act1D:$dweight,
+                      Optional<MoE_Act1D>:$dbias);
+  let assemblyFormat = [{
+    $input `,` $weight `,` $dout attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def MoE_RouterGradOp : MoE_Op<"router_grad", [Pure]> {
   let summary = "gradient of moe.router: dx = dl.W, dW = dl^T.x";
   let arguments = (ins MoE_Act2D:$input, MoE_Act2D:$weight,
