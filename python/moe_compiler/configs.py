@@ -189,6 +189,21 @@ class MoEConfig:
             raise bad("token_groups", f"must be positive (got {self.token_groups})")
         if self.drop_policy not in ("zero", "passthrough"):
             raise bad("drop_policy", f"{self.drop_policy!r} is not zero or passthrough")
+        # The rules of moe.layer's verifier (LayerOp::verify), so that emit
+        # never writes a graph that only moe-opt rejects.
+        dropless = self.capacity == 0 and self.capacity_factor <= 0
+        if dropless and self.token_groups != 1:
+            raise bad("token_groups", f"({self.token_groups}) needs a capacity: dropless "
+                      "routing has no token groups (set capacity_factor or capacity)")
+        if dropless and self.drop_policy == "passthrough":
+            raise bad("drop_policy", "'passthrough' needs a capacity")
+        if not self.routed_scaling > 0:
+            raise bad("routed_scaling", f"must be positive (got {self.routed_scaling})")
+        if self.num_groups > 1 and self.group_score == "top2_sum":
+            for i, e in enumerate(self.layer_experts):
+                if e and e // self.num_groups < 2:
+                    raise bad("group_score", f"'top2_sum' needs at least 2 experts per "
+                              f"group, layer {i} has {e // self.num_groups}")
         if self.num_shared_experts and self.shared_intermediate_size <= 0:
             raise bad("shared_intermediate_size", "must be positive with shared experts")
         if self.shared_gated and not self.num_shared_experts:

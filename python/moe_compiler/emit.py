@@ -109,7 +109,8 @@ def emit_module(cfg: MoEConfig, tokens: int, layers: range | None = None,
         raise ConfigError(f"{cfg.name}: norm is {cfg.norm} but the moe dialect has only "
                           "moe.rmsnorm; pass --norm rmsnorm to emit (and check against a "
                           "reference run with --norm rmsnorm)")
-    if (cfg.capacity > 0 or cfg.capacity_factor > 0) and tokens % cfg.token_groups:
+    cfg.validate()  # the verifier's rules on every layer attribute
+    if tokens % cfg.token_groups:
         raise ConfigError(f"token_groups: {cfg.token_groups} does not divide tokens={tokens}")
     layers = layers if layers is not None else range(cfg.num_layers)
     subs = sublayers(cfg, layers)

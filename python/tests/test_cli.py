@@ -175,6 +175,8 @@ def _bad_config(tmp_path, **changes):
                    t / "m.mlir"], "layers: '5:9'"),
     (lambda t, f: ["emit", "--hf-config", f[0], "--tokens", "6", "--capacity-factor", "1",
                    "--token-groups", "4", "-o", t / "m.mlir"], "token_groups"),
+    (lambda t, f: ["emit", "--hf-config", f[0], "--tokens", "16", "--token-groups", "3",
+                   "-o", t / "m.mlir"], "token_groups (3) needs a capacity"),
     (lambda t, f: ["emit", "--hf-config", f[0], "--tokens", "0", "-o", t / "m.mlir"],
      "tokens"),
     (lambda t, f: ["emit", "--hf-config", EXAMPLES / "tiny-dbrx.json", "--tokens", "4",

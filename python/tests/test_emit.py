@@ -91,6 +91,22 @@ def test_token_groups_must_divide_tokens():
         emit_module(cfg, 12)
 
 
+def test_token_groups_follow_the_verifier():
+    # emit --token-groups 3 with 16 tokens wrote a graph only moe-opt
+    # rejected: dropless routing has no token groups, and 3 does not divide 16.
+    mixtral = load_hf_config(EXAMPLES / "tiny-mixtral.json")
+    with pytest.raises(ConfigError, match=r"token_groups.*\(3\) needs a capacity"):
+        emit_module(mixtral.with_overrides(token_groups=3), 16)
+    capped = mixtral.with_overrides(capacity_factor=1.0, token_groups=3)
+    with pytest.raises(ConfigError, match="token_groups: 3 does not divide tokens=16"):
+        emit_module(capped, 16)
+    with pytest.raises(ConfigError, match="drop_policy"):
+        emit_module(mixtral.with_overrides(drop_policy="passthrough"), 16)
+    with pytest.raises(ConfigError, match="routed_scaling"):
+        emit_module(mixtral.with_overrides(routed_scaling=0.0), 16)
+    assert "token_groups = 4" in emit_module(capped.with_overrides(token_groups=4), 16)
+
+
 def _emitted():
     cases = []
     for p in sorted(EXAMPLES.glob("tiny-*.json")):

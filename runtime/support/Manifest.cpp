@@ -1,5 +1,6 @@
 //===- Manifest.cpp - manifest.json of a compiled module ------------------===//
 #include "support/Manifest.h"
+#include "base/CheckedMath.h"
 #include "base/Dtype.h"
 #include "support/Format.h"
 #include "support/Json.h"
@@ -20,10 +21,10 @@ namespace moert {
 //===----------------------------------------------------------------------===//
 
 int64_t Mesh::size() const {
-  int64_t n = 1;
-  for (int64_t s : shape)
-    n *= s;
-  return n;
+  // parseMesh refuses a mesh whose size overflows; -1 flags one built
+  // otherwise.
+  int64_t n;
+  return checkedNumElements(shape, n) ? n : -1;
 }
 
 std::vector<int64_t> Mesh::coords(int64_t rank) const {
@@ -47,7 +48,13 @@ bool TensorSpec::isExpertStack() const {
 }
 
 int64_t TensorSpec::localBytes() const {
-  return numElements(localShape) * static_cast<int64_t>(dtypeSize(dtype));
+  // parseTensor refuses a spec whose byte size overflows; -1 flags one built
+  // otherwise.
+  int64_t bytes;
+  return checkedByteSize(localShape, static_cast<int64_t>(dtypeSize(dtype)),
+                         bytes)
+             ? bytes
+             : -1;
 }
 
 const Entry *Manifest::findEntry(const std::string &name) const {
@@ -174,9 +181,14 @@ Status parseMesh(const Reader &r, const json::Value &root, Mesh &mesh) {
                     mesh.axes[i].c_str(),
                     static_cast<long long>(mesh.shape[i]));
   }
-  if (mesh.size() > (1 << 20))
+  int64_t ranks;
+  if (!checkedNumElements(mesh.shape, ranks))
+    return r.fail("mesh.shape",
+                  "the product of the axis sizes %s overflows 64 bits",
+                  shapeString(mesh.shape).c_str());
+  if (ranks > (1 << 20))
     return r.fail("mesh.shape", "%lld ranks is more than this driver handles",
-                  static_cast<long long>(mesh.size()));
+                  static_cast<long long>(ranks));
   return Status::ok();
 }
 
@@ -200,7 +212,9 @@ Status parseShard(const Reader &r, const json::Value &t,
                       a.c_str(), joinAxes(mesh.axes).c_str());
       if (!used.insert(a).second)
         return r.fail(dpath, "mesh axis '%s' shards two dimensions", a.c_str());
-      n *= mesh.shape[i];
+      if (!checkedMul(n, mesh.shape[i], n))
+        return r.fail(dpath, "the ranks of [%s] overflow 64 bits",
+                      joinAxes(axes).c_str());
     }
     if (spec.shape[d] % n != 0)
       return r.fail(dpath,
@@ -253,6 +267,11 @@ Status parseTensor(const Reader &r, const json::Value &t,
     return r.fail(path + ".local_shape", "rank %zu but shape %s has rank %zu",
                   spec.localShape.size(), shapeString(spec.shape).c_str(),
                   spec.shape.size());
+  int64_t bytes;
+  if (!checkedByteSize(spec.shape, static_cast<int64_t>(dtypeSize(spec.dtype)),
+                       bytes))
+    return r.fail(path + ".shape", "%s of %s: the byte size overflows 64 bits",
+                  shapeString(spec.shape).c_str(), dtype.c_str());
   if (const json::Value *tr = t.get("transpose")) {
     if (!tr->isBool())
       return r.fail(path + ".transpose", "expected a boolean");
@@ -363,16 +382,11 @@ Status parseHeaderFields(const Reader &r, const json::Value &root,
 
 } // namespace
 
-Status parseManifest(const std::string &text, const std::string &source,
-                     Manifest &out) {
-  json::Value root;
-  MOERT_TRY(json::parse(text, source, root));
-  Reader r(source);
-  if (!root.isObject())
-    return r.fail("(top level)", "expected an object, found %s",
-                  json::Value::kindName(root.kind()));
-  Manifest m;
-  MOERT_TRY(parseHeaderFields(r, root, m));
+namespace {
+
+/// "mesh" and "entries" of `root`, and how the entries fit together.
+Status parseBody(const Reader &r, const json::Value &root,
+                 const std::string &source, Manifest &m) {
   MOERT_TRY(parseMesh(r, root, m.mesh));
   const json::Value *entries;
   MOERT_TRY(r.field(root, "(top level)", "entries", json::Value::Kind::Array,
@@ -388,8 +402,115 @@ Status parseManifest(const std::string &text, const std::string &source,
       return r.fail(path + ".name", "entry '%s' appears twice", e.name.c_str());
     m.entries.push_back(std::move(e));
   }
-  MOERT_TRY(checkEntryGraph(m, source));
+  return checkEntryGraph(m, source);
+}
+
+Status parseTop(const std::string &text, const std::string &source, bool header,
+                Manifest &out) {
+  json::Value root;
+  MOERT_TRY(json::parse(text, source, root));
+  Reader r(source);
+  if (!root.isObject())
+    return r.fail("(top level)", "expected an object, found %s",
+                  json::Value::kindName(root.kind()));
+  Manifest m;
+  if (header)
+    MOERT_TRY(parseHeaderFields(r, root, m));
+  MOERT_TRY(parseBody(r, root, source, m));
   out = std::move(m);
+  return Status::ok();
+}
+
+std::string axesList(const std::vector<std::vector<std::string>> &shard) {
+  std::string s = "[";
+  for (size_t d = 0; d < shard.size(); ++d)
+    s += (d ? ", [" : "[") + joinAxes(shard[d]) + "]";
+  return s + "]";
+}
+
+Status compareTensor(const TensorSpec &f, const TensorSpec &l,
+                     const std::string &path, const std::string &source) {
+  auto differ = [&](const char *field, const std::string &mine,
+                    const std::string &lib) {
+    return supportError(MOERT_ERR_INVALID,
+                        "%s: %s.%s ('%s') is %s but the module library says "
+                        "%s: the manifest does not describe this module.so",
+                        source.c_str(), path.c_str(), field, l.name.c_str(),
+                        mine.c_str(), lib.c_str());
+  };
+  if (f.role != l.role)
+    return differ("role", f.role, l.role);
+  if (f.name != l.name)
+    return differ("name", "'" + f.name + "'", "'" + l.name + "'");
+  if (f.dtype != l.dtype)
+    return differ("dtype", dtypeName(f.dtype), dtypeName(l.dtype));
+  if (f.shape != l.shape)
+    return differ("shape", shapeString(f.shape), shapeString(l.shape));
+  if (f.localShape != l.localShape)
+    return differ("local_shape", shapeString(f.localShape),
+                  shapeString(l.localShape));
+  if (f.shard != l.shard)
+    return differ("shard", axesList(f.shard), axesList(l.shard));
+  if (f.transpose != l.transpose)
+    return differ("transpose", f.transpose ? "true" : "false",
+                  l.transpose ? "true" : "false");
+  return Status::ok();
+}
+
+} // namespace
+
+Status parseManifest(const std::string &text, const std::string &source,
+                     Manifest &out) {
+  return parseTop(text, source, /*header=*/true, out);
+}
+
+Status parseModuleDescription(const std::string &text,
+                              const std::string &source, Manifest &out) {
+  return parseTop(text, source, /*header=*/false, out);
+}
+
+Status checkManifestAgainstLibrary(const Manifest &file,
+                                   const Manifest &library,
+                                   const std::string &source) {
+  auto fail = [&](const std::string &path, const std::string &mine,
+                  const std::string &lib) {
+    return supportError(MOERT_ERR_INVALID,
+                        "%s: %s is %s but the module library says %s: the "
+                        "manifest does not describe this module.so",
+                        source.c_str(), path.c_str(), mine.c_str(),
+                        lib.c_str());
+  };
+  if (file.mesh.axes != library.mesh.axes)
+    return fail("mesh.axes", "[" + joinAxes(file.mesh.axes) + "]",
+                "[" + joinAxes(library.mesh.axes) + "]");
+  if (file.mesh.shape != library.mesh.shape)
+    return fail("mesh.shape", shapeString(file.mesh.shape),
+                shapeString(library.mesh.shape));
+  if (file.entries.size() != library.entries.size())
+    return fail("entries", format("%zu entry points", file.entries.size()),
+                format("%zu", library.entries.size()));
+  for (size_t i = 0; i < file.entries.size(); ++i) {
+    const Entry &f = file.entries[i], &l = library.entries[i];
+    std::string path = format("entries[%zu]", i);
+    if (f.name != l.name)
+      return fail(path + ".name", "'" + f.name + "'", "'" + l.name + "'");
+    if (f.symbol != l.symbol)
+      return fail(path + ".symbol", "'" + f.symbol + "'", "'" + l.symbol + "'");
+    if (f.arenaBytes != l.arenaBytes)
+      return fail(path + ".arena_bytes", std::to_string(f.arenaBytes),
+                  std::to_string(l.arenaBytes));
+    for (int results = 0; results < 2; ++results) {
+      const auto &fl = results ? f.results : f.args;
+      const auto &ll = results ? l.results : l.args;
+      const char *key = results ? "results" : "args";
+      if (fl.size() != ll.size())
+        return fail(path + "." + key, std::to_string(fl.size()) + " tensors",
+                    std::to_string(ll.size()));
+      for (size_t j = 0; j < fl.size(); ++j)
+        MOERT_TRY(compareTensor(
+            fl[j], ll[j], format("%s.%s[%zu]", path.c_str(), key, j), source));
+    }
+  }
   return Status::ok();
 }
 

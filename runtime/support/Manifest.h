@@ -93,6 +93,19 @@ Status checkEntryGraph(const Manifest &m, const std::string &source);
 /// Parses and validates manifest text; `source` names it in errors.
 Status parseManifest(const std::string &text, const std::string &source,
                      Manifest &out);
+/// Parses the description a module library embeds (MOERT_MANIFEST_SYMBOL:
+/// the JSON object with manifest.json's "mesh" and "entries") with the same
+/// rules; the header fields are left empty.
+Status parseModuleDescription(const std::string &text,
+                              const std::string &source, Manifest &out);
+/// Checks that `file` (manifest.json, named `fileSource`) describes exactly
+/// the mesh and entry points of `library` (the library's own description):
+/// every entry's symbol and arena size, every argument's and result's role,
+/// name, dtype, shapes, shard spec and transpose flag. The error names the
+/// field and both values.
+Status checkManifestAgainstLibrary(const Manifest &file,
+                                   const Manifest &library,
+                                   const std::string &fileSource);
 /// Reads and parses the file at `path`.
 Status loadManifest(const std::string &path, Manifest &out);
 

@@ -22,6 +22,12 @@ namespace moert {
 /// runtime's MOERT_ABI_VERSION. A module without the symbol is refused too.
 Status checkModuleAbi(void *dlopenHandle, const std::string &library);
 
+/// The module's own description of its mesh and entry points: the exported
+/// `const char moe_manifest[]` (MOERT_MANIFEST_SYMBOL), read within the
+/// symbol's size. A module without it is refused.
+Status readModuleDescription(void *dlopenHandle, const std::string &library,
+                             std::string &text);
+
 } // namespace moert
 
 #endif // MOERT_SUPPORT_MODULEABI_H

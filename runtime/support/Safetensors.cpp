@@ -1,5 +1,6 @@
 //===- Safetensors.cpp - Read slices of, and write, safetensors files -----===//
 #include "support/Safetensors.h"
+#include "base/CheckedMath.h"
 #include "support/Format.h"
 #include "support/Json.h"
 
@@ -195,10 +196,10 @@ std::string shapeString(const std::vector<int64_t> &shape) {
 }
 
 int64_t numElements(const std::vector<int64_t> &shape) {
-  int64_t n = 1;
-  for (int64_t d : shape)
-    n *= d;
-  return n;
+  // Shapes reach here validated (the manifest and header parsers refuse an
+  // overflowing one); -1 flags any other.
+  int64_t n;
+  return checkedNumElements(shape, n) ? n : -1;
 }
 
 //===----------------------------------------------------------------------===//
@@ -265,7 +266,9 @@ Status SafetensorsFile::open(const std::string &path,
                              std::unique_ptr<SafetensorsFile> &out) {
   std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
   f->path_ = path;
-  f->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: a FIFO or a device named as a safetensors file must not
+  // block open(); fstat then refuses anything but a regular file.
+  f->fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (f->fd_ < 0)
     return supportError(MOERT_ERR_IO, "%s: cannot open: %s", path.c_str(),
                         std::strerror(errno));
@@ -277,6 +280,11 @@ Status SafetensorsFile::open(const std::string &path,
     return supportError(MOERT_ERR_IO,
                         "%s: is a directory, not a safetensors "
                         "file",
+                        path.c_str());
+  if (!S_ISREG(st.st_mode))
+    return supportError(MOERT_ERR_IO,
+                        "%s: is not a regular file (a FIFO, socket or "
+                        "device): moe-run reads safetensors files only",
                         path.c_str());
   int64_t size = st.st_size;
   if (size < 8)
@@ -390,16 +398,15 @@ Status SafetensorsFile::parseEntry(const std::string &name, const void *entry,
                         "%s: corrupt header: tensor '%s' has no valid "
                         "data_offsets [begin, end]",
                         file, tn);
-  int64_t numel = 1;
-  for (int64_t d : t.shape) {
-    if (d != 0 && numel > (INT64_C(1) << 56) / d)
-      return supportError(MOERT_ERR_INVALID,
-                          "%s: corrupt header: tensor '%s' has an "
-                          "impossibly large shape %s",
-                          file, tn, shapeString(t.shape).c_str());
-    numel *= d;
-  }
-  if (offs[1] - offs[0] != numel * static_cast<int64_t>(t.elemBytes))
+  int64_t numel, nbytes;
+  if (!checkedNumElements(t.shape, numel) ||
+      !checkedMul(numel, static_cast<int64_t>(t.elemBytes), nbytes))
+    return supportError(MOERT_ERR_INVALID,
+                        "%s: corrupt header: tensor '%s' has an "
+                        "impossibly large shape %s (its byte size overflows "
+                        "64 bits)",
+                        file, tn, shapeString(t.shape).c_str());
+  if (offs[1] - offs[0] != nbytes)
     return supportError(MOERT_ERR_INVALID,
                         "%s: corrupt header: tensor '%s' has data_offsets "
                         "[%lld, %lld] (%lld bytes) but shape %s of %s needs "

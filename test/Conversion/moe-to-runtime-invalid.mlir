@@ -37,3 +37,13 @@ func.func @add(%x: tensor<16x32xf32>) -> tensor<16x32xf32> {
   %y = moe.add %x, %x : (tensor<16x32xf32>, tensor<16x32xf32>) -> tensor<16x32xf32>
   return %y : tensor<16x32xf32>
 }
+
+// -----
+
+// Sizes that overflow int64 are errors, not an arena of a few bytes
+// (2^62 x 64 f32 is 2^70 bytes).
+// expected-error @+1 {{moe-to-runtime: 'tensor<4611686018427387904x64xf32>' has more bytes than fit in 64 bits}}
+func.func @huge(%x: tensor<4611686018427387904x64xf32>, %w: tensor<64xf32>) -> tensor<4611686018427387904x64xf32> {
+  %n = moe.rmsnorm %x, %w {eps = 1.0e-05 : f32} : (tensor<4611686018427387904x64xf32>, tensor<64xf32>) -> tensor<4611686018427387904x64xf32>
+  return %n : tensor<4611686018427387904x64xf32>
+}

@@ -4,9 +4,10 @@
 For one model config and one set of routing options it
   1. emits the model graph and draws seeded weights, inputs and targets;
   2. compiles it with ``moe-compile --train`` (one device);
-  3. runs the entry points through libmoert's C ABI with ctypes, as a driver does
-     (tensors passed between entries by name): ``forward_train``, ``backward``
-     and ``step_<optimizer>`` for ``--steps`` steps;
+  3. runs the entry points through libmoert's C ABI with ctypes
+     (moe_compiler.runtime), as a driver does (tensors passed between entries by
+     name): ``forward_train``, ``backward`` and ``step_<optimizer>`` for ``--steps``
+     steps;
   4. compares the first step's loss and every gradient (``grad.hidden_states``
      and ``grad.<weight>``, put back into the file layout: ``{e}`` stacks split
      per expert, transposed weights transposed back) with
@@ -41,7 +42,6 @@ PATH (else $MOE_BUILD_DIR/bin, else build/bin) and libmoert.so next to it
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import re
@@ -57,6 +57,7 @@ SRC = os.path.dirname(os.path.dirname(HERE))
 if os.path.join(SRC, "python") not in sys.path:
     sys.path.insert(0, os.path.join(SRC, "python"))
 
+from moe_compiler.runtime import Module, RuntimeError_  # noqa: E402
 from moe_compiler.safetensors import load  # noqa: E402
 
 RTOL = 1e-4
@@ -97,126 +98,6 @@ def run(cmd: list[str]) -> str:
 
 def cli(*args: str) -> str:
     return run([sys.executable, "-m", "moe_compiler", *args])
-
-
-# ---------------------------------------------------------------- the C ABI
-
-
-class CtxOptions(ctypes.Structure):
-    _fields_ = [("device", ctypes.c_int32), ("device_index", ctypes.c_int32),
-                ("comm", ctypes.c_int32), ("num_threads", ctypes.c_int32),
-                ("mesh_rank", ctypes.c_int32),
-                ("mesh_shape", ctypes.POINTER(ctypes.c_int64)),
-                ("mesh_axes", ctypes.POINTER(ctypes.c_char_p)),
-                ("timeout_s", ctypes.c_double), ("record_trace", ctypes.c_int32)]
-
-
-class Module:
-    """A compiled module directory on a CPU context of libmoert (over MPI
-    when the module has a mesh: one process per rank, under mpirun)."""
-
-    def __init__(self, moddir: str):
-        self.rt = ctypes.CDLL(os.path.join(build_dir(), "lib", "libmoert.so"),
-                              mode=ctypes.RTLD_GLOBAL)
-        self.lib = ctypes.CDLL(os.path.join(moddir, "module.so"))
-        with open(os.path.join(moddir, "manifest.json")) as f:
-            self.manifest = json.load(f)
-        self.entries = {e["name"]: e for e in self.manifest["entries"]}
-        rt = self.rt
-        rt.moert_ctx_create.argtypes = [ctypes.POINTER(CtxOptions),
-                                        ctypes.POINTER(ctypes.c_void_p)]
-        rt.moert_ctx_error.restype = ctypes.c_char_p
-        rt.moert_ctx_error.argtypes = [ctypes.c_void_p]
-        rt.moert_ctx_status.argtypes = [ctypes.c_void_p]
-        rt.moert_last_error.restype = ctypes.c_char_p
-        opts = CtxOptions()
-        rt.moert_ctx_options_init(ctypes.byref(opts))
-        mesh = self.manifest["mesh"]
-        self.axes, self.shape = mesh["axes"], mesh["shape"]
-        if self.axes:
-            argc, argv = ctypes.c_int(0), ctypes.POINTER(ctypes.c_char_p)()
-            if rt.moert_world_init(ctypes.byref(argc), ctypes.byref(argv), 1) != 0:
-                raise CheckError(f"moert_world_init: {rt.moert_last_error().decode()}")
-            self._shape = (ctypes.c_int64 * len(self.shape))(*self.shape)
-            self._axes = (ctypes.c_char_p * len(self.axes))(*[a.encode() for a in self.axes])
-            opts.comm = 1  # MOERT_COMM_MPI
-            opts.mesh_rank = len(self.axes)
-            opts.mesh_shape = self._shape
-            opts.mesh_axes = self._axes
-        self.ctx = ctypes.c_void_p()
-        if rt.moert_ctx_create(ctypes.byref(opts), ctypes.byref(self.ctx)) != 0:
-            raise CheckError(f"moert_ctx_create: {rt.moert_last_error().decode()}")
-        rt.moert_ctx_coord.restype = ctypes.c_int64
-        rt.moert_ctx_coord.argtypes = [ctypes.c_void_p, ctypes.c_int32]
-        rt.moert_ctx_rank.argtypes = [ctypes.c_void_p]
-        self.coords = [rt.moert_ctx_coord(self.ctx, i) for i in range(len(self.axes))]
-        self.rank = rt.moert_ctx_rank(self.ctx)
-        rt.moert_ctx_destroy.argtypes = [ctypes.c_void_p]
-        rt.moert_ctx_stats_json.restype = ctypes.c_char_p
-        rt.moert_ctx_stats_json.argtypes = [ctypes.c_void_p]
-        rt.moert_ctx_reset_stats.argtypes = [ctypes.c_void_p]
-        self.a2a_bytes: dict[str, dict[str, int]] = {}
-        Module._instances.append(self)
-
-    _instances: list[Module] = []
-
-    @classmethod
-    def finalize(cls) -> None:
-        """Destroys the contexts and ends MPI (a rank that exits without
-        MPI_Finalize makes mpiexec report an abnormal termination)."""
-        for m in cls._instances:
-            m.rt.moert_ctx_destroy(m.ctx)
-            if m.axes:
-                m.rt.moert_world_finalize()
-        cls._instances.clear()
-
-    def local(self, spec: dict, value: np.ndarray) -> np.ndarray:
-        """This rank's slice of a global tensor (docs/module-format.md,
-        Sharding rule)."""
-        index = []
-        for d, axes in enumerate(spec.get("shard", [])):
-            n, i = 1, 0
-            for a in axes:
-                ax = self.axes.index(a)
-                i, n = i * self.shape[ax] + self.coords[ax], n * self.shape[ax]
-            size = value.shape[d] // n
-            index.append(slice(i * size, (i + 1) * size))
-        return value[tuple(index)]
-
-    def call(self, name: str, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs entry `name`; arguments by name from `tensors` (host memory is
-        the device memory of a CPU context); returns the results by name."""
-        entry = self.entries[name]
-        dtypes = {"f32": np.float32, "i32": np.int32, "i64": np.int64}
-        args = []
-        for a in entry["args"]:
-            if a["name"] not in tensors:
-                raise CheckError(f"{name}: no tensor for argument {a['index']} "
-                                 f"({a['role']} '{a['name']}')")
-            v = np.require(tensors[a["name"]], dtype=dtypes[a["dtype"]], requirements="C")
-            if list(v.shape) != a["local_shape"]:
-                raise CheckError(f"{name}: '{a['name']}' has shape {list(v.shape)}, "
-                                 f"the entry wants {a['local_shape']}")
-            args.append(v)
-        results = [np.zeros(r["local_shape"], dtype=dtypes[r["dtype"]])
-                   for r in entry["results"]]
-        argv = (ctypes.c_void_p * max(len(args), 1))(*[a.ctypes.data for a in args])
-        resv = (ctypes.c_void_p * max(len(results), 1))(
-            *[r.ctypes.data for r in results])
-        fn = getattr(self.lib, entry["symbol"])
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        self.rt.moert_ctx_reset_stats(self.ctx)
-        fn(self.ctx, argv, resv)
-        if self.rt.moert_ctx_status(self.ctx) != 0:
-            raise CheckError(f"{name}: {self.rt.moert_ctx_error(self.ctx).decode()}")
-        # Bytes this rank sent by each kind of all-to-all in this call.
-        stats = json.loads(self.rt.moert_ctx_stats_json(self.ctx).decode())
-        sent = {"all_to_all": 0, "all_to_all_v": 0}
-        for c in stats["collectives"]:
-            if c["op"] in sent:
-                sent[c["op"]] += c["bytes_sent"]
-        self.a2a_bytes[name] = sent
-        return {r["name"]: v for r, v in zip(entry["results"], results)}
 
 
 # ---------------------------------------------------------------- layouts
@@ -272,7 +153,7 @@ def check_exchange(args: argparse.Namespace, m: Module, where: str) -> None:
     uneven ones (dropless) byte for byte; the even ones too in the capacity
     layout, where they carry the tokens (in the dropless one they only carry
     the counts, which the backward takes from forward_train)."""
-    fwd, bwd = m.a2a_bytes["forward_train"], m.a2a_bytes["backward"]
+    fwd, bwd = m.a2a_bytes("forward_train"), m.a2a_bytes("backward")
     dropless = fwd["all_to_all_v"] > 0
     tokens = "all_to_all_v" if dropless else "all_to_all"
     say(f"A2A{where}{args.family} {args.mesh} {tokens} forward={fwd[tokens]} "
@@ -432,7 +313,7 @@ def main() -> int:
         os.makedirs(work)
     try:
         check(args, work)
-    except CheckError as e:
+    except (CheckError, RuntimeError_) as e:
         msg = re.sub(r"\s+", " ", str(e))[:2000]
         say(f"FAIL {args.family} {args.mesh or 'single'} {msg}")
         Module.finalize()

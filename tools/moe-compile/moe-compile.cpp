@@ -11,6 +11,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "moe/Conversion/Passes.h"
+#include "moe/Conversion/RuntimeAbi.h"
 #include "moe/Dialect/MoE/IR/MoE.h"
 #include "moe/Dialect/MoE/Transforms/Passes.h"
 #include "moe/Pipelines/Manifest.h"
@@ -347,7 +348,13 @@ llvm::Error compile(MLIRContext &context,
     return e;
   timer.done("print IR");
 
-  // 2. LLVM dialect, LLVM IR, object, shared library.
+  // 2. LLVM dialect, LLVM IR, object, shared library, which carries its own
+  // description (moe-run checks manifest.json against it).
+  std::string embedded;
+  llvm::raw_string_ostream embeddedStream(embedded);
+  embeddedStream << llvm::json::Value(llvm::json::Object(*description));
+  if (failed(moe::abi::addManifestDescription(*module, embedded)))
+    return makeError("cannot embed the manifest in the module");
   if (llvm::Error e = runPipeline(*module, timer, "moe-lower-to-llvm",
                                   moe::buildLowerToLLVMPipeline))
     return e;
@@ -396,6 +403,36 @@ std::error_code makeStagingDirectory(StringRef parent,
   return ec;
 }
 
+/// llvm::cl takes an unknown option that begins with a one-letter option's
+/// name for that option with the rest as its value: `--hx` and
+/// `--hierarchical-a2a` became `-h` (--help), printed the help and exited 0,
+/// so a script with a misspelt option believed it had compiled. Every
+/// option is looked up by its exact name first; an unknown one is an error.
+bool checkOptionNames(int argc, char **argv) {
+  auto &options = cl::getRegisteredOptions();
+  for (int i = 1; i < argc; ++i) {
+    StringRef arg(argv[i]);
+    if (arg == "--")
+      break;
+    if (!arg.starts_with("-") || arg == "-")
+      continue;
+    StringRef name = arg.ltrim('-').split('=').first;
+    if (name == "h") // llvm::cl's alias of --help, added while parsing
+      continue;
+    auto it = options.find(name);
+    if (it == options.end()) {
+      llvm::errs() << "moe-compile: error: unknown option '" << arg
+                   << "' (moe-compile --help lists the options)\n";
+      return false;
+    }
+    // `-o dir`: the value is the next argument, whatever it looks like.
+    if (!arg.contains('=') &&
+        it->second->getValueExpectedFlag() == cl::ValueRequired)
+      ++i;
+  }
+  return true;
+}
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -415,6 +452,8 @@ int main(int argc, char **argv) {
   // libLLVM registers hundreds of backend options; --help shows ours (the
   // MLIR pass-manager options such as --mlir-print-ir-after-all still work).
   cl::HideUnrelatedOptions(category);
+  if (!checkOptionNames(argc, argv))
+    return 1;
   cl::ParseCommandLineOptions(
       argc, argv,
       "moe-compile: compile a MoE model graph (moe dialect) into a module "

@@ -4,6 +4,7 @@
 #include "ShardedLoader.h"
 #include "World.h"
 
+#include "base/Dtype.h"
 #include "support/Format.h"
 #include "support/ModuleAbi.h"
 #include "support/Safetensors.h"
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <new>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -59,6 +61,31 @@ bool sameFile(const std::string &a, const std::string &b) {
          sa.st_ino == sb.st_ino;
 }
 
+Status hostBuffer(const TensorSpec &spec, std::vector<char> &buf) {
+  int64_t bytes = spec.localBytes();
+  try {
+    buf.assign(static_cast<size_t>(bytes), 0);
+  } catch (const std::bad_alloc &) {
+    return supportError(MOERT_ERR_NOMEM,
+                        "cannot allocate %lld bytes of host memory for '%s' "
+                        "(%s %s)",
+                        static_cast<long long>(bytes), spec.name.c_str(),
+                        dtypeName(spec.dtype),
+                        shapeString(spec.localShape).c_str());
+  }
+  return Status::ok();
+}
+
+Status deviceBuffer(moert_ctx *ctx, const TensorSpec &spec, void *&out) {
+  int64_t bytes = std::max<int64_t>(spec.localBytes(), 1);
+  if (moert_alloc(ctx, bytes, &out) == MOERT_OK)
+    return Status::ok();
+  return supportError(
+      moert_ctx_status(ctx), "cannot allocate %lld bytes for '%s' (%s %s): %s",
+      static_cast<long long>(bytes), spec.name.c_str(), dtypeName(spec.dtype),
+      shapeString(spec.localShape).c_str(), moert_ctx_error(ctx));
+}
+
 Session::~Session() {
   if (ctx)
     moert_ctx_destroy(ctx);
@@ -90,16 +117,7 @@ bool Session::start(const std::vector<std::string> &entries) {
         static_cast<long long>(manifest.mesh.size()), world().size,
         static_cast<long long>(manifest.mesh.size())));
   std::string lib = joinPath(opt.outDir, manifest.library);
-  Status s = hashFile(lib, libraryHash_);
-  if (!s.isOk())
-    fatal(
-        supportError(MOERT_ERR_IO, "module library: %s", s.message().c_str()));
-  void *library = ::dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (!library)
-    fatal(supportError(MOERT_ERR_IO, "%s: cannot load the module library: %s",
-                       lib.c_str(), ::dlerror()));
-  if (Status abi = checkModuleAbi(library, lib); !abi.isOk())
-    fatal(abi);
+  void *library = loadVerified(lib, manifestPath);
   for (const std::string &name : entries) {
     const Entry *e = manifest.findEntry(name);
     auto fn = reinterpret_cast<EntryFn>(::dlsym(library, e->symbol.c_str()));
@@ -110,6 +128,54 @@ bool Session::start(const std::vector<std::string> &entries) {
   }
   createContext();
   return checkSameModule();
+}
+
+/// Loads the module library only once it is known to be the one the
+/// manifest describes: a regular file whose hash is the manifest's
+/// module_hash (checked before dlopen, so that a truncated or foreign file
+/// is never mapped), built for this runtime's ABI, and whose own description
+/// of its mesh and entry points (MOERT_MANIFEST_SYMBOL) is the manifest's.
+/// Any mismatch is an error, in every mode.
+void *Session::loadVerified(const std::string &lib,
+                            const std::string &manifestPath) {
+  struct stat st;
+  if (::stat(lib.c_str(), &st) != 0)
+    fatal(supportError(MOERT_ERR_IO, "%s: cannot read the module library: %s",
+                       lib.c_str(), std::strerror(errno)));
+  if (!S_ISREG(st.st_mode))
+    fatal(supportError(MOERT_ERR_IO,
+                       "%s: the module library is not a regular file",
+                       lib.c_str()));
+  Status s = hashFile(lib, libraryHash_);
+  if (!s.isOk())
+    fatal(
+        supportError(MOERT_ERR_IO, "module library: %s", s.message().c_str()));
+  if (libraryHash_ != manifest.moduleHash)
+    fatal(supportError(
+        MOERT_ERR_INVALID,
+        "%s hashes to %s but %s says module_hash %s: the library is not the "
+        "one this manifest was written for (truncated, replaced or from "
+        "another model); recompile the model",
+        lib.c_str(), libraryHash_.c_str(), manifestPath.c_str(),
+        manifest.moduleHash.c_str()));
+  void *library = ::dlopen(lib.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!library)
+    fatal(supportError(MOERT_ERR_IO, "%s: cannot load the module library: %s",
+                       lib.c_str(), ::dlerror()));
+  if (Status abi = checkModuleAbi(library, lib); !abi.isOk())
+    fatal(abi);
+  std::string text;
+  if (Status d = readModuleDescription(library, lib, text); !d.isOk())
+    fatal(d);
+  Manifest own;
+  if (Status d = parseModuleDescription(
+          text, lib + " (" + MOERT_MANIFEST_SYMBOL + ")", own);
+      !d.isOk())
+    fatal(d);
+  if (Status d = checkManifestAgainstLibrary(manifest, own, manifestPath);
+      !d.isOk())
+    fatal(d);
+  return library;
 }
 
 const Entry &Session::entry(const std::string &name) const {
@@ -165,10 +231,6 @@ bool Session::checkSameModule() {
       return false;
     }
   }
-  if (world().rank == 0 && !opt.quiet && libraryHash_ != manifest.moduleHash)
-    report("warning: %s hashes to %s but the manifest says %s",
-           manifest.library.c_str(), libraryHash_.c_str(),
-           manifest.moduleHash.c_str());
   return true;
 }
 

@@ -34,6 +34,14 @@ moert::Status probeWritable(const std::string &path);
 /// Same file (device and inode)?
 bool sameFile(const std::string &a, const std::string &b);
 
+/// Host memory for this rank's buffer of `spec` (zeroed); an error naming
+/// the tensor and the bytes when it cannot be allocated.
+moert::Status hostBuffer(const moert::TensorSpec &spec, std::vector<char> &buf);
+/// Device memory (moert_alloc) for this rank's buffer of `spec`; an error
+/// naming the tensor and the bytes when it cannot be allocated.
+moert::Status deviceBuffer(moert_ctx *ctx, const moert::TensorSpec &spec,
+                           void *&out);
+
 class Session {
 public:
   Session(const Options &o, moert::Manifest manifest, moert::Status loaded)
@@ -67,6 +75,8 @@ public:
 private:
   void createContext();
   bool checkSameModule();
+
+  void *loadVerified(const std::string &lib, const std::string &manifestPath);
 
   moert::Status loaded_;
   std::string libraryHash_;

@@ -60,8 +60,7 @@ Status Trainer::check() {
 
 Status Trainer::allocate(const TensorSpec &spec, bool poison, void *&p) {
   int64_t bytes = std::max<int64_t>(spec.localBytes(), 1);
-  if (moert_alloc(ctx_, bytes, &p) != MOERT_OK)
-    return ctxError(ctx_, format("allocating '%s'", spec.name.c_str()).c_str());
+  MOERT_TRY(deviceBuffer(ctx_, spec, p));
   owned_.push_back(p);
   if (!poison)
     return Status::ok();
@@ -165,7 +164,8 @@ Status Trainer::load() {
       if (a.role == "saved" || a.role == "grad" || a.role == "hparams" ||
           !loaded.insert(a.name).second)
         continue;
-      std::vector<char> host(static_cast<size_t>(a.localBytes()), 0);
+      std::vector<char> host;
+      MOERT_TRY(hostBuffer(a, host));
       if (a.role == "input" && a.name == "targets") {
         MOERT_TRY(loadTargets(a, host.data()));
       } else if (a.role == "state" && state) {

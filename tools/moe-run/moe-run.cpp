@@ -115,10 +115,10 @@ Status Driver::openFiles() {
 
 Status Driver::loadArg(const TensorSpec &spec, void *&buffer) {
   int64_t bytes = spec.localBytes();
-  std::vector<char> host(static_cast<size_t>(bytes));
+  std::vector<char> host;
+  MOERT_TRY(hostBuffer(spec, host));
   MOERT_TRY(loader_->read(spec, host.data()));
-  if (moert_alloc(ctx_, std::max<int64_t>(bytes, 1), &buffer) != MOERT_OK)
-    return ctxError(ctx_, "loading arguments");
+  MOERT_TRY(deviceBuffer(ctx_, spec, buffer));
   // Each weight goes to the device once; the copy is timed apart from the
   // file reads so that H2D cost is visible on GPUs.
   double start = now();
@@ -135,11 +135,8 @@ Status Driver::loadArgs() {
   for (const TensorSpec &spec : entry_->args)
     MOERT_TRY(loadArg(spec, args_[spec.index]));
   results_.assign(entry_->results.size(), nullptr);
-  for (const TensorSpec &spec : entry_->results) {
-    int64_t bytes = std::max<int64_t>(spec.localBytes(), 1);
-    if (moert_alloc(ctx_, bytes, &results_[spec.index]) != MOERT_OK)
-      return ctxError(ctx_, "allocating results");
-  }
+  for (const TensorSpec &spec : entry_->results)
+    MOERT_TRY(deviceBuffer(ctx_, spec, results_[spec.index]));
   return Status::ok();
 }
 
@@ -262,7 +259,7 @@ int main(int argc, char **argv) {
   if (!s.isOk())
     fatal(s);
   int rc;
-  {
+  try {
     Session session(opt, std::move(manifest), std::move(loaded));
     if (opt.train) {
       rc = session.start(trainingEntries(opt)) ? runTraining(session) : 1;
@@ -272,6 +269,10 @@ int main(int argc, char **argv) {
       Driver d(session);
       rc = d.run();
     }
+  } catch (const std::bad_alloc &) {
+    // Every tensor buffer is allocated through hostBuffer / deviceBuffer,
+    // which name the tensor; this catches what is left (a report, a gather).
+    fatal(supportError(MOERT_ERR_NOMEM, "out of host memory"));
   }
   moert_world_finalize();
   return rc;

@@ -145,6 +145,14 @@ constexpr const char kAbiVersionSymbol[] = MOERT_ABI_VERSION_SYMBOL;
 /// module already defines that symbol.
 LogicalResult addAbiVersion(ModuleOp module);
 
+/// Name of the exported `const char[]` global that holds the module's own
+/// description of its mesh and entry points (docs/module-format.md).
+constexpr const char kManifestSymbol[] = MOERT_MANIFEST_SYMBOL;
+
+/// Adds `moe_manifest` (the NUL-terminated `json`, manifest.json's "mesh"
+/// and "entries") to `module`; fails if the module already defines it.
+LogicalResult addManifestDescription(ModuleOp module, StringRef json);
+
 } // namespace mlir::moe::abi
 
 #endif // MOE_CONVERSION_RUNTIMEABI_H

@@ -26,6 +26,8 @@
 #include "moe/Conversion/RuntimeAbi.h"
 #include "moe/Dialect/MoE/IR/MoE.h"
 
+#include "base/CheckedMath.h"
+
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Dialect/LLVMIR/LLVMDialect.h"
@@ -56,8 +58,40 @@ RankedTensorType tensorOf(Value v) {
   return cast<RankedTensorType>(v.getType());
 }
 
+/// Bytes of `t`; checkSizes has made sure that every tensor of the function
+/// has a byte size that fits in int64.
 int64_t byteSize(RankedTensorType t) {
   return t.getNumElements() * int64_t((t.getElementTypeBitWidth() + 7) / 8);
+}
+
+/// Every tensor the entry point sizes (arguments, results of its ops) has a
+/// static shape whose byte size, rounded up to the arena alignment, fits in
+/// int64: an overflow would plan an arena far smaller than the buffers.
+LogicalResult checkSizes(func::FuncOp func) {
+  auto check = [&](Value v, Location loc) -> LogicalResult {
+    if (!isa<RankedTensorType, FutureType>(v.getType()))
+      return success();
+    RankedTensorType t = tensorOf(v);
+    int64_t bytes;
+    if (t.hasStaticShape() && t.getElementType().isIntOrFloat() &&
+        moert::checkedByteSize(
+            t.getShape(),
+            int64_t((t.getElementType().getIntOrFloatBitWidth() + 7) / 8),
+            bytes) &&
+        moert::checkedAlignUp(bytes, kArenaAlign, bytes))
+      return success();
+    return emitError(loc) << "moe-to-runtime: " << t
+                          << " has more bytes than fit in 64 bits";
+  };
+  Block &body = func.getBody().front();
+  for (BlockArgument a : body.getArguments())
+    if (failed(check(a, func.getLoc())))
+      return failure();
+  for (Operation &op : body)
+    for (Value r : op.getResults())
+      if (failed(check(r, op.getLoc())))
+        return failure();
+  return success();
 }
 
 //===----------------------------------------------------------------------===//
@@ -71,6 +105,8 @@ struct BufferPlan {
   /// Result slot of values written straight into a result buffer.
   llvm::DenseMap<Value, unsigned> resultSlot;
   int64_t arenaBytes = 0;
+  /// Set when the arena's size does not fit in int64.
+  bool overflow = false;
 };
 
 /// The value whose buffer `v` uses: a wait's result is its future's buffer.
@@ -131,15 +167,19 @@ BufferPlan planBuffers(func::FuncOp func) {
       llvm::sort(live, [](const Live &a, const Live &b) {
         return a.offset < b.offset;
       });
-      int64_t offset = 0;
+      int64_t offset = 0, end;
       for (const Live &l : live) {
         if (l.offset - offset >= size)
           break;
         offset = std::max(offset, l.offset + l.size);
       }
+      if (!moert::checkedAdd(offset, size, end)) {
+        plan.overflow = true;
+        return plan;
+      }
       live.push_back({offset, size, r});
       plan.arenaOffset[r] = offset;
-      plan.arenaBytes = std::max(plan.arenaBytes, offset + size);
+      plan.arenaBytes = std::max(plan.arenaBytes, end);
     }
     ++now;
   }
@@ -297,9 +337,13 @@ int64_t FunctionLowering::axisMask(CollectiveOpInterface op) {
 }
 
 LogicalResult FunctionLowering::run() {
-  if (failed(checkSupported()))
+  if (failed(checkSupported()) || failed(checkSizes(func)))
     return failure();
   BufferPlan plan = planBuffers(func);
+  if (plan.overflow)
+    return func.emitError()
+           << "moe-to-runtime: the arena of @" << func.getSymName()
+           << " needs more bytes than fit in 64 bits";
 
   // The entry point replaces the function; the tensor function stays until
   // the body is emitted (its values are the keys of the plan).

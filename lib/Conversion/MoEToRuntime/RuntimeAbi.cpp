@@ -155,3 +155,19 @@ LogicalResult abi::addAbiVersion(ModuleOp module) {
                          b.getI32IntegerAttr(MOERT_ABI_VERSION));
   return success();
 }
+
+LogicalResult abi::addManifestDescription(ModuleOp module, StringRef json) {
+  if (Operation *existing = module.lookupSymbol(kManifestSymbol))
+    return existing->emitError()
+           << "'" << kManifestSymbol
+           << "' is reserved: moe-compile defines it as the module's "
+              "description of its entry points";
+  OpBuilder b = OpBuilder::atBlockBegin(module.getBody());
+  std::string text = json.str();
+  text.push_back('\0');
+  auto type = LLVM::LLVMArrayType::get(b.getI8Type(), text.size());
+  LLVM::GlobalOp::create(b, module.getLoc(), type, /*isConstant=*/true,
+                         LLVM::Linkage::External, kManifestSymbol,
+                         b.getStringAttr(text));
+  return success();
+}

@@ -34,6 +34,11 @@
 #define MOERT_ABI_VERSION 3
 /* The name of that exported constant. */
 #define MOERT_ABI_VERSION_SYMBOL "moe_abi_version"
+/* Every compiled module also exports `const char moe_manifest[]`: the JSON
+ * description of its mesh and entry points (manifest.json's "mesh" and
+ * "entries"). The loader checks manifest.json against it before running
+ * anything: the library, not the file, is the authority. */
+#define MOERT_MANIFEST_SYMBOL "moe_manifest"
 
 #ifdef __cplusplus
 extern "C" {

@@ -300,3 +300,26 @@ func.func @f(%x: tensor<7xf32> {moe.hparams = "optimizer.hparams"}) {
 func.func @f(%x: tensor<8xf32>) -> (tensor<8xf32> {moe.state = "w.exp_avg"}) {
   return %x : tensor<8xf32>
 }
+
+// -----
+
+// A model graph's tensor whose byte size overflows int64 (2^62 x 64 f32
+// wraps to 0): every size computed from it would be wrong.
+// expected-error @+1 {{argument 0 (4611686018427387904x64xf32) has more bytes than fit in 64 bits}}
+func.func @huge(%x: tensor<4611686018427387904x64xf32> {moe.input = "hidden_states"}) {
+  return
+}
+
+// -----
+
+// expected-error @+1 {{result 0 (4294967296x4294967296xf32) has more bytes than fit in 64 bits}}
+func.func private @huge_result() -> (tensor<4294967296x4294967296xf32> {moe.output = "y"})
+
+// -----
+
+// The global shape too: 2^60 x 4 f32 (2^64 bytes) split 16 ways.
+moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [16, 1, 1]
+// expected-error @+1 {{'moe.global_shape' (1152921504606846976x4xf32) has more bytes than fit in 64 bits}}
+func.func @huge_global(%x: tensor<72057594037927936x4xf32> {moe.input = "x", moe.shard = [["dp"], []], moe.global_shape = array<i64: 1152921504606846976, 4>}) {
+  return
+}

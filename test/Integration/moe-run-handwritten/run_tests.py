@@ -158,19 +158,42 @@ def manifest(mesh_axes, mesh_shape, module_hash):
                          "results": results}]}
 
 
-def build_module(out_dir, cc, include, mesh_axes, mesh_shape, extra=()):
+def description_flags(out_dir, m):
+    """Like every compiled module, the library carries its own description
+    (manifest.json's mesh and entries) as `const char moe_manifest[]`:
+    writes it as a C header and returns the flags that include it."""
+    desc = {"mesh": m["mesh"], "entries": m["entries"]}
+    text = json.dumps(desc, separators=(",", ":"))
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    path = os.path.join(out_dir, "moe_manifest.h")
+    with open(path, "w") as f:
+        f.write(f'const char moe_manifest[] = "{text}";\n')
+    return ["-include", path]
+
+
+def build_module(out_dir, cc, include, mesh_axes, mesh_shape, extra=(),
+                 edit=None):
+    """`edit` changes the manifest and the description the library embeds
+    alike."""
     os.makedirs(out_dir, exist_ok=True)
     n = 1
     for s in mesh_shape:
         n *= s
     lib = os.path.join(out_dir, "module.so")
+    desc = manifest(mesh_axes, mesh_shape, "0" * 16)
+    if edit:
+        edit(desc)
     cmd = [cc, "-shared", "-fPIC", "-O1", "-I", include,
            f"-DLT={T // n}", f"-DLE={E // n}",
            f"-DMASK={1 if mesh_axes else 0}", *extra,
+           *description_flags(out_dir, desc),
            os.path.join(HERE, "module.c"), "-o", lib]
     subprocess.run(cmd, check=True)
+    m = manifest(mesh_axes, mesh_shape, fnv1a64(lib))
+    if edit:
+        edit(m)
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
-        json.dump(manifest(mesh_axes, mesh_shape, fnv1a64(lib)), f, indent=1)
+        json.dump(m, f, indent=1)
 
 
 # ---------------------------------------------------------------- running
@@ -384,6 +407,116 @@ def module_cases(a, w, single, files):
         print("ok   check mismatch (exit 1)")
 
 
+def edited_copy(w, src, name, edit):
+    """A copy of module directory `src` whose manifest.json `edit` changed
+    (the library stays the same)."""
+    d = os.path.join(w, name)
+    shutil.copytree(src, d, dirs_exist_ok=True)
+    path = os.path.join(d, "manifest.json")
+    m = json.load(open(path))
+    edit(m)
+    json.dump(m, open(path, "w"))
+    return d
+
+
+def hostile_cases(a, w, single, dp2, files):
+    """A careless or hostile manifest.json, module.so or file name: each ends
+    in a named error (exit 1), no crash, no hang, no output (issue 15)."""
+    out = os.path.join(w, "bad_out.safetensors")
+    args = ["--weights", files["weights"], "--inputs", files["inputs"],
+            "--output", out]
+
+    def case(what, d, words, extra=(), inputs=None):
+        cmd = [a.moe_run, d] + args + list(extra)
+        if inputs:
+            cmd[cmd.index(files["inputs"])] = inputs
+        check_bad(cmd, what, words, out, code=1)
+
+    def mesh(m):
+        m["mesh"] = {"axes": ["a", "b"], "shape": [2**32, 2**32]}
+        for t in m["entries"][0]["args"] + m["entries"][0]["results"]:
+            t["shard"] = [[] for _ in t["shape"]]
+        m["entries"][0]["args"][0]["shard"] = [["a", "b"], []]
+    case("mesh of 2^32 x 2^32 ranks", edited_copy(w, single, "h_mesh", mesh),
+         ["manifest.json", "mesh.shape", "overflows"])
+
+    def result(m):
+        r = m["entries"][0]["results"][0]
+        r["shape"] = r["local_shape"] = [T // 2, D]
+    case("result smaller than the library writes",
+         edited_copy(w, single, "h_result", result),
+         ["manifest.json", "results[0].shape", "hidden_states",
+          f"[{T // 2}, {D}]", f"[{T}, {D}]", "module library"])
+
+    def shrunk(m):
+        x = m["entries"][0]["args"][0]
+        x["shape"] = x["local_shape"] = [T // 2, D]
+    small_x = os.path.join(w, "small_x.safetensors")
+    write_safetensors(small_x, {"hidden_states": (
+        "F32", np.zeros((T // 2, D), np.float32))})
+    case("input shape shrunk in the manifest (and the inputs)",
+         edited_copy(w, single, "h_shrunk", shrunk),
+         ["manifest.json", "args[0].shape", "hidden_states"], inputs=small_x)
+
+    def f16(m):
+        for t in m["entries"][0]["args"][1:]:
+            t["dtype"] = "f16"
+    case("weight dtypes changed to f16", edited_copy(w, single, "h_f16", f16),
+         ["manifest.json", "args[1].dtype", "norm.weight", "f16", "f32"])
+
+    def huge(m):
+        x = m["entries"][0]["args"][0]
+        x["shape"] = x["local_shape"] = [2**40, 32]
+    case("input shape [2^40, 32] in the manifest",
+         edited_copy(w, single, "h_huge", huge),
+         ["manifest.json", "args[0].shape", "hidden_states"])
+
+    def overflow(m):
+        x = m["entries"][0]["args"][0]
+        x["shape"] = x["local_shape"] = [2**62, 64]
+    case("input byte size overflowing 64 bits",
+         edited_copy(w, single, "h_overflow", overflow),
+         ["manifest.json", "args[0].shape", "overflows"])
+
+    trunc = os.path.join(w, "h_trunc")
+    shutil.copytree(single, trunc, dirs_exist_ok=True)
+    lib = os.path.join(trunc, "module.so")
+    data = open(lib, "rb").read()
+    open(lib, "wb").write(data[:len(data) // 2])
+    for quiet in ([], ["--quiet"]):
+        case("module.so truncated" + (" (--quiet)" if quiet else ""), trunc,
+             [lib, "module_hash", "recompile"], quiet)
+
+    other = os.path.join(w, "h_other")
+    shutil.copytree(single, other, dirs_exist_ok=True)
+    shutil.copy(os.path.join(dp2, "module.so"),
+                os.path.join(other, "module.so"))
+    case("module.so of another model", other,
+         [os.path.join(other, "module.so"), "module_hash"], ["--quiet"])
+    # The same library with the manifest's hash edited to match it: the
+    # library's own description still tells them apart.
+    lib_hash = fnv1a64(os.path.join(other, "module.so"))
+    forged = edited_copy(w, other, "h_forged",
+                         lambda m: m.update(module_hash=lib_hash))
+    case("module.so of another model, hash forged", forged,
+         ["manifest.json", "mesh", "module library"])
+
+    # A module whose library agrees that a result is 2^40 x 16 f32 (64 TiB):
+    # the allocation fails, naming the tensor and the bytes.
+    def big_result(m):
+        r = m["entries"][0]["results"][1]
+        r["shape"] = r["local_shape"] = [2**40, D]
+    big = os.path.join(w, "h_big")
+    build_module(big, a.cc, a.include, [], [], edit=big_result)
+    case("result too large to allocate", big,
+         ["all_hidden", str(2**40 * D * 4), "allocate"])
+
+    fifo = os.path.join(w, "inputs.fifo")
+    os.mkfifo(fifo)
+    case("--inputs naming a FIFO", single, [fifo, "not a regular file"],
+         inputs=fifo)
+
+
 def mpi_cases(a, w, single, dp2, files):
     if not a.mpiexec:
         return
@@ -433,6 +566,7 @@ def main():
     bad_file_cases(a, w, single, files, x, norm, bias, proj)
     corrupt_file_cases(a, w, single, files)
     module_cases(a, w, single, files)
+    hostile_cases(a, w, single, dp2, files)
     mpi_cases(a, w, single, dp2, files)
     for f in failures:
         print("FAIL " + f)

@@ -28,7 +28,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "python"))
-from run_tests import fnv1a64, write_safetensors  # noqa: E402
+from run_tests import description_flags, fnv1a64, write_safetensors  # noqa: E402,E501
 
 from moe_compiler.train_reference import Optimizer, OptimizerConfig, update_selection_bias  # noqa: E402
 
@@ -140,9 +140,10 @@ def build(out_dir, a, dp, extra=(), edit=None):
     os.makedirs(out_dir, exist_ok=True)
     n = 2 if dp else 1
     lib = os.path.join(out_dir, "module.so")
+    flags = description_flags(out_dir, manifest(dp, "0" * 16))
     subprocess.run([a.cc, "-shared", "-fPIC", "-O1", "-ffp-contract=off",
                     "-I", a.include, f"-DLT={T // n}", f"-DLE={E // n}",
-                    f"-DMASK={1 if dp else 0}", *extra,
+                    f"-DMASK={1 if dp else 0}", *extra, *flags,
                     os.path.join(HERE, "train_module.c"), "-o", lib, "-lm"],
                    check=True)
     m = manifest(dp, fnv1a64(lib))

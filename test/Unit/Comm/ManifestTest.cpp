@@ -175,6 +175,85 @@ TEST(Manifest, RejectsBadMeshes) {
             "axis name 'dp' is repeated");
 }
 
+TEST(Manifest, RejectsSizesThatOverflow) {
+  // [2^32, 2^32, 1]: the mesh size wraps to 0 in int64.
+  expectHas(errorAfter([](json::Value &r) {
+              auto &shape = member(member(r, "mesh"), "shape").elements();
+              shape[0] = json::Value(int64_t(1) << 32);
+              shape[1] = json::Value(int64_t(1) << 32);
+            }),
+            "mesh.shape: the product of the axis sizes [4294967296, "
+            "4294967296, 2] overflows 64 bits");
+  // 2^62 x 32 f32 elements: the byte size wraps.
+  expectHas(errorAfter([](json::Value &r) {
+              json::Value shape = json::Value::array();
+              shape.push(int64_t(1) << 62);
+              shape.push(32);
+              arg(r, 1).set("shape", shape);
+            }),
+            "entries[0].args[1].shape: [4611686018427387904, 32] of f32: the "
+            "byte size overflows 64 bits");
+}
+
+/// The description a library embeds: the example without its header.
+Manifest description(const std::function<void(json::Value &)> &edit) {
+  json::Value root;
+  EXPECT_TRUE(json::parse(kManifest, "x", root).isOk());
+  json::Value desc = json::Value::object();
+  desc.set("mesh", *root.get("mesh"));
+  desc.set("entries", *root.get("entries"));
+  if (edit)
+    edit(desc);
+  Manifest m;
+  Status s = parseModuleDescription(json::write(desc), "module.so", m);
+  EXPECT_TRUE(s.isOk()) << s.message();
+  return m;
+}
+
+TEST(Manifest, ChecksTheManifestAgainstTheLibrary) {
+  Manifest file = parseOk(kManifest);
+  EXPECT_TRUE(
+      checkManifestAgainstLibrary(file, description(nullptr), "manifest.json")
+          .isOk());
+  auto mismatch = [&](const std::function<void(json::Value &)> &edit) {
+    Status s =
+        checkManifestAgainstLibrary(file, description(edit), "manifest.json");
+    EXPECT_FALSE(s.isOk());
+    return s.message();
+  };
+  expectHas(mismatch([](json::Value &d) { arg(d, 1).set("dtype", "f16"); }),
+            "manifest.json: entries[0].args[0].dtype ('hidden_states') is f32 "
+            "but the module library says f16");
+  expectHas(mismatch([](json::Value &d) {
+              json::Value shape = json::Value::array();
+              shape.push(16);
+              shape.push(32);
+              member(member(d, "entries").elements()[0], "results")
+                  .elements()[0]
+                  .set("local_shape", shape);
+              json::Value global = json::Value::array();
+              global.push(32);
+              global.push(32);
+              member(member(d, "entries").elements()[0], "results")
+                  .elements()[0]
+                  .set("shape", global);
+            }),
+            "entries[0].results[0].shape ('hidden_states') is [64, 32] but the "
+            "module library says [32, 32]");
+  expectHas(mismatch([](json::Value &d) {
+              member(d, "entries").elements()[0].set("arena_bytes", 512);
+            }),
+            "entries[0].arena_bytes is 1048576 but the module library says "
+            "512");
+  expectHas(mismatch([](json::Value &d) {
+              member(d, "entries").elements()[0].set("symbol", "moe_entry_x");
+            }),
+            "entries[0].symbol is 'moe_entry_forward' but the module library "
+            "says 'moe_entry_x'");
+  expectHas(mismatch([](json::Value &d) { arg(d, 0).set("transpose", true); }),
+            "entries[0].args[1].transpose");
+}
+
 TEST(Manifest, RejectsBadTensors) {
   // In the example, args[0] is the expert weight and args[1] the input.
   expectHas(errorAfter([](json::Value &r) {

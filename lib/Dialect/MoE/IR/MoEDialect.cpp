@@ -1,6 +1,8 @@
 //===- MoEDialect.cpp - The moe dialect -----------------------------------===//
 #include "moe/Dialect/MoE/IR/MoE.h"
 
+#include "base/CheckedMath.h"
+
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinOps.h"
 #include "mlir/IR/DialectImplementation.h"
@@ -193,6 +195,26 @@ verifyShard(Operation *op, RankedTensorType type, Attribute value) {
   return factors;
 }
 
+/// Sizes come from the user's IR: a shape whose bytes overflow int64 would
+/// wrap around in every size computed from it (the manifest, the arena), so
+/// it is an error here, where the tensor types of a model graph enter.
+LogicalResult verifyByteSize(Operation *op, ArrayRef<int64_t> shape,
+                             Type elementType, const Twine &what) {
+  if (!elementType.isIntOrFloat() || ShapedType::isDynamicShape(shape))
+    return success();
+  int64_t bytes;
+  int64_t elementBytes = (elementType.getIntOrFloatBitWidth() + 7) / 8;
+  if (moert::checkedByteSize(shape, elementBytes, bytes))
+    return success();
+  std::string dims;
+  llvm::raw_string_ostream os(dims);
+  for (int64_t d : shape)
+    os << d << "x";
+  os << elementType;
+  return op->emitError() << what << " (" << dims
+                         << ") has more bytes than fit in 64 bits";
+}
+
 /// `moe.global_shape`: the tensor's shape before sharding, i.e. each local
 /// dimension times the sizes of the axes `moe.shard` splits it over.
 LogicalResult verifyGlobalShape(Operation *op, RankedTensorType type,
@@ -218,13 +240,15 @@ LogicalResult verifyGlobalShape(Operation *op, RankedTensorType type,
     int64_t local = type.getDimSize(d);
     if (ShapedType::isDynamic(local))
       continue;
-    if (g != local * factors[d])
+    int64_t product;
+    if (!moert::checkedMul(local, factors[d], product) || g != product)
       return op->emitError()
              << "'" << what << "' dimension " << d << " is " << g
              << " but the local size " << local << " split " << factors[d]
              << " ways gives " << local * factors[d];
   }
-  return success();
+  return verifyByteSize(op, global.asArrayRef(), type.getElementType(),
+                        "'" + what.str() + "'");
 }
 
 LogicalResult verifyValueAttribute(Operation *op, Place place, unsigned index,
@@ -234,6 +258,11 @@ LogicalResult verifyValueAttribute(Operation *op, Place place, unsigned index,
     return failure();
   FailureOr<RankedTensorType> type = annotatedTensor(op, place, index, name);
   if (failed(type))
+    return failure();
+  if (failed(verifyByteSize(
+          op, type->getShape(), type->getElementType(),
+          Twine(place == Place::Argument ? "argument " : "result ") +
+              Twine(index))))
     return failure();
   DictionaryAttr siblings = attrDict(op, place, index);
   using D = MoEDialect;
