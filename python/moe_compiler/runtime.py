@@ -29,7 +29,7 @@ __all__ = ["DTYPES", "Module", "RuntimeError_", "find_runtime_library"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The runtime ABI version this binding speaks (MOERT_ABI_VERSION in moert.h).
-ABI_VERSION = 2
+ABI_VERSION = 3
 # Manifest dtype -> numpy dtype (the element types the bindings pass).
 DTYPES = {"f32": np.float32, "i32": np.int32, "i64": np.int64}
 
