@@ -44,7 +44,7 @@ step "compile for --mesh ep=2,tp=2 --dtd and run on 4 ranks"
 mpirun --oversubscribe -np 4 "$BUILD_DIR/bin/moe-run" "$OUT/ep2tp2" \
   --weights "$OUT/weights.safetensors" --inputs "$OUT/inputs.safetensors" \
   --output "$OUT/ep2tp2.safetensors" --check "$OUT/reference.safetensors" \
-  --rtol 1e-4 --stats "$OUT/ep2tp2.stats.json"
+  --rtol 1e-4 --warmup 1 --repeat 5 --stats "$OUT/ep2tp2.stats.json"
 
 step "train: moe-compile --train --mesh ep=2,tp=2 --dtd, 3 AdamW steps on 4 ranks"
 $MOE init-weights --hf-config "$CONFIG" --seed 3 -o "$OUT/other-weights.safetensors"

@@ -31,7 +31,9 @@ import sys
 PROJECT_LAYERS = [
     "runtime",     # runtime/**: libmoert, its C ABI and the driver support
     "mlir",        # MLIR and LLVM headers (external)
-    "dialect",     # lib/Dialect/**, include/moe/Dialect/**
+    "dialect",     # lib/Dialect/*/IR, include/moe/Dialect/*/IR (the IR)
+    "analysis",    # lib/Analysis, include/moe/Analysis (the cost model)
+    "transforms",  # the rest of lib/Dialect/**, include/moe/Dialect/**
     "conversion",  # lib/Conversion/**, include/moe/Conversion/**
     "pipeline",    # every other lib/X, include/moe/X (the compile pipeline)
     "tools",       # tools/**
@@ -77,13 +79,16 @@ def project_layer_of(path):
     if parts[0] == "tools":
         return "tools"
     if parts[0] == "lib" and len(parts) > 2:
-        component = parts[1]
+        component, rest = parts[1], parts[2:]
     elif parts[:2] == ["include", "moe"] and len(parts) > 3:
-        component = parts[2]
+        component, rest = parts[2], parts[3:]
     else:
         return None
     if component == "Dialect":
-        return "dialect"
+        # <Dialect>/IR/... is the IR; passes may use the analyses on it.
+        return "dialect" if len(rest) > 2 and rest[1] == "IR" else "transforms"
+    if component == "Analysis":
+        return "analysis"
     if component == "Conversion":
         return "conversion"
     return "pipeline"

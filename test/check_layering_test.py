@@ -95,9 +95,25 @@ class CheckLayering(unittest.TestCase):
         self.assertEqual(rc, 1, out)
         self.assertIn("lib/Dialect/MoE/Transforms/Pipelines.cpp:1: includes "
                       "include/moe/Conversion/Passes.h (layer conversion), "
-                      "above its layer dialect", out)
+                      "above its layer transforms", out)
         self.assertIn("lib/Dialect/MoE/Transforms/Pipelines.cpp:2: includes "
                       "include/moe/Pipeline/Pipeline.h (layer pipeline)", out)
+
+    def test_analysis_sits_between_the_ir_and_the_transforms(self):
+        files = dict(CLEAN)
+        files["include/moe/Analysis/CostModel.h"] = (
+            '#include "moe/Dialect/MoE/IR/MoE.h"\n')
+        files["lib/Dialect/MoE/Transforms/Overlap.cpp"] = (
+            '#include "moe/Analysis/CostModel.h"\n')
+        rc, out = run_on(files)
+        self.assertEqual(rc, 0, out)
+        files["lib/Dialect/MoE/IR/MoEOps.cpp"] += (
+            '#include "moe/Analysis/CostModel.h"\n')
+        rc, out = run_on(files)
+        self.assertEqual(rc, 1, out)
+        self.assertIn("lib/Dialect/MoE/IR/MoEOps.cpp:3: includes "
+                      "include/moe/Analysis/CostModel.h (layer analysis), "
+                      "above its layer dialect", out)
 
     def test_lower_runtime_layer_including_a_higher_one_fails(self):
         files = dict(CLEAN)

@@ -1,5 +1,7 @@
 //===- Pipelines.cpp - The compile pipeline of moe-compiler ---------------===//
 #include "moe/Pipelines/Pipelines.h"
+#include "moe/Analysis/CostModel.h"
+#include "moe/Analysis/Passes.h"
 #include "moe/Conversion/Passes.h"
 #include "moe/Dialect/MoE/Transforms/Passes.h"
 #include "moe/Pipelines/Passes.h"
@@ -23,6 +25,11 @@ moe::verifyCompilePipelineOptions(const CompilePipelineOptions &options) {
     return llvm::createStringError(llvm::inconvertibleErrorCode(),
                                    "zero1 shards optimizer state: it needs "
                                    "train");
+  if (!options.cluster.empty())
+    if (llvm::Expected<cost::ClusterSpec> c =
+            cost::loadClusterFile(options.cluster);
+        !c)
+      return c.takeError();
   return llvm::Error::success();
 }
 
@@ -64,6 +71,7 @@ void moe::buildLowerToLLVMPipeline(OpPassManager &pm) {
 
 void moe::registerMoECompilePipelines() {
   registerMoEPipelinesPasses();
+  registerMoEAnalysisPasses();
   // PassPipelineRegistration<CompilePipelineOptions> without its silence on
   // option combinations the builder cannot honour.
   registerPassPipeline(

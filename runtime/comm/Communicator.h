@@ -19,16 +19,33 @@
 
 #include "base/Status.h"
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <string>
+#include <vector>
 
 namespace moert {
+
+/// Seconds on the steady clock: the time base of Request::completedAt (and
+/// of the CPU backend's now()).
+inline double steadySeconds() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
 
 /// A started collective. wait() completes it (or fails after the timeout).
 class Request {
 public:
   virtual ~Request() = default;
   virtual Status wait() = 0;
+  /// True once the transfer is known to be complete. Never blocks and never
+  /// calls into the transport from the calling thread: a collective that is
+  /// done() before wait() was completed by the communicator's own progress
+  /// (the MPI progress thread, the GPU's comm stream).
+  virtual bool done() const = 0;
+  /// steadySeconds() when completion was first observed; < 0 before.
+  virtual double completedAt() const = 0;
 };
 
 class Communicator {
@@ -41,6 +58,8 @@ public:
   virtual int size() const = 0;
   /// True when buffers must be device memory (NCCL).
   virtual bool deviceBuffers() const = 0;
+  /// Ranks of this communicator that run on this node (1 when unknown).
+  virtual int localRanks() const { return 1; }
 
   /// Ranks with equal `color` form a new communicator, ordered by `key`.
   virtual Status split(int color, int key,
@@ -97,11 +116,42 @@ Status createSingleCommunicator(const CommOptions &opts,
 /// MOERT_ERR_UNSUPPORTED when built without MPI.
 Status createMpiCommunicator(const CommOptions &opts,
                              std::unique_ptr<Communicator> &out);
-/// NCCL over all MPI ranks, ncclUniqueId broadcast over MPI; device buffers
-/// on `stream` (a cudaStream_t, may be null). MOERT_ERR_UNSUPPORTED when built
-/// without NCCL.
-Status createNcclCommunicator(const CommOptions &opts, void *stream,
+/// NCCL over all MPI ranks, ncclUniqueId broadcast over MPI; device buffers.
+/// The collectives run on a stream of their own; each waits for the work
+/// queued so far on `computeStream` (a cudaStream_t, may be null: the legacy
+/// stream) through an event. MOERT_ERR_UNSUPPORTED when built without NCCL.
+Status createNcclCommunicator(const CommOptions &opts, void *computeStream,
                               std::unique_ptr<Communicator> &out);
+
+//===--- Network emulation (LinkEmulator.cpp) ---------------------------===//
+
+/// The time a link takes for one collective: alpha + bytes / bandwidth,
+/// bytes being what this rank sends to (or receives from, if more) the
+/// other ranks (docs/runtime.md, "Network emulation").
+struct LinkModel {
+  double alphaSeconds = 0;
+  double bytesPerSecond = 0; // 0: infinite
+  double seconds(int64_t bytes) const {
+    return alphaSeconds + (bytesPerSecond > 0
+                               ? static_cast<double>(bytes) / bytesPerSecond
+                               : 0.0);
+  }
+};
+
+struct AxisLink {
+  std::string axis;
+  LinkModel model;
+};
+
+/// Parses "AXIS:alpha=50us,bw=1GB/s[;AXIS:...]" (entries separated by ','
+/// or ';'; a part with ':' starts the next axis). Errors name the bad part.
+Status parseLinkSpec(const std::string &spec, std::vector<AxisLink> &out);
+
+/// A communicator whose collectives complete no earlier than
+/// `model.seconds(bytes)` after they start, with the data of `inner`
+/// unchanged. The host helpers (barrier, broadcastHost, ...) pass through.
+std::unique_ptr<Communicator> emulateLink(std::unique_ptr<Communicator> inner,
+                                          const LinkModel &model);
 
 } // namespace moert
 

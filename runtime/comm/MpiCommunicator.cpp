@@ -1,25 +1,40 @@
 //===- MpiCommunicator.cpp - Byte-level collectives over OpenMPI ----------===//
 //
 // Host buffers only. Every collective is started nonblocking (MPI_I*) and
-// completed by polling MPI_Testall until a deadline, so a rank that never
-// joins costs the others a MOERT_ERR_TIMEOUT, not a hang. Counts are bytes;
-// MPI takes int counts, so larger transfers use a contiguous datatype of a
-// power-of-two unit that divides every count and displacement (reductions
-// are cut into pieces instead).
+// completed with a deadline, so a rank that never joins costs the others a
+// MOERT_ERR_TIMEOUT, not a hang. Counts are bytes; MPI takes int counts, so
+// larger transfers use a contiguous datatype of a power-of-two unit that
+// divides every count and displacement (reductions are cut into pieces
+// instead).
+//
+// Progress. MPI moves the data of a nonblocking collective only inside MPI
+// calls, so a started collective would wait for moert_wait while the rank
+// computes. A progress thread (one per process, alive while an MPI
+// communicator exists) tests every started collective every 10-100 us and
+// marks it done; wait() returns at once when it is, and otherwise sleeps on
+// a condition variable (a waiting rank leaves the cores to computing ones).
+// Every MPI call of this file holds one lock, so the two threads never call
+// MPI at once: MPI_THREAD_SERIALIZED (what moert_world_init asks for) is
+// enough. Without it (a caller that initialized MPI with less), or with
+// MOERT_MPI_PROGRESS=0, there is no thread and wait() polls.
 //
 //===----------------------------------------------------------------------===//
 #include "comm/Communicator.h"
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
+#include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 // The C API only: keep OpenMPI's C++ bindings (and their library) out.
 #define OMPI_SKIP_MPICXX 1
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 #include <mutex>
-#include <sched.h>
 #include <string>
+#include <sys/prctl.h>
+#include <thread>
 #include <time.h>
 #include <vector>
 
@@ -28,13 +43,24 @@ namespace moert {
 namespace {
 
 //===----------------------------------------------------------------------===//
-// Errors, abandoned requests and polling
+// Errors, the MPI lock, abandoned requests
 //===----------------------------------------------------------------------===//
+
+/// Held around every MPI call of this file (see the file comment).
+std::mutex &mpiLock() {
+  static std::mutex *m = new std::mutex(); // never destroyed
+  return *m;
+}
+using MpiGuard = std::lock_guard<std::mutex>;
 
 Status mpiError(int rc, const char *call, const std::string &what) {
   char text[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS)
+  int len = 0, got;
+  {
+    MpiGuard g(mpiLock());
+    got = MPI_Error_string(rc, text, &len);
+  }
+  if (got != MPI_SUCCESS)
     len = std::snprintf(text, sizeof(text), "MPI error %d", rc);
   return error(MOERT_ERR_COMM, "%s: %s failed: %.*s", what.c_str(), call, len,
                text);
@@ -55,84 +81,268 @@ Graveyard &graveyard() {
 
 int64_t abandonedRequests();
 
-/// Spin briefly (lowest latency), then yield, then sleep: ranks may share
-/// cores (mpirun --oversubscribe), and a sleeping poller leaves them free.
-void backoff(double elapsed) {
-  if (elapsed < 1e-3)
-    return;
-  if (elapsed < 0.05) {
-    sched_yield();
-    return;
-  }
-  struct timespec ts = {0, 200 * 1000};
+Status timedOut(const std::string &what, double elapsed) {
+  return error(MOERT_ERR_TIMEOUT,
+               "%s timed out after %.1f s: a rank of the group did not "
+               "join (it failed, skipped the collective or runs another "
+               "module)",
+               what.c_str(), elapsed);
+}
+
+/// Short sleep; the thread's timer slack decides how short.
+void nap(int64_t micros) {
+  struct timespec ts = {0, static_cast<long>(micros * 1000)};
   nanosleep(&ts, nullptr);
 }
 
+/// Polls `reqs` (on the calling thread) until done or `timeout`: a brief
+/// spin for latency, then naps, so that a waiting rank does not compete
+/// with computing ones for the cores.
 Status pollAll(std::vector<MPI_Request> &reqs, double timeout,
                const std::string &what) {
-  double start = MPI_Wtime();
+  double start = steadySeconds();
   while (true) {
-    int done = 0;
-    int rc = MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &done,
-                         MPI_STATUSES_IGNORE);
+    int done = 0, rc;
+    {
+      MpiGuard g(mpiLock());
+      rc = MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &done,
+                       MPI_STATUSES_IGNORE);
+    }
     if (rc != MPI_SUCCESS)
       return mpiError(rc, "MPI_Testall", what);
     if (done)
       return Status::ok();
-    double elapsed = MPI_Wtime() - start;
+    double elapsed = steadySeconds() - start;
     if (elapsed > timeout)
-      return error(MOERT_ERR_TIMEOUT,
-                   "%s timed out after %.1f s: a rank of the group did not "
-                   "join (it failed, skipped the collective or runs another "
-                   "module)",
-                   what.c_str(), elapsed);
-    backoff(elapsed);
+      return timedOut(what, elapsed);
+    if (elapsed > 50e-6)
+      nap(elapsed < 1e-3 ? 20 : 100);
   }
 }
 
-/// A started collective: its MPI requests plus the count arrays that must
-/// outlive them.
-class MpiRequest : public Request {
-public:
-  MpiRequest(std::string what, double timeout)
-      : what_(std::move(what)), timeout_(timeout) {}
-  ~MpiRequest() override;
+//===----------------------------------------------------------------------===//
+// Operations in flight and the progress thread
+//===----------------------------------------------------------------------===//
 
-  Status wait() override {
-    if (done_)
-      return Status::ok();
-    Status s = pollAll(reqs_, timeout_, what_);
-    done_ = s.isOk();
-    return s;
+/// A started collective: its MPI requests plus the count arrays that must
+/// outlive them. `reqs` is touched only under mpiLock().
+struct MpiOp {
+  std::vector<MPI_Request> reqs;
+  std::vector<int> ints; // counts and displacements
+  std::atomic<bool> done{false};
+  std::atomic<double> completedAt{-1};
+  int error = MPI_SUCCESS; // set before `done`
+  bool byThread = false;
+
+  /// One MPI_Testall; the caller holds mpiLock(). True once done.
+  bool test(bool fromThread) {
+    if (done.load(std::memory_order_acquire))
+      return true;
+    int flag = 0;
+    int rc = MPI_Testall(static_cast<int>(reqs.size()), reqs.data(), &flag,
+                         MPI_STATUSES_IGNORE);
+    if (rc == MPI_SUCCESS && !flag)
+      return false;
+    error = rc;
+    byThread = fromThread;
+    completedAt.store(steadySeconds(), std::memory_order_relaxed);
+    done.store(true, std::memory_order_release);
+    return true;
+  }
+};
+
+class Progress {
+public:
+  Progress() : thread_([this] { loop(); }) {}
+  ~Progress() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
   }
 
-  std::vector<MPI_Request> reqs_;
-  std::vector<int> ints_; // counts and displacements
+  void add(const std::shared_ptr<MpiOp> &op) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      active_.push_back(op);
+    }
+    wake_.notify_all();
+  }
+  void remove(const MpiOp *op) {
+    std::lock_guard<std::mutex> lock(mu_);
+    active_.erase(std::remove_if(active_.begin(), active_.end(),
+                                 [&](const std::shared_ptr<MpiOp> &a) {
+                                   return a.get() == op;
+                                 }),
+                  active_.end());
+  }
+  /// Sleeps until the thread marks `op` done or `deadline` passes.
+  bool waitFor(const MpiOp &op, double deadline) {
+    std::unique_lock<std::mutex> lock(mu_);
+    ++waiters_;
+    wake_.notify_all(); // poll at the fastest rate while someone waits
+    while (!op.done.load(std::memory_order_acquire)) {
+      double left = deadline - steadySeconds();
+      if (left <= 0)
+        break;
+      completed_.wait_for(lock,
+                          std::chrono::duration<double>(std::min(left, 0.01)));
+    }
+    --waiters_;
+    return op.done.load(std::memory_order_acquire);
+  }
+
+private:
+  void loop() {
+    // Naps of 10 us must not become the default 50 us slack.
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    int64_t interval = 10;
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!stop_) {
+      if (active_.empty()) {
+        wake_.wait(lock);
+        interval = 10;
+        continue;
+      }
+      std::vector<std::shared_ptr<MpiOp>> ops = active_;
+      lock.unlock();
+      bool any = false;
+      {
+        MpiGuard g(mpiLock());
+        int finalized = 0;
+        MPI_Finalized(&finalized);
+        for (const auto &op : ops)
+          if (!finalized && !op->done.load(std::memory_order_acquire) &&
+              op->test(true))
+            any = true;
+      }
+      lock.lock();
+      active_.erase(std::remove_if(active_.begin(), active_.end(),
+                                   [](const std::shared_ptr<MpiOp> &a) {
+                                     return a->done.load();
+                                   }),
+                    active_.end());
+      if (any) {
+        completed_.notify_all();
+        interval = 10;
+      } else {
+        interval = std::min<int64_t>(interval * 2, waiters_ ? 20 : 100);
+      }
+      wake_.wait_for(lock, std::chrono::microseconds(interval));
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable wake_, completed_;
+  std::vector<std::shared_ptr<MpiOp>> active_;
+  int waiters_ = 0;
+  bool stop_ = false;
+  std::thread thread_; // last: starts once the rest is constructed
+};
+
+/// The process's progress thread, shared by every MPI communicator and
+/// request; null when MPI gives less than MPI_THREAD_SERIALIZED or
+/// MOERT_MPI_PROGRESS=0.
+std::shared_ptr<Progress> acquireProgress() {
+  static std::mutex mu;
+  static std::weak_ptr<Progress> *current = new std::weak_ptr<Progress>();
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto p = current->lock())
+    return p;
+  const char *env = std::getenv("MOERT_MPI_PROGRESS");
+  if (env && std::strcmp(env, "0") == 0)
+    return nullptr;
+  int provided = MPI_THREAD_SINGLE;
+  {
+    MpiGuard g(mpiLock());
+    MPI_Query_thread(&provided);
+  }
+  if (provided < MPI_THREAD_SERIALIZED)
+    return nullptr;
+  auto p = std::make_shared<Progress>();
+  *current = p;
+  return p;
+}
+
+class MpiRequest : public Request {
+public:
+  MpiRequest(std::string what, double timeout,
+             std::shared_ptr<Progress> progress)
+      : op_(std::make_shared<MpiOp>()), what_(std::move(what)),
+        timeout_(timeout), progress_(std::move(progress)) {}
+  ~MpiRequest() override;
+
+  /// Hands the started requests to the progress thread.
+  void started() {
+    start_ = steadySeconds();
+    if (progress_)
+      progress_->add(op_);
+  }
+
+  Status wait() override {
+    if (!op_->done.load(std::memory_order_acquire)) {
+      if (progress_) {
+        // A few direct tests catch a transfer that is about to finish.
+        for (int i = 0; i < 4 && !op_->done.load(); ++i) {
+          MpiGuard g(mpiLock());
+          op_->test(false);
+        }
+        if (!op_->done.load())
+          progress_->waitFor(*op_, start_ + timeout_);
+      } else {
+        Status s =
+            pollAll(op_->reqs, start_ + timeout_ - steadySeconds(), what_);
+        if (s.code() == MOERT_ERR_TIMEOUT)
+          return timedOut(what_, steadySeconds() - start_);
+        MOERT_TRY(s);
+        op_->completedAt.store(steadySeconds());
+        op_->done.store(true);
+      }
+    }
+    if (!op_->done.load(std::memory_order_acquire))
+      return timedOut(what_, steadySeconds() - start_);
+    if (op_->error != MPI_SUCCESS)
+      return mpiError(op_->error, "MPI_Testall", what_);
+    return Status::ok();
+  }
+  bool done() const override { return op_->done.load(); }
+  double completedAt() const override {
+    return op_->done.load() ? op_->completedAt.load() : -1;
+  }
+
+  std::shared_ptr<MpiOp> op_;
   std::string what_;
   double timeout_;
-  bool done_ = false;
+  std::shared_ptr<Progress> progress_;
+  double start_ = 0;
 };
 
 MpiRequest::~MpiRequest() {
-  if (done_)
+  if (progress_)
+    progress_->remove(op_.get());
+  if (op_->done.load())
     return;
+  MpiGuard g(mpiLock());
   int finalized = 0, complete = 0;
   MPI_Finalized(&finalized);
   if (!finalized)
-    MPI_Testall(static_cast<int>(reqs_.size()), reqs_.data(), &complete,
+    MPI_Testall(static_cast<int>(op_->reqs.size()), op_->reqs.data(), &complete,
                 MPI_STATUSES_IGNORE);
   if (complete || finalized)
     return;
-  Graveyard &g = graveyard();
-  std::lock_guard<std::mutex> lock(g.mu);
-  for (MPI_Request r : reqs_)
+  Graveyard &gy = graveyard();
+  std::lock_guard<std::mutex> lock(gy.mu);
+  for (MPI_Request r : op_->reqs)
     if (r != MPI_REQUEST_NULL)
-      g.requests.push_back(r);
-  g.ints.push_back(std::move(ints_));
+      gy.requests.push_back(r);
+  gy.ints.push_back(std::move(op_->ints));
 }
 
 /// Blocks (with the deadline) when `out` is null; otherwise hands it over.
 Status finish(std::unique_ptr<MpiRequest> r, std::unique_ptr<Request> *out) {
+  r->started();
   if (out) {
     *out = std::move(r);
     return Status::ok();
@@ -149,8 +359,10 @@ struct ByteUnit {
   int64_t unit = 1;
   MPI_Datatype type = MPI_BYTE;
   ~ByteUnit() {
-    if (type != MPI_BYTE)
-      MPI_Type_free(&type); // pending operations keep their own reference
+    if (type != MPI_BYTE) {
+      MpiGuard g(mpiLock());
+      MPI_Type_free(&type);
+    } // pending operations keep their own reference
   }
 };
 
@@ -175,9 +387,13 @@ Status chooseUnit(const std::vector<int64_t> &values, const std::string &what,
                  "counts share no unit that brings them below it",
                  what.c_str(), static_cast<long long>(maxV), INT_MAX);
   out.unit = unit;
-  int rc = MPI_Type_contiguous(static_cast<int>(unit), MPI_BYTE, &out.type);
-  if (rc == MPI_SUCCESS)
-    rc = MPI_Type_commit(&out.type);
+  int rc;
+  {
+    MpiGuard g(mpiLock());
+    rc = MPI_Type_contiguous(static_cast<int>(unit), MPI_BYTE, &out.type);
+    if (rc == MPI_SUCCESS)
+      rc = MPI_Type_commit(&out.type);
+  }
   if (rc != MPI_SUCCESS) {
     out.type = MPI_BYTE;
     return mpiError(rc, "MPI_Type_contiguous", what);
@@ -214,8 +430,10 @@ Status reductionType(int32_t dtype, const std::string &what, MPI_Datatype &type,
 
 class MpiCommunicator : public Communicator {
 public:
-  MpiCommunicator(MPI_Comm comm, double timeout) : comm_(comm) {
+  MpiCommunicator(MPI_Comm comm, double timeout, int localRanks)
+      : comm_(comm), localRanks_(localRanks), progress_(acquireProgress()) {
     timeout_ = timeout > 0 ? timeout : 300.0;
+    MpiGuard g(mpiLock());
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
   }
@@ -225,6 +443,7 @@ public:
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   bool deviceBuffers() const override { return false; }
+  int localRanks() const override { return localRanks_; }
 
   Status split(int color, int key, std::unique_ptr<Communicator> &out) override;
   Status allToAllV(const void *send, const int64_t *sendBytes,
@@ -252,7 +471,7 @@ public:
 private:
   std::unique_ptr<MpiRequest> request(const char *what) const {
     return std::unique_ptr<MpiRequest>(
-        new MpiRequest(what ? what : "collective", timeout_));
+        new MpiRequest(what ? what : "collective", timeout_, progress_));
   }
   Status checkRoot(int root, const char *what) const {
     if (root < 0 || root >= size_)
@@ -262,16 +481,19 @@ private:
   }
 
   MPI_Comm comm_;
-  int rank_ = 0, size_ = 1;
+  int rank_ = 0, size_ = 1, localRanks_ = 1;
   double timeout_;
+  std::shared_ptr<Progress> progress_;
 };
 
 MpiCommunicator::~MpiCommunicator() {
+  bool abandoned = abandonedRequests() != 0;
+  MpiGuard g(mpiLock());
   int finalized = 0;
   MPI_Finalized(&finalized);
   // A communicator with abandoned operations is left alone: freeing it while
   // they are pending is erroneous.
-  if (!finalized && comm_ != MPI_COMM_NULL && abandonedRequests() == 0)
+  if (!finalized && comm_ != MPI_COMM_NULL && !abandoned)
     MPI_Comm_free(&comm_);
 }
 
@@ -283,11 +505,16 @@ Status MpiCommunicator::split(int color, int key,
   // rank has arrived, so it cannot hang on a rank that never comes.
   MOERT_TRY(barrier("communicator split"));
   MPI_Comm sub;
-  int rc = MPI_Comm_split(comm_, color, key, &sub);
+  int rc;
+  {
+    MpiGuard g(mpiLock());
+    rc = MPI_Comm_split(comm_, color, key, &sub);
+    if (rc == MPI_SUCCESS)
+      MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN);
+  }
   if (rc != MPI_SUCCESS)
     return mpiError(rc, "MPI_Comm_split", "communicator split");
-  MPI_Comm_set_errhandler(sub, MPI_ERRORS_RETURN);
-  out.reset(new MpiCommunicator(sub, timeout_));
+  out.reset(new MpiCommunicator(sub, timeout_, 1));
   return Status::ok();
 }
 
@@ -310,8 +537,8 @@ Status MpiCommunicator::allToAllV(const void *send, const int64_t *sendBytes,
                  r->what_.c_str());
   ByteUnit u;
   MOERT_TRY(chooseUnit(all, r->what_, u));
-  r->ints_.resize(4 * static_cast<size_t>(size_));
-  int *sc = r->ints_.data(), *sd = sc + size_, *rcnt = sd + size_,
+  r->op_->ints.resize(4 * static_cast<size_t>(size_));
+  int *sc = r->op_->ints.data(), *sd = sc + size_, *rcnt = sd + size_,
       *rd = rcnt + size_;
   for (int p = 0; p < size_; ++p) {
     sc[p] = static_cast<int>(sendBytes[p] / u.unit);
@@ -319,9 +546,13 @@ Status MpiCommunicator::allToAllV(const void *send, const int64_t *sendBytes,
     rcnt[p] = static_cast<int>(recvBytes[p] / u.unit);
     rd[p] = static_cast<int>(recvDispls[p] / u.unit);
   }
-  r->reqs_.resize(1);
-  int rc = MPI_Ialltoallv(send, sc, sd, u.type, recv, rcnt, rd, u.type, comm_,
-                          &r->reqs_[0]);
+  r->op_->reqs.resize(1);
+  int rc;
+  {
+    MpiGuard g(mpiLock());
+    rc = MPI_Ialltoallv(send, sc, sd, u.type, recv, rcnt, rd, u.type, comm_,
+                        &r->op_->reqs[0]);
+  }
   if (rc != MPI_SUCCESS)
     return mpiError(rc, "MPI_Ialltoallv", r->what_);
   return finish(std::move(r), req);
@@ -339,9 +570,13 @@ Status MpiCommunicator::allGather(const void *send, void *recv, int64_t bytes,
   ByteUnit u;
   MOERT_TRY(chooseUnit({bytes}, r->what_, u));
   int count = static_cast<int>(bytes / u.unit);
-  r->reqs_.resize(1);
-  int rc = MPI_Iallgather(inPlace ? MPI_IN_PLACE : send, count, u.type, recv,
-                          count, u.type, comm_, &r->reqs_[0]);
+  r->op_->reqs.resize(1);
+  int rc;
+  {
+    MpiGuard g(mpiLock());
+    rc = MPI_Iallgather(inPlace ? MPI_IN_PLACE : send, count, u.type, recv,
+                        count, u.type, comm_, &r->op_->reqs[0]);
+  }
   if (rc != MPI_SUCCESS)
     return mpiError(rc, "MPI_Iallgather", r->what_);
   return finish(std::move(r), req);
@@ -364,9 +599,13 @@ Status MpiCommunicator::allReduce(const void *send, void *recv, int64_t n,
     int count = static_cast<int>(std::min(kPiece, n - off));
     const char *s = static_cast<const char *>(send) + off * es;
     char *d = static_cast<char *>(recv) + off * es;
-    r->reqs_.push_back(MPI_REQUEST_NULL);
-    int rc = MPI_Iallreduce(inPlace ? MPI_IN_PLACE : s, d, count, type, MPI_SUM,
-                            comm_, &r->reqs_.back());
+    r->op_->reqs.push_back(MPI_REQUEST_NULL);
+    int rc;
+    {
+      MpiGuard g(mpiLock());
+      rc = MPI_Iallreduce(inPlace ? MPI_IN_PLACE : s, d, count, type, MPI_SUM,
+                          comm_, &r->op_->reqs.back());
+    }
     if (rc != MPI_SUCCESS)
       return mpiError(rc, "MPI_Iallreduce", r->what_);
   }
@@ -388,9 +627,13 @@ Status MpiCommunicator::reduceScatter(const void *send, void *recv, int64_t n,
   if (overlaps(send, n * es * size_, recv, n * es))
     return error(MOERT_ERR_INVALID, "%s: send and receive buffers overlap",
                  r->what_.c_str());
-  r->reqs_.resize(1);
-  int rc = MPI_Ireduce_scatter_block(send, recv, static_cast<int>(n), type,
-                                     MPI_SUM, comm_, &r->reqs_[0]);
+  r->op_->reqs.resize(1);
+  int rc;
+  {
+    MpiGuard g(mpiLock());
+    rc = MPI_Ireduce_scatter_block(send, recv, static_cast<int>(n), type,
+                                   MPI_SUM, comm_, &r->op_->reqs[0]);
+  }
   if (rc != MPI_SUCCESS)
     return mpiError(rc, "MPI_Ireduce_scatter_block", r->what_);
   return finish(std::move(r), req);
@@ -398,11 +641,15 @@ Status MpiCommunicator::reduceScatter(const void *send, void *recv, int64_t n,
 
 Status MpiCommunicator::barrier(const char *what) {
   std::unique_ptr<MpiRequest> r = request(what);
-  r->reqs_.resize(1);
-  int rc = MPI_Ibarrier(comm_, &r->reqs_[0]);
+  r->op_->reqs.resize(1);
+  int rc;
+  {
+    MpiGuard g(mpiLock());
+    rc = MPI_Ibarrier(comm_, &r->op_->reqs[0]);
+  }
   if (rc != MPI_SUCCESS)
     return mpiError(rc, "MPI_Ibarrier", r->what_);
-  return r->wait();
+  return finish(std::move(r), nullptr);
 }
 
 Status MpiCommunicator::broadcastHost(void *buf, int64_t bytes, int root,
@@ -411,12 +658,16 @@ Status MpiCommunicator::broadcastHost(void *buf, int64_t bytes, int root,
   MOERT_TRY(checkRoot(root, r->what_.c_str()));
   ByteUnit u;
   MOERT_TRY(chooseUnit({bytes}, r->what_, u));
-  r->reqs_.resize(1);
-  int rc = MPI_Ibcast(buf, static_cast<int>(bytes / u.unit), u.type, root,
-                      comm_, &r->reqs_[0]);
+  r->op_->reqs.resize(1);
+  int rc;
+  {
+    MpiGuard g(mpiLock());
+    rc = MPI_Ibcast(buf, static_cast<int>(bytes / u.unit), u.type, root, comm_,
+                    &r->op_->reqs[0]);
+  }
   if (rc != MPI_SUCCESS)
     return mpiError(rc, "MPI_Ibcast", r->what_);
-  return r->wait();
+  return finish(std::move(r), nullptr);
 }
 
 Status MpiCommunicator::gatherHost(const void *send, void *recv, int64_t bytes,
@@ -435,12 +686,16 @@ Status MpiCommunicator::gatherHost(const void *send, void *recv, int64_t bytes,
   ByteUnit u;
   MOERT_TRY(chooseUnit({bytes}, r->what_, u));
   int count = static_cast<int>(bytes / u.unit);
-  r->reqs_.resize(1);
-  int rc = MPI_Igather(inPlace ? MPI_IN_PLACE : send, count, u.type, recv,
-                       count, u.type, root, comm_, &r->reqs_[0]);
+  r->op_->reqs.resize(1);
+  int rc;
+  {
+    MpiGuard g(mpiLock());
+    rc = MPI_Igather(inPlace ? MPI_IN_PLACE : send, count, u.type, recv, count,
+                     u.type, root, comm_, &r->op_->reqs[0]);
+  }
   if (rc != MPI_SUCCESS)
     return mpiError(rc, "MPI_Igather", r->what_);
-  return r->wait();
+  return finish(std::move(r), nullptr);
 }
 
 int64_t abandonedRequests() {
@@ -465,7 +720,11 @@ Status createMpiCommunicator(const CommOptions &opts,
   // application's; MPI_Comm_idup lets it honour the deadline too.
   MPI_Comm comm;
   std::vector<MPI_Request> reqs(1);
-  int rc = MPI_Comm_idup(MPI_COMM_WORLD, &comm, &reqs[0]);
+  int rc;
+  {
+    MpiGuard g(mpiLock());
+    rc = MPI_Comm_idup(MPI_COMM_WORLD, &comm, &reqs[0]);
+  }
   if (rc != MPI_SUCCESS)
     return mpiError(rc, "MPI_Comm_idup", "creating the MPI communicator");
   double timeout = opts.timeoutSeconds > 0 ? opts.timeoutSeconds : 300.0;
@@ -475,8 +734,24 @@ Status createMpiCommunicator(const CommOptions &opts,
     graveyard().requests.push_back(reqs[0]);
     return s;
   }
-  MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
-  out.reset(new MpiCommunicator(comm, timeout));
+  int localRanks = 0;
+  {
+    MpiGuard g(mpiLock());
+    MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+    // Ranks on this node: the launcher says so, else a shared-memory split
+    // (blocking, but every rank is known to be here after the idup).
+    if (const char *v = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE"))
+      localRanks = std::atoi(v);
+    if (localRanks <= 0) {
+      MPI_Comm node;
+      if (MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL,
+                              &node) == MPI_SUCCESS) {
+        MPI_Comm_size(node, &localRanks);
+        MPI_Comm_free(&node);
+      }
+    }
+  }
+  out.reset(new MpiCommunicator(comm, timeout, std::max(localRanks, 1)));
   return Status::ok();
 }
 

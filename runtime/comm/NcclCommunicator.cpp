@@ -7,6 +7,13 @@
 // timeout passes; a stall becomes MOERT_ERR_TIMEOUT naming the collective,
 // and the communicator is aborted (ncclCommAbort) so that its kernels exit.
 //
+// Streams: the collectives run on a stream of the communicator's own
+// (non-blocking, so neither the legacy stream nor the backend's compute
+// stream serializes with it). Each collective first makes that stream wait,
+// through an event, for the work queued so far on the compute stream (the
+// kernels that wrote its input), and records an event after itself that
+// wait() polls; compute queued after the start overlaps the transfer.
+//
 // Bootstrap: rank 0 makes the ncclUniqueId and broadcasts it over
 // MPI_COMM_WORLD. Without MPI (or before MPI_Init) only a world of one rank
 // works. The host helpers (barrier, broadcast, gathers) run over an MPI
@@ -116,9 +123,23 @@ ncclDataType_t ncclType(int32_t dtype, bool &ok) {
 /// State shared by a communicator and its outstanding requests.
 struct NcclState {
   ncclComm_t comm = nullptr;
-  cudaStream_t stream = nullptr;
+  cudaStream_t stream = nullptr;        // the communicator's own stream
+  cudaStream_t computeStream = nullptr; // the backend's (null: legacy)
+  bool ownsStream = false;
+  cudaEvent_t ready = nullptr; // compute work queued before a collective
   double timeoutSeconds = 300.0;
   bool aborted = false;
+
+  NcclState() = default;
+  NcclState(const NcclState &) = delete;
+  ~NcclState() {
+    if (ready)
+      (void)cudaEventDestroy(ready);
+    if (ownsStream && stream) {
+      (void)cudaStreamSynchronize(stream);
+      (void)cudaStreamDestroy(stream);
+    }
+  }
   std::string abortReason;
 
   void abort(const std::string &why) {
@@ -139,6 +160,17 @@ struct NcclState {
                  "%s: the NCCL communicator was aborted after an earlier "
                  "failure (%s)",
                  what, abortReason.c_str());
+  }
+
+  /// Orders the next collective on `stream` after the work queued so far on
+  /// the compute stream.
+  Status follow(const char *what) {
+    if (!ready)
+      MOERT_CUDA(what,
+                 cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+    MOERT_CUDA(what, cudaEventRecord(ready, computeStream));
+    MOERT_CUDA(what, cudaStreamWaitEvent(stream, ready, 0));
+    return Status::ok();
   }
 
   /// Waits until the communicator has no operation in progress (a
@@ -231,14 +263,23 @@ public:
       return Status::ok();
     Status s = state_->complete(event_, what_.c_str());
     done_ = s.isOk();
+    if (done_ && at_ < 0)
+      at_ = steadySeconds();
     return s;
   }
+  bool done() const override {
+    if (!done_ && at_ < 0 && cudaEventQuery(event_) == cudaSuccess)
+      at_ = steadySeconds();
+    return done_ || at_ >= 0;
+  }
+  double completedAt() const override { return done() ? at_ : -1; }
 
 private:
   std::shared_ptr<NcclState> state_;
   cudaEvent_t event_;
   std::string what_;
   bool done_ = false;
+  mutable double at_ = -1;
 };
 
 class NcclCommunicator final : public Communicator {
@@ -357,6 +398,7 @@ Status NcclCommunicator::allToAllV(const void *send, const int64_t *sendBytes,
       return error(MOERT_ERR_INVALID,
                    "%s: negative byte count or displacement for peer %d", what,
                    p);
+  MOERT_TRY(st.follow(what));
   ncclResult_t first = ncclGroupStart();
   if (first != ncclSuccess)
     return ncclFailure(MOERT_ERR_COMM, what, "ncclGroupStart()", first,
@@ -400,6 +442,7 @@ Status NcclCommunicator::allGather(const void *send, void *recv, int64_t bytes,
   if (bytes < 0)
     return error(MOERT_ERR_INVALID, "%s: negative size %lld", what,
                  (long long)bytes);
+  MOERT_TRY(st.follow(what));
   ncclResult_t r = ncclAllGather(send, recv, static_cast<size_t>(bytes),
                                  ncclUint8, st.comm, st.stream);
   return finish(r, what, "ncclAllGather", req);
@@ -417,6 +460,7 @@ Status NcclCommunicator::allReduce(const void *send, void *recv, int64_t n,
                  "%s: all-reduce of %lld elements of dtype "
                  "%d (%s) is not supported",
                  what, (long long)n, dtype, dtypeName(dtype));
+  MOERT_TRY(st.follow(what));
   ncclResult_t r = ncclAllReduce(send, recv, static_cast<size_t>(n), type,
                                  ncclSum, st.comm, st.stream);
   return finish(r, what, "ncclAllReduce", req);
@@ -434,6 +478,7 @@ Status NcclCommunicator::reduceScatter(const void *send, void *recv, int64_t n,
                  "%s: reduce-scatter of %lld elements of "
                  "dtype %d (%s) is not supported",
                  what, (long long)n, dtype, dtypeName(dtype));
+  MOERT_TRY(st.follow(what));
   ncclResult_t r = ncclReduceScatter(send, recv, static_cast<size_t>(n), type,
                                      ncclSum, st.comm, st.stream);
   return finish(r, what, "ncclReduceScatter", req);
@@ -447,7 +492,8 @@ Status NcclCommunicator::split(int color, int key,
   if (color < 0)
     return error(MOERT_ERR_INVALID, "%s: negative color %d", what, color);
   auto child = std::make_shared<NcclState>();
-  child->stream = st.stream;
+  child->stream = st.stream; // one comm stream per process, owned by the root
+  child->computeStream = st.computeStream;
   child->timeoutSeconds = st.timeoutSeconds;
   int childRank = 0, childSize = 1;
 #ifdef MOE_HAVE_MPI
@@ -582,14 +628,17 @@ Status NcclCommunicator::allGatherHost(const void *send, void *recv,
 
 } // namespace
 
-Status createNcclCommunicator(const CommOptions &opts, void *stream,
+Status createNcclCommunicator(const CommOptions &opts, void *computeStream,
                               std::unique_ptr<Communicator> &out) {
   const char *what = "createNcclCommunicator";
   auto state = std::make_shared<NcclState>();
-  state->stream = static_cast<cudaStream_t>(stream);
+  state->computeStream = static_cast<cudaStream_t>(computeStream);
   state->timeoutSeconds = opts.timeoutSeconds > 0 ? opts.timeoutSeconds : 300;
   int device = -1;
   MOERT_CUDA(what, cudaGetDevice(&device));
+  MOERT_CUDA(what,
+             cudaStreamCreateWithFlags(&state->stream, cudaStreamNonBlocking));
+  state->ownsStream = true;
 
   int rank = 0, size = 1;
 #ifdef MOE_HAVE_MPI

@@ -15,6 +15,11 @@ namespace {
 class DoneRequest final : public Request {
 public:
   Status wait() override { return Status::ok(); }
+  bool done() const override { return true; }
+  double completedAt() const override { return at_; }
+
+private:
+  double at_ = steadySeconds();
 };
 
 /// memcpy that tolerates empty and in-place copies (both are UB for memcpy).

@@ -50,6 +50,9 @@ public:
   /// Seconds elapsed on the device between two points; CPU: wall clock.
   /// Used to time phases (see Context.cpp).
   virtual double now() = 0;
+  /// The stream the kernels run on (a cudaStream_t), for the communicator
+  /// to order its own stream after; null on the CPU.
+  virtual void *computeStream() { return nullptr; }
 
   //===--- Kernels (semantics: moert.h and docs/dialect.md) ---------------===//
   virtual Status rmsnorm(const void *x, const void *w, void *y, int64_t T,

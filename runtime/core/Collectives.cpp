@@ -8,6 +8,13 @@
 // forms run it up to the transfer and return a heap Pending that moert_wait
 // completes. A group of one rank is a local copy.
 //
+// Overlap: a started collective progresses while the rank computes (the MPI
+// communicator's progress thread, NCCL's own stream). With tracing on, each
+// transfer is an event on the rank's communication track (tid 1), from its
+// start to the moment its completion was observed, next to the compute
+// phases on tid 0; the statistics count the started collectives that were
+// already done when moert_wait came ("overlap" in moert_ctx_stats_json).
+//
 // Bytes recorded in the statistics are those this rank sends to other ranks
 // under the usual algorithms: all_to_all(_v) what goes to peers, all_gather
 // (n-1) copies of the input, reduce_scatter the (n-1)/n of the input that
@@ -87,6 +94,7 @@ struct Pending {
   std::vector<char> hostSend, hostRecv;
   void *ownedStaging = nullptr; // async plans own their staging
   bool finished = false;
+  double transferStart = -1, transferEnd = -1; // steady clock, comm only
 };
 
 /// Scratch memory of the backend for packing: the context's (grown on
@@ -134,20 +142,40 @@ Status startPlan(Pending &p, bool async) {
   }
   std::unique_ptr<Request> *req = async ? &p.req : nullptr;
   p.hostStaged = !plan.comm->deviceBuffers() && b.kind() != MOERT_DEVICE_CPU;
-  if (!p.hostStaged)
-    return plan.transfer(plan.send, plan.recv, req);
-  p.hostSend.resize(static_cast<size_t>(plan.sendBytes));
-  p.hostRecv.resize(static_cast<size_t>(plan.recvBytes));
-  if (plan.sendBytes > 0)
-    MOERT_TRY(b.copyToHost(p.hostSend.data(), plan.send, plan.sendBytes));
-  return plan.transfer(p.hostSend.data(), p.hostRecv.data(), req);
+  const void *send = plan.send;
+  void *recv = plan.recv;
+  if (p.hostStaged) {
+    p.hostSend.resize(static_cast<size_t>(plan.sendBytes));
+    p.hostRecv.resize(static_cast<size_t>(plan.recvBytes));
+    if (plan.sendBytes > 0)
+      MOERT_TRY(b.copyToHost(p.hostSend.data(), plan.send, plan.sendBytes));
+    send = p.hostSend.data();
+    recv = p.hostRecv.data();
+  }
+  p.transferStart = steadySeconds();
+  MOERT_TRY(plan.transfer(send, recv, req));
+  if (!async)
+    p.transferEnd = steadySeconds();
+  return Status::ok();
+}
+
+/// The transfer of `p` as an event on the communication track (tid 1).
+void recordTransfer(moert_ctx *ctx, const Pending &p) {
+  if (p.transferStart < 0 || p.transferEnd < 0)
+    return;
+  recordTraceEvent(ctx, p.plan.what.c_str(), p.transferStart,
+                   p.transferEnd - p.transferStart, kCommTrack);
 }
 
 Status finishPlan(Pending &p) {
   Backend &b = *p.ctx->backend;
   Plan &plan = p.plan;
-  if (p.req)
+  if (p.req) {
     MOERT_TRY(p.req->wait());
+    p.transferEnd = p.req->completedAt();
+    if (p.transferEnd < p.transferStart)
+      p.transferEnd = steadySeconds();
+  }
   p.finished = true;
   if (p.hostStaged && plan.recvBytes > 0)
     MOERT_TRY(b.copyToDevice(plan.recv, p.hostRecv.data(), plan.recvBytes));
@@ -603,6 +631,7 @@ void runSync(moert_ctx *ctx, const char *op, int64_t mask,
     return;
   recordCollective(ctx, op, mask, p.plan.bytesToOthers);
   recordPhase(ctx, op, start, ctx->backend->now() - start);
+  recordTransfer(ctx, p);
 }
 
 /// Plans and starts one collective; moert_wait finishes it.
@@ -766,11 +795,17 @@ void moert_wait(moert_ctx *ctx, void *handle) {
     p.release(); // not ours to free
     return;
   }
+  if (p->req) {
+    ctx->stats.asyncStarted += 1;
+    if (p->req->done())
+      ctx->stats.asyncDoneBeforeWait += 1;
+  }
   double start = ctx->backend->now();
   if (fail(ctx, finishPlan(*p)))
     return;
   std::string phase = p->plan.op + "_wait";
   recordPhase(ctx, phase.c_str(), start, ctx->backend->now() - start);
+  recordTransfer(ctx, *p);
 }
 
 //===----------------------------------------------------------------------===//

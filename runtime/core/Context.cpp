@@ -15,6 +15,7 @@
 #include "core/Context.h"
 #include "base/Dtype.h"
 
+#include <algorithm>
 #include <cinttypes>
 #include <climits>
 #include <cmath>
@@ -22,6 +23,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <sched.h>
+#include <unistd.h>
 
 using namespace moert;
 
@@ -212,9 +215,34 @@ int32_t localRankFromEnv() {
   return 0;
 }
 
+/// CPUs this process may run on (its affinity mask), or the online ones.
+int32_t usableCpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+    return CPU_COUNT(&set);
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n > 0 ? static_cast<int32_t>(n) : 1;
+}
+
+/// Threads per rank: --threads (num_threads), else OMP_NUM_THREADS, else
+/// the node's cores divided among the ranks on the node (at least 1), so
+/// that ranks sharing a node do not oversubscribe its cores.
+int32_t defaultThreads(const moert_ctx &ctx) {
+  if (ctx.options.num_threads > 0)
+    return ctx.options.num_threads;
+  if (const char *v = std::getenv("OMP_NUM_THREADS"))
+    if (std::atoi(v) > 0)
+      return std::atoi(v);
+  long online = sysconf(_SC_NPROCESSORS_ONLN);
+  int32_t cores = online > 0 ? static_cast<int32_t>(online) : 1;
+  int32_t share = std::max<int32_t>(1, cores / std::max(1, ctx.localRanks));
+  return std::min(share, usableCpus());
+}
+
 Status createBackend(moert_ctx &ctx) {
   BackendOptions bo;
-  bo.numThreads = ctx.options.num_threads;
+  ctx.threads = defaultThreads(ctx);
+  bo.numThreads = ctx.threads;
   bo.deviceIndex = ctx.options.device_index;
   bo.localRank = localRankFromEnv();
   if (ctx.options.device == MOERT_DEVICE_CUDA)
@@ -229,8 +257,8 @@ Status createWorld(moert_ctx &ctx) {
   case MOERT_COMM_MPI:
     return createMpiCommunicator(co, ctx.world);
   case MOERT_COMM_NCCL:
-    // The backend exposes no stream: NCCL runs on the default stream.
-    return createNcclCommunicator(co, nullptr, ctx.world);
+    // NCCL runs on a stream of its own, ordered after the backend's.
+    return createNcclCommunicator(co, ctx.backend->computeStream(), ctx.world);
   default:
     return createSingleCommunicator(co, ctx.world);
   }
@@ -287,6 +315,49 @@ Status createGroups(moert_ctx &ctx) {
   return Status::ok();
 }
 
+/// Wraps the group of every axis set that contains an axis of options.net
+/// in a link emulator; a set of several such axes gets the largest alpha
+/// and the smallest bandwidth among them (docs/runtime.md).
+Status emulateNetwork(moert_ctx &ctx) {
+  if (ctx.netSpec.empty())
+    return Status::ok();
+  std::vector<AxisLink> links;
+  MOERT_TRY(parseLinkSpec(ctx.netSpec, links));
+  int64_t axes = static_cast<int64_t>(ctx.meshAxes.size());
+  std::vector<int> axisOf(links.size(), -1);
+  for (size_t l = 0; l < links.size(); ++l) {
+    for (int64_t i = 0; i < axes; ++i)
+      if (ctx.meshAxes[i] == links[l].axis)
+        axisOf[l] = static_cast<int>(i);
+    if (axisOf[l] < 0) {
+      std::string names;
+      for (const std::string &a : ctx.meshAxes)
+        names += (names.empty() ? "" : ", ") + a;
+      return error(MOERT_ERR_INVALID,
+                   "--net: '%s' is not an axis of the mesh [%s]",
+                   links[l].axis.c_str(), names.c_str());
+    }
+  }
+  for (auto &[mask, group] : ctx.groups) {
+    bool any = false;
+    LinkModel m;
+    for (size_t l = 0; l < links.size(); ++l) {
+      if (!(mask & (int64_t(1) << axisOf[l])))
+        continue;
+      const LinkModel &x = links[l].model;
+      m.alphaSeconds =
+          any ? std::max(m.alphaSeconds, x.alphaSeconds) : x.alphaSeconds;
+      if (x.bytesPerSecond > 0 &&
+          (m.bytesPerSecond == 0 || x.bytesPerSecond < m.bytesPerSecond))
+        m.bytesPerSecond = x.bytesPerSecond;
+      any = true;
+    }
+    if (any && group)
+      group = emulateLink(std::move(group), m);
+  }
+  return Status::ok();
+}
+
 Status createContext(const moert_ctx_options *o, moert_ctx **out,
                      std::unique_ptr<moert_ctx> &ctx) {
   if (!o || !out)
@@ -296,10 +367,22 @@ Status createContext(const moert_ctx_options *o, moert_ctx **out,
   MOERT_TRY(validateOptions(*o));
   ctx = std::make_unique<moert_ctx>();
   ctx->options = *o;
-  MOERT_TRY(createBackend(*ctx));
-  MOERT_TRY(createWorld(*ctx));
+  ctx->netSpec = o->net ? o->net : "";
+  ctx->options.net = ctx->netSpec.c_str();
+  if (ctx->options.device == MOERT_DEVICE_CUDA) {
+    // The GPU is chosen (and its stream made) before NCCL starts.
+    MOERT_TRY(createBackend(*ctx));
+    MOERT_TRY(createWorld(*ctx));
+    ctx->localRanks = ctx->world->localRanks();
+  } else {
+    // The threads of a CPU rank depend on the ranks sharing its node.
+    MOERT_TRY(createWorld(*ctx));
+    ctx->localRanks = ctx->world->localRanks();
+    MOERT_TRY(createBackend(*ctx));
+  }
   MOERT_TRY(setUpMesh(*ctx));
   MOERT_TRY(createGroups(*ctx));
+  MOERT_TRY(emulateNetwork(*ctx));
   ctx->traceOrigin = ctx->backend->now();
   return Status::ok();
 }
@@ -337,14 +420,19 @@ void recordPhase(moert_ctx *ctx, const char *phase, double start,
   Stats::Phase &p = ctx->stats.phases[phase];
   p.calls += 1;
   p.seconds += seconds;
+  recordTraceEvent(ctx, phase, start, seconds, kComputeTrack);
+}
+
+void recordTraceEvent(moert_ctx *ctx, const char *name, double start,
+                      double seconds, int track) {
   if (!ctx->options.record_trace)
     return;
-  char event[256];
+  char event[320];
   std::snprintf(event, sizeof event,
                 "{\"name\": \"%s\", \"ph\": \"X\", \"ts\": %.3f, \"dur\": "
-                "%.3f, \"pid\": %d, \"tid\": 0}",
-                jsonEscape(phase).c_str(), (start - ctx->traceOrigin) * 1e6,
-                seconds * 1e6, ctx->world ? ctx->world->rank() : 0);
+                "%.3f, \"pid\": %d, \"tid\": %d}",
+                jsonEscape(name).c_str(), (start - ctx->traceOrigin) * 1e6,
+                seconds * 1e6, ctx->world ? ctx->world->rank() : 0, track);
   ctx->stats.traceEvents.push_back(event);
 }
 
@@ -417,6 +505,21 @@ int32_t moert_ctx_rank(const moert_ctx *ctx) {
 
 int32_t moert_ctx_world_size(const moert_ctx *ctx) {
   return ctx ? ctx->world->size() : 0;
+}
+
+int32_t moert_ctx_num_threads(const moert_ctx *ctx) {
+  return ctx ? ctx->threads : 0;
+}
+
+int32_t moert_ctx_local_ranks(const moert_ctx *ctx) {
+  return ctx ? ctx->localRanks : 0;
+}
+
+moert_status moert_net_check(const char *spec) {
+  std::vector<AxisLink> links;
+  Status s = spec ? parseLinkSpec(spec, links)
+                  : error(MOERT_ERR_INVALID, "moert_net_check: spec is null");
+  return hostResult(nullptr, s);
 }
 
 int64_t moert_ctx_coord(const moert_ctx *ctx, int32_t axis) {
@@ -494,7 +597,12 @@ const char *moert_ctx_stats_json(moert_ctx *ctx) {
     t += sep + std::string("{\"name\": \"") + jsonEscape(name) + buf;
     sep = ", ";
   }
-  t += "], \"collectives\": [";
+  std::snprintf(buf, sizeof buf,
+                "], \"overlap\": {\"started\": %" PRId64
+                ", \"done_before_wait\": %" PRId64 "}",
+                ctx->stats.asyncStarted, ctx->stats.asyncDoneBeforeWait);
+  t += buf;
+  t += ", \"collectives\": [";
   sep = "";
   for (const auto &[key, c] : ctx->stats.collectives) {
     std::snprintf(buf, sizeof buf,
@@ -518,6 +626,18 @@ const char *moert_ctx_trace_json(moert_ctx *ctx) {
     return "";
   std::string &t = ctx->traceText;
   t.clear();
+  if (!ctx->stats.traceEvents.empty()) {
+    // Names of the two tracks of this rank, for Perfetto / chrome://tracing.
+    int rank = ctx->world ? ctx->world->rank() : 0;
+    char meta[320];
+    std::snprintf(meta, sizeof meta,
+                  "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": %d, "
+                  "\"tid\": %d, \"args\": {\"name\": \"compute\"}},\n"
+                  "{\"name\": \"thread_name\", \"ph\": \"M\", \"pid\": %d, "
+                  "\"tid\": %d, \"args\": {\"name\": \"communication\"}}",
+                  rank, kComputeTrack, rank, kCommTrack);
+    t = meta;
+  }
   for (const std::string &e : ctx->stats.traceEvents) {
     if (!t.empty())
       t += ",\n";

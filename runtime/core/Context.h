@@ -34,6 +34,10 @@ struct Stats {
   std::map<std::string, Phase> phases;
   /// Keyed by (op, axis names joined with ",") e.g. ("all_to_all", "ep").
   std::map<std::pair<std::string, std::string>, Collective> collectives;
+  /// Collectives started with *_start and waited on, and how many of them
+  /// were already complete when moert_wait came (hidden behind compute).
+  int64_t asyncStarted = 0;
+  int64_t asyncDoneBeforeWait = 0;
   /// Chrome trace events ("X" events), only when tracing is on.
   std::vector<std::string> traceEvents;
 };
@@ -56,6 +60,12 @@ struct moert_ctx {
 
   moert::Stats stats;
   double traceOrigin = 0;
+
+  /// CPU threads of the backend and ranks of the world on this node.
+  int32_t threads = 0;
+  int32_t localRanks = 1;
+  /// options.net, owned (network emulation; docs/runtime.md).
+  std::string netSpec;
 
   /// Arena for the entry point's intermediates (moert_arena).
   void *arena = nullptr;
@@ -82,6 +92,13 @@ std::string axisNames(const moert_ctx *ctx, int64_t axisMask);
 /// tracing is on.
 void recordPhase(moert_ctx *ctx, const char *phase, double start,
                  double seconds);
+/// Trace tracks (Chrome trace "tid") of a rank: kernels and the waits of
+/// the host on tid 0, transfers of collectives on tid 1.
+constexpr int kComputeTrack = 0;
+constexpr int kCommTrack = 1;
+/// A trace event (when tracing is on) on `track`.
+void recordTraceEvent(moert_ctx *ctx, const char *name, double start,
+                      double seconds, int track);
 void recordCollective(moert_ctx *ctx, const char *op, int64_t axisMask,
                       int64_t bytesSent);
 

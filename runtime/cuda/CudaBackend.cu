@@ -80,6 +80,7 @@ public:
   const char *name() const override { return "cuda"; }
   moert_device_kind kind() const override { return MOERT_DEVICE_CUDA; }
   cudaStream_t stream() const { return stream_; }
+  void *computeStream() override { return stream_; }
 
   Status alloc(int64_t bytes, void **out) override;
   void free(void *p) override;

@@ -87,6 +87,12 @@ cl::opt<bool> zero1("zero1",
                     cl::desc("With --train: shard the optimizer state over dp "
                              "(ZeRO-1)"),
                     cl::cat(category));
+cl::opt<std::string>
+    clusterFile("cluster",
+                cl::desc("Cluster file (JSON) for the cost model: links, "
+                         "GEMM and memory rates (moe-run --calibrate writes "
+                         "one; default: built-in)"),
+                cl::value_desc("FILE.json"), cl::cat(category));
 cl::opt<std::string> target("target",
                             cl::desc("Default device recorded in the manifest "
                                      "(moe-run --device overrides)"),
@@ -190,6 +196,7 @@ llvm::Error pipelineOptions(moe::CompilePipelineOptions &options) {
   options.expertTp = expertTP;
   options.train = train;
   options.zero1 = zero1;
+  options.cluster = clusterFile;
   return moe::verifyCompilePipelineOptions(options);
 }
 

@@ -1,6 +1,9 @@
 //===- Options.cpp - Command line of moe-run ------------------------------===//
 #include "Options.h"
 
+#include "Calibrate.h"
+#include "moert/moert.h"
+
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -42,7 +45,12 @@ const char *const kUsage =
     "  --trace FILE        write a Chrome trace of all ranks (rank 0)\n"
     "  --repeat N          timed runs (default: 1)\n"
     "  --warmup N          untimed runs before them (default: 0)\n"
-    "  --threads N         CPU threads per rank (default: runtime default)\n"
+    "  --threads N         CPU threads per rank (default: OMP_NUM_THREADS,\n"
+    "                      else the node's cores / the ranks on the node)\n"
+    "  --net SPEC          emulate a slower link per mesh axis: every\n"
+    "                      collective over the axis completes no earlier than\n"
+    "                      alpha + bytes/bw after it starts (link time only),\n"
+    "                      e.g. ep:alpha=50us,bw=1GB/s;tp:bw=100GB/s\n"
     "  --timeout SECONDS   a collective not done after this fails (default: "
     "300)\n"
     "  --quiet             print no tables\n"
@@ -75,6 +83,13 @@ const char *const kUsage =
     "                      (dX) and every weight under its name (F32)\n"
     "  Hyperparameters are rounded to f32. Nothing is written unless every\n"
     "  step succeeds; a NaN or Inf in the loss or a gradient stops the run.\n"
+    "\n"
+    "calibration (docs/user-guide.md, \"Cluster files\"):\n"
+    "  moe-run --calibrate FILE.json [--mesh AXIS=N,...] [--device D]\n"
+    "                      measure the GEMM and copy rates and each mesh\n"
+    "                      axis's all-to-all (alpha, bandwidth) and write the\n"
+    "                      cluster file of moe-compile --cluster (under\n"
+    "                      mpirun -np N; --mesh default: ep=N)\n"
     "\n"
     "Exit status: 0 on success, 1 on an error or a --check mismatch, 2 on a\n"
     "usage error.\n";
@@ -134,11 +149,19 @@ Status setOption(Options &o, RawTrain &raw, const std::string &flag,
       raw.given[flag] = v;
       return Status::ok();
     }
+  if (flag == "--calibrate" || flag == "--mesh") { // Calibrate.h
+    if (v.empty())
+      return supportError(MOERT_ERR_INVALID, "%s expects a value",
+                          flag.c_str());
+    (flag == "--calibrate" ? o.calibrate : o.mesh) = v;
+    return Status::ok();
+  }
   std::map<std::string, std::string *> strings = {
       {"--weights", &o.weights}, {"--inputs", &o.inputs},
       {"--output", &o.output},   {"--entry", &o.entry},
       {"--device", &o.device},   {"--check", &o.check},
-      {"--stats", &o.stats},     {"--trace", &o.trace}};
+      {"--stats", &o.stats},     {"--trace", &o.trace},
+      {"--net", &o.net}};
   if (flag == "--entry" || flag == "--output" || flag == "--check" ||
       flag == "--repeat" || flag == "--warmup")
     raw.given[flag] = v; // refused with --train
@@ -326,9 +349,13 @@ Status parseArgs(int argc, char **argv, Options &o) {
                           a.c_str());
     }
   }
+  if (!o.calibrate.empty() || !o.mesh.empty())
+    return checkCalibrateOptions(o);
   if (o.outDir.empty())
     return supportError(MOERT_ERR_INVALID, "missing OUT_DIR");
   MOERT_TRY(checkMode(o, raw));
+  if (!o.net.empty() && moert_net_check(o.net.c_str()) != MOERT_OK)
+    return supportError(MOERT_ERR_INVALID, "%s", moert_last_error());
   if (!o.device.empty() && o.device != "cpu" && o.device != "cuda")
     return supportError(MOERT_ERR_INVALID,
                         "--device must be cpu or cuda, got '%s'",

@@ -33,6 +33,10 @@ struct TrainOptions {
 struct Options {
   std::string outDir, weights, inputs, output, entry = "forward", device;
   std::string check, stats, trace;
+  /// --calibrate FILE.json and its --mesh (Calibrate.h).
+  std::string calibrate, mesh;
+  /// --net: network emulation spec (moert_ctx_options.net), "" for none.
+  std::string net;
   double rtol = 1e-4, atol = 1e-5, timeout = 300;
   int64_t repeat = 1, warmup = 0, threads = 0;
   bool quiet = false, help = false, train = false;

@@ -12,6 +12,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -205,12 +207,32 @@ void Session::createContext() {
   o.mesh_axes = axes.data();
   o.timeout_s = opt.timeout;
   o.record_trace = opt.trace.empty() ? 0 : 1;
+  o.net = opt.net.empty() ? nullptr : opt.net.c_str();
   if (moert_ctx_create(&o, &ctx) != MOERT_OK)
     fatal(supportError(MOERT_ERR_INVALID,
                        "cannot create the runtime context: %s",
                        moert_last_error()));
+  if (world().rank == 0 && !opt.quiet && !opt.t.json && !cuda)
+    printThreads();
   for (size_t i = 0; i < axes.size(); ++i)
     coords.push_back(moert_ctx_coord(ctx, static_cast<int32_t>(i)));
+}
+
+/// One line on where the CPU threads per rank come from.
+void Session::printThreads() const {
+  int32_t threads = moert_ctx_num_threads(ctx);
+  int32_t local = moert_ctx_local_ranks(ctx);
+  long cores = ::sysconf(_SC_NPROCESSORS_ONLN);
+  const char *omp = std::getenv("OMP_NUM_THREADS");
+  std::string why = opt.threads > 0 ? "--threads"
+                    : omp && std::atoi(omp) > 0
+                        ? "OMP_NUM_THREADS"
+                        : format("%ld cores / %d rank%s on this node", cores,
+                                 local, local == 1 ? "" : "s");
+  std::printf("threads per rank: %d (%s)\n", threads, why.c_str());
+  if (!opt.net.empty())
+    std::printf("network emulation: %s (link time only)\n", opt.net.c_str());
+  std::fflush(stdout);
 }
 
 /// Every rank must run the same module: compare manifest and library hashes.

@@ -74,6 +74,7 @@ public:
 
 private:
   void createContext();
+  void printThreads() const;
   bool checkSameModule();
 
   void *loadVerified(const std::string &lib, const std::string &manifestPath);

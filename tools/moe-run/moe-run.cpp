@@ -20,6 +20,7 @@
 // (runtime/support over the header-only runtime/base); docs/runtime.md.
 //
 //===----------------------------------------------------------------------===//
+#include "Calibrate.h"
 #include "Options.h"
 #include "Report.h"
 #include "Session.h"
@@ -250,6 +251,14 @@ int main(int argc, char **argv) {
                  "usage)\n",
                  s.message().c_str());
     return 2;
+  }
+  if (!opt.calibrate.empty()) {
+    s = initWorld(&argc, &argv, opt.device == "cuda");
+    if (!s.isOk())
+      fatal(s);
+    int rc = runCalibration(opt);
+    moert_world_finalize();
+    return rc;
   }
   Manifest manifest; // the default device is the manifest's target
   Status loaded = loadManifest(joinPath(opt.outDir, "manifest.json"), manifest);

@@ -51,10 +51,16 @@ struct CompilePipelineOptions
                      "(ZeRO-1: reduce-scatter of gradients, all-gather of "
                      "updated weights)"),
       llvm::cl::init(false)};
+  PassOptions::Option<std::string> cluster{
+      *this, "cluster",
+      llvm::cl::desc("Cluster file (JSON) of the cost model that passes "
+                     "choosing by cost read (include/moe/Analysis/"
+                     "CostModel.h); empty: the built-in cluster")};
 };
 
 /// Checks what the passes themselves cannot: `dtd` and `expert-tp` need a
-/// mesh (without one nothing would be sharded).
+/// mesh (without one nothing would be sharded); `cluster` must be a valid
+/// cluster file (the error names the file and the field).
 llvm::Error verifyCompilePipelineOptions(const CompilePipelineOptions &options);
 
 /// Adds the compile pipeline: moe-decompose, canonicalize, [moe-shard,
@@ -72,7 +78,8 @@ void buildCompilePipeline(OpPassManager &pm,
 void buildLowerToLLVMPipeline(OpPassManager &pm);
 
 /// Registers `moe-compile-pipeline` and `moe-lower-to-llvm` (and the passes
-/// of this library, moe-attach-manifest).
+/// of this library, moe-attach-manifest, and of the analyses,
+/// moe-print-costs).
 void registerMoECompilePipelines();
 
 } // namespace moe

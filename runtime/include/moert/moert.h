@@ -107,6 +107,11 @@ typedef struct moert_ctx_options {
   const char *const *mesh_axes; /* [mesh_rank] axis names                 */
   double timeout_s;     /* a collective not done after this fails (<=0: 300)*/
   int32_t record_trace; /* keep per-call events for a Chrome trace          */
+  /* Network emulation: NULL or "" for none, else e.g.
+   * "ep:alpha=50us,bw=1GB/s": every collective over a named mesh axis
+   * completes no earlier than alpha + bytes/bw after it starts (link time
+   * only; docs/runtime.md, "Network emulation"). */
+  const char *net;
 } moert_ctx_options;
 
 /* Fills `o` with defaults: CPU, single communicator, no mesh. */
@@ -132,6 +137,14 @@ void moert_ctx_clear_error(moert_ctx *ctx);
 int32_t moert_ctx_rank(const moert_ctx *ctx);
 int32_t moert_ctx_world_size(const moert_ctx *ctx);
 int64_t moert_ctx_coord(const moert_ctx *ctx, int32_t axis);
+/* CPU threads per rank the context uses (num_threads, else OMP_NUM_THREADS,
+ * else the node's cores divided by the ranks on the node) and the number of
+ * ranks of the world that share this node. */
+int32_t moert_ctx_num_threads(const moert_ctx *ctx);
+int32_t moert_ctx_local_ranks(const moert_ctx *ctx);
+/* Checks the syntax of a network emulation spec (moert_ctx_options.net);
+ * on MOERT_ERR_INVALID moert_last_error() names the bad part. */
+moert_status moert_net_check(const char *spec);
 
 /* Device memory of the context (host memory on CPU). */
 moert_status moert_alloc(moert_ctx *ctx, int64_t bytes, void **out);

@@ -272,6 +272,8 @@ def good_cases(a, w, single, dp2, files, expected):
             failures.append(f"single rank: bad stats file {s!r}")
         if "rmsnorm" not in p.stdout:
             failures.append("single rank: no phase table:\n" + p.stdout)
+        if "threads per rank: " not in p.stdout:
+            failures.append("single rank: no threads line:\n" + p.stdout)
     if not a.mpiexec:
         print("skip mpirun cases (no MPI)")
         return
@@ -292,6 +294,20 @@ def good_cases(a, w, single, dp2, files, expected):
         json.load(open(trace))
         if "collectives" not in p.stdout:
             failures.append("mpirun: no collectives table:\n" + p.stdout)
+        if "threads per rank: " not in p.stdout or "2 ranks on this node" not in p.stdout:
+            failures.append("mpirun: no threads line naming 2 local ranks:\n" + p.stdout)
+    # The same run over an emulated dp link: same outputs, the link named,
+    # the transfers on the trace's communication track.
+    cmd = cmd[:-2] + ["--timeout", "60", "--net", "dp:alpha=2ms,bw=1GB/s"]
+    p = check_good(cmd, "mpirun -np 2, --net dp:alpha=2ms,bw=1GB/s", out,
+                   expected)
+    if p is not None and p.returncode == 0:
+        events = json.load(open(trace))
+        if "network emulation: dp:alpha=2ms,bw=1GB/s" not in p.stdout:
+            failures.append("--net: not reported:\n" + p.stdout)
+        if not any(e.get("tid") == 1 and "over [dp]" in e.get("name", "")
+                   for e in events):
+            failures.append("--net: no transfer on the communication track")
 
 
 def bad_file_cases(a, w, single, files, x, norm, bias, proj):
@@ -380,6 +396,12 @@ def module_cases(a, w, single, files):
               ["module.so"], out)
     check_bad([a.moe_run, single, "--entry", "backward"] + args,
               "unknown entry", ["backward"], out)
+    check_bad([a.moe_run, single, "--net", "dp:alpha=50"] + args,
+              "--net without a unit", ["--net", "dp:alpha=50", "unit"], out,
+              code=2)
+    check_bad([a.moe_run, single, "--net", "dp:alpha=5us,speed=1GB/s"] + args,
+              "--net with an unknown parameter", ["--net", "speed"], out,
+              code=2)
     # A module built for another kernel ABI, or that does not say which, is
     # refused before it runs (exit 1: an error, docs/module-format.md).
     abi = runtime_abi_version(a.include)
@@ -526,6 +548,10 @@ def mpi_cases(a, w, single, dp2, files):
             "--output", out, "--timeout", "20"]
     check_bad(mpi + ["-np", "2", a.moe_run, single] + args,
               "mpirun -np 2 with a one-rank module", ["mesh"], out)
+    check_bad(mpi + ["-np", "2", a.moe_run, dp2] + args +
+              ["--net", "ep:alpha=1us"],
+              "--net on an axis the mesh lacks", ["--net", "'ep'", "[dp]"],
+              out)
     other = os.path.join(w, "dp2_other")
     build_module(other, a.cc, a.include, ["dp"], [2], ["-DVARIANT=1"])
     check_bad(mpi + ["-np", "1", a.moe_run, dp2] + args +

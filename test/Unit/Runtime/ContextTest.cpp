@@ -185,6 +185,7 @@ TEST_F(Context, StatsJsonCountsPhasesAndSkipsFailedCalls) {
   moert_ctx_reset_stats(ctx);
   EXPECT_EQ(std::string(moert_ctx_stats_json(ctx)),
             "{\"rank\": 0, \"device\": \"cpu\", \"phases\": [], "
+            "\"overlap\": {\"started\": 0, \"done_before_wait\": 0}, "
             "\"collectives\": []}");
 }
 
