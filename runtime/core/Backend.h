@@ -75,11 +75,14 @@ public:
   virtual Status dispatch(const void *x, const int32_t *positions, void *out,
                           int64_t T, int64_t k, int64_t D, int64_t outRows,
                           int32_t dtype) = 0;
+  /// saveA / saveU: NULL (moert_expert_ffn) or moert_expert_ffn_train's
+  /// save_a / save_u (dtype is then MOERT_F32).
   virtual Status expertFfn(const void *x, const int32_t *counts,
                            const void *gate, const void *up, const void *down,
-                           void *y, int64_t E, int64_t segments,
-                           int64_t rowsPerExpert, int64_t totalRows, int64_t D,
-                           int64_t F, int32_t activation, int32_t dtype) = 0;
+                           void *y, void *saveA, void *saveU, int64_t E,
+                           int64_t segments, int64_t rowsPerExpert,
+                           int64_t totalRows, int64_t D, int64_t F,
+                           int32_t activation, int32_t dtype) = 0;
   virtual Status combine(const void *y, const int32_t *positions,
                          const float *weights, const void *passthrough,
                          void *out, int64_t T, int64_t k, int64_t D,
@@ -121,7 +124,8 @@ public:
                              int64_t D, int64_t yRows, int32_t dtype) = 0;
   virtual Status expertFfnGrad(const void *x, const int32_t *counts,
                                const void *gate, const void *up,
-                               const void *down, const void *dy, void *dx,
+                               const void *down, const void *dy,
+                               const void *savedA, const void *savedU, void *dx,
                                void *dgate, void *dup, void *ddown, int64_t E,
                                int64_t segments, int64_t rowsPerExpert,
                                int64_t totalRows, int64_t D, int64_t F,

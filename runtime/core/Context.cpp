@@ -887,9 +887,43 @@ void moert_expert_ffn(moert_ctx *ctx, const void *x, const int32_t *counts,
         checkExpertFfn("moert_expert_ffn", "y", x, counts, gate, up, down, y, E,
                        segments, rows_per_expert, total_rows, D, F, activation);
     MOERT_TRY(a.dtype(dtype).status());
-    return ctx->backend->expertFfn(x, counts, gate, up, down, y, E, segments,
-                                   rows_per_expert, total_rows, D, F,
-                                   activation, dtype);
+    return ctx->backend->expertFfn(x, counts, gate, up, down, y, nullptr,
+                                   nullptr, E, segments, rows_per_expert,
+                                   total_rows, D, F, activation, dtype);
+  });
+}
+
+namespace {
+/// The saved pre-activations of moert_expert_ffn_train / _grad: u always
+/// (when `required`), a exactly when there is a gate.
+Args &checkSaved(Args &a, const char *aName, const void *aPtr,
+                 const char *uName, const void *uPtr, const void *gate,
+                 bool required) {
+  if (required)
+    a.ptr(uName, uPtr);
+  if (!uPtr)
+    return a.require(!aPtr, "%s is given but %s is null", aName, uName);
+  a.require(!gate || aPtr, "%s is null but gate is given", aName);
+  return a.require(gate || !aPtr, "%s must be null when gate is", aName);
+}
+} // namespace
+
+void moert_expert_ffn_train(moert_ctx *ctx, const void *x,
+                            const int32_t *counts, const void *gate,
+                            const void *up, const void *down, void *y,
+                            void *save_a, void *save_u, int64_t E,
+                            int64_t segments, int64_t rows_per_expert,
+                            int64_t total_rows, int64_t D, int64_t F,
+                            int32_t activation, int32_t dtype) {
+  runKernel(ctx, "moert_expert_ffn_train", [&] {
+    Args a = checkExpertFfn("moert_expert_ffn_train", "y", x, counts, gate, up,
+                            down, y, E, segments, rows_per_expert, total_rows,
+                            D, F, activation);
+    checkSaved(a, "save_a", save_a, "save_u", save_u, gate, true).f32(dtype);
+    MOERT_TRY(a.status());
+    return ctx->backend->expertFfn(x, counts, gate, up, down, y, save_a, save_u,
+                                   E, segments, rows_per_expert, total_rows, D,
+                                   F, activation, dtype);
   });
 }
 
@@ -1083,8 +1117,9 @@ void moert_combine_grad(moert_ctx *ctx, const void *y, const int32_t *positions,
 
 void moert_expert_ffn_grad(moert_ctx *ctx, const void *x, const int32_t *counts,
                            const void *gate, const void *up, const void *down,
-                           const void *dy, void *dx, void *dgate, void *dup,
-                           void *ddown, int64_t E, int64_t segments,
+                           const void *dy, const void *saved_a,
+                           const void *saved_u, void *dx, void *dgate,
+                           void *dup, void *ddown, int64_t E, int64_t segments,
                            int64_t rows_per_expert, int64_t total_rows,
                            int64_t D, int64_t F, int32_t activation,
                            int32_t dtype) {
@@ -1095,10 +1130,11 @@ void moert_expert_ffn_grad(moert_ctx *ctx, const void *x, const int32_t *counts,
                             D, F, activation);
     a.ptrs({{"dx", dx}, {"dup", dup}, {"ddown", ddown}});
     pairedGrad(a, "gate", gate, "dgate", dgate).f32(dtype);
+    checkSaved(a, "saved_a", saved_a, "saved_u", saved_u, gate, false);
     MOERT_TRY(a.status());
-    return ctx->backend->expertFfnGrad(x, counts, gate, up, down, dy, dx, dgate,
-                                       dup, ddown, E, segments, rows_per_expert,
-                                       total_rows, D, F, activation, dtype);
+    return ctx->backend->expertFfnGrad(
+        x, counts, gate, up, down, dy, saved_a, saved_u, dx, dgate, dup, ddown,
+        E, segments, rows_per_expert, total_rows, D, F, activation, dtype);
   });
 }
 

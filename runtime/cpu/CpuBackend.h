@@ -76,10 +76,10 @@ public:
                   int64_t k, int64_t D, int64_t outRows,
                   int32_t dtype) override;
   Status expertFfn(const void *x, const int32_t *counts, const void *gate,
-                   const void *up, const void *down, void *y, int64_t E,
-                   int64_t segments, int64_t rowsPerExpert, int64_t totalRows,
-                   int64_t D, int64_t F, int32_t activation,
-                   int32_t dtype) override;
+                   const void *up, const void *down, void *y, void *saveA,
+                   void *saveU, int64_t E, int64_t segments,
+                   int64_t rowsPerExpert, int64_t totalRows, int64_t D,
+                   int64_t F, int32_t activation, int32_t dtype) override;
   Status combine(const void *y, const int32_t *positions, const float *weights,
                  const void *passthrough, void *out, int64_t T, int64_t k,
                  int64_t D, int32_t dtype) override;
@@ -119,7 +119,8 @@ public:
                      int64_t yRows, int32_t dtype) override;
   Status expertFfnGrad(const void *x, const int32_t *counts, const void *gate,
                        const void *up, const void *down, const void *dy,
-                       void *dx, void *dgate, void *dup, void *ddown, int64_t E,
+                       const void *savedA, const void *savedU, void *dx,
+                       void *dgate, void *dup, void *ddown, int64_t E,
                        int64_t segments, int64_t rowsPerExpert,
                        int64_t totalRows, int64_t D, int64_t F,
                        int32_t activation, int32_t dtype) override;
@@ -175,21 +176,36 @@ private:
   /// Rows of one FFN chunk (equal chunks) when each row needs `rowFloats`
   /// floats of workspace.
   int64_t chunkRows(int64_t live, int64_t rowFloats) const;
+  /// Rows of one chunk of runFfnGrad; runFfn uses it too when it saves the
+  /// pre-activations, so that both compute them with the same GEMM calls.
+  int64_t gradChunkRows(int64_t live, int64_t D, int64_t F,
+                        int32_t activation) const;
+  /// The FFN over the live rows in `blocks`. saveU (and saveA, gated) not
+  /// null: a = x.gate^T and u = x.up^T of those rows are kept there
+  /// ([rows of x, F]).
   Status runFfn(const float *x, float *y, const RowBlock *blocks,
                 int64_t numBlocks, const FfnWeights &w, int64_t D, int64_t F,
-                int32_t activation);
+                int32_t activation, float *saveA, float *saveU);
   void ffnChunk(const float *x, float *y, int64_t rows, const FfnWeights &w,
-                int64_t D, int64_t F, int32_t activation);
+                int64_t D, int64_t F, int32_t activation, float *saveA,
+                float *saveU);
   /// Backward of the FFN over the live rows in `blocks`: dx of those rows
   /// and the weight gradients (overwritten: 0 without live rows). When
   /// `fOut` is not null, the FFN's output of those rows is written there.
+  /// savedU not null: a (savedA, gated) and u are read from runFfn's saveA /
+  /// saveU instead of recomputed.
   Status runFfnGrad(const float *x, const float *dy, float *dx,
                     const RowBlock *blocks, int64_t numBlocks,
                     const FfnWeights &w, const FfnGrads &g, int64_t D,
-                    int64_t F, int32_t activation, float *fOut);
+                    int64_t F, int32_t activation, float *fOut,
+                    const float *savedA = nullptr,
+                    const float *savedU = nullptr);
+  /// How ffnGradChunk gets a and u.
+  enum class Hidden { Recompute, Copy, Loaded };
   void ffnGradChunk(const float *x, const float *dy, float *dx, float *fOut,
                     int64_t rows, const FfnWeights &w, const FfnGrads &g,
-                    float beta, int64_t D, int64_t F, int32_t activation);
+                    float beta, int64_t D, int64_t F, int32_t activation,
+                    Hidden hidden, const float *savedA, const float *savedU);
 
   int threads_;
   int64_t ffnChunkRows_ = 0;

@@ -116,18 +116,34 @@ int64_t walkRows(const RowBlock *blocks, int64_t numBlocks, Cursor &cur,
 
 void CpuBackend::ffnChunk(const float *x, float *y, int64_t rows,
                           const FfnWeights &w, int64_t D, int64_t F,
-                          int32_t activation) {
+                          int32_t activation, float *saveA, float *saveU) {
   float *h = ffnWork_.data();
   float *u = nullptr;
+  size_t hiddenBytes = static_cast<size_t>(rows * F) * sizeof(float);
   if (isGatedActivation(activation)) {
     u = h + rows * F;
-    gemmNT(x, w.gate, h, rows, F, D);
-    gemmNT(x, w.up, u, rows, F, D);
+    if (saveU) { // the GEMMs of ffnGradChunk, then the in-place activation
+      gemmNT(x, w.gate, saveA, rows, F, D);
+      gemmNT(x, w.up, saveU, rows, F, D);
+      std::memcpy(h, saveA, hiddenBytes);
+      std::memcpy(u, saveU, hiddenBytes);
+    } else {
+      gemmNT(x, w.gate, h, rows, F, D);
+      gemmNT(x, w.up, u, rows, F, D);
+    }
+  } else if (saveU) {
+    gemmNT(x, w.up, saveU, rows, F, D);
+    std::memcpy(h, saveU, hiddenBytes);
   } else {
     gemmNT(x, w.up, h, rows, F, D);
   }
   activate(activation, h, u, rows * F, threads_);
   gemmNT(h, w.down, y, rows, D, F);
+}
+
+int64_t CpuBackend::gradChunkRows(int64_t live, int64_t D, int64_t F,
+                                  int32_t activation) const {
+  return chunkRows(live, (isGatedActivation(activation) ? 4 : 3) * F + 4 * D);
 }
 
 int64_t CpuBackend::chunkRows(int64_t live, int64_t rowFloats) const {
@@ -142,19 +158,26 @@ int64_t CpuBackend::chunkRows(int64_t live, int64_t rowFloats) const {
 
 Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
                           int64_t numBlocks, const FfnWeights &w, int64_t D,
-                          int64_t F, int32_t activation) {
+                          int64_t F, int32_t activation, float *saveA,
+                          float *saveU) {
   int64_t live = 0;
   for (int64_t b = 0; b < numBlocks; ++b)
     live += blocks[b].rows;
   if (live == 0)
     return Status::ok();
-  int64_t chunk =
-      chunkRows(live, (isGatedActivation(activation) ? 2 : 1) * F + 2 * D);
-  int64_t hidden = (isGatedActivation(activation) ? 2 : 1) * chunk * F;
-  MOERT_TRY(ffnWork_.reserve(hidden + 2 * chunk * D, "moert_expert_ffn"));
+  bool gated = isGatedActivation(activation);
+  int64_t chunk = saveU ? gradChunkRows(live, D, F, activation)
+                        : chunkRows(live, (gated ? 2 : 1) * F + 2 * D);
+  int64_t hidden = (gated ? 2 : 1) * chunk * F;
+  int64_t saved = saveU ? hidden : 0; // gathered chunks' a and u
+  MOERT_TRY(
+      ffnWork_.reserve(hidden + 2 * chunk * D + saved, "moert_expert_ffn"));
   float *xg = ffnWork_.data() + hidden;
   float *yg = xg + chunk * D;
+  float *ug = yg + chunk * D;
+  float *ag = gated ? ug + chunk * F : nullptr;
   size_t rowBytes = static_cast<size_t>(D) * sizeof(float);
+  size_t hiddenRowBytes = static_cast<size_t>(F) * sizeof(float);
   Cursor cur;
   while (cur.block < numBlocks) {
     Cursor start = cur, probe = cur;
@@ -165,7 +188,9 @@ Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
             first = row;
         });
     if (pieces == 1) {
-      ffnChunk(x + first * D, y + first * D, rows, w, D, F, activation);
+      ffnChunk(x + first * D, y + first * D, rows, w, D, F, activation,
+               saveA ? saveA + first * F : nullptr,
+               saveU ? saveU + first * F : nullptr);
       cur = probe;
       continue;
     }
@@ -174,10 +199,15 @@ Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
       std::memcpy(xg + at * D, x + row * D, n * rowBytes);
       at += n;
     });
-    ffnChunk(xg, yg, rows, w, D, F, activation);
+    ffnChunk(xg, yg, rows, w, D, F, activation, saveA ? ag : nullptr,
+             saveU ? ug : nullptr);
     at = 0;
     walkRows(blocks, numBlocks, start, chunk, [&](int64_t row, int64_t n) {
       std::memcpy(y + row * D, yg + at * D, n * rowBytes);
+      if (saveU)
+        std::memcpy(saveU + row * F, ug + at * F, n * hiddenRowBytes);
+      if (saveA)
+        std::memcpy(saveA + row * F, ag + at * F, n * hiddenRowBytes);
       at += n;
     });
   }
@@ -187,7 +217,8 @@ Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
 //===--- Backward (docs/spec.md 7.2) --------------------------------------===//
 
 // Per chunk of rows of one expert, with a = x.gate^T, u = x.up^T and
-// h = act(a) u (or act(u)) recomputed:
+// h = act(a) u (or act(u)) recomputed (or a and u read from what the
+// forward saved, computed by the same GEMM calls on the same chunks):
 //   dh = dy.down, ddown += dy^T.h, da = dh act'(a) u, du = dh act(a) (or
 //   du = dh act'(u)), dx = da.gate + du.up, dgate += da^T.x, dup += du^T.x
 // Eight GEMMs (five ungated) over all the chunk's rows: no per-token work.
@@ -195,15 +226,23 @@ Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
 void CpuBackend::ffnGradChunk(const float *x, const float *dy, float *dx,
                               float *fOut, int64_t rows, const FfnWeights &w,
                               const FfnGrads &g, float beta, int64_t D,
-                              int64_t F, int32_t activation) {
+                              int64_t F, int32_t activation, Hidden hidden,
+                              const float *savedA, const float *savedU) {
   bool gated = isGatedActivation(activation);
   float *a = gated ? ffnWork_.data() : nullptr;
   float *u = ffnWork_.data() + (gated ? rows * F : 0);
   float *h = u + rows * F;
   float *dh = h + rows * F;
-  if (gated)
-    gemmNT(x, w.gate, a, rows, F, D);
-  gemmNT(x, w.up, u, rows, F, D);
+  size_t hiddenBytes = static_cast<size_t>(rows * F) * sizeof(float);
+  if (hidden == Hidden::Recompute) {
+    if (gated)
+      gemmNT(x, w.gate, a, rows, F, D);
+    gemmNT(x, w.up, u, rows, F, D);
+  } else if (hidden == Hidden::Copy) {
+    if (gated)
+      std::memcpy(a, savedA, hiddenBytes);
+    std::memcpy(u, savedU, hiddenBytes);
+  }
   // h = the hidden activation; a := act'(a) u, u := act(a) (gated) or
   // u := act'(u).
   activateGrad(activation, a, u, h, rows * F, threads_);
@@ -224,7 +263,8 @@ void CpuBackend::ffnGradChunk(const float *x, const float *dy, float *dx,
 Status CpuBackend::runFfnGrad(const float *x, const float *dy, float *dx,
                               const RowBlock *blocks, int64_t numBlocks,
                               const FfnWeights &w, const FfnGrads &g, int64_t D,
-                              int64_t F, int32_t activation, float *fOut) {
+                              int64_t F, int32_t activation, float *fOut,
+                              const float *savedA, const float *savedU) {
   bool gated = isGatedActivation(activation);
   int64_t live = 0;
   for (int64_t b = 0; b < numBlocks; ++b)
@@ -238,7 +278,7 @@ Status CpuBackend::runFfnGrad(const float *x, const float *dy, float *dx,
     return Status::ok();
   }
   int64_t perRow = (gated ? 4 : 3) * F;
-  int64_t chunk = chunkRows(live, perRow + 4 * D);
+  int64_t chunk = gradChunkRows(live, D, F, activation);
   MOERT_TRY(
       ffnWork_.reserve(chunk * (perRow + 4 * D), "moert_expert_ffn_grad"));
   float *xg = ffnWork_.data() + chunk * perRow;
@@ -246,6 +286,8 @@ Status CpuBackend::runFfnGrad(const float *x, const float *dy, float *dx,
   float *dxg = dyg + chunk * D;
   float *fg = dxg + chunk * D;
   size_t rowBytes = static_cast<size_t>(D) * sizeof(float);
+  size_t hiddenRowBytes = static_cast<size_t>(F) * sizeof(float);
+  Hidden copy = savedU ? Hidden::Copy : Hidden::Recompute;
   Cursor cur;
   float beta = 0.0f; // the first chunk overwrites the weight gradients
   while (cur.block < numBlocks) {
@@ -258,20 +300,30 @@ Status CpuBackend::runFfnGrad(const float *x, const float *dy, float *dx,
         });
     if (pieces == 1) {
       int64_t o = firstRow * D;
+      int64_t h = firstRow * F;
       ffnGradChunk(x + o, dy + o, dx + o, fOut ? fOut + o : nullptr, rows, w, g,
-                   beta, D, F, activation);
+                   beta, D, F, activation, copy, savedA ? savedA + h : nullptr,
+                   savedU ? savedU + h : nullptr);
       cur = probe;
       beta = 1.0f;
       continue;
     }
+    // Saved a and u go straight to where ffnGradChunk keeps them.
+    float *ag = gated ? ffnWork_.data() : nullptr;
+    float *ug = ffnWork_.data() + (gated ? rows * F : 0);
     int64_t at = 0;
     walkRows(blocks, numBlocks, cur, chunk, [&](int64_t row, int64_t n) {
       std::memcpy(xg + at * D, x + row * D, n * rowBytes);
       std::memcpy(dyg + at * D, dy + row * D, n * rowBytes);
+      if (savedU)
+        std::memcpy(ug + at * F, savedU + row * F, n * hiddenRowBytes);
+      if (savedU && gated)
+        std::memcpy(ag + at * F, savedA + row * F, n * hiddenRowBytes);
       at += n;
     });
     ffnGradChunk(xg, dyg, dxg, fOut ? fg : nullptr, rows, w, g, beta, D, F,
-                 activation);
+                 activation, savedU ? Hidden::Loaded : Hidden::Recompute,
+                 nullptr, nullptr);
     beta = 1.0f;
     at = 0;
     walkRows(blocks, numBlocks, start, chunk, [&](int64_t row, int64_t n) {
@@ -336,10 +388,10 @@ Status CpuBackend::collectBlocks(const char *fn, const int32_t *counts,
 
 Status CpuBackend::expertFfn(const void *x, const int32_t *counts,
                              const void *gate, const void *up, const void *down,
-                             void *y, int64_t E, int64_t segments,
-                             int64_t rowsPerExpert, int64_t totalRows,
-                             int64_t D, int64_t F, int32_t activation,
-                             int32_t dtype) {
+                             void *y, void *saveA, void *saveU, int64_t E,
+                             int64_t segments, int64_t rowsPerExpert,
+                             int64_t totalRows, int64_t D, int64_t F,
+                             int32_t activation, int32_t dtype) {
   MOERT_TRY(requireF32("moert_expert_ffn", dtype));
   auto *yf = static_cast<float *>(y);
   MOERT_TRY(collectBlocks("moert_expert_ffn", counts, yf, E, segments,
@@ -350,7 +402,8 @@ Status CpuBackend::expertFfn(const void *x, const int32_t *counts,
                  static_cast<const float *>(down) + e * D * F};
     MOERT_TRY(runFfn(static_cast<const float *>(x), yf,
                      blocks_.data() + blockStart_[e],
-                     blockStart_[e + 1] - blockStart_[e], w, D, F, activation));
+                     blockStart_[e + 1] - blockStart_[e], w, D, F, activation,
+                     static_cast<float *>(saveA), static_cast<float *>(saveU)));
   }
   return Status::ok();
 }
@@ -365,7 +418,7 @@ Status CpuBackend::mlp(const void *xv, const void *gate, const void *up,
   FfnWeights w{static_cast<const float *>(gate), static_cast<const float *>(up),
                static_cast<const float *>(down)};
   RowBlock all{0, T};
-  MOERT_TRY(runFfn(x, y, &all, 1, w, D, F, activation));
+  MOERT_TRY(runFfn(x, y, &all, 1, w, D, F, activation, nullptr, nullptr));
   if (!sigmoidGate)
     return Status::ok();
   auto *g = static_cast<const float *>(sigmoidGate);
@@ -378,13 +431,12 @@ Status CpuBackend::mlp(const void *xv, const void *gate, const void *up,
   return Status::ok();
 }
 
-Status CpuBackend::expertFfnGrad(const void *x, const int32_t *counts,
-                                 const void *gate, const void *up,
-                                 const void *down, const void *dy, void *dx,
-                                 void *dgate, void *dup, void *ddown, int64_t E,
-                                 int64_t segments, int64_t rowsPerExpert,
-                                 int64_t totalRows, int64_t D, int64_t F,
-                                 int32_t activation, int32_t dtype) {
+Status CpuBackend::expertFfnGrad(
+    const void *x, const int32_t *counts, const void *gate, const void *up,
+    const void *down, const void *dy, const void *savedA, const void *savedU,
+    void *dx, void *dgate, void *dup, void *ddown, int64_t E, int64_t segments,
+    int64_t rowsPerExpert, int64_t totalRows, int64_t D, int64_t F,
+    int32_t activation, int32_t dtype) {
   MOERT_TRY(requireF32("moert_expert_ffn_grad", dtype));
   auto *dxf = static_cast<float *>(dx);
   // Dead rows of dx are zeroed here; live rows are written below.
@@ -400,7 +452,8 @@ Status CpuBackend::expertFfnGrad(const void *x, const int32_t *counts,
     MOERT_TRY(runFfnGrad(
         static_cast<const float *>(x), static_cast<const float *>(dy), dxf,
         blocks_.data() + blockStart_[e], blockStart_[e + 1] - blockStart_[e], w,
-        g, D, F, activation, nullptr));
+        g, D, F, activation, nullptr, static_cast<const float *>(savedA),
+        static_cast<const float *>(savedU)));
   }
   return Status::ok();
 }

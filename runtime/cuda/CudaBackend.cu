@@ -113,10 +113,10 @@ public:
                   int64_t k, int64_t D, int64_t outRows,
                   int32_t dtype) override;
   Status expertFfn(const void *x, const int32_t *counts, const void *gate,
-                   const void *up, const void *down, void *y, int64_t E,
-                   int64_t segments, int64_t rowsPerExpert, int64_t totalRows,
-                   int64_t D, int64_t F, int32_t activation,
-                   int32_t dtype) override;
+                   const void *up, const void *down, void *y, void *saveA,
+                   void *saveU, int64_t E, int64_t segments,
+                   int64_t rowsPerExpert, int64_t totalRows, int64_t D,
+                   int64_t F, int32_t activation, int32_t dtype) override;
   Status combine(const void *y, const int32_t *positions, const float *weights,
                  const void *passthrough, void *out, int64_t T, int64_t k,
                  int64_t D, int32_t dtype) override;
@@ -153,7 +153,8 @@ public:
                      int64_t yRows, int32_t dtype) override;
   Status expertFfnGrad(const void *x, const int32_t *counts, const void *gate,
                        const void *up, const void *down, const void *dy,
-                       void *dx, void *dgate, void *dup, void *ddown, int64_t E,
+                       const void *savedA, const void *savedU, void *dx,
+                       void *dgate, void *dup, void *ddown, int64_t E,
                        int64_t segments, int64_t rowsPerExpert,
                        int64_t totalRows, int64_t D, int64_t F,
                        int32_t activation, int32_t dtype) override;
@@ -622,9 +623,10 @@ Status CudaBackend::combine(const void *y, const int32_t *positions,
 
 Status CudaBackend::expertFfn(const void *x, const int32_t *counts,
                               const void *gate, const void *up,
-                              const void *down, void *y, int64_t E, int64_t S,
-                              int64_t R, int64_t totalRows, int64_t D,
-                              int64_t F, int32_t activation, int32_t dtype) {
+                              const void *down, void *y, void *saveA,
+                              void *saveU, int64_t E, int64_t S, int64_t R,
+                              int64_t totalRows, int64_t D, int64_t F,
+                              int32_t activation, int32_t dtype) {
   const char *op = "moert_expert_ffn";
   MOERT_TRY(enter(op));
   cudaDataType_t type;
@@ -713,6 +715,30 @@ Status CudaBackend::expertFfn(const void *x, const int32_t *counts,
     }
   }
   MOERT_TRY(linearBatch(op, first, F, D, type));
+  // 3b. moert_expert_ffn_train: the pre-activations into the layout's rows
+  // (hBuf holds x.gate^T when gated, x.up^T otherwise).
+  Scratch table(*allocator_);
+  if (saveU) {
+    std::vector<cuda::RowBlock> moves;
+    packed = 0;
+    for (const Block &b : blocks) {
+      moves.push_back({b.row, packed, b.rows});
+      packed += b.rows;
+    }
+    const int64_t bytes =
+        static_cast<int64_t>(sizeof(cuda::RowBlock) * moves.size());
+    MOERT_TRY(table.allocate(bytes, op));
+    MOERT_CUDA(op, cudaMemcpyAsync(table.get(), moves.data(), bytes,
+                                   cudaMemcpyHostToDevice, stream_));
+    const auto *tb = table.as<const cuda::RowBlock>();
+    const int64_t nb = static_cast<int64_t>(moves.size());
+    MOERT_TRY(cuda::launchMoveRows(env(), tb, nb,
+                                   static_cast<float *>(gated ? saveA : saveU),
+                                   hBuf.as<float>(), live, F, false, op));
+    if (gated)
+      MOERT_TRY(cuda::launchMoveRows(env(), tb, nb, static_cast<float *>(saveU),
+                                     uBuf.as<float>(), live, F, false, op));
+  }
   // 4. h = act(h) (* u), one pass over the packed rows.
   MOERT_TRY(cuda::launchActivation(env(), hBuf.get(),
                                    gated ? uBuf.get() : nullptr, live * F,
@@ -1072,8 +1098,9 @@ Status CudaBackend::ffnBackprop(const char *op, const FfnGradArgs &g,
 
 Status CudaBackend::expertFfnGrad(const void *x, const int32_t *counts,
                                   const void *gate, const void *up,
-                                  const void *down, const void *dy, void *dx,
-                                  void *dgate, void *dup, void *ddown,
+                                  const void *down, const void *dy,
+                                  const void *savedA, const void *savedU,
+                                  void *dx, void *dgate, void *dup, void *ddown,
                                   int64_t E, int64_t S, int64_t R,
                                   int64_t totalRows, int64_t D, int64_t F,
                                   int32_t activation, int32_t dtype) {
@@ -1202,7 +1229,28 @@ Status CudaBackend::expertFfnGrad(const void *x, const int32_t *counts,
   g.D = D;
   g.F = F;
   g.activation = activation;
-  MOERT_TRY(ffnRecompute(op, g, slices));
+  if (savedU) { // a (x.gate^T, or x.up^T ungated) and u as the forward kept
+    auto *sa = const_cast<float *>(
+        static_cast<const float *>(gated ? savedA : savedU));
+    auto *su = const_cast<float *>(static_cast<const float *>(savedU));
+    if (identity) {
+      MOERT_CUDA(op, cudaMemcpyAsync(g.a, sa, sizeof(float) * live * F,
+                                     cudaMemcpyDeviceToDevice, stream_));
+      if (gated)
+        MOERT_CUDA(op, cudaMemcpyAsync(g.u, su, sizeof(float) * live * F,
+                                       cudaMemcpyDeviceToDevice, stream_));
+    } else {
+      const auto *tb = table.as<const cuda::RowBlock>();
+      const int64_t nb = static_cast<int64_t>(blocks.size());
+      MOERT_TRY(
+          cuda::launchMoveRows(env(), tb, nb, sa, g.a, live, F, true, op));
+      if (gated)
+        MOERT_TRY(
+            cuda::launchMoveRows(env(), tb, nb, su, g.u, live, F, true, op));
+    }
+  } else {
+    MOERT_TRY(ffnRecompute(op, g, slices));
+  }
   MOERT_TRY(ffnBackprop(op, g, slices));
 
   // 6. dx: the live rows back in place, every other row 0.

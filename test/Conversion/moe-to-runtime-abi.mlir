@@ -7,7 +7,7 @@
 
 // Every module exports `const int32_t moe_abi_version = MOERT_ABI_VERSION`
 // (raise the number here with MOERT_ABI_VERSION).
-// CHECK: llvm.mlir.global external constant @moe_abi_version(4 : i32) {addr_space = 0 : i32} : i32
+// CHECK: llvm.mlir.global external constant @moe_abi_version(5 : i32) {addr_space = 0 : i32} : i32
 // CHECK-LABEL: func.func @moe_entry_empty
 func.func @empty(%x: tensor<4xf32>) -> tensor<4xf32> {
   return %x : tensor<4xf32>
@@ -152,7 +152,8 @@ func.func @layernorm(%x: tensor<16x32xf32>, %w: tensor<32xf32>, %b: tensor<32xf3
 //   func.func private @moert_topk_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, i32, i32, f32)
 //   func.func private @moert_dispatch_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, i64, i32)
 //   func.func private @moert_combine_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, i64, i32)
-//   func.func private @moert_expert_ffn_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, i64, i64, i64, i32, i32)
+//   func.func private @moert_expert_ffn_train(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, i64, i64, i64, i32, i32)
+//   func.func private @moert_expert_ffn_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, i64, i64, i64, i32, i32)
 //   func.func private @moert_mlp_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, i32, i32)
 //   func.func private @moert_expert_load_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64)
 //   func.func private @moert_load_balance_loss_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, f32)

@@ -14,7 +14,7 @@
 // CHECK-DAG: %[[EPS:.*]] = arith.constant 9.99999997E-7 : f32
 // CHECK: %[[BASE:.*]] = call @moert_arena
 // CHECK: call @moert_combine_grad(%arg0, %[[BUF:[^,]*]], %[[POS:[^,]*]], %[[W:[^,]*]], %[[X]], %[[DY:[^,]*]], %[[BASE]], %[[DW:[^,]*]], %[[DP:[^,]*]], %c8_i64, %c2_i64, %c32_i64, %[[C24]], %c0_i32)
-// CHECK: call @moert_expert_ffn_grad(%arg0, %[[BUF]], %[[NULL]], %[[NULL]], %{{[^,]*}}, %{{[^,]*}}, %[[BASE]], %[[DB:[^,]*]], %[[NULL]], %{{[^,]*}}, %{{[^,]*}}, %c4_i64, %c1_i64, %c6_i64, %[[C24]], %c32_i64, %c16_i64, %[[GELU]], %c0_i32)
+// CHECK: call @moert_expert_ffn_grad(%arg0, %[[BUF]], %[[NULL]], %[[NULL]], %{{[^,]*}}, %{{[^,]*}}, %[[BASE]], %[[NULL]], %[[NULL]], %[[DB:[^,]*]], %[[NULL]], %{{[^,]*}}, %{{[^,]*}}, %c4_i64, %c1_i64, %c6_i64, %[[C24]], %c32_i64, %c16_i64, %[[GELU]], %c0_i32)
 // CHECK: call @moert_dispatch_grad(%arg0, %[[DB]], %[[POS]], %{{[^,]*}}, %c8_i64, %c2_i64, %c32_i64, %[[C24]], %c0_i32)
 // CHECK: call @moert_load_balance_loss_grad(%arg0, %{{[^,]*}}, %[[ONE:[^,]*]], %[[DST:[^,]*]], %c4_i64, %c8_i64, %c2_i64, %{{[^)]*}})
 // CHECK: call @moert_expert_load_grad(%arg0, %[[DST]], %[[DS:[^,]*]], %c8_i64, %c4_i64)

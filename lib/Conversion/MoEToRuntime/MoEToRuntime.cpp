@@ -666,6 +666,8 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             .up = ptr(o.getUp()),
             .down = ptr(o.getDown()),
             .dy = ptr(o.getDout()),
+            .saved_a = optPtr(Value()),
+            .saved_u = optPtr(Value()),
             .dx = ptr(o.getDinput()),
             .dgate = optPtr(o.getDgate()),
             .dup = ptr(o.getDup()),

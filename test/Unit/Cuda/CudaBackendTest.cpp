@@ -400,13 +400,15 @@ void checkExpertFfn(Backend &cpu, Backend &g, const FfnLayout &L, int32_t act,
   Buf cy(cpu, totalRows * D * 4);
   ASSERT_OK(cpu.expertFfn(cx->get(), L.counts ? cc->as<int32_t>() : nullptr,
                           glu ? cg->get() : nullptr, cu->get(), cd->get(),
-                          cy.get(), E, S, R, totalRows, D, F, act, MOERT_F32));
+                          cy.get(), nullptr, nullptr, E, S, R, totalRows, D, F,
+                          act, MOERT_F32));
   auto gx = putAs(g, x, dt), gg = putAs(g, wg, dt), gu = putAs(g, wu, dt),
        gd = putAs(g, wdn, dt), gc = put(g, counts);
   Buf gy(g, totalRows * D * elemSize(dt));
   ASSERT_OK(g.expertFfn(gx->get(), L.counts ? gc->as<int32_t>() : nullptr,
                         glu ? gg->get() : nullptr, gu->get(), gd->get(),
-                        gy.get(), E, S, R, totalRows, D, F, act, dt));
+                        gy.get(), nullptr, nullptr, E, S, R, totalRows, D, F,
+                        act, dt));
   EXPECT_TRUE(close(getAs(gy, dt), cy.download<float>(), dt));
 }
 
@@ -454,9 +456,9 @@ TEST_F(CudaBackendTest, ExpertFfnRejectsBadCounts) {
   std::vector<int32_t> counts = {3, 9}; // sums to 12 > total_rows 10
   auto gc = put(*gpu, counts);
   Buf x(*gpu, 10 * D * 4), w(*gpu, E * F * D * 4), y(*gpu, 10 * D * 4);
-  Status s =
-      gpu->expertFfn(x.get(), gc->as<int32_t>(), w.get(), w.get(), w.get(),
-                     y.get(), E, 1, 0, 10, D, F, MOERT_ACT_SWIGLU, MOERT_F32);
+  Status s = gpu->expertFfn(x.get(), gc->as<int32_t>(), w.get(), w.get(),
+                            w.get(), y.get(), nullptr, nullptr, E, 1, 0, 10, D,
+                            F, MOERT_ACT_SWIGLU, MOERT_F32);
   EXPECT_EQ(s.code(), MOERT_ERR_INVALID);
   EXPECT_NE(s.message().find("moert_expert_ffn"), std::string::npos)
       << s.message();

@@ -359,6 +359,9 @@ const FfnLayout kLayouts[] = {
 struct FfnDims {
   int64_t E = 4, D = 64, F = 96;
   bool emptyExpert = true; // the last expert gets no rows in any segment
+  /// The GPU runs moert_expert_ffn_train first and its gradient reads the
+  /// saved pre-activations (the CPU recomputes them).
+  bool saved = false;
 };
 
 /// expert_ffn_grad on the CPU and on `g` (same inputs); every output
@@ -397,11 +400,22 @@ void checkExpertFfnGrad(Backend &cpu, Backend &g, const FfnLayout &L,
   auto dgate = outputs(cpu, g, E * F * D * 4),
        dup = outputs(cpu, g, E * F * D * 4),
        ddown = outputs(cpu, g, E * D * F * 4);
+  auto y = outputs(cpu, g, rows * D * 4), sa = outputs(cpu, g, rows * F * 4),
+       su = outputs(cpu, g, rows * F * 4);
   auto run = [&](Backend &b, bool onCpu) {
     auto f = [&](const Twin &t) -> float * { return onCpu ? t.cf() : t.gf(); };
-    return b.expertFfnGrad(f(x),
-                           L.counts ? (onCpu ? cnt.ci() : cnt.gi()) : nullptr,
-                           glu ? f(wg) : nullptr, f(wu), f(wdn), f(dy), f(dx),
+    const bool save = dims.saved && !onCpu;
+    const int32_t *c = L.counts ? (onCpu ? cnt.ci() : cnt.gi()) : nullptr;
+    if (save) {
+      Status s = b.expertFfn(f(x), c, glu ? f(wg) : nullptr, f(wu), f(wdn),
+                             f(y), glu ? f(sa) : nullptr, f(su), E, S, R, rows,
+                             D, F, act, MOERT_F32);
+      if (!s.isOk())
+        return s;
+    }
+    return b.expertFfnGrad(f(x), c, glu ? f(wg) : nullptr, f(wu), f(wdn), f(dy),
+                           save && glu ? f(sa) : nullptr,
+                           save ? f(su) : nullptr, f(dx),
                            glu ? f(dgate) : nullptr, f(dup), f(ddown), E, S, R,
                            rows, D, F, act, MOERT_F32);
   };
@@ -443,6 +457,20 @@ TEST_F(CudaBackwardTest, ExpertFfnGradMatchesCpu) {
     for (int32_t act : kActivations) {
       SCOPED_TRACE(std::string(L.name) + " " + actName(act));
       checkExpertFfnGrad(*cpu, *gpu, L, act, seed += 10);
+    }
+  }
+}
+
+TEST_F(CudaBackwardTest, ExpertFfnGradFromSavedActivationsMatchesCpu) {
+  // moert_expert_ffn_train on the GPU, then the gradient from what it saved,
+  // against the CPU's recomputing gradient.
+  FfnDims dims;
+  dims.saved = true;
+  unsigned seed = 700;
+  for (const FfnLayout &L : kLayouts) {
+    for (int32_t act : kActivations) {
+      SCOPED_TRACE(std::string(L.name) + " " + actName(act));
+      checkExpertFfnGrad(*cpu, *gpu, L, act, seed += 10, dims);
     }
   }
 }
@@ -492,10 +520,10 @@ TEST_F(CudaBackwardTest, ExpertFfnGradRejectsBadCounts) {
   auto gc = put(*gpu, counts);
   Buf x(*gpu, 10 * D * 4), w(*gpu, E * F * D * 4), dw(*gpu, E * F * D * 4),
       dx(*gpu, 10 * D * 4);
-  Status s =
-      gpu->expertFfnGrad(x.get(), gc->as<int32_t>(), w.get(), w.get(), w.get(),
-                         x.get(), dx.get(), dw.get(), dw.get(), dw.get(), E, 1,
-                         0, 10, D, F, MOERT_ACT_SWIGLU, MOERT_F32);
+  Status s = gpu->expertFfnGrad(x.get(), gc->as<int32_t>(), w.get(), w.get(),
+                                w.get(), x.get(), nullptr, nullptr, dx.get(),
+                                dw.get(), dw.get(), dw.get(), E, 1, 0, 10, D, F,
+                                MOERT_ACT_SWIGLU, MOERT_F32);
   EXPECT_EQ(s.code(), MOERT_ERR_INVALID);
   EXPECT_NE(s.message().find("moert_expert_ffn_grad"), std::string::npos)
       << s.message();
@@ -514,9 +542,9 @@ TEST_F(CudaBackwardTest, ExpertFfnGradWithoutLiveRowsIsZero) {
     Buf dx(*gpu, rows * D * 4), dg(*gpu, E * F * D * 4),
         du(*gpu, E * F * D * 4), dd(*gpu, E * D * F * 4);
     ASSERT_OK(gpu->expertFfnGrad(x.get(), counts->as<int32_t>(), w.get(),
-                                 w.get(), w.get(), dy.get(), dx.get(), dg.get(),
-                                 du.get(), dd.get(), E, S, R, rows, D, F,
-                                 MOERT_ACT_SWIGLU, MOERT_F32));
+                                 w.get(), w.get(), dy.get(), nullptr, nullptr,
+                                 dx.get(), dg.get(), du.get(), dd.get(), E, S,
+                                 R, rows, D, F, MOERT_ACT_SWIGLU, MOERT_F32));
     for (const Buf *b : {&dx, &dg, &du, &dd})
       EXPECT_EQ(b->download<uint32_t>(),
                 std::vector<uint32_t>(b->bytes() / 4, 0u));
@@ -892,8 +920,9 @@ void runAbiChain(int32_t device, AbiChain &r) {
   moert_mse_loss(ctx, y, target, loss, dy, T * D, T * D, MOERT_F32);
   moert_combine_grad(ctx, eo, pos, static_cast<float *>(w), nullptr, dy, deo,
                      dw, nullptr, T, k, D, rows, MOERT_F32);
-  moert_expert_ffn_grad(ctx, buf, cnt, gate, up, down, deo, dbuf, dg, du, dd, E,
-                        1, 0, rows, D, F, MOERT_ACT_SWIGLU, MOERT_F32);
+  moert_expert_ffn_grad(ctx, buf, cnt, gate, up, down, deo, nullptr, nullptr,
+                        dbuf, dg, du, dd, E, 1, 0, rows, D, F, MOERT_ACT_SWIGLU,
+                        MOERT_F32);
   moert_dispatch_grad(ctx, dbuf, pos, dx, T, k, D, rows, MOERT_F32);
   moert_rmsnorm_grad(ctx, h, wn, dx, dh, dwn, T, D, eps, MOERT_F32);
   moert_adamw(ctx, static_cast<float *>(up), static_cast<float *>(du),

@@ -522,9 +522,9 @@ TEST_P(ExpertFfnGrad, MatchesReferenceWithZeroForDeadRowsAndIdleExperts) {
       ddown(w.down.size(), kNaN);
   float *dg = gated(act) ? dgate.data() : nullptr;
   moert_expert_ffn_grad(ctx, x.data(), counts, w.gatePtr(), w.up.data(),
-                        w.down.data(), dy.data(), dx.data(), dg, dup.data(),
-                        ddown.data(), kE, L.S, L.R, L.totalRows, D, F, act,
-                        MOERT_F32);
+                        w.down.data(), dy.data(), nullptr, nullptr, dx.data(),
+                        dg, dup.data(), ddown.data(), kE, L.S, L.R, L.totalRows,
+                        D, F, act, MOERT_F32);
   ASSERT_TRUE(ok());
 
   std::vector<double> dxRef(L.totalRows * D, 0.0);
@@ -601,8 +601,9 @@ TEST_F(Backward, ExpertFfnGradInChunksEqualsOneChunk) {
       dd.assign(w.down.size(), kNaN);
       moert::Status s = backend.expertFfnGrad(
           x.data(), counts.data(), w.gatePtr(), w.up.data(), w.down.data(),
-          dy.data(), dx.data(), gated(act) ? dg.data() : nullptr, du.data(),
-          dd.data(), kE, S, 0, rows, D, F, act, MOERT_F32);
+          dy.data(), nullptr, nullptr, dx.data(),
+          gated(act) ? dg.data() : nullptr, du.data(), dd.data(), kE, S, 0,
+          rows, D, F, act, MOERT_F32);
       ASSERT_TRUE(s.isOk()) << s.message();
     };
     std::vector<float> dx1, dg1, du1, dd1, dx2, dg2, du2, dd2;
@@ -618,6 +619,118 @@ TEST_F(Backward, ExpertFfnGradInChunksEqualsOneChunk) {
     }
   }
 }
+
+/// Same bits (NaN included).
+void expectSameBits(const std::vector<float> &got,
+                    const std::vector<float> &want, const char *what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0)
+      << what << " differs";
+}
+
+class ExpertFfnSaved
+    : public CpuRuntimeTest,
+      public ::testing::WithParamInterface<std::tuple<int32_t, int>> {};
+
+TEST_P(ExpertFfnSaved, SameBitsAsRecomputation) {
+  // moert_expert_ffn_train keeps a = x.gate^T and u = x.up^T; the gradient
+  // that reads them gives the very bits of the one that recomputes them,
+  // with one chunk or many (gathered from several segments), and leaves
+  // the dead rows of the saved buffers alone.
+  const int32_t act = std::get<0>(GetParam());
+  const FfnLayout &L = kLayouts[std::get<1>(GetParam())];
+  const int64_t D = 9, F = 21, rows = L.totalRows;
+  ExpertSet w(kE, D, F, act, 71);
+  const int32_t *counts = L.counts.empty() ? nullptr : L.counts.data();
+  std::vector<float> x = randomVec(rows * D, 72), dy = randomVec(rows * D, 73);
+  struct Result {
+    std::vector<float> y, a, u, dx, dg, du, dd;
+  };
+  auto run = [&](int64_t chunk, bool save, Result &r) {
+    moert::CpuBackend backend(0);
+    backend.setFfnChunkRows(chunk);
+    r.y.assign(rows * D, kNaN);
+    r.a.assign(gated(act) ? rows * F : 0, kNaN);
+    r.u.assign(save ? rows * F : 0, kNaN);
+    r.dx.assign(rows * D, kNaN);
+    r.dg.assign(w.gate.size(), kNaN);
+    r.du.assign(w.up.size(), kNaN);
+    r.dd.assign(w.down.size(), kNaN);
+    float *sa = save && gated(act) ? r.a.data() : nullptr;
+    float *su = save ? r.u.data() : nullptr;
+    moert::Status s = backend.expertFfn(
+        x.data(), counts, w.gatePtr(), w.up.data(), w.down.data(), r.y.data(),
+        sa, su, kE, L.S, L.R, rows, D, F, act, MOERT_F32);
+    ASSERT_TRUE(s.isOk()) << s.message();
+    s = backend.expertFfnGrad(
+        x.data(), counts, w.gatePtr(), w.up.data(), w.down.data(), dy.data(),
+        sa, su, r.dx.data(), gated(act) ? r.dg.data() : nullptr, r.du.data(),
+        r.dd.data(), kE, L.S, L.R, rows, D, F, act, MOERT_F32);
+    ASSERT_TRUE(s.isOk()) << s.message();
+  };
+  auto live = liveRows(counts, kE, L.S, L.R);
+  std::vector<bool> isLive(rows, false);
+  for (const auto &e : live)
+    for (int64_t r : e)
+      isLive[r] = true;
+  for (int64_t chunk : {0, 1, 3}) {
+    SCOPED_TRACE("chunk rows " + std::to_string(chunk));
+    Result recompute, saved;
+    run(chunk, false, recompute);
+    run(chunk, true, saved);
+    expectSameBits(saved.y, recompute.y, "y");
+    expectSameBits(saved.dx, recompute.dx, "dx");
+    expectSameBits(saved.du, recompute.du, "dup");
+    expectSameBits(saved.dd, recompute.dd, "ddown");
+    expectSameBits(saved.dg, recompute.dg, "dgate");
+    // The saved values: u = x.up^T (a = x.gate^T) on live rows, dead rows
+    // untouched.
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t f = 0; f < F; ++f) {
+        float u = saved.u[r * F + f];
+        if (!isLive[r]) {
+          ASSERT_TRUE(std::isnan(u)) << "dead row " << r;
+          continue;
+        }
+        int64_t e = 0;
+        while (std::find(live[e].begin(), live[e].end(), r) == live[e].end())
+          ++e;
+        double uRef = 0, aRef = 0;
+        for (int64_t d = 0; d < D; ++d) {
+          uRef += double(x[r * D + d]) * w.up[(e * F + f) * D + d];
+          if (gated(act))
+            aRef += double(x[r * D + d]) * w.gate[(e * F + f) * D + d];
+        }
+        ASSERT_NEAR(u, uRef, 1e-4) << "row " << r;
+        if (gated(act)) {
+          ASSERT_NEAR(saved.a[r * F + f], aRef, 1e-4) << "row " << r;
+        }
+      }
+    }
+  }
+
+  // Through the C ABI: moert_expert_ffn_train's y is moert_expert_ffn's.
+  std::vector<float> y1(rows * D), y2(rows * D), a(rows * F), u(rows * F);
+  moert_expert_ffn(ctx, x.data(), counts, w.gatePtr(), w.up.data(),
+                   w.down.data(), y1.data(), kE, L.S, L.R, rows, D, F, act,
+                   MOERT_F32);
+  moert_expert_ffn_train(ctx, x.data(), counts, w.gatePtr(), w.up.data(),
+                         w.down.data(), y2.data(),
+                         gated(act) ? a.data() : nullptr, u.data(), kE, L.S,
+                         L.R, rows, D, F, act, MOERT_F32);
+  ASSERT_TRUE(ok());
+  expectSameBits(y2, y1, "y through the C ABI");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, ExpertFfnSaved,
+    ::testing::Combine(::testing::Values(MOERT_ACT_RELU, MOERT_ACT_GELU,
+                                         MOERT_ACT_SWIGLU, MOERT_ACT_GEGLU),
+                       ::testing::Values(0, 1, 2)),
+    [](const auto &info) {
+      return actName(std::get<0>(info.param)) +
+             kLayouts[std::get<1>(info.param)].name;
+    });
 
 //===--- Dense MLP --------------------------------------------------------===//
 
@@ -859,9 +972,9 @@ TEST_F(Backward, DISABLED_TimingOfTheExpertFfnBackward) {
   std::vector<float> a(rows * F), u(rows * F), h(rows * F), dh(rows * F);
   auto grad = [&] {
     moert_expert_ffn_grad(ctx, x.data(), counts.data(), w.gate.data(),
-                          w.up.data(), w.down.data(), dy.data(), dx.data(),
-                          dg.data(), du.data(), dd.data(), E, 1, 0, rows, D, F,
-                          MOERT_ACT_SWIGLU, MOERT_F32);
+                          w.up.data(), w.down.data(), dy.data(), nullptr,
+                          nullptr, dx.data(), dg.data(), du.data(), dd.data(),
+                          E, 1, 0, rows, D, F, MOERT_ACT_SWIGLU, MOERT_F32);
   };
   auto gemms = [&](bool recompute) {
     auto sg = [](CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n,

@@ -590,21 +590,22 @@ const BadCall badCalls[] = {
      MOERT_ERR_INVALID, "moert_combine_grad: dweights is null"},
     {"ExpertFfnGradNullDy",
      [](moert_ctx *c) {
-       moert_expert_ffn_grad(c, F, I, nullptr, F, F, nullptr, F, nullptr, F, F,
-                             2, 1, 0, 4, 4, 4, MOERT_ACT_RELU, MOERT_F32);
+       moert_expert_ffn_grad(c, F, I, nullptr, F, F, nullptr, nullptr, nullptr,
+                             F, nullptr, F, F, 2, 1, 0, 4, 4, 4, MOERT_ACT_RELU,
+                             MOERT_F32);
      },
      MOERT_ERR_INVALID, "moert_expert_ffn_grad: dy is null"},
     {"ExpertFfnGradDgateWhenUngated",
      [](moert_ctx *c) {
-       moert_expert_ffn_grad(c, F, I, nullptr, F, F, F, F, F, F, F, 2, 1, 0, 4,
-                             4, 4, MOERT_ACT_GELU, MOERT_F32);
+       moert_expert_ffn_grad(c, F, I, nullptr, F, F, F, nullptr, nullptr, F, F,
+                             F, F, 2, 1, 0, 4, 4, 4, MOERT_ACT_GELU, MOERT_F32);
      },
      MOERT_ERR_INVALID,
      "moert_expert_ffn_grad: dgate must be null when gate is"},
     {"ExpertFfnGradLayout",
      [](moert_ctx *c) {
-       moert_expert_ffn_grad(c, F, I, F, F, F, F, F, F, F, F, 2, 2, 3, 6, 4, 4,
-                             MOERT_ACT_SWIGLU, MOERT_F32);
+       moert_expert_ffn_grad(c, F, I, F, F, F, F, nullptr, nullptr, F, F, F, F,
+                             2, 2, 3, 6, 4, 4, MOERT_ACT_SWIGLU, MOERT_F32);
      },
      MOERT_ERR_INVALID,
      "moert_expert_ffn_grad: rows_per_expert (3) is not a multiple of "
@@ -612,15 +613,52 @@ const BadCall badCalls[] = {
     {"ExpertFfnGradBadCount",
      [](moert_ctx *c) {
        int32_t counts[2] = {1, 5};
-       moert_expert_ffn_grad(c, F, counts, nullptr, F, F, F, F, nullptr, F, F,
-                             2, 1, 4, 8, 2, 2, MOERT_ACT_RELU, MOERT_F32);
+       moert_expert_ffn_grad(c, F, counts, nullptr, F, F, F, nullptr, nullptr,
+                             F, nullptr, F, F, 2, 1, 4, 8, 2, 2, MOERT_ACT_RELU,
+                             MOERT_F32);
      },
      MOERT_ERR_INVALID,
      "moert_expert_ffn_grad: counts[0,1] = 5 is outside [0, 4]"},
+    {"ExpertFfnGradSavedAWithoutSavedU",
+     [](moert_ctx *c) {
+       moert_expert_ffn_grad(c, F, I, F, F, F, F, F, nullptr, F, F, F, F, 2, 1,
+                             0, 4, 4, 4, MOERT_ACT_SWIGLU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_expert_ffn_grad: saved_a is given but saved_u is null"},
+    {"ExpertFfnGradSavedANullWhenGated",
+     [](moert_ctx *c) {
+       moert_expert_ffn_grad(c, F, I, F, F, F, F, nullptr, F, F, F, F, F, 2, 1,
+                             0, 4, 4, 4, MOERT_ACT_SWIGLU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_expert_ffn_grad: saved_a is null but gate is given"},
+    {"ExpertFfnTrainNoSaveU",
+     [](moert_ctx *c) {
+       moert_expert_ffn_train(c, F, I, nullptr, F, F, F, nullptr, nullptr, 2, 1,
+                              0, 4, 4, 4, MOERT_ACT_GELU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_expert_ffn_train: save_u is null"},
+    {"ExpertFfnTrainSaveAWhenUngated",
+     [](moert_ctx *c) {
+       moert_expert_ffn_train(c, F, I, nullptr, F, F, F, F, F, 2, 1, 0, 4, 4, 4,
+                              MOERT_ACT_RELU, MOERT_F32);
+     },
+     MOERT_ERR_INVALID,
+     "moert_expert_ffn_train: save_a must be null when gate is"},
+    {"ExpertFfnTrainBf16",
+     [](moert_ctx *c) {
+       moert_expert_ffn_train(c, F, I, nullptr, F, F, F, nullptr, F, 2, 1, 0, 4,
+                              4, 4, MOERT_ACT_RELU, MOERT_BF16);
+     },
+     MOERT_ERR_UNSUPPORTED,
+     "moert_expert_ffn_train: dtype bf16 is not "
+     "supported by the training kernels"},
     {"ExpertFfnGradI32",
      [](moert_ctx *c) {
-       moert_expert_ffn_grad(c, F, I, nullptr, F, F, F, F, nullptr, F, F, 2, 1,
-                             0, 4, 4, 4, MOERT_ACT_RELU, MOERT_I32);
+       moert_expert_ffn_grad(c, F, I, nullptr, F, F, F, nullptr, nullptr, F,
+                             nullptr, F, F, 2, 1, 0, 4, 4, 4, MOERT_ACT_RELU,
+                             MOERT_I32);
      },
      MOERT_ERR_UNSUPPORTED,
      "moert_expert_ffn_grad: dtype i32 is not "

@@ -214,7 +214,7 @@ TEST(CpuBackendFfn, ChunksOfAnySizeGiveTheSameRows) {
     std::vector<float> y(total * w.D, kNaN);
     moert::Status s = backend.expertFfn(
         x.data(), counts.data(), w.gatePtr(), w.up.data(), w.down.data(),
-        y.data(), 3, 3, 0, total, w.D, w.F, w.act, MOERT_F32);
+        y.data(), nullptr, nullptr, 3, 3, 0, total, w.D, w.F, w.act, MOERT_F32);
     ASSERT_TRUE(s.isOk()) << s.message();
     SCOPED_TRACE("chunk rows " + std::to_string(chunk));
     expectClose(y, want, 1e-4, 1e-5, "y");
