@@ -39,7 +39,10 @@ mkdir -p "$work/reports" "$work/bin"
 # allocations at exit, from frames the symbolizer cannot name (OpenMPI's
 # components are the suspects; scripts/lsan.supp is the start of the
 # suppressions that turning it on needs).
-export ASAN_OPTIONS="log_path=$work/reports/asan:detect_leaks=0:strict_string_checks=1:check_initialization_order=1"
+# allocator_may_return_null: an allocation too large to satisfy must reach
+# moe-run as std::bad_alloc (it names the tensor and the bytes; a test checks
+# that), not as ASan's own allocation-size-too-big report.
+export ASAN_OPTIONS="log_path=$work/reports/asan:detect_leaks=0:strict_string_checks=1:check_initialization_order=1:allocator_may_return_null=1"
 export LSAN_OPTIONS="suppressions=$ROOT/scripts/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="log_path=$work/reports/ubsan:print_stacktrace=1:halt_on_error=1"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -78,6 +81,15 @@ step "train_e2e tiny-mixtral (SGD, 1 rank)" python3 \
   --moe-run "$work/bin/moe-run" --workdir "$work/train-mixtral" \
   --optimizer sgd -- --lr 0.05 --momentum 0.9
 
+# With allocator_may_return_null ASan still logs a warning for the request
+# that the allocation test makes on purpose: a report that holds nothing but
+# such warnings is not a finding.
+for r in "$work"/reports/*; do
+  [ -e "$r" ] || continue
+  if ! grep -qv 'WARNING: AddressSanitizer failed to allocate' "$r"; then
+    rm -f "$r"
+  fi
+done
 reports=("$work"/reports/*)
 if [ -e "${reports[0]}" ]; then
   failed=1
