@@ -20,27 +20,7 @@ const char *name(int32_t dtype) {
   return dtype == MOERT_F32 ? "f32" : dtype == MOERT_BF16 ? "bf16" : "f16";
 }
 
-class CudaBackendTest : public ::testing::Test {
-protected:
-  void SetUp() override {
-    SKIP_WITHOUT_CUDA();
-    BackendOptions o;
-    o.numThreads = 2;
-    ASSERT_OK(moert::createCpuBackend(o, cpu));
-    ASSERT_OK(moert::createCudaBackend(o, gpu));
-  }
-  /// A CUDA backend whose expert GEMMs run in `mode` (MOERT_CUDA_GEMM).
-  std::unique_ptr<Backend> gpuWithGemm(const char *mode) {
-    setenv("MOERT_CUDA_GEMM", mode, 1);
-    std::unique_ptr<Backend> b;
-    Status s = moert::createCudaBackend(BackendOptions(), b);
-    unsetenv("MOERT_CUDA_GEMM");
-    EXPECT_TRUE(s.isOk()) << s.message();
-    return b;
-  }
-
-  std::unique_ptr<Backend> cpu, gpu;
-};
+class CudaBackendTest : public CpuAndCudaTest {};
 
 //===--- Elementwise
 //---------------------------------------------------------===//

@@ -94,27 +94,7 @@ const char *actName(int32_t act) {
 const int32_t kActivations[] = {MOERT_ACT_RELU, MOERT_ACT_GELU,
                                 MOERT_ACT_SWIGLU, MOERT_ACT_GEGLU};
 
-class CudaBackwardTest : public ::testing::Test {
-protected:
-  void SetUp() override {
-    SKIP_WITHOUT_CUDA();
-    BackendOptions o;
-    o.numThreads = 2;
-    ASSERT_OK(moert::createCpuBackend(o, cpu));
-    ASSERT_OK(moert::createCudaBackend(o, gpu));
-  }
-  /// A CUDA backend whose batched GEMMs run in `mode` (MOERT_CUDA_GEMM).
-  std::unique_ptr<Backend> gpuWithGemm(const char *mode) {
-    setenv("MOERT_CUDA_GEMM", mode, 1);
-    std::unique_ptr<Backend> b;
-    Status s = moert::createCudaBackend(BackendOptions(), b);
-    unsetenv("MOERT_CUDA_GEMM");
-    EXPECT_TRUE(s.isOk()) << s.message();
-    return b;
-  }
-
-  std::unique_ptr<Backend> cpu, gpu;
-};
+class CudaBackwardTest : public CpuAndCudaTest {};
 
 //===--- rmsnorm, router
 //--------------------------------------------------------===//

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -257,6 +258,30 @@ inline ::testing::AssertionResult close(const std::vector<float> &got,
   }
   return ::testing::AssertionSuccess();
 }
+
+/// A CPU and a CUDA backend side by side, for tests that compare the two;
+/// skips without a GPU.
+class CpuAndCudaTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    SKIP_WITHOUT_CUDA();
+    moert::BackendOptions o;
+    o.numThreads = 2;
+    ASSERT_OK(moert::createCpuBackend(o, cpu));
+    ASSERT_OK(moert::createCudaBackend(o, gpu));
+  }
+  /// A CUDA backend whose expert GEMMs run in `mode` (MOERT_CUDA_GEMM).
+  std::unique_ptr<moert::Backend> gpuWithGemm(const char *mode) {
+    setenv("MOERT_CUDA_GEMM", mode, 1);
+    std::unique_ptr<moert::Backend> b;
+    moert::Status s = moert::createCudaBackend(moert::BackendOptions(), b);
+    unsetenv("MOERT_CUDA_GEMM");
+    EXPECT_TRUE(s.isOk()) << s.message();
+    return b;
+  }
+
+  std::unique_ptr<moert::Backend> cpu, gpu;
+};
 
 } // namespace moert_cuda_test
 
