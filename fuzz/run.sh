@@ -6,7 +6,13 @@
 #
 #   fuzz/run.sh [BUILD_DIR]        (default build-fuzz, made by scripts/setup.sh)
 #
-# Environment: FUZZ_SECONDS   seconds per target (default 30)
+# Environment: FUZZ_SECONDS   seconds per target at most (default 30)
+#              FUZZ_SEED      libFuzzer's -seed (default 1, so that CI on one
+#                             change runs the same inputs every time; 0 draws
+#                             a new seed each run, for exploring)
+#              FUZZ_RUNS      executions per target at most (default: the
+#                             table below, about 30 s each on a CI machine;
+#                             0 for no limit but the time)
 #              FUZZ_TARGETS   which targets (default: pipeline manifest
 #                             safetensors json)
 #              FUZZ_TABLE     a file that receives the table of results
@@ -27,6 +33,20 @@ ARTIFACTS=$(cd "$ARTIFACTS" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/moe-fuzz.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
+SEED=${FUZZ_SEED:-1}
+
+runs_of() { # target -> executions (CI's budget: ~30 s each on 2 cores)
+  case ${FUZZ_RUNS:-} in
+  '') ;;
+  0) echo -1; return ;; # libFuzzer: no limit
+  *) echo "$FUZZ_RUNS"; return ;;
+  esac
+  case $1 in
+  pipeline) echo 8000 ;;
+  *) echo 120000 ;;
+  esac
+}
+
 dict_of() { # target -> dictionary
   case $1 in
   pipeline) echo fuzz/dict/pipeline.dict ;;
@@ -43,7 +63,12 @@ for t in $TARGETS; do
   mkdir -p "$work/$t"
   # -timeout: an input that takes this long is a hang (a finding too);
   # -rss_limit_mb: so is one that needs this much memory.
-  TMPDIR=$work "$bin" -max_total_time="$SECS" -print_final_stats=1 \
+  # A fixed seed and a bounded number of executions make the run a prefix
+  # of one fixed sequence of inputs: a slower machine runs fewer of the same
+  # inputs (the time bound), never different ones. (Coverage feedback can
+  # still differ in rare cases: MLIR iterates some pointer-keyed maps.)
+  TMPDIR=$work "$bin" -seed="$SEED" -runs="$(runs_of "$t")" \
+    -max_total_time="$SECS" -print_final_stats=1 \
     -timeout=20 -rss_limit_mb=2560 -dict="$(dict_of "$t")" \
     -artifact_prefix="$ARTIFACTS/$t-" "$work/$t" "fuzz/corpus/$t" \
     > "$work/$t.log" 2>&1 &

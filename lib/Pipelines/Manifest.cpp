@@ -11,6 +11,7 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinAttributes.h"
 
+#include "llvm/ADT/StringExtras.h"
 #include "llvm/Support/FormatVariadic.h"
 
 #include <map>
@@ -165,8 +166,21 @@ StringRef entryRole(StringRef name) {
 }
 
 FailureOr<llvm::json::Object> describeEntry(func::FuncOp f) {
+  // The library exports the entry as the C symbol moe_entry_<name>, which
+  // the runner looks up by name; a name that is not a C identifier cannot be
+  // one (MLIR allows dots and other characters in symbol names).
+  StringRef symName = f.getSymName();
+  if (symName.empty() || llvm::isDigit(symName.front()) ||
+      !llvm::all_of(symName,
+                    [](char c) { return llvm::isAlnum(c) || c == '_'; }))
+    return f.emitError() << "entry point @" << symName
+                         << " cannot be exported: its name must be a C "
+                            "identifier (letters, digits and '_', not "
+                            "starting with a digit), because the library "
+                            "exports it as moe_entry_"
+                         << symName;
   llvm::json::Object entry;
-  entry["name"] = f.getSymName().str();
+  entry["name"] = symName.str();
   entry["symbol"] = ("moe_entry_" + f.getSymName()).str();
   entry["role"] = entryRole(f.getSymName()).str();
   llvm::json::Array args, results;

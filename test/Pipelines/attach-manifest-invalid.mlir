@@ -38,3 +38,24 @@ module {
     return
   }
 }
+
+// -----
+
+// MLIR symbol names may contain dots; a C symbol cannot (found by
+// moe-fuzz-pipeline: the manifest named a symbol moe-run could not look up).
+// expected-error @+1 {{entry point @forwar.d cannot be exported: its name must be a C identifier (letters, digits and '_', not starting with a digit), because the library exports it as moe_entry_forwar.d}}
+func.func @forwar.d(%x: tensor<4xf32> {moe.input = "x"}) -> tensor<4xf32> {
+  return %x : tensor<4xf32>
+}
+
+// -----
+
+// A hand-written training entry without the rest of the training set: the
+// runner's own manifest check refuses it, so the compiler does too (found by
+// moe-fuzz-pipeline).
+// expected-error @+1 {{moe-run would refuse this module: manifest.json: entries: the module has training entry points but no entry 'forward_train'}}
+module {
+  func.func @backward(%x: tensor<4xf32> {moe.input = "x"}) -> tensor<4xf32> {
+    return %x : tensor<4xf32>
+  }
+}

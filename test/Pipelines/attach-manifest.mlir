@@ -1,5 +1,5 @@
-// RUN: moe-opt %s -split-input-file -moe-attach-manifest | FileCheck %s --check-prefix=IR
-// RUN: moe-opt %s -split-input-file -moe-attach-manifest | %python %S/Inputs/manifest-attr.py - | FileCheck %s
+// RUN: moe-opt %s -split-input-file -moe-attach-manifest=check-runner=false | FileCheck %s --check-prefix=IR
+// RUN: moe-opt %s -split-input-file -moe-attach-manifest=check-runner=false | %python %S/Inputs/manifest-attr.py - | FileCheck %s
 
 // A sharded module: the mesh, every public function (not the private helper),
 // roles, names, transpose, dtypes, global and local shapes, shard specs, and

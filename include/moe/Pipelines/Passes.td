@@ -18,9 +18,20 @@ def MoEAttachManifest : Pass<"moe-attach-manifest", "::mlir::ModuleOp"> {
 
     Every argument must carry `moe.input` or `moe.weight`, every argument and
     result must be a ranked tensor of f32, f16, bf16, i32 or i64, and the
-    module must have a public function: otherwise the pass fails with a
-    diagnostic on the offending function.
+    module must have a public function, and every public function's name
+    must be a C identifier (the library exports it as `moe_entry_<name>`):
+    otherwise the pass fails with a diagnostic on the offending function.
+    Finally the pass reads the description with moe-run's own manifest
+    parser, which also checks how training entries fit together
+    (`forward_train`, `backward`, `step_*`: docs/module-format.md); a module
+    moe-run would refuse fails here with moe-run's message
+    (`check-runner=false` skips this last check, to look at the description
+    of a partial module in a test).
   }];
+  let options = [
+    Option<"checkRunner", "check-runner", "bool", /*default=*/"true",
+           "Refuse a module whose manifest moe-run's parser would refuse">
+  ];
 }
 
 #endif // MOE_PIPELINES_PASSES_TD
