@@ -18,8 +18,9 @@ ep=2,tp=2 with DTD and expert TP. Then:
      and shapes as one device, every element trained (no shard left at its
      initial value), equal to K steps on one rank within tolerance.
   4. Bad checkpoints on a mesh: a missing state tensor, a state tensor of the
-     wrong shape (a stacked expert's, and a plain one transposed), a missing
-     expert weight: exit 1, the message names the tensor, nothing written.
+     wrong shape (a plain one transposed, and a stacked expert's where the
+     model stores experts one tensor each), a missing weight: exit 1, the
+     message names the tensor, nothing written.
 
 Prints one PASS or FAIL line per check and the largest differences measured;
 exit 1 on any FAIL.
@@ -188,20 +189,24 @@ def main():
 
     # 4. Bad checkpoints name the tensor, on a mesh, and write nothing.
     s = tensors(p("srcS.safetensors"))
-    stack = next(n for n in s if ".experts." in n and n.endswith(".exp_avg_sq"))
-    plain = next(n for n in s if ".gate.weight.exp_avg" in n)
+    per_expert = re.compile(r"\.experts\.\d+\.")
+    stacks = [n for n in s if per_expert.search(n) and n.endswith(".exp_avg_sq")]
+    plain = next(n for n in s if n.endswith(".exp_avg") and not per_expert.search(n)
+                 and s[n].ndim == 2 and s[n].shape[0] != s[n].shape[1])
+    stack = stacks[0] if stacks else plain + "_sq"
     missing = dict(s)
     del missing[stack]
-    wrong = dict(s, **{stack: np.zeros((3, 4), np.float32)})
     transposed = dict(s, **{plain: np.ascontiguousarray(s[plain].T)})
     weights = tensors(p("srcW.safetensors"))
-    expert_w = stack[: -len(".exp_avg_sq")]
-    del weights[expert_w]
-    for what, tensor, files in (
-            ("missing state tensor", stack, {"S": missing}),
-            ("expert state of the wrong shape", stack, {"S": wrong}),
-            ("plain state transposed", plain, {"S": transposed}),
-            ("missing expert weight", expert_w, {"W": weights})):
+    weight = stack[: -len(".exp_avg_sq")]
+    del weights[weight]
+    cases = [("missing state tensor", stack, {"S": missing}),
+             ("plain state transposed", plain, {"S": transposed}),
+             ("missing weight", weight, {"W": weights})]
+    if stacks:  # a model with experts stored one tensor each (not DBRX's fused)
+        cases.append(("expert state of the wrong shape", stack,
+                      {"S": dict(s, **{stack: np.zeros((3, 4), np.float32)})}))
+    for what, tensor, files in cases:
         for x, t in files.items():
             save(p(f"bad{x}.safetensors"), t)
         wf = p("badW.safetensors") if "W" in files else p("srcW.safetensors")
