@@ -239,6 +239,13 @@ def run_verify(args: argparse.Namespace, cfg: MoEConfig) -> int:
     if not 1 <= len(args.mesh) <= 2:
         raise ConfigError("give one --mesh (against the float64 reference) or two "
                           f"(against each other), not {len(args.mesh)}")
+    if args.tokens is None:  # the inputs' token count, else 32
+        args.tokens = 32
+        if args.inputs:
+            with SafetensorsFile(args.inputs) as f:
+                if "hidden_states" not in f:
+                    raise ConfigError(f"inputs {args.inputs}: no tensor 'hidden_states'")
+                args.tokens = int(f.get("hidden_states").shape[0])
     for what, v in (("tokens", args.tokens), ("steps", args.steps)):
         if v < 1:
             raise ConfigError(f"{what}: must be at least 1 (got {v})")
@@ -322,7 +329,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "gradients)")
     p.add_argument("--lr", type=float, default=1e-3, metavar="X",
                    help="learning rate of --train (default 1e-3)")
-    p.add_argument("--tokens", type=int, default=32, metavar="T", help="tokens (default 32)")
+    p.add_argument("--tokens", type=int, metavar="T",
+                   help="tokens (default: those of --inputs, else 32)")
     p.add_argument("--seed", type=int, default=1,
                    help="seed of the weights (inputs: seed + 1, targets: seed + 2)")
     p.add_argument("--weights", metavar="W",

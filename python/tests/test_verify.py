@@ -146,3 +146,14 @@ def test_help(capsys):
     text = capsys.readouterr().out
     assert e.value.code == 0 and "--weights-b" in text and "--tol" in text
 
+
+
+def test_given_inputs_set_the_tokens(capsys, tmp_path):
+    _tools_or_skip()
+    x = tmp_path / "x.st"
+    assert main(["init-inputs", "--hf-config", str(MIXTRAL), "--tokens", "8", "--seed", "5",
+                 "-o", str(x)]) == 0
+    capsys.readouterr()
+    rc, rep, err = _report(capsys, MIXTRAL, "--mesh", "ep=2", "--inputs", x)
+    assert rc == 0, err
+    assert rep["rows"][0]["shape"] == [8, 32]
