@@ -17,8 +17,10 @@ changes the last bits of a small number; ``--tol`` bounds this measure for every
 tensor. Measured values and what changes them: docs/equivalence.md.
 
 A layout is a mesh with optional flags: ``ep=2,tp=2+dtd``, ``dp=2,ep=2+zero1``,
-``tp=2+expert-tp``; ``1`` is one device. A mesh of N ranks runs under ``mpirun -np
-N`` (``$MOE_BUILD_DIR/bin`` or ``build/bin`` has the tools, see driver.py).
+``tp=2+expert-tp``; ``1`` is one device; ``+cuda`` / ``+cpu`` choose moe-run's
+``--device`` (``1+cuda`` against ``1`` compares the two backends). A mesh of N
+ranks runs under ``mpirun -np N`` (``$MOE_BUILD_DIR/bin`` or ``build/bin`` has the
+tools, see driver.py).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from .safetensors import SafetensorsFile
 
 __all__ = ["Layout", "add_arguments", "compare", "parse_layout", "run_verify"]
 
-FLAGS = ("dtd", "expert-tp", "zero1")
+FLAGS = ("dtd", "expert-tp", "zero1")  # moe-compile's --dtd, --expert-tp, --zero1
+DEVICES = ("cpu", "cuda")  # moe-run's --device
 DEFAULT_TOL = 1e-5
 # Weights are f32: one step rounds w - lr * g to the nearest f32, so two sides
 # whose gradients differ in the last bits may round an update 1 ulp of w apart,
@@ -50,11 +53,13 @@ DEFAULT_UPDATE_TOL = 1e-2
 
 @dataclass
 class Layout:
-    """A mesh (``dp=..,ep=..,tp=..``, empty for one device) and compile flags."""
+    """A mesh (``dp=..,ep=..,tp=..``, empty for one device), compile flags and the
+    device moe-run runs on (empty: its default)."""
 
     text: str
     mesh: str = ""
     flags: list[str] = field(default_factory=list)
+    device: str = ""
 
     @property
     def ranks(self) -> int:
@@ -70,12 +75,16 @@ def parse_layout(text: str, train: bool) -> Layout:
     else:
         parse_mesh(mesh)
     for f in flags:
-        if f not in FLAGS:
+        if f not in FLAGS + DEVICES:
             raise ConfigError(f"mesh {text!r}: unknown flag {f!r} (flags are "
-                              f"{', '.join(FLAGS)})")
+                              f"{', '.join(FLAGS + DEVICES)})")
     if "zero1" in flags and not train:
         raise ConfigError(f"mesh {text!r}: zero1 shards optimizer state: it needs --train")
-    return Layout(text, mesh, flags)
+    devices = [f for f in flags if f in DEVICES]
+    if len(devices) > 1:
+        raise ConfigError(f"mesh {text!r}: more than one device ({', '.join(devices)})")
+    return Layout(text, mesh, [f for f in flags if f in FLAGS],
+                  devices[0] if devices else "")
 
 
 def compare(name: str, kind: str, a: np.ndarray, b: np.ndarray,
@@ -159,6 +168,7 @@ class _Runner:
         a = self.args
         run = self.launch(layout) + [find_tool("moe-run"), mod, "--weights", weights,
                                      "--inputs", a.inputs, "--quiet"]
+        run += ["--device", layout.device] if layout.device else []
         if not a.train:
             y = self.path(f"Y-{tag}.safetensors")
             self.tool(run + ["--output", y], f"moe-run on {layout.text}")
@@ -315,9 +325,9 @@ def run_verify(args: argparse.Namespace, cfg: MoEConfig) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """verify's own options (the model, layers and routing overrides are cli.py's)."""
     p.add_argument("--mesh", action="append", default=[], metavar="LAYOUT",
-                   help="a layout, MESH[+dtd][+expert-tp][+zero1], e.g. ep=2,tp=2+dtd; "
-                   "'1' is one device. Twice: the two are compared; once: against the "
-                   "float64 reference")
+                   help="a layout, MESH[+dtd][+expert-tp][+zero1][+cpu|+cuda], e.g. "
+                   "ep=2,tp=2+dtd; '1' is one device; +cuda runs moe-run --device cuda. "
+                   "Twice: the two are compared; once: against the float64 reference")
     p.add_argument("--train", action="store_true",
                    help="compile with --train and compare the losses, the first step's "
                    "gradients and (--steps > 1) the update of every weight over the steps")

@@ -127,6 +127,7 @@ def test_real_difference_fails(capsys, tmp_path):
     ([], ["one --mesh", "not 0"]),
     (["--mesh", "ep=2+zero1"], ["zero1", "--train"]),
     (["--mesh", "ep=2+fast"], ["unknown flag 'fast'"]),
+    (["--mesh", "ep=2+cpu+cuda"], ["more than one device"]),
     (["--mesh", "ep=3"], ["ep"]),
     (["--mesh", "xp=2"], ["unknown axis 'xp'"]),
     (["--mesh", "ep=2", "--tol", "nan"], ["tol"]),
@@ -157,3 +158,11 @@ def test_given_inputs_set_the_tokens(capsys, tmp_path):
     rc, rep, err = _report(capsys, MIXTRAL, "--mesh", "ep=2", "--inputs", x)
     assert rc == 0, err
     assert rep["rows"][0]["shape"] == [8, 32]
+
+
+def test_device_flag(capsys):
+    """+cpu runs moe-run --device cpu: the same bits as the default device."""
+    _tools_or_skip()
+    rc, rep, err = _report(capsys, MIXTRAL, "--mesh", "1+cpu", "--mesh", "1", "--tol", 0)
+    assert rc == 0, err
+    assert rep["a"] == "one device+cpu" and rep["rows"][0]["differing"] == 0
