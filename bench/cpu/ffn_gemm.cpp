@@ -11,8 +11,9 @@
 //   gemm_row   the FFN's three NT GEMMs per expert alone, RowGemm::nt
 //   gemm_blas  the same through cblas_sgemm
 // Prints per contender the median and the best of all timed runs (wall
-// clock), and the ratios row / blas; the two FFN outputs must agree to
-// rounding (max |difference| / max |y| printed, at most 1e-5).
+// clock) and the median process CPU time, and the ratios row / blas; the two
+// FFN outputs must agree to rounding (max |difference| / max |y| printed, at
+// most 1e-5).
 //
 // usage: ffn_gemm [--tokens T] [--d D] [--f F] [--experts E] [--top K]
 //                 [--threads N] [--rounds R] [--repeat N] [--json FILE]
@@ -28,6 +29,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <random>
 #include <string>
@@ -39,6 +41,15 @@ double now() {
   return std::chrono::duration<double>(
              std::chrono::steady_clock::now().time_since_epoch())
       .count();
+}
+
+/// CPU seconds of the whole process (all threads): less sensitive than the
+/// wall clock to other processes on the cores, and meaningful with
+/// --threads 1 (with more threads it also counts OpenMP workers spinning).
+double cpuNow() {
+  timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return double(t.tv_sec) + 1e-9 * double(t.tv_nsec);
 }
 
 double median(std::vector<double> v) {
@@ -68,7 +79,7 @@ std::vector<float> random(size_t n, unsigned seed, float scale) {
 struct Contender {
   std::string name;
   std::function<void()> run;
-  std::vector<double> times;
+  std::vector<double> times, cpu;
 };
 
 } // namespace
@@ -182,9 +193,10 @@ int main(int argc, char **argv) {
     for (Contender &c : cs) {
       c.run(); // warm-up: workspaces, page faults, thread pools
       for (int i = 0; i < repeat; ++i) {
-        double t0 = now();
+        double t0 = now(), c0 = cpuNow();
         c.run();
         c.times.push_back(now() - t0);
+        c.cpu.push_back(cpuNow() - c0);
       }
     }
   double diff = 0, scale = 0;
@@ -196,10 +208,10 @@ int main(int argc, char **argv) {
   double flops = 2.0 * 3 * rows * D * F;
   for (const Contender &c : cs)
     std::printf("%-10s median %8.2f ms  best %8.2f ms  (%6.1f GFLOP/s at the "
-                "median)\n",
+                "median); CPU time median %8.2f ms\n",
                 c.name.c_str(), median(c.times) * 1e3,
                 *std::min_element(c.times.begin(), c.times.end()) * 1e3,
-                flops / median(c.times) * 1e-9);
+                flops / median(c.times) * 1e-9, median(c.cpu) * 1e3);
   auto ratio = [&](int a, int b, bool best) {
     auto pick = [&](const Contender &c) {
       return best ? *std::min_element(c.times.begin(), c.times.end())
@@ -211,6 +223,10 @@ int main(int argc, char **argv) {
               "alone %.3f (median) %.3f (best)\n",
               ratio(0, 1, false), ratio(0, 1, true), ratio(2, 3, false),
               ratio(2, 3, true));
+  std::printf("ratio row/blas of the CPU time medians: expert FFN %.3f; GEMMs "
+              "alone %.3f\n",
+              median(cs[0].cpu) / median(cs[1].cpu),
+              median(cs[2].cpu) / median(cs[3].cpu));
   std::printf("max |difference| of the two FFN outputs / max |y|: %.2e\n",
               diff);
   if (json) {
@@ -228,6 +244,9 @@ int main(int argc, char **argv) {
       std::fprintf(f, "\"%s_s\": [", c.name.c_str());
       for (size_t i = 0; i < c.times.size(); ++i)
         std::fprintf(f, "%s%.6f", i ? ", " : "", c.times[i]);
+      std::fprintf(f, "], \"%s_cpu_s\": [", c.name.c_str());
+      for (size_t i = 0; i < c.cpu.size(); ++i)
+        std::fprintf(f, "%s%.6f", i ? ", " : "", c.cpu[i]);
       std::fprintf(f, "], ");
     }
     std::fprintf(f,
