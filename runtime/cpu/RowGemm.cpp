@@ -31,8 +31,7 @@ namespace cpu {
 
 namespace {
 
-constexpr int64_t kMr = RowGemm::kMr, kNr = RowGemm::kNr, kKc = RowGemm::kKc,
-                  kMc = RowGemm::kMc;
+constexpr int64_t kMr = RowGemm::kMr, kNr = RowGemm::kNr;
 
 /// One kMr x kNr tile of c over kc values of k: c (= 0 when !accumulate)
 /// += ap . bp, with ap packed [kc][kMr] and bp [kc][kNr].
