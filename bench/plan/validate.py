@@ -73,7 +73,7 @@ def mpirun(n):
     return ["mpirun", "--oversubscribe", "-np", n]
 
 
-def measure(out, n, layout, work, args, model):
+def measure(trace, n, layout, work, args, model):
     mesh, dtd, etp, degree, train = layout
     name = f"{mesh.replace(',', '_').replace('=', '')}{'_dtd' if dtd else ''}" \
            f"{'_etp' if etp else ''}_d{degree}{'_train' if train else ''}"
@@ -85,6 +85,7 @@ def measure(out, n, layout, work, args, model):
     stats = work / f"{name}.stats.json"
     net = net_for(mesh)
     common = (["--net", net] if net else []) + ["--stats", stats, "--quiet"]
+    common += ["--trace", trace] if trace else []
     if train:
         r = [BUILD / "bin/moe-run", mod, "--train", "--steps",
              args.repeat + 1, "--weights", work / "w.safetensors",
@@ -102,7 +103,7 @@ def measure(out, n, layout, work, args, model):
     return max(rk["run_seconds"] for rk in ranks) / steps
 
 
-def predict(work, cal, n, model, layout):
+def predict(work, cal, n, model, layout, trace=None):
     mesh, dtd, etp, degree, train = layout
     out = work / "one.json"
     cmd = [BUILD / "bin/moe-plan", model, "--cluster", cal, "--mesh", mesh,
@@ -110,9 +111,29 @@ def predict(work, cal, n, model, layout):
            "--expert-tp", "on" if etp else "off", "--zero1", "off",
            "--overlap-degrees", degree, "--json", out]
     cmd += ["--train"] * train
+    cmd += ["--simulate", trace] if trace else []
     run(cmd)
     plans = json.loads(out.read_text())["plans"]
     return plans[0]["step_s"] if plans else float("nan")
+
+
+def overlay(measured, predicted, out, runs):
+    """One file: the last measured run of every rank (shifted to start at 0)
+    and the predicted step (pid + 1000)."""
+    m = json.loads(measured.read_text())
+    p = json.loads(predicted.read_text())
+    x = [e for e in m if e.get("ph") == "X"]
+    events = [e for e in m if e.get("ph") == "M"]
+    for pid in sorted({e["pid"] for e in x}):
+        mine = sorted((e for e in x if e["pid"] == pid), key=lambda e: e["ts"])
+        last = mine[-max(1, len(mine) // runs):]
+        t0 = last[0]["ts"]
+        events += [dict(e, ts=e["ts"] - t0) for e in last]
+        events.append({"name": "process_name", "ph": "M", "pid": pid,
+                       "args": {"name": f"rank {pid} (measured, last run)"}})
+    for e in p:
+        events.append(dict(e, pid=e["pid"] + 1000))
+    out.write_text(json.dumps(events))
 
 
 def main():
@@ -164,9 +185,15 @@ def main():
             if lay not in layouts:
                 layouts.append(lay)
         rows = []
-        for lay in layouts:
-            pred = predict(work, cal, n, model, lay)
-            meas = measure(None, n, lay, work, args, model)
+        for i, lay in enumerate(layouts):
+            # The first choice: predicted and measured time lines in one
+            # Chrome trace (measured ranks as pid r, predicted as 1000 + r).
+            ptrace = work / f"predicted{n}.json" if i == 0 else None
+            mtrace = work / f"measured{n}.json" if i == 0 else None
+            pred = predict(work, cal, n, model, lay, ptrace)
+            meas = measure(mtrace, n, lay, work, args, model)
+            if i == 0:
+                overlay(mtrace, ptrace, work / f"overlay{n}.json", args.repeat + 1)
             load = os.getloadavg()[0]
             rows.append((lay, pred, meas, load))
             print(f"  N={n} {lay[0]:16s} dtd={int(lay[1])} etp={int(lay[2])} "

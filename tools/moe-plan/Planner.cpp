@@ -235,11 +235,18 @@ Memory memoryOf(const llvm::json::Object &manifest, bool train) {
   return m;
 }
 
-std::string gib(double bytes) {
-  return llvm::formatv("{0:F2} GiB", bytes / (1024.0 * 1024 * 1024)).str();
-}
-
 } // namespace
+
+std::string moeplan::humanBytes(double bytes) {
+  const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4) {
+    bytes /= 1024;
+    ++u;
+  }
+  return llvm::formatv(u == 0 ? "{0:F0} {1}" : "{0:F2} {1}", bytes, units[u])
+      .str();
+}
 
 Evaluation moeplan::evaluate(ModuleOp model, const Candidate &c, bool train,
                              const std::string &clusterPath,
@@ -295,8 +302,8 @@ Evaluation moeplan::evaluate(ModuleOp model, const Candidate &c, bool train,
         llvm::formatv("needs {0} per rank, the device has {1} "
                       "(weights {2}, gradients {3}, optimizer "
                       "state {4}, activations {5})",
-                      gib(m.total()), gib(capacity), gib(m.weights),
-                      gib(m.grads), gib(m.optimizerState), gib(m.activations))
+                      humanBytes(m.total()), humanBytes(capacity), humanBytes(m.weights),
+                      humanBytes(m.grads), humanBytes(m.optimizerState), humanBytes(m.activations))
             .str();
     return ev;
   }

@@ -96,6 +96,9 @@ struct Evaluation {
   double compileSeconds = 0;
 };
 
+/// "1.50 GiB", "96.00 KiB", "12 B".
+std::string humanBytes(double bytes);
+
 /// Whether the model (before compiling) has a capacity layer.
 bool hasCapacityLayers(mlir::ModuleOp model);
 

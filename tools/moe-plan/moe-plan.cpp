@@ -123,7 +123,6 @@ std::string onOff(bool b) { return b ? "on" : "off"; }
 
 double ms(double s) { return s * 1e3; }
 double mb(double b) { return b / 1e6; }
-double gibOf(double b) { return b / (1024.0 * 1024 * 1024); }
 
 llvm::json::Object planJSON(const Evaluation &e, int64_t index,
                             const std::string &model,
@@ -170,23 +169,24 @@ void printTable(const std::vector<Evaluation> &evals, int64_t feasible,
                 const std::string &model, const std::string &cluster) {
   llvm::raw_ostream &os = llvm::outs();
   os << llvm::format("%3s  %-20s %-4s %-4s %-4s %3s %10s %10s %10s %10s "
-                     "%10s %10s %8s\n",
+                     "%10s %10s %10s\n",
                      "#", "mesh", "dtd", "etp", "z1", "deg", "step ms",
                      "compute", "exposed", "recompute", "intra MB", "inter MB",
-                     "mem GiB");
+                     "memory");
   int64_t shown = top <= 0 ? feasible : std::min<int64_t>(top, feasible);
   for (int64_t i = 0; i < shown; ++i) {
     const Evaluation &e = evals[i];
     const Candidate &c = e.candidate;
     os << llvm::format("%3lld  %-20s %-4s %-4s %-4s %3lld %10.3f %10.3f "
-                       "%10.3f %10.3f %10.2f %10.2f %8.2f\n",
+                       "%10.3f %10.3f %10.2f %10.2f %10s\n",
                        static_cast<long long>(i + 1), c.mesh().c_str(),
                        onOff(c.dtd).c_str(), onOff(c.expertTp).c_str(),
                        train ? onOff(c.zero1).c_str() : "-",
                        static_cast<long long>(c.degree), ms(e.sim.seconds),
                        ms(e.sim.computeSeconds), ms(e.sim.exposedCommSeconds),
                        ms(e.sim.recomputeSeconds), mb(e.sim.intraNodeBytes),
-                       mb(e.sim.interNodeBytes), gibOf(e.memory.total()));
+                       mb(e.sim.interNodeBytes),
+                       humanBytes(e.memory.total()).c_str());
     os << "     " << commandLine(c, train, model, cluster) << "\n";
   }
   int64_t rejected = static_cast<int64_t>(evals.size()) - feasible;
@@ -352,7 +352,7 @@ int main(int argc, char **argv) {
       llvm::count_if(evals, [](const Evaluation &e) { return e.feasible; });
 
   std::string modelArg = inputFile;
-  if (jsonFile.empty() || jsonFile != "-")
+  if (feasible > 0 && jsonFile != "-")
     printTable(evals, feasible, modelArg, clusterFile);
   if (!jsonFile.empty()) {
     llvm::json::Array plans, rejected;
