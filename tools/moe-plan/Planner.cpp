@@ -33,6 +33,13 @@ static std::vector<bool> values(Choice c, bool allowed) {
   return {false, true};
 }
 
+/// ZeRO-1 on first, so that its memory rejection prunes "off" (prunedBy).
+static std::vector<bool> zero1Values(Choice c, bool allowed) {
+  std::vector<bool> v = values(c, allowed);
+  std::reverse(v.begin(), v.end());
+  return v;
+}
+
 static bool parseFixedMesh(const std::string &mesh, Candidate &c) {
   llvm::Expected<moe::MeshSpec> spec = moe::parseMeshSpec(mesh);
   if (!spec) {
@@ -70,7 +77,7 @@ std::vector<Candidate> moeplan::enumerate(const Space &space,
   for (const Candidate &m : meshes)
     for (bool dtd : values(space.dtd, m.tp > 1 && m.ep > 1))
       for (bool etp : values(space.expertTp, m.tp > 1))
-        for (bool z : values(space.zero1, space.train && m.dp > 1))
+        for (bool z : zero1Values(space.zero1, space.train && m.dp > 1))
           for (int64_t d : space.degrees) {
             if (d > 1 && (m.ep == 1 || !capacityLayers))
               continue;
@@ -226,8 +233,16 @@ Memory memoryOf(const llvm::json::Object &manifest, bool train) {
       }
     if (!step)
       if (const llvm::json::Array *results = e->getArray("results"))
-        for (const llvm::json::Value &r : *results)
+        for (const llvm::json::Value &r : *results) {
+          // Weight gradients are counted once, above (the step's "grad"
+          // arguments); the input's gradient is working memory.
+          llvm::StringRef rn =
+              r.getAsObject() ? r.getAsObject()->getString("name").value_or("")
+                              : "";
+          if (rn.starts_with("grad.") && rn != "grad.hidden_states")
+            continue;
           work += argBytes(r);
+        }
     peakWork = std::max(peakWork, work);
   }
   // forward_train's results include the saved activations: count them once.
@@ -302,13 +317,37 @@ Evaluation moeplan::evaluate(ModuleOp model, const Candidate &c, bool train,
         llvm::formatv("needs {0} per rank, the device has {1} "
                       "(weights {2}, gradients {3}, optimizer "
                       "state {4}, activations {5})",
-                      humanBytes(m.total()), humanBytes(capacity), humanBytes(m.weights),
-                      humanBytes(m.grads), humanBytes(m.optimizerState), humanBytes(m.activations))
+                      humanBytes(m.total()), humanBytes(capacity),
+                      humanBytes(m.weights), humanBytes(m.grads),
+                      humanBytes(m.optimizerState), humanBytes(m.activations))
             .str();
     return ev;
   }
   ev.feasible = true;
   return ev;
+}
+
+std::optional<std::string>
+moeplan::prunedBy(const Candidate &c, const std::vector<Evaluation> &done) {
+  for (const Evaluation &e : done) {
+    const Candidate &d = e.candidate;
+    if (e.feasible || d.dp != c.dp || d.ep != c.ep || d.tp != c.tp)
+      continue;
+    // The plain layout of a mesh does not compile: every option only adds
+    // conditions (DTD, expert-tp, ZeRO-1 and overlap divide further).
+    bool plain = !d.dtd && !d.expertTp && !d.zero1 && d.degree == 1 &&
+                 d.checkpoint == "none" && !d.hierarchicalA2A;
+    if (plain && llvm::StringRef(e.rejected).starts_with("does not compile"))
+      return e.rejected;
+    // With ZeRO-1 it did not fit: without it the optimizer state is larger.
+    bool sameButZero1 = d.zero1 && !c.zero1 && d.dtd == c.dtd &&
+                        d.expertTp == c.expertTp && d.degree == c.degree &&
+                        d.checkpoint == c.checkpoint &&
+                        d.hierarchicalA2A == c.hierarchicalA2A;
+    if (sameButZero1 && llvm::StringRef(e.rejected).starts_with("needs"))
+      return "does not fit even with ZeRO-1: " + e.rejected;
+  }
+  return std::nullopt;
 }
 
 void moeplan::rank(std::vector<Evaluation> &evaluations) {

@@ -14,6 +14,7 @@
 
 #include "mlir/IR/BuiltinOps.h"
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -111,6 +112,12 @@ Evaluation evaluate(mlir::ModuleOp model, const Candidate &c, bool train,
                     const std::string &clusterPath,
                     const mlir::moe::cost::CostModel &costModel,
                     bool keepEvents);
+
+/// The reason `c` is rejected without compiling it, from the candidates
+/// already evaluated: the plain layout of its mesh did not compile, or the
+/// same layout with ZeRO-1 did not fit in memory.
+std::optional<std::string> prunedBy(const Candidate &c,
+                                    const std::vector<Evaluation> &done);
 
 /// Orders feasible evaluations by predicted step time (fewer bytes sent on
 /// a tie), rejected ones after them.

@@ -177,16 +177,15 @@ void printTable(const std::vector<Evaluation> &evals, int64_t feasible,
   for (int64_t i = 0; i < shown; ++i) {
     const Evaluation &e = evals[i];
     const Candidate &c = e.candidate;
-    os << llvm::format("%3lld  %-20s %-4s %-4s %-4s %3lld %10.3f %10.3f "
-                       "%10.3f %10.3f %10.2f %10.2f %10s\n",
-                       static_cast<long long>(i + 1), c.mesh().c_str(),
-                       onOff(c.dtd).c_str(), onOff(c.expertTp).c_str(),
-                       train ? onOff(c.zero1).c_str() : "-",
-                       static_cast<long long>(c.degree), ms(e.sim.seconds),
-                       ms(e.sim.computeSeconds), ms(e.sim.exposedCommSeconds),
-                       ms(e.sim.recomputeSeconds), mb(e.sim.intraNodeBytes),
-                       mb(e.sim.interNodeBytes),
-                       humanBytes(e.memory.total()).c_str());
+    os << llvm::format(
+        "%3lld  %-20s %-4s %-4s %-4s %3lld %10.3f %10.3f "
+        "%10.3f %10.3f %10.2f %10.2f %10s\n",
+        static_cast<long long>(i + 1), c.mesh().c_str(), onOff(c.dtd).c_str(),
+        onOff(c.expertTp).c_str(), train ? onOff(c.zero1).c_str() : "-",
+        static_cast<long long>(c.degree), ms(e.sim.seconds),
+        ms(e.sim.computeSeconds), ms(e.sim.exposedCommSeconds),
+        ms(e.sim.recomputeSeconds), mb(e.sim.intraNodeBytes),
+        mb(e.sim.interNodeBytes), humanBytes(e.memory.total()).c_str());
     os << "     " << commandLine(c, train, model, cluster) << "\n";
   }
   int64_t rejected = static_cast<int64_t>(evals.size()) - feasible;
@@ -332,8 +331,15 @@ int main(int argc, char **argv) {
   std::vector<Evaluation> evals;
   double compileSeconds = 0;
   for (size_t i = 0; i < candidates.size(); ++i) {
-    evals.push_back(evaluate(*model, candidates[i], train, clusterFile,
-                             costModel, /*keepEvents=*/false));
+    if (std::optional<std::string> why = prunedBy(candidates[i], evals)) {
+      Evaluation pruned;
+      pruned.candidate = candidates[i];
+      pruned.rejected = *why;
+      evals.push_back(std::move(pruned));
+    } else {
+      evals.push_back(evaluate(*model, candidates[i], train, clusterFile,
+                               costModel, /*keepEvents=*/false));
+    }
     const Evaluation &e = evals.back();
     compileSeconds += e.compileSeconds;
     if (progress)
