@@ -151,8 +151,9 @@ namespace {
 class SimulateBeforeManifest : public PassInstrumentation {
 public:
   SimulateBeforeManifest(const cost::CostModel &model, bool train,
-                         llvm::Expected<cost::StepSimulation> &out)
-      : model(model), train(train), out(out) {}
+                         llvm::Expected<cost::StepSimulation> &out,
+                         std::string &tooLarge)
+      : model(model), train(train), out(out), tooLarge(tooLarge) {}
   void runBeforePass(Pass *pass, Operation *op) override {
     if (pass->getArgument() != "moe-attach-manifest")
       return;
@@ -167,12 +168,38 @@ public:
         fns.push_back(fn);
     llvm::consumeError(out.takeError());
     out = cost::simulateStep(model, fns);
+
+    // The tensors that live through the whole run (training: the step's
+    // weights, gradients and optimizer state; inference: the weights): when
+    // they alone do not fit, stop here; lowering and the buffer plan (the
+    // expensive part of the pipeline) would not change the answer.
+    double persistent = 0;
+    if (auto fn =
+            module.lookupSymbol<func::FuncOp>(train ? "step_adamw" : "forward"))
+      for (auto [i, t] : llvm::enumerate(fn.getArgumentTypes()))
+        if (train || fn.getArgAttr(i, moe::MoEDialect::kWeightAttrName))
+          if (auto rt = dyn_cast<RankedTensorType>(t);
+              rt && rt.hasStaticShape())
+            persistent += static_cast<double>(rt.getNumElements()) *
+                          ((rt.getElementTypeBitWidth() + 7) / 8);
+    double capacity = model.getCluster().device.memoryBytes;
+    if (persistent > capacity) {
+      tooLarge = llvm::formatv("needs more than {0} per rank ({1} alone), the "
+                               "device has {2}",
+                               humanBytes(persistent),
+                               train ? "weights, gradients and optimizer state"
+                                     : "weights",
+                               humanBytes(capacity))
+                     .str();
+      module.getBody()->clear();
+    }
   }
 
 private:
   const cost::CostModel &model;
   bool train;
   llvm::Expected<cost::StepSimulation> &out;
+  std::string &tooLarge;
 };
 
 double dtypeBytes(llvm::StringRef dtype) {
@@ -285,12 +312,18 @@ Evaluation moeplan::evaluate(ModuleOp model, const Candidate &c, bool train,
       llvm::createStringError("the pipeline stopped before the simulation");
   PassManager pm(ctx);
   moe::buildCompilePipeline(pm, options);
-  pm.addInstrumentation(
-      std::make_unique<SimulateBeforeManifest>(costModel, train, sim));
+  std::string tooLarge;
+  pm.addInstrumentation(std::make_unique<SimulateBeforeManifest>(
+      costModel, train, sim, tooLarge));
   bool ok = succeeded(pm.run(*module));
   ev.compileSeconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
           .count();
+  if (!tooLarge.empty()) {
+    llvm::consumeError(sim.takeError());
+    ev.rejected = tooLarge;
+    return ev;
+  }
   if (!ok) {
     llvm::consumeError(sim.takeError());
     ev.rejected = firstError.empty() ? "the compile pipeline failed"
@@ -344,7 +377,7 @@ moeplan::prunedBy(const Candidate &c, const std::vector<Evaluation> &done) {
                         d.expertTp == c.expertTp && d.degree == c.degree &&
                         d.checkpoint == c.checkpoint &&
                         d.hierarchicalA2A == c.hierarchicalA2A;
-    if (sameButZero1 && llvm::StringRef(e.rejected).starts_with("needs"))
+    if (sameButZero1 && llvm::StringRef(e.rejected).starts_with("needs "))
       return "does not fit even with ZeRO-1: " + e.rejected;
   }
   return std::nullopt;
