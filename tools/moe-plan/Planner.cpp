@@ -224,13 +224,13 @@ double argBytes(const llvm::json::Value &v) {
 /// Memory of a rank from the manifest description: persistent tensors
 /// (weights; with training gradients and optimizer state) plus the
 /// largest working set of an entry (its inputs, saved activations, results
-/// and arena).
+/// other than weight gradients, and arena).
 Memory memoryOf(const llvm::json::Object &manifest, bool train) {
   Memory m;
   const llvm::json::Array *entries = manifest.getArray("entries");
   if (!entries)
     return m;
-  double peakWork = 0, saved = 0;
+  double peakWork = 0;
   for (const llvm::json::Value &ev : *entries) {
     const llvm::json::Object *e = ev.getAsObject();
     if (!e)
@@ -253,10 +253,8 @@ Memory memoryOf(const llvm::json::Object &manifest, bool train) {
           m.grads += b;
         else if (role == "state")
           m.optimizerState += b;
-        else if (role == "saved")
-          saved += b;
         else
-          work += b; // inputs, targets, hyperparameters
+          work += b; // inputs, targets, saved activations, hyperparameters
       }
     if (!step)
       if (const llvm::json::Array *results = e->getArray("results"))
@@ -272,8 +270,9 @@ Memory memoryOf(const llvm::json::Object &manifest, bool train) {
         }
     peakWork = std::max(peakWork, work);
   }
-  // forward_train's results include the saved activations: count them once.
-  m.activations = train ? std::max(peakWork, saved) : peakWork;
+  // The saved activations are forward_train's results and backward's
+  // arguments: in the working set of each.
+  m.activations = peakWork;
   return m;
 }
 
