@@ -242,8 +242,7 @@ void Calibrator::measureCopy() {
   const int64_t bytes = 32 << 20;
   void *src = alloc(bytes, 1);
   void *dst = alloc(bytes, 0);
-  double t =
-      timeSustained(0.3, [&] { moert_copy(ctx_, src, dst, bytes); });
+  double t = timeSustained(0.3, [&] { moert_copy(ctx_, src, dst, bytes); });
   check("timing the copy");
   copyBandwidth_ = static_cast<double>(bytes) / t;
 }
