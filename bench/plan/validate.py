@@ -73,10 +73,30 @@ def mpirun(n):
     return ["mpirun", "--oversubscribe", "-np", n]
 
 
+def layout_name(layout):
+    mesh, dtd, etp, degree, train = layout
+    return f"{mesh.replace(',', '_').replace('=', '')}{'_dtd' if dtd else ''}" \
+           f"{'_etp' if etp else ''}_d{degree}{'_train' if train else ''}"
+
+
+def phases(predicted, stats, runs):
+    """Per phase of the compute track: predicted vs measured (rank 0, per run)."""
+    pred = {}
+    for e in json.loads(predicted.read_text()):
+        if e.get("ph") == "X" and e["pid"] == 0 and e["tid"] == 0:
+            pred[e["name"]] = pred.get(e["name"], 0) + e["dur"] / 1e3
+    meas = {p["name"]: p["seconds"] * 1e3 / runs
+            for p in json.loads(stats.read_text())[0]["phases"]}
+    names = sorted(set(pred) | set(meas), key=lambda k: -max(pred.get(k, 0),
+                                                             meas.get(k, 0)))
+    print("    first choice, per phase (ms per step): " + ", ".join(
+        f"{k} {pred.get(k, 0):.1f} / {meas.get(k, 0):.1f}" for k in names[:5])
+        + "  (predicted / measured)")
+
+
 def measure(trace, n, layout, work, args, model):
     mesh, dtd, etp, degree, train = layout
-    name = f"{mesh.replace(',', '_').replace('=', '')}{'_dtd' if dtd else ''}" \
-           f"{'_etp' if etp else ''}_d{degree}{'_train' if train else ''}"
+    name = layout_name(layout)
     mod = work / name
     cmd = [BUILD / "bin/moe-compile", model, "-o", mod, "--mesh", mesh]
     cmd += ["--dtd"] * dtd + ["--expert-tp"] * etp + ["--train"] * train
@@ -194,6 +214,8 @@ def main():
             meas = measure(mtrace, n, lay, work, args, model)
             if i == 0:
                 overlay(mtrace, ptrace, work / f"overlay{n}.json", args.repeat + 1)
+                phases(ptrace, work / f"{layout_name(lay)}.stats.json",
+                       args.repeat)
             load = os.getloadavg()[0]
             rows.append((lay, pred, meas, load))
             print(f"  N={n} {lay[0]:16s} dtd={int(lay[1])} etp={int(lay[2])} "
