@@ -353,6 +353,16 @@ bool Trainer::step(int64_t i) {
     if (!s.isOk())
       fatal(s);
   }
+  // The norm of the gradients as backward made them (--grads holds them
+  // unclipped too), then clipping as torch.nn.utils.clip_grad_norm_.
+  double norm = gradNorm(), coef = 1;
+  if (t_.clipGradNorm > 0) {
+    coef = static_cast<double>(t_.clipGradNorm) / (norm + 1e-6);
+    if (coef < 1)
+      scaleGrads(coef);
+    else
+      coef = 1;
+  }
   float h[8] = {t_.lr,
                 t_.beta1,
                 t_.beta2,
@@ -387,7 +397,15 @@ bool Trainer::step(int64_t i) {
       row.set(key, static_cast<double>(v));
       line += format(" %s %.9e", label, v);
     }
+  row.set("grad_norm", norm);
+  line += format(" grad_norm %.9e", norm);
+  if (t_.clipGradNorm > 0) {
+    row.set("clip_coef", coef);
+    if (coef < 1)
+      line += format(" clipped x%.6g", coef);
+  }
   row.set("ms", ms);
+  stepStats_.push(row);
   if (t_.json) {
     rows_.push(std::move(row));
     return true;

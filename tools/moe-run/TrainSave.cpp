@@ -146,6 +146,8 @@ std::string Trainer::rankStats() const {
   for (const EntryRun *e : {&ft_, &bw_, &step_})
     entries.push(e->stats.toJson());
   v.set("entries", std::move(entries));
+  if (world().rank == 0)
+    v.set("step_stats", stepStats_);
   return json::write(v);
 }
 

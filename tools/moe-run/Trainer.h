@@ -67,6 +67,13 @@ private:
   Problem gradProblem();
   bool agreeProblem(Problem mine, int64_t i);
   bool step(int64_t i);
+  std::vector<const moert::TensorSpec *> weightGrads() const;
+  float *gradData(const moert::TensorSpec &r, std::vector<float> &host);
+  /// The global L2 norm of the weights' gradients (TrainNorm.cpp); the
+  /// same value on every rank.
+  double gradNorm();
+  /// Multiplies every gradient of a weight by `coef` (rounded to f32).
+  void scaleGrads(double coef);
   moert::Status gatherGrads();
   moert::Status save();
   std::string rankStats() const;
@@ -93,6 +100,8 @@ private:
   std::string trace_;
   /// --json: one object per step (rank 0).
   moert::json::Value rows_ = moert::json::Value::array();
+  /// The same objects for --stats ("step_stats" of rank 0's object).
+  moert::json::Value stepStats_ = moert::json::Value::array();
 };
 
 } // namespace moe_run
