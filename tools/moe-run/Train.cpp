@@ -233,6 +233,8 @@ void Trainer::call(EntryRun &e) {
     fatal(ctxError(
         ctx_, format("running entry '%s'", e.entry->name.c_str()).c_str()));
   e.stats.absorb(moert_ctx_stats_json(ctx_));
+  if (&e == &ft_)
+    load_ = parseExpertLoad(moert_ctx_stats_json(ctx_));
   if (!s_.opt.trace.empty()) {
     std::string t = moert_ctx_trace_json(ctx_);
     if (!t.empty())
@@ -342,7 +344,14 @@ bool Trainer::agreeProblem(Problem mine, int64_t i) {
 /// finite.
 bool Trainer::step(int64_t i) {
   double start = now();
+  moert_ctx_record_expert_load(ctx_, 1);
   call(ft_);
+  moert_ctx_record_expert_load(ctx_, 0);
+  Status loaded = sumExpertLoad(ctx_, tokensCounted(s_, *ft_.entry), load_);
+  if (!loaded.isOk())
+    fatal(loaded);
+  if (i == 1)
+    firstLoad_ = load_;
   if (!agreeProblem(lossProblem(), i))
     return false;
   call(bw_);
@@ -405,11 +414,12 @@ bool Trainer::step(int64_t i) {
       line += format(" clipped x%.6g", coef);
   }
   row.set("ms", ms);
-  stepStats_.push(row);
-  if (t_.json) {
-    rows_.push(std::move(row));
+  if (t_.json)
+    rows_.push(row);
+  row.set("expert_load", expertLoadJson(load_));
+  stepStats_.push(std::move(row));
+  if (t_.json)
     return true;
-  }
   std::printf("%s (%.3f ms)\n", line.c_str(), ms);
   std::fflush(stdout);
   return true;

@@ -9,6 +9,7 @@
 #define MOE_RUN_TRAINER_H
 
 #include "Checkpoint.h"
+#include "ExpertLoad.h"
 #include "Options.h"
 #include "Report.h"
 #include "Session.h"
@@ -100,7 +101,10 @@ private:
   std::string trace_;
   /// --json: one object per step (rank 0).
   moert::json::Value rows_ = moert::json::Value::array();
-  /// The same objects for --stats ("step_stats" of rank 0's object).
+  /// The global expert load of forward_train: this step's, step 1's.
+  ExpertLoad load_, firstLoad_;
+  /// The same objects for --stats ("step_stats" of rank 0's object), with
+  /// the step's expert load.
   moert::json::Value stepStats_ = moert::json::Value::array();
 };
 
