@@ -184,12 +184,10 @@ def main():
                  "--inputs", p(xf + ".safetensors"), "--targets", p("T.safetensors"),
                  *opt, "--grads", p(case + "-rG.safetensors"),
                  "--save-weights", p(case + "-rW.safetensors")])
-        steps_load = []
         o = Optimizer(OptimizerConfig.make("sgd", LR, momentum=MOMENTUM),
                       {n: v.shape for n, v in weights.items()})
-        train(cfg, x, t, weights, o, STEPS,
-              on_step=lambda i, res: steps_load.append(expected_load(res.routing,
-                                                                     experts)))
+        steps_load = [expected_load(res.routing, experts)
+                      for res in train(cfg, x, t, weights, o, STEPS)]
         for mesh, flags in modules:
             tag = "+".join([mesh, *flags]) or "1"
             name = f"{case} {tag if mesh else '1 device'}"
