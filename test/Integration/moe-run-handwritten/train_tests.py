@@ -217,7 +217,7 @@ def run(cmd):
 
 
 STEP = re.compile(r"^step (\d+)/(\d+) loss (\S+) mse (\S+) aux (\S+) "
-                  r"\(([0-9.]+) ms\)$", re.M)
+                  r"grad_norm (\S+) \(([0-9.]+) ms\)$", re.M)
 
 
 def train(what, cmd):
