@@ -273,6 +273,10 @@ Problem Trainer::lossProblem() {
 
 Problem Trainer::gradProblem() {
   Problem p;
+  localSquares_ = 0;
+  std::set<std::string> weights;
+  for (const TensorSpec *w : weights_)
+    weights.insert("grad." + w->name);
   std::vector<char> host;
   std::vector<float> f32;
   // On the CPU device the buffers are host memory: F32 gradients are read
@@ -295,9 +299,17 @@ Problem Trainer::gradProblem() {
         fatal(s);
       data = f32.data();
     }
-    int64_t bad = firstNonFinite(data, n);
-    if (bad < 0)
+    // One pass: the sum of squares (in double, where a finite f32 cannot
+    // overflow) is finite exactly when every element is; it is also this
+    // rank's share of the gradient norm (TrainNorm.cpp).
+    double squares = sumOfSquares(data, n);
+    if (std::isfinite(squares)) {
+      if (weights.count(r.name) &&
+          isFirstReplica(s_.manifest.mesh, r, s_.coords))
+        localSquares_ += squares;
       continue;
+    }
+    int64_t bad = firstNonFinite(data, n);
     p.what = r.index;
     p.expert = expertOf(r, bad);
     return p;

@@ -1,8 +1,9 @@
 //===- TrainNorm.cpp - moe-run --train: gradient norm and clipping --------===//
 //
-// The global L2 norm of the gradients of every weight (docs/spec.md 7.5),
+// The global L2 norm of the gradients of every weight (docs/spec.md 7.6),
 // computed from the sharded gradients: each rank sums the squares of its
-// slice of a gradient only when it holds the first copy of that slice
+// slice of a gradient (in the finite check's pass, Trainer::gradProblem)
+// only when it holds the first copy of that slice
 // (isFirstReplica: coordinate 0 on every axis the gradient is replicated
 // over), so that every element of every parameter is counted exactly once
 // on any mesh, ZeRO-1's dp-split gradients included. The ranks' sums are
@@ -52,17 +53,22 @@ float *Trainer::gradData(const TensorSpec &r, std::vector<float> &host) {
   return host.data();
 }
 
+double sumOfSquares(const float *data, int64_t n) {
+  double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j)
+      part[j] += static_cast<double>(data[i + j]) * data[i + j];
+  double sum = 0;
+  for (; i < n; ++i)
+    sum += static_cast<double>(data[i]) * data[i];
+  for (double v : part)
+    sum += v;
+  return sum;
+}
+
 double Trainer::gradNorm() {
-  double mine = 0;
-  std::vector<float> host;
-  for (const TensorSpec *r : weightGrads()) {
-    if (!isFirstReplica(s_.manifest.mesh, *r, s_.coords))
-      continue;
-    const float *g = gradData(*r, host);
-    int64_t n = numElements(r->localShape);
-    for (int64_t i = 0; i < n; ++i)
-      mine += static_cast<double>(g[i]) * g[i];
-  }
+  double mine = localSquares_;
   std::vector<double> all(static_cast<size_t>(world().size));
   if (moert_world_allgather(ctx_, &mine, all.data(), sizeof mine) != MOERT_OK)
     fatal(ctxError(ctx_, "summing the gradient norm over the ranks"));

@@ -26,6 +26,10 @@
 
 namespace moe_run {
 
+/// Sum of the squares of `n` floats in double, in a fixed order (eight
+/// interleaved partial sums, then the rest, so that it vectorizes).
+double sumOfSquares(const float *data, int64_t n);
+
 /// One entry point of the step: its argument and result tables, and its
 /// statistics summed over the steps.
 struct EntryRun {
@@ -70,8 +74,8 @@ private:
   bool step(int64_t i);
   std::vector<const moert::TensorSpec *> weightGrads() const;
   float *gradData(const moert::TensorSpec &r, std::vector<float> &host);
-  /// The global L2 norm of the weights' gradients (TrainNorm.cpp); the
-  /// same value on every rank.
+  /// The global L2 norm of the weights' gradients (TrainNorm.cpp) from
+  /// this rank's localSquares_; the same value on every rank.
   double gradNorm();
   /// Multiplies every gradient of a weight by `coef` (rounded to f32).
   void scaleGrads(double coef);
@@ -96,6 +100,9 @@ private:
   moert::Status gradsStatus_ = moert::Status::ok();
   std::unique_ptr<ShardedLoader> loader_;
   int64_t step0_ = 0;
+  /// Sum of the squares of the gradient elements this rank counts in the
+  /// norm (gradProblem).
+  double localSquares_ = 0;
   bool hasBias_ = false;
   double loadSeconds_ = 0, h2dSeconds_ = 0, runSeconds_ = 0;
   std::string trace_;
