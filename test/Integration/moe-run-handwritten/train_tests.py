@@ -489,6 +489,8 @@ def bad_cases(c):
         (["--eps", "-1"], ["--eps"]), (["--weight-decay", "nan"],
                                        ["--weight-decay"]),
         (["--bias-update-rate", "-0.5"], ["--bias-update-rate"]),
+        (["--clip-grad-norm", "0"], ["--clip-grad-norm", "> 0"]),
+        (["--clip-grad-norm", "nan"], ["--clip-grad-norm", "nan"]),
         (["--optimizer", "lion"], ["lion"]),
         (["--output", outs[0]], ["--output"]),
         (["--save-weights", outs[1]], ["different files"]),
