@@ -97,6 +97,18 @@ Summary summarize(const LayerLoad &l) {
   return s;
 }
 
+/// Assignments per ep rank (empty unless ep > 1 divides E).
+std::vector<int64_t> perEpRank(const LayerLoad &l, int64_t ep) {
+  std::vector<int64_t> out;
+  int64_t e = static_cast<int64_t>(l.routed.size());
+  if (ep <= 1 || e % ep != 0)
+    return out;
+  out.assign(static_cast<size_t>(ep), 0);
+  for (int64_t i = 0; i < e; ++i)
+    out[static_cast<size_t>(i / (e / ep))] += l.routed[static_cast<size_t>(i)];
+  return out;
+}
+
 json::Value intArray(const std::vector<int64_t> &v) {
   json::Value a = json::Value::array();
   for (int64_t x : v)
@@ -106,7 +118,12 @@ json::Value intArray(const std::vector<int64_t> &v) {
 
 } // namespace
 
-json::Value expertLoadJson(const ExpertLoad &load) {
+int64_t epSize(const Mesh &mesh) {
+  int a = mesh.axisIndex("ep");
+  return a < 0 ? 1 : mesh.shape[static_cast<size_t>(a)];
+}
+
+json::Value expertLoadJson(const ExpertLoad &load, int64_t ep) {
   json::Value out = json::Value::array();
   for (size_t i = 0; i < load.size(); ++i) {
     Summary s = summarize(load[i]);
@@ -120,12 +137,16 @@ json::Value expertLoadJson(const ExpertLoad &load) {
     l.set("mean", s.mean);
     l.set("overload", s.overload);
     l.set("empty", intArray(s.empty));
+    std::vector<int64_t> ranks = perEpRank(load[i], ep);
+    if (!ranks.empty())
+      l.set("ep_ranks", intArray(ranks));
     out.push(std::move(l));
   }
   return out;
 }
 
-void printExpertLoad(const ExpertLoad &load, const std::string &title) {
+void printExpertLoad(const ExpertLoad &load, const std::string &title,
+                     int64_t ep) {
   if (load.empty())
     return;
   std::printf("\nexpert load%s (assignments per expert before capacity, all "
@@ -148,6 +169,13 @@ void printExpertLoad(const ExpertLoad &load, const std::string &title) {
       for (int64_t x : load[i].routed)
         per += " " + std::to_string(x);
       std::printf("        tokens per expert:%s\n", per.c_str());
+    }
+    std::vector<int64_t> ranks = perEpRank(load[i], ep);
+    if (!ranks.empty()) {
+      std::string per;
+      for (int64_t x : ranks)
+        per += " " + std::to_string(x);
+      std::printf("        tokens per ep rank:%s\n", per.c_str());
     }
   }
 }

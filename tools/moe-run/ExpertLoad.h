@@ -37,9 +37,14 @@ ExpertLoad parseExpertLoad(const char *statsJson);
 /// input). Collective: every rank calls it and gets the sum.
 moert::Status sumExpertLoad(moert_ctx *ctx, bool counts, ExpertLoad &load);
 
+/// The size of the mesh's ep axis (1 without one).
+int64_t epSize(const moert::Mesh &mesh);
+
 /// Per layer: {"layer", "tokens": [E], "kept": [E], "assignments",
-/// "dropped", "max", "mean", "overload", "empty": [experts]}.
-moert::json::Value expertLoadJson(const ExpertLoad &load);
+/// "dropped", "max", "mean", "overload", "empty": [experts]}, and with
+/// `ep` > 1 dividing E "ep_ranks": the assignments of each ep rank's
+/// experts (E/ep consecutive experts per rank, the sharding rule).
+moert::json::Value expertLoadJson(const ExpertLoad &load, int64_t ep);
 
 class Session;
 /// True when this rank's tokens count in the global load: it holds the first
@@ -52,7 +57,8 @@ std::string withMember(const std::string &object, const std::string &key,
                        moert::json::Value value);
 
 /// Prints the table of `load` under "expert load" + `title`.
-void printExpertLoad(const ExpertLoad &load, const std::string &title);
+void printExpertLoad(const ExpertLoad &load, const std::string &title,
+                     int64_t ep);
 
 } // namespace moe_run
 

@@ -449,7 +449,7 @@ bool Trainer::step(int64_t i) {
   row.set("ms", ms);
   if (t_.json)
     rows_.push(row);
-  row.set("expert_load", expertLoadJson(load_));
+  row.set("expert_load", expertLoadJson(load_, epSize(s_.manifest.mesh)));
   stepStats_.push(std::move(row));
   if (t_.json)
     return true;

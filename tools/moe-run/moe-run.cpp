@@ -218,7 +218,8 @@ int Driver::finish() {
         {spec.name, spec.dtype, spec.shape, globals[spec.index].data()});
   s = writeSafetensors(opt_.output, tensors);
   if (!load.empty())
-    stats[0] = withMember(stats[0], "expert_load", expertLoadJson(load));
+    stats[0] = withMember(stats[0], "expert_load",
+                          expertLoadJson(load, epSize(s_.manifest.mesh)));
   if (s.isOk() && !opt_.stats.empty())
     s = writeStats(opt_.stats, stats);
   if (s.isOk() && !opt_.trace.empty())
@@ -229,7 +230,7 @@ int Driver::finish() {
   }
   if (!opt_.quiet) {
     printTables(stats, {loadSeconds_, h2dSeconds_, runSeconds_, opt_.repeat});
-    printExpertLoad(load, "");
+    printExpertLoad(load, "", epSize(s_.manifest.mesh));
   }
   return opt_.check.empty() || checkOutputs(opt_.check, *entry_, globals,
                                             opt_.rtol, opt_.atol)

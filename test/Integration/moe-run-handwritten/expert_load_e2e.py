@@ -7,9 +7,10 @@ seeded weights and then with *starved* weights:
 
   - moe-run --stats "expert_load" (inference) and "step_stats"[i]
     ["expert_load"] (training, every step): per MoE layer, tokens per expert
-    (before capacity), kept, dropped, max, mean, max/mean and the experts with
-    no token, equal to what the float64 reference's router computes in numpy
-    on the same inputs (the training steps' weights included);
+    (before capacity), kept, dropped, max, mean, max/mean, the experts with
+    no token and (ep > 1) the tokens per ep rank, equal to what the float64
+    reference's router computes in numpy on the same inputs (the training
+    steps' weights included);
   - starved weights: router rows crafted so that the given experts (by default
     every expert of the last ep rank at the narrowest ep > 1 of the meshes,
     so that whole ranks get nothing, plus expert 1) get no
@@ -80,10 +81,15 @@ def expected_load(routing, num_experts):
     return out
 
 
-def same_load(mine, ref):
+def same_load(mine, ref, ep=1):
+    """moe-run's expert_load against the reference's; with ep > 1 also the
+    assignments per ep rank (E/ep consecutive experts each)."""
     if len(mine) != len(ref):
         return False
     for m, r in zip(mine, ref):
+        if ep > 1 and m.get("ep_ranks") != np.add.reduceat(
+                r["tokens"], range(0, len(r["tokens"]), len(r["tokens"]) // ep)).tolist():
+            return False
         for key, v in r.items():
             if key in ("mean", "overload"):
                 if abs(m.get(key, -1) - v) > 1e-12 * max(1.0, v):
@@ -91,6 +97,10 @@ def same_load(mine, ref):
             elif m.get(key) != v:
                 return False
     return True
+
+
+def ep_of(mesh):
+    return next((int(x.split("=")[1]) for x in mesh.split(",") if x.startswith("ep=")), 1)
 
 
 def ranks_of(mesh):
@@ -203,7 +213,8 @@ def main():
             check("FAIL" not in out, f"{name}: every rank completes the forward; "
                   "outputs match the float64 reference")
             got = json.load(open(p(f"{case}-{tag}-inf.json")))[0].get("expert_load")
-            check(same_load(got or [], ref_load),
+            mesh_ep = ep_of(mesh)
+            check(same_load(got or [], ref_load, mesh_ep),
                   f"{name}: inference expert_load (tokens per expert, kept, dropped, "
                   f"max/mean, empty) equals numpy's routing: "
                   f"{[(layer['tokens'], layer['dropped']) for layer in ref_load]}")
@@ -213,7 +224,8 @@ def main():
                          "--grads", p(f"{case}-{tag}-G.safetensors"),
                          "--save-weights", p(f"{case}-{tag}-W.safetensors")])
             rows = json.load(open(p(f"{case}-{tag}-train.json")))[0]["step_stats"]
-            check(len(rows) == STEPS and all(same_load(r.get("expert_load", []), e)
+            check(len(rows) == STEPS and all(same_load(r.get("expert_load", []), e,
+                                                       mesh_ep)
                                              for r, e in zip(rows, steps_load)),
                   f"{name}: training expert_load of each of {STEPS} steps equals numpy's")
             grads = load(p(f"{case}-{tag}-G.safetensors"))
@@ -232,6 +244,10 @@ def main():
                                                             rtol=1e-4, atol=1e-6)]
                 check(not bad, f"{name}: {what} equal the single device's"
                       + (f" (differ: {bad[:3]})" if bad else ""))
+            if case == "starved" and mesh_ep > 1:
+                per_rank = [layer["ep_ranks"] for layer in got]
+                check(all(r[-1] == 0 for r in per_rank),
+                      f"{name}: the last ep rank receives no token: {per_rank}")
             if case == "starved":
                 starved = [spec.file_tensors()[e][0] for sub in subs
                            if sub.kind == "moe" for spec in sub.weights
