@@ -13,6 +13,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "core/Context.h"
+#include "base/CheckedMath.h"
 #include "base/Dtype.h"
 
 #include <algorithm>
@@ -25,6 +26,7 @@
 #include <initializer_list>
 #include <sched.h>
 #include <unistd.h>
+#include <vector>
 
 using namespace moert;
 
@@ -441,6 +443,11 @@ void recordCollective(moert_ctx *ctx, const char *op, int64_t axisMask,
   Stats::Collective &c = ctx->stats.collectives[{op, axisNames(ctx, axisMask)}];
   c.calls += 1;
   c.bytesSent += bytesSent;
+  int64_t n = 1;
+  for (size_t i = 0; i < ctx->meshShape.size(); ++i)
+    if (axisMask & (int64_t(1) << i))
+      n *= ctx->meshShape[i];
+  c.messages += std::strncmp(op, "all_reduce", 10) == 0 ? 2 * (n - 1) : n - 1;
 }
 
 } // namespace moert
@@ -610,8 +617,9 @@ const char *moert_ctx_stats_json(moert_ctx *ctx) {
   sep = "";
   for (const auto &[key, c] : ctx->stats.collectives) {
     std::snprintf(buf, sizeof buf,
-                  "\", \"calls\": %" PRId64 ", \"bytes_sent\": %" PRId64 "}",
-                  c.calls, c.bytesSent);
+                  "\", \"calls\": %" PRId64 ", \"bytes_sent\": %" PRId64
+                  ", \"messages\": %" PRId64 "}",
+                  c.calls, c.bytesSent, c.messages);
     t += sep + std::string("{\"op\": \"") + jsonEscape(key.first) +
          "\", \"axis\": \"" + jsonEscape(key.second) + buf;
     sep = ", ";
@@ -701,6 +709,82 @@ void moert_copy_2d(moert_ctx *ctx, const void *src, void *dst, int64_t width,
     if (width == 0 || height == 0)
       return Status::ok();
     return ctx->backend->copy2D(dst, dst_pitch, src, src_pitch, width, height);
+  });
+}
+
+void moert_regroup(moert_ctx *ctx, const void *in, const int32_t *counts,
+                   void *out, int32_t *out_counts, int64_t A, int64_t G,
+                   int64_t K, int64_t row_bytes, int64_t rows) {
+  runKernel(ctx, "moert_regroup", [&] {
+    MOERT_TRY(checkCtx(ctx, "moert_regroup"));
+    Args a("moert_regroup");
+    a.positive({{"A", A}, {"G", G}, {"K", K}});
+    a.nonNegative("row_bytes", row_bytes).nonNegative("rows", rows);
+    a.ptrs({{"counts", counts}, {"out_counts", out_counts}});
+    if (rows > 0 && row_bytes > 0)
+      a.ptrs({{"in", in}, {"out", out}});
+    int64_t n = 0;
+    a.require(checkedMul(A, G, n) && checkedMul(n, K, n),
+              "A x G x K overflows");
+    MOERT_TRY(a.status());
+    Backend &b = *ctx->backend;
+    std::vector<int32_t> c(static_cast<size_t>(n)), t(c.size());
+    if (b.kind() == MOERT_DEVICE_CPU)
+      std::memcpy(c.data(), counts, c.size() * sizeof(int32_t));
+    else
+      MOERT_TRY(b.copyToHost(c.data(), counts, n * int64_t(sizeof(int32_t))));
+    // Row offset of every (a, g) block in the input, then copy them out in
+    // the order (g, a).
+    std::vector<int64_t> start(static_cast<size_t>(A * G)),
+        size(static_cast<size_t>(A * G));
+    int64_t total = 0;
+    for (int64_t ai = 0; ai < A; ++ai)
+      for (int64_t g = 0; g < G; ++g) {
+        int64_t block = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          int32_t v = c[size_t((ai * G + g) * K + k)];
+          if (v < 0)
+            return error(MOERT_ERR_INVALID,
+                         "moert_regroup: counts[%" PRId64 ", %" PRId64
+                         "] is %d",
+                         ai, g * K + k, v);
+          block += v;
+          t[size_t((g * A + ai) * K + k)] = v;
+        }
+        start[size_t(ai * G + g)] = total;
+        size[size_t(ai * G + g)] = block;
+        total += block;
+      }
+    if (total > rows)
+      return error(MOERT_ERR_INVALID,
+                   "moert_regroup: counts total %" PRId64
+                   " rows, more than rows (%" PRId64 ")",
+                   total, rows);
+    auto i = reinterpret_cast<uintptr_t>(in);
+    auto o = reinterpret_cast<uintptr_t>(out);
+    auto span = static_cast<uintptr_t>(rows * row_bytes);
+    if (total > 0 && !(o + span <= i || i + span <= o))
+      return error(MOERT_ERR_INVALID, "moert_regroup: in and out overlap");
+    int64_t at = 0;
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t ai = 0; ai < A; ++ai) {
+        int64_t block = size[size_t(ai * G + g)];
+        if (block > 0)
+          MOERT_TRY(b.copy(static_cast<char *>(out) + at * row_bytes,
+                           static_cast<const char *>(in) +
+                               start[size_t(ai * G + g)] * row_bytes,
+                           block * row_bytes));
+        at += block;
+      }
+    if (rows > total && row_bytes > 0)
+      MOERT_TRY(b.memsetZero(static_cast<char *>(out) + total * row_bytes,
+                             (rows - total) * row_bytes));
+    if (b.kind() == MOERT_DEVICE_CPU)
+      std::memcpy(out_counts, t.data(), t.size() * sizeof(int32_t));
+    else
+      MOERT_TRY(
+          b.copyToDevice(out_counts, t.data(), n * int64_t(sizeof(int32_t))));
+    return Status::ok();
   });
 }
 

@@ -92,6 +92,17 @@ cl::opt<std::string> overlapDegree(
     cl::desc("Pipeline every expert-parallel exchange with the expert FFN "
              "in this many chunks (moe-overlap; 1: off)"),
     cl::value_desc("n"), cl::init("1"), cl::cat(category));
+cl::opt<std::string> hierarchicalA2A(
+    "hierarchical-a2a", cl::ValueOptional,
+    cl::desc("2D hierarchical all-to-all over nodes of --ranks-per-node "
+             "ranks: on (the flag alone) or auto (where the cost model, "
+             "--cluster, says it pays)"),
+    cl::value_desc("on|auto"), cl::cat(category));
+cl::opt<int64_t>
+    ranksPerNode("ranks-per-node",
+                 cl::desc("Ranks on one node for --hierarchical-a2a (with "
+                          "auto, default: the cluster's devices per node)"),
+                 cl::value_desc("R"), cl::init(0), cl::cat(category));
 cl::opt<std::string>
     clusterFile("cluster",
                 cl::desc("Cluster file (JSON) for the cost model: links, "
@@ -203,6 +214,12 @@ llvm::Error pipelineOptions(moe::CompilePipelineOptions &options) {
   options.zero1 = zero1;
   options.overlapDegree = overlapDegree;
   options.cluster = clusterFile;
+  if (hierarchicalA2A.getNumOccurrences())
+    options.hierarchicalA2A =
+        hierarchicalA2A.empty() ? std::string("on") : hierarchicalA2A;
+  else if (ranksPerNode.getNumOccurrences())
+    return makeError("--ranks-per-node is used by --hierarchical-a2a");
+  options.ranksPerNode = ranksPerNode;
   return moe::verifyCompilePipelineOptions(options);
 }
 

@@ -65,6 +65,7 @@ void printCollectiveTable(const std::vector<json::Value> &ranks,
                           const std::string &title) {
   using Key = std::pair<std::string, std::string>;
   std::map<Key, std::pair<int64_t, int64_t>> total;
+  std::map<Key, int64_t> messages;
   std::string perRank;
   for (const json::Value &r : ranks) {
     const json::Value *list = r.get("collectives");
@@ -77,6 +78,8 @@ void printCollectiveTable(const std::vector<json::Value> &ranks,
       Key k{c.get("op")->getString(), c.get("axis")->getString()};
       total[k].first += c.get("calls")->getInt();
       total[k].second += c.get("bytes_sent")->getInt();
+      if (const json::Value *m = c.get("messages"))
+        messages[k] += m->getInt();
       perRank += format(
           "  %-6lld %-16s %-10s %8lld %14lld  %s\n",
           rank ? static_cast<long long>(rank->getInt()) : -1LL, k.first.c_str(),
@@ -85,12 +88,13 @@ void printCollectiveTable(const std::vector<json::Value> &ranks,
           humanBytes(double(c.get("bytes_sent")->getInt())).c_str());
     }
   }
-  std::printf("\ncollectives (all ranks%s)\n  %-16s %-10s %8s %14s\n",
-              title.c_str(), "op", "axis", "calls", "bytes sent");
+  std::printf("\ncollectives (all ranks%s)\n  %-16s %-10s %8s %9s %14s\n",
+              title.c_str(), "op", "axis", "calls", "messages", "bytes sent");
   for (const auto &kv : total)
-    std::printf("  %-16s %-10s %8lld %14lld  %s\n", kv.first.first.c_str(),
-                kv.first.second.c_str(),
+    std::printf("  %-16s %-10s %8lld %9lld %14lld  %s\n",
+                kv.first.first.c_str(), kv.first.second.c_str(),
                 static_cast<long long>(kv.second.first),
+                static_cast<long long>(messages[kv.first]),
                 static_cast<long long>(kv.second.second),
                 humanBytes(double(kv.second.second)).c_str());
   std::printf("\ncollectives per rank%s\n  %-6s %-16s %-10s %8s %14s\n%s",

@@ -36,6 +36,8 @@ constexpr bool onlyInShardedPrograms =
                     AllReduceStartOp, SliceOp, WaitOp>::value ||
     // moe-overlap runs on per-rank programs.
     llvm::is_one_of<OpTy, ChunkOp, InterleaveOp>::value ||
+    // moe-hierarchical-a2a runs on per-rank programs.
+    std::is_same_v<OpTy, RegroupOp> ||
     // Training: moe-differentiate runs after moe-shard (docs/design.md,
     // "Training"), so the gradient, loss and optimizer ops are written into
     // per-rank programs and never sharded themselves.
