@@ -36,17 +36,27 @@ moe::verifyCompilePipelineOptions(const CompilePipelineOptions &options) {
         llvm::inconvertibleErrorCode(),
         "overlap-degree pipelines the expert-parallel exchange: it needs a "
         "mesh with ep > 1 (mesh=...)");
+  if (options.maxRecvTokens < 0)
+    return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                   "max-recv-tokens " +
+                                       std::to_string(options.maxRecvTokens) +
+                                       " is negative");
+  if (options.maxRecvTokens > 0 && options.mesh.empty())
+    return llvm::createStringError(
+        llvm::inconvertibleErrorCode(),
+        "max-recv-tokens bounds the dropless expert-parallel exchange: it "
+        "needs a mesh with ep > 1 (mesh=...)");
   StringRef hier = StringRef(options.hierarchicalA2A).trim();
-  if (hier != "off" && hier != "on" && hier != "auto")
+  if (hier != "off" && hier != "on" && hier != "auto" && hier != "mesh")
     return llvm::createStringError(llvm::inconvertibleErrorCode(),
                                    "hierarchical-a2a '" + hier.str() +
-                                       "' is not off, on or auto");
+                                       "' is not off, on, auto or mesh");
   if (hier != "off" && options.mesh.empty())
     return llvm::createStringError(
         llvm::inconvertibleErrorCode(),
         "hierarchical-a2a splits the expert-parallel exchange: it needs a "
         "mesh with ep > 1 (mesh=...)");
-  if (hier == "on" && options.ranksPerNode < 1)
+  if ((hier == "on" || hier == "mesh") && options.ranksPerNode < 1)
     return llvm::createStringError(
         llvm::inconvertibleErrorCode(),
         "hierarchical-a2a needs ranks-per-node (the ranks on one node; "
@@ -75,6 +85,7 @@ void moe::buildCompilePipeline(OpPassManager &pm,
     MoEShardOptions shard;
     shard.mesh = options.mesh;
     shard.expertTp = options.expertTp;
+    shard.maxRecvTokens = options.maxRecvTokens;
     pm.addPass(createMoEShard(shard));
     if (options.dtd)
       pm.addPass(createMoEDropDuplicateTokens());

@@ -354,8 +354,43 @@ Status emulateNetwork(moert_ctx &ctx) {
         m.bytesPerSecond = x.bytesPerSecond;
       any = true;
     }
-    if (any && group)
-      group = emulateLink(std::move(group), m);
+    if (!any || !group)
+      continue;
+    // Per peer of the group (row-major over the axes of the mask): the link
+    // of the emulated axes on which it differs from this rank, so that a
+    // group over a node axis and a local axis sends to the ranks of its own
+    // node over the local link and to the others over the node link.
+    std::vector<LinkModel> peers;
+    std::vector<int64_t> groupAxes;
+    for (int64_t i = 0; i < axes; ++i)
+      if (mask & (int64_t(1) << i))
+        groupAxes.push_back(i);
+    int n = group->size();
+    for (int q = 0; q < n; ++q) {
+      int64_t rest = q;
+      LinkModel pm;
+      bool differs = false;
+      for (size_t j = groupAxes.size(); j-- > 0;) {
+        int64_t axis = groupAxes[j], size = ctx.meshShape[axis];
+        int64_t coord = rest % size;
+        rest /= size;
+        if (coord == ctx.coords[axis])
+          continue;
+        for (size_t l = 0; l < links.size(); ++l) {
+          if (axisOf[l] != axis)
+            continue;
+          const LinkModel &x = links[l].model;
+          pm.alphaSeconds = differs ? std::max(pm.alphaSeconds, x.alphaSeconds)
+                                    : x.alphaSeconds;
+          if (x.bytesPerSecond > 0 &&
+              (pm.bytesPerSecond == 0 || x.bytesPerSecond < pm.bytesPerSecond))
+            pm.bytesPerSecond = x.bytesPerSecond;
+          differs = true;
+        }
+      }
+      peers.push_back(differs ? pm : m);
+    }
+    group = emulateLink(std::move(group), m, std::move(peers));
   }
   return Status::ok();
 }
@@ -784,6 +819,39 @@ void moert_regroup(moert_ctx *ctx, const void *in, const int32_t *counts,
     else
       MOERT_TRY(
           b.copyToDevice(out_counts, t.data(), n * int64_t(sizeof(int32_t))));
+    return Status::ok();
+  });
+}
+
+void moert_check_recv_bound(moert_ctx *ctx, const int32_t *counts,
+                            int64_t ranks, int64_t per_rank, int64_t bound) {
+  runKernel(ctx, "moert_check_recv_bound", [&] {
+    Args a("moert_check_recv_bound");
+    a.ptr("counts", counts);
+    a.positive({{"ranks", ranks}, {"per_rank", per_rank}, {"bound", bound}});
+    int64_t n = 0;
+    a.require(checkedMul(ranks, ranks, n) && checkedMul(n, per_rank, n),
+              "ranks x ranks x per_rank overflows");
+    MOERT_TRY(a.status());
+    std::vector<int32_t> c(static_cast<size_t>(n));
+    Backend &b = *ctx->backend;
+    if (b.kind() == MOERT_DEVICE_CPU)
+      std::memcpy(c.data(), counts, c.size() * sizeof(int32_t));
+    else
+      MOERT_TRY(b.copyToHost(c.data(), counts, n * int64_t(sizeof(int32_t))));
+    int64_t per = ranks * per_rank;
+    for (int64_t p = 0; p < ranks; ++p) {
+      int64_t total = 0;
+      for (int64_t i = 0; i < per; ++i)
+        total += c[size_t(p * per + i)];
+      if (total > bound)
+        return error(MOERT_ERR_RECV_BOUND,
+                     "receive bound exceeded: rank %" PRId64
+                     " of the expert-parallel group would receive %" PRId64
+                     " rows, more than the bound of %" PRId64
+                     " (moe-compile --max-recv-tokens); nothing was sent",
+                     p, total, bound);
+    }
     return Status::ok();
   });
 }

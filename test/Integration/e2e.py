@@ -24,7 +24,7 @@ Output, one line per run (FileCheck reads them):
   DTD <family> <mesh> <op> bytes/rank=<b> nodtd=<b0> ratio=1/<tp>
   OVERLAP <family> <mesh> bitwise=<baseline mesh>   (outputs byte for byte equal)
   OVERLAP <family> <mesh> rounding=<baseline mesh> max_rel_diff=<e>   (equal to rtol)
-  HIER <family> <mesh> bitwise=<flat mesh> node_messages/rank=<m> flat_messages/rank=<f>
+  HIER <family> <mesh> bitwise=<flat mesh> node_messages/call=<m> flat_messages/call=<f>
        node_bytes/rank=<b> flat_internode_bytes/rank=<b0>   (2D hierarchical all-to-all:
        outputs byte for byte those of the flat exchange; messages and bytes per rank
        over ep_node against the flat exchange's over ep, all-to-alls of the token
@@ -40,7 +40,8 @@ criterion ``|y - ref| <= atol + rtol |ref|`` holds everywhere.
 
 A mesh is ``dp=..,ep=..,tp=..`` optionally followed by ``+dtd``, ``+expert-tp``
 ``+overlap=N`` and ``+hier=R`` (the moe-compile flags; ``overlap=N`` is
-``--overlap-degree N``, ``hier=R`` is ``--hierarchical-a2a --ranks-per-node R`` and its
+``--overlap-degree N``, ``maxrecv=N`` is ``--max-recv-tokens N``, ``hier=R`` is
+``--hierarchical-a2a --ranks-per-node R`` and its
 run is compared byte for byte with the same mesh's without it;
 and its run's outputs are compared with the same mesh's without it: byte for byte
 with ``--overlap-bitwise``, else to rtol 1e-4). Arguments after ``--`` are routing options
@@ -159,9 +160,11 @@ class MeshRun:
                 self.overlap = f.partition("=")[2]
             elif f.startswith("hier="):
                 self.hier = f.partition("=")[2]
+            elif f.startswith("maxrecv="):
+                pass
             elif f not in ("dtd", "expert-tp"):
                 raise Failure(f"mesh {spec!r}: unknown flag +{f} (dtd, expert-tp, "
-                              "overlap=N or hier=R)")
+                              "overlap=N, hier=R or maxrecv=N)")
         self.axes = {"dp": 1, "ep": 1, "tp": 1}
         if self.mesh != "single":
             for part in self.mesh.split(","):
@@ -181,6 +184,8 @@ class MeshRun:
                 flags.append(f"--overlap-degree={self.overlap}")
             elif f.startswith("hier="):
                 flags += ["--hierarchical-a2a", f"--ranks-per-node={self.hier}"]
+            elif f.startswith("maxrecv="):
+                flags.append(f"--max-recv-tokens={f.partition('=')[2]}")
             else:
                 flags.append(f"--{f}")
         return flags
@@ -553,7 +558,7 @@ def check_hier(family: str, m: MeshRun, base: str, outputs: dict[str, str],
         return False
     per = lambda v, c: "/".join(map(str, sorted({x // max(y, 1) for x, y in zip(v, c)})))  # noqa: E731
     line = (f"HIER {family} {m.label} bitwise={base} "
-            f"node_messages/rank={per(msgs, calls)} flat_messages/rank={per(flat_msgs, flat_calls)}")
+            f"node_messages/call={per(msgs, calls)} flat_messages/call={per(flat_msgs, flat_calls)}")
     if capacity:
         line += (f" node_bytes/rank={'/'.join(map(str, sorted(set(node_bytes))))} "
                  f"flat_internode_bytes/rank={'/'.join(map(str, sorted(set(inter))))}")

@@ -13,7 +13,7 @@
 // ZERO: error: moe-hierarchical-a2a: ranks-per-node must be a positive number (got 0)
 // NOMESH: error: moe-hierarchical-a2a: the module has no moe.mesh
 // TWICE: error: 'moe.mesh' op moe-hierarchical-a2a: the mesh is already split (it has an ep_node axis)
-// MODE: error: moe-hierarchical-a2a: mode 'sometimes' is not 'on' or 'auto'
+// MODE: error: moe-hierarchical-a2a: mode 'sometimes' is not 'on', 'auto' or 'mesh'
 
 func.func @forward(%x: tensor<64x32xf32> {moe.input = "hidden_states"}, %wr: tensor<8x32xf32> {moe.weight = "gate.weight"}, %u: tensor<8x96x32xf32> {moe.weight = "experts.{e}.up.weight"}, %d: tensor<8x32x96xf32> {moe.weight = "experts.{e}.down.weight"}) -> (tensor<64x32xf32> {moe.output = "hidden_states"}) {
   %l = moe.router %x, %wr : (tensor<64x32xf32>, tensor<8x32xf32>) -> tensor<64x8xf32>

@@ -42,7 +42,8 @@
 // CHECK: %[[M:.*]] = moe.all_to_all_v %[[R1]], %[[T1]], %[[LC]] on @mesh ["ep_local"] : (tensor<16x32xf32>, tensor<4x2xi32>, tensor<8x1xi32>) -> tensor<64x32xf32>
 // CHECK: %[[LC2:.*]] = moe.reshape %[[LC]] : (tensor<8x1xi32>) -> tensor<4x2xi32>
 // CHECK: %[[R2:.*]], %[[T2:.*]] = moe.regroup %[[M]], %[[LC2]] groups = 2 : (tensor<64x32xf32>, tensor<4x2xi32>) -> (tensor<64x32xf32>, tensor<2x4xi32>)
-// CHECK: %[[X:.*]] = moe.all_to_all_v %[[R2]], %[[T2]], %[[RC]] on @mesh ["ep_node"] : (tensor<64x32xf32>, tensor<2x4xi32>, tensor<8x1xi32>) -> tensor<128x32xf32>
+// A token sends a rank at most min(k, 1 local expert) = 1 row: 8 x 8 rows.
+// CHECK: %[[X:.*]] = moe.all_to_all_v %[[R2]], %[[T2]], %[[RC]] on @mesh ["ep_node"] : (tensor<64x32xf32>, tensor<2x4xi32>, tensor<8x1xi32>) -> tensor<64x32xf32>
 // CHECK: moe.expert_ffn %[[X]] counts %[[RC]]
 // CHECK-NOT: ["ep_node", "ep_local"] :
 

@@ -56,6 +56,12 @@ struct CompilePipelineOptions
       llvm::cl::desc("Pipeline every expert-parallel exchange in this many "
                      "chunks (moe-overlap; 1: off)"),
       llvm::cl::init("1")};
+  PassOptions::Option<int64_t> maxRecvTokens{
+      *this, "max-recv-tokens",
+      llvm::cl::desc("Rows a rank's dropless receive buffer holds (0: the "
+                     "provable worst case); a run that would receive more "
+                     "stops on every rank with a named error"),
+      llvm::cl::init(0)};
   PassOptions::Option<std::string> hierarchicalA2A{
       *this, "hierarchical-a2a",
       llvm::cl::desc("2D hierarchical all-to-all (moe-hierarchical-a2a): "

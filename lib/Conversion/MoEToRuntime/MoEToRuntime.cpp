@@ -834,6 +834,17 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             return failure();
         return success();
       })
+      .Case([&](CheckRecvBoundOp o) {
+        RankedTensorType c = tensorOf(o.getCounts());
+        int64_t rows = c.getDimSize(0), n = 1;
+        while (n * n < rows)
+          ++n;
+        return e.call(
+            abi::moert_check_recv_bound{.counts = ptr(o.getCounts()),
+                                        .ranks = e.i64(n),
+                                        .per_rank = e.i64(c.getDimSize(1)),
+                                        .bound = e.i64(o.getBound())});
+      })
       .Case([&](RegroupOp o) {
         RankedTensorType rows = tensorOf(o.getInput());
         RankedTensorType counts = tensorOf(o.getCounts());

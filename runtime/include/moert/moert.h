@@ -54,7 +54,9 @@ typedef enum moert_status {
   MOERT_ERR_COMM = 4,        /* communicator failure                       */
   MOERT_ERR_TIMEOUT = 5,     /* a collective did not complete in time      */
   MOERT_ERR_UNSUPPORTED = 6, /* feature not built in or not on this device */
-  MOERT_ERR_NOMEM = 7        /* allocation failed                          */
+  MOERT_ERR_NOMEM = 7,       /* allocation failed                          */
+  MOERT_ERR_RECV_BOUND = 8   /* a dropless exchange would receive more rows
+                                than its bound (moe-compile --max-recv-tokens) */
 } moert_status;
 
 typedef enum moert_dtype {

@@ -1034,3 +1034,12 @@ func.func @f(%a: tensor<16x32xf32>, %c: tensor<2x8xi32>) {
   %0, %1 = moe.regroup %a, %c groups = 4 : (tensor<16x32xf32>, tensor<2x8xi32>) -> (tensor<8x32xf32>, tensor<4x4xi32>)
   return
 }
+
+// -----
+
+// check_recv_bound: the counts of n ranks of n ranks each
+func.func @f(%c: tensor<12x2xi32>) {
+  // expected-error @+1 {{counts have 12 rows, not n x n for a group of n ranks}}
+  moe.check_recv_bound %c bound = 10 : tensor<12x2xi32>
+  return
+}

@@ -119,6 +119,8 @@ func.func @chunks(%b: tensor<8x16x32xf32>) -> tensor<8x16x32xf32> {
 func.func @regroup(%r: tensor<64x32xf32>, %c: tensor<2x8xi32>) -> (tensor<64x32xf32>, tensor<4x4xi32>) {
   // CHECK: moe.regroup %{{.*}}, %{{.*}} groups = 4 : (tensor<64x32xf32>, tensor<2x8xi32>) -> (tensor<64x32xf32>, tensor<4x4xi32>)
   %0, %1 = moe.regroup %r, %c groups = 4 : (tensor<64x32xf32>, tensor<2x8xi32>) -> (tensor<64x32xf32>, tensor<4x4xi32>)
+  // CHECK: moe.check_recv_bound %{{.*}} bound = 96 : tensor<4x4xi32>
+  moe.check_recv_bound %1 bound = 96 : tensor<4x4xi32>
   return %0, %1 : tensor<64x32xf32>, tensor<4x4xi32>
 }
 

@@ -1349,3 +1349,16 @@ LogicalResult RegroupOp::verify() {
                          << " entries per row, not divisible by groups = " << g;
   return expectShape(*this, getNewCounts(), {g, a * (w / g)}, "new_counts");
 }
+
+LogicalResult CheckRecvBoundOp::verify() {
+  int64_t rows = tensorType(getCounts()).getDimSize(0);
+  if (ShapedType::isDynamic(rows))
+    return success();
+  int64_t n = 1;
+  while (n * n < rows)
+    ++n;
+  if (n * n != rows)
+    return emitOpError() << "counts have " << rows
+                         << " rows, not n x n for a group of n ranks";
+  return success();
+}

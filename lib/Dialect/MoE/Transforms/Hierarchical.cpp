@@ -114,10 +114,12 @@ public:
 
   void runOnOperation() override {
     ModuleOp module = getOperation();
-    bool isAuto = StringRef(mode).trim() == "auto";
-    if (!isAuto && StringRef(mode).trim() != "on") {
+    StringRef m = StringRef(mode).trim();
+    bool isAuto = m == "auto";
+    splitOnly = m == "mesh";
+    if (!isAuto && !splitOnly && m != "on") {
       module.emitError() << "moe-hierarchical-a2a: mode '" << mode
-                         << "' is not 'on' or 'auto'";
+                         << "' is not 'on', 'auto' or 'mesh'";
       return signalPassFailure();
     }
     std::optional<cost::CostModel> model;
@@ -154,6 +156,8 @@ public:
 
 private:
   int64_t nodes = 1, local = 1;
+  /// mode=mesh: split the axis, leave the exchanges flat.
+  bool splitOnly = false;
   int64_t rewritten = 0, kept = 0;
 
   LogicalResult runOnMesh(ModuleOp module, MeshOp mesh, int64_t r,
@@ -186,6 +190,8 @@ private:
       return success();
 
     splitMesh(module, mesh);
+    if (splitOnly)
+      return success();
     SmallVector<Operation *> exchanges;
     module.walk([&](CollectiveOpInterface op) {
       if (op.getMeshOp() == mesh && isWholeEP(op) &&

@@ -688,6 +688,29 @@ def MoE_RegroupOp : MoE_Op<"regroup", [Pure]> {
   let hasVerifier = 1;
 }
 
+// The receive bound of dropless exchanges (moe-shard's max-recv-tokens).
+def MoE_CheckRecvBoundOp : MoE_Op<"check_recv_bound",
+    [MemoryEffects<[MemWrite]>]> {
+  let summary = "stop every rank when a rank of the group would receive more rows than the bound";
+  let description = [{
+    `counts` `[n*n, K]` are the receive counts of the `n` ranks of an
+    expert-parallel group (all-gathered: rows `p*n .. p*n + n - 1` are what
+    rank `p` receives from each source). When some rank's total exceeds
+    `bound`, the run stops on every rank with the same error, which names
+    the rank, its rows and the bound (`MOERT_ERR_RECV_BOUND`), before any rank
+    sends a row; nothing is dropped silently. `moe-shard{max-recv-tokens=N}`
+    sizes the dropless receive buffer at `N` rows and puts this check after
+    the counts exchange.
+
+    ```mlir
+    moe.check_recv_bound %all bound = 96 : tensor<16x2xi32>
+    ```
+  }];
+  let arguments = (ins MoE_I32_2D:$counts, MoE_PositiveI64:$bound);
+  let assemblyFormat = "$counts `bound` `=` $bound attr-dict `:` type($counts)";
+  let hasVerifier = 1;
+}
+
 def MoE_WaitOp : MoE_Op<"wait", [
     TypesMatchWith<"result is the future's tensor", "future", "result",
                    "::llvm::cast<::mlir::moe::FutureType>($_self).getValueType()">]> {

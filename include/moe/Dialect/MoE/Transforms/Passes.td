@@ -48,7 +48,10 @@ def MoEShard : Pass<"moe-shard", "::mlir::ModuleOp"> {
     Option<"mesh", "mesh", "std::string", /*default=*/"\"\"",
            "mesh as axis=size pairs, e.g. dp=1,ep=2,tp=2 (axes left out are 1); without it, the module's moe.mesh">,
     Option<"expertTp", "expert-tp", "bool", /*default=*/"false",
-           "split each expert's FFN over tp">
+           "split each expert's FFN over tp">,
+    Option<"maxRecvTokens", "max-recv-tokens", "int64_t", /*default=*/"0",
+           "rows a rank's dropless receive buffer holds (0: the provable "
+           "worst case); a run that would receive more stops on every rank">
   ];
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }
@@ -180,7 +183,9 @@ def MoEHierarchicalA2A : Pass<"moe-hierarchical-a2a", "::mlir::ModuleOp"> {
     Option<"ranksPerNode", "ranks-per-node", "int64_t", /*default=*/"0",
            "ranks on one node (must divide the ranks and be a multiple of tp)">,
     Option<"mode", "mode", "std::string", /*default=*/"\"on\"",
-           "on: every ep exchange; auto: where the cost model says it pays">,
+           "on: every ep exchange; auto: where the cost model says it pays; "
+           "mesh: split the axis only (flat exchanges over both parts, a "
+           "baseline)">,
     Option<"cluster", "cluster", "std::string", /*default=*/"\"\"",
            "cluster file of the cost model for mode=auto (empty: built-in)">
   ];
