@@ -533,6 +533,11 @@ def check_hier(family: str, m: MeshRun, base: str, outputs: dict[str, str],
     ep, tp = m.axes["ep"], m.axes["tp"]
     local = int(m.hier) // tp
     nodes = ep // local
+    if local <= 1 or nodes <= 1:  # the pass leaves such a mesh as it is
+        print(f"{'HIER' if same else 'FAIL'} {family} {m.label} "
+              f"{'bitwise' if same else 'differs from'}={base} unsplit "
+              f"(nodes={nodes} local={local})", flush=True)
+        return same
     op = "all_to_all" if capacity else "all_to_all_v"
     calls = a2a_bytes(stats[m.label], op, ("ep_node",), "calls")
     msgs = a2a_bytes(stats[m.label], op, ("ep_node",), "messages")
