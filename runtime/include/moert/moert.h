@@ -164,11 +164,13 @@ moert_status moert_copy_to_host(moert_ctx *ctx, void *dst, const void *src,
 moert_status moert_synchronize(moert_ctx *ctx);
 
 /* Statistics: per-phase time (seconds, summed over calls) and, per
- * collective kind and mesh-axis set, calls and bytes sent to other ranks.
- * Returned as a JSON object owned by the context, valid until the next call:
+ * collective kind and mesh-axis set, calls, bytes sent to other ranks and
+ * messages sent to peers (n - 1 a call of a group of n; 2(n - 1) for an
+ * all-reduce). Returned as a JSON object owned by the context, valid until
+ * the next call:
  *   {"rank": r, "device": "cpu", "phases": [{"name": "expert_ffn",
  *    "calls": n, "seconds": s}, ...], "collectives": [{"op": "all_to_all",
- *    "axis": "ep", "calls": n, "bytes_sent": b}, ...]}                     */
+ *    "axis": "ep", "calls": n, "bytes_sent": b, "messages": m}, ...]}      */
 const char *moert_ctx_stats_json(moert_ctx *ctx);
 void moert_ctx_reset_stats(moert_ctx *ctx);
 /* Expert load recording (off by default). While on, every moert_assign call
