@@ -250,9 +250,13 @@ void Trainer::call(EntryRun &e) {
   moert_synchronize(ctx_);
   e.stats.seconds += now() - start;
   ++e.stats.runs;
-  if (moert_ctx_status(ctx_) != MOERT_OK)
-    fatal(ctxError(
-        ctx_, format("running entry '%s'", e.entry->name.c_str()).c_str()));
+  if (moert_status st = moert_ctx_status(ctx_); st != MOERT_OK) {
+    Status s = ctxError(
+        ctx_, format("running entry '%s'", e.entry->name.c_str()).c_str());
+    if (st == MOERT_ERR_RECV_BOUND)
+      fatalOnEveryRank(ctx_, s);
+    fatal(s);
+  }
   e.stats.absorb(moert_ctx_stats_json(ctx_));
   if (&e == &ft_)
     load_ = parseExpertLoad(moert_ctx_stats_json(ctx_));

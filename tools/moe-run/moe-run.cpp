@@ -168,9 +168,13 @@ void Driver::runEntry() {
     fn_(ctx_, args_.data(), results_.data());
     moert_synchronize(ctx_);
     runSeconds_ += now() - start;
-    if (moert_ctx_status(ctx_) != MOERT_OK)
-      fatal(ctxError(
-          ctx_, format("running entry '%s'", entry_->name.c_str()).c_str()));
+    if (moert_status st = moert_ctx_status(ctx_); st != MOERT_OK) {
+      Status s = ctxError(
+          ctx_, format("running entry '%s'", entry_->name.c_str()).c_str());
+      if (st == MOERT_ERR_RECV_BOUND)
+        fatalOnEveryRank(ctx_, s);
+      fatal(s);
+    }
   }
 }
 

@@ -834,6 +834,33 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             return failure();
         return success();
       })
+      .Case([&](CheckRecvBoundOp o) {
+        RankedTensorType c = tensorOf(o.getCounts());
+        int64_t rows = c.getDimSize(0), n = 1;
+        while (n * n < rows)
+          ++n;
+        return e.call(
+            abi::moert_check_recv_bound{.counts = ptr(o.getCounts()),
+                                        .ranks = e.i64(n),
+                                        .per_rank = e.i64(c.getDimSize(1)),
+                                        .bound = e.i64(o.getBound())});
+      })
+      .Case([&](RegroupOp o) {
+        RankedTensorType rows = tensorOf(o.getInput());
+        RankedTensorType counts = tensorOf(o.getCounts());
+        int64_t g = o.getGroups();
+        return e.call(abi::moert_regroup{
+            .in = ptr(o.getInput()),
+            .counts = ptr(o.getCounts()),
+            .out = ptr(o.getOutput()),
+            .out_counts = ptr(o.getNewCounts()),
+            .A = e.i64(counts.getDimSize(0)),
+            .G = e.i64(g),
+            .K = e.i64(counts.getDimSize(1) / g),
+            .row_bytes = e.i64((rows.getElementTypeBitWidth() + 7) / 8 *
+                               rows.getDimSize(1)),
+            .rows = e.i64(rows.getDimSize(0))});
+      })
       .Case([&](WaitOp o) {
         return e.call(abi::moert_wait{.handle = handles.lookup(o.getFuture())});
       })

@@ -1334,3 +1334,31 @@ LogicalResult InterleaveOp::verify() {
     return failure();
   return expectShape(*this, getInputs().front(), *shape, "input");
 }
+
+LogicalResult RegroupOp::verify() {
+  RankedTensorType in = tensorType(getInput()), out = tensorType(getOutput());
+  if (in != out)
+    return emitOpError() << "result type " << out
+                         << " differs from the input type " << in;
+  RankedTensorType c = tensorType(getCounts());
+  if (!c.hasStaticShape())
+    return success();
+  int64_t a = c.getDimSize(0), w = c.getDimSize(1), g = getGroups();
+  if (w % g != 0)
+    return emitOpError() << "counts have " << w
+                         << " entries per row, not divisible by groups = " << g;
+  return expectShape(*this, getNewCounts(), {g, a * (w / g)}, "new_counts");
+}
+
+LogicalResult CheckRecvBoundOp::verify() {
+  int64_t rows = tensorType(getCounts()).getDimSize(0);
+  if (ShapedType::isDynamic(rows))
+    return success();
+  int64_t n = 1;
+  while (n * n < rows)
+    ++n;
+  if (n * n != rows)
+    return emitOpError() << "counts have " << rows
+                         << " rows, not n x n for a group of n ranks";
+  return success();
+}

@@ -36,6 +36,8 @@ constexpr bool onlyInShardedPrograms =
                     AllReduceStartOp, SliceOp, WaitOp>::value ||
     // moe-overlap runs on per-rank programs.
     llvm::is_one_of<OpTy, ChunkOp, InterleaveOp>::value ||
+    // moe-hierarchical-a2a runs on per-rank programs.
+    llvm::is_one_of<OpTy, RegroupOp, CheckRecvBoundOp>::value ||
     // Training: moe-differentiate runs after moe-shard (docs/design.md,
     // "Training"), so the gradient, loss and optimizer ops are written into
     // per-rank programs and never sharded themselves.
@@ -307,7 +309,26 @@ LogicalResult ExpertFFNOp::shardToRank(ShardingContext &ctx) {
     inCounts =
         AllToAllOp::create(b, loc, rcTy, counts, meshRef, ep,
                            b.getI64IntegerAttr(1), b.getI64IntegerAttr(0));
-    auto rowsTy = withShape(bufTy, {mesh.ep * bufTy.getDimSize(0), d});
+    // The receive buffer: every source's rows could come here, but a token
+    // sends a rank at most min(k, local experts) rows (its k choices are
+    // distinct experts), so ep x T x min(k, E/ep) rows when the buffer is a
+    // dispatch of [T, k] positions; else ep x the send buffer's rows.
+    int64_t recvRows = mesh.ep * bufTy.getDimSize(0);
+    if (auto dispatch = buf.getDefiningOp<DispatchOp>()) {
+      auto pos = typeOf(dispatch.getPositions());
+      recvRows = mesh.ep * pos.getDimSize(0) *
+                 std::min<int64_t>(pos.getDimSize(1), el);
+    }
+    if (ctx.maxRecvRows > 0 && ctx.maxRecvRows < recvRows) {
+      // An explicit bound: checked on every rank before any row moves.
+      recvRows = ctx.maxRecvRows;
+      auto allTy =
+          withShape(rcTy, {mesh.ep * rcTy.getDimSize(0), rcTy.getDimSize(1)});
+      Value all = AllGatherOp::create(b, loc, allTy, inCounts, meshRef, ep,
+                                      b.getI64IntegerAttr(0));
+      CheckRecvBoundOp::create(b, loc, all, ctx.maxRecvRows);
+    }
+    auto rowsTy = withShape(bufTy, {recvRows, d});
     in =
         AllToAllVOp::create(b, loc, rowsTy, buf, counts, inCounts, meshRef, ep);
   }

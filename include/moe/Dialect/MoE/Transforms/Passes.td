@@ -48,7 +48,10 @@ def MoEShard : Pass<"moe-shard", "::mlir::ModuleOp"> {
     Option<"mesh", "mesh", "std::string", /*default=*/"\"\"",
            "mesh as axis=size pairs, e.g. dp=1,ep=2,tp=2 (axes left out are 1); without it, the module's moe.mesh">,
     Option<"expertTp", "expert-tp", "bool", /*default=*/"false",
-           "split each expert's FFN over tp">
+           "split each expert's FFN over tp">,
+    Option<"maxRecvTokens", "max-recv-tokens", "int64_t", /*default=*/"0",
+           "rows a rank's dropless receive buffer holds (0: the provable "
+           "worst case); a run that would receive more stops on every rank">
   ];
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }
@@ -141,6 +144,50 @@ def MoEOverlap : Pass<"moe-overlap", "::mlir::ModuleOp"> {
            "number of chunks (1: unchanged), or auto">,
     Option<"cluster", "cluster", "std::string", /*default=*/"\"\"",
            "cluster file of the cost model for degree=auto (empty: built-in)">
+  ];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
+def MoEHierarchicalA2A : Pass<"moe-hierarchical-a2a", "::mlir::ModuleOp"> {
+  let summary = "Split ep into node x local axes and exchange in two phases (2D hierarchical all-to-all)";
+  let description = [{
+    With `ranks-per-node=R` (tp ranks per tp group, `L = R / tp` expert
+    ranks per node, `N = ep / L` nodes), replaces the mesh's `ep` axis by
+    `ep_node` (size N) and `ep_local` (size L; `ep = node * L + local`, so
+    rank order and every group are unchanged) in the mesh, every collective
+    and every `moe.shard` annotation, and rewrites each all-to-all over the
+    whole of `ep` (even and uneven, synchronous or started) into an
+    exchange over `ep_local` followed by one over `ep_node` between the
+    ranks of the same local index: each rank sends N - 1 messages between
+    nodes instead of ep - L, with the same bytes. The result is bit for bit
+    the flat exchange's.
+
+    Even (`moe.all_to_all`): the split dimension is viewed as `[N, L*S/n]`
+    (`moe.reshape`); the local phase splits the second, the node phase the
+    first, both concatenate along the flat exchange's concat dimension,
+    which gives the flat result's order (the re-layouts are the strided
+    packing of the all-to-alls). Uneven (`moe.all_to_all_v`): the rows are
+    regrouped by (local, node) destination (`moe.regroup`), exchanged over
+    `ep_local` with counts from a small even exchange of the counts,
+    regrouped by (node, local source), and exchanged over `ep_node` with
+    the flat exchange's receive counts.
+
+    `mode=auto` rewrites only the exchanges for which the cost model
+    (`cluster`) predicts the two phases faster than the flat exchange; with
+    `ranks-per-node=0`, `auto` takes R from the cluster's devices per node.
+    Runs last among the rewrites of the per-rank program (after
+    moe-differentiate and moe-overlap), so the backward's exchanges and the
+    pipelined chunks are rewritten too.
+  }];
+  let options = [
+    Option<"ranksPerNode", "ranks-per-node", "int64_t", /*default=*/"0",
+           "ranks on one node (must divide the ranks and be a multiple of tp)">,
+    Option<"mode", "mode", "std::string", /*default=*/"\"on\"",
+           "on: every ep exchange; auto: where the cost model says it pays; "
+           "mesh: split the axis only (flat exchanges over both parts, a "
+           "baseline)">,
+    Option<"cluster", "cluster", "std::string", /*default=*/"\"\"",
+           "cluster file of the cost model for mode=auto (empty: built-in)">
   ];
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }
