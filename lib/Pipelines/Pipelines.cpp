@@ -74,6 +74,9 @@ void moe::buildCompilePipeline(OpPassManager &pm,
     overlap.cluster = options.cluster;
     pm.addPass(createMoEOverlap(overlap));
   }
+  // Routing outputs and replay entries, from the finished per-rank entries.
+  if (options.routing)
+    pm.addPass(createMoERoutingIO());
   // Describe the entry points while the tensor signatures still exist.
   pm.addPass(createMoEAttachManifest());
   // Buffers and runtime calls.

@@ -53,6 +53,13 @@ const char *const kUsage =
     "                      e.g. ep:alpha=50us,bw=1GB/s;tp:bw=100GB/s\n"
     "  --timeout SECONDS   a collective not done after this fails (default: "
     "300)\n"
+    "  --dump-routing FILE write every layer's chosen experts and gate\n"
+    "                      weights (routing.<layer>.experts / .weights, global\n"
+    "                      token order) to FILE (module compiled with --routing)\n"
+    "  --replay-routing FILE  force the experts of FILE's\n"
+    "                      routing.<layer>.experts (entry forward_replay, or\n"
+    "                      forward_train_replay with --train); gate weights are\n"
+    "                      recomputed from the scores\n"
     "  --quiet             print no tables\n"
     "  --help              print this help\n"
     "\n"
@@ -161,7 +168,8 @@ Status setOption(Options &o, RawTrain &raw, const std::string &flag,
       {"--output", &o.output},   {"--entry", &o.entry},
       {"--device", &o.device},   {"--check", &o.check},
       {"--stats", &o.stats},     {"--trace", &o.trace},
-      {"--net", &o.net}};
+      {"--net", &o.net},         {"--dump-routing", &o.dumpRouting},
+      {"--replay-routing", &o.replayRouting}};
   if (flag == "--entry" || flag == "--output" || flag == "--check" ||
       flag == "--repeat" || flag == "--warmup")
     raw.given[flag] = v; // refused with --train
@@ -299,6 +307,13 @@ Status checkMode(Options &o, const RawTrain &raw) {
         return supportError(MOERT_ERR_INVALID, "%s needs --train", f);
     if (o.output.empty())
       return supportError(MOERT_ERR_INVALID, "missing --output FILE");
+    if (!o.replayRouting.empty()) {
+      if (raw.given.count("--entry"))
+        return supportError(MOERT_ERR_INVALID,
+                            "--replay-routing runs the entry forward_replay: "
+                            "it does not take --entry");
+      o.entry = "forward_replay";
+    }
     return Status::ok();
   }
   for (const char *f :
@@ -308,6 +323,11 @@ Status checkMode(Options &o, const RawTrain &raw) {
                           "%s does not apply to --train (it writes "
                           "--save-weights and --save-optimizer-state)",
                           f);
+  if (!o.dumpRouting.empty())
+    return supportError(MOERT_ERR_INVALID,
+                        "--dump-routing does not apply to --train yet: dump "
+                        "the routing of the same weights and inputs with an "
+                        "inference run (moe-run without --train)");
   if (o.weights.empty() || o.inputs.empty())
     return supportError(MOERT_ERR_INVALID,
                         "--train needs --weights W.safetensors and --inputs "

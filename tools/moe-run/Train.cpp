@@ -4,6 +4,7 @@
 
 #include "Checkpoint.h"
 #include "Report.h"
+#include "Routing.h"
 #include "ShardedLoader.h"
 #include "World.h"
 
@@ -25,8 +26,14 @@ using namespace moert;
 
 namespace moe_run {
 
+/// forward_train, or with --replay-routing the same entry with the experts
+/// given (moe-compile --routing).
+static std::string forwardTrainEntry(const Options &o) {
+  return o.replayRouting.empty() ? "forward_train" : "forward_train_replay";
+}
+
 std::vector<std::string> trainingEntries(const Options &o) {
-  return {"forward_train", "backward", "step_" + o.t.optimizer};
+  return {forwardTrainEntry(o), "backward", "step_" + o.t.optimizer};
 }
 
 Status Trainer::check() {
@@ -158,6 +165,11 @@ Status Trainer::load() {
   }
   loader_ = std::make_unique<ShardedLoader>(s_.manifest.mesh, s_.coords);
   MOERT_TRY(loader_->open(s_.opt.weights, s_.opt.inputs));
+  std::unique_ptr<SafetensorsFile> replay;
+  if (!s_.opt.replayRouting.empty()) {
+    MOERT_TRY(checkRoutingEntry(*ft_.entry, false, true));
+    MOERT_TRY(SafetensorsFile::open(s_.opt.replayRouting, replay));
+  }
   std::set<std::string> loaded; // one buffer per name, loaded once
   for (EntryRun *e : {&ft_, &bw_, &step_})
     for (const TensorSpec &a : e->entry->args) {
@@ -168,6 +180,8 @@ Status Trainer::load() {
       MOERT_TRY(hostBuffer(a, host));
       if (a.role == "input" && a.name == "targets") {
         MOERT_TRY(loadTargets(a, host.data()));
+      } else if (replay && a.role == "input" && isRoutingTensor(a)) {
+        MOERT_TRY(loader_->readFrom(*replay, a, host.data()));
       } else if (a.role == "state" && state) {
         const TensorSpec *ls = &a;
         for (const TensorSpec *st : states_)
@@ -200,13 +214,13 @@ Status Trainer::load() {
 
 bool Trainer::loadAll() {
   double start = now();
-  ft_.entry = &s_.entry("forward_train");
-  ft_.stats.name = "forward_train";
+  ft_.entry = &s_.entry(forwardTrainEntry(s_.opt));
+  ft_.stats.name = ft_.entry->name;
   bw_.stats.name = "backward";
   step_.stats.name = "step_" + t_.optimizer;
   bw_.entry = &s_.entry("backward");
   step_.entry = &s_.entry("step_" + t_.optimizer);
-  ft_.fn = s_.function("forward_train");
+  ft_.fn = s_.function(ft_.entry->name);
   bw_.fn = s_.function("backward");
   step_.fn = s_.function("step_" + t_.optimizer);
   Status s = bind();

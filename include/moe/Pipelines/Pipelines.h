@@ -56,6 +56,13 @@ struct CompilePipelineOptions
       llvm::cl::desc("Pipeline every expert-parallel exchange in this many "
                      "chunks (moe-overlap; 1: off)"),
       llvm::cl::init("1")};
+  PassOptions::Option<bool> routing{
+      *this, "routing",
+      llvm::cl::desc("Routing you can see and replay (moe-routing-io): "
+                     "@forward also returns routing.<layer>.experts / "
+                     ".weights; adds @forward_replay (and "
+                     "@forward_train_replay) taking routing.<layer>.experts"),
+      llvm::cl::init(false)};
   PassOptions::Option<std::string> cluster{
       *this, "cluster",
       llvm::cl::desc("Cluster file (JSON) of the cost model that passes "

@@ -145,4 +145,31 @@ def MoEOverlap : Pass<"moe-overlap", "::mlir::ModuleOp"> {
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }
 
+def MoERoutingIO : Pass<"moe-routing-io", "::mlir::ModuleOp"> {
+  let summary = "Routing you can see and replay: routing outputs and replay entries";
+  let description = [{
+    For every `moe.topk` of `@forward` whose logits come from a `moe.router`
+    (one per MoE layer), in program order, with layer key `L`:
+
+    - `@forward` also returns `routing.L.experts` (i32 `[T, k]`, the chosen
+      experts, best first) and `routing.L.weights` (f32 `[T, k]`, the gate
+      weights), after its other results;
+    - `@forward_replay` is `@forward` whose `moe.topk` ops are
+      `moe.topk_forced` ops: it takes, after its other arguments, the input
+      `routing.L.experts` of every layer and returns what `@forward` returns
+      (the given experts and their recomputed gate weights);
+    - with training entries, `@forward_train_replay` is `@forward_train`
+      with the same replacement and arguments (same results: `backward`
+      takes its `saved.N`).
+
+    `L` is the first all-digit component of the router weight's `moe.weight`
+    name (`model.layers.3.mlp.gate.weight`: `3`); when a router has none, or
+    two layers get the same one, every layer is keyed by its position among
+    the function's layers (0, 1, ...). In a sharded program the routing
+    tensors are token rows: `moe.shard` and `moe.global_shape` follow
+    `hidden_states`' dimension 0. Run last before moe-attach-manifest.
+  }];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
 #endif // MOE_DIALECT_MOE_TRANSFORMS_PASSES_TD
