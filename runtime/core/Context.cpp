@@ -23,9 +23,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
-#include <vector>
 #include <sched.h>
 #include <unistd.h>
+#include <vector>
 
 using namespace moert;
 
@@ -816,8 +816,8 @@ void moert_topk_forced(moert_ctx *ctx, const float *logits,
                        float *scores, int64_t T, int64_t E, int64_t k,
                        int32_t score_fn, int32_t renormalize, float scaling) {
   runKernel(ctx, "moert_topk_forced", [&]() -> Status {
-    MOERT_TRY(checkTopk(logits, weights, indices, scores, T, E, k, score_fn,
-                        1, 1, MOERT_GROUP_SCORE_MAX));
+    MOERT_TRY(checkTopk(logits, weights, indices, scores, T, E, k, score_fn, 1,
+                        1, MOERT_GROUP_SCORE_MAX));
     if (!forced)
       return error(MOERT_ERR_INVALID, "moert_topk_forced: forced is null");
     // The scores as moert_topk computes them (its own choice is replaced).
@@ -852,7 +852,8 @@ void moert_topk_forced(moert_ctx *ctx, const float *logits,
         sum += w[t * k + j];
       }
       // A zero sum (every picked score underflowed) keeps the raw weights.
-      float norm = renormalize && sum > 0 ? static_cast<float>(1.0 / sum) : 1.0f;
+      float norm =
+          renormalize && sum > 0 ? static_cast<float>(1.0 / sum) : 1.0f;
       for (int64_t j = 0; j < k; ++j)
         w[t * k + j] = w[t * k + j] * norm * scaling;
     }

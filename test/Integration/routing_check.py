@@ -10,10 +10,11 @@ Subcommands (each prints one line FileCheck reads, and exits 1 on a mismatch):
   close A B [--bitwise]     every tensor of A equals B's (|a - b| <= atol + rtol |b|,
                             atol = --atol-rel times the largest |b|), or bit for
                             bit: CLOSE <n> tensors max_abs_err=<e> bitwise=<yes|no>
-  modify R -o R2 --experts E [--every N]
+  modify R -o R2 --experts E [--every N] [--invalid]
                             a routing file whose experts differ from R's for every
                             N-th token (each choice moved to the next expert,
-                            modulo E, so they stay distinct): MODIFIED <n> tokens
+                            modulo E, so they stay distinct): MODIFIED <n> tokens;
+                            --invalid: token 3's second choice becomes expert E
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def close(a: str, b: str, rtol: float, atol_rel: float, bitwise: bool) -> int:
     return 0
 
 
-def modify(src: str, out: str, experts: int, every: int) -> int:
+def modify(src: str, out: str, experts: int, every: int, invalid: bool) -> int:
     r = load(src)
     n = 0
     for name in list(r):
@@ -95,6 +96,8 @@ def modify(src: str, out: str, experts: int, every: int) -> int:
             idx = r[name].copy()
             idx[::every] = (idx[::every] + 1) % experts
             n = len(idx[::every])
+            if invalid:
+                idx[3, 1] = experts
             r[name] = idx.astype(np.int32)
     save(out, r)
     print(f"MODIFIED {n} tokens")
@@ -120,12 +123,13 @@ def main() -> int:
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--experts", type=int, required=True)
     s.add_argument("--every", type=int, default=3)
+    s.add_argument("--invalid", action="store_true")
     a = p.parse_args()
     if a.cmd == "same-routing":
         return same_routing(a.a, a.b, a.rtol)
     if a.cmd == "close":
         return close(a.a, a.b, a.rtol, a.atol_rel, a.bitwise)
-    return modify(a.src, a.output, a.experts, a.every)
+    return modify(a.src, a.output, a.experts, a.every, a.invalid)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@
 // selects experts: it reads the kept indices.
 // TRAIN-LABEL: func.func @forward_train(
 // TRAIN-LABEL: func.func @forward_train_replay(
-// TRAIN-SAME: {moe.input = "routing.3.experts"
+// TRAIN-SAME: moe.input = "routing.3.experts"
 // TRAIN-SAME: -> (tensor<1xf32> {moe.output = "loss"}
 // TRAIN: moe.topk_forced
 // TRAIN: moe.topk_forced

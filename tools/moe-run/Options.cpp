@@ -53,13 +53,12 @@ const char *const kUsage =
     "                      e.g. ep:alpha=50us,bw=1GB/s;tp:bw=100GB/s\n"
     "  --timeout SECONDS   a collective not done after this fails (default: "
     "300)\n"
-    "  --dump-routing FILE write every layer's chosen experts and gate\n"
-    "                      weights (routing.<layer>.experts / .weights, global\n"
-    "                      token order) to FILE (module compiled with --routing)\n"
-    "  --replay-routing FILE  force the experts of FILE's\n"
-    "                      routing.<layer>.experts (entry forward_replay, or\n"
-    "                      forward_train_replay with --train); gate weights are\n"
-    "                      recomputed from the scores\n"
+    "  --dump-routing FILE write each layer's chosen experts and gate\n"
+    "                      weights (routing.<layer>.experts / .weights,\n"
+    "                      global token order; compiled with --routing)\n"
+    "  --replay-routing FILE  force the experts routing.<layer>.experts of\n"
+    "                      FILE (entry forward_replay; forward_train_replay\n"
+    "                      with --train); gate weights from the scores\n"
     "  --quiet             print no tables\n"
     "  --help              print this help\n"
     "\n"
@@ -164,11 +163,16 @@ Status setOption(Options &o, RawTrain &raw, const std::string &flag,
     return Status::ok();
   }
   std::map<std::string, std::string *> strings = {
-      {"--weights", &o.weights}, {"--inputs", &o.inputs},
-      {"--output", &o.output},   {"--entry", &o.entry},
-      {"--device", &o.device},   {"--check", &o.check},
-      {"--stats", &o.stats},     {"--trace", &o.trace},
-      {"--net", &o.net},         {"--dump-routing", &o.dumpRouting},
+      {"--weights", &o.weights},
+      {"--inputs", &o.inputs},
+      {"--output", &o.output},
+      {"--entry", &o.entry},
+      {"--device", &o.device},
+      {"--check", &o.check},
+      {"--stats", &o.stats},
+      {"--trace", &o.trace},
+      {"--net", &o.net},
+      {"--dump-routing", &o.dumpRouting},
       {"--replay-routing", &o.replayRouting}};
   if (flag == "--entry" || flag == "--output" || flag == "--check" ||
       flag == "--repeat" || flag == "--warmup")

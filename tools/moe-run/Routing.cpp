@@ -41,8 +41,8 @@ Status writeRouting(const std::string &path, const Entry &entry,
     tensors.push_back({r.name, r.dtype, r.shape, globals[r.index].data()});
     const std::string suffix = ".experts";
     if (r.name.size() > suffix.size() &&
-        r.name.compare(r.name.size() - suffix.size(), suffix.size(),
-                       suffix) == 0) {
+        r.name.compare(r.name.size() - suffix.size(), suffix.size(), suffix) ==
+            0) {
       std::string layer = r.name.substr(8, r.name.size() - 8 - suffix.size());
       layers += (layers.empty() ? "" : ",") + layer;
     }

@@ -101,8 +101,8 @@ Status Driver::openFiles() {
                         "--inputs FILE",
                         entry_->name.c_str());
   for (const std::string *out : {&opt_.output, &opt_.dumpRouting})
-    for (const std::string *in : {&opt_.weights, &opt_.inputs, &opt_.check,
-                                  &opt_.replayRouting})
+    for (const std::string *in :
+         {&opt_.weights, &opt_.inputs, &opt_.check, &opt_.replayRouting})
       if (!out->empty() && sameFile(*in, *out))
         return supportError(MOERT_ERR_INVALID, "%s is the same file as %s",
                             out->c_str(), in->c_str());
@@ -222,7 +222,9 @@ int Driver::finish() {
     return 0;
   // The model's outputs; the routing tensors go to --dump-routing only.
   Entry outputs = *entry_;
-  std::erase_if(outputs.results, isRoutingTensor);
+  outputs.results.erase(std::remove_if(outputs.results.begin(),
+                                       outputs.results.end(), isRoutingTensor),
+                        outputs.results.end());
   std::vector<TensorData> tensors;
   for (const TensorSpec &spec : outputs.results)
     tensors.push_back(

@@ -30,7 +30,7 @@ func.func @f(%l: tensor<4x8xf32>, %f: tensor<4x2xi64>) {
 
 // routed_scaling > 0
 func.func @f(%l: tensor<4x8xf32>, %f: tensor<4x2xi32>) {
-  // expected-error @+1 {{routed_scaling (0) must be positive}}
+  // expected-error @+1 {{routed_scaling (0.000000e+00) must be positive}}
   %w, %i, %s = moe.topk_forced %l, %f score = softmax {routed_scaling = 0.0 : f32} : (tensor<4x8xf32>, tensor<4x2xi32>) -> (tensor<4x2xf32>, tensor<4x2xi32>, tensor<4x8xf32>)
   return
 }

@@ -1,4 +1,4 @@
-//===- RoutingIO.cpp - Routing outputs and replay entries (moe-routing-io) -===//
+//===- RoutingIO.cpp - Routing outputs and replay entries ----------------===//
 //
 // Routing you can see and replay (docs/spec.md 3.10): @forward returns every
 // layer's chosen experts and gate weights, and @forward_replay (and, in a
@@ -43,7 +43,8 @@ std::optional<std::string> layerNumber(StringRef name) {
   SmallVector<StringRef> parts;
   name.split(parts, '.');
   for (StringRef p : parts)
-    if (!p.empty() && llvm::all_of(p, [](char c) { return c >= '0' && c <= '9'; }))
+    if (!p.empty() &&
+        llvm::all_of(p, [](char c) { return c >= '0' && c <= '9'; }))
       return p.str();
   return std::nullopt;
 }
@@ -162,9 +163,8 @@ FailureOr<func::FuncOp> RoutingIO::replayOf(func::FuncOp f, StringRef name,
   for (auto [op, key] : llvm::zip(topks, keys)) {
     auto idxTy = cast<RankedTensorType>(op.getIndices().getType());
     BlockArgument forced = body.addArgument(idxTy, op.getLoc());
-    argAttrs.push_back(routingAttrs(D::kInputAttrName,
-                                    "routing." + key + ".experts",
-                                    idxTy.getDimSize(1)));
+    argAttrs.push_back(routingAttrs(
+        D::kInputAttrName, "routing." + key + ".experts", idxTy.getDimSize(1)));
     b.setInsertionPoint(op);
     auto rep = TopKForcedOp::create(
         b, op.getLoc(), op.getWeights().getType(), idxTy,
