@@ -18,6 +18,7 @@
 
 namespace mlir::moe {
 #define GEN_PASS_DEF_MOEROUTINGIO
+#define GEN_PASS_DEF_MOECHECKKEPTROUTING
 #include "moe/Dialect/MoE/Transforms/Passes.h.inc"
 } // namespace mlir::moe
 
@@ -223,6 +224,33 @@ struct MoERoutingIOPass
     }
     if (failed(RoutingIO(module, forward).run()))
       signalPassFailure();
+  }
+};
+
+/// The forward entries: the only functions that may select experts.
+bool isForwardEntry(StringRef name) {
+  return name == "forward" || name == "forward_replay" ||
+         name == "forward_train" || name == "forward_train_replay";
+}
+
+struct MoECheckKeptRoutingPass
+    : public mlir::moe::impl::MoECheckKeptRoutingBase<
+          MoECheckKeptRoutingPass> {
+  void runOnOperation() override {
+    for (auto f : getOperation().getOps<func::FuncOp>()) {
+      if (isForwardEntry(f.getSymName()))
+        continue;
+      f.walk([&](Operation *op) {
+        if (!isa<TopKOp, TopKForcedOp>(op))
+          return;
+        op->emitOpError() << "in @" << f.getSymName()
+                          << ": only a forward entry selects experts; the "
+                             "backward must read the top-k indices its "
+                             "forward entry kept (saved.N), never derive "
+                             "them again";
+        signalPassFailure();
+      });
+    }
   }
 };
 

@@ -172,4 +172,17 @@ def MoERoutingIO : Pass<"moe-routing-io", "::mlir::ModuleOp"> {
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }
 
+def MoECheckKeptRouting : Pass<"moe-check-kept-routing", "::mlir::ModuleOp"> {
+  let summary = "Refuse a training module whose backward selects experts again";
+  let description = [{
+    The backward of a training module must read the top-k indices its
+    forward entry kept (`saved.N`), whatever is recomputed there: a
+    `moe.topk` or `moe.topk_forced` in any function other than a forward
+    entry (`forward`, `forward_replay`, `forward_train`,
+    `forward_train_replay`) is an error naming the op and the function
+    (docs/spec.md 7.2, 3.10). moe-compile runs it on every `--train` module,
+    after every pass that writes the backward.
+  }];
+}
+
 #endif // MOE_DIALECT_MOE_TRANSFORMS_PASSES_TD
