@@ -87,8 +87,8 @@ def _model_source(args: argparse.Namespace) -> str:
     return f"preset {args.hf_config}" if _is_preset(args.hf_config) else args.hf_config
 
 
-def _routed(args: argparse.Namespace) -> MoEConfig:
-    cfg = _load_model(args)
+def _routed(args: argparse.Namespace, cfg: MoEConfig | None = None) -> MoEConfig:
+    cfg = cfg or _load_model(args)
     aux, z = args.aux_loss_coeff, args.z_loss_coeff
     if args.losses:
         aux = cfg.published_aux_loss_coeff if aux is None else aux
@@ -365,6 +365,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                       args.mesh_ranks, extra + args.extra)
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import run_verify
+
+    return run_verify(args, _routed(args, _config_or_preset(args.model)))
+
+
 # -- parser -----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -533,6 +539,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rtol", type=float, help="relative tolerance of --check (moe-run's)")
     s.add_argument("--atol", type=float, help="absolute tolerance of --check (moe-run's)")
     s.set_defaults(func=cmd_run)
+
+    from .verify import add_arguments as add_verify_arguments
+
+    s = sub.add_parser("verify", help="run a model on two layouts and compare",
+                       description="Compile and run the same model, weights and inputs on "
+                       "two layouts (--mesh twice), or on one against the float64 reference "
+                       "(--mesh once); report the largest difference of every output (with "
+                       "--train: the losses, every gradient, the weight updates over --steps). "
+                       "Exit 1 when one is beyond --tol (docs/equivalence.md).")
+    s.add_argument("model", metavar="CONFIG_OR_PRESET", help="config.json path or preset name")
+    _add_layers(s)
+    _add_routing(s)
+    add_verify_arguments(s)
+    s.set_defaults(func=cmd_verify)
     return p
 
 
