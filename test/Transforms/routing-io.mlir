@@ -33,9 +33,13 @@
 // (same results, so backward takes its saved values); backward never
 // selects experts: it reads the kept indices.
 // TRAIN-LABEL: func.func @forward_train(
+// TRAIN-SAME: moe.output = "loss"
+// TRAIN-SAME: moe.output = "routing.3.experts"
+// TRAIN-SAME: moe.output = "routing.5.weights"
 // TRAIN-LABEL: func.func @forward_train_replay(
 // TRAIN-SAME: moe.input = "routing.3.experts"
 // TRAIN-SAME: -> (tensor<1xf32> {moe.output = "loss"}
+// TRAIN-SAME: moe.output = "routing.5.weights"
 // TRAIN: moe.topk_forced
 // TRAIN: moe.topk_forced
 // TRAIN-LABEL: func.func @backward(

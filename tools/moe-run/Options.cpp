@@ -55,7 +55,8 @@ const char *const kUsage =
     "300)\n"
     "  --dump-routing FILE write each layer's chosen experts and gate\n"
     "                      weights (routing.<layer>.experts / .weights,\n"
-    "                      global token order; compiled with --routing)\n"
+    "                      global token order; compiled with --routing;\n"
+    "                      with --train: the first step's)\n"
     "  --replay-routing FILE  force the experts routing.<layer>.experts of\n"
     "                      FILE (entry forward_replay; forward_train_replay\n"
     "                      with --train); gate weights from the scores\n"
@@ -332,16 +333,16 @@ Status checkMode(Options &o, const RawTrain &raw) {
                           "%s does not apply to --train (it writes "
                           "--save-weights and --save-optimizer-state)",
                           f);
-  if (!o.dumpRouting.empty())
-    return supportError(MOERT_ERR_INVALID,
-                        "--dump-routing does not apply to --train yet: dump "
-                        "the routing of the same weights and inputs with an "
-                        "inference run (moe-run without --train)");
   if (o.weights.empty() || o.inputs.empty())
     return supportError(MOERT_ERR_INVALID,
                         "--train needs --weights W.safetensors and --inputs "
                         "X.safetensors");
-  return parseTrain(raw, o.t);
+  MOERT_TRY(parseTrain(raw, o.t));
+  if (!o.dumpRouting.empty() && o.t.steps == 0)
+    return supportError(MOERT_ERR_INVALID,
+                        "--dump-routing writes the routing of the first step: "
+                        "it needs --steps >= 1");
+  return Status::ok();
 }
 
 } // namespace

@@ -49,15 +49,17 @@ Status Trainer::check() {
                         "--bias-update-rate: the module has no selection bias "
                         "(entry '%s' takes no load.* argument)",
                         step_.entry->name.c_str());
+  MOERT_TRY(checkRoutingEntry(*ft_.entry, !s_.opt.dumpRouting.empty(),
+                              !s_.opt.replayRouting.empty()));
   const std::string *outs[] = {&t_.grads, &t_.saveWeights,
-                               &t_.saveOptimizerState};
-  for (int a = 0; a < 3; ++a)
-    for (int b = a + 1; b < 3; ++b)
+                               &t_.saveOptimizerState, &s_.opt.dumpRouting};
+  for (int a = 0; a < 4; ++a)
+    for (int b = a + 1; b < 4; ++b)
       if (!outs[a]->empty() &&
           (*outs[a] == *outs[b] || sameFile(*outs[a], *outs[b])))
         return supportError(MOERT_ERR_INVALID,
-                            "--grads, --save-weights and "
-                            "--save-optimizer-state must be different files");
+                            "--grads, --save-weights, --save-optimizer-state "
+                            "and --dump-routing must be different files");
   if (world().rank == 0)
     for (const std::string *p : outs)
       if (!p->empty())
@@ -186,10 +188,8 @@ Status Trainer::load() {
   loader_ = std::make_unique<ShardedLoader>(s_.manifest.mesh, s_.coords);
   MOERT_TRY(loader_->open(s_.opt.weights, s_.opt.inputs));
   std::unique_ptr<SafetensorsFile> replay;
-  if (!s_.opt.replayRouting.empty()) {
-    MOERT_TRY(checkRoutingEntry(*ft_.entry, false, true));
+  if (!s_.opt.replayRouting.empty())
     MOERT_TRY(SafetensorsFile::open(s_.opt.replayRouting, replay));
-  }
   std::set<std::string> loaded; // one buffer per name, loaded once
   for (EntryRun *e : {&ft_, &bw_, &step_})
     for (const TensorSpec &a : e->entry->args) {
@@ -385,6 +385,11 @@ bool Trainer::step(int64_t i) {
     return false;
   if (i == 1 && !t_.grads.empty()) {
     Status s = gatherGrads();
+    if (!s.isOk())
+      fatal(s);
+  }
+  if (i == 1 && !s_.opt.dumpRouting.empty()) {
+    Status s = gatherRouting();
     if (!s.isOk())
       fatal(s);
   }

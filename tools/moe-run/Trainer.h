@@ -70,6 +70,9 @@ private:
   bool agreeProblem(Problem mine, int64_t i);
   bool step(int64_t i);
   moert::Status gatherGrads();
+  /// The first step's routing (--dump-routing): every rank gathers the
+  /// routing.* results of the forward entry; rank 0 keeps them.
+  moert::Status gatherRouting();
   moert::Status save();
   std::string rankStats() const;
   int finish();
@@ -87,6 +90,8 @@ private:
   std::vector<void *> owned_;
   /// The first step's gradients as file tensors (rank 0, with --grads).
   std::vector<FileTensor> grads_;
+  /// The first step's routing results (rank 0), indexed like ft_'s results.
+  std::vector<std::vector<char>> routing_;
   moert::Status gradsStatus_ = moert::Status::ok();
   std::unique_ptr<ShardedLoader> loader_;
   int64_t step0_ = 0;

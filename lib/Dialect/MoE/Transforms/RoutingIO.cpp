@@ -207,9 +207,15 @@ LogicalResult RoutingIO::run() {
     return failure();
   addOutputs(forward, routedOf(topks));
   addOutputs(*replay, replayed);
-  if (auto train = module.lookupSymbol<func::FuncOp>("forward_train"))
-    if (failed(replayOf(train, "forward_train_replay", trainReplayed)))
+  if (auto train = module.lookupSymbol<func::FuncOp>("forward_train")) {
+    SmallVector<TopKOp> trainTopks = layerTopks(train);
+    FailureOr<func::FuncOp> trainReplay =
+        replayOf(train, "forward_train_replay", trainReplayed);
+    if (failed(trainReplay))
       return failure();
+    addOutputs(train, routedOf(trainTopks));
+    addOutputs(*trainReplay, trainReplayed);
+  }
   return success();
 }
 

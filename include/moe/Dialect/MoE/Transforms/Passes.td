@@ -158,9 +158,10 @@ def MoERoutingIO : Pass<"moe-routing-io", "::mlir::ModuleOp"> {
       `moe.topk_forced` ops: it takes, after its other arguments, the input
       `routing.L.experts` of every layer and returns what `@forward` returns
       (the given experts and their recomputed gate weights);
-    - with training entries, `@forward_train_replay` is `@forward_train`
-      with the same replacement and arguments (same results: `backward`
-      takes its `saved.N`).
+    - with training entries, `@forward_train` returns the same routing
+      results (after its others), and `@forward_train_replay` is
+      `@forward_train` with the same replacement and arguments (same
+      results: `backward` takes its `saved.N`).
 
     `L` is the first all-digit component of the router weight's `moe.weight`
     name (`model.layers.3.mlp.gate.weight`: `3`); when a router has none, or
