@@ -117,6 +117,12 @@ void moe::buildCompilePipeline(OpPassManager &pm,
     hier.cluster = options.cluster;
     pm.addPass(createMoEHierarchicalA2A(hier));
   }
+  // Routing outputs and replay entries, from the finished per-rank entries.
+  if (options.routing)
+    pm.addPass(createMoERoutingIO());
+  // Whatever the backward recomputes, it never selects experts again.
+  if (options.train)
+    pm.addPass(createMoECheckKeptRouting());
   // Describe the entry points while the tensor signatures still exist.
   pm.addPass(createMoEAttachManifest());
   // Buffers and runtime calls.

@@ -984,6 +984,57 @@ void moert_topk(moert_ctx *ctx, const float *logits, const float *bias,
   });
 }
 
+void moert_topk_forced(moert_ctx *ctx, const float *logits,
+                       const int32_t *forced, float *weights, int32_t *indices,
+                       float *scores, int64_t T, int64_t E, int64_t k,
+                       int32_t score_fn, int32_t renormalize, float scaling) {
+  runKernel(ctx, "moert_topk_forced", [&]() -> Status {
+    MOERT_TRY(checkTopk(logits, weights, indices, scores, T, E, k, score_fn, 1,
+                        1, MOERT_GROUP_SCORE_MAX));
+    if (!forced)
+      return error(MOERT_ERR_INVALID, "moert_topk_forced: forced is null");
+    // The scores as moert_topk computes them (its own choice is replaced).
+    Backend &b = *ctx->backend;
+    MOERT_TRY(b.topk(logits, nullptr, weights, indices, scores, T, E, k,
+                     score_fn, renormalize, scaling, 1, 1,
+                     MOERT_GROUP_SCORE_MAX));
+    // The replayed choice is data: check it, then weigh it on the host as
+    // the CPU backend's moert_topk weighs a row (replay is not a hot path).
+    std::vector<int32_t> idx(static_cast<size_t>(T * k));
+    std::vector<float> sc(static_cast<size_t>(T * E)), w(idx.size());
+    MOERT_TRY(b.copyToHost(idx.data(), forced, T * k * 4));
+    MOERT_TRY(b.copyToHost(sc.data(), scores, T * E * 4));
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t *row = idx.data() + t * k;
+      double sum = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        if (row[j] < 0 || row[j] >= E)
+          return error(MOERT_ERR_INVALID,
+                       "moert_topk_forced: token %" PRId64 " (of this rank's "
+                       "%" PRId64 "), choice %" PRId64 ": expert %d is not in "
+                       "[0, %" PRId64 ")",
+                       t, T, j, row[j], E);
+        for (int64_t i = 0; i < j; ++i)
+          if (row[i] == row[j])
+            return error(MOERT_ERR_INVALID,
+                         "moert_topk_forced: token %" PRId64 " (of this "
+                         "rank's %" PRId64 ") chooses expert %d twice "
+                         "(choices %" PRId64 " and %" PRId64 ")",
+                         t, T, row[j], i, j);
+        w[t * k + j] = sc[t * E + row[j]];
+        sum += w[t * k + j];
+      }
+      // A zero sum (every picked score underflowed) keeps the raw weights.
+      float norm =
+          renormalize && sum > 0 ? static_cast<float>(1.0 / sum) : 1.0f;
+      for (int64_t j = 0; j < k; ++j)
+        w[t * k + j] = w[t * k + j] * norm * scaling;
+    }
+    MOERT_TRY(b.copyToDevice(weights, w.data(), T * k * 4));
+    return b.copy(indices, forced, T * k * 4);
+  });
+}
+
 /// Appends the expert load of one moert_assign call (moert_ctx_record_
 /// expert_load): `n` indices, `segments` x `E` counts, both on the device.
 static Status recordExpertLoad(moert_ctx *ctx, const int32_t *indices,

@@ -87,6 +87,13 @@ cl::opt<bool> zero1("zero1",
                     cl::desc("With --train: shard the optimizer state over dp "
                              "(ZeRO-1)"),
                     cl::cat(category));
+cl::opt<bool> routing("routing",
+                      cl::desc("Routing you can see and replay: forward also "
+                               "returns routing.<layer>.experts/.weights, "
+                               "forward_replay (and forward_train_replay) "
+                               "take routing.<layer>.experts "
+                               "(moe-run --dump-routing / --replay-routing)"),
+                      cl::cat(category));
 cl::opt<std::string> overlapDegree(
     "overlap-degree",
     cl::desc("Pipeline every expert-parallel exchange with the expert FFN "
@@ -220,6 +227,7 @@ llvm::Error pipelineOptions(moe::CompilePipelineOptions &options) {
   options.expertTp = expertTP;
   options.train = train;
   options.zero1 = zero1;
+  options.routing = routing;
   options.overlapDegree = overlapDegree;
   options.cluster = clusterFile;
   if (hierarchicalA2A.getNumOccurrences())

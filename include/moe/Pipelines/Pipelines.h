@@ -73,6 +73,13 @@ struct CompilePipelineOptions
       llvm::cl::desc("Ranks on one node for hierarchical-a2a (0 with auto: "
                      "the cluster file's devices per node)"),
       llvm::cl::init(0)};
+  PassOptions::Option<bool> routing{
+      *this, "routing",
+      llvm::cl::desc("Routing you can see and replay (moe-routing-io): "
+                     "@forward also returns routing.<layer>.experts / "
+                     ".weights; adds @forward_replay (and "
+                     "@forward_train_replay) taking routing.<layer>.experts"),
+      llvm::cl::init(false)};
   PassOptions::Option<std::string> cluster{
       *this, "cluster",
       llvm::cl::desc("Cluster file (JSON) of the cost model that passes "

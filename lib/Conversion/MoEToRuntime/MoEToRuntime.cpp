@@ -477,6 +477,20 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             .groups_kept = e.i64(o.getGroupsKept()),
             .group_score = e.i32(abi::toMoert(o.getGroupScore()))});
       })
+      .Case([&](TopKForcedOp o) {
+        return e.call(abi::moert_topk_forced{
+            .logits = ptr(o.getLogits()),
+            .forced = ptr(o.getForced()),
+            .weights = ptr(o.getWeights()),
+            .indices = ptr(o.getIndices()),
+            .scores = ptr(o.getScores()),
+            .T = dim(o.getLogits(), 0),
+            .E = dim(o.getLogits(), 1),
+            .k = dim(o.getForced(), 1),
+            .score_fn = e.i32(abi::toMoert(o.getScore())),
+            .renormalize = e.i32(o.getRenormalize()),
+            .scaling = e.f32(o.getRoutedScaling().convertToFloat())});
+      })
       .Case([&](AssignOp o) {
         return e.call(abi::moert_assign{.indices = ptr(o.getIndices()),
                                         .positions = ptr(o.getPositions()),

@@ -307,6 +307,30 @@ LogicalResult TopKOp::verify() {
   return expectShape(*this, getScores(), {t, e}, "scores result");
 }
 
+LogicalResult TopKForcedOp::verify() {
+  auto logits = tensorType(getLogits());
+  auto forced = tensorType(getForced());
+  int64_t t = logits.getDimSize(0), e = logits.getDimSize(1);
+  int64_t k = forced.getDimSize(1);
+  if (!sameDim(forced.getDimSize(0), t))
+    return emitOpError() << "forced indices have "
+                         << dimStr(forced.getDimSize(0))
+                         << " rows but the logits have " << dimStr(t)
+                         << " tokens";
+  if (!ShapedType::isDynamic(e) && !ShapedType::isDynamic(k) && k > e)
+    return emitOpError() << "the forced indices choose " << k
+                         << " experts per token, more than the " << e
+                         << " experts of the logits";
+  if (!(getRoutedScaling().convertToFloat() > 0))
+    return emitOpError() << "routed_scaling ("
+                         << getRoutedScaling().convertToFloat()
+                         << ") must be positive";
+  if (failed(expectShape(*this, getWeights(), {t, k}, "weights result")) ||
+      failed(expectShape(*this, getIndices(), {t, k}, "indices result")))
+    return failure();
+  return expectShape(*this, getScores(), {t, e}, "scores result");
+}
+
 LogicalResult AssignOp::verify() {
   auto idx = tensorType(getIndices());
   int64_t t = idx.getDimSize(0), groups = getGroups();

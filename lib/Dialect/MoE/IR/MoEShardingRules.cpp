@@ -208,6 +208,16 @@ LogicalResult TopKOp::shardToRank(ShardingContext &) {
   return success();
 }
 
+// The forced indices are token rows: each rank keeps its tokens' choices.
+LogicalResult TopKForcedOp::shardToRank(ShardingContext &) {
+  int64_t t = rows(getLogits()), k = typeOf(getForced()).getDimSize(1);
+  int64_t e = typeOf(getLogits()).getDimSize(1);
+  getWeights().setType(withShape(getWeights().getType(), {t, k}));
+  getIndices().setType(withShape(getIndices().getType(), {t, k}));
+  getScores().setType(withShape(getScores().getType(), {t, e}));
+  return success();
+}
+
 LogicalResult AssignOp::shardToRank(ShardingContext &ctx) {
   int64_t t = rows(getIndices()), k = typeOf(getIndices()).getDimSize(1);
   int64_t groups = getGroups();

@@ -194,6 +194,39 @@ def MoE_TopKOp : MoE_Op<"topk", [Pure, MoE_ShardingRule]> {
   let hasVerifier = 1;
 }
 
+def MoE_TopKForcedOp : MoE_Op<"topk_forced", [Pure, MoE_ShardingRule]> {
+  let summary = "scores and gate weights of a given (replayed) expert choice";
+  let description = [{
+    Routing replay (`moe-routing-io`): the experts are given, not selected.
+    From f32 `logits[T, E]` and `forced[T, k]` (i32):
+    1. `scores = softmax(logits)` or `sigmoid(logits)` (`score`), as
+       `moe.topk`;
+    2. `indices = forced` (each in `[0, E)`, distinct within a row: the
+       runtime stops with an error naming the token otherwise);
+    3. `weights[t, j] = scores[t, forced[t, j]]`, divided by their sum when
+       `renormalize`, times `routed_scaling`: exactly `moe.topk`'s step 5
+       with the given indices. No selection bias and no group limit apply
+       (they only choose experts).
+
+    ```mlir
+    %w, %i, %s = moe.topk_forced %logits, %forced score = softmax {renormalize}
+        : (tensor<64x8xf32>, tensor<64x2xi32>)
+        -> (tensor<64x2xf32>, tensor<64x2xi32>, tensor<64x8xf32>)
+    ```
+  }];
+  let arguments = (ins MoE_F32_2D:$logits, MoE_I32_2D:$forced,
+                       MoE_ScoreFuncAttr:$score,
+                       UnitAttr:$renormalize,
+                       DefaultValuedAttr<F32Attr, "1.0">:$routed_scaling);
+  let results = (outs MoE_F32_2D:$weights, MoE_I32_2D:$indices,
+                      MoE_F32_2D:$scores);
+  let assemblyFormat = [{
+    $logits `,` $forced `score` `=` `` $score attr-dict `:`
+    functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 //===----------------------------------------------------------------------===//
 // Dispatch and combine
 //===----------------------------------------------------------------------===//

@@ -192,4 +192,45 @@ def MoEHierarchicalA2A : Pass<"moe-hierarchical-a2a", "::mlir::ModuleOp"> {
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }
 
+def MoERoutingIO : Pass<"moe-routing-io", "::mlir::ModuleOp"> {
+  let summary = "Routing you can see and replay: routing outputs and replay entries";
+  let description = [{
+    For every `moe.topk` of `@forward` whose logits come from a `moe.router`
+    (one per MoE layer), in program order, with layer key `L`:
+
+    - `@forward` also returns `routing.L.experts` (i32 `[T, k]`, the chosen
+      experts, best first) and `routing.L.weights` (f32 `[T, k]`, the gate
+      weights), after its other results;
+    - `@forward_replay` is `@forward` whose `moe.topk` ops are
+      `moe.topk_forced` ops: it takes, after its other arguments, the input
+      `routing.L.experts` of every layer and returns what `@forward` returns
+      (the given experts and their recomputed gate weights);
+    - with training entries, `@forward_train` returns the same routing
+      results (after its others), and `@forward_train_replay` is
+      `@forward_train` with the same replacement and arguments (same
+      results: `backward` takes its `saved.N`).
+
+    `L` is the first all-digit component of the router weight's `moe.weight`
+    name (`model.layers.3.mlp.gate.weight`: `3`); when a router has none, or
+    two layers get the same one, every layer is keyed by its position among
+    the function's layers (0, 1, ...). In a sharded program the routing
+    tensors are token rows: `moe.shard` and `moe.global_shape` follow
+    `hidden_states`' dimension 0. Run last before moe-attach-manifest.
+  }];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
+def MoECheckKeptRouting : Pass<"moe-check-kept-routing", "::mlir::ModuleOp"> {
+  let summary = "Refuse a training module whose backward selects experts again";
+  let description = [{
+    The backward of a training module must read the top-k indices its
+    forward entry kept (`saved.N`), whatever is recomputed there: a
+    `moe.topk` or `moe.topk_forced` in any function other than a forward
+    entry (`forward`, `forward_replay`, `forward_train`,
+    `forward_train_replay`) is an error naming the op and the function
+    (docs/spec.md 7.2, 3.10). moe-compile runs it on every `--train` module,
+    after every pass that writes the backward.
+  }];
+}
+
 #endif // MOE_DIALECT_MOE_TRANSFORMS_PASSES_TD
