@@ -321,12 +321,13 @@ mlir::moe::completeManifest(ModuleOp module) {
         c[a.getName().getValue()] = f.getValueAsDouble();
     }
     int64_t arenas[2] = {0, 0};
-    const char *names[2] = {"forward_train", "backward"};
-    for (int i = 0; i < 2; ++i)
-      if (auto f = module.lookupSymbol<func::FuncOp>(names[i]))
-        if (auto bytes = f->getAttrOfType<IntegerAttr>(
-                MoEDialect::kArenaBytesAttrName))
-          arenas[i] = bytes.getInt();
+    for (const llvm::json::Value &value : *entries) {
+      const llvm::json::Object *entry = value.getAsObject();
+      std::optional<StringRef> name = entry->getString("name");
+      std::optional<int64_t> bytes = entry->getInteger("arena_bytes");
+      if (name && bytes && (*name == "forward_train" || *name == "backward"))
+        arenas[*name == "backward"] = *bytes;
+    }
     int64_t saved = c.getInteger("saved_bytes").value_or(0);
     c["forward_train_arena_bytes"] = arenas[0];
     c["backward_arena_bytes"] = arenas[1];

@@ -203,6 +203,8 @@ bool Trainer::loadAll() {
   ft_.entry = &s_.entry("forward_train");
   ft_.stats.name = "forward_train";
   bw_.stats.name = "backward";
+  recompute_.name = "recompute";
+  recompute_.phase = "recompute";
   step_.stats.name = "step_" + t_.optimizer;
   bw_.entry = &s_.entry("backward");
   step_.entry = &s_.entry("step_" + t_.optimizer);
@@ -233,6 +235,10 @@ void Trainer::call(EntryRun &e) {
     fatal(ctxError(
         ctx_, format("running entry '%s'", e.entry->name.c_str()).c_str()));
   e.stats.absorb(moert_ctx_stats_json(ctx_));
+  if (&e == &bw_) {
+    recompute_.absorb(moert_ctx_stats_json(ctx_));
+    ++recompute_.runs;
+  }
   if (!s_.opt.trace.empty()) {
     std::string t = moert_ctx_trace_json(ctx_);
     if (!t.empty())

@@ -394,9 +394,23 @@ LogicalResult FunctionLowering::run() {
     }
   }
 
+  // Collectives that moe-checkpoint recomputes in the backward are counted
+  // apart (moert_stats_phase 1 around them).
+  bool recomputePhase = false;
+  auto setPhase = [&](bool recompute) -> LogicalResult {
+    if (recompute == recomputePhase)
+      return success();
+    recomputePhase = recompute;
+    return em->call(abi::moert_stats_phase{.phase = em->i32(recompute)});
+  };
   for (Operation &op : body) {
     em->setLoc(op.getLoc());
+    if (isa<CollectiveOpInterface>(op) &&
+        failed(setPhase(op.hasAttr(MoEDialect::kRecomputeAttrName))))
+      return failure();
     if (auto ret = dyn_cast<func::ReturnOp>(op)) {
+      if (failed(setPhase(false)))
+        return failure();
       // Results not written in place (arguments, values returned twice).
       for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
         Value root = bufferRoot(v);

@@ -436,9 +436,11 @@ void Checkpointer::apply(const Plan &plan) {
   for (auto &[v, arg] : llvm::reverse(saved))
     if (!plan.kept.contains(v))
       (void)backward.eraseArgument(arg.getArgNumber());
+  numSaved = args.size();
 
   // Kept FFN activations: moe.expert_ffn_train in forward_train, read by
-  // the gradient op.
+  // the gradient op (whose output replaces the FFN's among the kept values).
+  llvm::DenseMap<Value, Value> renamed;
   for (auto [i, f] : llvm::enumerate(ffns)) {
     if (!plan.ffnKept.contains(i))
       continue;
@@ -455,6 +457,7 @@ void Checkpointer::apply(const Plan &plan) {
         ffn.getCounts(), ffn.getGate(), ffn.getUp(), ffn.getDown(),
         ffn.getActivationAttr());
     ffn.getOutput().replaceAllUsesWith(trainOp.getOutput());
+    renamed[ffn.getOutput()] = trainOp.getOutput();
     ffn.erase();
     f.grad.getSavedUMutable().assign(argOf(trainOp.getSavedU()));
     if (Value a = trainOp.getSavedA())
@@ -485,6 +488,8 @@ void Checkpointer::apply(const Plan &plan) {
   for (unsigned i = 0; i < args.size(); ++i) {
     Value v = valueOfArg.lookup(bb.getArgument(i));
     assert(v && "saved argument without a forward value");
+    if (Value r = renamed.lookup(v))
+      v = r;
     auto name = b.getStringAttr("saved." + Twine(i));
     backward.setArgAttrs(
         i, b.getDictionaryAttr(b.getNamedAttr(D::kSavedAttrName, name)));
