@@ -309,8 +309,8 @@ mlir::moe::completeManifest(ModuleOp module) {
   // saved bytes plus the larger arena of the two entries (the arena of each
   // entry holds its intermediates; the saved values are results of
   // forward_train and arguments of backward, outside both arenas).
-  if (auto plan =
-          module->getAttrOfType<DictionaryAttr>(MoEDialect::kCheckpointAttrName)) {
+  if (auto plan = module->getAttrOfType<DictionaryAttr>(
+          MoEDialect::kCheckpointAttrName)) {
     llvm::json::Object c;
     for (NamedAttribute a : plan) {
       if (auto s = dyn_cast<StringAttr>(a.getValue()))

@@ -318,8 +318,7 @@ void printTrainingTables(const std::vector<std::string> &stats,
     // The recomputation's record has collectives only (its kernels' time is
     // the backward's).
     if (!name || name->getString() != "recompute")
-      printPhaseTable(e, title,
-                      runs ? std::max<int64_t>(runs->getInt(), 1) : 1,
+      printPhaseTable(e, title, runs ? std::max<int64_t>(runs->getInt(), 1) : 1,
                       secs ? secs->getNumber() : 0);
     if (ranks.size() < 2)
       continue;

@@ -346,8 +346,8 @@ LogicalResult MoEDialect::verifyOperationAttribute(Operation *op,
   }
   if (name == kRecomputeAttrName) {
     if (!isa<UnitAttr>(attr.getValue()))
-      return op->emitError() << "'" << name << "' is a unit attribute, got "
-                             << attr.getValue();
+      return op->emitError()
+             << "'" << name << "' is a unit attribute, got " << attr.getValue();
     return success();
   }
   if (name == kCheckpointAttrName) {

@@ -1087,8 +1087,10 @@ static LogicalResult verifySavedActivations(Operation *op, Value input,
   if (bool(gate) != bool(savedA))
     return op->emitOpError()
            << (gate ? "has a gate weight but no saved_a" : "has saved_a")
-           << what << (gate ? "" : " but no gate weight (saved_a is a = x . "
-                                   "gate^T)");
+           << what
+           << (gate ? ""
+                    : " but no gate weight (saved_a is a = x . "
+                      "gate^T)");
   auto x = tensorType(input);
   int64_t rows = ShapedType::isDynamicShape(x.getShape())
                      ? ShapedType::kDynamic
@@ -1101,8 +1103,9 @@ static LogicalResult verifySavedActivations(Operation *op, Value input,
     if (!sameDim(t.getDimSize(0), rows) || !sameDim(t.getDimSize(1), f))
       return op->emitOpError()
              << name << what << " must be [" << dimStr(rows) << ", "
-             << dimStr(f) << "] (rows of the buffer, F), got [" << dimStr(t.getDimSize(0))
-             << ", " << dimStr(t.getDimSize(1)) << "]";
+             << dimStr(f) << "] (rows of the buffer, F), got ["
+             << dimStr(t.getDimSize(0)) << ", " << dimStr(t.getDimSize(1))
+             << "]";
   }
   return success();
 }

@@ -57,10 +57,9 @@ llvm::Expected<CheckpointPolicy> mlir::moe::parseCheckpointPolicy(StringRef s) {
           .Case("auto", CheckpointPolicy::Auto)
           .Default(std::nullopt);
   if (!p)
-    return llvm::createStringError(
-        llvm::inconvertibleErrorCode(),
-        "unknown checkpoint policy '" + s.str() +
-            "' (none, full, cac or auto)");
+    return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                   "unknown checkpoint policy '" + s.str() +
+                                       "' (none, full, cac or auto)");
   return *p;
 }
 
@@ -181,8 +180,8 @@ LogicalResult Checkpointer::collect(bool ffnActivations) {
       auto it = backwardWeights.find(n.getValue());
       if (it == backwardWeights.end())
         return backward.emitOpError()
-               << "moe-checkpoint: has no argument for weight '"
-               << n.getValue() << "' of @forward_train";
+               << "moe-checkpoint: has no argument for weight '" << n.getValue()
+               << "' of @forward_train";
       weightMap[tb.getArgument(i)] = it->second;
     }
   // saved.N: forward_train result <-> backward argument.
@@ -227,8 +226,7 @@ LogicalResult Checkpointer::collect(bool ffnActivations) {
   if (!ffnActivations)
     return success();
   llvm::DenseMap<Value, SmallVector<ExpertFFNGradOp>> gradsByUp;
-  backward.walk(
-      [&](ExpertFFNGradOp g) { gradsByUp[g.getUp()].push_back(g); });
+  backward.walk([&](ExpertFFNGradOp g) { gradsByUp[g.getUp()].push_back(g); });
   llvm::DenseMap<Value, int> ffnsByUp;
   train.walk([&](ExpertFFNOp f) { ++ffnsByUp[f.getUp()]; });
   train.walk([&](ExpertFFNOp f) {
@@ -236,7 +234,8 @@ LogicalResult Checkpointer::collect(bool ffnActivations) {
     if (w == weightMap.end() || ffnsByUp[f.getUp()] != 1)
       return;
     auto g = gradsByUp.find(w->second);
-    if (g == gradsByUp.end() || g->second.size() != 1 || g->second[0].getSavedU())
+    if (g == gradsByUp.end() || g->second.size() != 1 ||
+        g->second[0].getSavedU())
       return;
     auto x = cast<RankedTensorType>(f.getInput().getType());
     auto up = cast<RankedTensorType>(f.getUp().getType());
@@ -309,8 +308,7 @@ FailureOr<Plan> Checkpointer::chooseAuto(int64_t budget, const Plan &none,
   llvm::DenseSet<unsigned> ffnKept = none.ffnKept;
   auto planOf = [&](const llvm::DenseSet<Value> &k,
                     const llvm::DenseSet<unsigned> &f) {
-    return makePlan([&](Value v) { return alwaysKept(v) || k.contains(v); },
-                    f);
+    return makePlan([&](Value v) { return alwaysKept(v) || k.contains(v); }, f);
   };
   Plan current = none;
   for (bool allowCollectives : {false, true}) {
@@ -418,7 +416,8 @@ void Checkpointer::apply(const Plan &plan) {
     });
     Operation *firstUser = nullptr;
     for (Operation *user : arg.getUsers())
-      if (!firstUser || backwardOrder.lookup(user) < backwardOrder.lookup(firstUser))
+      if (!firstUser ||
+          backwardOrder.lookup(user) < backwardOrder.lookup(firstUser))
         firstUser = user;
     OpBuilder b(firstUser);
     for (Operation *op : need) {
@@ -453,9 +452,8 @@ void Checkpointer::apply(const Plan &plan) {
         b.getF32Type());
     auto trainOp = ExpertFFNTrainOp::create(
         b, ffn.getLoc(), ffn.getOutput().getType(), actType,
-        ffn.getGate() ? Type(actType) : Type(), ffn.getInput(),
-        ffn.getCounts(), ffn.getGate(), ffn.getUp(), ffn.getDown(),
-        ffn.getActivationAttr());
+        ffn.getGate() ? Type(actType) : Type(), ffn.getInput(), ffn.getCounts(),
+        ffn.getGate(), ffn.getUp(), ffn.getDown(), ffn.getActivationAttr());
     ffn.getOutput().replaceAllUsesWith(trainOp.getOutput());
     renamed[ffn.getOutput()] = trainOp.getOutput();
     ffn.erase();
@@ -477,7 +475,8 @@ void Checkpointer::apply(const Plan &plan) {
     if (isSaved)
       continue;
     (seenSaved ? after : before).push_back(ret.getOperand(i));
-    (seenSaved ? afterAttrs : beforeAttrs).push_back(train.getResultAttrDict(i));
+    (seenSaved ? afterAttrs : beforeAttrs)
+        .push_back(train.getResultAttrDict(i));
   }
   llvm::DenseMap<BlockArgument, Value> valueOfArg;
   for (auto &[v, a] : args)
@@ -500,8 +499,7 @@ void Checkpointer::apply(const Plan &plan) {
   llvm::append_range(values, after);
   llvm::append_range(attrs, afterAttrs);
   ret->setOperands(values);
-  train.setType(FunctionType::get(module.getContext(),
-                                  tb.getArgumentTypes(),
+  train.setType(FunctionType::get(module.getContext(), tb.getArgumentTypes(),
                                   ValueRange(values).getTypes()));
   train.setAllResultAttrs(attrs);
 }
@@ -561,7 +559,8 @@ LogicalResult Checkpointer::run(CheckpointPolicy policy,
       b.getNamedAttr("recompute_collectives", b.getI64IntegerAttr(collectives)),
       b.getNamedAttr("recompute_seconds", b.getF64FloatAttr(plan.seconds))};
   if (budget)
-    info.push_back(b.getNamedAttr("budget_bytes", b.getI64IntegerAttr(*budget)));
+    info.push_back(
+        b.getNamedAttr("budget_bytes", b.getI64IntegerAttr(*budget)));
   module->setAttr(D::kCheckpointAttrName, b.getDictionaryAttr(info));
   return success();
 }
