@@ -26,7 +26,7 @@ for var in ["OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"]:
     config.environment[var] = "1"
 config.environment["OMPI_MCA_rmaps_base_oversubscribe"] = "1"
 
-tools = ["moe-opt", "moe-compile", "moe-run"]
+tools = ["moe-opt", "moe-compile", "moe-run", "moe-plan"]
 llvm_config.add_tool_substitutions(tools, [config.moe_tools_dir])
 config.substitutions.append(("%python", config.python_executable))
 config.substitutions.append(("%moe_src", config.moe_src_root))

@@ -86,8 +86,8 @@ def _model_source(args: argparse.Namespace) -> str:
     return f"preset {args.hf_config}" if _is_preset(args.hf_config) else args.hf_config
 
 
-def _routed(args: argparse.Namespace) -> MoEConfig:
-    cfg = _load_model(args)
+def _routed(args: argparse.Namespace, cfg: MoEConfig | None = None) -> MoEConfig:
+    cfg = cfg or _load_model(args)
     aux, z = args.aux_loss_coeff, args.z_loss_coeff
     if args.losses:
         aux = cfg.published_aux_loss_coeff if aux is None else aux
@@ -360,6 +360,47 @@ def cmd_run(args: argparse.Namespace) -> int:
                       args.mesh_ranks, extra + args.extra)
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import subprocess
+    import tempfile
+
+    from .driver import find_tool
+    from .emit import emit_module
+
+    tool = find_tool("moe-plan")
+    if args.model_mlir:
+        model, tmpdir = args.model_mlir, None
+    else:
+        if args.tokens is None:
+            raise ConfigError("tokens: --tokens T is required with a config or preset")
+        cfg = _routed(args)
+        layers = parse_layers(args.layers, cfg.num_layers)
+        text = emit_module(cfg, args.tokens, layers, args.dtype, source=_model_source(args))
+        tmpdir = None
+        if args.model_out:
+            model = args.model_out
+        else:
+            tmpdir = tempfile.TemporaryDirectory(prefix="moe-plan-")
+            model = os.path.join(tmpdir.name, "model.mlir")
+        _write_text(model, text)
+    cmd = [tool, model] + (["--tokens", str(args.tokens)] if args.tokens else []) + args.extra
+    try:
+        rc = subprocess.call(cmd)
+    finally:
+        if tmpdir is not None:
+            tmpdir.cleanup()
+    if tmpdir is not None and rc == 0:
+        print(f"{PROG} plan: the model was emitted to a temporary file; pass --model-out "
+              "PATH to keep it for the moe-compile commands above", file=sys.stderr)
+    return rc
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import run_verify
+
+    return run_verify(args, _routed(args, _config_or_preset(args.model)))
+
+
 # -- parser -----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -498,6 +539,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the losses as one JSON object")
     s.set_defaults(func=cmd_train_reference)
 
+    s = sub.add_parser("plan", help="rank the parallel layouts on a cluster (moe-plan)",
+                       description="Emit the model (a config, a preset, or --model "
+                       "MODEL.mlir) and run moe-plan on it; arguments after the known "
+                       "ones (--cluster, --devices, --train, --json, --simulate, --time, "
+                       "...) go to moe-plan. Exit code is moe-plan's.")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--hf-config", metavar="CONFIG.json",
+                   help="a Hugging Face config.json (or a directory holding one), or a "
+                   "preset name")
+    g.add_argument("--preset", metavar="NAME", help="a preset")
+    g.add_argument("--model", dest="model_mlir", metavar="MODEL.mlir",
+                   help="an emitted model graph")
+    s.add_argument("--tokens", type=int, metavar="T",
+                   help="global batch in tokens (required with a config or preset)")
+    _add_layers(s)
+    s.add_argument("--dtype", choices=("f32", "bf16", "f16"), default="f32",
+                   help="tensor element type (default f32; training needs f32)")
+    _add_routing(s)
+    s.add_argument("--model-out", metavar="MODEL.mlir",
+                   help="keep the emitted model here (the plans' commands name it)")
+    s.set_defaults(func=cmd_plan)
+
     s = sub.add_parser("compile", help="run moe-compile",
                        description="Run moe-compile MODEL.mlir -o OUT_DIR; arguments after "
                        "the known ones are passed through. Exit code is moe-compile's.")
@@ -522,13 +585,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rtol", type=float, help="relative tolerance of --check (moe-run's)")
     s.add_argument("--atol", type=float, help="absolute tolerance of --check (moe-run's)")
     s.set_defaults(func=cmd_run)
+
+    from .verify import add_arguments as add_verify_arguments
+
+    s = sub.add_parser("verify", help="run a model on two layouts and compare",
+                       description="Compile and run the same model, weights and inputs on "
+                       "two layouts (--mesh twice), or on one against the float64 reference "
+                       "(--mesh once); report the largest difference of every output (with "
+                       "--train: the losses, every gradient, the weight updates over --steps). "
+                       "Exit 1 when one is beyond --tol (docs/equivalence.md).")
+    s.add_argument("model", metavar="CONFIG_OR_PRESET", help="config.json path or preset name")
+    _add_layers(s)
+    _add_routing(s)
+    add_verify_arguments(s)
+    s.set_defaults(func=cmd_verify)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("compile", "run"):
+    if extra and args.command not in ("compile", "run", "plan"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = [a for a in extra if a != "--"]
     try:

@@ -99,7 +99,9 @@ private:
   void createContext();
   void *alloc(int64_t bytes, float value);
   void check(const char *what);
-  template <typename F> double timeMin(int reps, bool barrierEach, F body);
+  template <typename F>
+  double timeMin(int reps, bool barrierEach, F body, bool median = false);
+  template <typename F> double timeSustained(double window, F body);
   void measureGemm();
   void measureCopy();
   struct Link {
@@ -163,11 +165,12 @@ void *Calibrator::alloc(int64_t bytes, float value) {
   return p;
 }
 
-/// The fastest of `reps` runs of `body` on this rank; then the slowest rank's
-/// figure (every rank runs at once, as in a real step).
+/// The fastest (with `median`: the median) of `reps` runs of `body` on this
+/// rank; then the slowest rank's figure (every rank runs at once, as in a
+/// real step).
 template <typename F>
-double Calibrator::timeMin(int reps, bool barrierEach, F body) {
-  double best = std::numeric_limits<double>::infinity();
+double Calibrator::timeMin(int reps, bool barrierEach, F body, bool median) {
+  std::vector<double> times;
   moert_world_barrier(ctx_);
   for (int i = 0; i < reps; ++i) {
     if (barrierEach)
@@ -175,8 +178,10 @@ double Calibrator::timeMin(int reps, bool barrierEach, F body) {
     double start = now();
     body();
     moert_synchronize(ctx_);
-    best = std::min(best, now() - start);
+    times.push_back(now() - start);
   }
+  std::sort(times.begin(), times.end());
+  double best = median ? times[times.size() / 2] : times.front();
   std::vector<double> all(static_cast<size_t>(world().size));
   if (moert_world_allgather(ctx_, &best, all.data(), sizeof best) != MOERT_OK)
     check("gathering timings");
@@ -184,37 +189,60 @@ double Calibrator::timeMin(int reps, bool barrierEach, F body) {
 }
 
 void Calibrator::measureGemm() {
-  // One expert, relu: 2 GEMMs of R x D x F. A small and a large problem
-  // give the call overhead and the rate.
+  // One expert, relu: 2 GEMMs of R x D x F. The rate is sustained: the large
+  // problem repeated for at least half a second on every rank at once (a
+  // shared or CPU-quota-limited machine runs a short burst much faster than
+  // a step: the fastest of a few short repeats was 6x too optimistic here);
+  // the call overhead is what the small problem takes beyond its flops at
+  // that rate (the median of its repeats).
   struct Size {
     int64_t r, d, f;
-    int reps;
   };
-  std::vector<double> flops, secs;
-  for (Size s : {Size{32, 128, 128, 20}, Size{256, 512, 512, 5}}) {
+  double secs[2] = {0, 0}, flops[2] = {0, 0};
+  int i = 0;
+  for (Size s : {Size{32, 128, 128}, Size{512, 1024, 1024}}) {
     void *x = alloc(s.r * s.d * 4, 0.01f);
     void *up = alloc(s.f * s.d * 4, 0.01f);
     void *down = alloc(s.d * s.f * 4, 0.01f);
     void *y = alloc(s.r * s.d * 4, 0);
-    double t = timeMin(s.reps, false, [&] {
+    auto body = [&] {
       moert_expert_ffn(ctx_, x, nullptr, nullptr, up, down, y, 1, 1, s.r, s.r,
                        s.d, s.f, MOERT_ACT_RELU, MOERT_F32);
-    });
+    };
+    secs[i] = i == 0 ? timeMin(21, true, body, /*median=*/true)
+                     : timeSustained(0.5, body);
     check("timing the expert FFN");
-    flops.push_back(4.0 * static_cast<double>(s.r * s.d * s.f));
-    secs.push_back(t);
+    flops[i] = 4.0 * static_cast<double>(s.r * s.d * s.f);
+    ++i;
   }
-  double a, b;
-  fitLine(flops, secs, a, b);
-  gemmFlops_ = b > 0 ? 1 / b : flops.back() / secs.back();
-  gemmLatency_ = b > 0 ? std::max(a, 0.0) : 0;
+  gemmFlops_ = flops[1] / secs[1];
+  gemmLatency_ = std::max(secs[0] - flops[0] / gemmFlops_, 0.0);
+}
+
+/// Seconds per call of `body` run back to back for at least `window`
+/// seconds on every rank at once; the slowest rank's figure.
+template <typename F> double Calibrator::timeSustained(double window, F body) {
+  moert_world_barrier(ctx_);
+  double start = now(), elapsed = 0;
+  int64_t calls = 0;
+  do {
+    body();
+    moert_synchronize(ctx_);
+    ++calls;
+    elapsed = now() - start;
+  } while (elapsed < window);
+  double per = elapsed / static_cast<double>(calls);
+  std::vector<double> all(static_cast<size_t>(world().size));
+  if (moert_world_allgather(ctx_, &per, all.data(), sizeof per) != MOERT_OK)
+    check("gathering timings");
+  return *std::max_element(all.begin(), all.end());
 }
 
 void Calibrator::measureCopy() {
   const int64_t bytes = 32 << 20;
   void *src = alloc(bytes, 1);
   void *dst = alloc(bytes, 0);
-  double t = timeMin(5, false, [&] { moert_copy(ctx_, src, dst, bytes); });
+  double t = timeSustained(0.3, [&] { moert_copy(ctx_, src, dst, bytes); });
   check("timing the copy");
   copyBandwidth_ = static_cast<double>(bytes) / t;
 }

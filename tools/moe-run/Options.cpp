@@ -59,7 +59,8 @@ const char *const kUsage =
     "training (a module compiled with moe-compile --train; docs/spec.md 7):\n"
     "  --train             run N training steps (forward_train, backward,\n"
     "                      step_<optimizer>) instead of one entry point\n"
-    "  --steps N           number of steps (required, >= 1)\n"
+    "  --steps N           number of steps (required, >= 0; 0 loads and saves\n"
+    "                      the weights and state, e.g. on another mesh)\n"
     "  --targets FILE      tensor 'hidden_states' of the output's shape "
     "(required)\n"
     "  --optimizer NAME    adamw or sgd (default: adamw)\n"
@@ -226,7 +227,11 @@ Status parseTrain(const RawTrain &raw, TrainOptions &t) {
   if (!has("--targets"))
     return supportError(MOERT_ERR_INVALID,
                         "--train needs --targets T.safetensors");
-  MOERT_TRY(parseCount("--steps", text("--steps"), 1, t.steps));
+  MOERT_TRY(parseCount("--steps", text("--steps"), 0, t.steps));
+  if (t.steps == 0 && has("--grads"))
+    return supportError(MOERT_ERR_INVALID,
+                        "--grads: --steps 0 computes no gradient (the "
+                        "gradients are those of the first step)");
   t.targets = text("--targets");
   for (auto [flag, field] : {std::pair<const char *, std::string *>{
                                  "--optimizer-state", &t.optimizerState},

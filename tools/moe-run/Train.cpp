@@ -150,6 +150,26 @@ Status Trainer::loadTargets(const TensorSpec &spec, char *host) {
   return loader_->readFrom(*file, renamed, host);
 }
 
+/// A plain state tensor must have its weight's file shape exactly (the
+/// loader only compares element counts, for DBRX's fused tensors), so that
+/// a state of another model or a transposed one is not read as this one.
+/// Stacks over experts are checked per expert by the loader.
+Status Trainer::checkStateShape(const SafetensorsFile &file,
+                                const TensorSpec &spec) {
+  std::string weight = spec.name.substr(0, spec.name.rfind('.'));
+  auto want = fileShapes_.find(weight);
+  const TensorInfo *t = file.find(spec.name);
+  if (spec.isExpertStack() || want == fileShapes_.end() || !t ||
+      t->shape == want->second)
+    return Status::ok();
+  return supportError(MOERT_ERR_INVALID,
+                      "%s: tensor '%s' has shape %s but its weight '%s' has "
+                      "shape %s",
+                      file.path().c_str(), spec.name.c_str(),
+                      shapeString(t->shape).c_str(), weight.c_str(),
+                      shapeString(want->second).c_str());
+}
+
 Status Trainer::load() {
   std::unique_ptr<SafetensorsFile> state;
   if (!t_.optimizerState.empty()) {
@@ -172,6 +192,7 @@ Status Trainer::load() {
         const TensorSpec *ls = &a;
         for (const TensorSpec *st : states_)
           ls = st->name == a.name ? st : ls;
+        MOERT_TRY(checkStateShape(*state, *ls));
         MOERT_TRY(loader_->readFrom(*state, *ls, host.data()));
         int64_t bad =
             a.dtype == MOERT_F32

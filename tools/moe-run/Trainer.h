@@ -57,6 +57,8 @@ private:
   const moert::TensorSpec *stateSpec(const moert::Entry *entry,
                                      const moert::TensorSpec &a);
   moert::Status bind();
+  moert::Status checkStateShape(const moert::SafetensorsFile &file,
+                                const moert::TensorSpec &spec);
   moert::Status load();
   moert::Status loadTargets(const moert::TensorSpec &spec, char *host);
   bool loadAll();

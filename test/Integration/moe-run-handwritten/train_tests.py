@@ -498,8 +498,10 @@ def bad_cases(c):
         expect_bad("option " + " ".join(extra),
                    c.cmd(None, None, None, 2, *save[2:], *extra), words, outs,
                    code)
-    expect_bad("--steps 0", c.cmd(None, None, None, 0, *save), ["--steps"],
+    expect_bad("--steps -1", c.cmd(None, None, None, -1, *save), ["--steps"],
                outs, 2)
+    expect_bad("--steps 0 with --grads", c.cmd(None, None, None, 0, *save),
+               ["--grads", "--steps 0"], outs, 2)
     expect_bad("training option without --train",
                [c.a.moe_run, c.single, "--weights", c.files["weights"],
                 "--inputs", c.files["inputs"], "--output", outs[0],
