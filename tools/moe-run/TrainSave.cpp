@@ -143,9 +143,11 @@ std::string Trainer::rankStats() const {
   v.set("run_seconds", runSeconds_);
   v.set("steps", t_.steps);
   json::Value entries = json::Value::array();
-  // forward_train, the backward's recomputation, backward, the step.
+  // forward_train, the backward's recomputation (when it ran collectives),
+  // backward, the step.
   entries.push(ft_.stats.toJson());
-  entries.push(recompute_.toJson());
+  if (!recompute_.collectives.empty())
+    entries.push(recompute_.toJson());
   entries.push(bw_.stats.toJson());
   entries.push(step_.stats.toJson());
   v.set("entries", std::move(entries));

@@ -167,8 +167,9 @@ bool Checkpointer::alwaysKept(Value v) const {
 
 LogicalResult Checkpointer::collect(bool ffnActivations) {
   if (!train.getBody().hasOneBlock() || !backward.getBody().hasOneBlock())
-    return module.emitError("moe-checkpoint: @forward_train and @backward "
-                            "must have one block each");
+    return mlir::emitError(module.getLoc(),
+                           "moe-checkpoint: @forward_train and @backward "
+                           "must have one block each");
   Block &tb = train.getBody().front(), &bb = backward.getBody().front();
   // Weights by name.
   llvm::StringMap<Value> backwardWeights;
@@ -532,7 +533,7 @@ LogicalResult Checkpointer::run(CheckpointPolicy policy,
     break;
   case CheckpointPolicy::Auto: {
     if (*budget < full.bytes)
-      return module.emitError()
+      return mlir::emitError(module.getLoc())
              << "moe-checkpoint: budget " << *budget
              << " bytes is below the minimum of " << full.bytes
              << " bytes per rank (policy full: the layer inputs and the "
@@ -571,32 +572,38 @@ struct MoECheckpointPass : moe::impl::MoECheckpointBase<MoECheckpointPass> {
     ModuleOp module = getOperation();
     llvm::Expected<CheckpointPolicy> p = parseCheckpointPolicy(policy);
     if (!p) {
-      module.emitError("moe-checkpoint: ") << llvm::toString(p.takeError());
+      mlir::emitError(module.getLoc(), "moe-checkpoint: ")
+          << llvm::toString(p.takeError());
       return signalPassFailure();
     }
     llvm::Expected<std::optional<int64_t>> b = parseCheckpointBudget(budget);
     if (!b) {
-      module.emitError("moe-checkpoint: ") << llvm::toString(b.takeError());
+      mlir::emitError(module.getLoc(), "moe-checkpoint: ")
+          << llvm::toString(b.takeError());
       return signalPassFailure();
     }
     if (*p == CheckpointPolicy::Auto && !*b) {
-      module.emitError("moe-checkpoint: policy auto needs a budget (bytes)");
+      mlir::emitError(module.getLoc(),
+                      "moe-checkpoint: policy auto needs a budget (bytes)");
       return signalPassFailure();
     }
     if (*p != CheckpointPolicy::Auto && *b) {
-      module.emitError("moe-checkpoint: a budget is only for policy auto");
+      mlir::emitError(module.getLoc(),
+                      "moe-checkpoint: a budget is only for policy auto");
       return signalPassFailure();
     }
     auto train = module.lookupSymbol<func::FuncOp>("forward_train");
     auto backward = module.lookupSymbol<func::FuncOp>("backward");
     if (!train || !backward) {
-      module.emitError("moe-checkpoint: the module has no @forward_train and "
-                       "@backward (run moe-differentiate first)");
+      mlir::emitError(module.getLoc(),
+                      "moe-checkpoint: the module has no @forward_train and "
+                      "@backward (run moe-differentiate first)");
       return signalPassFailure();
     }
     llvm::Expected<cost::ClusterSpec> spec = cost::loadClusterFile(cluster);
     if (!spec) {
-      module.emitError("moe-checkpoint: ") << llvm::toString(spec.takeError());
+      mlir::emitError(module.getLoc(), "moe-checkpoint: ")
+          << llvm::toString(spec.takeError());
       return signalPassFailure();
     }
     cost::CostModel model(*spec);
