@@ -435,14 +435,18 @@ static int64_t ffnFlops(int64_t rows, int64_t d, int64_t f, int64_t matrices) {
 }
 
 int64_t mlir::moe::cost::getExpertFFNFlops(Operation *op) {
-  auto ffn = dyn_cast<ExpertFFNOp>(op);
-  if (!ffn)
+  Value input, gate, upW;
+  if (auto ffn = dyn_cast<ExpertFFNOp>(op))
+    input = ffn.getInput(), gate = ffn.getGate(), upW = ffn.getUp();
+  else if (auto ffn = dyn_cast<ExpertFFNTrainOp>(op))
+    input = ffn.getInput(), gate = ffn.getGate(), upW = ffn.getUp();
+  else
     return -1;
   int64_t rows, d;
-  auto up = dyn_cast<RankedTensorType>(ffn.getUp().getType());
-  if (!bufferRows(ffn.getInput(), rows, d) || !up || !up.hasStaticShape())
+  auto up = dyn_cast<RankedTensorType>(upW.getType());
+  if (!bufferRows(input, rows, d) || !up || !up.hasStaticShape())
     return -1;
-  return ffnFlops(rows, d, up.getShape()[1], ffn.getGate() ? 3 : 2);
+  return ffnFlops(rows, d, up.getShape()[1], gate ? 3 : 2);
 }
 
 FailureOr<Cost> CostModel::op(Operation *op) const {
@@ -450,7 +454,7 @@ FailureOr<Cost> CostModel::op(Operation *op) const {
     return collective(c);
   if (isa<WaitOp>(op))
     return Cost{};
-  if (isa<ExpertFFNOp>(op)) {
+  if (isa<ExpertFFNOp, ExpertFFNTrainOp>(op)) {
     int64_t flops = getExpertFFNFlops(op);
     if (flops < 0)
       return failure();
@@ -461,10 +465,12 @@ FailureOr<Cost> CostModel::op(Operation *op) const {
     auto up = dyn_cast<RankedTensorType>(g.getUp().getType());
     if (!bufferRows(g.getInput(), rows, d) || !up || !up.hasStaticShape())
       return failure();
-    // Recompute the first layer (gate, up), then dgrad and wgrad of all.
+    // Recompute the first layer (gate, up) unless moe.expert_ffn_train
+    // saved it, then dgrad and wgrad of all.
     int64_t m = g.getGate() ? 3 : 2;
+    int64_t recompute = g.getSavedU() ? 0 : m - 1;
     return gemm(static_cast<double>(
-        ffnFlops(rows, d, up.getShape()[1], (m - 1) + 2 * m)));
+        ffnFlops(rows, d, up.getShape()[1], recompute + 2 * m)));
   }
   auto mlpLike = [&](Value input, Value up, bool gated, bool sigmoidGate,
                      int64_t passes) -> FailureOr<Cost> {

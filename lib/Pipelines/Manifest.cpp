@@ -304,6 +304,36 @@ mlir::moe::completeManifest(ModuleOp module) {
                        MoEDialect::kArenaBytesAttrName);
     (*entry)["arena_bytes"] = bytes.getInt();
   }
+  // moe-checkpoint's plan, with the memory of a training step per rank: the
+  // bytes held from forward_train to backward (saved_bytes) and the peak,
+  // saved bytes plus the larger arena of the two entries (the arena of each
+  // entry holds its intermediates; the saved values are results of
+  // forward_train and arguments of backward, outside both arenas).
+  if (auto plan = module->getAttrOfType<DictionaryAttr>(
+          MoEDialect::kCheckpointAttrName)) {
+    llvm::json::Object c;
+    for (NamedAttribute a : plan) {
+      if (auto s = dyn_cast<StringAttr>(a.getValue()))
+        c[a.getName().getValue()] = s.getValue().str();
+      else if (auto i = dyn_cast<IntegerAttr>(a.getValue()))
+        c[a.getName().getValue()] = i.getInt();
+      else if (auto f = dyn_cast<FloatAttr>(a.getValue()))
+        c[a.getName().getValue()] = f.getValueAsDouble();
+    }
+    int64_t arenas[2] = {0, 0};
+    for (const llvm::json::Value &value : *entries) {
+      const llvm::json::Object *entry = value.getAsObject();
+      std::optional<StringRef> name = entry->getString("name");
+      std::optional<int64_t> bytes = entry->getInteger("arena_bytes");
+      if (name && bytes && (*name == "forward_train" || *name == "backward"))
+        arenas[*name == "backward"] = *bytes;
+    }
+    int64_t saved = c.getInteger("saved_bytes").value_or(0);
+    c["forward_train_arena_bytes"] = arenas[0];
+    c["backward_arena_bytes"] = arenas[1];
+    c["peak_bytes"] = saved + std::max(arenas[0], arenas[1]);
+    (*manifest)["checkpoint"] = std::move(c);
+  }
   return std::move(*manifest);
 }
 

@@ -25,6 +25,25 @@ moe::verifyCompilePipelineOptions(const CompilePipelineOptions &options) {
     return llvm::createStringError(llvm::inconvertibleErrorCode(),
                                    "zero1 shards optimizer state: it needs "
                                    "train");
+  llvm::Expected<moe::CheckpointPolicy> policy =
+      moe::parseCheckpointPolicy(options.checkpoint);
+  if (!policy)
+    return policy.takeError();
+  llvm::Expected<std::optional<int64_t>> budget =
+      moe::parseCheckpointBudget(options.checkpointBudget);
+  if (!budget)
+    return budget.takeError();
+  if (*policy != moe::CheckpointPolicy::None && !options.train)
+    return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                   "checkpoint decides what training keeps "
+                                   "for the backward: it needs train");
+  if (*policy == moe::CheckpointPolicy::Auto && !*budget)
+    return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                   "checkpoint=auto needs checkpoint-budget "
+                                   "(bytes per rank)");
+  if (*policy != moe::CheckpointPolicy::Auto && *budget)
+    return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                   "checkpoint-budget is for checkpoint=auto");
   StringRef degree = StringRef(options.overlapDegree).trim();
   int64_t n;
   if (degree != "auto" && (degree.getAsInteger(10, n) || n < 1))
@@ -98,6 +117,15 @@ void moe::buildCompilePipeline(OpPassManager &pm,
     differentiate.zero1 = options.zero1;
     pm.addPass(createMoEDifferentiate(differentiate));
     pm.addPass(createCSEPass());
+    // What forward_train keeps and what the backward recomputes. moe-overlap
+    // pipelines moe.expert_ffn only, so with it the FFNs' hidden activations
+    // stay recomputed by their gradient ops.
+    MoECheckpointOptions checkpoint;
+    checkpoint.policy = options.checkpoint;
+    checkpoint.budget = options.checkpointBudget;
+    checkpoint.cluster = options.cluster;
+    checkpoint.ffnActivations = options.overlapDegree == "1";
+    pm.addPass(createMoECheckpoint(checkpoint));
   }
   // Pipelined exchanges, after differentiation: the backward is built from
   // the unchunked forward (docs/design.md, Overlap).

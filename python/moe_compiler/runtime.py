@@ -281,10 +281,18 @@ class Module:
         self.call_ptrs(name, [a.ctypes.data for a in args], [r.ctypes.data for r in results])
         return {r["name"]: v for r, v in zip(entry["results"], results)}
 
-    def a2a_bytes(self, name: str) -> dict[str, int]:
-        """Bytes this rank sent by each kind of all-to-all in the last call of ``name``."""
-        sent = {"all_to_all": 0, "all_to_all_v": 0}
+    def a2a_bytes(self, name: str, phase: str = "") -> dict[str, int]:
+        """Bytes this rank sent by each kind of all-to-all in the last call of ``name``
+        (``phase`` "recompute": those of the backward's recomputation only; ""
+        the others)."""
+        return {op: b for op, (_, b) in self.a2a(name, phase).items()}
+
+    def a2a(self, name: str, phase: str = "") -> dict[str, tuple[int, int]]:
+        """(calls, bytes sent) by each kind of all-to-all in the last call of
+        ``name``, of one phase (see a2a_bytes)."""
+        out = {"all_to_all": (0, 0), "all_to_all_v": (0, 0)}
         for c in self.stats.get(name, {}).get("collectives", []):
-            if c["op"] in sent:
-                sent[c["op"]] += c["bytes_sent"]
-        return sent
+            if c["op"] in out and c.get("phase", "") == phase:
+                calls, sent = out[c["op"]]
+                out[c["op"]] = (calls + c["calls"], sent + c["bytes_sent"])
+        return out

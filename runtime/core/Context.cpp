@@ -475,7 +475,8 @@ void recordTraceEvent(moert_ctx *ctx, const char *name, double start,
 
 void recordCollective(moert_ctx *ctx, const char *op, int64_t axisMask,
                       int64_t bytesSent) {
-  Stats::Collective &c = ctx->stats.collectives[{op, axisNames(ctx, axisMask)}];
+  Stats::Collective &c =
+      ctx->stats.collectives[{op, axisNames(ctx, axisMask), ctx->stats.phase}];
   c.calls += 1;
   c.bytesSent += bytesSent;
   int64_t n = 1;
@@ -655,8 +656,9 @@ const char *moert_ctx_stats_json(moert_ctx *ctx) {
                   "\", \"calls\": %" PRId64 ", \"bytes_sent\": %" PRId64
                   ", \"messages\": %" PRId64 "}",
                   c.calls, c.bytesSent, c.messages);
-    t += sep + std::string("{\"op\": \"") + jsonEscape(key.first) +
-         "\", \"axis\": \"" + jsonEscape(key.second) + buf;
+    t += sep + std::string("{\"op\": \"") + jsonEscape(std::get<0>(key)) +
+         "\", \"axis\": \"" + jsonEscape(std::get<1>(key)) +
+         (std::get<2>(key) == 1 ? "\", \"phase\": \"recompute" : "") + buf;
     sep = ", ";
   }
   t += "]";
@@ -741,6 +743,19 @@ void *moert_arena(moert_ctx *ctx, int64_t bytes) {
   ctx->arena = p;
   ctx->arenaBytes = bytes;
   return p;
+}
+
+void moert_stats_phase(moert_ctx *ctx, int32_t phase) {
+  if (!ctx) {
+    setLastError(error(MOERT_ERR_INVALID, "moert_stats_phase: null context"));
+    return;
+  }
+  if (phase != 0 && phase != 1) {
+    fail(ctx, error(MOERT_ERR_INVALID,
+                    "moert_stats_phase: phase %d is not 0 or 1", phase));
+    return;
+  }
+  ctx->stats.phase = phase;
 }
 
 void moert_copy(moert_ctx *ctx, const void *src, void *dst, int64_t bytes) {

@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace moert {
@@ -36,8 +37,12 @@ struct Stats {
     int64_t messages = 0;
   };
   std::map<std::string, Phase> phases;
-  /// Keyed by (op, axis names joined with ",") e.g. ("all_to_all", "ep").
-  std::map<std::pair<std::string, std::string>, Collective> collectives;
+  /// Keyed by (op, axis names joined with ",", phase) e.g. ("all_to_all",
+  /// "ep", 0); phase 1: the backward's recomputation (moert_stats_phase).
+  std::map<std::tuple<std::string, std::string, int32_t>, Collective>
+      collectives;
+  /// The phase that collectives are counted under now (moert_stats_phase).
+  int32_t phase = 0;
   /// Collectives started with *_start and waited on, and how many of them
   /// were already complete when moert_wait came (hidden behind compute).
   int64_t asyncStarted = 0;

@@ -172,6 +172,86 @@ def check_exchange(args: argparse.Namespace, m: Module, where: str) -> None:
                          f"forward's {fwd}")
 
 
+def moddir_of(work: str, policy: str, args: argparse.Namespace) -> str:
+    return os.path.join(work, "mod" if len(args.policies) == 1 else f"mod-{policy}")
+
+
+def compile_policies(args: argparse.Namespace, work: str, mlir: str,
+                     mesh_flags: list[str]) -> None:
+    """moe-compile --train once per checkpoint policy. ``auto`` gets the budget
+    halfway between the saved bytes of ``cac`` and ``none`` (compiled before
+    it). Prints each plan (CKPT) and checks full < cac < none (full <= cac
+    without a mesh), auto within its budget and recomputing no collective
+    (cac's plan fits)."""
+    plans = {}
+    for policy in args.policies:
+        flags = ["--checkpoint", policy]
+        budget = None
+        if policy == "auto":
+            if "none" not in plans or "cac" not in plans:
+                raise CheckError("--checkpoints: auto needs none and cac before it")
+            budget = (plans["none"]["saved_bytes"] + plans["cac"]["saved_bytes"]) // 2
+            flags += ["--checkpoint-budget", str(budget)]
+        moddir = moddir_of(work, policy, args)
+        out = run([tool("moe-compile"), mlir, "-o", moddir, "--train", *mesh_flags, *flags])
+        with open(os.path.join(moddir, "manifest.json")) as f:
+            plan = json.load(f)["checkpoint"]
+        plans[policy] = plan
+        printed = [ln for ln in out.splitlines() if ln.startswith("moe-compile: checkpoint")]
+        if len(printed) != 1 or f" saved {plan['saved_bytes']} bytes" not in printed[0]:
+            raise CheckError(f"moe-compile printed {printed}, the manifest says {plan}")
+        say(f"CKPT {args.family} {policy} saved_bytes={plan['saved_bytes']} "
+            f"peak_bytes={plan['peak_bytes']} recompute_ops={plan['recompute_ops']} "
+            f"recompute_collectives={plan['recompute_collectives']}"
+            + (f" budget={budget}" if budget is not None else ""))
+        if budget is not None and (plan["saved_bytes"] > budget
+                                   or plan["recompute_collectives"] != 0):
+            raise CheckError(f"auto with budget {budget} (>= cac's bytes) chose {plan}")
+    # Without a mesh there is no collective: cac keeps what full keeps.
+    order = [p for p in ("full", "cac", "none") if p in plans]
+    for a, b in zip(order, order[1:]):
+        equal_ok = (a, b) == ("full", "cac") and not args.mesh
+        if not (plans[a]["saved_bytes"] < plans[b]["saved_bytes"]
+                or (equal_ok and plans[a]["saved_bytes"] == plans[b]["saved_bytes"])):
+            raise CheckError(f"saved bytes of {a} ({plans[a]['saved_bytes']}) are not "
+                             f"below {b}'s ({plans[b]['saved_bytes']})")
+
+
+# All-to-all calls per MoE layer per training step (forward_train + backward,
+# its recomputation included) by policy: the token exchanges, and for dropless
+# layers the exchange of the expert counts (a moe.all_to_all of [1, E] counts;
+# capacity layers have none: their tokens go by all_to_all).
+TOKEN_CALLS = {"none": 4, "full": 6, "cac": 4, "auto": 4}
+COUNT_CALLS = {"none": 1, "full": 2, "cac": 1, "auto": 1}
+
+
+def check_calls(args: argparse.Namespace, m: Module, where: str, policy: str) -> None:
+    """Counts the all-to-all calls of one step from the runtime statistics of
+    forward_train and backward (recompute phase apart) per MoE layer (the
+    expert FFN calls of forward_train)."""
+    layers = sum(p["calls"] for p in m.stats["forward_train"]["phases"]
+                 if p["name"] in ("expert_ffn", "expert_ffn_train"))
+    fwd, bwd = m.a2a("forward_train"), m.a2a("backward")
+    rec = m.a2a("backward", "recompute")
+    dropless = fwd["all_to_all_v"][0] > 0
+    tokens = "all_to_all_v" if dropless else "all_to_all"
+    calls = [fwd[tokens][0], rec[tokens][0], bwd[tokens][0]]
+    line = (f"CALLS{where}{args.family} {policy} {args.mesh} layers={layers} {tokens} "
+            f"forward={calls[0]} recompute={calls[1]} backward={calls[2]} "
+            f"per_layer_step={sum(calls) / max(layers, 1):g}")
+    want = [TOKEN_CALLS.get(policy)]
+    if dropless:
+        counts = [fwd["all_to_all"][0], rec["all_to_all"][0], bwd["all_to_all"][0]]
+        line += (f" counts forward={counts[0]} recompute={counts[1]} backward={counts[2]} "
+                 f"per_layer_step={sum(counts) / max(layers, 1):g}")
+        want.append(COUNT_CALLS.get(policy))
+    say(line)
+    got = [sum(calls) / max(layers, 1)] + ([sum(counts) / max(layers, 1)] if dropless else [])
+    # A mesh without ep (tp only) exchanges no tokens.
+    if None not in want and calls[0] > 0 and got != want:
+        raise CheckError(f"{policy}: all-to-alls per layer per step {got}, expected {want}")
+
+
 def check(args: argparse.Namespace, work: str) -> None:
     routing = args.routing
     model = ["--hf-config", args.config]
@@ -185,7 +265,6 @@ def check(args: argparse.Namespace, work: str) -> None:
             paths["x"])
         cli("init-targets", *model, "--tokens", str(args.tokens), "--seed", "3", "-o",
             paths["t"])
-    moddir = os.path.join(work, "mod")
     mesh_flags = []
     if args.mesh:
         spec, *flags = args.mesh.split("+")
@@ -199,7 +278,7 @@ def check(args: argparse.Namespace, work: str) -> None:
             else:
                 mesh_flags.append(f"--{f}")
     if not args.worker:
-        run([tool("moe-compile"), mlir, "-o", moddir, "--train", *mesh_flags])
+        compile_policies(args, work, mlir, mesh_flags)
 
     opt = ["--optimizer", args.optimizer, "--lr", str(LR), "--weight-decay", str(WD)]
     if args.optimizer == "adamw":
@@ -222,10 +301,12 @@ def check(args: argparse.Namespace, work: str) -> None:
                sys.executable, os.path.abspath(__file__), "--worker", "--config",
                args.config, "--family", args.family, "--tokens", str(args.tokens),
                "--optimizer", args.optimizer, "--steps", str(args.steps),
-               "--mesh", args.mesh, "--workdir", work, "--", *routing]
+               "--mesh", args.mesh, "--workdir", work, "--checkpoints",
+               ",".join(args.policies), "--", *routing]
         out = run(cmd)
         for line in out.splitlines():
-            if line.startswith(("LOSS", "GRADS", "STEP", "A2A")) and " rank 0 " in line:
+            if line.startswith(("LOSS", "GRADS", "STEP", "A2A", "CALLS", "BITWISE")) \
+                    and " rank 0 " in line:
                 print(line.replace(" rank 0 ", " "))
         bad = [ln for ln in out.splitlines() if ln.startswith("FAIL")]
         if bad:
@@ -234,7 +315,40 @@ def check(args: argparse.Namespace, work: str) -> None:
     with open(ref_json) as f:
         ref = json.load(f)
 
-    m = Module(moddir)
+    base = None
+    for policy in args.policies:
+        m = Module(moddir_of(work, policy, args))
+        tag = args.family if len(args.policies) == 1 else f"{args.family} {policy}"
+        grads, weights, loss = run_policy(args, m, ref, paths, tag, policy)
+        if base is None:
+            base = (policy, grads, weights)
+            save_results(args, m, work, grads, weights, loss)
+        else:
+            bitwise(base, policy, grads, weights, m, args)
+        m.close()
+
+
+def bitwise(base, policy, grads, weights, m, args) -> None:
+    """Every gradient and updated weight of ``policy`` equals ``base``'s bit
+    for bit (recomputation runs the same kernels on the same operands)."""
+    name0, grads0, weights0 = base
+    for kind, mine, theirs in (("gradient", grads, grads0), ("weight", weights, weights0)):
+        if sorted(mine) != sorted(theirs):
+            raise CheckError(f"{policy}: {kind}s {sorted(mine)} differ from {name0}'s")
+        for n, v in mine.items():
+            if v.dtype != theirs[n].dtype or not np.array_equal(v.view(np.uint8),
+                                                                theirs[n].view(np.uint8)):
+                diff = float(np.max(np.abs(v.astype(np.float64) - theirs[n])))
+                raise CheckError(f"{policy}: {kind} '{n}' is not bitwise {name0}'s "
+                                 f"(max |diff| {diff:.3g})")
+    where = f" rank {m.rank} " if args.mesh else " "
+    say(f"BITWISE{where}{args.family} {policy} == {name0}: {len(grads)} gradients, "
+        f"{len(weights)} weights")
+
+
+def run_policy(args, m, ref, paths, tag, policy):
+    """Runs the steps on module ``m``, checks against the reference, returns
+    the first step's gradients and the weights after the last step."""
     fwd = m.entries["forward_train"]
     specs = {a["name"]: a for a in fwd["args"] if a["role"] == "weight"}
     wfile = load(paths["w"])
@@ -253,7 +367,7 @@ def check(args: argparse.Namespace, work: str) -> None:
         out = m.call("forward_train", tensors)
         if i == 0:
             loss, want = float(out["loss"][0]), ref["steps"][0]["loss"]
-            say(f"LOSS{where}{args.family} compiled={loss:.9e} reference={want:.9e}")
+            say(f"LOSS{where}{tag} compiled={loss:.9e} reference={want:.9e}")
             first_loss = out["loss"]
             if abs(loss - want) > RTOL * abs(want):
                 raise CheckError(f"loss {loss} differs from the reference {want}")
@@ -264,6 +378,8 @@ def check(args: argparse.Namespace, work: str) -> None:
         tensors.update(grads)
         if i == 0 and args.mesh:
             check_exchange(args, m, where)
+            if len(args.policies) > 1:
+                check_calls(args, m, where, policy)
         hp = np.array([LR, BETAS[0], BETAS[1], EPS, WD, MOMENTUM if args.optimizer == "sgd"
                        else 0.0, i + 1, BIAS_RATE], dtype=np.float32)
         tensors["optimizer.hparams"] = hp
@@ -294,7 +410,7 @@ def check(args: argparse.Namespace, work: str) -> None:
     missing = [n for n in ref_grads if not any(p.match(n) for p in patterns)]
     if missing:
         raise CheckError(f"no compiled gradient for {sorted(missing)}")
-    say(f"GRADS{where}{args.family} {count} tensors max_rel_err={worst:.3e}")
+    say(f"GRADS{where}{tag} {count} tensors max_rel_err={worst:.3e}")
 
     # Weights after the last step, biases included.
     ref_w = load(paths["w2"])
@@ -306,11 +422,16 @@ def check(args: argparse.Namespace, work: str) -> None:
             raise CheckError(f"weight '{name}' after {args.steps} steps: "
                              f"max_rel_err {e:.3g} > {RTOL}")
         worst = max(worst, e)
-    say(f"STEP{where}{args.family} {args.optimizer} steps={args.steps} {len(specs)} tensors "
+    say(f"STEP{where}{tag} {args.optimizer} steps={args.steps} {len(specs)} tensors "
         f"max_rel_err={worst:.3e}")
+    return first_grads, {n: tensors[n] for n in specs}, first_loss
+
+
+def save_results(args, m, work, first_grads, weights, first_loss) -> None:
+    """results.<rank>.npz: what --same-bits-as compares."""
     kept = {"loss": np.asarray(first_loss)} if first_loss is not None else {}
     kept.update({n: np.asarray(v) for n, v in (first_grads or {}).items()})
-    kept.update({"weight." + n: np.asarray(tensors[n]) for n in specs})
+    kept.update({"weight." + n: np.asarray(v) for n, v in weights.items()})
     np.savez(os.path.join(work, f"results.{m.rank if args.mesh else 0}.npz"), **kept)
 
 
@@ -349,11 +470,16 @@ def main() -> int:
     p.add_argument("--mesh", help="dp=..,ep=..,tp=.. with +dtd / +expert-tp / +overlap=N / "
                    "+hier=R: compile for "
                    "that mesh and run one process per rank under $MPIEXEC (mpiexec)")
+    p.add_argument("--checkpoints", default="none",
+                   help="comma-separated moe-compile --checkpoint policies: each is "
+                   "compiled and run, and all give bitwise the first one's gradients "
+                   "and weights (auto: budget between cac and none)")
     p.add_argument("--same-bits-as", metavar="DIR", help="compare the loss, gradients and "
                    "weights of every rank byte for byte with the run whose --workdir was DIR")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("routing", nargs=argparse.REMAINDER)
     args = p.parse_args()
+    args.policies = args.checkpoints.split(",")
     if args.routing and args.routing[0] == "--":
         args.routing = args.routing[1:]
     work = args.workdir or tempfile.mkdtemp(prefix="train_check.")

@@ -38,6 +38,7 @@
 #include "llvm/MC/TargetRegistry.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/FileSystem.h"
+#include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
@@ -94,6 +95,19 @@ cl::opt<bool> routing("routing",
                                "take routing.<layer>.experts "
                                "(moe-run --dump-routing / --replay-routing)"),
                       cl::cat(category));
+cl::opt<std::string> checkpointPolicy(
+    "checkpoint",
+    cl::desc("With --train: what forward_train keeps for the backward: none "
+             "(everything it reads), full (layer inputs: the backward "
+             "replays each layer, all-to-alls included), cac (also every "
+             "collective's result: only local work is recomputed), auto "
+             "(fit --checkpoint-budget at the least recompute cost)"),
+    cl::value_desc("none|full|cac|auto"), cl::init("none"), cl::cat(category));
+cl::opt<std::string> checkpointBudget(
+    "checkpoint-budget",
+    cl::desc("With --checkpoint auto: bytes per rank that forward_train may "
+             "keep for the backward"),
+    cl::value_desc("BYTES"), cl::cat(category));
 cl::opt<std::string> overlapDegree(
     "overlap-degree",
     cl::desc("Pipeline every expert-parallel exchange with the expert FFN "
@@ -237,6 +251,8 @@ llvm::Error pipelineOptions(moe::CompilePipelineOptions &options) {
     return makeError("--ranks-per-node is used by --hierarchical-a2a");
   options.ranksPerNode = ranksPerNode;
   options.maxRecvTokens = maxRecvTokens;
+  options.checkpoint = checkpointPolicy;
+  options.checkpointBudget = checkpointBudget;
   return moe::verifyCompilePipelineOptions(options);
 }
 
@@ -385,6 +401,18 @@ llvm::Error compile(MLIRContext &context,
       moe::completeManifest(*module);
   if (!description)
     return description.takeError();
+  if (const llvm::json::Object *c = description->getObject("checkpoint"))
+    llvm::outs() << llvm::formatv(
+        "moe-compile: checkpoint {0}: saved {1} bytes per rank held from "
+        "forward_train to backward, peak {2} bytes (arena forward_train {3}, "
+        "backward {4}); recompute {5} ops, {6} collectives\n",
+        c->getString("policy").value_or(""),
+        c->getInteger("saved_bytes").value_or(0),
+        c->getInteger("peak_bytes").value_or(0),
+        c->getInteger("forward_train_arena_bytes").value_or(0),
+        c->getInteger("backward_arena_bytes").value_or(0),
+        c->getInteger("recompute_ops").value_or(0),
+        c->getInteger("recompute_collectives").value_or(0));
   std::string ir;
   llvm::raw_string_ostream irStream(ir);
   module->print(irStream);

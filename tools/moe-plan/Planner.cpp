@@ -106,8 +106,8 @@ void moeplan::applyCandidate(const Candidate &c, bool train,
   options.zero1 = c.zero1;
   options.overlapDegree = std::to_string(c.degree);
   options.cluster = cluster;
-  // Hook: options.checkpoint = c.checkpoint (branch cac);
-  // options.hierarchicalA2A = c.hierarchicalA2A, options.ranksPerNode =
+  options.checkpoint = train ? c.checkpoint : std::string("none");
+  // Hook: options.hierarchicalA2A = c.hierarchicalA2A, options.ranksPerNode =
   // c.ranksPerNode (branch hier).
 }
 
@@ -123,6 +123,8 @@ std::string moeplan::commandLine(const Candidate &c, bool train,
     s += " --train";
   if (c.zero1)
     s += " --zero1";
+  if (train && c.checkpoint != "none")
+    s += " --checkpoint " + c.checkpoint;
   if (c.degree != 1)
     s += " --overlap-degree " + std::to_string(c.degree);
   if (!cluster.empty())

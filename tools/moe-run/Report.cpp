@@ -260,7 +260,7 @@ void EntryStats::absorb(const char *statsJson) {
   json::Value v;
   if (!json::parse(statsJson, "statistics", v).isOk())
     return;
-  if (const json::Value *ps = v.get("phases"))
+  if (const json::Value *ps = v.get("phases"); ps && phase.empty())
     for (const json::Value &p : ps->elements())
       if (p.get("name") && p.get("calls") && p.get("seconds")) {
         auto &acc = phases[p.get("name")->getString()];
@@ -270,7 +270,8 @@ void EntryStats::absorb(const char *statsJson) {
   if (const json::Value *cs = v.get("collectives"))
     for (const json::Value &c : cs->elements())
       if (c.get("op") && c.get("axis") && c.get("calls") &&
-          c.get("bytes_sent")) {
+          c.get("bytes_sent") &&
+          (c.get("phase") ? c.get("phase")->getString() : "") == phase) {
         std::pair<std::string, std::string> key{c.get("op")->getString(),
                                                 c.get("axis")->getString()};
         auto &acc = collectives[key];
@@ -325,8 +326,11 @@ void printTrainingTables(const std::vector<std::string> &stats,
                       *secs = e.get("seconds");
     std::string title =
         ", entry " + (name ? name->getString() : std::string("?"));
-    printPhaseTable(e, title, runs ? std::max<int64_t>(runs->getInt(), 1) : 1,
-                    secs ? secs->getNumber() : 0);
+    // The recomputation's record has collectives only (its kernels' time is
+    // the backward's).
+    if (!name || name->getString() != "recompute")
+      printPhaseTable(e, title, runs ? std::max<int64_t>(runs->getInt(), 1) : 1,
+                      secs ? secs->getNumber() : 0);
     if (ranks.size() < 2)
       continue;
     std::vector<json::Value> perRank;

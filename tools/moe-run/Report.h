@@ -56,6 +56,10 @@ void printCollectiveTable(const std::vector<moert::json::Value> &ranks,
 /// after every entry call, so that --stats separates the entries).
 struct EntryStats {
   std::string name;
+  /// The runtime phase whose collectives this record takes ("" the entry's
+  /// own; "recompute" the backward's recomputation, moert_stats_phase). Only
+  /// the record of phase "" takes the kernel phases.
+  std::string phase;
   int64_t runs = 0;
   double seconds = 0;
   std::map<std::string, std::pair<int64_t, double>> phases;

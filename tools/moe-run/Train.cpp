@@ -238,6 +238,8 @@ bool Trainer::loadAll() {
   ft_.entry = &s_.entry(forwardTrainEntry(s_.opt));
   ft_.stats.name = ft_.entry->name;
   bw_.stats.name = "backward";
+  recompute_.name = "recompute";
+  recompute_.phase = "recompute";
   step_.stats.name = "step_" + t_.optimizer;
   bw_.entry = &s_.entry("backward");
   step_.entry = &s_.entry("step_" + t_.optimizer);
@@ -272,6 +274,10 @@ void Trainer::call(EntryRun &e) {
     fatal(s);
   }
   e.stats.absorb(moert_ctx_stats_json(ctx_));
+  if (&e == &bw_) {
+    recompute_.absorb(moert_ctx_stats_json(ctx_));
+    ++recompute_.runs;
+  }
   if (&e == &ft_)
     load_ = parseExpertLoad(moert_ctx_stats_json(ctx_));
   if (!s_.opt.trace.empty()) {

@@ -161,8 +161,13 @@ std::string Trainer::rankStats() const {
   v.set("run_seconds", runSeconds_);
   v.set("steps", t_.steps);
   json::Value entries = json::Value::array();
-  for (const EntryRun *e : {&ft_, &bw_, &step_})
-    entries.push(e->stats.toJson());
+  // forward_train, the backward's recomputation (when it ran collectives),
+  // backward, the step.
+  entries.push(ft_.stats.toJson());
+  if (!recompute_.collectives.empty())
+    entries.push(recompute_.toJson());
+  entries.push(bw_.stats.toJson());
+  entries.push(step_.stats.toJson());
   v.set("entries", std::move(entries));
   if (world().rank == 0)
     v.set("step_stats", stepStats_);

@@ -93,6 +93,8 @@ private:
   const TrainOptions &t_;
   moert_ctx *ctx_;
   EntryRun ft_, bw_, step_;
+  /// The collectives of the backward's recomputation (moe-checkpoint).
+  EntryStats recompute_;
   /// Arguments loaded from files (weights, inputs, state) and the
   /// hyperparameters, by name; results of forward_train and backward.
   std::map<std::string, void *> args_, results_;

@@ -51,6 +51,20 @@ struct CompilePipelineOptions
                      "(ZeRO-1: reduce-scatter of gradients, all-gather of "
                      "updated weights)"),
       llvm::cl::init(false)};
+  PassOptions::Option<std::string> checkpoint{
+      *this, "checkpoint",
+      llvm::cl::desc("With train: activation checkpointing policy, none "
+                     "(keep everything the backward reads), full (keep "
+                     "layer inputs, recompute the layer, collectives "
+                     "included), cac (recompute local work only) or auto "
+                     "(fit checkpoint-budget at the least recompute cost); "
+                     "moe-checkpoint"),
+      llvm::cl::init("none")};
+  PassOptions::Option<std::string> checkpointBudget{
+      *this, "checkpoint-budget",
+      llvm::cl::desc("With checkpoint=auto: bytes per rank that forward_train "
+                     "may keep for the backward"),
+      llvm::cl::init("")};
   PassOptions::Option<std::string> overlapDegree{
       *this, "overlap-degree",
       llvm::cl::desc("Pipeline every expert-parallel exchange in this many "
@@ -94,7 +108,7 @@ llvm::Error verifyCompilePipelineOptions(const CompilePipelineOptions &options);
 
 /// Adds the compile pipeline: moe-decompose, canonicalize, [moe-shard,
 /// [moe-drop-duplicate-tokens]], canonicalize, cse, [moe-differentiate,
-/// cse], [moe-overlap], moe-attach-manifest,
+/// cse, moe-checkpoint], [moe-overlap], moe-attach-manifest,
 /// moe-to-runtime, canonicalize, cse. Its result is the per-rank program of
 /// runtime calls that moe-compile writes as module.mlir, with the entry
 /// points described in the module's `moe.manifest` attribute. The options

@@ -394,9 +394,23 @@ LogicalResult FunctionLowering::run() {
     }
   }
 
+  // Collectives that moe-checkpoint recomputes in the backward are counted
+  // apart (moert_stats_phase 1 around them).
+  bool recomputePhase = false;
+  auto setPhase = [&](bool recompute) -> LogicalResult {
+    if (recompute == recomputePhase)
+      return success();
+    recomputePhase = recompute;
+    return em->call(abi::moert_stats_phase{.phase = em->i32(recompute)});
+  };
   for (Operation &op : body) {
     em->setLoc(op.getLoc());
+    if (isa<CollectiveOpInterface>(op) &&
+        failed(setPhase(op.hasAttr(MoEDialect::kRecomputeAttrName))))
+      return failure();
     if (auto ret = dyn_cast<func::ReturnOp>(op)) {
+      if (failed(setPhase(false)))
+        return failure();
       // Results not written in place (arguments, values returned twice).
       for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
         Value root = bufferRoot(v);
@@ -526,6 +540,30 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             .up = ptr(o.getUp()),
             .down = ptr(o.getDown()),
             .y = ptr(o.getOutput()),
+            .E = e.i64(up.getDimSize(0)),
+            .segments = e.i64(segments),
+            .rows_per_expert = e.i64(rowsPerExpert),
+            .total_rows = e.i64(x.getNumElements() / x.getShape().back()),
+            .D = e.i64(x.getShape().back()),
+            .F = e.i64(up.getDimSize(1)),
+            .activation = e.i32(abi::toMoert(o.getActivation())),
+            .dtype = dtype(o.getInput())});
+      })
+      .Case([&](ExpertFFNTrainOp o) {
+        RankedTensorType x = tensorOf(o.getInput());
+        RankedTensorType up = tensorOf(o.getUp());
+        int64_t segments =
+            o.getCounts() ? tensorOf(o.getCounts()).getDimSize(0) : 1;
+        int64_t rowsPerExpert = x.getRank() == 3 ? x.getDimSize(1) : 0;
+        return e.call(abi::moert_expert_ffn_train{
+            .x = ptr(o.getInput()),
+            .counts = optPtr(o.getCounts()),
+            .gate = optPtr(o.getGate()),
+            .up = ptr(o.getUp()),
+            .down = ptr(o.getDown()),
+            .y = ptr(o.getOutput()),
+            .save_a = optPtr(o.getSavedA()),
+            .save_u = ptr(o.getSavedU()),
             .E = e.i64(up.getDimSize(0)),
             .segments = e.i64(segments),
             .rows_per_expert = e.i64(rowsPerExpert),
@@ -680,8 +718,8 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             .up = ptr(o.getUp()),
             .down = ptr(o.getDown()),
             .dy = ptr(o.getDout()),
-            .saved_a = optPtr(Value()),
-            .saved_u = optPtr(Value()),
+            .saved_a = optPtr(o.getSavedA()),
+            .saved_u = optPtr(o.getSavedU()),
             .dx = ptr(o.getDinput()),
             .dgate = optPtr(o.getDgate()),
             .dup = ptr(o.getDup()),

@@ -31,7 +31,7 @@
  * loader refuses a module of another version (docs/module-format.md). Bump it
  * with every change to moert_kernels.def (a kernel's name, parameters or
  * their order or types) or to the enumeration values. */
-#define MOERT_ABI_VERSION 7
+#define MOERT_ABI_VERSION 8
 /* The name of that exported constant. */
 #define MOERT_ABI_VERSION_SYMBOL "moe_abi_version"
 /* Every compiled module also exports `const char moe_manifest[]`: the JSON
@@ -170,7 +170,9 @@ moert_status moert_synchronize(moert_ctx *ctx);
  * the next call:
  *   {"rank": r, "device": "cpu", "phases": [{"name": "expert_ffn",
  *    "calls": n, "seconds": s}, ...], "collectives": [{"op": "all_to_all",
- *    "axis": "ep", "calls": n, "bytes_sent": b, "messages": m}, ...]}      */
+ *    "axis": "ep", "calls": n, "bytes_sent": b, "messages": m}, ...]}
+ * Collectives run in the recompute phase (moert_stats_phase) are separate
+ * records with "phase": "recompute".                                       */
 const char *moert_ctx_stats_json(moert_ctx *ctx);
 void moert_ctx_reset_stats(moert_ctx *ctx);
 /* Expert load recording (off by default). While on, every moert_assign call

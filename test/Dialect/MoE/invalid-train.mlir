@@ -296,3 +296,51 @@ func.func @f(%x: tensor<8x32xf32>, %n: tensor<32xf32>, %dy: tensor<4x32xf32>) {
   %0:2 = moe.layernorm_grad %x, %n, %dy {eps = 1.0e-6 : f32} : (tensor<8x32xf32>, tensor<32xf32>, tensor<4x32xf32>) -> (tensor<8x32xf32>, tensor<32xf32>)
   return
 }
+
+// -----
+
+func.func @f(%b: tensor<16x32xf32>, %c: tensor<1x4xi32>, %g: tensor<4x16x32xf32>, %u: tensor<4x16x32xf32>, %d: tensor<4x32x16xf32>, %s: tensor<16x16xf32>) {
+  // expected-error @+1 {{has a gate weight but no saved_a}}
+  %0:4 = moe.expert_ffn_grad %b counts %c gate %g up %u down %d, %b saved_u %s act = swiglu : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<16x32xf32>, tensor<16x16xf32>) -> (tensor<16x32xf32>, tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%b: tensor<16x32xf32>, %c: tensor<1x4xi32>, %u: tensor<4x16x32xf32>, %d: tensor<4x32x16xf32>, %s: tensor<16x16xf32>) {
+  // expected-error @+1 {{has saved_a but no saved_u}}
+  %0:3 = moe.expert_ffn_grad %b counts %c up %u down %d, %b saved_a %s act = relu : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<16x32xf32>, tensor<16x16xf32>) -> (tensor<16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%b: tensor<16x32xf32>, %c: tensor<1x4xi32>, %u: tensor<4x16x32xf32>, %d: tensor<4x32x16xf32>, %s: tensor<8x16xf32>) {
+  // expected-error @+1 {{saved_u must be [16, 16] (rows of the buffer, F), got [8, 16]}}
+  %0:3 = moe.expert_ffn_grad %b counts %c up %u down %d, %b saved_u %s act = relu : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<16x32xf32>, tensor<8x16xf32>) -> (tensor<16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%b: tensor<16x32xf32>, %c: tensor<1x4xi32>, %u: tensor<4x16x32xf32>, %d: tensor<4x32x16xf32>) {
+  // expected-error @+1 {{saved_u result must be [16, 16] (rows of the buffer, F), got [16, 32]}}
+  %y, %s = moe.expert_ffn_train %b counts %c up %u down %d act = relu : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>) -> (tensor<16x32xf32>, tensor<16x32xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%b: tensor<16x32xf32>, %c: tensor<1x4xi32>, %g: tensor<4x16x32xf32>, %u: tensor<4x16x32xf32>, %d: tensor<4x32x16xf32>) {
+  // expected-error @+1 {{has a gate weight but no saved_a result}}
+  %y, %s = moe.expert_ffn_train %b counts %c gate %g up %u down %d act = swiglu : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>) -> (tensor<16x32xf32>, tensor<16x16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%b: tensor<16x32xbf16>, %c: tensor<1x4xi32>, %u: tensor<4x16x32xbf16>, %d: tensor<4x32x16xbf16>) {
+  // expected-error @+1 {{saves f32 activations: the input must be f32}}
+  %y, %s = moe.expert_ffn_train %b counts %c up %u down %d act = relu : (tensor<16x32xbf16>, tensor<1x4xi32>, tensor<4x16x32xbf16>, tensor<4x32x16xbf16>) -> (tensor<16x32xbf16>, tensor<16x16xf32>)
+  return
+}

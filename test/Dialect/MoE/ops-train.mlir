@@ -68,3 +68,20 @@ func.func @loss_and_steps(%y: tensor<8x32xf32>, %t: tensor<8x32xf32>, %w: tensor
   %7:2 = moe.unpack %6 : (tensor<2052xf32>) -> (tensor<4x16x32xf32>, tensor<4xf32>)
   return
 }
+
+// moe.expert_ffn_train (moe-checkpoint's forward of a kept FFN) and the
+// gradient that reads what it saved.
+// CHECK-LABEL: func.func @ffn_saved
+func.func @ffn_saved(%buf: tensor<16x32xf32>, %counts: tensor<1x4xi32>, %g: tensor<4x16x32xf32>,
+                     %u: tensor<4x16x32xf32>, %d: tensor<4x32x16xf32>, %cap: tensor<4x6x32xf32>) {
+  // CHECK: %[[Y:.*]], %[[SU:.*]], %[[SA:.*]] = moe.expert_ffn_train %{{.*}} counts %{{.*}} gate %{{.*}} up %{{.*}} down %{{.*}} act = swiglu : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>) -> (tensor<16x32xf32>, tensor<16x16xf32>, tensor<16x16xf32>)
+  %y, %su, %sa = moe.expert_ffn_train %buf counts %counts gate %g up %u down %d act = swiglu : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>) -> (tensor<16x32xf32>, tensor<16x16xf32>, tensor<16x16xf32>)
+  // CHECK: moe.expert_ffn_grad %{{.*}} counts %{{.*}} gate %{{.*}} up %{{.*}} down %{{.*}}, %{{.*}} saved_u %[[SU]] saved_a %[[SA]] act = swiglu
+  %0:4 = moe.expert_ffn_grad %buf counts %counts gate %g up %u down %d, %y saved_u %su saved_a %sa act = swiglu : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<16x32xf32>, tensor<16x16xf32>, tensor<16x16xf32>) -> (tensor<16x32xf32>, tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>)
+  // Capacity layout, relu: u only, [E * R, F].
+  // CHECK: %[[Y2:.*]], %[[U2:.*]] = moe.expert_ffn_train %{{.*}} up %{{.*}} down %{{.*}} act = relu : (tensor<4x6x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>) -> (tensor<4x6x32xf32>, tensor<24x16xf32>)
+  %y2, %u2 = moe.expert_ffn_train %cap up %u down %d act = relu : (tensor<4x6x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>) -> (tensor<4x6x32xf32>, tensor<24x16xf32>)
+  // CHECK: moe.expert_ffn_grad %{{.*}} up %{{.*}} down %{{.*}}, %{{.*}} saved_u %[[U2]] act = relu
+  %1:3 = moe.expert_ffn_grad %cap up %u down %d, %y2 saved_u %u2 act = relu : (tensor<4x6x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<4x6x32xf32>, tensor<24x16xf32>) -> (tensor<4x6x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>)
+  return
+}

@@ -11,16 +11,23 @@ With --mesh SPEC[+dtd][+expert-tp] the module is compiled for that mesh and run
 under MPIEXEC; --compare-single then also trains the single-device module for
 the same steps and compares the saved weights (N ranks train like one).
 --learnable makes the targets the model's own output under other weights, and
-checks that the loss goes down. Prints one PASS or FAIL line per check; exit 1
-on any FAIL.
+checks that the loss goes down. --checkpoints P,Q,... also compiles the model
+with moe-compile --checkpoint P (auto: the budget halfway between the saved
+bytes of none and cac) and trains it the same way: the saved weights, optimizer
+state and gradients must be the files of the default (none) bit for bit, and
+--stats must list the backward's recomputed all-to-alls as an entry
+"recompute" exactly when the policy recomputes collectives (full). Prints one
+PASS or FAIL line per check; exit 1 on any FAIL.
 
 usage: train_e2e.py --config CONFIG.json --moe-compile BIN --moe-run BIN
                     --workdir DIR [--tokens T] [--steps N] [--optimizer NAME]
                     [--routing '--norm rmsnorm ...'] [--mesh SPEC[+dtd]
                     --mpiexec MPIEXEC [--compare-single]] [--learnable]
+                    [--checkpoints full,cac,auto]
                     [-- options for both trainers]
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -88,6 +95,8 @@ def main():
                     help="with --mesh: also train on one device and compare")
     ap.add_argument("--learnable", action="store_true",
                     help="targets from other weights; the loss must go down")
+    ap.add_argument("--checkpoints", default="",
+                    help="moe-compile --checkpoint policies to train bitwise like none")
     ap.add_argument("extra", nargs="*", help="options for both trainers")
     a = ap.parse_args()
     mesh, *flags = a.mesh.split("+") if a.mesh else [""]
@@ -123,7 +132,8 @@ def main():
     launch = ([a.mpiexec, "--allow-run-as-root", "--oversubscribe", "-np",
                str(ranks)] if ranks > 1 else [])
 
-    def run(weights, steps, out, state=None, grads=None, module="mod", np_=True):
+    def run(weights, steps, out, state=None, grads=None, module="mod", np_=True,
+            stats=None):
         cmd = (launch if np_ else []) + [
             a.moe_run, p(module), "--train", "--steps", str(steps),
                         "--weights", weights, *data, *opts, "--quiet",
@@ -131,6 +141,7 @@ def main():
                         "--save-optimizer-state", p(out + "S.safetensors")]
         cmd += ["--optimizer-state", state] if state else []
         cmd += ["--grads", grads] if grads else []
+        cmd += ["--stats", stats] if stats else []
         return sh(cmd)
 
     out = run(p("W.safetensors"), a.steps, "m", grads=p("mG.safetensors"))
@@ -159,6 +170,34 @@ def main():
             a.atol)
     compare("saved optimizer state", p("mS.safetensors"), p("rS.safetensors"),
             a.rtol, 1e-7)
+    plans = {}
+    for policy in [x for x in a.checkpoints.split(",") if x]:
+        build = [a.moe_compile, p("model.mlir"), "--train"] + \
+            (["--mesh", mesh] if mesh else []) + ["--" + f for f in flags]
+        for need in ("none", "cac") if policy == "auto" else ():
+            if need not in plans:
+                sh(build + ["-o", p("mod-" + need), "--checkpoint", need])
+                plans[need] = json.load(open(p(f"mod-{need}/manifest.json")))["checkpoint"]
+        extra = ["--checkpoint", policy]
+        if policy == "auto":
+            extra += ["--checkpoint-budget",
+                      str((plans["none"]["saved_bytes"] + plans["cac"]["saved_bytes"]) // 2)]
+        sh(build + ["-o", p("mod-" + policy), *extra])
+        plan = json.load(open(p(f"mod-{policy}/manifest.json")))["checkpoint"]
+        run(p("W.safetensors"), a.steps, "c" + policy, module="mod-" + policy,
+            grads=p(f"c{policy}G.safetensors"), stats=p(f"c{policy}.stats.json"))
+        same = all(open(p(f"c{policy}{x}.safetensors"), "rb").read()
+                   == open(p(f"m{x}.safetensors"), "rb").read() for x in "WSG")
+        check(same, f"--checkpoint {policy} (saved {plan['saved_bytes']} bytes, "
+              f"{plan['recompute_collectives']} recomputed collectives): weights, state "
+              f"and gradients bit for bit those of none")
+        entries = {e["name"]: e for e in json.load(open(p(f"c{policy}.stats.json")))[0]["entries"]}
+        rec = entries.get("recompute", {}).get("collectives", [])
+        a2a = sum(c["calls"] for c in rec if c["op"] == "all_to_all_v")
+        want = plan["recompute_collectives"] > 0 and ranks > 1
+        check(bool(rec) == want and (a2a > 0) == want,
+              f"--checkpoint {policy}: --stats recompute entry "
+              f"{'with' if rec else 'without'} collectives ({a2a} all_to_all_v calls)")
     if a.steps > 1:
         run(p("W.safetensors"), a.steps - 1, "k")
         run(p("kW.safetensors"), 1, "k1", state=p("kS.safetensors"))

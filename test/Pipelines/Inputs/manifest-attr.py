@@ -76,6 +76,16 @@ def main():
     expected.update({k: manifest.get(k) for k in DRIVER_KEYS})
     for got, want in zip(manifest.get("entries", []), expected["entries"]):
         want["arena_bytes"] = got.get("arena_bytes")
+    # Training modules: the checkpoint plan (moe.checkpoint, completed with
+    # the arenas of forward_train and backward).
+    plan = manifest.get("checkpoint")
+    if plan is not None:
+        arenas = {e["name"]: e["arena_bytes"] for e in manifest["entries"]}
+        if plan.get("peak_bytes") != plan.get("saved_bytes", -1) + max(
+                arenas.get("forward_train", 0), arenas.get("backward", 0)):
+            print(f"checkpoint peak_bytes is not saved + the larger arena: {plan}")
+            return 1
+        expected["checkpoint"] = plan
     if manifest != expected or not all(isinstance(e["arena_bytes"], int)
                                        for e in manifest["entries"]):
         print(f"manifest.json differs from moe.manifest:\n{json.dumps(manifest)}\n"

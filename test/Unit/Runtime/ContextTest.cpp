@@ -273,6 +273,40 @@ TEST(ContextStats, CollectivesAreKeyedByOpAndAxisNames) {
   moert_ctx_destroy(ctx);
 }
 
+TEST(ContextStats, RecomputePhaseIsCountedApart) {
+  // moe-checkpoint's recomputed collectives: moert_stats_phase(1) before
+  // them, (0) after; the same op and axis in phase 1 is another record.
+  moert_ctx *ctx = nullptr;
+  ASSERT_EQ(createWithMesh({1, 1}, {"ep", "tp"}, &ctx), MOERT_OK);
+  moert::recordCollective(ctx, "all_to_all_v", 1, 100);
+  moert_stats_phase(ctx, 1);
+  moert::recordCollective(ctx, "all_to_all_v", 1, 40);
+  moert::recordCollective(ctx, "all_to_all_v", 1, 60);
+  moert_stats_phase(ctx, 0);
+  moert::recordCollective(ctx, "all_to_all_v", 1, 100);
+  ASSERT_EQ(moert_ctx_status(ctx), MOERT_OK);
+  std::string json = moert_ctx_stats_json(ctx);
+  EXPECT_NE(json.find("{\"op\": \"all_to_all_v\", \"axis\": \"ep\", "
+                      "\"calls\": 2, \"bytes_sent\": 200}, "
+                      "{\"op\": \"all_to_all_v\", \"axis\": \"ep\", "
+                      "\"phase\": \"recompute\", \"calls\": 2, "
+                      "\"bytes_sent\": 100}"),
+            std::string::npos)
+      << json;
+  // Reset returns to phase 0; a phase other than 0 or 1 is an error.
+  moert_stats_phase(ctx, 1);
+  moert_ctx_reset_stats(ctx);
+  moert::recordCollective(ctx, "all_gather", 2, 8);
+  EXPECT_EQ(std::string(moert_ctx_stats_json(ctx)).find("recompute"),
+            std::string::npos);
+  moert_stats_phase(ctx, 7);
+  EXPECT_EQ(moert_ctx_status(ctx), MOERT_ERR_INVALID);
+  EXPECT_NE(std::string(moert_ctx_error(ctx)).find(
+                "moert_stats_phase: phase 7 is not 0 or 1"),
+            std::string::npos);
+  moert_ctx_destroy(ctx);
+}
+
 TEST(ContextTrace, RecordsOneEventPerCallWhenAskedFor) {
   moert_ctx_options o;
   moert_ctx_options_init(&o);

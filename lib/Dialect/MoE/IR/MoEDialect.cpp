@@ -73,7 +73,8 @@ std::optional<SmallVector<Place, 2>> allowedPlaces(StringRef name) {
     return SmallVector<Place, 2>{Place::Result};
   if (name == D::kShardAttrName || name == D::kGlobalShapeAttrName)
     return SmallVector<Place, 2>{Place::Argument, Place::Result};
-  if (name == D::kArenaBytesAttrName || name == D::kManifestAttrName)
+  if (name == D::kArenaBytesAttrName || name == D::kManifestAttrName ||
+      name == D::kRecomputeAttrName || name == D::kCheckpointAttrName)
     return SmallVector<Place, 2>{Place::Operation};
   return std::nullopt;
 }
@@ -341,6 +342,20 @@ LogicalResult MoEDialect::verifyOperationAttribute(Operation *op,
       return op->emitError()
              << "'" << name << "' must be a non-negative i64, got "
              << attr.getValue();
+    return success();
+  }
+  if (name == kRecomputeAttrName) {
+    if (!isa<UnitAttr>(attr.getValue()))
+      return op->emitError()
+             << "'" << name << "' is a unit attribute, got " << attr.getValue();
+    return success();
+  }
+  if (name == kCheckpointAttrName) {
+    if (!isa<ModuleOp>(op))
+      return op->emitError() << "'" << name << "' belongs on the module";
+    if (!isa<DictionaryAttr>(attr.getValue()))
+      return op->emitError() << "'" << name << "' must be a dictionary, got "
+                             << attr.getValue();
     return success();
   }
   // moe.manifest

@@ -1097,6 +1097,43 @@ LogicalResult CombineGradOp::verify() {
   return success();
 }
 
+/// The hidden activations moe.expert_ffn_train saves and moe.expert_ffn_grad
+/// reads: `saved_u` [rows, F] (rows of the whole buffer), and `saved_a` of the
+/// same shape exactly when the FFN is gated (has a gate weight).
+static LogicalResult verifySavedActivations(Operation *op, Value input,
+                                            Value up, Value gate, Value savedU,
+                                            Value savedA, StringRef what) {
+  if (!savedU) {
+    if (savedA)
+      return op->emitOpError() << "has saved_a but no saved_u";
+    return success();
+  }
+  if (bool(gate) != bool(savedA))
+    return op->emitOpError()
+           << (gate ? "has a gate weight but no saved_a" : "has saved_a")
+           << what
+           << (gate ? ""
+                    : " but no gate weight (saved_a is a = x . "
+                      "gate^T)");
+  auto x = tensorType(input);
+  int64_t rows = ShapedType::isDynamicShape(x.getShape())
+                     ? ShapedType::kDynamic
+                     : x.getNumElements() / x.getShape().back();
+  int64_t f = tensorType(up).getDimSize(1);
+  for (auto [v, name] : {std::pair{savedU, "saved_u"}, {savedA, "saved_a"}}) {
+    if (!v)
+      continue;
+    auto t = tensorType(v);
+    if (!sameDim(t.getDimSize(0), rows) || !sameDim(t.getDimSize(1), f))
+      return op->emitOpError()
+             << name << what << " must be [" << dimStr(rows) << ", "
+             << dimStr(f) << "] (rows of the buffer, F), got ["
+             << dimStr(t.getDimSize(0)) << ", " << dimStr(t.getDimSize(1))
+             << "]";
+  }
+  return success();
+}
+
 LogicalResult ExpertFFNGradOp::verify() {
   auto x = tensorType(getInput());
   int64_t e = tensorType(getUp()).getDimSize(0), d = x.getShape().back();
@@ -1123,9 +1160,36 @@ LogicalResult ExpertFFNGradOp::verify() {
       failed(
           expectGradOf(*this, getDdown(), getDown(), "ddown", "down weight")))
     return failure();
+  if (failed(verifySavedActivations(*this, getInput(), getUp(), getGate(),
+                                    getSavedU(), getSavedA(), "")))
+    return failure();
   if (getGate())
     return expectGradOf(*this, getDgate(), getGate(), "dgate", "gate weight");
   return success();
+}
+
+LogicalResult ExpertFFNTrainOp::verify() {
+  auto x = tensorType(getInput());
+  int64_t e = tensorType(getUp()).getDimSize(0), d = x.getShape().back();
+  if (x.getRank() == 2 && !getCounts())
+    return emitOpError() << "packed (2-D) input needs counts";
+  if (x.getRank() == 3 && !sameDim(x.getDimSize(0), e))
+    return emitOpError() << "capacity buffer has " << dimStr(x.getDimSize(0))
+                         << " experts but the weights have " << dimStr(e);
+  if (failed(verifyFFNWeights(*this, getGate(), getUp(), getDown(),
+                              getActivation(), {e}, d, "")))
+    return failure();
+  if (Value counts = getCounts())
+    if (!sameDim(tensorType(counts).getDimSize(1), e))
+      return emitOpError() << "counts have "
+                           << dimStr(tensorType(counts).getDimSize(1))
+                           << " experts but the weights have " << dimStr(e);
+  if (!tensorType(getInput()).getElementType().isF32())
+    return emitOpError() << "saves f32 activations: the input must be f32";
+  if (failed(verifySavedActivations(*this, getInput(), getUp(), getGate(),
+                                    getSavedU(), getSavedA(), " result")))
+    return failure();
+  return expectSameType(*this, getOutput().getType(), getInput().getType());
 }
 
 LogicalResult MLPGradOp::verify() {

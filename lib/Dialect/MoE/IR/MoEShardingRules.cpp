@@ -43,9 +43,10 @@ constexpr bool onlyInShardedPrograms =
     // per-rank programs and never sharded themselves.
     llvm::is_one_of<OpTy, RMSNormGradOp, LayerNormGradOp, RouterGradOp,
                     TopKGradOp, DispatchGradOp, CombineGradOp, ExpertFFNGradOp,
-                    MLPGradOp, ExpertLoadGradOp, LoadBalanceLossGradOp,
-                    ZLossGradOp, MSELossOp, AdamWOp, SGDOp, BiasUpdateOp,
-                    ReshapeOp, LoadCountsOp, PackOp, UnpackOp>::value;
+                    ExpertFFNTrainOp, MLPGradOp, ExpertLoadGradOp,
+                    LoadBalanceLossGradOp, ZLossGradOp, MSELossOp, AdamWOp,
+                    SGDOp, BiasUpdateOp, ReshapeOp, LoadCountsOp, PackOp,
+                    UnpackOp>::value;
 
 template <typename... Ops> constexpr bool allHaveShardingRules() {
   return (... && (Ops::template hasTrait<ShardingRuleOpInterface::Trait>() ||

@@ -560,7 +560,7 @@ LogicalResult Differentiator::adjoint(Operation *op) {
             o.getUp().getType(), o.getDown().getType(), primal(o.getInput()),
             counts ? primal(counts) : Value(), gate ? primal(gate) : Value(),
             primal(o.getUp()), primal(o.getDown()), grad(o.getOutput()),
-            o.getActivationAttr());
+            /*saved_u=*/Value(), /*saved_a=*/Value(), o.getActivationAttr());
         addGradOf(o.getInput(), g.getDinput());
         if (gate)
           addGradOf(gate, g.getDgate());

@@ -289,6 +289,9 @@ struct MoEOverlapPass : moe::impl::MoEOverlapBase<MoEOverlapPass> {
     SmallVector<ExpertFFNOp> ffns;
     module.walk([&](ExpertFFNOp op) { ffns.push_back(op); });
     for (ExpertFFNOp ffn : ffns) {
+      // The backward's recomputation (moe-checkpoint) is left as it is.
+      if (ffn->hasAttr(MoEDialect::kRecomputeAttrName))
+        continue;
       FailureOr<std::optional<Exchange>> x = matchExchange(ffn);
       if (failed(x))
         return signalPassFailure();

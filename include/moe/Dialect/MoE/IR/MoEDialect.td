@@ -62,6 +62,14 @@ def MoE_Dialect : Dialect {
         "moe.arena_bytes";
     /// Module: the manifest description of the compiled module.
     static constexpr ::llvm::StringLiteral kManifestAttrName = "moe.manifest";
+    /// Op of @backward (unit): a forward op that moe-checkpoint recomputes
+    /// there instead of keeping its result from forward_train.
+    static constexpr ::llvm::StringLiteral kRecomputeAttrName =
+        "moe.recompute";
+    /// Module (dictionary): the plan of moe-checkpoint (policy, budget,
+    /// saved bytes, recompute cost) that the manifest records.
+    static constexpr ::llvm::StringLiteral kCheckpointAttrName =
+        "moe.checkpoint";
   }];
 }
 

@@ -119,23 +119,52 @@ def MoE_CombineGradOp : MoE_Op<"combine_grad", [Pure]> {
   let hasVerifier = 1;
 }
 
+def MoE_ExpertFFNTrainOp : MoE_Op<"expert_ffn_train", [Pure,
+    AttrSizedOperandSegments]> {
+  let summary = "moe.expert_ffn that also returns its hidden activations";
+  let description = [{
+    `output` is that of `moe.expert_ffn` with the same operands. `saved_u`
+    `[rows, F]` gets `u = x . up_e^T` and, for gated activations (swiglu,
+    geglu), `saved_a` `[rows, F]` gets `a = x . gate_e^T`, on the live rows
+    (`rows` = all rows of the buffer; dead rows are left undefined). Given to
+    `moe.expert_ffn_grad`, they spare its recomputation with the same bits.
+    Written by `moe-checkpoint` for the activations that the backward keeps
+    (f32 only).
+  }];
+  let arguments = (ins MoE_ActBuffer:$input, Optional<MoE_I32_2D>:$counts,
+                       Optional<MoE_Act3D>:$gate, MoE_Act3D:$up,
+                       MoE_Act3D:$down, MoE_ActivationAttr:$activation);
+  let results = (outs MoE_ActBuffer:$output, MoE_F32_2D:$saved_u,
+                      Optional<MoE_F32_2D>:$saved_a);
+  let assemblyFormat = [{
+    $input (`counts` $counts^)? (`gate` $gate^)? `up` $up `down` $down
+    `act` `=` `` $activation attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def MoE_ExpertFFNGradOp : MoE_Op<"expert_ffn_grad", [Pure,
     AttrSizedOperandSegments]> {
   let summary = "gradient of moe.expert_ffn: data and weights, grouped GEMMs";
   let description = [{
     Same layouts and live rows as `moe.expert_ffn`. Recomputes the hidden
-    activations from `input`; `dinput` is zero on dead rows; `dgate`, `dup`,
-    `ddown` are each expert's sums over its live rows (an expert without a
-    live row gets 0).
+    activations from `input`, unless `saved_u` (and, for gated activations,
+    `saved_a`) are given: then it reads them as `moe.expert_ffn_train` wrote
+    them, with the same bits as the recomputation. `dinput` is zero on dead
+    rows; `dgate`, `dup`, `ddown` are each expert's sums over its live rows
+    (an expert without a live row gets 0).
   }];
   let arguments = (ins MoE_ActBuffer:$input, Optional<MoE_I32_2D>:$counts,
                        Optional<MoE_Act3D>:$gate, MoE_Act3D:$up,
                        MoE_Act3D:$down, MoE_ActBuffer:$dout,
+                       Optional<MoE_F32_2D>:$saved_u,
+                       Optional<MoE_F32_2D>:$saved_a,
                        MoE_ActivationAttr:$activation);
   let results = (outs MoE_ActBuffer:$dinput, Optional<MoE_Act3D>:$dgate,
                       MoE_Act3D:$dup, MoE_Act3D:$ddown);
   let assemblyFormat = [{
     $input (`counts` $counts^)? (`gate` $gate^)? `up` $up `down` $down `,` $dout
+    (`saved_u` $saved_u^)? (`saved_a` $saved_a^)?
     `act` `=` `` $activation attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;

@@ -118,6 +118,50 @@ def MoEDifferentiate : Pass<"moe-differentiate", "::mlir::ModuleOp"> {
   let dependentDialects = ["::mlir::moe::MoEDialect", "::mlir::func::FuncDialect"];
 }
 
+def MoECheckpoint : Pass<"moe-checkpoint", "::mlir::ModuleOp"> {
+  let summary = "Activation checkpointing of the training entries: keep or recompute each saved value";
+  let description = [{
+    Runs after `moe-differentiate` on `@forward_train` / `@backward` and
+    decides, per value the backward reads, whether forward_train keeps it
+    (a `saved.N` result) or the backward recomputes it from kept values and
+    weights (clones of the forward ops, marked `moe.recompute`, placed before
+    the value's first use). `policy`:
+
+    - `none`: keep every value the backward reads, and the expert FFNs'
+      hidden activations (`moe.expert_ffn_train`, read by
+      `moe.expert_ffn_grad` through `saved_u` / `saved_a`);
+    - `full`: keep only each layer's input (the residual stream); the
+      backward replays the whole layer forward, collectives included;
+    - `cac` (communication-aware): also keep the result of every collective
+      (the all-to-alls, DTD's all-gathers), so the recomputation is local;
+    - `auto`: fit the saved bytes into `budget` at the least recompute cost
+      (moe/Analysis/CostModel.h, `cluster`): starting from `none`, drop the
+      value with the most bytes per second of recompute, first among those
+      whose recompute needs no collective, then among all. A budget below
+      the `full` plan's bytes is an error that names that minimum.
+
+    Always kept, whatever the policy: the routing (the top-k indices and
+    gate weights of every `moe.topk`: never re-derived in the backward), the
+    loss seeds, the layer inputs. Recomputation runs the same kernels on the
+    same operands, so every policy gives bitwise the same gradients. The
+    plan is recorded in the module attribute `moe.checkpoint` (policy,
+    budget, saved bytes, recompute cost), which the manifest reports.
+  }];
+  let options = [
+    Option<"policy", "policy", "std::string", /*default=*/"\"none\"",
+           "none, full, cac or auto">,
+    Option<"budget", "budget", "std::string", /*default=*/"\"\"",
+           "with auto: saved bytes per rank at most (a non-negative integer)">,
+    Option<"cluster", "cluster", "std::string", /*default=*/"\"\"",
+           "cluster file of the cost model for auto (empty: built-in)">,
+    Option<"ffnActivations", "ffn-activations", "bool", /*default=*/"true",
+           "with none and auto: keep the expert FFNs' hidden activations "
+           "(moe.expert_ffn_train); false leaves their recomputation in "
+           "moe.expert_ffn_grad (moe-overlap pipelines only moe.expert_ffn)">
+  ];
+  let dependentDialects = ["::mlir::moe::MoEDialect", "::mlir::func::FuncDialect"];
+}
+
 def MoEOverlap : Pass<"moe-overlap", "::mlir::ModuleOp"> {
   let summary = "Pipeline the expert-parallel exchange with the expert FFN (Tutel-style overlap)";
   let description = [{
