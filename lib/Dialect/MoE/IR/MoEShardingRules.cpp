@@ -35,7 +35,8 @@ constexpr bool onlyInShardedPrograms =
                     ReduceScatterOp, ReduceScatterStartOp, AllReduceOp,
                     AllReduceStartOp, SliceOp, WaitOp>::value ||
     // moe-overlap runs on per-rank programs.
-    llvm::is_one_of<OpTy, ChunkOp, InterleaveOp>::value ||
+    llvm::is_one_of<OpTy, ChunkOp, InterleaveOp, ChunkCountsOp, ChunkRowsOp,
+                    JoinRowsOp>::value ||
     // Training: moe-differentiate runs after moe-shard (docs/design.md,
     // "Training"), so the gradient, loss and optimizer ops are written into
     // per-rank programs and never sharded themselves.
