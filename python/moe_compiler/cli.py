@@ -301,6 +301,9 @@ def cmd_train_reference(args: argparse.Namespace) -> int:
             row["aux_loss"] = res.aux_loss
         if res.z_loss is not None:
             row["z_loss"] = res.z_loss
+        row["grad_norm"] = res.grad_norm
+        if args.clip_grad_norm is not None:
+            row["clip_coef"] = res.clip_coef
         rows.append(row)
         if not args.json:
             print(f"step {i:4d}  " + "  ".join(f"{k} {v:.12e}" for k, v in row.items()
@@ -308,7 +311,8 @@ def cmd_train_reference(args: argparse.Namespace) -> int:
                   flush=True)
 
     results = train(cfg, x, t, weights, opt, args.steps, layers,
-                    DEFAULT_BIAS_UPDATE_RATE if rate is None else rate, report)
+                    DEFAULT_BIAS_UPDATE_RATE if rate is None else rate, report,
+                    args.clip_grad_norm)
     # Everything is computed: only now are files written (each one atomically).
     meta = {"generator": "moe_compiler train-reference (float64)", "model": cfg.name}
     if args.grads:
@@ -525,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "sgd (default 0)")
     g.add_argument("--bias-update-rate", type=float, metavar="R",
                    help="DeepSeek-V3's selection-bias update speed (default 0.001)")
+    g.add_argument("--clip-grad-norm", type=float, metavar="X",
+                   help="scale the gradients by X / (norm + 1e-6) when that is < 1, "
+                   "before the optimizer step (norm: the global L2 norm of every "
+                   "weight's gradient; torch.nn.utils.clip_grad_norm_)")
     g.add_argument("--optimizer-state", metavar="S.safetensors",
                    help="resume from this state (written by --save-optimizer-state)")
     _add_routing(s)

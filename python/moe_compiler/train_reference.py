@@ -56,7 +56,9 @@ __all__ = [
     "activation_grad",
     "ffn_backward",
     "ffn_forward",
+    "clip_factor",
     "forward_backward",
+    "grad_norm",
     "init_targets",
     "layernorm_backward",
     "load_training_weights",
@@ -392,6 +394,8 @@ class StepResult:
     grads: dict[str, np.ndarray]  # by Hugging Face name (file shapes); no selection bias
     loads: dict[str, np.ndarray]  # selection-bias name -> that layer's expert counts [E]
     routing: list[tuple[np.ndarray, np.ndarray]]  # per MoE sublayer: (idx, kept)
+    grad_norm: float = 0.0  # global L2 norm of ``grads`` (set by :func:`train`)
+    clip_coef: float = 1.0  # the factor clipping applied (1.0: none)
 
 
 def forward_backward(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndarray,
@@ -627,17 +631,39 @@ def load_training_weights(cfg: MoEConfig, get: Callable[[str], np.ndarray],
     return out
 
 
+def grad_norm(grads: Mapping[str, np.ndarray]) -> float:
+    """The global L2 norm over every element of every gradient (spec 7.5)."""
+    return math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64)))
+                         for g in grads.values()))
+
+
+def clip_factor(norm: float, max_norm: float | None) -> float:
+    """torch.nn.utils.clip_grad_norm_'s factor: ``max_norm / (norm + 1e-6)`` when
+    that is below 1, else 1 (no clipping; also without ``max_norm``)."""
+    if max_norm is None:
+        return 1.0
+    coef = _f32(max_norm) / (norm + 1e-6)
+    return coef if coef < 1.0 else 1.0
+
+
 def train(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndarray,
           weights: dict[str, np.ndarray], opt: Optimizer, steps: int,
           layers: range | None = None, bias_update_rate: float = DEFAULT_BIAS_UPDATE_RATE,
-          on_step: Callable[[int, StepResult], None] | None = None) -> list[StepResult]:
+          on_step: Callable[[int, StepResult], None] | None = None,
+          clip_grad_norm: float | None = None) -> list[StepResult]:
     """``steps`` training steps on one batch; updates ``weights`` and ``opt`` in place.
 
-    Each step: forward and backward with the current weights, the optimizer step on
-    every weight with a gradient, then the selection-bias update of every layer that
-    has one. A non-finite loss or gradient raises :class:`TrainError` naming the step
-    (numbered from 1 within this call, and globally by the optimizer's counter).
+    Each step: forward and backward with the current weights, the gradient norm
+    (and, with ``clip_grad_norm``, the gradients scaled by :func:`clip_factor`), the
+    optimizer step on every weight with a gradient, then the selection-bias update of
+    every layer that has one. A non-finite loss or gradient raises
+    :class:`TrainError` naming the step (numbered from 1 within this call, and
+    globally by the optimizer's counter). ``res.grads`` stay unclipped.
     """
+    if clip_grad_norm is not None and not (math.isfinite(clip_grad_norm)
+                                           and clip_grad_norm > 0):
+        raise ConfigError(f"clip-grad-norm: must be a finite number > 0 (got "
+                          f"{clip_grad_norm})")
     results = []
     x = np.asarray(hidden_states, dtype=np.float64)
     for i in range(1, steps + 1):
@@ -650,10 +676,15 @@ def train(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndarray,
         for name, g in res.grads.items():
             if not np.all(np.isfinite(g)):
                 raise TrainError(f"{where}: the gradient of '{name}' is not finite")
+        res.grad_norm = grad_norm(res.grads)
+        res.clip_coef = clip_factor(res.grad_norm, clip_grad_norm)
         results.append(res)
         if on_step is not None:
             on_step(i, res)
-        opt.step(weights, res.grads)
+        grads = res.grads
+        if res.clip_coef != 1.0:
+            grads = {n: g * res.clip_coef for n, g in grads.items()}
+        opt.step(weights, grads)
         for name, load in res.loads.items():
             weights[name] = update_selection_bias(weights[name], load, x.shape[0],
                                                   cfg.top_k, bias_update_rate, opt.storage)

@@ -207,7 +207,7 @@ class _Runner:
         results = train(cfg, x, t, w, opt, a.steps, self.layers)
         steps = []
         for r in results:
-            row = {"loss": r.loss, "mse": r.mse}
+            row = {"loss": r.loss, "mse": r.mse, "grad_norm": r.grad_norm}
             row.update({k: v for k, v in (("aux_loss", r.aux_loss), ("z_loss", r.z_loss))
                         if v is not None})
             steps.append(row)
@@ -230,7 +230,7 @@ def _rows(mine: dict[str, object], ref: dict[str, object], train: bool, steps: i
         pairs("output", mine["outputs"], ref["outputs"])  # type: ignore[arg-type]
         return rows
     for i, (x, y) in enumerate(zip(mine["steps"], ref["steps"]), 1):  # type: ignore
-        for key in ("loss", "mse", "aux_loss", "z_loss"):
+        for key in ("loss", "mse", "aux_loss", "z_loss", "grad_norm"):
             if key in x and key in y:
                 rows.append(compare(f"step {i} {key}", "loss", np.array(x[key]),
                                     np.array(y[key]), tol))

@@ -339,3 +339,28 @@ def test_non_finite_loss_names_the_step(tmp_path):
     opt = Optimizer(OptimizerConfig.make("sgd", lr=1e30), {n: a.shape for n, a in w.items()})
     with pytest.raises(TrainError, match="step [0-9]+ \\(optimizer step [0-9]+\\)"):
         train(cfg, x, np.zeros_like(x), w, opt, 50)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e6])
+def test_gradient_clipping(tmp_path, max_norm):
+    """Spec 7.6: grad_norm over every gradient element; with max_norm below it the
+    step uses g * max / (norm + 1e-6), above it the gradients unchanged."""
+    cfg = FAMILIES["deepseek_v3"]()
+    w = _weights(cfg, tmp_path)
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((8, cfg.hidden_size)), rng.standard_normal((8, cfg.hidden_size))
+    weights = load_training_weights(cfg, w.__getitem__)
+    first = forward_backward(cfg, x, t, weights.__getitem__)
+    norm = math.sqrt(sum(float(np.sum(g * g)) for g in first.grads.values()))
+    coef = min(1.0, float(np.float32(max_norm)) / (norm + 1e-6))
+    opt = Optimizer(OptimizerConfig.make("sgd", lr=0.1), {n: weights[n].shape
+                                                          for n in first.grads})
+    res = train(cfg, x, t, weights, opt, 1, clip_grad_norm=max_norm)[0]
+    assert res.grad_norm == pytest.approx(norm, rel=1e-12)
+    assert res.clip_coef == pytest.approx(coef, rel=1e-12)
+    assert (res.clip_coef < 1) == (max_norm < norm)
+    for n, g in first.grads.items():
+        want = np.float32(w[n] - np.float32(0.1) * (g * coef))
+        np.testing.assert_allclose(weights[n], want, rtol=1e-6, atol=1e-7, err_msg=n)
+    with pytest.raises(ConfigError, match="clip-grad-norm"):
+        train(cfg, x, t, weights, opt, 1, clip_grad_norm=0.0)

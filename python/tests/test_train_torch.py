@@ -147,3 +147,22 @@ def test_optimizer_steps_match_torch_optim(opt, tmp_path):
         for slot in c.slots:
             _close(mine.state[f"model.layers.0.{n}.{slot}"], st[i][slot].numpy(),
                    f"{n}.{slot}")
+
+
+def test_clip_factor_is_torch_clip_grad_norm():
+    """clip_factor / grad_norm against torch.nn.utils.clip_grad_norm_ (norm 2)."""
+    from moe_compiler.train_reference import clip_factor, grad_norm
+
+    rng = np.random.default_rng(3)
+    grads = {f"g{i}": rng.standard_normal(s) for i, s in enumerate([(3, 4), (5,), (2, 2, 2)])}
+    for max_norm in (0.5, 100.0):
+        params = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True)
+                  for g in grads.values()]
+        for prm, g in zip(params, grads.values()):
+            prm.grad = torch.from_numpy(g.copy())
+        total = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = grad_norm(grads)
+        assert float(total) == pytest.approx(norm, rel=1e-12)
+        coef = clip_factor(norm, max_norm)
+        for prm, g in zip(params, grads.values()):
+            _close(prm.grad.numpy(), g * coef, "clipped gradient")

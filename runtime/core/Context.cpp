@@ -616,13 +616,35 @@ const char *moert_ctx_stats_json(moert_ctx *ctx) {
          "\", \"axis\": \"" + jsonEscape(key.second) + buf;
     sep = ", ";
   }
-  t += "]}";
+  t += "]";
+  if (!ctx->stats.expertLoad.empty()) {
+    auto list = [](const std::vector<int64_t> &v) {
+      std::string out = "[";
+      for (size_t i = 0; i < v.size(); ++i)
+        out += (i ? ", " : "") + std::to_string(v[i]);
+      return out + "]";
+    };
+    t += ", \"expert_load\": [";
+    sep = "";
+    for (const Stats::ExpertLoad &l : ctx->stats.expertLoad) {
+      t += sep + std::string("{\"routed\": ") + list(l.routed) +
+           ", \"kept\": " + list(l.kept) + "}";
+      sep = ", ";
+    }
+    t += "]";
+  }
+  t += "}";
   return t.c_str();
 }
 
 void moert_ctx_reset_stats(moert_ctx *ctx) {
   if (ctx)
     ctx->stats = Stats();
+}
+
+void moert_ctx_record_expert_load(moert_ctx *ctx, int32_t on) {
+  if (ctx)
+    ctx->recordExpertLoad = on != 0;
 }
 
 const char *moert_ctx_trace_json(moert_ctx *ctx) {
@@ -855,6 +877,27 @@ void moert_topk(moert_ctx *ctx, const float *logits, const float *bias,
   });
 }
 
+/// Appends the expert load of one moert_assign call (moert_ctx_record_
+/// expert_load): `n` indices, `segments` x `E` counts, both on the device.
+static Status recordExpertLoad(moert_ctx *ctx, const int32_t *indices,
+                               const int32_t *counts, int64_t n, int64_t E,
+                               int64_t segments) {
+  std::vector<int32_t> idx(static_cast<size_t>(n)),
+      cnt(static_cast<size_t>(segments * E));
+  MOERT_TRY(ctx->backend->copyToHost(idx.data(), indices, n * 4));
+  MOERT_TRY(ctx->backend->copyToHost(cnt.data(), counts, segments * E * 4));
+  Stats::ExpertLoad load;
+  load.routed.assign(static_cast<size_t>(E), 0);
+  load.kept.assign(static_cast<size_t>(E), 0);
+  for (int32_t e : idx)
+    if (e >= 0 && e < E)
+      ++load.routed[static_cast<size_t>(e)];
+  for (int64_t i = 0; i < segments * E; ++i)
+    load.kept[static_cast<size_t>(i % E)] += cnt[static_cast<size_t>(i)];
+  ctx->stats.expertLoad.push_back(std::move(load));
+  return Status::ok();
+}
+
 void moert_assign(moert_ctx *ctx, const int32_t *indices, int32_t *positions,
                   int32_t *counts, int64_t T, int64_t k, int64_t E,
                   int64_t capacity, int64_t groups) {
@@ -875,8 +918,12 @@ void moert_assign(moert_ctx *ctx, const int32_t *indices, int32_t *positions,
                 E * groups * capacity);
     }
     MOERT_TRY(a.status());
-    return ctx->backend->assign(indices, positions, counts, T, k, E, capacity,
-                                groups);
+    MOERT_TRY(ctx->backend->assign(indices, positions, counts, T, k, E,
+                                   capacity, groups));
+    return ctx->recordExpertLoad
+               ? recordExpertLoad(ctx, indices, counts, T * k, E,
+                                  capacity > 0 ? groups : 1)
+               : Status::ok();
   });
 }
 

@@ -40,6 +40,12 @@ struct Stats {
   int64_t asyncDoneBeforeWait = 0;
   /// Chrome trace events ("X" events), only when tracing is on.
   std::vector<std::string> traceEvents;
+  /// One record per moert_assign call while expert load recording is on:
+  /// assignments routed to each expert and kept after capacity.
+  struct ExpertLoad {
+    std::vector<int64_t> routed, kept;
+  };
+  std::vector<ExpertLoad> expertLoad;
 };
 
 } // namespace moert
@@ -60,6 +66,8 @@ struct moert_ctx {
 
   moert::Stats stats;
   double traceOrigin = 0;
+  /// moert_ctx_record_expert_load.
+  bool recordExpertLoad = false;
 
   /// CPU threads of the backend and ranks of the world on this node.
   int32_t threads = 0;

@@ -72,6 +72,9 @@ const char *const kUsage =
     "                      to the gradient for sgd (default: 0)\n"
     "  --bias-update-rate R  selection-bias update speed, >= 0 (default:\n"
     "                      0.001; models with a selection bias only)\n"
+    "  --clip-grad-norm X  scale the gradients by X / (norm + 1e-6) when that\n"
+    "                      is < 1, before the optimizer step (norm: the\n"
+    "                      global L2 norm of every weight's gradient)\n"
     "  --optimizer-state FILE  resume from this state (default: zeros, "
     "step 0)\n"
     "  --save-weights FILE     write the weights after the last step (F32)\n"
@@ -135,6 +138,7 @@ const char *const kTrainFlags[] = {"--steps",
                                    "--momentum",
                                    "--weight-decay",
                                    "--bias-update-rate",
+                                   "--clip-grad-norm",
                                    "--optimizer-state",
                                    "--save-weights",
                                    "--save-optimizer-state",
@@ -285,6 +289,10 @@ Status parseTrain(const RawTrain &raw, TrainOptions &t) {
       MOERT_TRY(hyper(r.flag, v, v >= 0, ">= 0", *r.field));
     }
   t.biasRateGiven = has("--bias-update-rate");
+  if (has("--clip-grad-norm")) {
+    MOERT_TRY(parseReal("--clip-grad-norm", text("--clip-grad-norm"), v));
+    MOERT_TRY(hyper("--clip-grad-norm", v, v > 0, "> 0", t.clipGradNorm));
+  }
   if (sgd) {
     t.beta1 = t.beta2 = t.eps = 0;
   } else {

@@ -26,6 +26,8 @@ struct TrainOptions {
   float weightDecay = 0.01f, momentum = 0, biasUpdateRate = 0.001f;
   /// --bias-update-rate was given (an error for a model without a bias).
   bool biasRateGiven = false;
+  /// --clip-grad-norm X (f32, > 0); 0 when not given (no clipping).
+  float clipGradNorm = 0;
   /// --json: the losses as one JSON object at the end, no lines, no tables.
   bool json = false;
 };

@@ -215,4 +215,17 @@ Status assembleGlobal(const Mesh &mesh, const TensorSpec &spec, const char *all,
   return Status::ok();
 }
 
+bool isFirstReplica(const Mesh &mesh, const TensorSpec &spec,
+                    const std::vector<int64_t> &coords) {
+  for (size_t a = 0; a < mesh.axes.size() && a < coords.size(); ++a) {
+    bool splits = false;
+    for (const std::vector<std::string> &dim : spec.shard)
+      for (const std::string &axis : dim)
+        splits = splits || axis == mesh.axes[a];
+    if (!splits && coords[a] != 0)
+      return false;
+  }
+  return true;
+}
+
 } // namespace moe_run

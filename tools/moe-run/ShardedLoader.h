@@ -61,6 +61,14 @@ moert::Status assembleGlobal(const moert::Mesh &mesh,
                              const moert::TensorSpec &spec, const char *all,
                              int64_t bytesPerRank, std::vector<char> &global);
 
+/// True when the rank at `coords` holds the first copy of its slice of
+/// `spec`: its coordinate is 0 on every mesh axis that splits no dimension
+/// of `spec` (the axes `spec` is replicated over). Over all ranks, the slices
+/// of the ranks for which it is true hold every element of the tensor
+/// exactly once (shards counted once each, replicas once), whatever the mesh.
+bool isFirstReplica(const moert::Mesh &mesh, const moert::TensorSpec &spec,
+                    const std::vector<int64_t> &coords);
+
 } // namespace moe_run
 
 #endif // MOE_RUN_SHARDEDLOADER_H

@@ -254,6 +254,8 @@ void Trainer::call(EntryRun &e) {
     fatal(ctxError(
         ctx_, format("running entry '%s'", e.entry->name.c_str()).c_str()));
   e.stats.absorb(moert_ctx_stats_json(ctx_));
+  if (&e == &ft_)
+    load_ = parseExpertLoad(moert_ctx_stats_json(ctx_));
   if (!s_.opt.trace.empty()) {
     std::string t = moert_ctx_trace_json(ctx_);
     if (!t.empty())
@@ -292,6 +294,10 @@ Problem Trainer::lossProblem() {
 
 Problem Trainer::gradProblem() {
   Problem p;
+  localSquares_ = 0;
+  std::set<std::string> weights;
+  for (const TensorSpec *w : weights_)
+    weights.insert("grad." + w->name);
   std::vector<char> host;
   std::vector<float> f32;
   // On the CPU device the buffers are host memory: F32 gradients are read
@@ -314,9 +320,17 @@ Problem Trainer::gradProblem() {
         fatal(s);
       data = f32.data();
     }
-    int64_t bad = firstNonFinite(data, n);
-    if (bad < 0)
+    // One pass: the sum of squares (in double, where a finite f32 cannot
+    // overflow) is finite exactly when every element is; it is also this
+    // rank's share of the gradient norm (TrainNorm.cpp).
+    double squares = sumOfSquares(data, n);
+    if (std::isfinite(squares)) {
+      if (weights.count(r.name) &&
+          isFirstReplica(s_.manifest.mesh, r, s_.coords))
+        localSquares_ += squares;
       continue;
+    }
+    int64_t bad = firstNonFinite(data, n);
     p.what = r.index;
     p.expert = expertOf(r, bad);
     return p;
@@ -363,7 +377,14 @@ bool Trainer::agreeProblem(Problem mine, int64_t i) {
 /// finite.
 bool Trainer::step(int64_t i) {
   double start = now();
+  moert_ctx_record_expert_load(ctx_, 1);
   call(ft_);
+  moert_ctx_record_expert_load(ctx_, 0);
+  Status loaded = sumExpertLoad(ctx_, tokensCounted(s_, *ft_.entry), load_);
+  if (!loaded.isOk())
+    fatal(loaded);
+  if (i == 1)
+    firstLoad_ = load_;
   if (!agreeProblem(lossProblem(), i))
     return false;
   call(bw_);
@@ -373,6 +394,16 @@ bool Trainer::step(int64_t i) {
     Status s = gatherGrads();
     if (!s.isOk())
       fatal(s);
+  }
+  // The norm of the gradients as backward made them (--grads holds them
+  // unclipped too), then clipping as torch.nn.utils.clip_grad_norm_.
+  double norm = gradNorm(), coef = 1;
+  if (t_.clipGradNorm > 0) {
+    coef = static_cast<double>(t_.clipGradNorm) / (norm + 1e-6);
+    if (coef < 1)
+      scaleGrads(coef);
+    else
+      coef = 1;
   }
   float h[8] = {t_.lr,
                 t_.beta1,
@@ -408,11 +439,20 @@ bool Trainer::step(int64_t i) {
       row.set(key, static_cast<double>(v));
       line += format(" %s %.9e", label, v);
     }
-  row.set("ms", ms);
-  if (t_.json) {
-    rows_.push(std::move(row));
-    return true;
+  row.set("grad_norm", norm);
+  line += format(" grad_norm %.9e", norm);
+  if (t_.clipGradNorm > 0) {
+    row.set("clip_coef", coef);
+    if (coef < 1)
+      line += format(" clipped x%.6g", coef);
   }
+  row.set("ms", ms);
+  if (t_.json)
+    rows_.push(row);
+  row.set("expert_load", expertLoadJson(load_, epSize(s_.manifest.mesh)));
+  stepStats_.push(std::move(row));
+  if (t_.json)
+    return true;
   std::printf("%s (%.3f ms)\n", line.c_str(), ms);
   std::fflush(stdout);
   return true;

@@ -128,6 +128,13 @@ int Trainer::finish() {
   if (world().rank != 0 || s_.opt.quiet)
     return 0;
   printTrainingTables(stats, loadSeconds_, h2dSeconds_);
+  int64_t ep = epSize(s_.manifest.mesh);
+  printExpertLoad(firstLoad_, ", forward_train of step 1", ep);
+  if (t_.steps > 1)
+    printExpertLoad(load_,
+                    format(", forward_train of step %lld",
+                           static_cast<long long>(t_.steps)),
+                    ep);
   return 0;
 }
 
@@ -146,6 +153,8 @@ std::string Trainer::rankStats() const {
   for (const EntryRun *e : {&ft_, &bw_, &step_})
     entries.push(e->stats.toJson());
   v.set("entries", std::move(entries));
+  if (world().rank == 0)
+    v.set("step_stats", stepStats_);
   return json::write(v);
 }
 

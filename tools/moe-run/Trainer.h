@@ -9,6 +9,7 @@
 #define MOE_RUN_TRAINER_H
 
 #include "Checkpoint.h"
+#include "ExpertLoad.h"
 #include "Options.h"
 #include "Report.h"
 #include "Session.h"
@@ -24,6 +25,10 @@
 #include <vector>
 
 namespace moe_run {
+
+/// Sum of the squares of `n` floats in double, in a fixed order (eight
+/// interleaved partial sums, then the rest, so that it vectorizes).
+double sumOfSquares(const float *data, int64_t n);
 
 /// One entry point of the step: its argument and result tables, and its
 /// statistics summed over the steps.
@@ -69,6 +74,13 @@ private:
   Problem gradProblem();
   bool agreeProblem(Problem mine, int64_t i);
   bool step(int64_t i);
+  std::vector<const moert::TensorSpec *> weightGrads() const;
+  float *gradData(const moert::TensorSpec &r, std::vector<float> &host);
+  /// The global L2 norm of the weights' gradients (TrainNorm.cpp) from
+  /// this rank's localSquares_; the same value on every rank.
+  double gradNorm();
+  /// Multiplies every gradient of a weight by `coef` (rounded to f32).
+  void scaleGrads(double coef);
   moert::Status gatherGrads();
   moert::Status save();
   std::string rankStats() const;
@@ -90,11 +102,19 @@ private:
   moert::Status gradsStatus_ = moert::Status::ok();
   std::unique_ptr<ShardedLoader> loader_;
   int64_t step0_ = 0;
+  /// Sum of the squares of the gradient elements this rank counts in the
+  /// norm (gradProblem).
+  double localSquares_ = 0;
   bool hasBias_ = false;
   double loadSeconds_ = 0, h2dSeconds_ = 0, runSeconds_ = 0;
   std::string trace_;
   /// --json: one object per step (rank 0).
   moert::json::Value rows_ = moert::json::Value::array();
+  /// The global expert load of forward_train: this step's, step 1's.
+  ExpertLoad load_, firstLoad_;
+  /// The same objects for --stats ("step_stats" of rank 0's object), with
+  /// the step's expert load.
+  moert::json::Value stepStats_ = moert::json::Value::array();
 };
 
 } // namespace moe_run

@@ -21,6 +21,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "Calibrate.h"
+#include "ExpertLoad.h"
 #include "Options.h"
 #include "Report.h"
 #include "Session.h"
@@ -161,6 +162,8 @@ void Driver::runEntry() {
       runSeconds_ = 0;
     }
     poisonResults();
+    // The expert load of the last run (ExpertLoad.h).
+    moert_ctx_record_expert_load(ctx_, i + 1 == opt_.warmup + opt_.repeat);
     double start = now();
     fn_(ctx_, args_.data(), results_.data());
     moert_synchronize(ctx_);
@@ -197,6 +200,9 @@ int Driver::finish() {
   std::vector<std::vector<char>> globals;
   Status s = gatherResults(globals);
   std::vector<std::string> stats, traces;
+  ExpertLoad load = parseExpertLoad(moert_ctx_stats_json(ctx_));
+  if (s.isOk())
+    s = sumExpertLoad(ctx_, tokensCounted(s_, *entry_), load);
   if (s.isOk())
     s = s_.gatherStrings(
         rankStats(ctx_, loadSeconds_, h2dSeconds_, runSeconds_), stats);
@@ -211,6 +217,9 @@ int Driver::finish() {
     tensors.push_back(
         {spec.name, spec.dtype, spec.shape, globals[spec.index].data()});
   s = writeSafetensors(opt_.output, tensors);
+  if (!load.empty())
+    stats[0] = withMember(stats[0], "expert_load",
+                          expertLoadJson(load, epSize(s_.manifest.mesh)));
   if (s.isOk() && !opt_.stats.empty())
     s = writeStats(opt_.stats, stats);
   if (s.isOk() && !opt_.trace.empty())
@@ -219,8 +228,10 @@ int Driver::finish() {
     report("error: %s", s.message().c_str());
     return 1;
   }
-  if (!opt_.quiet)
+  if (!opt_.quiet) {
     printTables(stats, {loadSeconds_, h2dSeconds_, runSeconds_, opt_.repeat});
+    printExpertLoad(load, "", epSize(s_.manifest.mesh));
+  }
   return opt_.check.empty() || checkOutputs(opt_.check, *entry_, globals,
                                             opt_.rtol, opt_.atol)
              ? 0

@@ -169,6 +169,13 @@ moert_status moert_synchronize(moert_ctx *ctx);
  *    "axis": "ep", "calls": n, "bytes_sent": b}, ...]}                     */
 const char *moert_ctx_stats_json(moert_ctx *ctx);
 void moert_ctx_reset_stats(moert_ctx *ctx);
+/* Expert load recording (off by default). While on, every moert_assign call
+ * appends one record to the statistics, in call order: for this rank's
+ * tokens, the assignments routed to each expert (the indices in [0, E),
+ * before capacity) and those kept (the column sums of its counts):
+ * "expert_load": [{"routed": [E counts], "kept": [E counts]}, ...] in
+ * moert_ctx_stats_json. moert_ctx_reset_stats clears the records. */
+void moert_ctx_record_expert_load(moert_ctx *ctx, int32_t on);
 /* Chrome trace events of this rank (JSON array body, no brackets), or "". */
 const char *moert_ctx_trace_json(moert_ctx *ctx);
 

@@ -217,7 +217,7 @@ def run(cmd):
 
 
 STEP = re.compile(r"^step (\d+)/(\d+) loss (\S+) mse (\S+) aux (\S+) "
-                  r"\(([0-9.]+) ms\)$", re.M)
+                  r"grad_norm (\S+) \(([0-9.]+) ms\)$", re.M)
 
 
 def train(what, cmd):
@@ -489,6 +489,8 @@ def bad_cases(c):
         (["--eps", "-1"], ["--eps"]), (["--weight-decay", "nan"],
                                        ["--weight-decay"]),
         (["--bias-update-rate", "-0.5"], ["--bias-update-rate"]),
+        (["--clip-grad-norm", "0"], ["--clip-grad-norm", "> 0"]),
+        (["--clip-grad-norm", "nan"], ["--clip-grad-norm", "nan"]),
         (["--optimizer", "lion"], ["lion"]),
         (["--output", outs[0]], ["--output"]),
         (["--save-weights", outs[1]], ["different files"]),

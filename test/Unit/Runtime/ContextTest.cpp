@@ -189,6 +189,33 @@ TEST_F(Context, StatsJsonCountsPhasesAndSkipsFailedCalls) {
             "\"collectives\": []}");
 }
 
+TEST_F(Context, ExpertLoadIsRecordedOnlyWhenAsked) {
+  // 4 tokens, k = 2, 4 experts, capacity 1 per expert and group, 2 groups:
+  // group 0 routes (0, 1), (0, 1): expert 0 and 1 keep one each; group 1
+  // routes (3, 0), (3, 0): expert 3 and 0 keep one each.
+  std::vector<int32_t> idx = {0, 1, 0, 1, 3, 0, 3, 0}, pos(8), counts(8);
+  moert_assign(ctx, idx.data(), pos.data(), counts.data(), 4, 2, 4, 1, 2);
+  ASSERT_TRUE(ok());
+  EXPECT_EQ(std::string(moert_ctx_stats_json(ctx)).find("expert_load"),
+            std::string::npos);
+  moert_ctx_record_expert_load(ctx, 1);
+  moert_assign(ctx, idx.data(), pos.data(), counts.data(), 4, 2, 4, 1, 2);
+  std::vector<int32_t> dropless = {2, 3, 2, 2};
+  moert_assign(ctx, dropless.data(), pos.data(), counts.data(), 2, 2, 4, 0, 0);
+  ASSERT_TRUE(ok());
+  std::string json = moert_ctx_stats_json(ctx);
+  EXPECT_NE(json.find("\"expert_load\": [{\"routed\": [4, 2, 0, 2], "
+                      "\"kept\": [2, 1, 0, 1]}, {\"routed\": [0, 0, 3, 1], "
+                      "\"kept\": [0, 0, 3, 1]}]}"),
+            std::string::npos)
+      << json;
+  moert_ctx_reset_stats(ctx);
+  moert_ctx_record_expert_load(ctx, 0);
+  moert_assign(ctx, idx.data(), pos.data(), counts.data(), 4, 2, 4, 1, 2);
+  EXPECT_EQ(std::string(moert_ctx_stats_json(ctx)).find("expert_load"),
+            std::string::npos);
+}
+
 TEST(ContextStats, CollectivesAreKeyedByOpAndAxisNames) {
   // Collectives.cpp reports through these helpers; check what JSON they make.
   moert_ctx *ctx = nullptr;
