@@ -1,7 +1,8 @@
 //===- CpuBackend.h - The kernels on host memory ----------------*- C++ -*-===//
 //
-// f32 kernels on the host: OpenBLAS for the GEMMs (router, expert FFN, MLP
-// and their gradients), OpenMP for everything else. Other dtypes answer
+// f32 kernels on the host: RowGemm (RowGemm.h) for the forward GEMMs of the
+// expert FFN and the MLP, OpenBLAS for the other GEMMs (router, gradients),
+// OpenMP for everything else. Other dtypes answer
 // MOERT_ERR_UNSUPPORTED. Scratch memory is held here and only grows, so
 // steady-state calls do not allocate. One backend serves one context and is not
 // thread-safe.
@@ -11,6 +12,7 @@
 #define MOERT_CPU_CPUBACKEND_H
 
 #include "core/Backend.h"
+#include "cpu/RowGemm.h"
 
 #include <vector>
 
@@ -160,6 +162,12 @@ public:
   void setFfnChunkRows(int64_t rows) { ffnChunkRows_ = rows; }
   static constexpr int64_t kFfnWorkspaceBytes = int64_t(256) << 20;
 
+  /// The GEMMs c = a.w^T of the FFN forward (and of its recomputation in the
+  /// backward): RowGemm (the default: a row's bits do not depend on the rows
+  /// around it) or OpenBLAS (bench/cpu/ffn_gemm.sh compares the two).
+  enum class FfnGemm { RowIndependent, Blas };
+  void setFfnGemm(FfnGemm gemm) { ffnGemm_ = gemm; }
+
 private:
   /// The FFN weights of one expert (gate is null for ungated activations).
   struct FfnWeights {
@@ -192,9 +200,13 @@ private:
   Status runFfn(const float *x, float *y, const RowBlock *blocks,
                 int64_t numBlocks, const FfnWeights &w, int64_t D, int64_t F,
                 int32_t activation, float *saveA, float *saveU);
-  void ffnChunk(const float *x, float *y, int64_t rows, const FfnWeights &w,
-                int64_t D, int64_t F, int32_t activation, float *saveA,
-                float *saveU);
+  Status ffnChunk(const float *x, float *y, int64_t rows, const FfnWeights &w,
+                  int64_t D, int64_t F, int32_t activation, float *saveA,
+                  float *saveU);
+  /// c[m,n] = a[m,kk] . b[n,kk]^T (weights are stored [out, in]), with the
+  /// FfnGemm chosen.
+  Status gemmNT(const float *a, const float *b, float *c, int64_t m, int64_t n,
+                int64_t kk);
   /// Backward of the FFN over the live rows in `blocks`: dx of those rows
   /// and the weight gradients (overwritten: 0 without live rows). When
   /// `fOut` is not null, the FFN's output of those rows is written there.
@@ -208,13 +220,15 @@ private:
                     const float *savedU = nullptr);
   /// How ffnGradChunk gets a and u.
   enum class Hidden { Recompute, Copy, Loaded };
-  void ffnGradChunk(const float *x, const float *dy, float *dx, float *fOut,
-                    int64_t rows, const FfnWeights &w, const FfnGrads &g,
-                    float beta, int64_t D, int64_t F, int32_t activation,
-                    Hidden hidden, const float *savedA, const float *savedU);
+  Status ffnGradChunk(const float *x, const float *dy, float *dx, float *fOut,
+                      int64_t rows, const FfnWeights &w, const FfnGrads &g,
+                      float beta, int64_t D, int64_t F, int32_t activation,
+                      Hidden hidden, const float *savedA, const float *savedU);
 
   int threads_;
   int64_t ffnChunkRows_ = 0;
+  FfnGemm ffnGemm_ = FfnGemm::RowIndependent;
+  cpu::RowGemm rowGemm_;
   Workspace ffnWork_;
   /// Live row blocks of every expert: blocks of e are
   /// blocks_[blockStart_[e] .. blockStart_[e+1]).

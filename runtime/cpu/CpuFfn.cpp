@@ -2,11 +2,15 @@
 //
 // Each expert runs three GEMMs (two for ungated activations) over only its
 // live rows, with the activation fused into one pass over the GEMM outputs.
-// OpenBLAS repacks the whole weight matrix on every call, so an expert's rows
-// go through as few and as large GEMMs as the workspace budget allows, in
-// chunks of equal size. A chunk that spans several segments is gathered into
-// contiguous rows first, so that many small segments still make one large
-// GEMM.
+// The GEMMs of the forward (x.gate^T, x.up^T, h.down^T, also where the
+// backward recomputes them) are RowGemm's (RowGemm.h): a row of their output
+// has the same bits whatever the rows around it, so neither the chunks below
+// nor moe-overlap's chunks of the slots change the result. The backward's
+// other GEMMs are OpenBLAS's. Both pack the whole weight matrix on every
+// call, so an expert's rows go through as few and as large GEMMs as the
+// workspace budget allows, in chunks of equal size. A chunk that spans
+// several segments is gathered into contiguous rows first, so that many
+// small segments still make one large GEMM.
 //
 //===----------------------------------------------------------------------===//
 #include "cpu/CpuBackend.h"
@@ -23,13 +27,6 @@ namespace moert {
 using namespace cpu;
 
 namespace {
-
-/// c[m,n] = a[m,kk] . b[n,kk]^T (weights are stored [out, in]).
-void gemmNT(const float *a, const float *b, float *c, int64_t m, int64_t n,
-            int64_t kk) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, kk, 1.0f, a, kk, b,
-              kk, 0.0f, c, n);
-}
 
 /// c[m,n] = a[m,kk] . b[kk,n] + beta c.
 void gemmNN(const float *a, const float *b, float *c, int64_t m, int64_t n,
@@ -79,11 +76,14 @@ void activateRange(int32_t act, float *h, const float *u, int64_t n) {
   }
 }
 
-void activate(int32_t act, float *h, const float *u, int64_t n, int threads) {
-  const int64_t block = 8192; // a multiple of the vector width
-#pragma omp parallel for num_threads(threads) schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; i += block)
-    activateRange(act, h + i, u ? u + i : nullptr, std::min(block, n - i));
+/// activateRange over each row of h [rows, F]: which elements take the
+/// vector path depends on their column only, not on the rows of the chunk.
+void activate(int32_t act, float *h, const float *u, int64_t rows, int64_t F,
+              int threads) {
+#pragma omp parallel for num_threads(threads)                                  \
+    schedule(static) if (rows * F > 65536)
+  for (int64_t r = 0; r < rows; ++r)
+    activateRange(act, h + r * F, u ? u + r * F : nullptr, F);
 }
 
 /// Position in a list of row blocks.
@@ -114,31 +114,40 @@ int64_t walkRows(const RowBlock *blocks, int64_t numBlocks, Cursor &cur,
 
 } // namespace
 
-void CpuBackend::ffnChunk(const float *x, float *y, int64_t rows,
-                          const FfnWeights &w, int64_t D, int64_t F,
-                          int32_t activation, float *saveA, float *saveU) {
+Status CpuBackend::gemmNT(const float *a, const float *b, float *c, int64_t m,
+                          int64_t n, int64_t kk) {
+  if (ffnGemm_ == FfnGemm::RowIndependent)
+    return rowGemm_.nt(a, b, c, m, n, kk, threads_, "moert_expert_ffn");
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, kk, 1.0f, a, kk, b,
+              kk, 0.0f, c, n);
+  return Status::ok();
+}
+
+Status CpuBackend::ffnChunk(const float *x, float *y, int64_t rows,
+                            const FfnWeights &w, int64_t D, int64_t F,
+                            int32_t activation, float *saveA, float *saveU) {
   float *h = ffnWork_.data();
   float *u = nullptr;
   size_t hiddenBytes = static_cast<size_t>(rows * F) * sizeof(float);
   if (isGatedActivation(activation)) {
     u = h + rows * F;
     if (saveU) { // the GEMMs of ffnGradChunk, then the in-place activation
-      gemmNT(x, w.gate, saveA, rows, F, D);
-      gemmNT(x, w.up, saveU, rows, F, D);
+      MOERT_TRY(gemmNT(x, w.gate, saveA, rows, F, D));
+      MOERT_TRY(gemmNT(x, w.up, saveU, rows, F, D));
       std::memcpy(h, saveA, hiddenBytes);
       std::memcpy(u, saveU, hiddenBytes);
     } else {
-      gemmNT(x, w.gate, h, rows, F, D);
-      gemmNT(x, w.up, u, rows, F, D);
+      MOERT_TRY(gemmNT(x, w.gate, h, rows, F, D));
+      MOERT_TRY(gemmNT(x, w.up, u, rows, F, D));
     }
   } else if (saveU) {
-    gemmNT(x, w.up, saveU, rows, F, D);
+    MOERT_TRY(gemmNT(x, w.up, saveU, rows, F, D));
     std::memcpy(h, saveU, hiddenBytes);
   } else {
-    gemmNT(x, w.up, h, rows, F, D);
+    MOERT_TRY(gemmNT(x, w.up, h, rows, F, D));
   }
-  activate(activation, h, u, rows * F, threads_);
-  gemmNT(h, w.down, y, rows, D, F);
+  activate(activation, h, u, rows, F, threads_);
+  return gemmNT(h, w.down, y, rows, D, F);
 }
 
 int64_t CpuBackend::gradChunkRows(int64_t live, int64_t D, int64_t F,
@@ -188,9 +197,9 @@ Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
             first = row;
         });
     if (pieces == 1) {
-      ffnChunk(x + first * D, y + first * D, rows, w, D, F, activation,
-               saveA ? saveA + first * F : nullptr,
-               saveU ? saveU + first * F : nullptr);
+      MOERT_TRY(ffnChunk(x + first * D, y + first * D, rows, w, D, F,
+                         activation, saveA ? saveA + first * F : nullptr,
+                         saveU ? saveU + first * F : nullptr));
       cur = probe;
       continue;
     }
@@ -199,8 +208,8 @@ Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
       std::memcpy(xg + at * D, x + row * D, n * rowBytes);
       at += n;
     });
-    ffnChunk(xg, yg, rows, w, D, F, activation, saveA ? ag : nullptr,
-             saveU ? ug : nullptr);
+    MOERT_TRY(ffnChunk(xg, yg, rows, w, D, F, activation, saveA ? ag : nullptr,
+                       saveU ? ug : nullptr));
     at = 0;
     walkRows(blocks, numBlocks, start, chunk, [&](int64_t row, int64_t n) {
       std::memcpy(y + row * D, yg + at * D, n * rowBytes);
@@ -223,11 +232,11 @@ Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
 //   du = dh act'(u)), dx = da.gate + du.up, dgate += da^T.x, dup += du^T.x
 // Eight GEMMs (five ungated) over all the chunk's rows: no per-token work.
 
-void CpuBackend::ffnGradChunk(const float *x, const float *dy, float *dx,
-                              float *fOut, int64_t rows, const FfnWeights &w,
-                              const FfnGrads &g, float beta, int64_t D,
-                              int64_t F, int32_t activation, Hidden hidden,
-                              const float *savedA, const float *savedU) {
+Status CpuBackend::ffnGradChunk(const float *x, const float *dy, float *dx,
+                                float *fOut, int64_t rows, const FfnWeights &w,
+                                const FfnGrads &g, float beta, int64_t D,
+                                int64_t F, int32_t activation, Hidden hidden,
+                                const float *savedA, const float *savedU) {
   bool gated = isGatedActivation(activation);
   float *a = gated ? ffnWork_.data() : nullptr;
   float *u = ffnWork_.data() + (gated ? rows * F : 0);
@@ -236,8 +245,8 @@ void CpuBackend::ffnGradChunk(const float *x, const float *dy, float *dx,
   size_t hiddenBytes = static_cast<size_t>(rows * F) * sizeof(float);
   if (hidden == Hidden::Recompute) {
     if (gated)
-      gemmNT(x, w.gate, a, rows, F, D);
-    gemmNT(x, w.up, u, rows, F, D);
+      MOERT_TRY(gemmNT(x, w.gate, a, rows, F, D));
+    MOERT_TRY(gemmNT(x, w.up, u, rows, F, D));
   } else if (hidden == Hidden::Copy) {
     if (gated)
       std::memcpy(a, savedA, hiddenBytes);
@@ -249,7 +258,7 @@ void CpuBackend::ffnGradChunk(const float *x, const float *dy, float *dx,
   gemmNN(dy, w.down, dh, rows, F, D, 0.0f);
   gemmTN(dy, h, g.down, D, F, rows, beta);
   if (fOut)
-    gemmNT(h, w.down, fOut, rows, D, F);
+    MOERT_TRY(gemmNT(h, w.down, fOut, rows, D, F));
   multiplyInto(u, dh, rows * F, threads_); // du
   gemmNN(u, w.up, dx, rows, D, F, 0.0f);
   gemmTN(u, x, g.up, F, D, rows, beta);
@@ -258,6 +267,7 @@ void CpuBackend::ffnGradChunk(const float *x, const float *dy, float *dx,
     gemmNN(a, w.gate, dx, rows, D, F, 1.0f);
     gemmTN(a, x, g.gate, F, D, rows, beta);
   }
+  return Status::ok();
 }
 
 Status CpuBackend::runFfnGrad(const float *x, const float *dy, float *dx,
@@ -301,9 +311,10 @@ Status CpuBackend::runFfnGrad(const float *x, const float *dy, float *dx,
     if (pieces == 1) {
       int64_t o = firstRow * D;
       int64_t h = firstRow * F;
-      ffnGradChunk(x + o, dy + o, dx + o, fOut ? fOut + o : nullptr, rows, w, g,
-                   beta, D, F, activation, copy, savedA ? savedA + h : nullptr,
-                   savedU ? savedU + h : nullptr);
+      MOERT_TRY(ffnGradChunk(x + o, dy + o, dx + o, fOut ? fOut + o : nullptr,
+                             rows, w, g, beta, D, F, activation, copy,
+                             savedA ? savedA + h : nullptr,
+                             savedU ? savedU + h : nullptr));
       cur = probe;
       beta = 1.0f;
       continue;
@@ -321,9 +332,9 @@ Status CpuBackend::runFfnGrad(const float *x, const float *dy, float *dx,
         std::memcpy(ag + at * F, savedA + row * F, n * hiddenRowBytes);
       at += n;
     });
-    ffnGradChunk(xg, dyg, dxg, fOut ? fg : nullptr, rows, w, g, beta, D, F,
-                 activation, savedU ? Hidden::Loaded : Hidden::Recompute,
-                 nullptr, nullptr);
+    MOERT_TRY(ffnGradChunk(
+        xg, dyg, dxg, fOut ? fg : nullptr, rows, w, g, beta, D, F, activation,
+        savedU ? Hidden::Loaded : Hidden::Recompute, nullptr, nullptr));
     beta = 1.0f;
     at = 0;
     walkRows(blocks, numBlocks, start, chunk, [&](int64_t row, int64_t n) {

@@ -20,7 +20,13 @@ Output, one line per check (FileCheck reads them):
                            token all-to-alls of forward_train and backward: equal)
   GRADS <family> <n> tensors max_rel_err=<e>
   STEP <family> <optimizer> steps=<n> <m> tensors max_rel_err=<e>
+  BITWISE <family> <mesh> = <other mesh> <n> tensors   (with --same-bits-as)
   PASS <family>            (or FAIL <family> <why>, exit status 1)
+
+Every rank keeps its first step's loss and gradients and its weights after the
+last step in ``<workdir>/results.<rank>.npz``; ``--same-bits-as DIR`` compares them
+byte for byte with those of an earlier run's workdir (e.g. the same mesh without
+``+overlap=N``).
 
 ``max_rel_err`` = max |a - ref| / (|ref| + atol/rtol) with atol = 1e-6 times the
 largest |ref| of the tensor (gradients are small numbers, so the floor is
@@ -233,12 +239,13 @@ def check(args: argparse.Namespace, work: str) -> None:
         if a["role"] == "state":
             tensors[a["name"]] = np.zeros(a["local_shape"], dtype=np.float32)
 
-    first_grads = None
+    first_grads, first_loss = None, None
     for i in range(args.steps):
         out = m.call("forward_train", tensors)
         if i == 0:
             loss, want = float(out["loss"][0]), ref["steps"][0]["loss"]
             say(f"LOSS{where}{args.family} compiled={loss:.9e} reference={want:.9e}")
+            first_loss = out["loss"]
             if abs(loss - want) > RTOL * abs(want):
                 raise CheckError(f"loss {loss} differs from the reference {want}")
         tensors.update(out)
@@ -292,6 +299,34 @@ def check(args: argparse.Namespace, work: str) -> None:
         worst = max(worst, e)
     say(f"STEP{where}{args.family} {args.optimizer} steps={args.steps} {len(specs)} tensors "
         f"max_rel_err={worst:.3e}")
+    kept = {"loss": np.asarray(first_loss)} if first_loss is not None else {}
+    kept.update({n: np.asarray(v) for n, v in (first_grads or {}).items()})
+    kept.update({"weight." + n: np.asarray(tensors[n]) for n in specs})
+    np.savez(os.path.join(work, f"results.{m.rank if args.mesh else 0}.npz"), **kept)
+
+
+def same_bits(args: argparse.Namespace, work: str) -> None:
+    """This run's results.<rank>.npz against --same-bits-as's, byte for byte."""
+    names = sorted(f for f in os.listdir(work) if re.fullmatch(r"results\.\d+\.npz", f))
+    if not names:
+        raise CheckError(f"no results.<rank>.npz in {work}")
+    count = 0
+    for name in names:
+        other = os.path.join(args.same_bits_as, name)
+        if not os.path.exists(other):
+            raise CheckError(f"{other} does not exist")
+        with np.load(os.path.join(work, name)) as a, np.load(other) as b:
+            if sorted(a.files) != sorted(b.files):
+                raise CheckError(f"{name}: tensors {sorted(a.files)} != {sorted(b.files)}")
+            for t in a.files:
+                x, y = a[t], b[t]
+                if x.shape != y.shape or x.dtype != y.dtype or x.tobytes() != y.tobytes():
+                    diff = np.max(np.abs(x.astype(np.float64) - y)) if x.shape == y.shape else None
+                    raise CheckError(f"{name}: '{t}' differs from {other} (max |diff| {diff})")
+                count += 1
+    with open(os.path.join(args.same_bits_as, "mesh.txt")) as f:
+        base = f.read().strip()
+    print(f"BITWISE {args.family} {args.mesh or 'single'} = {base} {count} tensors")
 
 
 def main() -> int:
@@ -304,6 +339,8 @@ def main() -> int:
     p.add_argument("--workdir")
     p.add_argument("--mesh", help="dp=..,ep=..,tp=.. with +dtd / +expert-tp: compile for "
                    "that mesh and run one process per rank under $MPIEXEC (mpiexec)")
+    p.add_argument("--same-bits-as", metavar="DIR", help="compare the loss, gradients and "
+                   "weights of every rank byte for byte with the run whose --workdir was DIR")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("routing", nargs=argparse.REMAINDER)
     args = p.parse_args()
@@ -314,7 +351,12 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
         os.makedirs(work)
     try:
+        if not args.worker:
+            with open(os.path.join(work, "mesh.txt"), "w") as f:
+                f.write(args.mesh or "single")
         check(args, work)
+        if args.same_bits_as and not args.worker:
+            same_bits(args, work)
     except (CheckError, RuntimeError_) as e:
         msg = re.sub(r"\s+", " ", str(e))[:2000]
         say(f"FAIL {args.family} {args.mesh or 'single'} {msg}")

@@ -1,0 +1,74 @@
+//===- RowGemm.h - Row-independent SGEMM for the expert FFN -----*- C++ -*-===//
+//
+// c[m,n] = sum_k a[m,k] b[n,k] (the NT form of the FFN's forward GEMMs:
+// weights are stored [out, in]) where every element of c is computed by the
+// same sequence of floating-point operations whatever the number of rows of
+// the call, the row's position in it, the thread count and the blocking:
+//
+//   acc = 0; for k = 0 .. K-1: acc = fma(a[m,k], b[n,k], acc); c[m,n] = acc
+//
+// A row of c therefore depends only on its own row of a and on b, so cutting
+// the rows of a into chunks (moe-overlap's chunks, the backend's workspace
+// chunks) cannot change a bit. BLAS libraries do not promise this: OpenBLAS's
+// sgemm computes a row differently with M mod its kernel's row block and
+// with the row's offset in the call, and the block depends on the CPU
+// (docs/design.md, "Overlap"), which is why this kernel is hand-written.
+//
+// Two paths give the same bits: an AVX2+FMA register-blocked kernel (chosen
+// at run time when the CPU has both) and a portable one (std::fma in the same
+// k order). MOERT_ROWGEMM=portable in the environment forces the portable
+// path (tests pick the path explicitly).
+//
+//===----------------------------------------------------------------------===//
+#ifndef MOERT_CPU_ROWGEMM_H
+#define MOERT_CPU_ROWGEMM_H
+
+#include "base/Status.h"
+
+#include <cstdint>
+
+namespace moert {
+namespace cpu {
+
+enum class RowGemmPath {
+  Auto,     // AVX2 when the CPU has AVX2 and FMA, unless MOERT_ROWGEMM=portable
+  Avx2,     // the AVX2+FMA kernel (the caller checks rowGemmHasAvx2())
+  Portable, // std::fma, any CPU
+};
+
+/// Whether this CPU (and OS) can run the AVX2+FMA path.
+bool rowGemmHasAvx2();
+/// The path RowGemmPath::Auto takes in this process.
+RowGemmPath rowGemmAutoPath();
+const char *rowGemmPathName(RowGemmPath path);
+
+/// The row-independent SGEMM, with its packing buffers (they only grow). Not
+/// thread-safe: one per backend.
+class RowGemm {
+public:
+  RowGemm() = default;
+  RowGemm(const RowGemm &) = delete;
+  RowGemm &operator=(const RowGemm &) = delete;
+  ~RowGemm();
+
+  /// c[M,N] = a[M,K] . b[N,K]^T, all row-major and contiguous, on up to
+  /// `threads` OpenMP threads. `fn` names the caller in errors (only
+  /// allocation can fail).
+  Status nt(const float *a, const float *b, float *c, int64_t M, int64_t N,
+            int64_t K, int threads, const char *fn,
+            RowGemmPath path = RowGemmPath::Auto);
+
+  // Blocking (none of it changes a bit): register tile kMr x kNr, K in
+  // blocks of kKc, rows of a packed in blocks of kMc.
+  static constexpr int64_t kMr = 6, kNr = 16, kKc = 256, kMc = 96;
+
+private:
+  Status reserve(int64_t floats, const char *fn);
+  float *pack_ = nullptr;
+  int64_t packSize_ = 0;
+};
+
+} // namespace cpu
+} // namespace moert
+
+#endif // MOERT_CPU_ROWGEMM_H
