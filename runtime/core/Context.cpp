@@ -765,9 +765,9 @@ void moert_chunk_rows(moert_ctx *ctx, const void *src, void *dst,
     if (dst_rows > 0)
       a.ptr("dst", dst);
     MOERT_TRY(a.status());
-    return ctx->backend->chunkRows(src, dst, counts, segments, row_bytes,
-                                   src_rows, dst_rows, index, chunks,
-                                   join != 0);
+    return ctx->backend->chunkRowsByCounts(src, dst, counts, segments,
+                                           row_bytes, src_rows, dst_rows, index,
+                                           chunks, join != 0);
   });
 }
 

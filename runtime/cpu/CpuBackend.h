@@ -57,10 +57,10 @@ public:
                 int64_t widthBytes, int64_t height) override;
   Status chunkCounts(const int32_t *counts, int32_t *out, int64_t n,
                      int64_t index, int64_t chunks) override;
-  Status chunkRows(const void *src, void *dst, const int32_t *counts,
-                   int64_t segments, int64_t rowBytes, int64_t srcRows,
-                   int64_t dstRows, int64_t index, int64_t chunks,
-                   bool join) override;
+  Status chunkRowsByCounts(const void *src, void *dst, const int32_t *counts,
+                           int64_t segments, int64_t rowBytes, int64_t srcRows,
+                           int64_t dstRows, int64_t index, int64_t chunks,
+                           bool join) override;
   Status synchronize() override { return Status::ok(); }
   double now() override;
 

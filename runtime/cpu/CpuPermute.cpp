@@ -20,10 +20,11 @@ Status CpuBackend::chunkCounts(const int32_t *counts, int32_t *out, int64_t n,
   return Status::ok();
 }
 
-Status CpuBackend::chunkRows(const void *src, void *dst, const int32_t *counts,
-                             int64_t segments, int64_t rowBytes,
-                             int64_t srcRows, int64_t dstRows, int64_t index,
-                             int64_t chunks, bool join) {
+Status CpuBackend::chunkRowsByCounts(const void *src, void *dst,
+                                     const int32_t *counts, int64_t segments,
+                                     int64_t rowBytes, int64_t srcRows,
+                                     int64_t dstRows, int64_t index,
+                                     int64_t chunks, bool join) {
   // Walk the segments: `whole` rows into the packed buffer, `part` rows
   // into the chunk.
   int64_t whole = 0, part = 0;

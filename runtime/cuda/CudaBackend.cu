@@ -92,10 +92,10 @@ public:
                 int64_t widthBytes, int64_t height) override;
   Status chunkCounts(const int32_t *counts, int32_t *out, int64_t n,
                      int64_t index, int64_t chunks) override;
-  Status chunkRows(const void *src, void *dst, const int32_t *counts,
-                   int64_t segments, int64_t rowBytes, int64_t srcRows,
-                   int64_t dstRows, int64_t index, int64_t chunks,
-                   bool join) override;
+  Status chunkRowsByCounts(const void *src, void *dst, const int32_t *counts,
+                           int64_t segments, int64_t rowBytes, int64_t srcRows,
+                           int64_t dstRows, int64_t index, int64_t chunks,
+                           bool join) override;
   Status synchronize() override;
   double now() override;
 
@@ -616,10 +616,11 @@ Status CudaBackend::chunkCounts(const int32_t *counts, int32_t *out, int64_t n,
   return cuda::launchChunkCounts(env(), counts, out, n, index, chunks);
 }
 
-Status CudaBackend::chunkRows(const void *src, void *dst, const int32_t *counts,
-                              int64_t segments, int64_t rowBytes,
-                              int64_t srcRows, int64_t dstRows, int64_t index,
-                              int64_t chunks, bool join) {
+Status CudaBackend::chunkRowsByCounts(const void *src, void *dst,
+                                      const int32_t *counts, int64_t segments,
+                                      int64_t rowBytes, int64_t srcRows,
+                                      int64_t dstRows, int64_t index,
+                                      int64_t chunks, bool join) {
   MOERT_TRY(enter("moert_chunk_rows"));
   return cuda::launchChunkRows(env(), src, dst, counts, segments, rowBytes,
                                srcRows, dstRows, index, chunks, join);

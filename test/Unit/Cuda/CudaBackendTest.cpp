@@ -670,22 +670,22 @@ TEST_F(CudaBackendTest, RowChunksMatchCpu) {
       EXPECT_EQ(gn.download<int32_t>(), cn.download<int32_t>());
       cparts.push_back(std::make_unique<Buf>(*cpu, part * rowBytes));
       gparts.push_back(std::make_unique<Buf>(*gpu, part * rowBytes));
-      ASSERT_OK(cpu->chunkRows(cs->get(), cparts.back()->get(),
-                               cc->as<int32_t>(), segments, rowBytes, rows,
-                               part, i, chunks, false));
-      ASSERT_OK(gpu->chunkRows(gs->get(), gparts.back()->get(),
-                               gc->as<int32_t>(), segments, rowBytes, rows,
-                               part, i, chunks, false));
+      ASSERT_OK(cpu->chunkRowsByCounts(cs->get(), cparts.back()->get(),
+                                       cc->as<int32_t>(), segments, rowBytes,
+                                       rows, part, i, chunks, false));
+      ASSERT_OK(gpu->chunkRowsByCounts(gs->get(), gparts.back()->get(),
+                                       gc->as<int32_t>(), segments, rowBytes,
+                                       rows, part, i, chunks, false));
       EXPECT_EQ(gparts.back()->download<uint8_t>(),
                 cparts.back()->download<uint8_t>());
     }
     for (int64_t i = 0; i < chunks; ++i) {
-      ASSERT_OK(cpu->chunkRows(cparts[i]->get(), cj.get(), cc->as<int32_t>(),
-                               segments, rowBytes, part, rows, i, chunks,
-                               true));
-      ASSERT_OK(gpu->chunkRows(gparts[i]->get(), gj.get(), gc->as<int32_t>(),
-                               segments, rowBytes, part, rows, i, chunks,
-                               true));
+      ASSERT_OK(cpu->chunkRowsByCounts(cparts[i]->get(), cj.get(),
+                                       cc->as<int32_t>(), segments, rowBytes,
+                                       part, rows, i, chunks, true));
+      ASSERT_OK(gpu->chunkRowsByCounts(gparts[i]->get(), gj.get(),
+                                       gc->as<int32_t>(), segments, rowBytes,
+                                       part, rows, i, chunks, true));
     }
     std::vector<uint8_t> want = src; // 24 counted rows, then zeros
     std::fill(want.begin() + 24 * rowBytes, want.end(), uint8_t(0));
