@@ -36,6 +36,38 @@ moe::verifyCompilePipelineOptions(const CompilePipelineOptions &options) {
         llvm::inconvertibleErrorCode(),
         "overlap-degree pipelines the expert-parallel exchange: it needs a "
         "mesh with ep > 1 (mesh=...)");
+  if (options.maxRecvTokens < 0)
+    return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                   "max-recv-tokens " +
+                                       std::to_string(options.maxRecvTokens) +
+                                       " is negative");
+  if (options.maxRecvTokens > 0 && options.mesh.empty())
+    return llvm::createStringError(
+        llvm::inconvertibleErrorCode(),
+        "max-recv-tokens bounds the dropless expert-parallel exchange: it "
+        "needs a mesh with ep > 1 (mesh=...)");
+  StringRef hier = StringRef(options.hierarchicalA2A).trim();
+  if (hier != "off" && hier != "on" && hier != "auto" && hier != "mesh")
+    return llvm::createStringError(llvm::inconvertibleErrorCode(),
+                                   "hierarchical-a2a '" + hier.str() +
+                                       "' is not off, on, auto or mesh");
+  if (hier != "off" && options.mesh.empty())
+    return llvm::createStringError(
+        llvm::inconvertibleErrorCode(),
+        "hierarchical-a2a splits the expert-parallel exchange: it needs a "
+        "mesh with ep > 1 (mesh=...)");
+  if ((hier == "on" || hier == "mesh") && options.ranksPerNode < 1)
+    return llvm::createStringError(
+        llvm::inconvertibleErrorCode(),
+        "hierarchical-a2a needs ranks-per-node (the ranks on one node; "
+        "with auto, the cluster file's devices per node is the default)");
+  if (options.ranksPerNode < 0 || (hier == "off" && options.ranksPerNode != 0))
+    return llvm::createStringError(
+        llvm::inconvertibleErrorCode(),
+        "ranks-per-node " + std::to_string(options.ranksPerNode) +
+            (options.ranksPerNode < 0
+                 ? " is negative"
+                 : " is only used by hierarchical-a2a (on or auto)"));
   if (!options.cluster.empty())
     if (llvm::Expected<cost::ClusterSpec> c =
             cost::loadClusterFile(options.cluster);
@@ -53,6 +85,7 @@ void moe::buildCompilePipeline(OpPassManager &pm,
     MoEShardOptions shard;
     shard.mesh = options.mesh;
     shard.expertTp = options.expertTp;
+    shard.maxRecvTokens = options.maxRecvTokens;
     pm.addPass(createMoEShard(shard));
     if (options.dtd)
       pm.addPass(createMoEDropDuplicateTokens());
@@ -74,6 +107,22 @@ void moe::buildCompilePipeline(OpPassManager &pm,
     overlap.cluster = options.cluster;
     pm.addPass(createMoEOverlap(overlap));
   }
+  // Two-phase exchanges over the node and local parts of ep, last among
+  // the rewrites of the per-rank program: the backward's exchanges and the
+  // pipelined chunks are split too (docs/design.md, Hierarchical all-to-all).
+  if (StringRef(options.hierarchicalA2A).trim() != "off") {
+    MoEHierarchicalA2AOptions hier;
+    hier.ranksPerNode = options.ranksPerNode;
+    hier.mode = StringRef(options.hierarchicalA2A).trim().str();
+    hier.cluster = options.cluster;
+    pm.addPass(createMoEHierarchicalA2A(hier));
+  }
+  // Routing outputs and replay entries, from the finished per-rank entries.
+  if (options.routing)
+    pm.addPass(createMoERoutingIO());
+  // Whatever the backward recomputes, it never selects experts again.
+  if (options.train)
+    pm.addPass(createMoECheckKeptRouting());
   // Describe the entry points while the tensor signatures still exist.
   pm.addPass(createMoEAttachManifest());
   // Buffers and runtime calls.

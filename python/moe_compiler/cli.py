@@ -19,6 +19,7 @@ from . import __version__
 from .checkpoint import Checkpoint
 from .configs import ConfigError, MoEConfig, load_hf_config, parse_layers, parse_mesh
 from .presets import PRESETS, get_preset
+from .routing import load_routing
 from .safetensors import SafetensorsError, SafetensorsFile, save
 
 PROG = "python3 -m moe_compiler"
@@ -205,7 +206,9 @@ def cmd_reference(args: argparse.Namespace) -> int:
     with SafetensorsFile(args.inputs) as xf:
         x = xf.get("hidden_states")
     with Checkpoint(args.weights) as wf:
-        out = model_forward(cfg, x, wf.get, layers)
+        forced = (load_routing(args.replay_routing, cfg, layers, x.shape[0])
+                  if args.replay_routing else None)
+        out = model_forward(cfg, x, wf.get, layers, forced)
     save(args.output, {k: np.asarray(v, dtype=np.float32) for k, v in out.items()},
          metadata={"generator": "moe_compiler reference (float64, written as f32)"})
     return 0
@@ -310,9 +313,11 @@ def cmd_train_reference(args: argparse.Namespace) -> int:
                                                if k not in ("step", "optimizer_step")),
                   flush=True)
 
+    forced = (load_routing(args.replay_routing, cfg, layers, x.shape[0])
+              if args.replay_routing else None)
     results = train(cfg, x, t, weights, opt, args.steps, layers,
                     DEFAULT_BIAS_UPDATE_RATE if rate is None else rate, report,
-                    args.clip_grad_norm)
+                    args.clip_grad_norm, forced)
     # Everything is computed: only now are files written (each one atomically).
     meta = {"generator": "moe_compiler train-reference (float64)", "model": cfg.name}
     if args.grads:
@@ -488,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "and its shards; F8_E4M3 with block scales is dequantized)")
     s.add_argument("--inputs", required=True, metavar="X.safetensors")
     _add_routing(s)
+    s.add_argument("--replay-routing", metavar="R.safetensors",
+                   help="force every MoE layer's experts (routing.<layer>.experts, as "
+                   "moe-run --dump-routing writes them); gate weights from the scores")
     s.add_argument("-o", "--output", required=True, metavar="REF.safetensors")
     s.set_defaults(func=cmd_reference)
 
@@ -544,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-optimizer-state", metavar="S2.safetensors",
                    help="write NAME.exp_avg / NAME.exp_avg_sq (adamw) or "
                    "NAME.momentum_buffer (sgd) and optimizer.step")
+    s.add_argument("--replay-routing", metavar="R.safetensors",
+                   help="force every MoE layer's experts at every step (as "
+                   "moe-run --train --replay-routing)")
     s.add_argument("--json", action="store_true", help="print the losses as one JSON object")
     s.set_defaults(func=cmd_train_reference)
 

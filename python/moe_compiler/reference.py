@@ -20,6 +20,7 @@ import numpy as np
 
 from .configs import ConfigError, MoEConfig
 from .layout import Sublayer, load_operand, sublayers
+from .routing import layer_keys
 
 __all__ = [
     "Routing",
@@ -128,8 +129,12 @@ def _top(values: np.ndarray, k: int) -> np.ndarray:
 
 
 def route(x: np.ndarray, router: np.ndarray, cfg: MoEConfig, num_experts: int,
-          bias: np.ndarray | None = None) -> Routing:
-    """docs/spec.md items 3.1-3.4: logits, scores, selection (bias, groups, top-k), weights."""
+          bias: np.ndarray | None = None, forced: np.ndarray | None = None) -> Routing:
+    """docs/spec.md items 3.1-3.4: logits, scores, selection (bias, groups, top-k), weights.
+
+    ``forced`` ([T, k] experts, a replayed routing): used instead of the selection
+    (no bias, no group limit); the weights are computed from the scores as usual.
+    """
     t = x.shape[0]
     e, k = num_experts, cfg.top_k
     logits = x @ router.T
@@ -145,7 +150,7 @@ def route(x: np.ndarray, router: np.ndarray, cfg: MoEConfig, num_experts: int,
         keep = np.zeros((t, g), dtype=bool)
         np.put_along_axis(keep, _top(gscore, cfg.groups_kept), True, axis=-1)
         sel = np.where(np.repeat(keep, e // g, axis=-1), sel, -np.inf)
-    idx = _top(sel, k)
+    idx = _top(sel, k) if forced is None else np.asarray(forced, dtype=np.int64)
     w = np.take_along_axis(scores, idx, axis=-1)
     if cfg.renormalize:
         w = w / w.sum(axis=-1, keepdims=True)
@@ -192,9 +197,11 @@ def kept_mask(idx: np.ndarray, cfg: MoEConfig, num_experts: int) -> np.ndarray:
 # -- layers -----------------------------------------------------------------------------
 
 def moe_layer(x: np.ndarray, w: dict[str, np.ndarray], cfg: MoEConfig,
-              num_experts: int) -> tuple[np.ndarray, float, float]:
-    """One MoE block: returns (y, load-balance loss, z-loss) for tokens ``x`` [T, D]."""
-    r = route(x, w["router"], cfg, num_experts, w.get("bias"))
+              num_experts: int, forced: np.ndarray | None = None
+              ) -> tuple[np.ndarray, float, float]:
+    """One MoE block: returns (y, load-balance loss, z-loss) for tokens ``x`` [T, D]
+    (``forced``: replayed experts, see :func:`route`)."""
+    r = route(x, w["router"], cfg, num_experts, w.get("bias"), forced)
     kept = kept_mask(r.idx, cfg, num_experts)
     y = np.zeros_like(x)
     gate = w.get("gate")
@@ -239,17 +246,19 @@ def sublayer_weights(sub: Sublayer, get: Callable[[str], np.ndarray]) -> dict[st
 
 
 def sublayer_forward(cfg: MoEConfig, sub: Sublayer, h: np.ndarray,
-                     get: Callable[[str], np.ndarray]) -> tuple[np.ndarray, float, float]:
+                     get: Callable[[str], np.ndarray],
+                     forced: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """``h + FFN(norm(h))`` for one sublayer, with its losses."""
-    return sublayer_apply(cfg, sub, h, sublayer_weights(sub, get))
+    return sublayer_apply(cfg, sub, h, sublayer_weights(sub, get), forced)
 
 
 def sublayer_apply(cfg: MoEConfig, sub: Sublayer, h: np.ndarray,
-                   w: dict[str, np.ndarray]) -> tuple[np.ndarray, float, float]:
+                   w: dict[str, np.ndarray],
+                   forced: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """:func:`sublayer_forward` on operands already loaded by :func:`sublayer_weights`."""
     n = prenorm(cfg, h, w["norm"], w.get("norm_bias"))
     if sub.kind == "moe":
-        y, aux, z = moe_layer(n, w, cfg, sub.num_experts)
+        y, aux, z = moe_layer(n, w, cfg, sub.num_experts, forced)
     else:
         y = ffn(n, cfg.dense_act, w.get("gate"), w["up"], w["down"])
         if "sigmoid_gate" in w:
@@ -260,8 +269,11 @@ def sublayer_apply(cfg: MoEConfig, sub: Sublayer, h: np.ndarray,
 
 def model_forward(cfg: MoEConfig, hidden_states: np.ndarray,
                   get: Callable[[str], np.ndarray],
-                  layers: range | None = None) -> dict[str, np.ndarray]:
+                  layers: range | None = None,
+                  routing: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The model graph of ``layers``: outputs by name (float64).
+
+    ``routing`` (layer key -> [T, k] experts, :mod:`.routing`) replays a routing.
 
     ``get`` maps a Hugging Face tensor name to its array (e.g. a lazy
     SafetensorsFile.get), so only the tensors of the layer range are read.
@@ -271,8 +283,14 @@ def model_forward(cfg: MoEConfig, hidden_states: np.ndarray,
         raise ConfigError(f"inputs: hidden_states has shape {list(h.shape)}, expected "
                           f"[T, {cfg.hidden_size}]")
     aux_total = z_total = 0.0
-    for sub in sublayers(cfg, layers):
-        h, aux, z = sublayer_forward(cfg, sub, h, get)
+    subs = sublayers(cfg, layers)
+    keys = iter(layer_keys(subs))
+    for sub in subs:
+        forced = None
+        if sub.kind == "moe":
+            key = next(keys)
+            forced = routing[key] if routing is not None else None
+        h, aux, z = sublayer_forward(cfg, sub, h, get, forced)
         aux_total += aux
         z_total += z
     out = {"hidden_states": h}

@@ -44,6 +44,7 @@ from .reference import (
     sigmoid,
     softmax,
 )
+from .routing import layer_keys
 from .safetensors import save
 from .weights import _rng, weight_tensors
 
@@ -222,9 +223,10 @@ class MoECache:
 
 
 def moe_layer_forward(x: np.ndarray, w: Mapping[str, np.ndarray], cfg: MoEConfig,
-                      num_experts: int) -> tuple[np.ndarray, float, float, MoECache]:
+                      num_experts: int, forced: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, float, float, MoECache]:
     """:func:`reference.moe_layer` with its intermediates (bitwise the same results)."""
-    r = route(x, w["router"], cfg, num_experts, w.get("bias"))
+    r = route(x, w["router"], cfg, num_experts, w.get("bias"), forced)
     kept = kept_mask(r.idx, cfg, num_experts)
     y = np.zeros_like(x)
     gate = w.get("gate")
@@ -338,13 +340,13 @@ class SublayerCache:
 
 
 def _sublayer_forward(cfg: MoEConfig, sub: Sublayer, h: np.ndarray,
-                      w: Mapping[str, np.ndarray]) -> tuple[np.ndarray, float, float,
-                                                            SublayerCache]:
+                      w: Mapping[str, np.ndarray], forced: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, float, float, SublayerCache]:
     """:func:`reference.sublayer_apply` with its intermediates."""
     n = prenorm(cfg, h, w["norm"], w.get("norm_bias"))
     cache = SublayerCache(h, n)
     if sub.kind == "moe":
-        y, aux, z, cache.moe = moe_layer_forward(n, w, cfg, sub.num_experts)
+        y, aux, z, cache.moe = moe_layer_forward(n, w, cfg, sub.num_experts, forced)
     else:
         y, cache.ffn = ffn_forward(n, cfg.dense_act, w.get("gate"), w["up"], w["down"])
         if "sigmoid_gate" in w:
@@ -400,14 +402,16 @@ class StepResult:
 
 def forward_backward(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndarray,
                      get: Callable[[str], np.ndarray],
-                     layers: range | None = None, backward: bool = True) -> StepResult:
+                     layers: range | None = None, backward: bool = True,
+                     forced_routing: Mapping[str, np.ndarray] | None = None) -> StepResult:
     """The training loss of ``layers`` for ``targets`` and its gradients.
 
     ``get`` maps a Hugging Face name to its tensor (as for the forward). The loss is
     ``mean((y - t)^2)`` over the ``T x D`` elements of ``hidden_states``, plus the
     ``aux_loss`` / ``z_loss`` outputs the model enables. ``backward=False`` stops
     after the forward (``dx`` is then empty and ``grads`` too; ``loads`` and
-    ``routing`` are filled).
+    ``routing`` are filled). ``forced_routing`` (layer key -> [T, k] experts,
+    :mod:`.routing`) replays a routing: the backward keeps those experts.
     """
     h = np.asarray(hidden_states, dtype=np.float64)
     if h.ndim != 2 or h.shape[1] != cfg.hidden_size:
@@ -420,9 +424,14 @@ def forward_backward(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndar
     subs = sublayers(cfg, layers)
     stack = []
     aux_total = z_total = 0.0
+    keys = iter(layer_keys(subs))
     for sub in subs:
         w = {s.role: load_operand(s, get).astype(np.float64) for s in sub.specs()}
-        h, aux, z, cache = _sublayer_forward(cfg, sub, h, w)
+        forced = None
+        if sub.kind == "moe":
+            key = next(keys)
+            forced = forced_routing[key] if forced_routing is not None else None
+        h, aux, z, cache = _sublayer_forward(cfg, sub, h, w, forced)
         aux_total += aux
         z_total += z
         stack.append((sub, w, cache))
@@ -650,7 +659,8 @@ def train(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndarray,
           weights: dict[str, np.ndarray], opt: Optimizer, steps: int,
           layers: range | None = None, bias_update_rate: float = DEFAULT_BIAS_UPDATE_RATE,
           on_step: Callable[[int, StepResult], None] | None = None,
-          clip_grad_norm: float | None = None) -> list[StepResult]:
+          clip_grad_norm: float | None = None,
+          forced_routing: Mapping[str, np.ndarray] | None = None) -> list[StepResult]:
     """``steps`` training steps on one batch; updates ``weights`` and ``opt`` in place.
 
     Each step: forward and backward with the current weights, the gradient norm
@@ -669,7 +679,8 @@ def train(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndarray,
     for i in range(1, steps + 1):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             # overflow shows up as a non-finite loss or gradient, reported below
-            res = forward_backward(cfg, x, targets, weights.__getitem__, layers)
+            res = forward_backward(cfg, x, targets, weights.__getitem__, layers,
+                                   forced_routing=forced_routing)
         where = f"step {i} (optimizer step {opt.step_count + 1})"
         if not math.isfinite(res.loss):
             raise TrainError(f"{where}: the loss is {res.loss}")

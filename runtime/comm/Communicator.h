@@ -149,9 +149,13 @@ Status parseLinkSpec(const std::string &spec, std::vector<AxisLink> &out);
 
 /// A communicator whose collectives complete no earlier than
 /// `model.seconds(bytes)` after they start, with the data of `inner`
-/// unchanged. The host helpers (barrier, broadcastHost, ...) pass through.
+/// unchanged; an all-to-all is a pairwise exchange that pays a latency per
+/// peer it exchanges with and each peer's bytes over that peer's link
+/// (`peers[q]` when given, one per rank of the group, else `model`). The
+/// host helpers (barrier, broadcastHost, ...) pass through.
 std::unique_ptr<Communicator> emulateLink(std::unique_ptr<Communicator> inner,
-                                          const LinkModel &model);
+                                          const LinkModel &model,
+                                          std::vector<LinkModel> peers = {});
 
 } // namespace moert
 

@@ -159,8 +159,9 @@ private:
 
 class EmulatedCommunicator final : public Communicator {
 public:
-  EmulatedCommunicator(std::unique_ptr<Communicator> inner, LinkModel model)
-      : inner_(std::move(inner)), model_(model) {}
+  EmulatedCommunicator(std::unique_ptr<Communicator> inner, LinkModel model,
+                       std::vector<LinkModel> peers)
+      : inner_(std::move(inner)), model_(model), peers_(std::move(peers)) {}
 
   const char *name() const override { return inner_->name(); }
   int rank() const override { return inner_->rank(); }
@@ -180,17 +181,21 @@ public:
                    const int64_t *sendDispls, void *recv,
                    const int64_t *recvBytes, const int64_t *recvDispls,
                    const char *what, std::unique_ptr<Request> *req) override {
-    int64_t out = 0, in = 0;
+    // A pairwise exchange: one message to (and from) each peer, each over
+    // its own link, one after the other (the cost model's all-to-all); a
+    // group of one still pays one latency, as every emulated collective.
+    double seconds = size() > 1 ? 0 : model_.seconds(0);
     for (int p = 0; p < size(); ++p)
       if (p != rank()) {
-        out += sendBytes[p];
-        in += recvBytes[p];
+        const LinkModel &link =
+            peers_.size() == size_t(size()) ? peers_[p] : model_;
+        seconds += link.seconds(std::max(sendBytes[p], recvBytes[p]));
       }
     double start = steadySeconds();
     std::unique_ptr<Request> r;
     MOERT_TRY(inner_->allToAllV(send, sendBytes, sendDispls, recv, recvBytes,
                                 recvDispls, what, &r));
-    return finish(std::move(r), start, std::max(out, in), req);
+    return finishAt(std::move(r), start + seconds, req);
   }
   Status allGather(const void *send, void *recv, int64_t bytes,
                    const char *what, std::unique_ptr<Request> *req) override {
@@ -234,8 +239,11 @@ public:
 private:
   Status finish(std::unique_ptr<Request> inner, double start, int64_t bytes,
                 std::unique_ptr<Request> *req) {
-    auto r = std::make_unique<EmulatedRequest>(std::move(inner),
-                                               start + model_.seconds(bytes));
+    return finishAt(std::move(inner), start + model_.seconds(bytes), req);
+  }
+  Status finishAt(std::unique_ptr<Request> inner, double deadline,
+                  std::unique_ptr<Request> *req) {
+    auto r = std::make_unique<EmulatedRequest>(std::move(inner), deadline);
     if (req) {
       *req = std::move(r);
       return Status::ok();
@@ -245,6 +253,7 @@ private:
 
   std::unique_ptr<Communicator> inner_;
   LinkModel model_;
+  std::vector<LinkModel> peers_;
 };
 
 } // namespace
@@ -302,8 +311,10 @@ Status parseLinkSpec(const std::string &spec, std::vector<AxisLink> &out) {
 }
 
 std::unique_ptr<Communicator> emulateLink(std::unique_ptr<Communicator> inner,
-                                          const LinkModel &model) {
-  return std::make_unique<EmulatedCommunicator>(std::move(inner), model);
+                                          const LinkModel &model,
+                                          std::vector<LinkModel> peers) {
+  return std::make_unique<EmulatedCommunicator>(std::move(inner), model,
+                                                std::move(peers));
 }
 
 } // namespace moert

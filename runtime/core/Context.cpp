@@ -13,6 +13,7 @@
 //
 //===----------------------------------------------------------------------===//
 #include "core/Context.h"
+#include "base/CheckedMath.h"
 #include "base/Dtype.h"
 
 #include <algorithm>
@@ -25,6 +26,7 @@
 #include <initializer_list>
 #include <sched.h>
 #include <unistd.h>
+#include <vector>
 
 using namespace moert;
 
@@ -352,8 +354,43 @@ Status emulateNetwork(moert_ctx &ctx) {
         m.bytesPerSecond = x.bytesPerSecond;
       any = true;
     }
-    if (any && group)
-      group = emulateLink(std::move(group), m);
+    if (!any || !group)
+      continue;
+    // Per peer of the group (row-major over the axes of the mask): the link
+    // of the emulated axes on which it differs from this rank, so that a
+    // group over a node axis and a local axis sends to the ranks of its own
+    // node over the local link and to the others over the node link.
+    std::vector<LinkModel> peers;
+    std::vector<int64_t> groupAxes;
+    for (int64_t i = 0; i < axes; ++i)
+      if (mask & (int64_t(1) << i))
+        groupAxes.push_back(i);
+    int n = group->size();
+    for (int q = 0; q < n; ++q) {
+      int64_t rest = q;
+      LinkModel pm;
+      bool differs = false;
+      for (size_t j = groupAxes.size(); j-- > 0;) {
+        int64_t axis = groupAxes[j], size = ctx.meshShape[axis];
+        int64_t coord = rest % size;
+        rest /= size;
+        if (coord == ctx.coords[axis])
+          continue;
+        for (size_t l = 0; l < links.size(); ++l) {
+          if (axisOf[l] != axis)
+            continue;
+          const LinkModel &x = links[l].model;
+          pm.alphaSeconds = differs ? std::max(pm.alphaSeconds, x.alphaSeconds)
+                                    : x.alphaSeconds;
+          if (x.bytesPerSecond > 0 &&
+              (pm.bytesPerSecond == 0 || x.bytesPerSecond < pm.bytesPerSecond))
+            pm.bytesPerSecond = x.bytesPerSecond;
+          differs = true;
+        }
+      }
+      peers.push_back(differs ? pm : m);
+    }
+    group = emulateLink(std::move(group), m, std::move(peers));
   }
   return Status::ok();
 }
@@ -441,6 +478,11 @@ void recordCollective(moert_ctx *ctx, const char *op, int64_t axisMask,
   Stats::Collective &c = ctx->stats.collectives[{op, axisNames(ctx, axisMask)}];
   c.calls += 1;
   c.bytesSent += bytesSent;
+  int64_t n = 1;
+  for (size_t i = 0; i < ctx->meshShape.size(); ++i)
+    if (axisMask & (int64_t(1) << i))
+      n *= ctx->meshShape[i];
+  c.messages += std::strncmp(op, "all_reduce", 10) == 0 ? 2 * (n - 1) : n - 1;
 }
 
 } // namespace moert
@@ -610,8 +652,9 @@ const char *moert_ctx_stats_json(moert_ctx *ctx) {
   sep = "";
   for (const auto &[key, c] : ctx->stats.collectives) {
     std::snprintf(buf, sizeof buf,
-                  "\", \"calls\": %" PRId64 ", \"bytes_sent\": %" PRId64 "}",
-                  c.calls, c.bytesSent);
+                  "\", \"calls\": %" PRId64 ", \"bytes_sent\": %" PRId64
+                  ", \"messages\": %" PRId64 "}",
+                  c.calls, c.bytesSent, c.messages);
     t += sep + std::string("{\"op\": \"") + jsonEscape(key.first) +
          "\", \"axis\": \"" + jsonEscape(key.second) + buf;
     sep = ", ";
@@ -723,6 +766,115 @@ void moert_copy_2d(moert_ctx *ctx, const void *src, void *dst, int64_t width,
     if (width == 0 || height == 0)
       return Status::ok();
     return ctx->backend->copy2D(dst, dst_pitch, src, src_pitch, width, height);
+  });
+}
+
+void moert_regroup(moert_ctx *ctx, const void *in, const int32_t *counts,
+                   void *out, int32_t *out_counts, int64_t A, int64_t G,
+                   int64_t K, int64_t row_bytes, int64_t rows) {
+  runKernel(ctx, "moert_regroup", [&] {
+    MOERT_TRY(checkCtx(ctx, "moert_regroup"));
+    Args a("moert_regroup");
+    a.positive({{"A", A}, {"G", G}, {"K", K}});
+    a.nonNegative("row_bytes", row_bytes).nonNegative("rows", rows);
+    a.ptrs({{"counts", counts}, {"out_counts", out_counts}});
+    if (rows > 0 && row_bytes > 0)
+      a.ptrs({{"in", in}, {"out", out}});
+    int64_t n = 0;
+    a.require(checkedMul(A, G, n) && checkedMul(n, K, n),
+              "A x G x K overflows");
+    MOERT_TRY(a.status());
+    Backend &b = *ctx->backend;
+    std::vector<int32_t> c(static_cast<size_t>(n)), t(c.size());
+    if (b.kind() == MOERT_DEVICE_CPU)
+      std::memcpy(c.data(), counts, c.size() * sizeof(int32_t));
+    else
+      MOERT_TRY(b.copyToHost(c.data(), counts, n * int64_t(sizeof(int32_t))));
+    // Row offset of every (a, g) block in the input, then copy them out in
+    // the order (g, a).
+    std::vector<int64_t> start(static_cast<size_t>(A * G)),
+        size(static_cast<size_t>(A * G));
+    int64_t total = 0;
+    for (int64_t ai = 0; ai < A; ++ai)
+      for (int64_t g = 0; g < G; ++g) {
+        int64_t block = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          int32_t v = c[size_t((ai * G + g) * K + k)];
+          if (v < 0)
+            return error(MOERT_ERR_INVALID,
+                         "moert_regroup: counts[%" PRId64 ", %" PRId64
+                         "] is %d",
+                         ai, g * K + k, v);
+          block += v;
+          t[size_t((g * A + ai) * K + k)] = v;
+        }
+        start[size_t(ai * G + g)] = total;
+        size[size_t(ai * G + g)] = block;
+        total += block;
+      }
+    if (total > rows)
+      return error(MOERT_ERR_INVALID,
+                   "moert_regroup: counts total %" PRId64
+                   " rows, more than rows (%" PRId64 ")",
+                   total, rows);
+    auto i = reinterpret_cast<uintptr_t>(in);
+    auto o = reinterpret_cast<uintptr_t>(out);
+    auto span = static_cast<uintptr_t>(rows * row_bytes);
+    if (total > 0 && !(o + span <= i || i + span <= o))
+      return error(MOERT_ERR_INVALID, "moert_regroup: in and out overlap");
+    int64_t at = 0;
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t ai = 0; ai < A; ++ai) {
+        int64_t block = size[size_t(ai * G + g)];
+        if (block > 0)
+          MOERT_TRY(b.copy(static_cast<char *>(out) + at * row_bytes,
+                           static_cast<const char *>(in) +
+                               start[size_t(ai * G + g)] * row_bytes,
+                           block * row_bytes));
+        at += block;
+      }
+    if (rows > total && row_bytes > 0)
+      MOERT_TRY(b.memsetZero(static_cast<char *>(out) + total * row_bytes,
+                             (rows - total) * row_bytes));
+    if (b.kind() == MOERT_DEVICE_CPU)
+      std::memcpy(out_counts, t.data(), t.size() * sizeof(int32_t));
+    else
+      MOERT_TRY(
+          b.copyToDevice(out_counts, t.data(), n * int64_t(sizeof(int32_t))));
+    return Status::ok();
+  });
+}
+
+void moert_check_recv_bound(moert_ctx *ctx, const int32_t *counts,
+                            int64_t ranks, int64_t per_rank, int64_t bound) {
+  runKernel(ctx, "moert_check_recv_bound", [&] {
+    Args a("moert_check_recv_bound");
+    a.ptr("counts", counts);
+    a.positive({{"ranks", ranks}, {"per_rank", per_rank}, {"bound", bound}});
+    int64_t n = 0;
+    a.require(checkedMul(ranks, ranks, n) && checkedMul(n, per_rank, n),
+              "ranks x ranks x per_rank overflows");
+    MOERT_TRY(a.status());
+    std::vector<int32_t> c(static_cast<size_t>(n));
+    Backend &b = *ctx->backend;
+    if (b.kind() == MOERT_DEVICE_CPU)
+      std::memcpy(c.data(), counts, c.size() * sizeof(int32_t));
+    else
+      MOERT_TRY(b.copyToHost(c.data(), counts, n * int64_t(sizeof(int32_t))));
+    int64_t per = ranks * per_rank;
+    for (int64_t p = 0; p < ranks; ++p) {
+      int64_t total = 0;
+      for (int64_t i = 0; i < per; ++i)
+        total += c[size_t(p * per + i)];
+      if (total > bound)
+        return error(MOERT_ERR_RECV_BOUND,
+                     "receive bound exceeded: rank %" PRId64
+                     " of the expert-parallel group would receive %" PRId64
+                     " rows, more than the bound of %" PRId64
+                     " (moe-compile --max-recv-tokens); nothing was sent",
+                     p, total, bound);
+    }
+    return Status::ok();
   });
 }
 
@@ -874,6 +1026,57 @@ void moert_topk(moert_ctx *ctx, const float *logits, const float *bias,
     return ctx->backend->topk(logits, bias, weights, indices, scores, T, E, k,
                               score_fn, renormalize, scaling, num_groups,
                               groups_kept, group_score);
+  });
+}
+
+void moert_topk_forced(moert_ctx *ctx, const float *logits,
+                       const int32_t *forced, float *weights, int32_t *indices,
+                       float *scores, int64_t T, int64_t E, int64_t k,
+                       int32_t score_fn, int32_t renormalize, float scaling) {
+  runKernel(ctx, "moert_topk_forced", [&]() -> Status {
+    MOERT_TRY(checkTopk(logits, weights, indices, scores, T, E, k, score_fn, 1,
+                        1, MOERT_GROUP_SCORE_MAX));
+    if (!forced)
+      return error(MOERT_ERR_INVALID, "moert_topk_forced: forced is null");
+    // The scores as moert_topk computes them (its own choice is replaced).
+    Backend &b = *ctx->backend;
+    MOERT_TRY(b.topk(logits, nullptr, weights, indices, scores, T, E, k,
+                     score_fn, renormalize, scaling, 1, 1,
+                     MOERT_GROUP_SCORE_MAX));
+    // The replayed choice is data: check it, then weigh it on the host as
+    // the CPU backend's moert_topk weighs a row (replay is not a hot path).
+    std::vector<int32_t> idx(static_cast<size_t>(T * k));
+    std::vector<float> sc(static_cast<size_t>(T * E)), w(idx.size());
+    MOERT_TRY(b.copyToHost(idx.data(), forced, T * k * 4));
+    MOERT_TRY(b.copyToHost(sc.data(), scores, T * E * 4));
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t *row = idx.data() + t * k;
+      double sum = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        if (row[j] < 0 || row[j] >= E)
+          return error(MOERT_ERR_INVALID,
+                       "moert_topk_forced: token %" PRId64 " (of this rank's "
+                       "%" PRId64 "), choice %" PRId64 ": expert %d is not in "
+                       "[0, %" PRId64 ")",
+                       t, T, j, row[j], E);
+        for (int64_t i = 0; i < j; ++i)
+          if (row[i] == row[j])
+            return error(MOERT_ERR_INVALID,
+                         "moert_topk_forced: token %" PRId64 " (of this "
+                         "rank's %" PRId64 ") chooses expert %d twice "
+                         "(choices %" PRId64 " and %" PRId64 ")",
+                         t, T, row[j], i, j);
+        w[t * k + j] = sc[t * E + row[j]];
+        sum += w[t * k + j];
+      }
+      // A zero sum (every picked score underflowed) keeps the raw weights.
+      float norm =
+          renormalize && sum > 0 ? static_cast<float>(1.0 / sum) : 1.0f;
+      for (int64_t j = 0; j < k; ++j)
+        w[t * k + j] = w[t * k + j] * norm * scaling;
+    }
+    MOERT_TRY(b.copyToDevice(weights, w.data(), T * k * 4));
+    return b.copy(indices, forced, T * k * 4);
   });
 }
 

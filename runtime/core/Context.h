@@ -30,6 +30,10 @@ struct Stats {
   struct Collective {
     int64_t calls = 0;
     int64_t bytesSent = 0;
+    /// Messages this rank sent to peers: n - 1 a call for an all-to-all
+    /// (one to each peer of the group), all-gather and reduce-scatter (ring
+    /// steps), 2(n - 1) for an all-reduce.
+    int64_t messages = 0;
   };
   std::map<std::string, Phase> phases;
   /// Keyed by (op, axis names joined with ",") e.g. ("all_to_all", "ep").

@@ -24,6 +24,12 @@ Output, one line per run (FileCheck reads them):
   DTD <family> <mesh> <op> bytes/rank=<b> nodtd=<b0> ratio=1/<tp>
   OVERLAP <family> <mesh> bitwise=<baseline mesh>   (outputs byte for byte equal)
   OVERLAP <family> <mesh> rounding=<baseline mesh> max_rel_diff=<e>   (equal to rtol)
+  HIER <family> <mesh> bitwise=<flat mesh> node_messages/call=<m> flat_messages/call=<f>
+       node_bytes/rank=<b> flat_internode_bytes/rank=<b0>   (2D hierarchical all-to-all:
+       outputs byte for byte those of the flat exchange; messages and bytes per rank
+       over ep_node against the flat exchange's over ep, all-to-alls of the token
+       buffers; the bytes only for capacity layers, whose flat inter-node bytes are
+       (ep - L)/(ep - 1) of the flat bytes)
   WEIGHTS <family> <mesh> elements/rank=<n> single=<n1> info=<n>
   DROPS <family> dropped=<n> of <m> assignments (capacity <c> per group)
   FAIL <family> <mesh> <why>                       (and exit status 1)
@@ -33,7 +39,10 @@ reference with moe-run's absolute floor, so it is <= rtol exactly when moe-run's
 criterion ``|y - ref| <= atol + rtol |ref|`` holds everywhere.
 
 A mesh is ``dp=..,ep=..,tp=..`` optionally followed by ``+dtd``, ``+expert-tp``
-and ``+overlap=N`` (the moe-compile flags; ``overlap=N`` is ``--overlap-degree N``,
+``+overlap=N`` and ``+hier=R`` (the moe-compile flags; ``overlap=N`` is
+``--overlap-degree N``, ``maxrecv=N`` is ``--max-recv-tokens N``, ``hier=R`` is
+``--hierarchical-a2a --ranks-per-node R`` and its
+run is compared byte for byte with the same mesh's without it;
 and its run's outputs are compared with the same mesh's without it: byte for byte
 with ``--overlap-bitwise``, else to rtol 1e-4). Arguments after ``--`` are routing options
 given to both ``emit`` and ``reference`` (``--capacity-factor``, ``--token-groups``,
@@ -145,12 +154,17 @@ class MeshRun:
         self.mesh = parts[0]
         self.flags = parts[1:]
         self.overlap = None
+        self.hier = None
         for f in self.flags:
             if f.startswith("overlap="):
                 self.overlap = f.partition("=")[2]
+            elif f.startswith("hier="):
+                self.hier = f.partition("=")[2]
+            elif f.startswith("maxrecv="):
+                pass
             elif f not in ("dtd", "expert-tp"):
-                raise Failure(f"mesh {spec!r}: unknown flag +{f} (dtd, expert-tp or "
-                              "overlap=N)")
+                raise Failure(f"mesh {spec!r}: unknown flag +{f} (dtd, expert-tp, "
+                              "overlap=N, hier=R or maxrecv=N)")
         self.axes = {"dp": 1, "ep": 1, "tp": 1}
         if self.mesh != "single":
             for part in self.mesh.split(","):
@@ -164,12 +178,23 @@ class MeshRun:
     def compile_flags(self) -> list[str]:
         if self.mesh == "single":
             return []
-        return [f"--mesh={self.mesh}"] + [
-            f"--overlap-degree={self.overlap}" if f.startswith("overlap=") else f"--{f}"
-            for f in self.flags]
+        flags = [f"--mesh={self.mesh}"]
+        for f in self.flags:
+            if f.startswith("overlap="):
+                flags.append(f"--overlap-degree={self.overlap}")
+            elif f.startswith("hier="):
+                flags += ["--hierarchical-a2a", f"--ranks-per-node={self.hier}"]
+            elif f.startswith("maxrecv="):
+                flags.append(f"--max-recv-tokens={f.partition('=')[2]}")
+            else:
+                flags.append(f"--{f}")
+        return flags
 
     def without_dtd(self) -> str:
         return "+".join([self.mesh] + [f for f in self.flags if f != "dtd"])
+
+    def without_hier(self) -> str:
+        return "+".join([self.mesh] + [f for f in self.flags if not f.startswith("hier=")])
 
     def without_overlap(self) -> str:
         return "+".join([self.mesh] + [f for f in self.flags
@@ -202,14 +227,17 @@ def compare(out_path: str, ref: dict[str, np.ndarray]) -> tuple[float, list[str]
     return worst, names
 
 
-def a2a_bytes(stats_path: str, op: str) -> list[int]:
-    """Per rank (in rank order): bytes sent by ``op`` over mesh axis ep."""
+def a2a_bytes(stats_path: str, op: str, axes: tuple[str, ...] = ("ep", "ep_node",
+                                                                  "ep_local"),
+              field: str = "bytes_sent") -> list[int]:
+    """Per rank (in rank order): ``field`` of ``op`` over the mesh axes ``axes``
+    (default: ep, or its two parts after the hierarchical rewrite)."""
     with open(stats_path, encoding="utf-8") as fh:
         stats = json.load(fh)
     out = []
     for r in sorted(stats, key=lambda s: s["rank"]):
-        out.append(sum(c["bytes_sent"] for c in r.get("collectives", [])
-                       if c["op"] == op and c["axis"] == "ep"))
+        out.append(sum(c[field] for c in r.get("collectives", [])
+                       if c["op"] == op and c["axis"] in axes))
     return out
 
 
@@ -339,6 +367,10 @@ def main() -> int:
         if m.dtd and m.without_dtd() not in labels:
             meshes.insert(meshes.index(m), MeshRun(m.without_dtd()))
             labels.add(m.without_dtd())
+    for m in list(meshes):  # every hierarchical run is compared with the flat one
+        if m.hier and m.without_hier() not in labels:
+            meshes.insert(meshes.index(m), MeshRun(m.without_hier()))
+            labels.add(m.without_hier())
     for m in list(meshes):  # every overlap run is compared with its baseline
         if m.overlap and m.without_overlap() not in labels:
             meshes.insert(meshes.index(m), MeshRun(m.without_overlap()))
@@ -482,9 +514,61 @@ def drive(a: argparse.Namespace, config: str, routing: list[str], meshes: list[M
                   f"(max_rel_diff={diff:.2e}; overlap must not change "
                   f"{'a bit' if a.overlap_bitwise else 'more than rounding'})", flush=True)
             ok = False
+    for m in meshes:
+        base = m.without_hier()
+        if not m.hier or m.label not in outputs or base not in outputs:
+            continue
+        ok = check_hier(a.family, m, base, outputs, stats, capacity) and ok
     if a.verbose:
         print(f"# total {time.time() - t0:.1f}s", flush=True)
     return ok
+
+
+def check_hier(family: str, m: MeshRun, base: str, outputs: dict[str, str],
+               stats: dict[str, str], capacity: bool) -> bool:
+    """The HIER line: bitwise equal outputs; over ep_node, ep/L - 1 messages a call
+    instead of the flat ep - 1, and (capacity) the flat exchange's inter-node bytes."""
+    with open(outputs[m.label], "rb") as f1, open(outputs[base], "rb") as f2:
+        same = f1.read() == f2.read()
+    ep, tp = m.axes["ep"], m.axes["tp"]
+    local = int(m.hier) // tp
+    nodes = ep // local
+    if local <= 1 or nodes <= 1:  # the pass leaves such a mesh as it is
+        print(f"{'HIER' if same else 'FAIL'} {family} {m.label} "
+              f"{'bitwise' if same else 'differs from'}={base} unsplit "
+              f"(nodes={nodes} local={local})", flush=True)
+        return same
+    op = "all_to_all" if capacity else "all_to_all_v"
+    calls = a2a_bytes(stats[m.label], op, ("ep_node",), "calls")
+    msgs = a2a_bytes(stats[m.label], op, ("ep_node",), "messages")
+    flat_calls = a2a_bytes(stats[base], op, ("ep",), "calls")
+    flat_msgs = a2a_bytes(stats[base], op, ("ep",), "messages")
+    node_bytes = a2a_bytes(stats[m.label], op, ("ep_node",))
+    flat_bytes = a2a_bytes(stats[base], op, ("ep",))
+    why = []
+    if not same:
+        why.append(f"the output differs from {base}'s")
+    if not (calls == flat_calls and all(c > 0 for c in calls)):
+        why.append(f"calls over ep_node {calls} != calls over ep {flat_calls}")
+    if msgs != [c * (nodes - 1) for c in calls] or \
+            flat_msgs != [c * (ep - 1) for c in flat_calls]:
+        why.append(f"messages over ep_node {msgs} (flat over ep: {flat_msgs}) are not "
+                   f"{nodes - 1} and {ep - 1} a call")
+    inter = [b * (ep - local) // (ep - 1) for b in flat_bytes]
+    if capacity and node_bytes != inter:
+        why.append(f"bytes over ep_node {node_bytes} != the flat exchange's inter-node "
+                   f"bytes {inter}")
+    if why:
+        print(f"FAIL {family} {m.label} {'; '.join(why)}", flush=True)
+        return False
+    per = lambda v, c: "/".join(map(str, sorted({x // max(y, 1) for x, y in zip(v, c)})))  # noqa: E731
+    line = (f"HIER {family} {m.label} bitwise={base} "
+            f"node_messages/call={per(msgs, calls)} flat_messages/call={per(flat_msgs, flat_calls)}")
+    if capacity:
+        line += (f" node_bytes/rank={'/'.join(map(str, sorted(set(node_bytes))))} "
+                 f"flat_internode_bytes/rank={'/'.join(map(str, sorted(set(inter))))}")
+    print(line, flush=True)
+    return True
 
 
 if __name__ == "__main__":

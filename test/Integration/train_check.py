@@ -164,7 +164,10 @@ def check_exchange(args: argparse.Namespace, m: Module, where: str) -> None:
     tokens = "all_to_all_v" if dropless else "all_to_all"
     say(f"A2A{where}{args.family} {args.mesh} {tokens} forward={fwd[tokens]} "
         f"backward={bwd[tokens]}")
-    if bwd[tokens] != fwd[tokens] or (dropless and bwd["all_to_all"] != 0):
+    # The hierarchical uneven exchange sends counts over ep_local in the
+    # backward too (what each local peer forwards).
+    hier = "+hier=" in (args.mesh or "")
+    if bwd[tokens] != fwd[tokens] or (dropless and not hier and bwd["all_to_all"] != 0):
         raise CheckError(f"the backward's all-to-all bytes {bwd} differ from the "
                          f"forward's {fwd}")
 
@@ -186,9 +189,15 @@ def check(args: argparse.Namespace, work: str) -> None:
     mesh_flags = []
     if args.mesh:
         spec, *flags = args.mesh.split("+")
-        mesh_flags = ["--mesh", spec] + [
-            f"--overlap-degree={f.partition('=')[2]}" if f.startswith("overlap=")
-            else f"--{f}" for f in flags]
+        mesh_flags = ["--mesh", spec]
+        for f in flags:
+            if f.startswith("overlap="):
+                mesh_flags.append(f"--overlap-degree={f.partition('=')[2]}")
+            elif f.startswith("hier="):
+                mesh_flags += ["--hierarchical-a2a",
+                               f"--ranks-per-node={f.partition('=')[2]}"]
+            else:
+                mesh_flags.append(f"--{f}")
     if not args.worker:
         run([tool("moe-compile"), mlir, "-o", moddir, "--train", *mesh_flags])
 
@@ -337,7 +346,8 @@ def main() -> int:
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--workdir")
-    p.add_argument("--mesh", help="dp=..,ep=..,tp=.. with +dtd / +expert-tp: compile for "
+    p.add_argument("--mesh", help="dp=..,ep=..,tp=.. with +dtd / +expert-tp / +overlap=N / "
+                   "+hier=R: compile for "
                    "that mesh and run one process per rank under $MPIEXEC (mpiexec)")
     p.add_argument("--same-bits-as", metavar="DIR", help="compare the loss, gradients and "
                    "weights of every rank byte for byte with the run whose --workdir was DIR")

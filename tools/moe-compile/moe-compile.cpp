@@ -87,11 +87,37 @@ cl::opt<bool> zero1("zero1",
                     cl::desc("With --train: shard the optimizer state over dp "
                              "(ZeRO-1)"),
                     cl::cat(category));
+cl::opt<bool> routing("routing",
+                      cl::desc("Routing you can see and replay: forward also "
+                               "returns routing.<layer>.experts/.weights, "
+                               "forward_replay (and forward_train_replay) "
+                               "take routing.<layer>.experts "
+                               "(moe-run --dump-routing / --replay-routing)"),
+                      cl::cat(category));
 cl::opt<std::string> overlapDegree(
     "overlap-degree",
     cl::desc("Pipeline every expert-parallel exchange with the expert FFN "
              "in this many chunks (moe-overlap; 1: off)"),
     cl::value_desc("n"), cl::init("1"), cl::cat(category));
+cl::opt<int64_t> maxRecvTokens(
+    "max-recv-tokens",
+    cl::desc("Rows (token copies) a rank's dropless receive buffer holds "
+             "(default: the provable worst case); a run whose routing "
+             "would send a rank more stops on every rank with a named "
+             "error"),
+    cl::value_desc("N"), cl::init(0), cl::cat(category));
+cl::opt<std::string> hierarchicalA2A(
+    "hierarchical-a2a", cl::ValueOptional,
+    cl::desc("2D hierarchical all-to-all over nodes of --ranks-per-node "
+             "ranks: on (the flag alone), auto (where the cost model, "
+             "--cluster, says it pays) or mesh (split ep into ep_node and "
+             "ep_local only: flat exchanges, a baseline)"),
+    cl::value_desc("on|auto|mesh"), cl::cat(category));
+cl::opt<int64_t>
+    ranksPerNode("ranks-per-node",
+                 cl::desc("Ranks on one node for --hierarchical-a2a (with "
+                          "auto, default: the cluster's devices per node)"),
+                 cl::value_desc("R"), cl::init(0), cl::cat(category));
 cl::opt<std::string>
     clusterFile("cluster",
                 cl::desc("Cluster file (JSON) for the cost model: links, "
@@ -201,8 +227,16 @@ llvm::Error pipelineOptions(moe::CompilePipelineOptions &options) {
   options.expertTp = expertTP;
   options.train = train;
   options.zero1 = zero1;
+  options.routing = routing;
   options.overlapDegree = overlapDegree;
   options.cluster = clusterFile;
+  if (hierarchicalA2A.getNumOccurrences())
+    options.hierarchicalA2A =
+        hierarchicalA2A.empty() ? std::string("on") : hierarchicalA2A;
+  else if (ranksPerNode.getNumOccurrences())
+    return makeError("--ranks-per-node is used by --hierarchical-a2a");
+  options.ranksPerNode = ranksPerNode;
+  options.maxRecvTokens = maxRecvTokens;
   return moe::verifyCompilePipelineOptions(options);
 }
 

@@ -53,6 +53,13 @@ const char *const kUsage =
     "                      e.g. ep:alpha=50us,bw=1GB/s;tp:bw=100GB/s\n"
     "  --timeout SECONDS   a collective not done after this fails (default: "
     "300)\n"
+    "  --dump-routing FILE write each layer's chosen experts and gate\n"
+    "                      weights (routing.<layer>.experts / .weights,\n"
+    "                      global token order; compiled with --routing;\n"
+    "                      with --train: the first step's)\n"
+    "  --replay-routing FILE  force the experts routing.<layer>.experts of\n"
+    "                      FILE (entry forward_replay; forward_train_replay\n"
+    "                      with --train); gate weights from the scores\n"
     "  --quiet             print no tables\n"
     "  --help              print this help\n"
     "\n"
@@ -162,11 +169,17 @@ Status setOption(Options &o, RawTrain &raw, const std::string &flag,
     return Status::ok();
   }
   std::map<std::string, std::string *> strings = {
-      {"--weights", &o.weights}, {"--inputs", &o.inputs},
-      {"--output", &o.output},   {"--entry", &o.entry},
-      {"--device", &o.device},   {"--check", &o.check},
-      {"--stats", &o.stats},     {"--trace", &o.trace},
-      {"--net", &o.net}};
+      {"--weights", &o.weights},
+      {"--inputs", &o.inputs},
+      {"--output", &o.output},
+      {"--entry", &o.entry},
+      {"--device", &o.device},
+      {"--check", &o.check},
+      {"--stats", &o.stats},
+      {"--trace", &o.trace},
+      {"--net", &o.net},
+      {"--dump-routing", &o.dumpRouting},
+      {"--replay-routing", &o.replayRouting}};
   if (flag == "--entry" || flag == "--output" || flag == "--check" ||
       flag == "--repeat" || flag == "--warmup")
     raw.given[flag] = v; // refused with --train
@@ -312,6 +325,13 @@ Status checkMode(Options &o, const RawTrain &raw) {
         return supportError(MOERT_ERR_INVALID, "%s needs --train", f);
     if (o.output.empty())
       return supportError(MOERT_ERR_INVALID, "missing --output FILE");
+    if (!o.replayRouting.empty()) {
+      if (raw.given.count("--entry"))
+        return supportError(MOERT_ERR_INVALID,
+                            "--replay-routing runs the entry forward_replay: "
+                            "it does not take --entry");
+      o.entry = "forward_replay";
+    }
     return Status::ok();
   }
   for (const char *f :
@@ -325,7 +345,12 @@ Status checkMode(Options &o, const RawTrain &raw) {
     return supportError(MOERT_ERR_INVALID,
                         "--train needs --weights W.safetensors and --inputs "
                         "X.safetensors");
-  return parseTrain(raw, o.t);
+  MOERT_TRY(parseTrain(raw, o.t));
+  if (!o.dumpRouting.empty() && o.t.steps == 0)
+    return supportError(MOERT_ERR_INVALID,
+                        "--dump-routing writes the routing of the first step: "
+                        "it needs --steps >= 1");
+  return Status::ok();
 }
 
 } // namespace

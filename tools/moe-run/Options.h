@@ -37,6 +37,8 @@ struct Options {
   std::string check, stats, trace;
   /// --calibrate FILE.json and its --mesh (Calibrate.h).
   std::string calibrate, mesh;
+  /// --dump-routing FILE / --replay-routing FILE (Routing.h).
+  std::string dumpRouting, replayRouting;
   /// --net: network emulation spec (moert_ctx_options.net), "" for none.
   std::string net;
   double rtol = 1e-4, atol = 1e-5, timeout = 300;

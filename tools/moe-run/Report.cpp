@@ -65,6 +65,7 @@ void printCollectiveTable(const std::vector<json::Value> &ranks,
                           const std::string &title) {
   using Key = std::pair<std::string, std::string>;
   std::map<Key, std::pair<int64_t, int64_t>> total;
+  std::map<Key, int64_t> messages;
   std::string perRank;
   for (const json::Value &r : ranks) {
     const json::Value *list = r.get("collectives");
@@ -77,25 +78,30 @@ void printCollectiveTable(const std::vector<json::Value> &ranks,
       Key k{c.get("op")->getString(), c.get("axis")->getString()};
       total[k].first += c.get("calls")->getInt();
       total[k].second += c.get("bytes_sent")->getInt();
+      if (const json::Value *m = c.get("messages"))
+        messages[k] += m->getInt();
+      const json::Value *m = c.get("messages");
       perRank += format(
-          "  %-6lld %-16s %-10s %8lld %14lld  %s\n",
+          "  %-6lld %-16s %-10s %8lld %9lld %14lld  %s\n",
           rank ? static_cast<long long>(rank->getInt()) : -1LL, k.first.c_str(),
           k.second.c_str(), static_cast<long long>(c.get("calls")->getInt()),
+          m ? static_cast<long long>(m->getInt()) : 0LL,
           static_cast<long long>(c.get("bytes_sent")->getInt()),
           humanBytes(double(c.get("bytes_sent")->getInt())).c_str());
     }
   }
-  std::printf("\ncollectives (all ranks%s)\n  %-16s %-10s %8s %14s\n",
-              title.c_str(), "op", "axis", "calls", "bytes sent");
+  std::printf("\ncollectives (all ranks%s)\n  %-16s %-10s %8s %9s %14s\n",
+              title.c_str(), "op", "axis", "calls", "messages", "bytes sent");
   for (const auto &kv : total)
-    std::printf("  %-16s %-10s %8lld %14lld  %s\n", kv.first.first.c_str(),
-                kv.first.second.c_str(),
+    std::printf("  %-16s %-10s %8lld %9lld %14lld  %s\n",
+                kv.first.first.c_str(), kv.first.second.c_str(),
                 static_cast<long long>(kv.second.first),
+                static_cast<long long>(messages[kv.first]),
                 static_cast<long long>(kv.second.second),
                 humanBytes(double(kv.second.second)).c_str());
-  std::printf("\ncollectives per rank%s\n  %-6s %-16s %-10s %8s %14s\n%s",
-              title.c_str(), "rank", "op", "axis", "calls", "bytes sent",
-              perRank.c_str());
+  std::printf("\ncollectives per rank%s\n  %-6s %-16s %-10s %8s %9s %14s\n%s",
+              title.c_str(), "rank", "op", "axis", "calls", "messages",
+              "bytes sent", perRank.c_str());
 }
 
 namespace {
@@ -265,10 +271,13 @@ void EntryStats::absorb(const char *statsJson) {
     for (const json::Value &c : cs->elements())
       if (c.get("op") && c.get("axis") && c.get("calls") &&
           c.get("bytes_sent")) {
-        auto &acc =
-            collectives[{c.get("op")->getString(), c.get("axis")->getString()}];
+        std::pair<std::string, std::string> key{c.get("op")->getString(),
+                                                c.get("axis")->getString()};
+        auto &acc = collectives[key];
         acc.first += c.get("calls")->getInt();
         acc.second += c.get("bytes_sent")->getInt();
+        if (const json::Value *m = c.get("messages"))
+          messages[key] += m->getInt();
       }
 }
 
@@ -293,6 +302,8 @@ json::Value EntryStats::toJson() const {
     c.set("axis", key.second);
     c.set("calls", acc.first);
     c.set("bytes_sent", acc.second);
+    auto m = messages.find(key);
+    c.set("messages", m == messages.end() ? int64_t(0) : m->second);
     cs.push(std::move(c));
   }
   v.set("collectives", std::move(cs));

@@ -61,6 +61,8 @@ struct EntryStats {
   std::map<std::string, std::pair<int64_t, double>> phases;
   std::map<std::pair<std::string, std::string>, std::pair<int64_t, int64_t>>
       collectives;
+  /// Messages per (op, axes), as the runtime counts them.
+  std::map<std::pair<std::string, std::string>, int64_t> messages;
 
   /// Adds a statistics object (moert_ctx_stats_json) of one call.
   void absorb(const char *statsJson);

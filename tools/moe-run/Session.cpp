@@ -103,12 +103,14 @@ bool Session::start(const std::vector<std::string> &entries) {
       std::string names;
       for (const Entry &e : manifest.entries)
         names += (names.empty() ? "" : ", ") + e.name;
-      fatal(supportError(MOERT_ERR_INVALID,
-                         "%s: no entry point '%s' (it has: %s)%s",
-                         manifestPath.c_str(), name.c_str(), names.c_str(),
-                         opt.train ? "; compile the model with moe-compile "
-                                     "--train"
-                                   : ""));
+      fatal(supportError(
+          MOERT_ERR_INVALID, "%s: no entry point '%s' (it has: %s)%s",
+          manifestPath.c_str(), name.c_str(), names.c_str(),
+          name.size() > 7 && name.compare(name.size() - 7, 7, "_replay") == 0
+              ? "; compile the model with moe-compile --routing"
+          : opt.train ? "; compile the model with moe-compile "
+                        "--train"
+                      : ""));
     }
   if (manifest.mesh.size() != world().size)
     fatal(supportError(

@@ -4,6 +4,7 @@
 
 #include "Checkpoint.h"
 #include "Report.h"
+#include "Routing.h"
 #include "ShardedLoader.h"
 #include "World.h"
 
@@ -25,8 +26,14 @@ using namespace moert;
 
 namespace moe_run {
 
+/// forward_train, or with --replay-routing the same entry with the experts
+/// given (moe-compile --routing).
+static std::string forwardTrainEntry(const Options &o) {
+  return o.replayRouting.empty() ? "forward_train" : "forward_train_replay";
+}
+
 std::vector<std::string> trainingEntries(const Options &o) {
-  return {"forward_train", "backward", "step_" + o.t.optimizer};
+  return {forwardTrainEntry(o), "backward", "step_" + o.t.optimizer};
 }
 
 Status Trainer::check() {
@@ -42,15 +49,17 @@ Status Trainer::check() {
                         "--bias-update-rate: the module has no selection bias "
                         "(entry '%s' takes no load.* argument)",
                         step_.entry->name.c_str());
+  MOERT_TRY(checkRoutingEntry(*ft_.entry, !s_.opt.dumpRouting.empty(),
+                              !s_.opt.replayRouting.empty()));
   const std::string *outs[] = {&t_.grads, &t_.saveWeights,
-                               &t_.saveOptimizerState};
-  for (int a = 0; a < 3; ++a)
-    for (int b = a + 1; b < 3; ++b)
+                               &t_.saveOptimizerState, &s_.opt.dumpRouting};
+  for (int a = 0; a < 4; ++a)
+    for (int b = a + 1; b < 4; ++b)
       if (!outs[a]->empty() &&
           (*outs[a] == *outs[b] || sameFile(*outs[a], *outs[b])))
         return supportError(MOERT_ERR_INVALID,
-                            "--grads, --save-weights and "
-                            "--save-optimizer-state must be different files");
+                            "--grads, --save-weights, --save-optimizer-state "
+                            "and --dump-routing must be different files");
   if (world().rank == 0)
     for (const std::string *p : outs)
       if (!p->empty())
@@ -178,6 +187,9 @@ Status Trainer::load() {
   }
   loader_ = std::make_unique<ShardedLoader>(s_.manifest.mesh, s_.coords);
   MOERT_TRY(loader_->open(s_.opt.weights, s_.opt.inputs));
+  std::unique_ptr<SafetensorsFile> replay;
+  if (!s_.opt.replayRouting.empty())
+    MOERT_TRY(SafetensorsFile::open(s_.opt.replayRouting, replay));
   std::set<std::string> loaded; // one buffer per name, loaded once
   for (EntryRun *e : {&ft_, &bw_, &step_})
     for (const TensorSpec &a : e->entry->args) {
@@ -188,6 +200,8 @@ Status Trainer::load() {
       MOERT_TRY(hostBuffer(a, host));
       if (a.role == "input" && a.name == "targets") {
         MOERT_TRY(loadTargets(a, host.data()));
+      } else if (replay && a.role == "input" && isRoutingTensor(a)) {
+        MOERT_TRY(loader_->readFrom(*replay, a, host.data()));
       } else if (a.role == "state" && state) {
         const TensorSpec *ls = &a;
         for (const TensorSpec *st : states_)
@@ -221,13 +235,13 @@ Status Trainer::load() {
 
 bool Trainer::loadAll() {
   double start = now();
-  ft_.entry = &s_.entry("forward_train");
-  ft_.stats.name = "forward_train";
+  ft_.entry = &s_.entry(forwardTrainEntry(s_.opt));
+  ft_.stats.name = ft_.entry->name;
   bw_.stats.name = "backward";
   step_.stats.name = "step_" + t_.optimizer;
   bw_.entry = &s_.entry("backward");
   step_.entry = &s_.entry("step_" + t_.optimizer);
-  ft_.fn = s_.function("forward_train");
+  ft_.fn = s_.function(ft_.entry->name);
   bw_.fn = s_.function("backward");
   step_.fn = s_.function("step_" + t_.optimizer);
   Status s = bind();
@@ -250,9 +264,13 @@ void Trainer::call(EntryRun &e) {
   moert_synchronize(ctx_);
   e.stats.seconds += now() - start;
   ++e.stats.runs;
-  if (moert_ctx_status(ctx_) != MOERT_OK)
-    fatal(ctxError(
-        ctx_, format("running entry '%s'", e.entry->name.c_str()).c_str()));
+  if (moert_status st = moert_ctx_status(ctx_); st != MOERT_OK) {
+    Status s = ctxError(
+        ctx_, format("running entry '%s'", e.entry->name.c_str()).c_str());
+    if (st == MOERT_ERR_RECV_BOUND)
+      fatalOnEveryRank(ctx_, s);
+    fatal(s);
+  }
   e.stats.absorb(moert_ctx_stats_json(ctx_));
   if (&e == &ft_)
     load_ = parseExpertLoad(moert_ctx_stats_json(ctx_));
@@ -392,6 +410,11 @@ bool Trainer::step(int64_t i) {
     return false;
   if (i == 1 && !t_.grads.empty()) {
     Status s = gatherGrads();
+    if (!s.isOk())
+      fatal(s);
+  }
+  if (i == 1 && !s_.opt.dumpRouting.empty()) {
+    Status s = gatherRouting();
     if (!s.isOk())
       fatal(s);
   }

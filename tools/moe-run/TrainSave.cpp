@@ -5,6 +5,7 @@
 // only after every step succeeded; the statistics per entry point.
 //
 //===----------------------------------------------------------------------===//
+#include "Routing.h"
 #include "Trainer.h"
 #include "World.h"
 
@@ -42,6 +43,14 @@ Status Trainer::gatherGrads() {
   return Status::ok();
 }
 
+Status Trainer::gatherRouting() {
+  routing_.assign(ft_.entry->results.size(), {});
+  for (const TensorSpec &r : ft_.entry->results)
+    if (isRoutingTensor(r))
+      MOERT_TRY(s_.gatherTensor(r, ft_.results[r.index], routing_[r.index]));
+  return Status::ok();
+}
+
 /// Gathers the weights and the state to rank 0 and writes the files asked
 /// for. Every rank takes part in every gather; rank 0 alone converts and
 /// writes, and keeps its first error until all gathers are done.
@@ -71,6 +80,8 @@ Status Trainer::save() {
   MOERT_TRY(gradsStatus_);
   int64_t steps = step0_ + t_.steps;
   std::map<std::string, std::string> meta = {{"generator", "moe-run --train"}};
+  if (!s_.opt.dumpRouting.empty())
+    MOERT_TRY(writeRouting(s_.opt.dumpRouting, *ft_.entry, routing_));
   if (!t_.grads.empty()) {
     meta["content"] = "gradients of the first step, written as f32";
     MOERT_TRY(writeFileTensors(t_.grads, grads_, meta));

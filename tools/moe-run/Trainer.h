@@ -82,6 +82,9 @@ private:
   /// Multiplies every gradient of a weight by `coef` (rounded to f32).
   void scaleGrads(double coef);
   moert::Status gatherGrads();
+  /// The first step's routing (--dump-routing): every rank gathers the
+  /// routing.* results of the forward entry; rank 0 keeps them.
+  moert::Status gatherRouting();
   moert::Status save();
   std::string rankStats() const;
   int finish();
@@ -99,6 +102,8 @@ private:
   std::vector<void *> owned_;
   /// The first step's gradients as file tensors (rank 0, with --grads).
   std::vector<FileTensor> grads_;
+  /// The first step's routing results (rank 0), indexed like ft_'s results.
+  std::vector<std::vector<char>> routing_;
   moert::Status gradsStatus_ = moert::Status::ok();
   std::unique_ptr<ShardedLoader> loader_;
   int64_t step0_ = 0;

@@ -48,6 +48,13 @@ void fatal(const Status &s) {
   abortAll();
 }
 
+void fatalOnEveryRank(moert_ctx *ctx, const Status &s) {
+  report("error: %s", s.message().c_str());
+  if (gWorld.size > 1)
+    (void)moert_world_barrier(ctx);
+  abortAll();
+}
+
 Status initWorld(int *argc, char ***argv, bool cuda) {
   if (!moert_world_launched() || moert_world_launcher_size() == 1)
     return Status::ok();

@@ -13,6 +13,8 @@
 
 #include "support/Format.h"
 
+typedef struct moert_ctx moert_ctx;
+
 namespace moe_run {
 
 struct World {
@@ -36,6 +38,12 @@ __attribute__((format(printf, 1, 2))) void report(const char *fmt, ...);
 
 /// report("error: ...") and abortAll().
 [[noreturn]] void fatal(const moert::Status &s);
+
+/// The same for an error that every rank meets at the same point of a run
+/// (MOERT_ERR_RECV_BOUND: every rank checks every rank's receive counts):
+/// every rank reports it, a barrier waits for all reports, then the job
+/// ends, so that the abort of one rank cannot cut off another's report.
+[[noreturn]] void fatalOnEveryRank(moert_ctx *ctx, const moert::Status &s);
 
 } // namespace moe_run
 

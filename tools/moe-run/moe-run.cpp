@@ -24,6 +24,7 @@
 #include "ExpertLoad.h"
 #include "Options.h"
 #include "Report.h"
+#include "Routing.h"
 #include "Session.h"
 #include "ShardedLoader.h"
 #include "Train.h"
@@ -72,6 +73,7 @@ private:
   const Entry *entry_ = nullptr;
   EntryFn fn_ = nullptr;
   std::unique_ptr<ShardedLoader> loader_;
+  std::unique_ptr<SafetensorsFile> replay_; // --replay-routing
   std::vector<void *> args_, results_;
   double loadSeconds_ = 0, runSeconds_ = 0;
   /// Part of loadSeconds_ spent copying to the device (0-ish on CPU).
@@ -99,11 +101,18 @@ Status Driver::openFiles() {
                         "entry '%s' takes inputs: pass "
                         "--inputs FILE",
                         entry_->name.c_str());
-  for (const std::string *in : {&opt_.weights, &opt_.inputs, &opt_.check})
-    if (sameFile(*in, opt_.output))
-      return supportError(MOERT_ERR_INVALID,
-                          "--output %s is the same file as %s",
-                          opt_.output.c_str(), in->c_str());
+  for (const std::string *out : {&opt_.output, &opt_.dumpRouting})
+    for (const std::string *in :
+         {&opt_.weights, &opt_.inputs, &opt_.check, &opt_.replayRouting})
+      if (!out->empty() && sameFile(*in, *out))
+        return supportError(MOERT_ERR_INVALID, "%s is the same file as %s",
+                            out->c_str(), in->c_str());
+  if (!opt_.dumpRouting.empty() && (opt_.dumpRouting == opt_.output ||
+                                    sameFile(opt_.dumpRouting, opt_.output)))
+    return supportError(MOERT_ERR_INVALID,
+                        "--dump-routing and --output must be different files");
+  if (!opt_.replayRouting.empty())
+    MOERT_TRY(SafetensorsFile::open(opt_.replayRouting, replay_));
   loader_ = std::make_unique<ShardedLoader>(s_.manifest.mesh, s_.coords);
   MOERT_TRY(loader_->open(opt_.weights, opt_.inputs));
   if (world().rank != 0)
@@ -112,6 +121,8 @@ Status Driver::openFiles() {
     std::unique_ptr<SafetensorsFile> ref;
     MOERT_TRY(SafetensorsFile::open(opt_.check, ref));
   }
+  if (!opt_.dumpRouting.empty())
+    MOERT_TRY(probeWritable(opt_.dumpRouting));
   return probeWritable(opt_.output);
 }
 
@@ -119,7 +130,10 @@ Status Driver::loadArg(const TensorSpec &spec, void *&buffer) {
   int64_t bytes = spec.localBytes();
   std::vector<char> host;
   MOERT_TRY(hostBuffer(spec, host));
-  MOERT_TRY(loader_->read(spec, host.data()));
+  if (replay_ && spec.role == "input" && isRoutingTensor(spec))
+    MOERT_TRY(loader_->readFrom(*replay_, spec, host.data()));
+  else
+    MOERT_TRY(loader_->read(spec, host.data()));
   MOERT_TRY(deviceBuffer(ctx_, spec, buffer));
   // Each weight goes to the device once; the copy is timed apart from the
   // file reads so that H2D cost is visible on GPUs.
@@ -168,9 +182,13 @@ void Driver::runEntry() {
     fn_(ctx_, args_.data(), results_.data());
     moert_synchronize(ctx_);
     runSeconds_ += now() - start;
-    if (moert_ctx_status(ctx_) != MOERT_OK)
-      fatal(ctxError(
-          ctx_, format("running entry '%s'", entry_->name.c_str()).c_str()));
+    if (moert_status st = moert_ctx_status(ctx_); st != MOERT_OK) {
+      Status s = ctxError(
+          ctx_, format("running entry '%s'", entry_->name.c_str()).c_str());
+      if (st == MOERT_ERR_RECV_BOUND)
+        fatalOnEveryRank(ctx_, s);
+      fatal(s);
+    }
   }
 }
 
@@ -212,11 +230,18 @@ int Driver::finish() {
     fatal(s);
   if (world().rank != 0)
     return 0;
+  // The model's outputs; the routing tensors go to --dump-routing only.
+  Entry outputs = *entry_;
+  outputs.results.erase(std::remove_if(outputs.results.begin(),
+                                       outputs.results.end(), isRoutingTensor),
+                        outputs.results.end());
   std::vector<TensorData> tensors;
-  for (const TensorSpec &spec : entry_->results)
+  for (const TensorSpec &spec : outputs.results)
     tensors.push_back(
         {spec.name, spec.dtype, spec.shape, globals[spec.index].data()});
   s = writeSafetensors(opt_.output, tensors);
+  if (s.isOk() && !opt_.dumpRouting.empty())
+    s = writeRouting(opt_.dumpRouting, *entry_, globals);
   if (!load.empty())
     stats[0] = withMember(stats[0], "expert_load",
                           expertLoadJson(load, epSize(s_.manifest.mesh)));
@@ -232,7 +257,7 @@ int Driver::finish() {
     printTables(stats, {loadSeconds_, h2dSeconds_, runSeconds_, opt_.repeat});
     printExpertLoad(load, "", epSize(s_.manifest.mesh));
   }
-  return opt_.check.empty() || checkOutputs(opt_.check, *entry_, globals,
+  return opt_.check.empty() || checkOutputs(opt_.check, outputs, globals,
                                             opt_.rtol, opt_.atol)
              ? 0
              : 1;
@@ -241,6 +266,10 @@ int Driver::finish() {
 int Driver::run() {
   entry_ = &s_.entry(opt_.entry);
   fn_ = s_.function(opt_.entry);
+  if (Status s = checkRoutingEntry(*entry_, !opt_.dumpRouting.empty(),
+                                   !opt_.replayRouting.empty());
+      !s.isOk())
+    fatal(s);
   if (!loadAll())
     return 1;
   runEntry();

@@ -56,6 +56,30 @@ struct CompilePipelineOptions
       llvm::cl::desc("Pipeline every expert-parallel exchange in this many "
                      "chunks (moe-overlap; 1: off)"),
       llvm::cl::init("1")};
+  PassOptions::Option<int64_t> maxRecvTokens{
+      *this, "max-recv-tokens",
+      llvm::cl::desc("Rows a rank's dropless receive buffer holds (0: the "
+                     "provable worst case); a run that would receive more "
+                     "stops on every rank with a named error"),
+      llvm::cl::init(0)};
+  PassOptions::Option<std::string> hierarchicalA2A{
+      *this, "hierarchical-a2a",
+      llvm::cl::desc("2D hierarchical all-to-all (moe-hierarchical-a2a): "
+                     "off, on (every ep exchange) or auto (where the cost "
+                     "model says it pays)"),
+      llvm::cl::init("off")};
+  PassOptions::Option<int64_t> ranksPerNode{
+      *this, "ranks-per-node",
+      llvm::cl::desc("Ranks on one node for hierarchical-a2a (0 with auto: "
+                     "the cluster file's devices per node)"),
+      llvm::cl::init(0)};
+  PassOptions::Option<bool> routing{
+      *this, "routing",
+      llvm::cl::desc("Routing you can see and replay (moe-routing-io): "
+                     "@forward also returns routing.<layer>.experts / "
+                     ".weights; adds @forward_replay (and "
+                     "@forward_train_replay) taking routing.<layer>.experts"),
+      llvm::cl::init(false)};
   PassOptions::Option<std::string> cluster{
       *this, "cluster",
       llvm::cl::desc("Cluster file (JSON) of the cost model that passes "

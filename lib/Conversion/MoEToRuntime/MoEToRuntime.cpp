@@ -482,6 +482,20 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             .groups_kept = e.i64(o.getGroupsKept()),
             .group_score = e.i32(abi::toMoert(o.getGroupScore()))});
       })
+      .Case([&](TopKForcedOp o) {
+        return e.call(abi::moert_topk_forced{
+            .logits = ptr(o.getLogits()),
+            .forced = ptr(o.getForced()),
+            .weights = ptr(o.getWeights()),
+            .indices = ptr(o.getIndices()),
+            .scores = ptr(o.getScores()),
+            .T = dim(o.getLogits(), 0),
+            .E = dim(o.getLogits(), 1),
+            .k = dim(o.getForced(), 1),
+            .score_fn = e.i32(abi::toMoert(o.getScore())),
+            .renormalize = e.i32(o.getRenormalize()),
+            .scaling = e.f32(o.getRoutedScaling().convertToFloat())});
+      })
       .Case([&](AssignOp o) {
         return e.call(abi::moert_assign{.indices = ptr(o.getIndices()),
                                         .positions = ptr(o.getPositions()),
@@ -838,6 +852,33 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
                   .dst_pitch = e.i64(g.width * n)})))
             return failure();
         return success();
+      })
+      .Case([&](CheckRecvBoundOp o) {
+        RankedTensorType c = tensorOf(o.getCounts());
+        int64_t rows = c.getDimSize(0), n = 1;
+        while (n * n < rows)
+          ++n;
+        return e.call(
+            abi::moert_check_recv_bound{.counts = ptr(o.getCounts()),
+                                        .ranks = e.i64(n),
+                                        .per_rank = e.i64(c.getDimSize(1)),
+                                        .bound = e.i64(o.getBound())});
+      })
+      .Case([&](RegroupOp o) {
+        RankedTensorType rows = tensorOf(o.getInput());
+        RankedTensorType counts = tensorOf(o.getCounts());
+        int64_t g = o.getGroups();
+        return e.call(abi::moert_regroup{
+            .in = ptr(o.getInput()),
+            .counts = ptr(o.getCounts()),
+            .out = ptr(o.getOutput()),
+            .out_counts = ptr(o.getNewCounts()),
+            .A = e.i64(counts.getDimSize(0)),
+            .G = e.i64(g),
+            .K = e.i64(counts.getDimSize(1) / g),
+            .row_bytes = e.i64((rows.getElementTypeBitWidth() + 7) / 8 *
+                               rows.getDimSize(1)),
+            .rows = e.i64(rows.getDimSize(0))});
       })
       .Case([&](ChunkCountsOp o) {
         return e.call(abi::moert_chunk_counts{

@@ -31,7 +31,7 @@
  * loader refuses a module of another version (docs/module-format.md). Bump it
  * with every change to moert_kernels.def (a kernel's name, parameters or
  * their order or types) or to the enumeration values. */
-#define MOERT_ABI_VERSION 6
+#define MOERT_ABI_VERSION 8
 /* The name of that exported constant. */
 #define MOERT_ABI_VERSION_SYMBOL "moe_abi_version"
 /* Every compiled module also exports `const char moe_manifest[]`: the JSON
@@ -54,7 +54,9 @@ typedef enum moert_status {
   MOERT_ERR_COMM = 4,        /* communicator failure                       */
   MOERT_ERR_TIMEOUT = 5,     /* a collective did not complete in time      */
   MOERT_ERR_UNSUPPORTED = 6, /* feature not built in or not on this device */
-  MOERT_ERR_NOMEM = 7        /* allocation failed                          */
+  MOERT_ERR_NOMEM = 7,       /* allocation failed                          */
+  MOERT_ERR_RECV_BOUND = 8   /* a dropless exchange would receive more rows
+                                than its bound (moe-compile --max-recv-tokens) */
 } moert_status;
 
 typedef enum moert_dtype {
@@ -162,11 +164,13 @@ moert_status moert_copy_to_host(moert_ctx *ctx, void *dst, const void *src,
 moert_status moert_synchronize(moert_ctx *ctx);
 
 /* Statistics: per-phase time (seconds, summed over calls) and, per
- * collective kind and mesh-axis set, calls and bytes sent to other ranks.
- * Returned as a JSON object owned by the context, valid until the next call:
+ * collective kind and mesh-axis set, calls, bytes sent to other ranks and
+ * messages sent to peers (n - 1 a call of a group of n; 2(n - 1) for an
+ * all-reduce). Returned as a JSON object owned by the context, valid until
+ * the next call:
  *   {"rank": r, "device": "cpu", "phases": [{"name": "expert_ffn",
  *    "calls": n, "seconds": s}, ...], "collectives": [{"op": "all_to_all",
- *    "axis": "ep", "calls": n, "bytes_sent": b}, ...]}                     */
+ *    "axis": "ep", "calls": n, "bytes_sent": b, "messages": m}, ...]}      */
 const char *moert_ctx_stats_json(moert_ctx *ctx);
 void moert_ctx_reset_stats(moert_ctx *ctx);
 /* Expert load recording (off by default). While on, every moert_assign call

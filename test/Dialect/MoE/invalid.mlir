@@ -1010,6 +1010,42 @@ func.func @f(%a: tensor<8x4x32xf32>, %b: tensor<8x4x16xf32>) {
 
 // -----
 
+// regroup: the counts' rows divide into the groups
+func.func @f(%a: tensor<16x32xf32>, %c: tensor<2x6xi32>) {
+  // expected-error @+1 {{counts have 6 entries per row, not divisible by groups = 4}}
+  %0, %1 = moe.regroup %a, %c groups = 4 : (tensor<16x32xf32>, tensor<2x6xi32>) -> (tensor<16x32xf32>, tensor<4x3xi32>)
+  return
+}
+
+// -----
+
+// regroup: new_counts is the counts' block transpose [G, A*K]
+func.func @f(%a: tensor<16x32xf32>, %c: tensor<2x8xi32>) {
+  // expected-error @+1 {{new_counts}}
+  %0, %1 = moe.regroup %a, %c groups = 4 : (tensor<16x32xf32>, tensor<2x8xi32>) -> (tensor<16x32xf32>, tensor<2x8xi32>)
+  return
+}
+
+// -----
+
+// regroup: the rows keep their type
+func.func @f(%a: tensor<16x32xf32>, %c: tensor<2x8xi32>) {
+  // expected-error @+1 {{result type 'tensor<8x32xf32>' differs from the input type 'tensor<16x32xf32>'}}
+  %0, %1 = moe.regroup %a, %c groups = 4 : (tensor<16x32xf32>, tensor<2x8xi32>) -> (tensor<8x32xf32>, tensor<4x4xi32>)
+  return
+}
+
+// -----
+
+// check_recv_bound: the counts of n ranks of n ranks each
+func.func @f(%c: tensor<12x2xi32>) {
+  // expected-error @+1 {{counts have 12 rows, not n x n for a group of n ranks}}
+  moe.check_recv_bound %c bound = 10 : tensor<12x2xi32>
+  return
+}
+
+// -----
+
 // chunk_counts: the index is one of the chunks
 func.func @f(%c: tensor<1x8xi32>) {
   // expected-error @+1 {{index 2 is not in [0, chunks = 2)}}

@@ -127,6 +127,15 @@ func.func @row_chunks(%b: tensor<64x32xf32>, %c: tensor<1x8xi32>) -> tensor<64x3
   return %2 : tensor<64x32xf32>
 }
 
+// CHECK-LABEL: func.func @regroup
+func.func @regroup(%r: tensor<64x32xf32>, %c: tensor<2x8xi32>) -> (tensor<64x32xf32>, tensor<4x4xi32>) {
+  // CHECK: moe.regroup %{{.*}}, %{{.*}} groups = 4 : (tensor<64x32xf32>, tensor<2x8xi32>) -> (tensor<64x32xf32>, tensor<4x4xi32>)
+  %0, %1 = moe.regroup %r, %c groups = 4 : (tensor<64x32xf32>, tensor<2x8xi32>) -> (tensor<64x32xf32>, tensor<4x4xi32>)
+  // CHECK: moe.check_recv_bound %{{.*}} bound = 96 : tensor<4x4xi32>
+  moe.check_recv_bound %1 bound = 96 : tensor<4x4xi32>
+  return %0, %1 : tensor<64x32xf32>, tensor<4x4xi32>
+}
+
 // CHECK-LABEL: func.func @async_collectives
 func.func @async_collectives(%b: tensor<8x4x32xf32>, %r: tensor<64x32xf32>, %c: tensor<1x8xi32>, %rc: tensor<2x4xi32>) {
   // CHECK: %[[F0:.*]] = moe.all_to_all_start %{{.*}} on @mesh ["ep"] split = 0 concat = 1 : (tensor<8x4x32xf32>) -> !moe.future<tensor<4x8x32xf32>>

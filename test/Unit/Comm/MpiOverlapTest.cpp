@@ -19,8 +19,8 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <memory>
 #include <numeric>
 #include <string>
@@ -245,6 +245,52 @@ TEST(MpiOverlap, ContextEmulatesOneAxisAndTracesTransfersOnTheirOwnTrack) {
                 .find("--net: 'ep' is not an axis of the mesh [a, b]"),
             std::string::npos)
       << moert_last_error();
+}
+
+/// A flat all-to-all over two emulated axes pays, per peer, the latency of
+/// the link of the axes on which that peer differs (the emulation of nodes
+/// that moe-compile --hierarchical-a2a=mesh relies on), and counts one
+/// message per peer.
+TEST(MpiOverlap, ContextEmulatesEachPeerOverItsOwnLink) {
+  static const char *axes[2] = {"node", "local"};
+  const std::vector<int64_t> mesh = {2, 2};
+  moert_ctx_options o;
+  moert_ctx_options_init(&o);
+  o.comm = MOERT_COMM_MPI;
+  o.mesh_rank = 2;
+  o.mesh_shape = mesh.data();
+  o.mesh_axes = axes;
+  o.timeout_s = 60;
+  o.num_threads = 1;
+  o.net = "node:alpha=60ms;local:alpha=10ms";
+  moert_ctx *ctx = nullptr;
+  ASSERT_EQ(moert_ctx_create(&o, &ctx), MOERT_OK) << moert_last_error();
+  int rank = moert_ctx_rank(ctx);
+  ref::Tensor in = ref::input(rank, 256), out(256, -1);
+  auto timed = [&](int64_t mask) {
+    auto t0 = std::chrono::steady_clock::now();
+    moert_all_to_all(ctx, mask, in.data(), out.data(), 4, 64, 4, 1, 1, 0, 0);
+    EXPECT_EQ(moert_ctx_status(ctx), MOERT_OK) << moert_ctx_error(ctx);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+        .count();
+  };
+  // Peers: one on this node (10 ms), two on the other (60 ms each: the peer
+  // that differs on both axes takes the slower link).
+  EXPECT_GE(timed(3), 0.010 + 2 * 0.060);
+  EXPECT_GE(timed(2), 0.010);
+  std::vector<ref::Tensor> ins;
+  for (int r : ref::groupRanks(mesh, rank, 3))
+    ins.push_back(ref::input(r, 256));
+  moert_all_to_all(ctx, 3, in.data(), out.data(), 4, 64, 4, 1, 1, 0, 0);
+  EXPECT_EQ(out, ref::allToAll(ins, {64, 4, 1, 1}, 0, 0, rank));
+  json::Value stats;
+  ASSERT_TRUE(json::parse(moert_ctx_stats_json(ctx), "stats", stats).isOk());
+  int64_t messages = -1;
+  for (const json::Value &c : stats.get("collectives")->elements())
+    if (c.get("axis")->getString() == "node,local")
+      messages = c.get("messages")->getInt();
+  EXPECT_EQ(messages, 2 * 3) << "two calls, three peers each";
+  moert_ctx_destroy(ctx);
 }
 
 TEST(MpiOverlap, RanksOnThisNode) {

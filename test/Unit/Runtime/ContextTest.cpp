@@ -130,6 +130,43 @@ TEST_F(Context, CopyKernelCopies) {
   EXPECT_EQ(a, b);
 }
 
+TEST_F(Context, RegroupTransposesRowBlocks) {
+  // counts [A = 2, G = 3 x K = 2]: blocks (a, g, k) of rows, packed; the
+  // result holds them in the order (g, a, k), the rest zero.
+  const int32_t counts[12] = {1, 0, 2, 1, 0, 3, /* a = 1 */ 2, 1, 0, 0, 1, 1};
+  const int64_t rows = 16, width = 3, total = 12;
+  std::vector<float> in(rows * width), out(rows * width, -1.0f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < width; ++c)
+      in[r * width + c] = r < total ? float(r * 10 + c) : 0.0f;
+  int32_t newCounts[12] = {};
+  moert_regroup(ctx, in.data(), counts, out.data(), newCounts, 2, 3, 2,
+                width * int64_t(sizeof(float)), rows);
+  ASSERT_TRUE(ok()) << err();
+  // Input blocks (row ranges): a0g0 [0,1) a0g1 [1,4) a0g2 [4,7)
+  // a1g0 [7,10) a1g1 [10,10) a1g2 [10,12). Output order: a0g0 a1g0 a0g1 a1g1
+  // a0g2 a1g2.
+  const int64_t order[12] = {0, 7, 8, 9, 1, 2, 3, 4, 5, 6, 10, 11};
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < width; ++c)
+      EXPECT_EQ(out[r * width + c], r < total ? in[order[r] * width + c] : 0.0f)
+          << "row " << r;
+  const int32_t want[12] = {1, 0, 2, 1, 2, 1, 0, 0, 0, 3, 1, 1};
+  for (int i = 0; i < 12; ++i)
+    EXPECT_EQ(newCounts[i], want[i]) << i;
+
+  moert_regroup(ctx, in.data(), counts, out.data(), newCounts, 2, 3, 2,
+                width * int64_t(sizeof(float)), 11);
+  EXPECT_EQ(moert_ctx_status(ctx), MOERT_ERR_INVALID);
+  EXPECT_EQ(err(), "moert_regroup: counts total 12 rows, more than rows (11)");
+  moert_ctx_clear_error(ctx);
+  int32_t negative[2] = {1, -1};
+  moert_regroup(ctx, in.data(), negative, out.data(), newCounts, 1, 2, 1,
+                width * int64_t(sizeof(float)), rows);
+  EXPECT_EQ(err(), "moert_regroup: counts[0, 1] is -1");
+  moert_ctx_clear_error(ctx);
+}
+
 TEST_F(Context, StickyErrorMakesLaterCallsNoOpsUntilCleared) {
   std::vector<float> logits(4 * 8, 0.0f), w(4 * 9), s(4 * 8);
   std::vector<int32_t> idx(4 * 9);
@@ -227,9 +264,10 @@ TEST(ContextStats, CollectivesAreKeyedByOpAndAxisNames) {
   moert::recordCollective(ctx, "all_gather", 3, 0);
   std::string json = moert_ctx_stats_json(ctx);
   EXPECT_NE(json.find("\"collectives\": [{\"op\": \"all_gather\", \"axis\": "
-                      "\"ep,tp\", \"calls\": 1, \"bytes_sent\": 0}, "
+                      "\"ep,tp\", \"calls\": 1, \"bytes_sent\": 0, "
+                      "\"messages\": 0}, "
                       "{\"op\": \"all_to_all\", \"axis\": \"ep\", "
-                      "\"calls\": 2, \"bytes_sent\": 768}]}"),
+                      "\"calls\": 2, \"bytes_sent\": 768, \"messages\": 0}]}"),
             std::string::npos)
       << json;
   moert_ctx_destroy(ctx);

@@ -307,6 +307,30 @@ LogicalResult TopKOp::verify() {
   return expectShape(*this, getScores(), {t, e}, "scores result");
 }
 
+LogicalResult TopKForcedOp::verify() {
+  auto logits = tensorType(getLogits());
+  auto forced = tensorType(getForced());
+  int64_t t = logits.getDimSize(0), e = logits.getDimSize(1);
+  int64_t k = forced.getDimSize(1);
+  if (!sameDim(forced.getDimSize(0), t))
+    return emitOpError() << "forced indices have "
+                         << dimStr(forced.getDimSize(0))
+                         << " rows but the logits have " << dimStr(t)
+                         << " tokens";
+  if (!ShapedType::isDynamic(e) && !ShapedType::isDynamic(k) && k > e)
+    return emitOpError() << "the forced indices choose " << k
+                         << " experts per token, more than the " << e
+                         << " experts of the logits";
+  if (!(getRoutedScaling().convertToFloat() > 0))
+    return emitOpError() << "routed_scaling ("
+                         << getRoutedScaling().convertToFloat()
+                         << ") must be positive";
+  if (failed(expectShape(*this, getWeights(), {t, k}, "weights result")) ||
+      failed(expectShape(*this, getIndices(), {t, k}, "indices result")))
+    return failure();
+  return expectShape(*this, getScores(), {t, e}, "scores result");
+}
+
 LogicalResult AssignOp::verify() {
   auto idx = tensorType(getIndices());
   int64_t t = idx.getDimSize(0), groups = getGroups();
@@ -1409,4 +1433,32 @@ LogicalResult InterleaveOp::verify() {
   if (failed(shape))
     return failure();
   return expectShape(*this, getInputs().front(), *shape, "input");
+}
+
+LogicalResult RegroupOp::verify() {
+  RankedTensorType in = tensorType(getInput()), out = tensorType(getOutput());
+  if (in != out)
+    return emitOpError() << "result type " << out
+                         << " differs from the input type " << in;
+  RankedTensorType c = tensorType(getCounts());
+  if (!c.hasStaticShape())
+    return success();
+  int64_t a = c.getDimSize(0), w = c.getDimSize(1), g = getGroups();
+  if (w % g != 0)
+    return emitOpError() << "counts have " << w
+                         << " entries per row, not divisible by groups = " << g;
+  return expectShape(*this, getNewCounts(), {g, a * (w / g)}, "new_counts");
+}
+
+LogicalResult CheckRecvBoundOp::verify() {
+  int64_t rows = tensorType(getCounts()).getDimSize(0);
+  if (ShapedType::isDynamic(rows))
+    return success();
+  int64_t n = 1;
+  while (n * n < rows)
+    ++n;
+  if (n * n != rows)
+    return emitOpError() << "counts have " << rows
+                         << " rows, not n x n for a group of n ranks";
+  return success();
 }

@@ -37,6 +37,8 @@ constexpr bool onlyInShardedPrograms =
     // moe-overlap runs on per-rank programs.
     llvm::is_one_of<OpTy, ChunkOp, InterleaveOp, ChunkCountsOp, ChunkRowsOp,
                     JoinRowsOp>::value ||
+    // moe-hierarchical-a2a runs on per-rank programs.
+    llvm::is_one_of<OpTy, RegroupOp, CheckRecvBoundOp>::value ||
     // Training: moe-differentiate runs after moe-shard (docs/design.md,
     // "Training"), so the gradient, loss and optimizer ops are written into
     // per-rank programs and never sharded themselves.
@@ -207,6 +209,16 @@ LogicalResult TopKOp::shardToRank(ShardingContext &) {
   return success();
 }
 
+// The forced indices are token rows: each rank keeps its tokens' choices.
+LogicalResult TopKForcedOp::shardToRank(ShardingContext &) {
+  int64_t t = rows(getLogits()), k = typeOf(getForced()).getDimSize(1);
+  int64_t e = typeOf(getLogits()).getDimSize(1);
+  getWeights().setType(withShape(getWeights().getType(), {t, k}));
+  getIndices().setType(withShape(getIndices().getType(), {t, k}));
+  getScores().setType(withShape(getScores().getType(), {t, e}));
+  return success();
+}
+
 LogicalResult AssignOp::shardToRank(ShardingContext &ctx) {
   int64_t t = rows(getIndices()), k = typeOf(getIndices()).getDimSize(1);
   int64_t groups = getGroups();
@@ -308,7 +320,26 @@ LogicalResult ExpertFFNOp::shardToRank(ShardingContext &ctx) {
     inCounts =
         AllToAllOp::create(b, loc, rcTy, counts, meshRef, ep,
                            b.getI64IntegerAttr(1), b.getI64IntegerAttr(0));
-    auto rowsTy = withShape(bufTy, {mesh.ep * bufTy.getDimSize(0), d});
+    // The receive buffer: every source's rows could come here, but a token
+    // sends a rank at most min(k, local experts) rows (its k choices are
+    // distinct experts), so ep x T x min(k, E/ep) rows when the buffer is a
+    // dispatch of [T, k] positions; else ep x the send buffer's rows.
+    int64_t recvRows = mesh.ep * bufTy.getDimSize(0);
+    if (auto dispatch = buf.getDefiningOp<DispatchOp>()) {
+      auto pos = typeOf(dispatch.getPositions());
+      recvRows = mesh.ep * pos.getDimSize(0) *
+                 std::min<int64_t>(pos.getDimSize(1), el);
+    }
+    if (ctx.maxRecvRows > 0 && ctx.maxRecvRows < recvRows) {
+      // An explicit bound: checked on every rank before any row moves.
+      recvRows = ctx.maxRecvRows;
+      auto allTy =
+          withShape(rcTy, {mesh.ep * rcTy.getDimSize(0), rcTy.getDimSize(1)});
+      Value all = AllGatherOp::create(b, loc, allTy, inCounts, meshRef, ep,
+                                      b.getI64IntegerAttr(0));
+      CheckRecvBoundOp::create(b, loc, all, ctx.maxRecvRows);
+    }
+    auto rowsTy = withShape(bufTy, {recvRows, d});
     in =
         AllToAllVOp::create(b, loc, rowsTy, buf, counts, inCounts, meshRef, ep);
   }

@@ -202,7 +202,7 @@ struct MoEShardPass : moe::impl::MoEShardBase<MoEShardPass> {
     for (auto f : llvm::make_early_inc_range(module.getOps<func::FuncOp>())) {
       if (f.isExternal() || !f.isPublic())
         continue;
-      ShardingContext ctx(&getContext(), sizes, expertTp, ref);
+      ShardingContext ctx(&getContext(), sizes, expertTp, ref, maxRecvTokens);
       if (failed(FunctionSharder(f, ctx).run()))
         return signalPassFailure();
     }

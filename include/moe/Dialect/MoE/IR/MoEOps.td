@@ -194,6 +194,39 @@ def MoE_TopKOp : MoE_Op<"topk", [Pure, MoE_ShardingRule]> {
   let hasVerifier = 1;
 }
 
+def MoE_TopKForcedOp : MoE_Op<"topk_forced", [Pure, MoE_ShardingRule]> {
+  let summary = "scores and gate weights of a given (replayed) expert choice";
+  let description = [{
+    Routing replay (`moe-routing-io`): the experts are given, not selected.
+    From f32 `logits[T, E]` and `forced[T, k]` (i32):
+    1. `scores = softmax(logits)` or `sigmoid(logits)` (`score`), as
+       `moe.topk`;
+    2. `indices = forced` (each in `[0, E)`, distinct within a row: the
+       runtime stops with an error naming the token otherwise);
+    3. `weights[t, j] = scores[t, forced[t, j]]`, divided by their sum when
+       `renormalize`, times `routed_scaling`: exactly `moe.topk`'s step 5
+       with the given indices. No selection bias and no group limit apply
+       (they only choose experts).
+
+    ```mlir
+    %w, %i, %s = moe.topk_forced %logits, %forced score = softmax {renormalize}
+        : (tensor<64x8xf32>, tensor<64x2xi32>)
+        -> (tensor<64x2xf32>, tensor<64x2xi32>, tensor<64x8xf32>)
+    ```
+  }];
+  let arguments = (ins MoE_F32_2D:$logits, MoE_I32_2D:$forced,
+                       MoE_ScoreFuncAttr:$score,
+                       UnitAttr:$renormalize,
+                       DefaultValuedAttr<F32Attr, "1.0">:$routed_scaling);
+  let results = (outs MoE_F32_2D:$weights, MoE_I32_2D:$indices,
+                      MoE_F32_2D:$scores);
+  let assemblyFormat = [{
+    $logits `,` $forced `score` `=` `` $score attr-dict `:`
+    functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 //===----------------------------------------------------------------------===//
 // Dispatch and combine
 //===----------------------------------------------------------------------===//
@@ -654,6 +687,60 @@ def MoE_InterleaveOp : MoE_Op<"interleave", [Pure]> {
   let assemblyFormat = [{
     $inputs `dim` `=` $dim attr-dict `:` functional-type(operands, results)
   }];
+  let hasVerifier = 1;
+}
+
+// The re-layouts of the hierarchical all-to-all (moe-hierarchical-a2a).
+def MoE_RegroupOp : MoE_Op<"regroup", [Pure]> {
+  let summary = "block transpose of packed rows, sized by a count tensor";
+  let description = [{
+    `counts` `[A, G*K]` gives the number of rows of each block `(a, g, k)`
+    (row-major); the input's rows are those blocks packed in that order from
+    row 0. The result holds the same blocks in the order `(g, a, k)`, its
+    rows past the total zero, and `new_counts` `[G, A*K]` their counts
+    (`new_counts[g, a*K + k] = counts[a, g*K + k]`). A total larger than the
+    rows is a run-time error.
+
+    The hierarchical all-to-all uses it to put the rows of an uneven
+    exchange in the order of the next phase's peers: rows packed by
+    destination `(node, local)` become packed by `(local, node)`, so that
+    each local peer's rows are consecutive.
+
+    ```mlir
+    %rows, %counts = moe.regroup %buf, %c groups = 4
+        : (tensor<64x32xf32>, tensor<2x8xi32>) -> (tensor<64x32xf32>, tensor<4x4xi32>)
+    ```
+  }];
+  let arguments = (ins MoE_Act2D:$input, MoE_I32_2D:$counts,
+                       MoE_PositiveI64:$groups);
+  let results = (outs MoE_Act2D:$output, MoE_I32_2D:$new_counts);
+  let assemblyFormat = [{
+    $input `,` $counts `groups` `=` $groups attr-dict `:`
+    functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+// The receive bound of dropless exchanges (moe-shard's max-recv-tokens).
+def MoE_CheckRecvBoundOp : MoE_Op<"check_recv_bound",
+    [MemoryEffects<[MemWrite]>]> {
+  let summary = "stop every rank when a rank of the group would receive more rows than the bound";
+  let description = [{
+    `counts` `[n*n, K]` are the receive counts of the `n` ranks of an
+    expert-parallel group (all-gathered: rows `p*n .. p*n + n - 1` are what
+    rank `p` receives from each source). When some rank's total exceeds
+    `bound`, the run stops on every rank with the same error, which names
+    the rank, its rows and the bound (`MOERT_ERR_RECV_BOUND`), before any rank
+    sends a row; nothing is dropped silently. `moe-shard{max-recv-tokens=N}`
+    sizes the dropless receive buffer at `N` rows and puts this check after
+    the counts exchange.
+
+    ```mlir
+    moe.check_recv_bound %all bound = 96 : tensor<16x2xi32>
+    ```
+  }];
+  let arguments = (ins MoE_I32_2D:$counts, MoE_PositiveI64:$bound);
+  let assemblyFormat = "$counts `bound` `=` $bound attr-dict `:` type($counts)";
   let hasVerifier = 1;
 }
 

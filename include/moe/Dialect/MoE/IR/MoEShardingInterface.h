@@ -44,15 +44,18 @@ using ShardSpec = llvm::SmallVector<llvm::SmallVector<llvm::StringRef, 2>>;
 class ShardingContext {
 public:
   ShardingContext(MLIRContext *context, ShardingMesh mesh, bool expertTp,
-                  FlatSymbolRefAttr meshRef)
+                  FlatSymbolRefAttr meshRef, int64_t maxRecvRows = 0)
       : mesh(mesh), expertTp(expertTp && mesh.tp > 1), meshRef(meshRef),
-        builder(context) {}
+        maxRecvRows(maxRecvRows), builder(context) {}
 
   const ShardingMesh mesh;
   /// Routed experts' FFNs are split over tp (the expert-tp option, tp > 1).
   const bool expertTp;
   /// The `moe.mesh` symbol every created collective names.
   const FlatSymbolRefAttr meshRef;
+  /// Rows of a dropless receive buffer (0: the provable worst case); a
+  /// smaller bound is checked at run time (moe.check_recv_bound).
+  const int64_t maxRecvRows;
   OpBuilder builder;
 
   /// Values whose dimension 0 runs over this rank's tokens.

@@ -48,7 +48,10 @@ def MoEShard : Pass<"moe-shard", "::mlir::ModuleOp"> {
     Option<"mesh", "mesh", "std::string", /*default=*/"\"\"",
            "mesh as axis=size pairs, e.g. dp=1,ep=2,tp=2 (axes left out are 1); without it, the module's moe.mesh">,
     Option<"expertTp", "expert-tp", "bool", /*default=*/"false",
-           "split each expert's FFN over tp">
+           "split each expert's FFN over tp">,
+    Option<"maxRecvTokens", "max-recv-tokens", "int64_t", /*default=*/"0",
+           "rows a rank's dropless receive buffer holds (0: the provable "
+           "worst case); a run that would receive more stops on every rank">
   ];
   let dependentDialects = ["::mlir::moe::MoEDialect"];
 }
@@ -143,6 +146,91 @@ def MoEOverlap : Pass<"moe-overlap", "::mlir::ModuleOp"> {
            "cluster file of the cost model for degree=auto (empty: built-in)">
   ];
   let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
+def MoEHierarchicalA2A : Pass<"moe-hierarchical-a2a", "::mlir::ModuleOp"> {
+  let summary = "Split ep into node x local axes and exchange in two phases (2D hierarchical all-to-all)";
+  let description = [{
+    With `ranks-per-node=R` (tp ranks per tp group, `L = R / tp` expert
+    ranks per node, `N = ep / L` nodes), replaces the mesh's `ep` axis by
+    `ep_node` (size N) and `ep_local` (size L; `ep = node * L + local`, so
+    rank order and every group are unchanged) in the mesh, every collective
+    and every `moe.shard` annotation, and rewrites each all-to-all over the
+    whole of `ep` (even and uneven, synchronous or started) into an
+    exchange over `ep_local` followed by one over `ep_node` between the
+    ranks of the same local index: each rank sends N - 1 messages between
+    nodes instead of ep - L, with the same bytes. The result is bit for bit
+    the flat exchange's.
+
+    Even (`moe.all_to_all`): the split dimension is viewed as `[N, L*S/n]`
+    (`moe.reshape`); the local phase splits the second, the node phase the
+    first, both concatenate along the flat exchange's concat dimension,
+    which gives the flat result's order (the re-layouts are the strided
+    packing of the all-to-alls). Uneven (`moe.all_to_all_v`): the rows are
+    regrouped by (local, node) destination (`moe.regroup`), exchanged over
+    `ep_local` with counts from a small even exchange of the counts,
+    regrouped by (node, local source), and exchanged over `ep_node` with
+    the flat exchange's receive counts.
+
+    `mode=auto` rewrites only the exchanges for which the cost model
+    (`cluster`) predicts the two phases faster than the flat exchange; with
+    `ranks-per-node=0`, `auto` takes R from the cluster's devices per node.
+    Runs last among the rewrites of the per-rank program (after
+    moe-differentiate and moe-overlap), so the backward's exchanges and the
+    pipelined chunks are rewritten too.
+  }];
+  let options = [
+    Option<"ranksPerNode", "ranks-per-node", "int64_t", /*default=*/"0",
+           "ranks on one node (must divide the ranks and be a multiple of tp)">,
+    Option<"mode", "mode", "std::string", /*default=*/"\"on\"",
+           "on: every ep exchange; auto: where the cost model says it pays; "
+           "mesh: split the axis only (flat exchanges over both parts, a "
+           "baseline)">,
+    Option<"cluster", "cluster", "std::string", /*default=*/"\"\"",
+           "cluster file of the cost model for mode=auto (empty: built-in)">
+  ];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
+def MoERoutingIO : Pass<"moe-routing-io", "::mlir::ModuleOp"> {
+  let summary = "Routing you can see and replay: routing outputs and replay entries";
+  let description = [{
+    For every `moe.topk` of `@forward` whose logits come from a `moe.router`
+    (one per MoE layer), in program order, with layer key `L`:
+
+    - `@forward` also returns `routing.L.experts` (i32 `[T, k]`, the chosen
+      experts, best first) and `routing.L.weights` (f32 `[T, k]`, the gate
+      weights), after its other results;
+    - `@forward_replay` is `@forward` whose `moe.topk` ops are
+      `moe.topk_forced` ops: it takes, after its other arguments, the input
+      `routing.L.experts` of every layer and returns what `@forward` returns
+      (the given experts and their recomputed gate weights);
+    - with training entries, `@forward_train` returns the same routing
+      results (after its others), and `@forward_train_replay` is
+      `@forward_train` with the same replacement and arguments (same
+      results: `backward` takes its `saved.N`).
+
+    `L` is the first all-digit component of the router weight's `moe.weight`
+    name (`model.layers.3.mlp.gate.weight`: `3`); when a router has none, or
+    two layers get the same one, every layer is keyed by its position among
+    the function's layers (0, 1, ...). In a sharded program the routing
+    tensors are token rows: `moe.shard` and `moe.global_shape` follow
+    `hidden_states`' dimension 0. Run last before moe-attach-manifest.
+  }];
+  let dependentDialects = ["::mlir::moe::MoEDialect"];
+}
+
+def MoECheckKeptRouting : Pass<"moe-check-kept-routing", "::mlir::ModuleOp"> {
+  let summary = "Refuse a training module whose backward selects experts again";
+  let description = [{
+    The backward of a training module must read the top-k indices its
+    forward entry kept (`saved.N`), whatever is recomputed there: a
+    `moe.topk` or `moe.topk_forced` in any function other than a forward
+    entry (`forward`, `forward_replay`, `forward_train`,
+    `forward_train_replay`) is an error naming the op and the function
+    (docs/spec.md 7.2, 3.10). moe-compile runs it on every `--train` module,
+    after every pass that writes the backward.
+  }];
 }
 
 #endif // MOE_DIALECT_MOE_TRANSFORMS_PASSES_TD
