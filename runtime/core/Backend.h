@@ -45,6 +45,14 @@ public:
   virtual Status copy2D(void *dst, int64_t dstPitch, const void *src,
                         int64_t srcPitch, int64_t widthBytes,
                         int64_t height) = 0;
+  /// moert_chunk_counts / moert_chunk_rows (counts in device memory).
+  virtual Status chunkCounts(const int32_t *counts, int32_t *out, int64_t n,
+                             int64_t index, int64_t chunks) = 0;
+  virtual Status chunkRowsByCounts(const void *src, void *dst,
+                                   const int32_t *counts, int64_t segments,
+                                   int64_t rowBytes, int64_t srcRows,
+                                   int64_t dstRows, int64_t index,
+                                   int64_t chunks, bool join) = 0;
   /// Waits for all queued work (no-op where work is synchronous).
   virtual Status synchronize() = 0;
   /// Seconds elapsed on the device between two points; CPU: wall clock.

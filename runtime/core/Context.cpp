@@ -893,6 +893,51 @@ void moert_check_recv_bound(moert_ctx *ctx, const int32_t *counts,
   });
 }
 
+void moert_chunk_counts(moert_ctx *ctx, const int32_t *counts, int32_t *out,
+                        int64_t n, int64_t index, int64_t chunks) {
+  runKernel(ctx, "moert_chunk_counts", [&] {
+    MOERT_TRY(checkCtx(ctx, "moert_chunk_counts"));
+    Args a("moert_chunk_counts");
+    a.nonNegative("n", n).positive("chunks", chunks);
+    a.require(index >= 0 && index < chunks,
+              "index (%" PRId64 ") is not in [0, chunks = %" PRId64 ")", index,
+              chunks);
+    if (n > 0)
+      a.ptrs({{"counts", counts}, {"out", out}});
+    MOERT_TRY(a.status());
+    if (n == 0)
+      return Status::ok();
+    return ctx->backend->chunkCounts(counts, out, n, index, chunks);
+  });
+}
+
+void moert_chunk_rows(moert_ctx *ctx, const void *src, void *dst,
+                      const int32_t *counts, int64_t segments,
+                      int64_t row_bytes, int64_t src_rows, int64_t dst_rows,
+                      int64_t index, int64_t chunks, int32_t join) {
+  runKernel(ctx, "moert_chunk_rows", [&] {
+    MOERT_TRY(checkCtx(ctx, "moert_chunk_rows"));
+    Args a("moert_chunk_rows");
+    a.nonNegative("segments", segments).positive("row_bytes", row_bytes);
+    a.nonNegative("src_rows", src_rows).nonNegative("dst_rows", dst_rows);
+    a.positive("chunks", chunks);
+    a.require(index >= 0 && index < chunks,
+              "index (%" PRId64 ") is not in [0, chunks = %" PRId64 ")", index,
+              chunks);
+    a.require(join == 0 || join == 1, "join (%d) must be 0 or 1", join);
+    if (segments > 0)
+      a.ptr("counts", counts);
+    if (src_rows > 0)
+      a.ptr("src", src);
+    if (dst_rows > 0)
+      a.ptr("dst", dst);
+    MOERT_TRY(a.status());
+    return ctx->backend->chunkRowsByCounts(src, dst, counts, segments,
+                                           row_bytes, src_rows, dst_rows, index,
+                                           chunks, join != 0);
+  });
+}
+
 //===--- Kernel ABI: compute ----------------------------------------------===//
 
 void moert_rmsnorm(moert_ctx *ctx, const void *x, const void *w, void *y,

@@ -55,6 +55,12 @@ public:
   Status memsetZero(void *dst, int64_t bytes) override;
   Status copy2D(void *dst, int64_t dstPitch, const void *src, int64_t srcPitch,
                 int64_t widthBytes, int64_t height) override;
+  Status chunkCounts(const int32_t *counts, int32_t *out, int64_t n,
+                     int64_t index, int64_t chunks) override;
+  Status chunkRowsByCounts(const void *src, void *dst, const int32_t *counts,
+                           int64_t segments, int64_t rowBytes, int64_t srcRows,
+                           int64_t dstRows, int64_t index, int64_t chunks,
+                           bool join) override;
   Status synchronize() override { return Status::ok(); }
   double now() override;
 

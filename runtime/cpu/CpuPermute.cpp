@@ -10,6 +10,63 @@ namespace moert {
 
 using namespace cpu;
 
+Status CpuBackend::chunkCounts(const int32_t *counts, int32_t *out, int64_t n,
+                               int64_t index, int64_t chunks) {
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t c = counts[i];
+    out[i] =
+        static_cast<int32_t>(c * (index + 1) / chunks - c * index / chunks);
+  }
+  return Status::ok();
+}
+
+Status CpuBackend::chunkRowsByCounts(const void *src, void *dst,
+                                     const int32_t *counts, int64_t segments,
+                                     int64_t rowBytes, int64_t srcRows,
+                                     int64_t dstRows, int64_t index,
+                                     int64_t chunks, bool join) {
+  // Walk the segments: `whole` rows into the packed buffer, `part` rows
+  // into the chunk.
+  int64_t whole = 0, part = 0;
+  auto *s = static_cast<const char *>(src);
+  auto *d = static_cast<char *>(dst);
+  const size_t bytes = static_cast<size_t>(rowBytes);
+  int64_t wholeRows = join ? dstRows : srcRows;
+  int64_t partRows = join ? srcRows : dstRows;
+  for (int64_t i = 0; i < segments; ++i) {
+    int64_t c = counts[i];
+    if (c < 0)
+      return error(MOERT_ERR_INVALID,
+                   "moert_chunk_rows: counts[%" PRId64 "] = %" PRId64
+                   " is negative",
+                   i, c);
+    int64_t first = c * index / chunks, n = c * (index + 1) / chunks - first;
+    if (whole + c > wholeRows || part + n > partRows)
+      return error(MOERT_ERR_INVALID,
+                   "moert_chunk_rows: the counts (%" PRId64
+                   " rows so far) exceed the buffer's %" PRId64
+                   " rows or the chunk's %" PRId64,
+                   whole + c, wholeRows, partRows);
+    if (n > 0) {
+      if (join)
+        std::memcpy(d + (whole + first) * rowBytes, s + part * rowBytes,
+                    static_cast<size_t>(n) * bytes);
+      else
+        std::memcpy(d + part * rowBytes, s + (whole + first) * rowBytes,
+                    static_cast<size_t>(n) * bytes);
+    }
+    whole += c;
+    part += n;
+  }
+  if (!join && part < dstRows)
+    std::memset(d + part * rowBytes, 0,
+                static_cast<size_t>(dstRows - part) * bytes);
+  if (join && index == 0 && whole < dstRows)
+    std::memset(d + whole * rowBytes, 0,
+                static_cast<size_t>(dstRows - whole) * bytes);
+  return Status::ok();
+}
+
 Status CpuBackend::dispatch(const void *x, const int32_t *positions, void *out,
                             int64_t T, int64_t k, int64_t D, int64_t outRows,
                             int32_t dtype) {

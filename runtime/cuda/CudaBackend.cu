@@ -90,6 +90,12 @@ public:
   Status memsetZero(void *dst, int64_t bytes) override;
   Status copy2D(void *dst, int64_t dstPitch, const void *src, int64_t srcPitch,
                 int64_t widthBytes, int64_t height) override;
+  Status chunkCounts(const int32_t *counts, int32_t *out, int64_t n,
+                     int64_t index, int64_t chunks) override;
+  Status chunkRowsByCounts(const void *src, void *dst, const int32_t *counts,
+                           int64_t segments, int64_t rowBytes, int64_t srcRows,
+                           int64_t dstRows, int64_t index, int64_t chunks,
+                           bool join) override;
   Status synchronize() override;
   double now() override;
 
@@ -602,6 +608,22 @@ Status CudaBackend::assign(const int32_t *indices, int32_t *positions,
   MOERT_TRY(enter("moert_assign"));
   return cuda::launchAssign(env(), indices, positions, counts, T, k, E,
                             capacity, groups);
+}
+
+Status CudaBackend::chunkCounts(const int32_t *counts, int32_t *out, int64_t n,
+                                int64_t index, int64_t chunks) {
+  MOERT_TRY(enter("moert_chunk_counts"));
+  return cuda::launchChunkCounts(env(), counts, out, n, index, chunks);
+}
+
+Status CudaBackend::chunkRowsByCounts(const void *src, void *dst,
+                                      const int32_t *counts, int64_t segments,
+                                      int64_t rowBytes, int64_t srcRows,
+                                      int64_t dstRows, int64_t index,
+                                      int64_t chunks, bool join) {
+  MOERT_TRY(enter("moert_chunk_rows"));
+  return cuda::launchChunkRows(env(), src, dst, counts, segments, rowBytes,
+                               srcRows, dstRows, index, chunks, join);
 }
 
 Status CudaBackend::dispatch(const void *x, const int32_t *positions, void *out,

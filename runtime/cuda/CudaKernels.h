@@ -45,6 +45,13 @@ Status launchZLoss(const LaunchEnv &env, const float *logits, float *out,
 Status launchDispatch(const LaunchEnv &env, const void *x,
                       const int32_t *positions, void *out, int64_t T, int64_t k,
                       int64_t D, int64_t outRows, int32_t dtype);
+Status launchChunkCounts(const LaunchEnv &env, const int32_t *counts,
+                         int32_t *out, int64_t n, int64_t index,
+                         int64_t chunks);
+Status launchChunkRows(const LaunchEnv &env, const void *src, void *dst,
+                       const int32_t *counts, int64_t segments,
+                       int64_t rowBytes, int64_t srcRows, int64_t dstRows,
+                       int64_t index, int64_t chunks, bool join);
 Status launchCombine(const LaunchEnv &env, const void *y,
                      const int32_t *positions, const float *weights,
                      const void *passthrough, void *out, int64_t T, int64_t k,

@@ -248,5 +248,125 @@ Status launchZeroDeadRows(const LaunchEnv &env, void *y, const int32_t *counts,
   }
 }
 
+//===--- moe.chunk_counts / moe.chunk_rows / moe.join_rows ----------------===//
+
+namespace {
+
+__global__ void chunkCountsKernel(const int32_t *counts, int32_t *out,
+                                  int64_t n, int64_t index, int64_t chunks) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t c = counts[i];
+    out[i] =
+        static_cast<int32_t>(c * (index + 1) / chunks - c * index / chunks);
+  }
+}
+
+/// Block b < segments copies segment b's block of chunk `index`; block
+/// `segments` zeroes the tail (the chunk's, or with join and index 0 the
+/// whole buffer's). Every block sums the counts before its segment itself:
+/// the segments are few (ranks x local experts).
+template <typename V>
+__global__ void chunkRowsKernel(const V *src, V *dst, const int32_t *counts,
+                                int64_t segments, int64_t units,
+                                int64_t srcRows, int64_t dstRows, int64_t index,
+                                int64_t chunks, bool join) {
+  __shared__ int64_t whole, part;
+  const int64_t seg = blockIdx.x;
+  if (threadIdx.x == 0) {
+    int64_t w = 0, p = 0;
+    for (int64_t i = 0; i < seg; ++i) {
+      int64_t c = counts[i];
+      w += c;
+      p += c * (index + 1) / chunks - c * index / chunks;
+    }
+    whole = w;
+    part = p;
+  }
+  __syncthreads();
+  const int64_t wholeRows = join ? dstRows : srcRows;
+  const int64_t partRows = join ? srcRows : dstRows;
+  if (seg == segments) {
+    if (join && index != 0)
+      return;
+    const int64_t from = join ? whole : part;
+    V zero;
+    memset(&zero, 0, sizeof(V));
+    for (int64_t u = from * units + threadIdx.x; u < dstRows * units;
+         u += blockDim.x)
+      dst[u] = zero;
+    return;
+  }
+  const int64_t c = counts[seg];
+  const int64_t first = c * index / chunks;
+  int64_t n = c * (index + 1) / chunks - first;
+  // Counts past the buffers (rejected by the CPU backend): copy what fits.
+  n = max(int64_t(0), min(n, min(wholeRows - whole - first, partRows - part)));
+  const int64_t w0 = (whole + first) * units, p0 = part * units;
+  for (int64_t u = threadIdx.x; u < n * units; u += blockDim.x) {
+    if (join)
+      dst[w0 + u] = src[p0 + u];
+    else
+      dst[p0 + u] = src[w0 + u];
+  }
+}
+
+template <typename V>
+Status chunkRowsAs(const LaunchEnv &env, const void *src, void *dst,
+                   const int32_t *counts, int64_t segments, int64_t rowBytes,
+                   int64_t srcRows, int64_t dstRows, int64_t index,
+                   int64_t chunks, bool join) {
+  const int64_t units = rowBytes / int64_t(sizeof(V));
+  chunkRowsKernel<V>
+      <<<static_cast<unsigned>(segments + 1), 256, 0, env.stream>>>(
+          static_cast<const V *>(src), static_cast<V *>(dst), counts, segments,
+          units, srcRows, dstRows, index, chunks, join);
+  MOERT_LAUNCHED("moert_chunk_rows", "chunkRowsKernel");
+  return Status::ok();
+}
+
+} // namespace
+
+Status launchChunkCounts(const LaunchEnv &env, const int32_t *counts,
+                         int32_t *out, int64_t n, int64_t index,
+                         int64_t chunks) {
+  if (n == 0)
+    return Status::ok();
+  const unsigned blocks =
+      static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
+  chunkCountsKernel<<<blocks, 256, 0, env.stream>>>(counts, out, n, index,
+                                                    chunks);
+  MOERT_LAUNCHED("moert_chunk_counts", "chunkCountsKernel");
+  return Status::ok();
+}
+
+Status launchChunkRows(const LaunchEnv &env, const void *src, void *dst,
+                       const int32_t *counts, int64_t segments,
+                       int64_t rowBytes, int64_t srcRows, int64_t dstRows,
+                       int64_t index, int64_t chunks, bool join) {
+  if (segments > INT_MAX - 1)
+    return error(MOERT_ERR_INVALID,
+                 "moert_chunk_rows: segments=%lld exceeds int32",
+                 (long long)segments);
+  switch (copyUnit(rowBytes, {src, dst})) {
+  case 16:
+    return chunkRowsAs<uint4>(env, src, dst, counts, segments, rowBytes,
+                              srcRows, dstRows, index, chunks, join);
+  case 8:
+    return chunkRowsAs<uint2>(env, src, dst, counts, segments, rowBytes,
+                              srcRows, dstRows, index, chunks, join);
+  case 4:
+    return chunkRowsAs<unsigned>(env, src, dst, counts, segments, rowBytes,
+                                 srcRows, dstRows, index, chunks, join);
+  case 2:
+    return chunkRowsAs<unsigned short>(env, src, dst, counts, segments,
+                                       rowBytes, srcRows, dstRows, index,
+                                       chunks, join);
+  default:
+    return chunkRowsAs<char>(env, src, dst, counts, segments, rowBytes, srcRows,
+                             dstRows, index, chunks, join);
+  }
+}
+
 } // namespace cuda
 } // namespace moert

@@ -110,3 +110,31 @@ func.func @chunks(%x: tensor<8x16x32xf32>) -> tensor<8x16x32xf32> {
   %2 = moe.interleave %1, %0 dim = 1 : (tensor<8x8x32xf32>, tensor<8x8x32xf32>) -> tensor<8x16x32xf32>
   return %2 : tensor<8x16x32xf32>
 }
+
+// -----
+
+// moe.chunk_counts: one call on the 8 counts. moe.chunk_rows: one gather of
+// chunk 1 of 2 (rows of 128 bytes, 64 in, 36 out, join = 0); moe.join_rows:
+// one scatter per input, in chunk order (join = 1).
+// CHECK-LABEL: func.func @moe_entry_row_chunks
+// CHECK-DAG: %[[ZERO:.*]] = arith.constant 0 : i32
+// CHECK-DAG: %[[ONE:.*]] = arith.constant 1 : i32
+// CHECK-DAG: %[[I0:.*]] = arith.constant 0 : i64
+// CHECK-DAG: %[[I1:.*]] = arith.constant 1 : i64
+// CHECK-DAG: %[[N2:.*]] = arith.constant 2 : i64
+// CHECK-DAG: %[[N8:.*]] = arith.constant 8 : i64
+// CHECK-DAG: %[[RB:.*]] = arith.constant 128 : i64
+// CHECK-DAG: %[[R64:.*]] = arith.constant 64 : i64
+// CHECK-DAG: %[[R36:.*]] = arith.constant 36 : i64
+// CHECK: call @moert_chunk_counts(%{{.*}}, %[[C:.*]], %{{.*}}, %[[N8]], %[[I1]], %[[N2]])
+// CHECK: call @moert_chunk_rows(%{{.*}}, %[[X:.*]], %[[T1:.*]], %[[C]], %[[N8]], %[[RB]], %[[R64]], %[[R36]], %[[I1]], %[[N2]], %[[ZERO]])
+// CHECK: call @moert_chunk_rows(%{{.*}}, %[[X]], %[[T0:.*]], %[[C]], %[[N8]], %[[RB]], %[[R64]], %[[R36]], %[[I0]], %[[N2]], %[[ZERO]])
+// CHECK: call @moert_chunk_rows(%{{.*}}, %[[T1]], %[[OUT:.*]], %[[C]], %[[N8]], %[[RB]], %[[R36]], %[[R64]], %[[I0]], %[[N2]], %[[ONE]])
+// CHECK: call @moert_chunk_rows(%{{.*}}, %[[T0]], %[[OUT]], %[[C]], %[[N8]], %[[RB]], %[[R36]], %[[R64]], %[[I1]], %[[N2]], %[[ONE]])
+func.func @row_chunks(%x: tensor<64x32xf32>, %c: tensor<1x8xi32>) -> (tensor<64x32xf32>, tensor<1x8xi32>) {
+  %n = moe.chunk_counts %c index = 1 chunks = 2 : (tensor<1x8xi32>) -> tensor<1x8xi32>
+  %1 = moe.chunk_rows %x, %c index = 1 chunks = 2 : (tensor<64x32xf32>, tensor<1x8xi32>) -> tensor<36x32xf32>
+  %0 = moe.chunk_rows %x, %c index = 0 chunks = 2 : (tensor<64x32xf32>, tensor<1x8xi32>) -> tensor<36x32xf32>
+  %2 = moe.join_rows %1, %0 counts %c : (tensor<36x32xf32>, tensor<36x32xf32>, tensor<1x8xi32>) -> tensor<64x32xf32>
+  return %2, %n : tensor<64x32xf32>, tensor<1x8xi32>
+}

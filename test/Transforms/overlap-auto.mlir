@@ -21,3 +21,22 @@ func.func @capacity(%x: tensor<64x32xf32> {moe.input = "hidden_states"}, %wr: te
   %o = moe.combine %y, %p, %w : (tensor<8x16x32xf32>, tensor<64x1xi32>, tensor<64x1xf32>) -> tensor<64x32xf32>
   return %o : tensor<64x32xf32>
 }
+
+// A dropless exchange: every degree is a candidate (a chunk keeps the
+// worst-case rows), priced the same way; the slow link picks 8 here too.
+// SLOW-LABEL: func.func @dropless
+// SLOW: moe.chunk_rows {{.*}} index = 0 chunks = 8 : (tensor<64x32xf32>, tensor<1x8xi32>) -> tensor<15x32xf32>
+// SLOW-COUNT-15: moe.all_to_all_v_start
+// SLOW: moe.join_rows {{.*}} -> tensor<64x32xf32>
+// FAST-LABEL: func.func @dropless
+// FAST-NOT: moe.chunk_rows
+// FAST: moe.all_to_all_v
+func.func @dropless(%x: tensor<64x32xf32> {moe.input = "hidden_states"}, %wr: tensor<8x32xf32> {moe.weight = "gate.weight"}, %u: tensor<8x96x32xf32> {moe.weight = "experts.{e}.up.weight"}, %d: tensor<8x32x96xf32> {moe.weight = "experts.{e}.down.weight"}) -> (tensor<64x32xf32> {moe.output = "hidden_states"}) {
+  %l = moe.router %x, %wr : (tensor<64x32xf32>, tensor<8x32xf32>) -> tensor<64x8xf32>
+  %w, %i, %s = moe.topk %l k = 2 score = softmax : (tensor<64x8xf32>) -> (tensor<64x2xf32>, tensor<64x2xi32>, tensor<64x8xf32>)
+  %p, %c = moe.assign %i experts = 8 : (tensor<64x2xi32>) -> (tensor<64x2xi32>, tensor<1x8xi32>)
+  %b = moe.dispatch %x, %p : (tensor<64x32xf32>, tensor<64x2xi32>) -> tensor<128x32xf32>
+  %y = moe.expert_ffn %b counts %c up %u down %d act = relu : (tensor<128x32xf32>, tensor<1x8xi32>, tensor<8x96x32xf32>, tensor<8x32x96xf32>) -> tensor<128x32xf32>
+  %o = moe.combine %y, %p, %w : (tensor<128x32xf32>, tensor<64x2xi32>, tensor<64x2xf32>) -> tensor<64x32xf32>
+  return %o : tensor<64x32xf32>
+}

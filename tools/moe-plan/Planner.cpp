@@ -51,8 +51,7 @@ static bool parseFixedMesh(const std::string &mesh, Candidate &c) {
   return true;
 }
 
-std::vector<Candidate> moeplan::enumerate(const Space &space,
-                                          bool capacityLayers) {
+std::vector<Candidate> moeplan::enumerate(const Space &space) {
   std::vector<Candidate> meshes;
   if (!space.mesh.empty()) {
     Candidate c;
@@ -79,7 +78,7 @@ std::vector<Candidate> moeplan::enumerate(const Space &space,
       for (bool etp : values(space.expertTp, m.tp > 1))
         for (bool z : zero1Values(space.zero1, space.train && m.dp > 1))
           for (int64_t d : space.degrees) {
-            if (d > 1 && (m.ep == 1 || !capacityLayers))
+            if (d > 1 && m.ep == 1)
               continue;
             for (const std::string &ckpt : space.checkpoint)
               for (bool hier : space.hierarchicalA2A) {
@@ -130,19 +129,6 @@ std::string moeplan::commandLine(const Candidate &c, bool train,
   if (!cluster.empty())
     s += " --cluster " + cluster;
   return s;
-}
-
-bool moeplan::hasCapacityLayers(ModuleOp model) {
-  bool found = false;
-  model.walk([&](Operation *op) {
-    if (!isa<moe::LayerOp>(op))
-      return;
-    auto cap = op->getAttrOfType<IntegerAttr>("capacity");
-    auto cf = op->getAttrOfType<FloatAttr>("capacity_factor");
-    if ((cap && cap.getInt() > 0) || (cf && cf.getValueAsDouble() > 0))
-      found = true;
-  });
-  return found;
 }
 
 namespace {

@@ -37,7 +37,7 @@ struct Space {
   /// A fixed mesh ("ep=4,tp=2"); empty: every dp x ep x tp of `devices`.
   std::string mesh;
   Choice dtd = Choice::Both, expertTp = Choice::Both, zero1 = Choice::Both;
-  /// moe-overlap degrees (tried with ep > 1 on capacity layers only).
+  /// moe-overlap degrees (tried with ep > 1).
   std::vector<int64_t> degrees{1, 2, 4, 8};
   bool train = false;
   // Hooks for the dimensions of other branches (docs/planner.md, "Adding a
@@ -66,9 +66,7 @@ struct Candidate {
 };
 
 /// The candidates of `space`, mesh by mesh (tp, then ep ascending).
-/// `capacityLayers`: whether the model has capacity layers (moe-overlap
-/// pipelines only those; dropless models get degree 1 only).
-std::vector<Candidate> enumerate(const Space &space, bool capacityLayers);
+std::vector<Candidate> enumerate(const Space &space);
 
 /// Sets the compile pipeline's options for `c` (the one place where a
 /// candidate becomes options).
@@ -99,9 +97,6 @@ struct Evaluation {
 
 /// "1.50 GiB", "96.00 KiB", "12 B".
 std::string humanBytes(double bytes);
-
-/// Whether the model (before compiling) has a capacity layer.
-bool hasCapacityLayers(mlir::ModuleOp model);
 
 /// Compiles a copy of `model` for `c` with the compile pipeline, simulates
 /// one step of its per-rank program (inference: forward; training:

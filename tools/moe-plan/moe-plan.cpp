@@ -82,7 +82,7 @@ cl::opt<std::string> zero1Opt("zero1",
                               cl::init("both"), cl::cat(category));
 cl::list<int64_t> degreesOpt("overlap-degrees",
                              cl::desc("moe-overlap degrees to try (default "
-                                      "1,2,4,8; capacity layers only)"),
+                                      "1,2,4,8; with ep > 1)"),
                              cl::CommaSeparated, cl::cat(category));
 cl::opt<int> top("top", cl::desc("Plans printed (default 10; 0: all)"),
                  cl::init(10), cl::cat(category));
@@ -353,8 +353,7 @@ int main(int argc, char **argv) {
   double parseSeconds =
       std::chrono::duration<double>(Clock::now() - t0).count();
 
-  std::vector<Candidate> candidates =
-      enumerate(space, hasCapacityLayers(*model));
+  std::vector<Candidate> candidates = enumerate(space);
   if (candidates.empty())
     return fail("no candidate layout (check --mesh, --devices, --max-tp)");
   std::vector<Evaluation> evals;

@@ -273,6 +273,11 @@ ChunkGeometry chunkGeometry(RankedTensorType whole, int64_t dim, int64_t n) {
   return {inner * elemBytes, whole.getNumElements() / inner / n};
 }
 
+/// The bytes of one row of a 2-D tensor.
+int64_t rowBytes(RankedTensorType t) {
+  return t.getDimSize(1) * int64_t((t.getElementTypeBitWidth() + 7) / 8);
+}
+
 /// Lowers one function into its entry point.
 class FunctionLowering {
 public:
@@ -912,6 +917,46 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             .row_bytes = e.i64((rows.getElementTypeBitWidth() + 7) / 8 *
                                rows.getDimSize(1)),
             .rows = e.i64(rows.getDimSize(0))});
+      })
+      .Case([&](ChunkCountsOp o) {
+        return e.call(abi::moert_chunk_counts{
+            .counts = ptr(o.getCounts()),
+            .out = ptr(o.getOutput()),
+            .n = e.i64(tensorOf(o.getCounts()).getNumElements()),
+            .index = e.i64(o.getIndex()),
+            .chunks = e.i64(o.getChunks())});
+      })
+      .Case([&](ChunkRowsOp o) {
+        RankedTensorType in = tensorOf(o.getInput());
+        return e.call(abi::moert_chunk_rows{
+            .src = ptr(o.getInput()),
+            .dst = ptr(o.getOutput()),
+            .counts = ptr(o.getCounts()),
+            .segments = e.i64(tensorOf(o.getCounts()).getNumElements()),
+            .row_bytes = e.i64(rowBytes(in)),
+            .src_rows = e.i64(in.getDimSize(0)),
+            .dst_rows = dim(o.getOutput(), 0),
+            .index = e.i64(o.getIndex()),
+            .chunks = e.i64(o.getChunks()),
+            .join = e.i32(0)});
+      })
+      .Case([&](JoinRowsOp o) -> LogicalResult {
+        RankedTensorType out = tensorOf(o.getOutput());
+        int64_t n = o.getInputs().size();
+        for (auto [i, in] : llvm::enumerate(o.getInputs()))
+          if (failed(e.call(abi::moert_chunk_rows{
+                  .src = ptr(in),
+                  .dst = ptr(o.getOutput()),
+                  .counts = ptr(o.getCounts()),
+                  .segments = e.i64(tensorOf(o.getCounts()).getNumElements()),
+                  .row_bytes = e.i64(rowBytes(out)),
+                  .src_rows = dim(in, 0),
+                  .dst_rows = e.i64(out.getDimSize(0)),
+                  .index = e.i64(int64_t(i)),
+                  .chunks = e.i64(n),
+                  .join = e.i32(1)})))
+            return failure();
+        return success();
       })
       .Case([&](WaitOp o) {
         return e.call(abi::moert_wait{.handle = handles.lookup(o.getFuture())});

@@ -1043,3 +1043,67 @@ func.func @f(%c: tensor<12x2xi32>) {
   moe.check_recv_bound %c bound = 10 : tensor<12x2xi32>
   return
 }
+
+// -----
+
+// chunk_counts: the index is one of the chunks
+func.func @f(%c: tensor<1x8xi32>) {
+  // expected-error @+1 {{index 2 is not in [0, chunks = 2)}}
+  %0 = moe.chunk_counts %c index = 2 chunks = 2 : (tensor<1x8xi32>) -> tensor<1x8xi32>
+  return
+}
+
+// -----
+
+// chunk_counts: one count per count
+func.func @f(%c: tensor<1x8xi32>) {
+  // expected-error @+1 {{result type 'tensor<2x4xi32>' differs from the counts' 'tensor<1x8xi32>'}}
+  %0 = moe.chunk_counts %c index = 0 chunks = 2 : (tensor<1x8xi32>) -> tensor<2x4xi32>
+  return
+}
+
+// -----
+
+// chunk_rows: the result has the worst-case rows of a chunk,
+// min(64, (64 + 8 * (2 - 1)) / 2) = 36
+func.func @f(%b: tensor<64x32xf32>, %c: tensor<1x8xi32>) {
+  // expected-error @+1 {{result has shape [32, 32], expected [36, 32]}}
+  %0 = moe.chunk_rows %b, %c index = 0 chunks = 2 : (tensor<64x32xf32>, tensor<1x8xi32>) -> tensor<32x32xf32>
+  return
+}
+
+// -----
+
+// chunk_rows: positive chunks
+func.func @f(%b: tensor<64x32xf32>, %c: tensor<1x8xi32>) {
+  // expected-error @+1 {{chunks (0) must be positive}}
+  %0 = moe.chunk_rows %b, %c index = 0 chunks = 0 : (tensor<64x32xf32>, tensor<1x8xi32>) -> tensor<64x32xf32>
+  return
+}
+
+// -----
+
+// chunk_rows: counts of a static shape
+func.func @f(%b: tensor<64x32xf32>, %c: tensor<?x8xi32>) {
+  // expected-error @+1 {{needs counts of a static shape}}
+  %0 = moe.chunk_rows %b, %c index = 0 chunks = 2 : (tensor<64x32xf32>, tensor<?x8xi32>) -> tensor<36x32xf32>
+  return
+}
+
+// -----
+
+// join_rows: the inputs are chunks of the result
+func.func @f(%a: tensor<36x32xf32>, %b: tensor<36x16xf32>, %c: tensor<1x8xi32>) {
+  // expected-error @+1 {{input has shape [36, 16], expected [36, 32]}}
+  %0 = moe.join_rows %a, %b counts %c : (tensor<36x32xf32>, tensor<36x16xf32>, tensor<1x8xi32>) -> tensor<64x32xf32>
+  return
+}
+
+// -----
+
+// join_rows: one element type
+func.func @f(%a: tensor<36x32xf32>, %b: tensor<36x32xf32>, %c: tensor<1x8xi32>) {
+  // expected-error @+1 {{element type}}
+  %0 = moe.join_rows %a, %b counts %c : (tensor<36x32xf32>, tensor<36x32xf32>, tensor<1x8xi32>) -> tensor<64x32xf16>
+  return
+}

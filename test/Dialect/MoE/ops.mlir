@@ -115,6 +115,18 @@ func.func @chunks(%b: tensor<8x16x32xf32>) -> tensor<8x16x32xf32> {
   return %2 : tensor<8x16x32xf32>
 }
 
+// CHECK-LABEL: func.func @row_chunks
+func.func @row_chunks(%b: tensor<64x32xf32>, %c: tensor<1x8xi32>) -> tensor<64x32xf32> {
+  // CHECK: moe.chunk_counts %{{.*}} index = 1 chunks = 2 : (tensor<1x8xi32>) -> tensor<1x8xi32>
+  %n = moe.chunk_counts %c index = 1 chunks = 2 : (tensor<1x8xi32>) -> tensor<1x8xi32>
+  // CHECK: %[[R0:.*]] = moe.chunk_rows %{{.*}}, %{{.*}} index = 0 chunks = 2 : (tensor<64x32xf32>, tensor<1x8xi32>) -> tensor<36x32xf32>
+  %0 = moe.chunk_rows %b, %c index = 0 chunks = 2 : (tensor<64x32xf32>, tensor<1x8xi32>) -> tensor<36x32xf32>
+  %1 = moe.chunk_rows %b, %c index = 1 chunks = 2 : (tensor<64x32xf32>, tensor<1x8xi32>) -> tensor<36x32xf32>
+  // CHECK: moe.join_rows %[[R0]], %{{.*}} counts %{{.*}} : (tensor<36x32xf32>, tensor<36x32xf32>, tensor<1x8xi32>) -> tensor<64x32xf32>
+  %2 = moe.join_rows %0, %1 counts %c : (tensor<36x32xf32>, tensor<36x32xf32>, tensor<1x8xi32>) -> tensor<64x32xf32>
+  return %2 : tensor<64x32xf32>
+}
+
 // CHECK-LABEL: func.func @regroup
 func.func @regroup(%r: tensor<64x32xf32>, %c: tensor<2x8xi32>) -> (tensor<64x32xf32>, tensor<4x4xi32>) {
   // CHECK: moe.regroup %{{.*}}, %{{.*}} groups = 4 : (tensor<64x32xf32>, tensor<2x8xi32>) -> (tensor<64x32xf32>, tensor<4x4xi32>)

@@ -645,6 +645,55 @@ TEST_F(CudaBackendTest, AssignEdgeCases) {
   }
 }
 
+TEST_F(CudaBackendTest, RowChunksMatchCpu) {
+  // moe.chunk_counts / chunk_rows / join_rows: 6 segments (one empty, one
+  // smaller than the chunks), rows of 40 bytes (4-byte units) and 6 bytes
+  // (2-byte units), 3 chunks; every chunk and the join byte for byte.
+  const std::vector<int32_t> counts = {5, 0, 2, 9, 1, 7};
+  const int64_t segments = int64_t(counts.size()), chunks = 3;
+  const int64_t rows = 30, part = (rows + segments * (chunks - 1)) / chunks;
+  auto cc = put(*cpu, counts), gc = put(*gpu, counts);
+  for (int64_t rowBytes : {int64_t(40), int64_t(6)}) {
+    SCOPED_TRACE(rowBytes);
+    std::vector<uint8_t> src(size_t(rows * rowBytes));
+    for (size_t i = 0; i < src.size(); ++i)
+      src[i] = uint8_t(i * 29 + 7);
+    auto cs = put(*cpu, src), gs = put(*gpu, src);
+    Buf cj(*cpu, rows * rowBytes), gj(*gpu, rows * rowBytes);
+    std::vector<std::unique_ptr<Buf>> cparts, gparts;
+    for (int64_t i = 0; i < chunks; ++i) {
+      Buf cn(*cpu, segments * 4), gn(*gpu, segments * 4);
+      ASSERT_OK(cpu->chunkCounts(cc->as<int32_t>(), cn.as<int32_t>(), segments,
+                                 i, chunks));
+      ASSERT_OK(gpu->chunkCounts(gc->as<int32_t>(), gn.as<int32_t>(), segments,
+                                 i, chunks));
+      EXPECT_EQ(gn.download<int32_t>(), cn.download<int32_t>());
+      cparts.push_back(std::make_unique<Buf>(*cpu, part * rowBytes));
+      gparts.push_back(std::make_unique<Buf>(*gpu, part * rowBytes));
+      ASSERT_OK(cpu->chunkRowsByCounts(cs->get(), cparts.back()->get(),
+                                       cc->as<int32_t>(), segments, rowBytes,
+                                       rows, part, i, chunks, false));
+      ASSERT_OK(gpu->chunkRowsByCounts(gs->get(), gparts.back()->get(),
+                                       gc->as<int32_t>(), segments, rowBytes,
+                                       rows, part, i, chunks, false));
+      EXPECT_EQ(gparts.back()->download<uint8_t>(),
+                cparts.back()->download<uint8_t>());
+    }
+    for (int64_t i = 0; i < chunks; ++i) {
+      ASSERT_OK(cpu->chunkRowsByCounts(cparts[i]->get(), cj.get(),
+                                       cc->as<int32_t>(), segments, rowBytes,
+                                       part, rows, i, chunks, true));
+      ASSERT_OK(gpu->chunkRowsByCounts(gparts[i]->get(), gj.get(),
+                                       gc->as<int32_t>(), segments, rowBytes,
+                                       part, rows, i, chunks, true));
+    }
+    std::vector<uint8_t> want = src; // 24 counted rows, then zeros
+    std::fill(want.begin() + 24 * rowBytes, want.end(), uint8_t(0));
+    EXPECT_EQ(cj.download<uint8_t>(), want);
+    EXPECT_EQ(gj.download<uint8_t>(), want);
+  }
+}
+
 TEST_F(CudaBackendTest, CopiesAsCollectivesIssueThem) {
   std::vector<uint8_t> src(1000);
   for (size_t i = 0; i < src.size(); ++i)

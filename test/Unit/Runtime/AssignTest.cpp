@@ -225,3 +225,61 @@ TEST_F(Assign, CombineOfLargeBufferMatchesReference) {
 }
 
 } // namespace
+
+namespace {
+
+using RowChunks = CpuRuntimeTest;
+
+// moert_chunk_counts / moert_chunk_rows against the definition: chunk i of n
+// holds rows [c*i/n, c*(i+1)/n) of every segment of c rows, packed; joining
+// the n chunks gives back every counted row, and zeros after them.
+TEST_F(RowChunks, ChunksAndJoinMatchTheDefinition) {
+  const std::vector<int32_t> counts = {5, 0, 2, 9, 1, 7}; // 24 rows
+  const int64_t segs = 6, rows = 30, D = 3;
+  std::vector<float> src(rows * D);
+  for (size_t i = 0; i < src.size(); ++i)
+    src[i] = float(i);
+  for (int64_t n : {1, 2, 3, 8}) {
+    SCOPED_TRACE(n);
+    const int64_t part = std::min(rows, (rows + segs * (n - 1)) / n);
+    std::vector<float> joined(rows * D, -1.0f);
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<int32_t> c(segs, -1);
+      moert_chunk_counts(ctx, counts.data(), c.data(), segs, i, n);
+      std::vector<float> chunk(part * D, -1.0f);
+      moert_chunk_rows(ctx, src.data(), chunk.data(), counts.data(), segs,
+                       D * 4, rows, part, i, n, 0);
+      ASSERT_TRUE(ok());
+      std::vector<float> want;
+      int64_t first = 0;
+      for (int64_t s = 0; s < segs; ++s) {
+        int64_t lo = counts[s] * i / n, hi = counts[s] * (i + 1) / n;
+        EXPECT_EQ(c[s], hi - lo);
+        for (int64_t r = first + lo; r < first + hi; ++r)
+          for (int64_t d = 0; d < D; ++d)
+            want.push_back(src[r * D + d]);
+        first += counts[s];
+      }
+      want.resize(part * D, 0.0f);
+      EXPECT_EQ(chunk, want);
+      moert_chunk_rows(ctx, chunk.data(), joined.data(), counts.data(), segs,
+                       D * 4, part, rows, i, n, 1);
+      ASSERT_TRUE(ok());
+    }
+    std::vector<float> want(src.begin(), src.begin() + 24 * D);
+    want.resize(rows * D, 0.0f);
+    EXPECT_EQ(joined, want);
+  }
+}
+
+TEST_F(RowChunks, CountsPastTheBufferAreAnError) {
+  const std::vector<int32_t> counts = {4, 4};
+  std::vector<float> src(6 * 2), dst(6 * 2);
+  moert_chunk_rows(ctx, src.data(), dst.data(), counts.data(), 2, 8, 6, 6, 0, 1,
+                   0);
+  EXPECT_NE(moert_ctx_status(ctx), MOERT_OK);
+  EXPECT_NE(err().find("moert_chunk_rows: the counts"), std::string::npos)
+      << err();
+}
+
+} // namespace

@@ -1403,6 +1403,82 @@ LogicalResult ChunkOp::verify() {
   return expectShape(*this, getOutput(), *shape, "result");
 }
 
+namespace {
+LogicalResult verifyChunkIndex(Operation *op, int64_t index, int64_t chunks) {
+  if (chunks < 1)
+    return op->emitOpError() << "chunks (" << chunks << ") must be positive";
+  if (index < 0 || index >= chunks)
+    return op->emitOpError()
+           << "index " << index << " is not in [0, chunks = " << chunks << ")";
+  return success();
+}
+
+/// A count tensor must have a static shape: its element count is the number
+/// of segments that bounds a chunk's rows.
+FailureOr<int64_t> segmentsOf(Operation *op, Value counts) {
+  auto t = tensorType(counts);
+  if (!t.hasStaticShape())
+    return op->emitOpError("needs counts of a static shape");
+  return t.getNumElements();
+}
+
+/// Same columns and element type; `chunk` has `bound` rows.
+LogicalResult expectRowChunk(Operation *op, Value whole, Value chunk,
+                             int64_t bound, StringRef wholeName,
+                             StringRef chunkName) {
+  if (failed(expectSameElementType(op, whole, chunk, wholeName, chunkName)))
+    return failure();
+  auto w = tensorType(whole);
+  if (ShapedType::isDynamic(w.getDimSize(0)))
+    return op->emitOpError() << "needs a static row count of the " << wholeName;
+  return expectShape(op, chunk, {bound, w.getDimSize(1)}, chunkName);
+}
+} // namespace
+
+int64_t ChunkRowsOp::chunkRowsBound(int64_t rows, int64_t segments,
+                                    int64_t chunks) {
+  // Each segment of c rows gives a chunk at most ceil(c / chunks) rows.
+  return std::min(rows, (rows + segments * (chunks - 1)) / chunks);
+}
+
+LogicalResult ChunkCountsOp::verify() {
+  if (failed(verifyChunkIndex(*this, getIndex(), getChunks())))
+    return failure();
+  if (getCounts().getType() != getOutput().getType())
+    return emitOpError() << "result type " << getOutput().getType()
+                         << " differs from the counts' "
+                         << getCounts().getType();
+  return success();
+}
+
+LogicalResult ChunkRowsOp::verify() {
+  if (failed(verifyChunkIndex(*this, getIndex(), getChunks())))
+    return failure();
+  FailureOr<int64_t> segments = segmentsOf(*this, getCounts());
+  if (failed(segments))
+    return failure();
+  int64_t rows = tensorType(getInput()).getDimSize(0);
+  return expectRowChunk(*this, getInput(), getOutput(),
+                        chunkRowsBound(rows, *segments, getChunks()), "input",
+                        "result");
+}
+
+LogicalResult JoinRowsOp::verify() {
+  if (getInputs().empty())
+    return emitOpError("needs at least one input");
+  FailureOr<int64_t> segments = segmentsOf(*this, getCounts());
+  if (failed(segments))
+    return failure();
+  int64_t rows = tensorType(getOutput()).getDimSize(0);
+  int64_t n = getInputs().size();
+  for (Value in : getInputs())
+    if (failed(expectRowChunk(*this, getOutput(), in,
+                              ChunkRowsOp::chunkRowsBound(rows, *segments, n),
+                              "result", "input")))
+      return failure();
+  return success();
+}
+
 LogicalResult InterleaveOp::verify() {
   if (getInputs().empty())
     return emitOpError("needs at least one input");

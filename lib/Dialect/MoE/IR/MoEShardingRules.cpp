@@ -35,7 +35,8 @@ constexpr bool onlyInShardedPrograms =
                     ReduceScatterOp, ReduceScatterStartOp, AllReduceOp,
                     AllReduceStartOp, SliceOp, WaitOp>::value ||
     // moe-overlap runs on per-rank programs.
-    llvm::is_one_of<OpTy, ChunkOp, InterleaveOp>::value ||
+    llvm::is_one_of<OpTy, ChunkOp, InterleaveOp, ChunkCountsOp, ChunkRowsOp,
+                    JoinRowsOp>::value ||
     // moe-hierarchical-a2a runs on per-rank programs.
     llvm::is_one_of<OpTy, RegroupOp, CheckRecvBoundOp>::value ||
     // Training: moe-differentiate runs after moe-shard (docs/design.md,

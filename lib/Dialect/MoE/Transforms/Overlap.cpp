@@ -23,9 +23,29 @@
 // result is bit for bit the one of degree 1: no floating-point sum is split
 // (the FFN's GEMMs compute each row from that row alone).
 //
+// Dropless exchanges (all_to_all_v of [rows, D] packed in segments sized
+// by the counts) are chunked by rows instead: chunk i takes the block
+// [c*i/n, c*(i+1)/n) of every segment of c rows (moe.chunk_rows), and its
+// send and receive counts are computed from the whole exchange's counts
+// (moe.chunk_counts) -- the same numbers on the sender and the receiver,
+// so both cut every segment the same way. The chunk of a received buffer
+// is then the exchange of the chunk of the sent one, the FFN runs on the
+// chunk's counts, and moe.join_rows (with the counts that pack that value)
+// rebuilds the returned rows in their original order for the one combine,
+// and the values forward_train saves. Chunks keep a static worst-case row
+// count (ChunkRowsOp::chunkRowsBound).
+//
+// Contract for passes that rewrite the exchange (e.g. a hierarchical
+// all-to-all): the pass matches only the chain above, each op reading the
+// previous one's result as operand 0, with all_to_all / all_to_all_v over
+// the single axis "ep"; an exchange rewritten into something else is left
+// unpipelined (not refused) unless its FFN still reads one all-to-all over
+// ep.
+//
 // With degree=auto, each exchange gets the degree among 1, 2, 4, 8 (that
-// divides its slots) that the cost model (moe/Analysis/CostModel.h: the
-// cluster file's links, the GEMM rate) predicts fastest for this schedule.
+// divides its slots, for capacity layouts) that the cost model
+// (moe/Analysis/CostModel.h: the cluster file's links, the GEMM rate) predicts
+// fastest for this schedule.
 //
 // Only the forward exchange is pipelined. The backward's expert_ffn_grad
 // sums the weight gradients over all rows of the buffer, and splitting that
@@ -80,6 +100,14 @@ struct Exchange {
   SmallVector<Operation *> ops;
   unsigned forward = 0, back = 0; // indices of the two all-to-alls
   ExpertFFNOp ffn;
+  /// Dropless: the all-to-alls are all_to_all_v, sending [rows, D] packed
+  /// by `sendCounts` and receiving packed by `recvCounts` (null otherwise).
+  Value sendCounts, recvCounts;
+  bool dropless() const { return bool(sendCounts); }
+  /// The counts that pack the rows of x.ops[k]'s result.
+  Value countsOf(unsigned k) const {
+    return k >= forward && k < back ? recvCounts : sendCounts;
+  }
 };
 
 /// Matches `[slice tp] -> all_to_all ep -> [all_gather tp] -> ffn ->
@@ -95,13 +123,10 @@ FailureOr<std::optional<Exchange>> matchExchange(ExpertFFNOp ffn) {
     before.push_back(op);
     op = op->getOperand(0).getDefiningOp();
   }
-  if (op && isa<AllToAllVOp>(op) && overAxis(op, kAxisEP)) {
-    ffn.emitOpError("moe-overlap: the dropless (all_to_all_v) exchange is "
-                    "not pipelined yet; use overlap degree 1 for dropless "
-                    "layers");
-    return failure();
-  }
-  if (!op || !isa<AllToAllOp>(op) || !overAxis(op, kAxisEP))
+  if (auto v = dyn_cast_or_null<AllToAllVOp>(op); v && overAxis(v, kAxisEP)) {
+    x.sendCounts = v.getSendCounts();
+    x.recvCounts = v.getRecvCounts();
+  } else if (!op || !isa<AllToAllOp>(op) || !overAxis(op, kAxisEP))
     return std::optional<Exchange>(); // Not expert-parallel: nothing to hide.
   before.push_back(op);
   op = op->getOperand(0).getDefiningOp();
@@ -109,7 +134,7 @@ FailureOr<std::optional<Exchange>> matchExchange(ExpertFFNOp ffn) {
     before.push_back(op);
   x.ops.assign(before.rbegin(), before.rend());
   for (auto [i, o] : llvm::enumerate(x.ops))
-    if (isa<AllToAllOp>(o))
+    if (isa<AllToAllOp, AllToAllVOp>(o))
       x.forward = i;
   x.ops.push_back(ffn);
 
@@ -123,7 +148,7 @@ FailureOr<std::optional<Exchange>> matchExchange(ExpertFFNOp ffn) {
     x.ops.push_back(op);
     op = chainUser(op->getResult(0));
   }
-  if (!op || !isa<AllToAllOp>(op) || !overAxis(op, kAxisEP))
+  if (!op || !isa<AllToAllOp, AllToAllVOp>(op) || !overAxis(op, kAxisEP))
     return fail("expected the expert output to go back through one "
                 "all-to-all over ep");
   x.back = x.ops.size();
@@ -131,6 +156,26 @@ FailureOr<std::optional<Exchange>> matchExchange(ExpertFFNOp ffn) {
   op = chainUser(op->getResult(0));
   if (op && isa<AllGatherOp>(op) && overAxis(op, kAxisTP))
     x.ops.push_back(op);
+
+  if (x.dropless()) {
+    // Rows packed by the counts out, by the received counts back; the FFN
+    // reads the received counts.
+    auto back = dyn_cast<AllToAllVOp>(x.ops[x.back]);
+    if (!back || back.getSendCounts() != x.recvCounts ||
+        back.getRecvCounts() != x.sendCounts || ffn.getCounts() != x.recvCounts)
+      return fail("expected the dropless exchange (all_to_all_v with the "
+                  "counts, back with them swapped, the FFN on the received "
+                  "counts)");
+    for (Value c : {x.sendCounts, x.recvCounts})
+      if (!cast<RankedTensorType>(c.getType()).hasStaticShape())
+        return fail("expected counts of a static shape");
+    for (Operation *o : x.ops)
+      if (cast<RankedTensorType>(o->getResult(0).getType()).getRank() != 2 ||
+          !cast<RankedTensorType>(o->getResult(0).getType()).hasStaticShape())
+        return fail("expected static [rows, D] buffers throughout the "
+                    "dropless exchange");
+    return std::optional<Exchange>(std::move(x));
+  }
 
   // The exchange of a capacity buffer [E, R, D]: split = 0 concat = 1 out,
   // its inverse back. Every value keeps its slots in dimension 1.
@@ -153,6 +198,21 @@ RankedTensorType chunkType(Type whole, int64_t degree) {
   return RankedTensorType::get(shape, t.getElementType());
 }
 
+/// The type of a chunk of x.ops[k]'s result: a capacity chunk cuts the
+/// slots, a dropless one keeps the worst-case rows of moe.chunk_rows.
+RankedTensorType chunkType(const Exchange &x, unsigned k, int64_t degree) {
+  Type whole = x.ops[k]->getResult(0).getType();
+  if (!x.dropless())
+    return chunkType(whole, degree);
+  auto t = cast<RankedTensorType>(whole);
+  int64_t segments =
+      cast<RankedTensorType>(x.countsOf(k).getType()).getNumElements();
+  return RankedTensorType::get(
+      {ChunkRowsOp::chunkRowsBound(t.getDimSize(0), segments, degree),
+       t.getDimSize(1)},
+      t.getElementType());
+}
+
 /// Each expert's slots on this rank (dimension 1 of the dispatched buffer).
 int64_t slotsOf(const Exchange &x) {
   return cast<RankedTensorType>(x.ops.front()->getOperand(0).getType())
@@ -163,6 +223,7 @@ int64_t slotsOf(const Exchange &x) {
 /// least predicted time of the pipelined exchange (the cost model's
 /// chooseExchangeDegree, on the schedule this pass emits).
 FailureOr<int64_t> chooseDegree(Exchange &x, const cost::CostModel &model) {
+  // Dropless chunks need no divisibility: every degree is a candidate.
   ArrayRef<Operation *> ops(x.ops);
   FailureOr<cost::ExchangeStage> stage = model.exchangeStage(
       ops.take_front(x.forward + 1),
@@ -172,7 +233,7 @@ FailureOr<int64_t> chooseDegree(Exchange &x, const cost::CostModel &model) {
         "moe-overlap: the cost model cannot price this exchange");
   SmallVector<int64_t> candidates;
   for (int64_t d : cost::kDefaultDegreeCandidates)
-    if (slotsOf(x) % d == 0)
+    if (x.dropless() || slotsOf(x) % d == 0)
       candidates.push_back(d);
   return cost::chooseExchangeDegree(*stage, candidates).degree;
 }
@@ -180,8 +241,8 @@ FailureOr<int64_t> chooseDegree(Exchange &x, const cost::CostModel &model) {
 LogicalResult pipeline(Exchange &x, int64_t degree) {
   Operation *last = x.ops.back();
   Value source = x.ops.front()->getOperand(0);
-  int64_t slots = slotsOf(x);
-  if (slots % degree != 0)
+  int64_t slots = x.dropless() ? 0 : slotsOf(x);
+  if (!x.dropless() && slots % degree != 0)
     return x.ffn.emitOpError()
            << "moe-overlap: degree " << degree << " does not divide the "
            << slots << " capacity slots of each expert on this rank";
@@ -199,34 +260,65 @@ LogicalResult pipeline(Exchange &x, int64_t degree) {
   // value[i][k]: chunk i's result of x.ops[k].
   SmallVector<SmallVector<Value>> value(degree, SmallVector<Value>(n));
   SmallVector<Value> started(degree), returning(degree);
+  // Dropless: chunk i's send and receive counts (moe.chunk_counts), which
+  // the chunk's clones read instead of the whole exchange's.
+  SmallVector<Value> sendCounts(degree), recvCounts(degree);
+  auto countsMap = [&](int64_t i) {
+    IRMapping map;
+    if (x.dropless()) {
+      map.map(x.sendCounts, sendCounts[i]);
+      map.map(x.recvCounts, recvCounts[i]);
+    }
+    return map;
+  };
 
   auto emitRange = [&](int64_t i, unsigned from, unsigned to, Value in) {
     for (unsigned k = from; k < to; ++k) {
       Operation *o = x.ops[k];
-      IRMapping map;
+      IRMapping map = countsMap(i);
       map.map(o->getOperand(0), in);
       Operation *c = b.clone(*o, map);
-      c->getResult(0).setType(chunkType(o->getResult(0).getType(), degree));
+      c->getResult(0).setType(chunkType(x, k, degree));
       in = value[i][k] = c->getResult(0);
     }
     return in;
   };
-  auto startA2A = [&](int64_t i, unsigned k, Value in) {
+  auto startA2A = [&](int64_t i, unsigned k, Value in) -> Value {
+    auto ty = FutureType::get(b.getContext(), chunkType(x, k, degree));
+    if (auto v = dyn_cast<AllToAllVOp>(x.ops[k])) {
+      IRMapping map = countsMap(i);
+      return AllToAllVStartOp::create(
+          b, v.getLoc(), ty, in, map.lookup(v.getSendCounts()),
+          map.lookup(v.getRecvCounts()), v.getMeshAttr(), v.getAxesAttr());
+    }
     auto a2a = cast<AllToAllOp>(x.ops[k]);
-    auto ty = chunkType(a2a.getResult().getType(), degree);
-    return AllToAllStartOp::create(
-               b, a2a.getLoc(), FutureType::get(b.getContext(), ty), in,
-               a2a.getMeshAttr(), a2a.getAxesAttr(), a2a.getSplitDimAttr(),
-               a2a.getConcatDimAttr())
-        .getResult();
+    return AllToAllStartOp::create(b, a2a.getLoc(), ty, in, a2a.getMeshAttr(),
+                                   a2a.getAxesAttr(), a2a.getSplitDimAttr(),
+                                   a2a.getConcatDimAttr());
   };
   auto wait = [&](int64_t i, unsigned k, Value future) {
     return value[i][k] = WaitOp::create(b, loc, future).getResult();
   };
   // Chunk i up to its forward all-to-all, started.
   auto issue = [&](int64_t i) {
-    Value c = ChunkOp::create(b, loc, chunkType(source.getType(), degree),
-                              source, 1, i, degree);
+    Value c;
+    if (x.dropless()) {
+      sendCounts[i] = ChunkCountsOp::create(b, loc, x.sendCounts.getType(),
+                                            x.sendCounts, i, degree);
+      recvCounts[i] = ChunkCountsOp::create(b, loc, x.recvCounts.getType(),
+                                            x.recvCounts, i, degree);
+      auto t = cast<RankedTensorType>(source.getType());
+      int64_t segments =
+          cast<RankedTensorType>(x.sendCounts.getType()).getNumElements();
+      auto ty = RankedTensorType::get(
+          {ChunkRowsOp::chunkRowsBound(t.getDimSize(0), segments, degree),
+           t.getDimSize(1)},
+          t.getElementType());
+      c = ChunkRowsOp::create(b, loc, ty, source, x.sendCounts, i, degree);
+    } else {
+      c = ChunkOp::create(b, loc, chunkType(source.getType(), degree), source,
+                          1, i, degree);
+    }
     started[i] = startA2A(i, x.forward, emitRange(i, 0, x.forward, c));
   };
   // The ops after the return all-to-all of chunk i, once it has arrived.
@@ -255,8 +347,11 @@ LogicalResult pipeline(Exchange &x, int64_t degree) {
     SmallVector<Value> chunks;
     for (int64_t i = 0; i < degree; ++i)
       chunks.push_back(value[i][k]);
-    auto joined =
-        InterleaveOp::create(b, loc, whole.getType(), chunks, int64_t(1));
+    Value joined = x.dropless()
+                       ? Value(JoinRowsOp::create(b, loc, whole.getType(),
+                                                  chunks, x.countsOf(k)))
+                       : Value(InterleaveOp::create(b, loc, whole.getType(),
+                                                    chunks, int64_t(1)));
     whole.replaceUsesWithIf(joined, [&](OpOperand &use) {
       return !llvm::is_contained(x.ops, use.getOwner());
     });

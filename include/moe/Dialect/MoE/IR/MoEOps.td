@@ -744,6 +744,80 @@ def MoE_CheckRecvBoundOp : MoE_Op<"check_recv_bound",
   let hasVerifier = 1;
 }
 
+// Chunks of a pipelined dropless exchange (moe-overlap): rows packed in
+// segments sized by a count tensor.
+def MoE_ChunkCountsOp : MoE_Op<"chunk_counts", [Pure]> {
+  let summary = "each count's share in one of n row chunks";
+  let description = [{
+    Element-wise: a segment of `c` rows gives chunk `index` of `chunks` the
+    `c * (index + 1) / chunks - c * index / chunks` rows (integer division),
+    i.e. rows `[c * index / chunks, c * (index + 1) / chunks)` of the
+    segment. Computed from the count alone, so the sender of an uneven
+    all-to-all (its send counts) and the receiver (its receive counts, the
+    same numbers) cut every segment the same way.
+
+    ```mlir
+    %c1 = moe.chunk_counts %c index = 1 chunks = 4
+        : (tensor<2x4xi32>) -> tensor<2x4xi32>
+    ```
+  }];
+  let arguments = (ins MoE_I32_2D:$counts, I64Attr:$index, I64Attr:$chunks);
+  let results = (outs MoE_I32_2D:$output);
+  let assemblyFormat = [{
+    $counts `index` `=` $index `chunks` `=` $chunks attr-dict `:`
+    functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_ChunkRowsOp : MoE_Op<"chunk_rows", [Pure]> {
+  let summary = "one row chunk of a buffer packed by counts";
+  let description = [{
+    The input's rows are packed segments, one per element of `counts` in
+    row-major order (the layout of a dropless buffer and of what
+    `moe.all_to_all_v` receives). The result packs, segment after segment,
+    the block of rows that `moe.chunk_counts` gives chunk `index` (a
+    contiguous block of each segment); its remaining rows are zero. Its
+    static row count is the worst case
+    `min(rows, (rows + segments * (chunks - 1)) / chunks)`.
+    `moe.join_rows` of the `chunks` chunks undoes it.
+
+    ```mlir
+    %r1 = moe.chunk_rows %buf, %c index = 1 chunks = 4
+        : (tensor<64x32xf32>, tensor<1x8xi32>) -> tensor<22x32xf32>
+    ```
+  }];
+  let arguments = (ins MoE_Act2D:$input, MoE_I32_2D:$counts, I64Attr:$index,
+                       I64Attr:$chunks);
+  let results = (outs MoE_Act2D:$output);
+  let assemblyFormat = [{
+    $input `,` $counts `index` `=` $index `chunks` `=` $chunks attr-dict `:`
+    functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// The static rows of a chunk of `rows` packed rows in `segments`.
+    static int64_t chunkRowsBound(int64_t rows, int64_t segments,
+                                  int64_t chunks);
+  }];
+}
+
+def MoE_JoinRowsOp : MoE_Op<"join_rows", [Pure]> {
+  let summary = "the inverse of moe.chunk_rows: n row chunks back into one";
+  let description = [{
+    With `n` inputs, input `i` being chunk `i` of `n` of the result
+    (`moe.chunk_rows` with the same `counts`): every segment of the result
+    is the concatenation of its blocks in the inputs, in chunk order; rows
+    past the counted ones are zero.
+  }];
+  let arguments = (ins Variadic<MoE_Act2D>:$inputs, MoE_I32_2D:$counts);
+  let results = (outs MoE_Act2D:$output);
+  let assemblyFormat = [{
+    $inputs `counts` $counts attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def MoE_WaitOp : MoE_Op<"wait", [
     TypesMatchWith<"result is the future's tensor", "future", "result",
                    "::llvm::cast<::mlir::moe::FutureType>($_self).getValueType()">]> {
