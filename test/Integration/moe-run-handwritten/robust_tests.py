@@ -128,9 +128,11 @@ def fault_cases(a, w):
     # SIGKILL: the launcher sees the rank die; well within the 120 s timeout.
     fault_case(a, w, dp2, files, signal.SIGKILL, 120,
                [r"rank 1\b.*(signal 9|Killed)"], within=30)
-    # SIGSTOP: the other rank waits in all_gather until --timeout (4 s).
+    # SIGSTOP: the other rank waits in all_gather until --timeout (4 s); the
+    # message gives the time it waited, a little more on a loaded machine.
     fault_case(a, w, dp2, files, signal.SIGSTOP, 4,
-               [r"all_gather over \[dp\] timed out after 4\.0 s"], within=40)
+               [r"all_gather over \[dp\] timed out after [4-9]\.[0-9] s"],
+               within=40)
 
 
 def run_ok(cmd, what):
