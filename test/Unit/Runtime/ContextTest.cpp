@@ -286,11 +286,12 @@ TEST(ContextStats, RecomputePhaseIsCountedApart) {
   moert::recordCollective(ctx, "all_to_all_v", 1, 100);
   ASSERT_EQ(moert_ctx_status(ctx), MOERT_OK);
   std::string json = moert_ctx_stats_json(ctx);
+  // (One rank: an all-to-all sends no message to another rank.)
   EXPECT_NE(json.find("{\"op\": \"all_to_all_v\", \"axis\": \"ep\", "
-                      "\"calls\": 2, \"bytes_sent\": 200}, "
+                      "\"calls\": 2, \"bytes_sent\": 200, \"messages\": 0}, "
                       "{\"op\": \"all_to_all_v\", \"axis\": \"ep\", "
                       "\"phase\": \"recompute\", \"calls\": 2, "
-                      "\"bytes_sent\": 100}"),
+                      "\"bytes_sent\": 100, \"messages\": 0}"),
             std::string::npos)
       << json;
   // Reset returns to phase 0; a phase other than 0 or 1 is an error.
@@ -301,8 +302,8 @@ TEST(ContextStats, RecomputePhaseIsCountedApart) {
             std::string::npos);
   moert_stats_phase(ctx, 7);
   EXPECT_EQ(moert_ctx_status(ctx), MOERT_ERR_INVALID);
-  EXPECT_NE(std::string(moert_ctx_error(ctx)).find(
-                "moert_stats_phase: phase 7 is not 0 or 1"),
+  EXPECT_NE(std::string(moert_ctx_error(ctx))
+                .find("moert_stats_phase: phase 7 is not 0 or 1"),
             std::string::npos);
   moert_ctx_destroy(ctx);
 }
