@@ -183,6 +183,8 @@ private:
     float *down;
   };
 
+  /// Zeroes the rows of buf ([totalRows, width]) outside blocks_.
+  void zeroUncoveredRows(float *buf, int64_t width, int64_t totalRows) const;
   /// `fn` names the kernel in error messages.
   Status collectBlocks(const char *fn, const int32_t *counts, float *y,
                        int64_t E, int64_t S, int64_t R, int64_t totalRows,

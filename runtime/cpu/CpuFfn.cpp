@@ -347,6 +347,24 @@ Status CpuBackend::runFfnGrad(const float *x, const float *dy, float *dx,
   return Status::ok();
 }
 
+/// Zeroes the rows of `buf` ([totalRows, width]) that no block of blocks_
+/// covers.
+void CpuBackend::zeroUncoveredRows(float *buf, int64_t width,
+                                   int64_t totalRows) const {
+  std::vector<RowBlock> sorted(blocks_.begin(), blocks_.end());
+  std::sort(sorted.begin(), sorted.end(),
+            [](const RowBlock &a, const RowBlock &b) { return a.row < b.row; });
+  size_t rowBytes = static_cast<size_t>(width) * sizeof(float);
+  int64_t next = 0; // first row not known to be covered
+  for (const RowBlock &b : sorted) {
+    if (b.row > next)
+      std::memset(buf + next * width, 0, (b.row - next) * rowBytes);
+    next = std::max(next, b.row + b.rows);
+  }
+  if (next < totalRows)
+    std::memset(buf + next * width, 0, (totalRows - next) * rowBytes);
+}
+
 /// Fills blocks_ / blockStart_ with the live rows of every expert (adjacent
 /// blocks merged) and zeroes the rows of y that no expert writes.
 Status CpuBackend::collectBlocks(const char *fn, const int32_t *counts,
@@ -407,6 +425,12 @@ Status CpuBackend::expertFfn(const void *x, const int32_t *counts,
   auto *yf = static_cast<float *>(y);
   MOERT_TRY(collectBlocks("moert_expert_ffn", counts, yf, E, segments,
                           rowsPerExpert, totalRows, D));
+  // moert_expert_ffn_train: the saved rows of no expert are zero too, so that
+  // forward_train's results are defined everywhere (not what the caller's
+  // buffer held before).
+  for (void *saved : {saveA, saveU})
+    if (saved)
+      zeroUncoveredRows(static_cast<float *>(saved), F, totalRows);
   for (int64_t e = 0; e < E; ++e) {
     FfnWeights w{gate ? static_cast<const float *>(gate) + e * F * D : nullptr,
                  static_cast<const float *>(up) + e * F * D,

@@ -708,6 +708,22 @@ Status CudaBackend::expertFfn(const void *x, const int32_t *counts,
                                stream_));
   if (R > 0 && counts)
     MOERT_TRY(cuda::launchZeroDeadRows(env(), y, counts, E, S, C, D, dtype));
+  // moert_expert_ffn_train: the same rows of the saved pre-activations
+  // ([totalRows, F], f32) are zero too, so that its results are defined
+  // everywhere.
+  for (void *saved : {saveA, saveU}) {
+    if (!saved)
+      continue;
+    if (R == 0 && totalRows > live)
+      MOERT_CUDA(
+          op, cudaMemsetAsync(
+                  static_cast<char *>(saved) + live * F * sizeof(float), 0,
+                  static_cast<size_t>((totalRows - live) * F * sizeof(float)),
+                  stream_));
+    if (R > 0 && counts)
+      MOERT_TRY(cuda::launchZeroDeadRows(env(), saved, counts, E, S, C, F,
+                                         MOERT_F32));
+  }
   if (blocks.empty())
     return Status::ok();
 
