@@ -16,6 +16,7 @@
 #include "moe/Dialect/MoE/Transforms/Passes.h"
 #include "moe/Pipelines/Manifest.h"
 #include "moe/Pipelines/Pipelines.h"
+#include "moe/Tools/OptionNames.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -478,36 +479,6 @@ std::error_code makeStagingDirectory(StringRef parent,
   return ec;
 }
 
-/// llvm::cl takes an unknown option that begins with a one-letter option's
-/// name for that option with the rest as its value: `--hx` and
-/// `--hierarchical-a2a` became `-h` (--help), printed the help and exited 0,
-/// so a script with a misspelt option believed it had compiled. Every
-/// option is looked up by its exact name first; an unknown one is an error.
-bool checkOptionNames(int argc, char **argv) {
-  auto &options = cl::getRegisteredOptions();
-  for (int i = 1; i < argc; ++i) {
-    StringRef arg(argv[i]);
-    if (arg == "--")
-      break;
-    if (!arg.starts_with("-") || arg == "-")
-      continue;
-    StringRef name = arg.ltrim('-').split('=').first;
-    if (name == "h") // llvm::cl's alias of --help, added while parsing
-      continue;
-    auto it = options.find(name);
-    if (it == options.end()) {
-      llvm::errs() << "moe-compile: error: unknown option '" << arg
-                   << "' (moe-compile --help lists the options)\n";
-      return false;
-    }
-    // `-o dir`: the value is the next argument, whatever it looks like.
-    if (!arg.contains('=') &&
-        it->second->getValueExpectedFlag() == cl::ValueRequired)
-      ++i;
-  }
-  return true;
-}
-
 } // namespace
 
 int main(int argc, char **argv) {
@@ -527,7 +498,7 @@ int main(int argc, char **argv) {
   // libLLVM registers hundreds of backend options; --help shows ours (the
   // MLIR pass-manager options such as --mlir-print-ir-after-all still work).
   cl::HideUnrelatedOptions(category);
-  if (!checkOptionNames(argc, argv))
+  if (!moe::checkOptionNames(argc, argv, "moe-compile"))
     return 1;
   cl::ParseCommandLineOptions(
       argc, argv,

@@ -17,6 +17,7 @@
 #include "moe/Dialect/MoE/IR/MoE.h"
 #include "moe/Dialect/MoE/Transforms/Passes.h"
 #include "moe/Pipelines/Pipelines.h"
+#include "moe/Tools/OptionNames.h"
 
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -235,33 +236,6 @@ int64_t modelTokens(ModuleOp module) {
   return -1;
 }
 
-/// Every option looked up by its exact name first (as moe-compile does):
-/// llvm::cl takes `--hierarchical-a2a` for `-h` with a value, prints the
-/// help and exits 0.
-bool checkOptionNames(int argc, char **argv) {
-  auto &options = cl::getRegisteredOptions();
-  for (int i = 1; i < argc; ++i) {
-    llvm::StringRef arg(argv[i]);
-    if (arg == "--")
-      break;
-    if (!arg.starts_with("-") || arg == "-")
-      continue;
-    llvm::StringRef name = arg.ltrim('-').split('=').first;
-    if (name == "h")
-      continue;
-    auto it = options.find(name);
-    if (it == options.end()) {
-      llvm::errs() << "moe-plan: error: unknown option '" << arg
-                   << "' (moe-plan --help lists the options)\n";
-      return false;
-    }
-    if (!arg.contains('=') &&
-        it->second->getValueExpectedFlag() == cl::ValueRequired)
-      ++i;
-  }
-  return true;
-}
-
 } // namespace
 
 int main(int argc, char **argv) {
@@ -270,7 +244,7 @@ int main(int argc, char **argv) {
   moe::registerMoEConversionPasses();
   moe::registerMoECompilePipelines();
   cl::HideUnrelatedOptions(category);
-  if (!checkOptionNames(argc, argv))
+  if (!moe::checkOptionNames(argc, argv, "moe-plan"))
     return 1;
   cl::ParseCommandLineOptions(
       argc, argv,
