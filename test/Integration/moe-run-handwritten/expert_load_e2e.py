@@ -32,13 +32,15 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "python"))
+import e2e_checks  # noqa: E402
+from e2e_checks import check, sh  # noqa: E402
+
 from moe_compiler import cli  # noqa: E402
 from moe_compiler.layout import sublayers  # noqa: E402
 from moe_compiler.safetensors import load, save  # noqa: E402
@@ -50,21 +52,7 @@ from moe_compiler.train_reference import (  # noqa: E402
     train,
 )
 
-failures = 0
 LR, MOMENTUM, STEPS = 0.05, 0.9, 2
-
-
-def check(ok, what):
-    global failures
-    print(("PASS " if ok else "FAIL ") + what, flush=True)
-    failures += not ok
-
-
-def sh(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"FAIL {' '.join(cmd)}: exit {p.returncode}\n{p.stdout}{p.stderr}")
-    return p.stdout
 
 
 def expected_load(routing, num_experts):
@@ -260,7 +248,7 @@ def main():
                 moved = [k for k in starved if not np.array_equal(saved[k], wts[k])]
                 check(not moved, f"{name}: starved experts' weights unchanged bit for "
                       "bit after the steps")
-    return 1 if failures else 0
+    return e2e_checks.exit_status()
 
 
 if __name__ == "__main__":

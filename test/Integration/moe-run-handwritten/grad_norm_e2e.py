@@ -26,29 +26,16 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "..", "python"))
+import e2e_checks  # noqa: E402
+from e2e_checks import check, sh  # noqa: E402
+
 from moe_compiler.safetensors import SafetensorsFile  # noqa: E402
-
-failures = 0
-
-
-def check(ok, what):
-    global failures
-    print(("PASS " if ok else "FAIL ") + what, flush=True)
-    failures += not ok
-
-
-def sh(cmd):
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if p.returncode != 0:
-        sys.exit(f"FAIL {' '.join(cmd)}: exit {p.returncode}\n{p.stdout}{p.stderr}")
-    return p.stdout
 
 
 def tensors(path):
@@ -168,7 +155,7 @@ def main():
               f"(max rel {err:.2e} <= 1e-4)")
     err = max_rel(tensors(p("mod1.c.W.safetensors")), tensors(p("mod1.W.safetensors")))
     check(err > 1e-3, f"clipping changes the weights (max rel {err:.2e} > 1e-3)")
-    return 1 if failures else 0
+    return e2e_checks.exit_status()
 
 
 if __name__ == "__main__":

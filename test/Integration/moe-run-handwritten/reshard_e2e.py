@@ -40,6 +40,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY = os.path.join(HERE, "..", "..", "..", "python")
 sys.path.insert(0, PY)
+import e2e_checks  # noqa: E402
+from e2e_checks import check  # noqa: E402
+
 from moe_compiler.safetensors import SafetensorsFile, save  # noqa: E402
 
 # Tolerances of docs/equivalence.md for weights and AdamW state after 2K
@@ -48,13 +51,6 @@ from moe_compiler.safetensors import SafetensorsFile, save  # noqa: E402
 # a visible fraction of lr; the relative floor keeps exp_avg_sq, ~1e-6,
 # honest).
 RTOL, ATOL = 1e-4, 1e-4
-failures = 0
-
-
-def check(ok, what):
-    global failures
-    print(("PASS " if ok else "FAIL ") + what, flush=True)
-    failures += not ok
 
 
 def sh(cmd, expect=0):
@@ -219,7 +215,7 @@ def main():
         check(r.returncode == 1 and f"'{tensor}'" in text
               and not os.path.exists(p("errW.safetensors")),
               f"{what} on dp=2,ep=2: exit {r.returncode}, names '{tensor}'")
-    return 1 if failures else 0
+    return e2e_checks.exit_status()
 
 
 if __name__ == "__main__":
