@@ -301,6 +301,22 @@ private:
   Value dim(Value v, int64_t i) { return em->i64(tensorOf(v).getDimSize(i)); }
   Value optPtr(Value v) { return v ? ptr(v) : em->null(); }
 
+  /// The layout arguments shared by moert_expert_ffn, _train and _grad:
+  /// `input` is [rows, D] (packed) or [E, R, D] (capacity), `up` [E, F, D],
+  /// `counts` (optional) [segments, E].
+  struct FfnLayoutArgs {
+    Value E, segments, rowsPerExpert, totalRows, D, F;
+  };
+  FfnLayoutArgs ffnLayout(Value input, Value up, Value counts) {
+    RankedTensorType x = tensorOf(input), u = tensorOf(up);
+    return {em->i64(u.getDimSize(0)),
+            em->i64(counts ? tensorOf(counts).getDimSize(0) : 1),
+            em->i64(x.getRank() == 3 ? x.getDimSize(1) : 0),
+            em->i64(x.getNumElements() / x.getShape().back()),
+            em->i64(x.getShape().back()),
+            em->i64(u.getDimSize(1))};
+  }
+
   ModuleOp module;
   func::FuncOp func;
   std::unique_ptr<EntryEmitter> em;
@@ -533,11 +549,7 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             .dtype = dtype(o.getInput())});
       })
       .Case([&](ExpertFFNOp o) {
-        RankedTensorType x = tensorOf(o.getInput());
-        RankedTensorType up = tensorOf(o.getUp());
-        int64_t segments =
-            o.getCounts() ? tensorOf(o.getCounts()).getDimSize(0) : 1;
-        int64_t rowsPerExpert = x.getRank() == 3 ? x.getDimSize(1) : 0;
+        FfnLayoutArgs l = ffnLayout(o.getInput(), o.getUp(), o.getCounts());
         return e.call(abi::moert_expert_ffn{
             .x = ptr(o.getInput()),
             .counts = optPtr(o.getCounts()),
@@ -545,21 +557,17 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             .up = ptr(o.getUp()),
             .down = ptr(o.getDown()),
             .y = ptr(o.getOutput()),
-            .E = e.i64(up.getDimSize(0)),
-            .segments = e.i64(segments),
-            .rows_per_expert = e.i64(rowsPerExpert),
-            .total_rows = e.i64(x.getNumElements() / x.getShape().back()),
-            .D = e.i64(x.getShape().back()),
-            .F = e.i64(up.getDimSize(1)),
+            .E = l.E,
+            .segments = l.segments,
+            .rows_per_expert = l.rowsPerExpert,
+            .total_rows = l.totalRows,
+            .D = l.D,
+            .F = l.F,
             .activation = e.i32(abi::toMoert(o.getActivation())),
             .dtype = dtype(o.getInput())});
       })
       .Case([&](ExpertFFNTrainOp o) {
-        RankedTensorType x = tensorOf(o.getInput());
-        RankedTensorType up = tensorOf(o.getUp());
-        int64_t segments =
-            o.getCounts() ? tensorOf(o.getCounts()).getDimSize(0) : 1;
-        int64_t rowsPerExpert = x.getRank() == 3 ? x.getDimSize(1) : 0;
+        FfnLayoutArgs l = ffnLayout(o.getInput(), o.getUp(), o.getCounts());
         return e.call(abi::moert_expert_ffn_train{
             .x = ptr(o.getInput()),
             .counts = optPtr(o.getCounts()),
@@ -569,12 +577,12 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             .y = ptr(o.getOutput()),
             .save_a = optPtr(o.getSavedA()),
             .save_u = ptr(o.getSavedU()),
-            .E = e.i64(up.getDimSize(0)),
-            .segments = e.i64(segments),
-            .rows_per_expert = e.i64(rowsPerExpert),
-            .total_rows = e.i64(x.getNumElements() / x.getShape().back()),
-            .D = e.i64(x.getShape().back()),
-            .F = e.i64(up.getDimSize(1)),
+            .E = l.E,
+            .segments = l.segments,
+            .rows_per_expert = l.rowsPerExpert,
+            .total_rows = l.totalRows,
+            .D = l.D,
+            .F = l.F,
             .activation = e.i32(abi::toMoert(o.getActivation())),
             .dtype = dtype(o.getInput())});
       })
@@ -711,11 +719,7 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             .dtype = dtype(o.getDout())});
       })
       .Case([&](ExpertFFNGradOp o) {
-        RankedTensorType x = tensorOf(o.getInput());
-        RankedTensorType up = tensorOf(o.getUp());
-        int64_t segments =
-            o.getCounts() ? tensorOf(o.getCounts()).getDimSize(0) : 1;
-        int64_t rowsPerExpert = x.getRank() == 3 ? x.getDimSize(1) : 0;
+        FfnLayoutArgs l = ffnLayout(o.getInput(), o.getUp(), o.getCounts());
         return e.call(abi::moert_expert_ffn_grad{
             .x = ptr(o.getInput()),
             .counts = optPtr(o.getCounts()),
@@ -729,12 +733,12 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             .dgate = optPtr(o.getDgate()),
             .dup = ptr(o.getDup()),
             .ddown = ptr(o.getDdown()),
-            .E = e.i64(up.getDimSize(0)),
-            .segments = e.i64(segments),
-            .rows_per_expert = e.i64(rowsPerExpert),
-            .total_rows = e.i64(x.getNumElements() / x.getShape().back()),
-            .D = e.i64(x.getShape().back()),
-            .F = e.i64(up.getDimSize(1)),
+            .E = l.E,
+            .segments = l.segments,
+            .rows_per_expert = l.rowsPerExpert,
+            .total_rows = l.totalRows,
+            .D = l.D,
+            .F = l.F,
             .activation = e.i32(abi::toMoert(o.getActivation())),
             .dtype = dtype(o.getInput())});
       })
