@@ -111,6 +111,32 @@ LogicalResult verifyFFNWeights(Operation *op, Value gate, Value up, Value down,
   return success();
 }
 
+/// The operands shared by `moe.expert_ffn`, `moe.expert_ffn_train` and
+/// `moe.expert_ffn_grad`: a packed (2-D) input needs counts, a capacity
+/// (3-D) input has the weights' experts, the weight set, and the counts'
+/// experts.
+LogicalResult verifyExpertFFNOperands(Operation *op, Value input, Value counts,
+                                      Value gate, Value up, Value down,
+                                      Activation act) {
+  auto x = cast<RankedTensorType>(input.getType());
+  int64_t e = cast<RankedTensorType>(up.getType()).getDimSize(0),
+          d = x.getShape().back();
+  if (x.getRank() == 2 && !counts)
+    return op->emitOpError() << "packed (2-D) input needs counts";
+  if (x.getRank() == 3 && !sameDim(x.getDimSize(0), e))
+    return op->emitOpError()
+           << "capacity buffer has " << dimStr(x.getDimSize(0))
+           << " experts but the weights have " << dimStr(e);
+  if (failed(verifyFFNWeights(op, gate, up, down, act, {e}, d, "")))
+    return failure();
+  if (counts) {
+    int64_t ce = cast<RankedTensorType>(counts.getType()).getDimSize(1);
+    if (!sameDim(ce, e))
+      return op->emitOpError() << "counts have " << dimStr(ce)
+                               << " experts but the weights have " << dimStr(e);
+  }
+  return success();
+}
 } // namespace
 
 //===----------------------------------------------------------------------===//
@@ -370,21 +396,11 @@ LogicalResult DispatchOp::verify() {
 
 LogicalResult ExpertFFNOp::verify() {
   auto x = tensorType(getInput());
-  auto up = tensorType(getUp());
-  int64_t e = up.getDimSize(0), d = x.getShape().back();
-  if (x.getRank() == 2 && !getCounts())
-    return emitOpError() << "packed (2-D) input needs counts";
-  if (x.getRank() == 3 && !sameDim(x.getDimSize(0), e))
-    return emitOpError() << "capacity buffer has " << dimStr(x.getDimSize(0))
-                         << " experts but the weights have " << dimStr(e);
-  if (failed(verifyFFNWeights(*this, getGate(), getUp(), getDown(),
-                              getActivation(), {e}, d, "")))
+  if (failed(verifyExpertFFNOperands(*this, getInput(), getCounts(), getGate(),
+                                     getUp(), getDown(), getActivation())))
     return failure();
   if (Value counts = getCounts()) {
     auto c = tensorType(counts);
-    if (!sameDim(c.getDimSize(1), e))
-      return emitOpError() << "counts have " << dimStr(c.getDimSize(1))
-                           << " experts but the weights have " << dimStr(e);
     int64_t s = c.getDimSize(0), r = x.getRank() == 3 ? x.getDimSize(1) : 0;
     if (x.getRank() == 3 && !ShapedType::isDynamic(s) &&
         !ShapedType::isDynamic(r) && r % s != 0)
@@ -1135,21 +1151,9 @@ static LogicalResult verifySavedActivations(Operation *op, Value input,
 }
 
 LogicalResult ExpertFFNGradOp::verify() {
-  auto x = tensorType(getInput());
-  int64_t e = tensorType(getUp()).getDimSize(0), d = x.getShape().back();
-  if (x.getRank() == 2 && !getCounts())
-    return emitOpError() << "packed (2-D) input needs counts";
-  if (x.getRank() == 3 && !sameDim(x.getDimSize(0), e))
-    return emitOpError() << "capacity buffer has " << dimStr(x.getDimSize(0))
-                         << " experts but the weights have " << dimStr(e);
-  if (failed(verifyFFNWeights(*this, getGate(), getUp(), getDown(),
-                              getActivation(), {e}, d, "")))
+  if (failed(verifyExpertFFNOperands(*this, getInput(), getCounts(), getGate(),
+                                     getUp(), getDown(), getActivation())))
     return failure();
-  if (Value counts = getCounts())
-    if (!sameDim(tensorType(counts).getDimSize(1), e))
-      return emitOpError() << "counts have "
-                           << dimStr(tensorType(counts).getDimSize(1))
-                           << " experts but the weights have " << dimStr(e);
   if (bool(getGate()) != bool(getDgate()))
     return emitOpError() << "has " << (getGate() ? "a" : "no")
                          << " gate weight but " << (getDgate() ? "a" : "no")
@@ -1169,21 +1173,9 @@ LogicalResult ExpertFFNGradOp::verify() {
 }
 
 LogicalResult ExpertFFNTrainOp::verify() {
-  auto x = tensorType(getInput());
-  int64_t e = tensorType(getUp()).getDimSize(0), d = x.getShape().back();
-  if (x.getRank() == 2 && !getCounts())
-    return emitOpError() << "packed (2-D) input needs counts";
-  if (x.getRank() == 3 && !sameDim(x.getDimSize(0), e))
-    return emitOpError() << "capacity buffer has " << dimStr(x.getDimSize(0))
-                         << " experts but the weights have " << dimStr(e);
-  if (failed(verifyFFNWeights(*this, getGate(), getUp(), getDown(),
-                              getActivation(), {e}, d, "")))
+  if (failed(verifyExpertFFNOperands(*this, getInput(), getCounts(), getGate(),
+                                     getUp(), getDown(), getActivation())))
     return failure();
-  if (Value counts = getCounts())
-    if (!sameDim(tensorType(counts).getDimSize(1), e))
-      return emitOpError() << "counts have "
-                           << dimStr(tensorType(counts).getDimSize(1))
-                           << " experts but the weights have " << dimStr(e);
   if (!tensorType(getInput()).getElementType().isF32())
     return emitOpError() << "saves f32 activations: the input must be f32";
   if (failed(verifySavedActivations(*this, getInput(), getUp(), getGate(),
