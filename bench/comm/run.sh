@@ -36,6 +36,16 @@ done
 MPIRUN="mpirun --oversubscribe -np 4"
 step() { printf '\n==> %s\n' "$*"; }
 
+# The Mixtral-shaped layer of steps 2 and 3, and its weights.
+cat > "$work/config.json" << JSON
+{"model_type": "mixtral", "hidden_size": 1024, "intermediate_size": 3584,
+ "num_hidden_layers": 1, "num_attention_heads": 8, "num_key_value_heads": 8,
+ "num_local_experts": 8, "num_experts_per_tok": 2, "hidden_act": "silu",
+ "rms_norm_eps": 1e-05, "vocab_size": 32000, "tie_word_embeddings": false}
+JSON
+mc() { python3 -m moe_compiler "$@"; }
+mc init-weights --hf-config "$work/config.json" --seed 1 -o "$work/w.safetensors"
+
 if [ "$ONLY_OVERLAP" = 0 ]; then
 step "overlap.c: all-to-all vs compute on 4 ranks"
 gcc -O2 -Iruntime/include bench/comm/overlap.c -o "$work/overlap" \
@@ -47,15 +57,7 @@ for net in "" "ep:alpha=1ms,bw=100MB/s"; do
 done
 
 step "Mixtral-shaped layer: ep=4 on 4 ranks vs 1 rank, default options"
-cat > "$work/config.json" << JSON
-{"model_type": "mixtral", "hidden_size": 1024, "intermediate_size": 3584,
- "num_hidden_layers": 1, "num_attention_heads": 8, "num_key_value_heads": 8,
- "num_local_experts": 8, "num_experts_per_tok": 2, "hidden_act": "silu",
- "rms_norm_eps": 1e-05, "vocab_size": 32000, "tie_word_embeddings": false}
-JSON
-mc() { python3 -m moe_compiler "$@"; }
 mc emit --hf-config "$work/config.json" --tokens "$TOKENS" -o "$work/model.mlir"
-mc init-weights --hf-config "$work/config.json" --seed 1 -o "$work/w.safetensors"
 mc init-inputs --hf-config "$work/config.json" --tokens "$TOKENS" --seed 2 \
   -o "$work/x.safetensors"
 "$BUILD_DIR/bin/moe-compile" "$work/model.mlir" -o "$work/single"
@@ -80,19 +82,10 @@ PY
 fi # ONLY_OVERLAP
 
 step "overlap degrees: Mixtral-shaped layer, capacity factor 1, T=$OVL_TOKENS, ep=4, --net $OVL_NET"
-cat > "$work/config.json" << JSON
-{"model_type": "mixtral", "hidden_size": 1024, "intermediate_size": 3584,
- "num_hidden_layers": 1, "num_attention_heads": 8, "num_key_value_heads": 8,
- "num_local_experts": 8, "num_experts_per_tok": 2, "hidden_act": "silu",
- "rms_norm_eps": 1e-05, "vocab_size": 32000, "tie_word_embeddings": false}
-JSON
-python3 -m moe_compiler emit --hf-config "$work/config.json" \
-  --tokens "$OVL_TOKENS" --capacity-factor 1.0 --token-groups 4 \
-  -o "$work/ovl.mlir"
-python3 -m moe_compiler init-weights --hf-config "$work/config.json" --seed 1 \
-  -o "$work/ovl-w.safetensors"
-python3 -m moe_compiler init-inputs --hf-config "$work/config.json" \
-  --tokens "$OVL_TOKENS" --seed 2 -o "$work/ovl-x.safetensors"
+mc emit --hf-config "$work/config.json" --tokens "$OVL_TOKENS" \
+  --capacity-factor 1.0 --token-groups 4 -o "$work/ovl.mlir"
+mc init-inputs --hf-config "$work/config.json" --tokens "$OVL_TOKENS" --seed 2 \
+  -o "$work/ovl-x.safetensors"
 $MPIRUN "$BUILD_DIR/bin/moe-run" --calibrate "$work/ovl-cluster.json" \
   --net "$OVL_NET" > "$work/calibrate.log"
 for d in 1 2 4 8 auto; do
@@ -102,7 +95,7 @@ done
 ovl_run() { # NAME MODULE [moe-run options]
   local name=$1 module=$2; shift 2
   $MPIRUN "$BUILD_DIR/bin/moe-run" "$work/$module" "$@" \
-    --weights "$work/ovl-w.safetensors" --inputs "$work/ovl-x.safetensors" \
+    --weights "$work/w.safetensors" --inputs "$work/ovl-x.safetensors" \
     --output "$work/$name.safetensors" --warmup 1 --repeat "$REPEAT" \
     --stats "$work/$name.stats.json" --quiet
 }
