@@ -132,23 +132,12 @@ Status CpuBackend::layernorm(const void *xv, const void *wv, const void *bv,
   auto *w = static_cast<const float *>(wv);
   auto *b = static_cast<const float *>(bv);
   auto *y = static_cast<float *>(yv);
-  // Two passes per row: the mean, then the variance of the centered values
-  // (no cancellation), both summed in double.
 #pragma omp parallel for num_threads(threads_) if (T * D > 16384)
   for (int64_t t = 0; t < T; ++t) {
     const float *xr = x + t * D;
-    double sum = 0;
-    for (int64_t d = 0; d < D; ++d)
-      sum += xr[d];
-    const double mean = sum / double(D);
-    double sq = 0;
-    for (int64_t d = 0; d < D; ++d) {
-      const double c = double(xr[d]) - mean;
-      sq += c * c;
-    }
-    const float mu = static_cast<float>(mean);
-    const float inv =
-        static_cast<float>(1.0 / std::sqrt(sq / double(D) + double(eps)));
+    const RowNormStats st = layerNormStats(xr, D, eps);
+    const float mu = static_cast<float>(st.mean);
+    const float inv = static_cast<float>(st.r);
     float *yr = y + t * D;
     if (b)
       for (int64_t d = 0; d < D; ++d)

@@ -105,16 +105,7 @@ Status CpuBackend::layernormGrad(const void *xv, const void *wv,
 #pragma omp parallel for num_threads(threads_) if (T * D > 16384)
   for (int64_t t = 0; t < T; ++t) {
     const float *xr = x + t * D, *dyr = dy + t * D;
-    double sum = 0;
-    for (int64_t d = 0; d < D; ++d)
-      sum += xr[d];
-    const double mean = sum / double(D);
-    double sq = 0;
-    for (int64_t d = 0; d < D; ++d) {
-      const double c = double(xr[d]) - mean;
-      sq += c * c;
-    }
-    const double r = 1.0 / std::sqrt(sq / double(D) + double(eps));
+    const auto [mean, r] = layerNormStats(xr, D, eps);
     double gs = 0, gxh = 0;
     for (int64_t d = 0; d < D; ++d) {
       const double g = double(dyr[d]) * w[d];

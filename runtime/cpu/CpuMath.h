@@ -92,6 +92,26 @@ inline float gelu(float x) {
 
 inline float relu(float x) { return x > 0.0f ? x : 0.0f; }
 
+/// LayerNorm's statistics of one row of D values: the mean and
+/// r = 1/sqrt(var + eps), in two passes summed in double (the variance of the
+/// centered values: no cancellation). The forward and the backward both use
+/// it, so the backward normalizes exactly as the forward did.
+struct RowNormStats {
+  double mean, r;
+};
+inline RowNormStats layerNormStats(const float *x, int64_t D, float eps) {
+  double sum = 0;
+  for (int64_t d = 0; d < D; ++d)
+    sum += x[d];
+  const double mean = sum / double(D);
+  double sq = 0;
+  for (int64_t d = 0; d < D; ++d) {
+    const double c = double(x[d]) - mean;
+    sq += c * c;
+  }
+  return {mean, 1.0 / std::sqrt(sq / double(D) + double(eps))};
+}
+
 /// h[i] = gelu(h[i]) * (u ? u[i] : 1): the GeLU and GEGLU step.
 inline void geluTimes(float *h, const float *u, int64_t n) {
   int64_t i = 0;
