@@ -159,14 +159,6 @@ Status TensorSource::open(const std::string &path,
 // Lookups
 //===----------------------------------------------------------------------===//
 
-/// Length of the common prefix, for "did you mean" hints.
-static size_t commonPrefix(const std::string &a, const std::string &b) {
-  size_t n = 0;
-  while (n < a.size() && n < b.size() && a[n] == b[n])
-    ++n;
-  return n;
-}
-
 Status TensorSource::locate(const std::string &name,
                             const SafetensorsFile *&file,
                             const TensorInfo *&info) const {
@@ -176,18 +168,7 @@ Status TensorSource::locate(const std::string &name,
   }
   auto it = index_.shardOf.find(name);
   if (it == index_.shardOf.end()) {
-    std::string best;
-    size_t bestLen = 0;
-    for (const auto &kv : index_.shardOf) {
-      size_t n = commonPrefix(kv.first, name);
-      if (n > bestLen) {
-        bestLen = n;
-        best = kv.first;
-      }
-    }
-    std::string hint;
-    if (!best.empty() && bestLen * 2 >= name.size())
-      hint = format(" (nearest name: '%s')", best.c_str());
+    std::string hint = nearestNameHint(index_.shardOf, name);
     return supportError(MOERT_ERR_INVALID,
                         "%s: missing tensor '%s': it is in none of the %zu "
                         "shards of the index%s",

@@ -35,6 +35,28 @@ supportError(moert_status code, const char *fmt, ...) {
   return Status(code, std::move(s));
 }
 
+/// " (nearest name: 'X')" for the key of `names` (a map keyed by
+/// std::string) that shares the longest prefix with `name`, when that prefix
+/// is at least half of `name`; else "". For "missing tensor" errors.
+template <typename Map>
+std::string nearestNameHint(const Map &names, const std::string &name) {
+  std::string best;
+  size_t bestLen = 0;
+  for (const auto &kv : names) {
+    const std::string &key = kv.first;
+    size_t n = 0;
+    while (n < key.size() && n < name.size() && key[n] == name[n])
+      ++n;
+    if (n > bestLen) {
+      bestLen = n;
+      best = key;
+    }
+  }
+  if (best.empty() || bestLen * 2 < name.size())
+    return "";
+  return format(" (nearest name: '%s')", best.c_str());
+}
+
 } // namespace moert
 
 #endif // MOERT_SUPPORT_FORMAT_H

@@ -439,31 +439,12 @@ const TensorInfo *SafetensorsFile::find(const std::string &name) const {
   return it == tensors_.end() ? nullptr : &it->second;
 }
 
-/// Length of the common prefix, for "did you mean" hints.
-static size_t commonPrefix(const std::string &a, const std::string &b) {
-  size_t n = 0;
-  while (n < a.size() && n < b.size() && a[n] == b[n])
-    ++n;
-  return n;
-}
-
 Status SafetensorsFile::lookup(const std::string &name,
                                const TensorInfo *&out) const {
   out = find(name);
   if (out)
     return Status::ok();
-  std::string best;
-  size_t bestLen = 0;
-  for (const auto &kv : tensors_) {
-    size_t n = commonPrefix(kv.first, name);
-    if (n > bestLen) {
-      bestLen = n;
-      best = kv.first;
-    }
-  }
-  std::string hint;
-  if (!best.empty() && bestLen * 2 >= name.size())
-    hint = format(" (nearest name: '%s')", best.c_str());
+  std::string hint = nearestNameHint(tensors_, name);
   return supportError(
       MOERT_ERR_INVALID, "%s: missing tensor '%s': the file has %zu tensors%s",
       path_.c_str(), name.c_str(), tensors_.size(), hint.c_str());
