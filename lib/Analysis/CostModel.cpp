@@ -472,6 +472,27 @@ FailureOr<Cost> CostModel::op(Operation *op) const {
     return gemm(static_cast<double>(
         ffnFlops(rows, d, up.getShape()[1], recompute + 2 * m)));
   }
+  // The two parts of expert_ffn_grad (moe-overlap's backward): the rows
+  // (the recomputation unless saved, dh = dy.down and dx: m matrices) and
+  // the weight gradients (m).
+  if (auto g = dyn_cast<ExpertFFNGradDataOp>(op)) {
+    int64_t rows, d;
+    auto up = dyn_cast<RankedTensorType>(g.getUp().getType());
+    if (!bufferRows(g.getInput(), rows, d) || !up || !up.hasStaticShape())
+      return failure();
+    int64_t m = g.getGate() ? 3 : 2;
+    int64_t recompute = g.getSavedU() ? 0 : m - 1;
+    return gemm(static_cast<double>(
+        ffnFlops(rows, d, up.getShape()[1], recompute + m)));
+  }
+  if (auto g = dyn_cast<ExpertFFNGradWeightOp>(op)) {
+    int64_t rows, d;
+    auto up = dyn_cast<RankedTensorType>(g.getDup().getType());
+    if (!bufferRows(g.getInput(), rows, d) || !up || !up.hasStaticShape())
+      return failure();
+    int64_t m = g.getDpreGate() ? 3 : 2;
+    return gemm(static_cast<double>(ffnFlops(rows, d, up.getShape()[1], m)));
+  }
   auto mlpLike = [&](Value input, Value up, bool gated, bool sigmoidGate,
                      int64_t passes) -> FailureOr<Cost> {
     int64_t rows, d;

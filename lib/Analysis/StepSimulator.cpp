@@ -48,6 +48,12 @@ double recomputeShare(Operation *op) {
     return share(static_cast<bool>(g.getGate()));
   if (auto g = dyn_cast<MLPGradOp>(op))
     return share(static_cast<bool>(g.getGate()));
+  // moe-overlap's split of expert_ffn_grad: the recomputation is (m-1) of
+  // the data part's (m-1) + m passes, unless the forward saved it.
+  if (auto g = dyn_cast<ExpertFFNGradDataOp>(op)) {
+    double m = g.getGate() ? 3 : 2;
+    return g.getSavedU() ? 0.0 : (m - 1) / ((m - 1) + m);
+  }
   return 0.0;
 }
 
@@ -68,6 +74,10 @@ int64_t packedSegments(Operation *op) {
   if (auto f = dyn_cast<ExpertFFNOp>(op))
     return packed(f.getInput(), f.getCounts());
   if (auto g = dyn_cast<ExpertFFNGradOp>(op))
+    return packed(g.getInput(), g.getCounts());
+  if (auto g = dyn_cast<ExpertFFNGradDataOp>(op))
+    return packed(g.getInput(), g.getCounts());
+  if (auto g = dyn_cast<ExpertFFNGradWeightOp>(op))
     return packed(g.getInput(), g.getCounts());
   return 1;
 }

@@ -138,6 +138,21 @@ public:
                                int64_t segments, int64_t rowsPerExpert,
                                int64_t totalRows, int64_t D, int64_t F,
                                int32_t activation, int32_t dtype) = 0;
+  /// moert_expert_ffn_grad_data / _weight: expertFfnGrad in two parts (the
+  /// rows, then the sums over them), for moe-overlap's chunked backward.
+  virtual Status expertFfnGradData(
+      const void *x, const int32_t *counts, const void *gate, const void *up,
+      const void *down, const void *dy, const void *savedA, const void *savedU,
+      void *dx, void *hidden, void *dpreGate, void *dpreUp, int64_t E,
+      int64_t segments, int64_t rowsPerExpert, int64_t totalRows, int64_t D,
+      int64_t F, int32_t activation, int32_t dtype) = 0;
+  virtual Status expertFfnGradWeight(const void *x, const int32_t *counts,
+                                     const void *dy, const void *hidden,
+                                     const void *dpreGate, const void *dpreUp,
+                                     void *dgate, void *dup, void *ddown,
+                                     int64_t E, int64_t segments,
+                                     int64_t rowsPerExpert, int64_t totalRows,
+                                     int64_t D, int64_t F, int32_t dtype) = 0;
   virtual Status mlpGrad(const void *x, const void *gate, const void *up,
                          const void *down, const void *sigmoidGate,
                          const void *dy, void *dx, void *dgate, void *dup,

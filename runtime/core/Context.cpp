@@ -1448,6 +1448,66 @@ void moert_expert_ffn_grad(moert_ctx *ctx, const void *x, const int32_t *counts,
   });
 }
 
+void moert_expert_ffn_grad_data(
+    moert_ctx *ctx, const void *x, const int32_t *counts, const void *gate,
+    const void *up, const void *down, const void *dy, const void *saved_a,
+    const void *saved_u, void *dx, void *hidden, void *dpre_gate, void *dpre_up,
+    int64_t E, int64_t segments, int64_t rows_per_expert, int64_t total_rows,
+    int64_t D, int64_t F, int32_t activation, int32_t dtype) {
+  runKernel(ctx, "moert_expert_ffn_grad_data", [&] {
+    Args a = checkExpertFfn("moert_expert_ffn_grad_data", "dy", x, counts, gate,
+                            up, down, dy, E, segments, rows_per_expert,
+                            total_rows, D, F, activation);
+    a.ptrs({{"dx", dx}, {"hidden", hidden}, {"dpre_up", dpre_up}});
+    pairedGrad(a, "gate", gate, "dpre_gate", dpre_gate).f32(dtype);
+    checkSaved(a, "saved_a", saved_a, "saved_u", saved_u, gate, false);
+    MOERT_TRY(a.status());
+    return ctx->backend->expertFfnGradData(
+        x, counts, gate, up, down, dy, saved_a, saved_u, dx, hidden, dpre_gate,
+        dpre_up, E, segments, rows_per_expert, total_rows, D, F, activation,
+        dtype);
+  });
+}
+
+void moert_expert_ffn_grad_weight(moert_ctx *ctx, const void *x,
+                                  const int32_t *counts, const void *dy,
+                                  const void *hidden, const void *dpre_gate,
+                                  const void *dpre_up, void *dgate, void *dup,
+                                  void *ddown, int64_t E, int64_t segments,
+                                  int64_t rows_per_expert, int64_t total_rows,
+                                  int64_t D, int64_t F, int32_t dtype) {
+  runKernel(ctx, "moert_expert_ffn_grad_weight", [&] {
+    Args a("moert_expert_ffn_grad_weight");
+    a.ptrs({{"x", x},
+            {"dy", dy},
+            {"hidden", hidden},
+            {"dpre_up", dpre_up},
+            {"dup", dup},
+            {"ddown", ddown}});
+    pairedGrad(a, "dpre_gate", dpre_gate, "dgate", dgate);
+    a.positive({{"E", E}, {"segments", segments}, {"D", D}, {"F", F}});
+    a.nonNegative("rows_per_expert", rows_per_expert)
+        .nonNegative("total_rows", total_rows)
+        .f32(dtype);
+    if (rows_per_expert == 0) {
+      a.ptr("counts", counts);
+    } else {
+      a.require(rows_per_expert % segments == 0,
+                "rows_per_expert (%" PRId64 ") is not a multiple of segments "
+                "(%" PRId64 ")",
+                rows_per_expert, segments);
+      a.require(total_rows == E * rows_per_expert,
+                "total_rows (%" PRId64 ") must be E*rows_per_expert = %" PRId64
+                " in the capacity layout",
+                total_rows, E * rows_per_expert);
+    }
+    MOERT_TRY(a.status());
+    return ctx->backend->expertFfnGradWeight(
+        x, counts, dy, hidden, dpre_gate, dpre_up, dgate, dup, ddown, E,
+        segments, rows_per_expert, total_rows, D, F, dtype);
+  });
+}
+
 void moert_mlp_grad(moert_ctx *ctx, const void *x, const void *gate,
                     const void *up, const void *down, const void *sigmoid_gate,
                     const void *dy, void *dx, void *dgate, void *dup,

@@ -132,6 +132,21 @@ public:
                        int64_t segments, int64_t rowsPerExpert,
                        int64_t totalRows, int64_t D, int64_t F,
                        int32_t activation, int32_t dtype) override;
+  Status expertFfnGradData(const void *x, const int32_t *counts,
+                           const void *gate, const void *up, const void *down,
+                           const void *dy, const void *savedA,
+                           const void *savedU, void *dx, void *hidden,
+                           void *dpreGate, void *dpreUp, int64_t E,
+                           int64_t segments, int64_t rowsPerExpert,
+                           int64_t totalRows, int64_t D, int64_t F,
+                           int32_t activation, int32_t dtype) override;
+  Status expertFfnGradWeight(const void *x, const int32_t *counts,
+                             const void *dy, const void *hidden,
+                             const void *dpreGate, const void *dpreUp,
+                             void *dgate, void *dup, void *ddown, int64_t E,
+                             int64_t segments, int64_t rowsPerExpert,
+                             int64_t totalRows, int64_t D, int64_t F,
+                             int32_t dtype) override;
   Status mlpGrad(const void *x, const void *gate, const void *up,
                  const void *down, const void *sigmoidGate, const void *dy,
                  void *dx, void *dgate, void *dup, void *ddown,
@@ -185,7 +200,8 @@ private:
 
   /// Zeroes the rows of buf ([totalRows, width]) outside blocks_.
   void zeroUncoveredRows(float *buf, int64_t width, int64_t totalRows) const;
-  /// `fn` names the kernel in error messages.
+  /// `fn` names the kernel in error messages; y may be null (nothing to
+  /// zero).
   Status collectBlocks(const char *fn, const int32_t *counts, float *y,
                        int64_t E, int64_t S, int64_t R, int64_t totalRows,
                        int64_t D);
@@ -194,8 +210,7 @@ private:
   int64_t chunkRows(int64_t live, int64_t rowFloats) const;
   /// Rows of one chunk of runFfnGrad; runFfn uses it too when it saves the
   /// pre-activations, so that both compute them with the same GEMM calls.
-  int64_t gradChunkRows(int64_t live, int64_t D, int64_t F,
-                        int32_t activation) const;
+  int64_t gradChunkRows(int64_t live, int64_t D, int64_t F, bool gated) const;
   /// The FFN over the live rows in `blocks`. saveU (and saveA, gated) not
   /// null: a = x.gate^T and u = x.up^T of those rows are kept there
   /// ([rows of x, F]).
@@ -220,8 +235,38 @@ private:
                     int64_t F, int32_t activation, float *fOut,
                     const float *savedA = nullptr,
                     const float *savedU = nullptr);
+  /// c[m,n] (+)= a[m,kk] . b[kk,n] with the FfnGemm chosen: the backward's
+  /// row-wise GEMMs (dh = dy.down, dx = du.up + da.gate).
+  Status gemmNNRows(const float *a, const float *b, float *c, int64_t m,
+                    int64_t n, int64_t kk, bool accumulate);
+  /// moert_expert_ffn_grad_data over the live rows in `blocks`: dx and the
+  /// rows' h, du (dpreUp) and da (dpreGate, gated) ([rows of x, F]).
+  Status runFfnGradData(const float *x, const float *dy, float *dx,
+                        float *hidden, float *dpreGate, float *dpreUp,
+                        const RowBlock *blocks, int64_t numBlocks,
+                        const FfnWeights &w, int64_t D, int64_t F,
+                        int32_t activation, const float *savedA,
+                        const float *savedU);
+  /// moert_expert_ffn_grad_weight over the live rows in `blocks`, in the
+  /// chunks of runFfnGrad (gated when g.gate is not null).
+  Status runFfnGradWeight(const float *x, const float *dy, const float *hidden,
+                          const float *dpreGate, const float *dpreUp,
+                          const RowBlock *blocks, int64_t numBlocks,
+                          const FfnGrads &g, int64_t D, int64_t F);
   /// How ffnGradChunk gets a and u.
   enum class Hidden { Recompute, Copy, Loaded };
+  /// The row-wise part of ffnGradChunk: dx (and fOut) written, and in the
+  /// workspace ([a | u | h | dh], each [rows, F], a only when gated) da in
+  /// a, du in u and the hidden activation in h.
+  Status ffnGradRows(const float *x, const float *dy, float *dx, float *fOut,
+                     int64_t rows, const FfnWeights &w, int64_t D, int64_t F,
+                     int32_t activation, Hidden hidden, const float *savedA,
+                     const float *savedU);
+  /// The weight gradients of rows (+= when beta is 1): ddown = dy^T.h,
+  /// dup = du^T.x, dgate = da^T.x (when g.gate).
+  void ffnGradWeights(const float *x, const float *dy, const float *h,
+                      const float *du, const float *da, int64_t rows,
+                      const FfnGrads &g, float beta, int64_t D, int64_t F);
   Status ffnGradChunk(const float *x, const float *dy, float *dx, float *fOut,
                       int64_t rows, const FfnWeights &w, const FfnGrads &g,
                       float beta, int64_t D, int64_t F, int32_t activation,

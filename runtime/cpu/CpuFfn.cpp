@@ -43,14 +43,15 @@ void gemmTN(const float *a, const float *b, float *c, int64_t m, int64_t n,
               n, beta, c, n);
 }
 
-/// activateWithGrad (CpuMath.h) in parallel blocks.
-void activateGrad(int32_t act, float *a, float *u, float *h, int64_t n,
-                  int threads) {
-  const int64_t block = 8192;
-#pragma omp parallel for num_threads(threads) schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; i += block)
-    activateWithGrad(act, a ? a + i : nullptr, u + i, h + i,
-                     std::min(block, n - i));
+/// activateWithGrad (CpuMath.h) over each row of [rows, F]: which elements
+/// take the vector path depends on their column only, not on the rows of
+/// the chunk (so moe-overlap's chunks of the backward keep every bit).
+void activateGrad(int32_t act, float *a, float *u, float *h, int64_t rows,
+                  int64_t F, int threads) {
+#pragma omp parallel for num_threads(threads)                                  \
+    schedule(static) if (rows * F > 65536)
+  for (int64_t r = 0; r < rows; ++r)
+    activateWithGrad(act, a ? a + r * F : nullptr, u + r * F, h + r * F, F);
 }
 
 /// x[i] *= y[i].
@@ -123,6 +124,16 @@ Status CpuBackend::gemmNT(const float *a, const float *b, float *c, int64_t m,
   return Status::ok();
 }
 
+Status CpuBackend::gemmNNRows(const float *a, const float *b, float *c,
+                              int64_t m, int64_t n, int64_t kk,
+                              bool accumulate) {
+  if (ffnGemm_ == FfnGemm::RowIndependent)
+    return rowGemm_.nn(a, b, c, m, n, kk, threads_, "moert_expert_ffn_grad",
+                       accumulate);
+  gemmNN(a, b, c, m, n, kk, accumulate ? 1.0f : 0.0f);
+  return Status::ok();
+}
+
 Status CpuBackend::ffnChunk(const float *x, float *y, int64_t rows,
                             const FfnWeights &w, int64_t D, int64_t F,
                             int32_t activation, float *saveA, float *saveU) {
@@ -151,8 +162,8 @@ Status CpuBackend::ffnChunk(const float *x, float *y, int64_t rows,
 }
 
 int64_t CpuBackend::gradChunkRows(int64_t live, int64_t D, int64_t F,
-                                  int32_t activation) const {
-  return chunkRows(live, (isGatedActivation(activation) ? 4 : 3) * F + 4 * D);
+                                  bool gated) const {
+  return chunkRows(live, (gated ? 4 : 3) * F + 4 * D);
 }
 
 int64_t CpuBackend::chunkRows(int64_t live, int64_t rowFloats) const {
@@ -175,7 +186,7 @@ Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
   if (live == 0)
     return Status::ok();
   bool gated = isGatedActivation(activation);
-  int64_t chunk = saveU ? gradChunkRows(live, D, F, activation)
+  int64_t chunk = saveU ? gradChunkRows(live, D, F, gated)
                         : chunkRows(live, (gated ? 2 : 1) * F + 2 * D);
   int64_t hidden = (gated ? 2 : 1) * chunk * F;
   int64_t saved = saveU ? hidden : 0; // gathered chunks' a and u
@@ -228,15 +239,23 @@ Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
 // Per chunk of rows of one expert, with a = x.gate^T, u = x.up^T and
 // h = act(a) u (or act(u)) recomputed (or a and u read from what the
 // forward saved, computed by the same GEMM calls on the same chunks):
-//   dh = dy.down, ddown += dy^T.h, da = dh act'(a) u, du = dh act(a) (or
-//   du = dh act'(u)), dx = da.gate + du.up, dgate += da^T.x, dup += du^T.x
+//   dh = dy.down, da = dh act'(a) u, du = dh act(a) (or du = dh act'(u)),
+//   dx = du.up + da.gate                                    (ffnGradRows)
+//   ddown += dy^T.h, dgate += da^T.x, dup += du^T.x         (ffnGradWeights)
 // Eight GEMMs (five ungated) over all the chunk's rows: no per-token work.
+// The GEMMs of ffnGradRows are row-independent (RowGemm), so a row of dx,
+// h, du, da has the same bits whatever rows share the call; the weight
+// GEMMs sum over the rows (OpenBLAS), in chunks that depend only on the
+// expert's live rows. moert_expert_ffn_grad runs both per chunk;
+// moert_expert_ffn_grad_data the first on any subset of the rows, and
+// moert_expert_ffn_grad_weight the second on the same chunks as the fused
+// kernel, hence its bits.
 
-Status CpuBackend::ffnGradChunk(const float *x, const float *dy, float *dx,
-                                float *fOut, int64_t rows, const FfnWeights &w,
-                                const FfnGrads &g, float beta, int64_t D,
-                                int64_t F, int32_t activation, Hidden hidden,
-                                const float *savedA, const float *savedU) {
+Status CpuBackend::ffnGradRows(const float *x, const float *dy, float *dx,
+                               float *fOut, int64_t rows, const FfnWeights &w,
+                               int64_t D, int64_t F, int32_t activation,
+                               Hidden hidden, const float *savedA,
+                               const float *savedU) {
   bool gated = isGatedActivation(activation);
   float *a = gated ? ffnWork_.data() : nullptr;
   float *u = ffnWork_.data() + (gated ? rows * F : 0);
@@ -254,19 +273,41 @@ Status CpuBackend::ffnGradChunk(const float *x, const float *dy, float *dx,
   }
   // h = the hidden activation; a := act'(a) u, u := act(a) (gated) or
   // u := act'(u).
-  activateGrad(activation, a, u, h, rows * F, threads_);
-  gemmNN(dy, w.down, dh, rows, F, D, 0.0f);
-  gemmTN(dy, h, g.down, D, F, rows, beta);
+  activateGrad(activation, a, u, h, rows, F, threads_);
+  MOERT_TRY(gemmNNRows(dy, w.down, dh, rows, F, D, false));
   if (fOut)
     MOERT_TRY(gemmNT(h, w.down, fOut, rows, D, F));
   multiplyInto(u, dh, rows * F, threads_); // du
-  gemmNN(u, w.up, dx, rows, D, F, 0.0f);
-  gemmTN(u, x, g.up, F, D, rows, beta);
+  MOERT_TRY(gemmNNRows(u, w.up, dx, rows, D, F, false));
   if (gated) {
     multiplyInto(a, dh, rows * F, threads_); // da
-    gemmNN(a, w.gate, dx, rows, D, F, 1.0f);
-    gemmTN(a, x, g.gate, F, D, rows, beta);
+    MOERT_TRY(gemmNNRows(a, w.gate, dx, rows, D, F, true));
   }
+  return Status::ok();
+}
+
+void CpuBackend::ffnGradWeights(const float *x, const float *dy, const float *h,
+                                const float *du, const float *da, int64_t rows,
+                                const FfnGrads &g, float beta, int64_t D,
+                                int64_t F) {
+  gemmTN(dy, h, g.down, D, F, rows, beta);
+  gemmTN(du, x, g.up, F, D, rows, beta);
+  if (g.gate)
+    gemmTN(da, x, g.gate, F, D, rows, beta);
+}
+
+Status CpuBackend::ffnGradChunk(const float *x, const float *dy, float *dx,
+                                float *fOut, int64_t rows, const FfnWeights &w,
+                                const FfnGrads &g, float beta, int64_t D,
+                                int64_t F, int32_t activation, Hidden hidden,
+                                const float *savedA, const float *savedU) {
+  MOERT_TRY(ffnGradRows(x, dy, dx, fOut, rows, w, D, F, activation, hidden,
+                        savedA, savedU));
+  bool gated = isGatedActivation(activation);
+  float *a = gated ? ffnWork_.data() : nullptr;
+  float *u = ffnWork_.data() + (gated ? rows * F : 0);
+  float *h = u + rows * F;
+  ffnGradWeights(x, dy, h, u, a, rows, g, beta, D, F);
   return Status::ok();
 }
 
@@ -288,7 +329,7 @@ Status CpuBackend::runFfnGrad(const float *x, const float *dy, float *dx,
     return Status::ok();
   }
   int64_t perRow = (gated ? 4 : 3) * F;
-  int64_t chunk = gradChunkRows(live, D, F, activation);
+  int64_t chunk = gradChunkRows(live, D, F, gated);
   MOERT_TRY(
       ffnWork_.reserve(chunk * (perRow + 4 * D), "moert_expert_ffn_grad"));
   float *xg = ffnWork_.data() + chunk * perRow;
@@ -347,6 +388,146 @@ Status CpuBackend::runFfnGrad(const float *x, const float *dy, float *dx,
   return Status::ok();
 }
 
+Status CpuBackend::runFfnGradData(const float *x, const float *dy, float *dx,
+                                  float *hidden, float *dpreGate, float *dpreUp,
+                                  const RowBlock *blocks, int64_t numBlocks,
+                                  const FfnWeights &w, int64_t D, int64_t F,
+                                  int32_t activation, const float *savedA,
+                                  const float *savedU) {
+  bool gated = isGatedActivation(activation);
+  int64_t live = 0;
+  for (int64_t b = 0; b < numBlocks; ++b)
+    live += blocks[b].rows;
+  if (live == 0)
+    return Status::ok();
+  int64_t perRow = (gated ? 4 : 3) * F;
+  int64_t chunk = gradChunkRows(live, D, F, gated);
+  MOERT_TRY(
+      ffnWork_.reserve(chunk * (perRow + 3 * D), "moert_expert_ffn_grad_data"));
+  float *xg = ffnWork_.data() + chunk * perRow;
+  float *dyg = xg + chunk * D;
+  float *dxg = dyg + chunk * D;
+  size_t rowBytes = static_cast<size_t>(D) * sizeof(float);
+  size_t hiddenRowBytes = static_cast<size_t>(F) * sizeof(float);
+  Hidden copy = savedU ? Hidden::Copy : Hidden::Recompute;
+  Cursor cur;
+  while (cur.block < numBlocks) {
+    Cursor start = cur, probe = cur;
+    int64_t pieces = 0, firstRow = 0;
+    int64_t rows =
+        walkRows(blocks, numBlocks, probe, chunk, [&](int64_t row, int64_t) {
+          if (pieces++ == 0)
+            firstRow = row;
+        });
+    // ffnGradRows leaves da, du and h here ([rows, F] each).
+    float *ag = gated ? ffnWork_.data() : nullptr;
+    float *ug = ffnWork_.data() + (gated ? rows * F : 0);
+    float *hg = ug + rows * F;
+    if (pieces == 1) {
+      int64_t o = firstRow * D;
+      int64_t h = firstRow * F;
+      MOERT_TRY(ffnGradRows(x + o, dy + o, dx + o, nullptr, rows, w, D, F,
+                            activation, copy, savedA ? savedA + h : nullptr,
+                            savedU ? savedU + h : nullptr));
+      size_t bytes = static_cast<size_t>(rows) * hiddenRowBytes;
+      std::memcpy(hidden + h, hg, bytes);
+      std::memcpy(dpreUp + h, ug, bytes);
+      if (gated)
+        std::memcpy(dpreGate + h, ag, bytes);
+      cur = probe;
+      continue;
+    }
+    int64_t at = 0;
+    walkRows(blocks, numBlocks, cur, chunk, [&](int64_t row, int64_t n) {
+      std::memcpy(xg + at * D, x + row * D, n * rowBytes);
+      std::memcpy(dyg + at * D, dy + row * D, n * rowBytes);
+      if (savedU)
+        std::memcpy(ug + at * F, savedU + row * F, n * hiddenRowBytes);
+      if (savedU && gated)
+        std::memcpy(ag + at * F, savedA + row * F, n * hiddenRowBytes);
+      at += n;
+    });
+    MOERT_TRY(ffnGradRows(xg, dyg, dxg, nullptr, rows, w, D, F, activation,
+                          savedU ? Hidden::Loaded : Hidden::Recompute, nullptr,
+                          nullptr));
+    at = 0;
+    walkRows(blocks, numBlocks, start, chunk, [&](int64_t row, int64_t n) {
+      std::memcpy(dx + row * D, dxg + at * D, n * rowBytes);
+      std::memcpy(hidden + row * F, hg + at * F, n * hiddenRowBytes);
+      std::memcpy(dpreUp + row * F, ug + at * F, n * hiddenRowBytes);
+      if (gated)
+        std::memcpy(dpreGate + row * F, ag + at * F, n * hiddenRowBytes);
+      at += n;
+    });
+  }
+  return Status::ok();
+}
+
+Status CpuBackend::runFfnGradWeight(const float *x, const float *dy,
+                                    const float *hidden, const float *dpreGate,
+                                    const float *dpreUp, const RowBlock *blocks,
+                                    int64_t numBlocks, const FfnGrads &g,
+                                    int64_t D, int64_t F) {
+  bool gated = g.gate != nullptr;
+  int64_t live = 0;
+  for (int64_t b = 0; b < numBlocks; ++b)
+    live += blocks[b].rows;
+  if (live == 0) { // no row: exactly zero gradients
+    size_t bytes = static_cast<size_t>(F * D) * sizeof(float);
+    if (gated)
+      std::memset(g.gate, 0, bytes);
+    std::memset(g.up, 0, bytes);
+    std::memset(g.down, 0, bytes);
+    return Status::ok();
+  }
+  // The chunks of runFfnGrad (same live rows, same gated): the same GEMMs
+  // on the same values, so the same sums.
+  int64_t chunk = gradChunkRows(live, D, F, gated);
+  int64_t hiddens = gated ? 3 : 2;
+  MOERT_TRY(ffnWork_.reserve(chunk * (2 * D + hiddens * F),
+                             "moert_expert_ffn_grad_weight"));
+  float *xg = ffnWork_.data();
+  float *dyg = xg + chunk * D;
+  float *hg = dyg + chunk * D;
+  float *ug = hg + chunk * F;
+  float *ag = gated ? ug + chunk * F : nullptr;
+  size_t rowBytes = static_cast<size_t>(D) * sizeof(float);
+  size_t hiddenRowBytes = static_cast<size_t>(F) * sizeof(float);
+  Cursor cur;
+  float beta = 0.0f; // the first chunk overwrites the weight gradients
+  while (cur.block < numBlocks) {
+    Cursor probe = cur;
+    int64_t pieces = 0, firstRow = 0;
+    int64_t rows =
+        walkRows(blocks, numBlocks, probe, chunk, [&](int64_t row, int64_t) {
+          if (pieces++ == 0)
+            firstRow = row;
+        });
+    if (pieces == 1) {
+      int64_t o = firstRow * D;
+      int64_t h = firstRow * F;
+      ffnGradWeights(x + o, dy + o, hidden + h, dpreUp + h,
+                     gated ? dpreGate + h : nullptr, rows, g, beta, D, F);
+      cur = probe;
+      beta = 1.0f;
+      continue;
+    }
+    int64_t at = 0;
+    walkRows(blocks, numBlocks, cur, chunk, [&](int64_t row, int64_t n) {
+      std::memcpy(xg + at * D, x + row * D, n * rowBytes);
+      std::memcpy(dyg + at * D, dy + row * D, n * rowBytes);
+      std::memcpy(hg + at * F, hidden + row * F, n * hiddenRowBytes);
+      std::memcpy(ug + at * F, dpreUp + row * F, n * hiddenRowBytes);
+      if (gated)
+        std::memcpy(ag + at * F, dpreGate + row * F, n * hiddenRowBytes);
+      at += n;
+    });
+    ffnGradWeights(xg, dyg, hg, ug, ag, rows, g, beta, D, F);
+    beta = 1.0f;
+  }
+  return Status::ok();
+}
+
 /// Zeroes the rows of `buf` ([totalRows, width]) that no block of blocks_
 /// covers.
 void CpuBackend::zeroUncoveredRows(float *buf, int64_t width,
@@ -397,7 +578,7 @@ Status CpuBackend::collectBlocks(const char *fn, const int32_t *counts,
     for (int64_t s = 0; s < S; ++s) {
       int64_t n = counts ? counts[s * E + e] : C;
       int64_t row = R > 0 ? e * R + s * C : cursor_[s * E + e];
-      if (R > 0 && n < C)
+      if (y && R > 0 && n < C)
         std::memset(y + (row + n) * D, 0, (C - n) * rowBytes);
       if (n == 0)
         continue;
@@ -410,7 +591,7 @@ Status CpuBackend::collectBlocks(const char *fn, const int32_t *counts,
     }
     blockStart_[e + 1] = static_cast<int64_t>(blocks_.size());
   }
-  if (R == 0 && sum < totalRows)
+  if (y && R == 0 && sum < totalRows)
     std::memset(y + sum * D, 0, (totalRows - sum) * rowBytes);
   return Status::ok();
 }
@@ -489,6 +670,61 @@ Status CpuBackend::expertFfnGrad(
         blocks_.data() + blockStart_[e], blockStart_[e + 1] - blockStart_[e], w,
         g, D, F, activation, nullptr, static_cast<const float *>(savedA),
         static_cast<const float *>(savedU)));
+  }
+  return Status::ok();
+}
+
+Status CpuBackend::expertFfnGradData(
+    const void *x, const int32_t *counts, const void *gate, const void *up,
+    const void *down, const void *dy, const void *savedA, const void *savedU,
+    void *dx, void *hidden, void *dpreGate, void *dpreUp, int64_t E,
+    int64_t segments, int64_t rowsPerExpert, int64_t totalRows, int64_t D,
+    int64_t F, int32_t activation, int32_t dtype) {
+  const char *fn = "moert_expert_ffn_grad_data";
+  MOERT_TRY(requireF32(fn, dtype));
+  auto *dxf = static_cast<float *>(dx);
+  MOERT_TRY(
+      collectBlocks(fn, counts, dxf, E, segments, rowsPerExpert, totalRows, D));
+  for (void *rows : {hidden, dpreGate, dpreUp})
+    if (rows)
+      zeroUncoveredRows(static_cast<float *>(rows), F, totalRows);
+  for (int64_t e = 0; e < E; ++e) {
+    int64_t o = e * F * D;
+    FfnWeights w{gate ? static_cast<const float *>(gate) + o : nullptr,
+                 static_cast<const float *>(up) + o,
+                 static_cast<const float *>(down) + o};
+    MOERT_TRY(runFfnGradData(
+        static_cast<const float *>(x), static_cast<const float *>(dy), dxf,
+        static_cast<float *>(hidden), static_cast<float *>(dpreGate),
+        static_cast<float *>(dpreUp), blocks_.data() + blockStart_[e],
+        blockStart_[e + 1] - blockStart_[e], w, D, F, activation,
+        static_cast<const float *>(savedA),
+        static_cast<const float *>(savedU)));
+  }
+  return Status::ok();
+}
+
+Status CpuBackend::expertFfnGradWeight(const void *x, const int32_t *counts,
+                                       const void *dy, const void *hidden,
+                                       const void *dpreGate, const void *dpreUp,
+                                       void *dgate, void *dup, void *ddown,
+                                       int64_t E, int64_t segments,
+                                       int64_t rowsPerExpert, int64_t totalRows,
+                                       int64_t D, int64_t F, int32_t dtype) {
+  const char *fn = "moert_expert_ffn_grad_weight";
+  MOERT_TRY(requireF32(fn, dtype));
+  MOERT_TRY(collectBlocks(fn, counts, nullptr, E, segments, rowsPerExpert,
+                          totalRows, D));
+  for (int64_t e = 0; e < E; ++e) {
+    int64_t o = e * F * D;
+    FfnGrads g{dgate ? static_cast<float *>(dgate) + o : nullptr,
+               static_cast<float *>(dup) + o, static_cast<float *>(ddown) + o};
+    MOERT_TRY(runFfnGradWeight(
+        static_cast<const float *>(x), static_cast<const float *>(dy),
+        static_cast<const float *>(hidden),
+        static_cast<const float *>(dpreGate),
+        static_cast<const float *>(dpreUp), blocks_.data() + blockStart_[e],
+        blockStart_[e + 1] - blockStart_[e], g, D, F));
   }
   return Status::ok();
 }

@@ -182,6 +182,21 @@ __attribute__((target("avx2,fma"))) void packBAvx2(const float *b, int64_t N,
 }
 #endif
 
+/// Columns [n0, n0 + kNr) of b [K, N] (the NN form), k in [pc, pc + kc),
+/// as [kc][kNr]: the same panel packBPortable makes of b^T.
+void packBKN(const float *b, int64_t N, int64_t K, int64_t n0, int64_t pc,
+             int64_t kc, float *dst) {
+  (void)K;
+  int64_t cols = std::min(kNr, N - n0);
+  for (int64_t k = 0; k < kc; ++k) {
+    const float *src = b + (pc + k) * N + n0;
+    float *d = dst + k * kNr;
+    std::memcpy(d, src, static_cast<size_t>(cols) * sizeof(float));
+    for (int64_t j = cols; j < kNr; ++j)
+      d[j] = 0.0f;
+  }
+}
+
 /// Rows [m0, m0 + mc) of a [M, K], k in [pc, pc + kc), as micro-panels of
 /// kMr rows, each [kc][kMr].
 void packA(const float *a, int64_t M, int64_t K, int64_t m0, int64_t mc,
@@ -270,10 +285,24 @@ Status RowGemm::reserve(int64_t floats, const char *fn) {
 Status RowGemm::nt(const float *a, const float *b, float *c, int64_t M,
                    int64_t N, int64_t K, int threads, const char *fn,
                    RowGemmPath path) {
+  return run(a, b, c, M, N, K, threads, fn, /*bKN=*/false,
+             /*accumulate=*/false, path);
+}
+
+Status RowGemm::nn(const float *a, const float *b, float *c, int64_t M,
+                   int64_t N, int64_t K, int threads, const char *fn,
+                   bool accumulate, RowGemmPath path) {
+  return run(a, b, c, M, N, K, threads, fn, /*bKN=*/true, accumulate, path);
+}
+
+Status RowGemm::run(const float *a, const float *b, float *c, int64_t M,
+                    int64_t N, int64_t K, int threads, const char *fn, bool bKN,
+                    bool accumulateC, RowGemmPath path) {
   if (M <= 0 || N <= 0)
     return Status::ok();
   if (K <= 0) { // the empty sum
-    std::memset(c, 0, static_cast<size_t>(M * N) * sizeof(float));
+    if (!accumulateC)
+      std::memset(c, 0, static_cast<size_t>(M * N) * sizeof(float));
     return Status::ok();
   }
   if (path == RowGemmPath::Auto)
@@ -286,6 +315,8 @@ Status RowGemm::nt(const float *a, const float *b, float *c, int64_t M,
     packB = packBAvx2;
   }
 #endif
+  if (bKN)
+    packB = packBKN;
   threads = std::max(1, threads);
   // Small products are not worth waking threads for (any split gives the
   // same bits).
@@ -305,7 +336,7 @@ Status RowGemm::nt(const float *a, const float *b, float *c, int64_t M,
     float *ap = pack_ + packedB + tid * packedA;
     for (int64_t pc = 0; pc < K && p0 < p1; pc += kKc) {
       int64_t kc = std::min(kKc, K - pc);
-      bool accumulate = pc > 0;
+      bool accumulate = pc > 0 || accumulateC;
       float *bp = pack_ + p0 * kNr * kcMax;
       for (int64_t p = p0; p < p1; ++p)
         packB(b, N, K, p * kNr, pc, kc, bp + (p - p0) * kNr * kc);

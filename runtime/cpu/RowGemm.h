@@ -58,11 +58,23 @@ public:
             int64_t K, int threads, const char *fn,
             RowGemmPath path = RowGemmPath::Auto);
 
+  /// c[M,N] = a[M,K] . b[K,N] (the NN form of the backward's data GEMMs:
+  /// dh = dy.down, dx = du.up), each element the same ascending fma chain.
+  /// With `accumulate` the chain starts from c's value instead of 0 (dx +=
+  /// da.gate), which keeps a row of c a function of that row alone.
+  Status nn(const float *a, const float *b, float *c, int64_t M, int64_t N,
+            int64_t K, int threads, const char *fn, bool accumulate = false,
+            RowGemmPath path = RowGemmPath::Auto);
+
   // Blocking (none of it changes a bit): register tile kMr x kNr, K in
   // blocks of kKc, rows of a packed in blocks of kMc.
   static constexpr int64_t kMr = 6, kNr = 16, kKc = 256, kMc = 96;
 
 private:
+  /// nt (bKN false: b is [N, K]) or nn (bKN true: b is [K, N]).
+  Status run(const float *a, const float *b, float *c, int64_t M, int64_t N,
+             int64_t K, int threads, const char *fn, bool bKN, bool accumulate,
+             RowGemmPath path);
   Status reserve(int64_t floats, const char *fn);
   float *pack_ = nullptr;
   int64_t packSize_ = 0;

@@ -164,6 +164,21 @@ public:
                        int64_t segments, int64_t rowsPerExpert,
                        int64_t totalRows, int64_t D, int64_t F,
                        int32_t activation, int32_t dtype) override;
+  Status expertFfnGradData(const void *x, const int32_t *counts,
+                           const void *gate, const void *up, const void *down,
+                           const void *dy, const void *savedA,
+                           const void *savedU, void *dx, void *hidden,
+                           void *dpreGate, void *dpreUp, int64_t E,
+                           int64_t segments, int64_t rowsPerExpert,
+                           int64_t totalRows, int64_t D, int64_t F,
+                           int32_t activation, int32_t dtype) override;
+  Status expertFfnGradWeight(const void *x, const int32_t *counts,
+                             const void *dy, const void *hidden,
+                             const void *dpreGate, const void *dpreUp,
+                             void *dgate, void *dup, void *ddown, int64_t E,
+                             int64_t segments, int64_t rowsPerExpert,
+                             int64_t totalRows, int64_t D, int64_t F,
+                             int32_t dtype) override;
   Status mlpGrad(const void *x, const void *gate, const void *up,
                  const void *down, const void *sigmoidGate, const void *dy,
                  void *dx, void *dgate, void *dup, void *ddown,
@@ -223,6 +238,21 @@ private:
                       const std::vector<FfnSlice> &slices);
   Status ffnBackprop(const char *op, const FfnGradArgs &g,
                      const std::vector<FfnSlice> &slices);
+  Status ffnBackpropRows(const char *op, const FfnGradArgs &g,
+                         const std::vector<FfnSlice> &slices);
+  Status ffnBackpropWeights(const char *op, const FfnGradArgs &g,
+                            const std::vector<FfnSlice> &slices);
+  /// expertFfnGrad (Fused), expertFfnGradData (Rows: hidden, dpre* out) or
+  /// expertFfnGradWeight (Weights: hidden, dpre* in).
+  enum class FfnGradPart { Fused, Rows, Weights };
+  Status ffnGradPart(const char *op, FfnGradPart part, const void *x,
+                     const int32_t *counts, const void *gate, const void *up,
+                     const void *down, const void *dy, const void *savedA,
+                     const void *savedU, void *dx, void *dgate, void *dup,
+                     void *ddown, float *hidden, float *dpreGate, float *dpreUp,
+                     bool gated, int64_t E, int64_t S, int64_t R,
+                     int64_t totalRows, int64_t D, int64_t F,
+                     int32_t activation, int32_t dtype);
 
   int device_;
   int smCount_ = 1;
@@ -1093,6 +1123,12 @@ Status CudaBackend::ffnRecompute(const char *op, const FfnGradArgs &g,
 
 Status CudaBackend::ffnBackprop(const char *op, const FfnGradArgs &g,
                                 const std::vector<FfnSlice> &slices) {
+  MOERT_TRY(ffnBackpropRows(op, g, slices));
+  return ffnBackpropWeights(op, g, slices);
+}
+
+Status CudaBackend::ffnBackpropRows(const char *op, const FfnGradArgs &g,
+                                    const std::vector<FfnSlice> &slices) {
   const int D = int(g.D), F = int(g.F);
   // mbar = dO . Wd  ([rows, D] . [D, F]).
   std::vector<GemmProblem> ps;
@@ -1103,20 +1139,6 @@ Status CudaBackend::ffnBackprop(const char *op, const FfnGradArgs &g,
   // a <- abar, u <- ubar, m <- act(a) (* u).
   MOERT_TRY(cuda::launchActivationGrad(env(), g.a, g.u, g.m, g.live * g.F,
                                        g.activation, op));
-  // Weight gradients: dWd = dO^T . m, dW1 = abar^T . x, dWu = ubar^T . x.
-  ps.clear();
-  for (const FfnSlice &s : slices) {
-    const int n = int(s.rows);
-    const int64_t w = s.expert * g.F * g.D;
-    ps.push_back({g.dO + s.off * g.D, g.m + s.off * g.F, g.dwd + w, D, F, n, D,
-                  F, F, true, false});
-    ps.push_back({g.a + s.off * g.F, g.x + s.off * g.D, g.dw1 + w, F, D, n, F,
-                  D, D, true, false});
-    if (g.u)
-      ps.push_back({g.u + s.off * g.F, g.x + s.off * g.D, g.dwu + w, F, D, n, F,
-                    D, D, true, false});
-  }
-  MOERT_TRY(gemmBatch(op, ps, 0.f));
   // dX = abar . W1 (+ ubar . Wu, a second launch accumulating into it).
   ps.clear();
   for (const FfnSlice &s : slices)
@@ -1134,6 +1156,25 @@ Status CudaBackend::ffnBackprop(const char *op, const FfnGradArgs &g,
   return gemmBatch(op, ps, 1.f);
 }
 
+Status CudaBackend::ffnBackpropWeights(const char *op, const FfnGradArgs &g,
+                                       const std::vector<FfnSlice> &slices) {
+  const int D = int(g.D), F = int(g.F);
+  // Weight gradients: dWd = dO^T . m, dW1 = abar^T . x, dWu = ubar^T . x.
+  std::vector<GemmProblem> ps;
+  for (const FfnSlice &s : slices) {
+    const int n = int(s.rows);
+    const int64_t w = s.expert * g.F * g.D;
+    ps.push_back({g.dO + s.off * g.D, g.m + s.off * g.F, g.dwd + w, D, F, n, D,
+                  F, F, true, false});
+    ps.push_back({g.a + s.off * g.F, g.x + s.off * g.D, g.dw1 + w, F, D, n, F,
+                  D, D, true, false});
+    if (g.u)
+      ps.push_back({g.u + s.off * g.F, g.x + s.off * g.D, g.dwu + w, F, D, n, F,
+                    D, D, true, false});
+  }
+  return gemmBatch(op, ps, 0.f);
+}
+
 Status CudaBackend::expertFfnGrad(const void *x, const int32_t *counts,
                                   const void *gate, const void *up,
                                   const void *down, const void *dy,
@@ -1142,15 +1183,62 @@ Status CudaBackend::expertFfnGrad(const void *x, const int32_t *counts,
                                   int64_t E, int64_t S, int64_t R,
                                   int64_t totalRows, int64_t D, int64_t F,
                                   int32_t activation, int32_t dtype) {
-  const char *op = "moert_expert_ffn_grad";
+  return ffnGradPart("moert_expert_ffn_grad", FfnGradPart::Fused, x, counts,
+                     gate, up, down, dy, savedA, savedU, dx, dgate, dup, ddown,
+                     nullptr, nullptr, nullptr, isGatedActivation(activation),
+                     E, S, R, totalRows, D, F, activation, dtype);
+}
+
+Status CudaBackend::expertFfnGradData(
+    const void *x, const int32_t *counts, const void *gate, const void *up,
+    const void *down, const void *dy, const void *savedA, const void *savedU,
+    void *dx, void *hidden, void *dpreGate, void *dpreUp, int64_t E, int64_t S,
+    int64_t R, int64_t totalRows, int64_t D, int64_t F, int32_t activation,
+    int32_t dtype) {
+  return ffnGradPart(
+      "moert_expert_ffn_grad_data", FfnGradPart::Rows, x, counts, gate, up,
+      down, dy, savedA, savedU, dx, nullptr, nullptr, nullptr,
+      static_cast<float *>(hidden), static_cast<float *>(dpreGate),
+      static_cast<float *>(dpreUp), isGatedActivation(activation), E, S, R,
+      totalRows, D, F, activation, dtype);
+}
+
+Status CudaBackend::expertFfnGradWeight(const void *x, const int32_t *counts,
+                                        const void *dy, const void *hidden,
+                                        const void *dpreGate,
+                                        const void *dpreUp, void *dgate,
+                                        void *dup, void *ddown, int64_t E,
+                                        int64_t S, int64_t R, int64_t totalRows,
+                                        int64_t D, int64_t F, int32_t dtype) {
+  auto in = [](const void *p) {
+    return const_cast<float *>(static_cast<const float *>(p));
+  };
+  return ffnGradPart("moert_expert_ffn_grad_weight", FfnGradPart::Weights, x,
+                     counts, nullptr, nullptr, nullptr, dy, nullptr, nullptr,
+                     nullptr, dgate, dup, ddown, in(hidden), in(dpreGate),
+                     in(dpreUp), dpreGate != nullptr, E, S, R, totalRows, D, F,
+                     MOERT_ACT_RELU, dtype);
+}
+
+Status CudaBackend::ffnGradPart(
+    const char *op, FfnGradPart part, const void *x, const int32_t *counts,
+    const void *gate, const void *up, const void *down, const void *dy,
+    const void *savedA, const void *savedU, void *dx, void *dgate, void *dup,
+    void *ddown, float *hidden, float *dpreGate, float *dpreUp, bool gated,
+    int64_t E, int64_t S, int64_t R, int64_t totalRows, int64_t D, int64_t F,
+    int32_t activation, int32_t dtype) {
   MOERT_TRY(enter(op));
   MOERT_TRY(requireF32(dtype, op));
   if (D > INT_MAX || F > INT_MAX)
     return error(MOERT_ERR_INVALID, "%s: D=%lld or F=%lld exceed int32", op,
                  (long long)D, (long long)F);
-  const bool gated = isGatedActivation(activation);
+  const bool doRows = part != FfnGradPart::Weights;
+  const bool doWeights = part != FfnGradPart::Rows;
   const int64_t rows = R > 0 ? E * R : totalRows; // rows of x, y, dx
   const int64_t C = R > 0 ? R / S : 0;
+  // Rows: the per-row values returned ([rows, F]); Weights: read.
+  float *outA = gated ? dpreGate : dpreUp; // abar: at gate (or up) input
+  float *outU = gated ? dpreUp : nullptr;  // ubar: at up input (gated)
 
   // 1. Each expert's live blocks, in segment order: (expert, row, rows).
   std::vector<std::vector<std::pair<int64_t, int64_t>>> perExpert(E);
@@ -1206,14 +1294,23 @@ Status CudaBackend::expertFfnGrad(const void *x, const int32_t *counts,
                  (long long)live);
 
   // 3. Weight gradients of experts without rows are exactly 0; so are the
-  // dead rows of dx.
-  MOERT_CUDA(op, cudaMemsetAsync(ddown, 0, sizeof(float) * E * D * F, stream_));
-  MOERT_CUDA(op, cudaMemsetAsync(dup, 0, sizeof(float) * E * F * D, stream_));
-  if (gated)
+  // dead rows of dx (and of the per-row values).
+  if (doWeights) {
     MOERT_CUDA(op,
-               cudaMemsetAsync(dgate, 0, sizeof(float) * E * F * D, stream_));
+               cudaMemsetAsync(ddown, 0, sizeof(float) * E * D * F, stream_));
+    MOERT_CUDA(op, cudaMemsetAsync(dup, 0, sizeof(float) * E * F * D, stream_));
+    if (gated)
+      MOERT_CUDA(op,
+                 cudaMemsetAsync(dgate, 0, sizeof(float) * E * F * D, stream_));
+  }
   if (live == 0) {
-    MOERT_CUDA(op, cudaMemsetAsync(dx, 0, sizeof(float) * rows * D, stream_));
+    if (doRows)
+      MOERT_CUDA(op, cudaMemsetAsync(dx, 0, sizeof(float) * rows * D, stream_));
+    if (part == FfnGradPart::Rows)
+      for (float *out : {hidden, outA, outU})
+        if (out)
+          MOERT_CUDA(
+              op, cudaMemsetAsync(out, 0, sizeof(float) * rows * F, stream_));
     return Status::ok();
   }
 
@@ -1223,6 +1320,8 @@ Status CudaBackend::expertFfnGrad(const void *x, const int32_t *counts,
   const float *xp = static_cast<const float *>(x);
   const float *dyp = static_cast<const float *>(dy);
   float *dxp = static_cast<float *>(dx);
+  const auto *tb = static_cast<const cuda::RowBlock *>(nullptr);
+  const int64_t nb = static_cast<int64_t>(blocks.size());
   if (!identity) {
     MOERT_TRY(table.allocate(
         static_cast<int64_t>(sizeof(cuda::RowBlock) * blocks.size()), op));
@@ -1230,27 +1329,39 @@ Status CudaBackend::expertFfnGrad(const void *x, const int32_t *counts,
     MOERT_CUDA(op, cudaMemcpyAsync(table.get(), blocks.data(),
                                    sizeof(cuda::RowBlock) * blocks.size(),
                                    cudaMemcpyHostToDevice, stream_));
+    tb = table.as<const cuda::RowBlock>();
     MOERT_TRY(xs.allocate(sizeof(float) * live * D, op));
     MOERT_TRY(dys.allocate(sizeof(float) * live * D, op));
-    MOERT_TRY(dxs.allocate(sizeof(float) * live * D, op));
-    const auto *tb = table.as<const cuda::RowBlock>();
-    const int64_t nb = static_cast<int64_t>(blocks.size());
     MOERT_TRY(cuda::launchMoveRows(env(), tb, nb, const_cast<float *>(xp),
                                    xs.as<float>(), live, D, true, op));
     MOERT_TRY(cuda::launchMoveRows(env(), tb, nb, const_cast<float *>(dyp),
                                    dys.as<float>(), live, D, true, op));
     xp = xs.as<float>();
     dyp = dys.as<float>();
-    dxp = dxs.as<float>();
+    if (doRows) {
+      MOERT_TRY(dxs.allocate(sizeof(float) * live * D, op));
+      dxp = dxs.as<float>();
+    }
   }
 
-  // 5. The FFN backward on the packed rows.
+  // 5. The FFN backward on the packed rows. The per-row values of the split
+  // kernels are the layout's own rows when it is packed already.
   Scratch aBuf(*allocator_), uBuf(*allocator_), mBuf(*allocator_);
-  MOERT_TRY(aBuf.allocate(sizeof(float) * live * F, op));
-  MOERT_TRY(mBuf.allocate(sizeof(float) * live * F, op));
-  if (gated)
-    MOERT_TRY(uBuf.allocate(sizeof(float) * live * F, op));
   FfnGradArgs g;
+  bool direct = part != FfnGradPart::Fused && identity;
+  if (direct) {
+    g.a = outA;
+    g.u = outU;
+    g.m = hidden;
+  } else {
+    MOERT_TRY(aBuf.allocate(sizeof(float) * live * F, op));
+    MOERT_TRY(mBuf.allocate(sizeof(float) * live * F, op));
+    if (gated)
+      MOERT_TRY(uBuf.allocate(sizeof(float) * live * F, op));
+    g.a = aBuf.as<float>();
+    g.u = gated ? uBuf.as<float>() : nullptr;
+    g.m = mBuf.as<float>();
+  }
   g.x = xp;
   g.dO = dyp;
   g.dX = dxp;
@@ -1260,13 +1371,22 @@ Status CudaBackend::expertFfnGrad(const void *x, const int32_t *counts,
   g.dw1 = static_cast<float *>(gated ? dgate : dup);
   g.dwu = gated ? static_cast<float *>(dup) : nullptr;
   g.dwd = static_cast<float *>(ddown);
-  g.a = aBuf.as<float>();
-  g.u = gated ? uBuf.as<float>() : nullptr;
-  g.m = mBuf.as<float>();
   g.live = live;
   g.D = D;
   g.F = F;
   g.activation = activation;
+  if (part == FfnGradPart::Weights) {
+    if (!direct) { // the rows' values, packed like x
+      MOERT_TRY(
+          cuda::launchMoveRows(env(), tb, nb, outA, g.a, live, F, true, op));
+      MOERT_TRY(
+          cuda::launchMoveRows(env(), tb, nb, hidden, g.m, live, F, true, op));
+      if (gated)
+        MOERT_TRY(
+            cuda::launchMoveRows(env(), tb, nb, outU, g.u, live, F, true, op));
+    }
+    return ffnBackpropWeights(op, g, slices);
+  }
   if (savedU) { // a (x.gate^T, or x.up^T ungated) and u as the forward kept
     auto *sa = const_cast<float *>(
         static_cast<const float *>(gated ? savedA : savedU));
@@ -1278,8 +1398,6 @@ Status CudaBackend::expertFfnGrad(const void *x, const int32_t *counts,
         MOERT_CUDA(op, cudaMemcpyAsync(g.u, su, sizeof(float) * live * F,
                                        cudaMemcpyDeviceToDevice, stream_));
     } else {
-      const auto *tb = table.as<const cuda::RowBlock>();
-      const int64_t nb = static_cast<int64_t>(blocks.size());
       MOERT_TRY(
           cuda::launchMoveRows(env(), tb, nb, sa, g.a, live, F, true, op));
       if (gated)
@@ -1289,21 +1407,39 @@ Status CudaBackend::expertFfnGrad(const void *x, const int32_t *counts,
   } else {
     MOERT_TRY(ffnRecompute(op, g, slices));
   }
-  MOERT_TRY(ffnBackprop(op, g, slices));
+  MOERT_TRY(part == FfnGradPart::Fused ? ffnBackprop(op, g, slices)
+                                       : ffnBackpropRows(op, g, slices));
 
-  // 6. dx: the live rows back in place, every other row 0.
+  // 6. dx (and the per-row values): the live rows back in place, every
+  // other row 0.
   if (identity) {
-    if (rows > live)
+    if (rows > live) {
       MOERT_CUDA(op,
                  cudaMemsetAsync(static_cast<float *>(dx) + live * D, 0,
                                  sizeof(float) * (rows - live) * D, stream_));
+      if (part == FfnGradPart::Rows)
+        for (float *out : {hidden, outA, outU})
+          if (out)
+            MOERT_CUDA(op, cudaMemsetAsync(out + live * F, 0,
+                                           sizeof(float) * (rows - live) * F,
+                                           stream_));
+    }
     return Status::ok();
   }
   MOERT_CUDA(op, cudaMemsetAsync(dx, 0, sizeof(float) * rows * D, stream_));
-  return cuda::launchMoveRows(env(), table.as<const cuda::RowBlock>(),
-                              static_cast<int64_t>(blocks.size()),
-                              static_cast<float *>(dx), dxs.as<float>(), live,
-                              D, false, op);
+  MOERT_TRY(cuda::launchMoveRows(env(), tb, nb, static_cast<float *>(dx),
+                                 dxs.as<float>(), live, D, false, op));
+  if (part != FfnGradPart::Rows)
+    return Status::ok();
+  for (auto [out, packed] :
+       {std::pair{hidden, g.m}, {outA, g.a}, {outU, g.u}}) {
+    if (!out)
+      continue;
+    MOERT_CUDA(op, cudaMemsetAsync(out, 0, sizeof(float) * rows * F, stream_));
+    MOERT_TRY(
+        cuda::launchMoveRows(env(), tb, nb, out, packed, live, F, false, op));
+  }
+  return Status::ok();
 }
 
 Status CudaBackend::mlpGrad(const void *x, const void *gate, const void *up,

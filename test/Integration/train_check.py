@@ -225,21 +225,38 @@ TOKEN_CALLS = {"none": 4, "full": 6, "cac": 4, "auto": 4}
 COUNT_CALLS = {"none": 1, "full": 2, "cac": 1, "auto": 1}
 
 
+def overlap_degree(mesh: str | None) -> int | None:
+    """The +overlap=N of a mesh (1 without; None for auto)."""
+    for f in (mesh or "").split("+")[1:]:
+        if f.startswith("overlap="):
+            n = f.partition("=")[2]
+            return int(n) if n.isdigit() else None
+    return 1
+
+
 def check_calls(args: argparse.Namespace, m: Module, where: str, policy: str) -> None:
     """Counts the all-to-all calls of one step from the runtime statistics of
     forward_train and backward (recompute phase apart) per MoE layer (the
-    expert FFN calls of forward_train)."""
+    expert FFN calls of forward_train, one per chunk with +overlap=N). With
+    moe-overlap, forward_train's and the backward's token exchanges go in N
+    chunks each (4 (N - 1) more calls per layer); the backward's replay of
+    the forward (full) is not pipelined, and the counts go once."""
+    degree = overlap_degree(args.mesh)
     layers = sum(p["calls"] for p in m.stats["forward_train"]["phases"]
-                 if p["name"] in ("expert_ffn", "expert_ffn_train"))
+                 if p["name"] in ("expert_ffn", "expert_ffn_train")) / (degree or 1)
     fwd, bwd = m.a2a("forward_train"), m.a2a("backward")
     rec = m.a2a("backward", "recompute")
     dropless = fwd["all_to_all_v"][0] > 0
     tokens = "all_to_all_v" if dropless else "all_to_all"
     calls = [fwd[tokens][0], rec[tokens][0], bwd[tokens][0]]
-    line = (f"CALLS{where}{args.family} {policy} {args.mesh} layers={layers} {tokens} "
+    line = (f"CALLS{where}{args.family} {policy} {args.mesh} layers={layers:g} {tokens} "
             f"forward={calls[0]} recompute={calls[1]} backward={calls[2]} "
             f"per_layer_step={sum(calls) / max(layers, 1):g}")
     want = [TOKEN_CALLS.get(policy)]
+    if degree is None:  # auto: the degree per exchange is the compiler's
+        want = [None]
+    elif want[0] is not None:
+        want[0] += 4 * (degree - 1)
     if dropless:
         counts = [fwd["all_to_all"][0], rec["all_to_all"][0], bwd["all_to_all"][0]]
         line += (f" counts forward={counts[0]} recompute={counts[1]} backward={counts[2]} "

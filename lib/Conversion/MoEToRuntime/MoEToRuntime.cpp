@@ -742,6 +742,51 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
             .activation = e.i32(abi::toMoert(o.getActivation())),
             .dtype = dtype(o.getInput())});
       })
+      .Case([&](ExpertFFNGradDataOp o) {
+        FfnLayoutArgs l = ffnLayout(o.getInput(), o.getUp(), o.getCounts());
+        return e.call(abi::moert_expert_ffn_grad_data{
+            .x = ptr(o.getInput()),
+            .counts = optPtr(o.getCounts()),
+            .gate = optPtr(o.getGate()),
+            .up = ptr(o.getUp()),
+            .down = ptr(o.getDown()),
+            .dy = ptr(o.getDout()),
+            .saved_a = optPtr(o.getSavedA()),
+            .saved_u = optPtr(o.getSavedU()),
+            .dx = ptr(o.getDinput()),
+            .hidden = ptr(o.getHidden()),
+            .dpre_gate = optPtr(o.getDpreGate()),
+            .dpre_up = ptr(o.getDpreUp()),
+            .E = l.E,
+            .segments = l.segments,
+            .rows_per_expert = l.rowsPerExpert,
+            .total_rows = l.totalRows,
+            .D = l.D,
+            .F = l.F,
+            .activation = e.i32(abi::toMoert(o.getActivation())),
+            .dtype = dtype(o.getInput())});
+      })
+      .Case([&](ExpertFFNGradWeightOp o) {
+        RankedTensorType x = tensorOf(o.getInput());
+        Value counts = o.getCounts();
+        return e.call(abi::moert_expert_ffn_grad_weight{
+            .x = ptr(o.getInput()),
+            .counts = optPtr(counts),
+            .dy = ptr(o.getDout()),
+            .hidden = ptr(o.getHidden()),
+            .dpre_gate = optPtr(o.getDpreGate()),
+            .dpre_up = ptr(o.getDpreUp()),
+            .dgate = optPtr(o.getDgate()),
+            .dup = ptr(o.getDup()),
+            .ddown = ptr(o.getDdown()),
+            .E = dim(o.getDup(), 0),
+            .segments = em->i64(counts ? tensorOf(counts).getDimSize(0) : 1),
+            .rows_per_expert = em->i64(x.getRank() == 3 ? x.getDimSize(1) : 0),
+            .total_rows = em->i64(x.getNumElements() / x.getShape().back()),
+            .D = em->i64(x.getShape().back()),
+            .F = dim(o.getDup(), 1),
+            .dtype = dtype(o.getInput())});
+      })
       .Case([&](MLPGradOp o) {
         return e.call(abi::moert_mlp_grad{
             .x = ptr(o.getInput()),

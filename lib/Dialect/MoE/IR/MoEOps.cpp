@@ -1184,6 +1184,99 @@ LogicalResult ExpertFFNTrainOp::verify() {
   return expectSameType(*this, getOutput().getType(), getInput().getType());
 }
 
+/// The shape of an expert buffer with `f` columns: the per-row values of
+/// moe.expert_ffn_grad_data ([E, R, F] or [rows, F]).
+static SmallVector<int64_t> withColumns(Value buffer, int64_t f) {
+  SmallVector<int64_t> shape(tensorType(buffer).getShape());
+  shape.back() = f;
+  return shape;
+}
+
+LogicalResult ExpertFFNGradDataOp::verify() {
+  if (failed(verifyExpertFFNOperands(*this, getInput(), getCounts(), getGate(),
+                                     getUp(), getDown(), getActivation())))
+    return failure();
+  if (!tensorType(getInput()).getElementType().isF32())
+    return emitOpError() << "returns f32 row values: the input must be f32";
+  if (bool(getGate()) != bool(getDpreGate()))
+    return emitOpError() << "has " << (getGate() ? "a" : "no")
+                         << " gate weight but " << (getDpreGate() ? "a" : "no")
+                         << " dpre_gate result";
+  if (failed(expectGradOf(*this, getDout(), getInput(), "dout", "input")) ||
+      failed(expectGradOf(*this, getDinput(), getInput(), "dinput", "input")))
+    return failure();
+  int64_t f = tensorType(getUp()).getDimSize(1);
+  SmallVector<int64_t> rowsF = withColumns(getInput(), f);
+  for (auto [v, name] : {std::pair{getHidden(), "hidden"},
+                         {getDpreUp(), "dpre_up"},
+                         {getDpreGate(), "dpre_gate"}})
+    if (v && failed(expectShape(*this, v, rowsF, name)))
+      return failure();
+  Value savedU = getSavedU(), savedA = getSavedA();
+  if (!savedU) {
+    if (savedA)
+      return emitOpError() << "has saved_a but no saved_u";
+    return success();
+  }
+  if (bool(getGate()) != bool(savedA))
+    return emitOpError() << (getGate() ? "has a gate weight but no saved_a"
+                                       : "has saved_a but no gate weight");
+  auto x = tensorType(getInput());
+  int64_t rows = ShapedType::isDynamicShape(x.getShape())
+                     ? ShapedType::kDynamic
+                     : x.getNumElements() / x.getShape().back();
+  for (auto [v, name] : {std::pair{savedU, "saved_u"}, {savedA, "saved_a"}}) {
+    if (!v)
+      continue;
+    // [rows, F] as moe.expert_ffn_train writes it, or the buffer's layout.
+    ArrayRef<int64_t> shape = tensorType(v).getShape();
+    if (shape.size() == 2 && x.getRank() == 3 &&
+        failed(expectShape(*this, v, {rows, f}, name)))
+      return failure();
+    if ((shape.size() != 2 || x.getRank() != 3) &&
+        failed(expectShape(*this, v, rowsF, name)))
+      return failure();
+  }
+  return success();
+}
+
+LogicalResult ExpertFFNGradWeightOp::verify() {
+  auto x = tensorType(getInput());
+  Value counts = getCounts();
+  if (x.getRank() == 2 && !counts)
+    return emitOpError() << "packed (2-D) input needs counts";
+  if (failed(expectGradOf(*this, getDout(), getInput(), "dout", "input")))
+    return failure();
+  int64_t e =
+      x.getRank() == 3 ? x.getDimSize(0) : tensorType(counts).getDimSize(1);
+  if (counts && !sameDim(tensorType(counts).getDimSize(1), e))
+    return emitOpError() << "counts have "
+                         << dimStr(tensorType(counts).getDimSize(1))
+                         << " experts but the buffer has " << dimStr(e);
+  int64_t d = x.getShape().back();
+  int64_t f = tensorType(getHidden()).getShape().back();
+  SmallVector<int64_t> rowsF = withColumns(getInput(), f);
+  for (auto [v, name] : {std::pair{getHidden(), "hidden"},
+                         {getDpreUp(), "dpre_up"},
+                         {getDpreGate(), "dpre_gate"}})
+    if (v && failed(expectShape(*this, v, rowsF, name)))
+      return failure();
+  if (bool(getDpreGate()) != bool(getDgate()))
+    return emitOpError() << "has " << (getDpreGate() ? "a" : "no")
+                         << " dpre_gate operand but "
+                         << (getDgate() ? "a" : "no") << " dgate result";
+  for (auto [v, name] : {std::pair{getDup(), "dup"}, {getDgate(), "dgate"}})
+    if (v && failed(expectShape(*this, v, {e, f, d}, name)))
+      return failure();
+  if (failed(expectShape(*this, getDdown(), {e, d, f}, "ddown")))
+    return failure();
+  for (Value v : {getDup(), getDgate(), getDdown()})
+    if (v && failed(expectSameElementType(*this, v, getInput(), "gradient",
+                                          "input")))
+      return failure();
+  return success();
+}
+
 LogicalResult MLPGradOp::verify() {
   int64_t d = tensorType(getInput()).getDimSize(1);
   if (failed(verifyFFNWeights(*this, getGate(), getUp(), getDown(),

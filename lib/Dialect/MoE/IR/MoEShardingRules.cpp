@@ -42,12 +42,12 @@ constexpr bool onlyInShardedPrograms =
     // Training: moe-differentiate runs after moe-shard (docs/design.md,
     // "Training"), so the gradient, loss and optimizer ops are written into
     // per-rank programs and never sharded themselves.
-    llvm::is_one_of<OpTy, RMSNormGradOp, LayerNormGradOp, RouterGradOp,
-                    TopKGradOp, DispatchGradOp, CombineGradOp, ExpertFFNGradOp,
-                    ExpertFFNTrainOp, MLPGradOp, ExpertLoadGradOp,
-                    LoadBalanceLossGradOp, ZLossGradOp, MSELossOp, AdamWOp,
-                    SGDOp, BiasUpdateOp, ReshapeOp, LoadCountsOp, PackOp,
-                    UnpackOp>::value;
+    llvm::is_one_of<
+        OpTy, RMSNormGradOp, LayerNormGradOp, RouterGradOp, TopKGradOp,
+        DispatchGradOp, CombineGradOp, ExpertFFNGradOp, ExpertFFNTrainOp,
+        ExpertFFNGradDataOp, ExpertFFNGradWeightOp, MLPGradOp, ExpertLoadGradOp,
+        LoadBalanceLossGradOp, ZLossGradOp, MSELossOp, AdamWOp, SGDOp,
+        BiasUpdateOp, ReshapeOp, LoadCountsOp, PackOp, UnpackOp>::value;
 
 template <typename... Ops> constexpr bool allHaveShardingRules() {
   return (... && (Ops::template hasTrait<ShardingRuleOpInterface::Trait>() ||

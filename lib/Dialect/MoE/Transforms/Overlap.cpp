@@ -61,6 +61,8 @@
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/IRMapping.h"
 
+#include <functional>
+
 namespace mlir::moe {
 #define GEN_PASS_DEF_MOEOVERLAP
 #include "moe/Dialect/MoE/Transforms/Passes.h.inc"
@@ -99,7 +101,15 @@ Operation *chainUser(Value v) {
 struct Exchange {
   SmallVector<Operation *> ops;
   unsigned forward = 0, back = 0; // indices of the two all-to-alls
-  ExpertFFNOp ffn;
+  /// moe.expert_ffn, or moe.expert_ffn_grad in the backward's exchange.
+  Operation *ffn = nullptr;
+  /// The backward: chunk i's data gradient from its received dout (emitted
+  /// instead of a clone of ffn), and what runs once after the last chunk's
+  /// (the weight gradient), before the last return is waited for. Chunks
+  /// go in reverse order (n-1 first).
+  std::function<Value(OpBuilder &, int64_t, Value, IRMapping &)> compute;
+  std::function<void(OpBuilder &)> afterCompute;
+  bool reverse = false;
   /// Dropless: the all-to-alls are all_to_all_v, sending [rows, D] packed
   /// by `sendCounts` and receiving packed by `recvCounts` (null otherwise).
   Value sendCounts, recvCounts;
@@ -112,13 +122,16 @@ struct Exchange {
 
 /// Matches `[slice tp] -> all_to_all ep -> [all_gather tp] -> ffn ->
 /// [reduce_scatter | all_reduce | slice tp] -> all_to_all ep ->
-/// [all_gather tp]` around `ffn`; fails without a diagnostic when `ffn` is
-/// not in an exchange, with one when the exchange cannot be pipelined.
-FailureOr<std::optional<Exchange>> matchExchange(ExpertFFNOp ffn) {
+/// [all_gather tp]` around `ffn` (which reads the exchange's buffer as
+/// `input`, packed by `counts`, and returns `output`); fails without a
+/// diagnostic when `ffn` is not in an exchange, with one when the exchange
+/// cannot be pipelined.
+FailureOr<std::optional<Exchange>> matchExchange(Operation *ffn, Value input,
+                                                 Value output, Value counts) {
   Exchange x;
   x.ffn = ffn;
   SmallVector<Operation *> before;
-  Operation *op = ffn.getInput().getDefiningOp();
+  Operation *op = input.getDefiningOp();
   if (op && isa<AllGatherOp>(op) && overAxis(op, kAxisTP)) {
     before.push_back(op);
     op = op->getOperand(0).getDefiningOp();
@@ -139,10 +152,10 @@ FailureOr<std::optional<Exchange>> matchExchange(ExpertFFNOp ffn) {
   x.ops.push_back(ffn);
 
   auto fail = [&](const Twine &why) -> FailureOr<std::optional<Exchange>> {
-    ffn.emitOpError() << "moe-overlap: " << why;
+    ffn->emitOpError() << "moe-overlap: " << why;
     return failure();
   };
-  op = chainUser(ffn.getOutput());
+  op = chainUser(output);
   if (op && isa<ReduceScatterOp, AllReduceOp, SliceOp>(op) &&
       overAxis(op, kAxisTP)) {
     x.ops.push_back(op);
@@ -162,7 +175,7 @@ FailureOr<std::optional<Exchange>> matchExchange(ExpertFFNOp ffn) {
     // reads the received counts.
     auto back = dyn_cast<AllToAllVOp>(x.ops[x.back]);
     if (!back || back.getSendCounts() != x.recvCounts ||
-        back.getRecvCounts() != x.sendCounts || ffn.getCounts() != x.recvCounts)
+        back.getRecvCounts() != x.sendCounts || counts != x.recvCounts)
       return fail("expected the dropless exchange (all_to_all_v with the "
                   "counts, back with them swapped, the FFN on the received "
                   "counts)");
@@ -229,7 +242,7 @@ FailureOr<int64_t> chooseDegree(Exchange &x, const cost::CostModel &model) {
       ops.take_front(x.forward + 1),
       ops.slice(x.forward + 1, x.back - x.forward - 1), ops.drop_front(x.back));
   if (failed(stage))
-    return x.ffn.emitOpError(
+    return x.ffn->emitOpError(
         "moe-overlap: the cost model cannot price this exchange");
   SmallVector<int64_t> candidates;
   for (int64_t d : cost::kDefaultDegreeCandidates)
@@ -243,7 +256,7 @@ LogicalResult pipeline(Exchange &x, int64_t degree) {
   Value source = x.ops.front()->getOperand(0);
   int64_t slots = x.dropless() ? 0 : slotsOf(x);
   if (!x.dropless() && slots % degree != 0)
-    return x.ffn.emitOpError()
+    return x.ffn->emitOpError()
            << "moe-overlap: degree " << degree << " does not divide the "
            << slots << " capacity slots of each expert on this rank";
   // A value of the exchange used outside it is rebuilt after the last op:
@@ -251,11 +264,11 @@ LogicalResult pipeline(Exchange &x, int64_t degree) {
   for (Operation *o : x.ops)
     for (Operation *user : o->getResult(0).getUsers())
       if (!llvm::is_contained(x.ops, user) && user->isBeforeInBlock(last))
-        return x.ffn.emitOpError() << "moe-overlap: " << user->getName()
-                                   << " uses the exchange before it ends";
+        return x.ffn->emitOpError() << "moe-overlap: " << user->getName()
+                                    << " uses the exchange before it ends";
 
   OpBuilder b(last);
-  Location loc = x.ffn.getLoc();
+  Location loc = x.ffn->getLoc();
   unsigned n = x.ops.size();
   // value[i][k]: chunk i's result of x.ops[k].
   SmallVector<SmallVector<Value>> value(degree, SmallVector<Value>(n));
@@ -275,6 +288,11 @@ LogicalResult pipeline(Exchange &x, int64_t degree) {
   auto emitRange = [&](int64_t i, unsigned from, unsigned to, Value in) {
     for (unsigned k = from; k < to; ++k) {
       Operation *o = x.ops[k];
+      if (o == x.ffn && x.compute) {
+        IRMapping map = countsMap(i);
+        in = value[i][k] = x.compute(b, i, in, map);
+        continue;
+      }
       IRMapping map = countsMap(i);
       map.map(o->getOperand(0), in);
       Operation *c = b.clone(*o, map);
@@ -326,16 +344,21 @@ LogicalResult pipeline(Exchange &x, int64_t degree) {
     emitRange(i, x.back + 1, n, wait(i, x.back, returning[i]));
   };
 
-  issue(0);
-  for (int64_t i = 0; i < degree; ++i) {
-    if (i + 1 < degree)
-      issue(i + 1);
+  // The j-th chunk of the schedule (the backward's go in reverse order).
+  auto id = [&](int64_t j) { return x.reverse ? degree - 1 - j : j; };
+  issue(id(0));
+  for (int64_t j = 0; j < degree; ++j) {
+    int64_t i = id(j);
+    if (j + 1 < degree)
+      issue(id(j + 1));
     Value in = wait(i, x.forward, started[i]);
     returning[i] = startA2A(i, x.back, emitRange(i, x.forward + 1, x.back, in));
-    if (i > 0)
-      finish(i - 1);
+    if (j > 0)
+      finish(id(j - 1));
   }
-  finish(degree - 1);
+  if (x.afterCompute)
+    x.afterCompute(b);
+  finish(id(degree - 1));
 
   // Every value of the exchange is the interleave of its chunks.
   for (unsigned k = 0; k < n; ++k) {
@@ -359,6 +382,103 @@ LogicalResult pipeline(Exchange &x, int64_t degree) {
   for (Operation *o : llvm::reverse(x.ops))
     o->erase();
   return success();
+}
+
+/// Why the backward exchange `x` around `g` stays at degree 1, or "" when
+/// it can be pipelined.
+std::string backwardBlocker(const Exchange &x, ExpertFFNGradOp g) {
+  if (!x.dropless() && g.getCounts())
+    return "its capacity buffer has counts (a chunk of the slots has no "
+           "counts of its own)";
+  Operation *last = x.ops.back();
+  for (Value r : {g.getDgate(), g.getDup(), g.getDdown()}) {
+    if (!r)
+      continue;
+    for (Operation *user : r.getUsers())
+      if (user->getBlock() != last->getBlock() || user->isBeforeInBlock(last))
+        return (Twine("'") + user->getName().getStringRef() +
+                "' reads a weight gradient before the exchange ends (the "
+                "weight gradient is computed after the last chunk)")
+            .str();
+  }
+  return "";
+}
+
+/// The backward's exchange around `g` in `degree` chunks: the pipeline of
+/// the forward (the all-to-all of chunk i+1 and the return of chunk i-1 in
+/// flight while chunk i computes), chunks in reverse order, each computing
+/// moe.expert_ffn_grad_data on its rows; the per-row values and the
+/// received gradient are joined (moe.interleave / moe.join_rows) for one
+/// moe.expert_ffn_grad_weight over all rows, emitted before the last return
+/// is waited for. Bit for bit expert_ffn_grad: every row is computed from
+/// that row alone, the weight gradients sum the same values in the same
+/// GEMMs.
+LogicalResult pipelineBackward(Exchange &x, ExpertFFNGradOp g, int64_t degree) {
+  bool dropless = x.dropless();
+  Location loc = g.getLoc();
+  Type f32 = Float32Type::get(g.getContext());
+  int64_t f = cast<RankedTensorType>(g.getUp().getType()).getDimSize(1);
+  // A buffer type with F columns (f32): the per-row values.
+  auto withF = [&](Type t) {
+    SmallVector<int64_t> shape(cast<RankedTensorType>(t).getShape());
+    shape.back() = f;
+    return RankedTensorType::get(shape, f32);
+  };
+  Value counts = g.getCounts(), savedU = g.getSavedU(), savedA = g.getSavedA();
+  SmallVector<Value> dout(degree), hidden(degree), dpreUp(degree),
+      dpreGate(degree);
+  // Capacity: the saved [E*R, F] activations viewed as [E, R, F] once, so
+  // that moe.chunk cuts their slots.
+  Value savedUView, savedAView;
+  // Chunk i of a whole buffer packed like the FFN's input.
+  auto chunkOf = [&](OpBuilder &b, Value whole, int64_t i, Type ty) -> Value {
+    if (dropless)
+      return ChunkRowsOp::create(b, loc, ty, whole, counts, i, degree);
+    return ChunkOp::create(b, loc, ty, whole, 1, i, degree);
+  };
+  auto savedChunk = [&](OpBuilder &b, Value saved, Value &view, int64_t i,
+                        Type ty) -> Value {
+    if (!saved)
+      return Value();
+    if (dropless)
+      return chunkOf(b, saved, i, ty);
+    if (!view)
+      view = ReshapeOp::create(b, loc, withF(g.getInput().getType()), saved);
+    return chunkOf(b, view, i, ty);
+  };
+  x.reverse = true;
+  x.compute = [&](OpBuilder &b, int64_t i, Value in, IRMapping &map) {
+    Type ty = in.getType(), rowsF = withF(ty);
+    Value input = chunkOf(b, g.getInput(), i, ty);
+    auto data = ExpertFFNGradDataOp::create(
+        b, loc, ty, rowsF, rowsF, g.getGate() ? rowsF : Type(), input,
+        counts ? map.lookupOrDefault(counts) : Value(), g.getGate(), g.getUp(),
+        g.getDown(), in, savedChunk(b, savedU, savedUView, i, rowsF),
+        savedChunk(b, savedA, savedAView, i, rowsF), g.getActivationAttr());
+    dout[i] = in;
+    hidden[i] = data.getHidden();
+    dpreUp[i] = data.getDpreUp();
+    dpreGate[i] = data.getDpreGate();
+    return data.getDinput();
+  };
+  x.afterCompute = [&](OpBuilder &b) {
+    auto join = [&](ArrayRef<Value> chunks, Type whole) -> Value {
+      if (dropless)
+        return JoinRowsOp::create(b, loc, whole, chunks, counts);
+      return InterleaveOp::create(b, loc, whole, chunks, int64_t(1));
+    };
+    Type rowsF = withF(g.getInput().getType());
+    auto weight = ExpertFFNGradWeightOp::create(
+        b, loc, g.getGate() ? g.getDgate().getType() : Type(),
+        g.getDup().getType(), g.getDdown().getType(), g.getInput(), counts,
+        join(dout, g.getDout().getType()), join(hidden, rowsF),
+        join(dpreUp, rowsF), g.getGate() ? join(dpreGate, rowsF) : Value());
+    if (g.getGate())
+      g.getDgate().replaceAllUsesWith(weight.getDgate());
+    g.getDup().replaceAllUsesWith(weight.getDup());
+    g.getDdown().replaceAllUsesWith(weight.getDdown());
+  };
+  return pipeline(x, degree);
 }
 
 struct MoEOverlapPass : moe::impl::MoEOverlapBase<MoEOverlapPass> {
@@ -387,7 +507,8 @@ struct MoEOverlapPass : moe::impl::MoEOverlapBase<MoEOverlapPass> {
       // The backward's recomputation (moe-checkpoint) is left as it is.
       if (ffn->hasAttr(MoEDialect::kRecomputeAttrName))
         continue;
-      FailureOr<std::optional<Exchange>> x = matchExchange(ffn);
+      FailureOr<std::optional<Exchange>> x =
+          matchExchange(ffn, ffn.getInput(), ffn.getOutput(), ffn.getCounts());
       if (failed(x))
         return signalPassFailure();
       if (!*x)
@@ -396,6 +517,34 @@ struct MoEOverlapPass : moe::impl::MoEOverlapBase<MoEOverlapPass> {
       if (model)
         degree = chooseDegree(**x, *model);
       if (failed(degree) || (*degree > 1 && failed(pipeline(**x, *degree))))
+        return signalPassFailure();
+    }
+    // The backward's exchanges (moe-differentiate's adjoints of the
+    // forward's): the data gradient chunked, the weight gradient once.
+    SmallVector<ExpertFFNGradOp> grads;
+    module.walk([&](ExpertFFNGradOp op) { grads.push_back(op); });
+    for (ExpertFFNGradOp g : grads) {
+      FailureOr<std::optional<Exchange>> x =
+          matchExchange(g, g.getDout(), g.getDinput(), g.getCounts());
+      if (failed(x))
+        return signalPassFailure();
+      if (!*x)
+        continue;
+      FailureOr<int64_t> degree = *n;
+      if (model)
+        degree = chooseDegree(**x, *model);
+      if (failed(degree))
+        return signalPassFailure();
+      if (*degree == 1)
+        continue;
+      std::string blocker = backwardBlocker(**x, g);
+      if (!blocker.empty()) {
+        g.emitRemark() << "moe-overlap: the backward's exchange stays at "
+                          "degree 1: "
+                       << blocker;
+        continue;
+      }
+      if (failed(pipelineBackward(**x, g, *degree)))
         return signalPassFailure();
     }
   }

@@ -170,6 +170,68 @@ def MoE_ExpertFFNGradOp : MoE_Op<"expert_ffn_grad", [Pure,
   let hasVerifier = 1;
 }
 
+def MoE_F32Buffer : AnyTypeOf<[MoE_F32_2D, 3DTensorOf<[F32]>],
+    "f32 buffer (2-D packed or 3-D capacity layout)">;
+
+def MoE_ExpertFFNGradDataOp : MoE_Op<"expert_ffn_grad_data", [Pure,
+    AttrSizedOperandSegments]> {
+  let summary = "data part of moe.expert_ffn_grad, row by row (moe-overlap)";
+  let description = [{
+    The rows of `moe.expert_ffn_grad` that do not sum over rows, on the same
+    operands: `dinput` as there, and per live row the values its weight
+    gradients sum: `hidden` = h = act(a) u (or act(u)), `dpre_up` = the
+    gradient at u = x . up^T and, for gated activations, `dpre_gate` = the
+    gradient at a = x . gate^T. These three have the buffer's layout with F
+    columns (`[E, R, F]` or `[rows, F]`), zero on dead rows. Every value of
+    a row depends only on that row (row-independent GEMMs), so the op can
+    run on chunks of the rows (moe-overlap's backward) and
+    `moe.expert_ffn_grad_weight` on the joined results gives bit for bit
+    the weight gradients of `moe.expert_ffn_grad`. `saved_u` / `saved_a`
+    (as `moe.expert_ffn_train` writes them, `[rows, F]` or in the buffer's
+    layout with F columns) spare the recomputation of a and u.
+  }];
+  let arguments = (ins MoE_ActBuffer:$input, Optional<MoE_I32_2D>:$counts,
+                       Optional<MoE_Act3D>:$gate, MoE_Act3D:$up,
+                       MoE_Act3D:$down, MoE_ActBuffer:$dout,
+                       Optional<MoE_F32Buffer>:$saved_u,
+                       Optional<MoE_F32Buffer>:$saved_a,
+                       MoE_ActivationAttr:$activation);
+  let results = (outs MoE_ActBuffer:$dinput, MoE_F32Buffer:$hidden,
+                      MoE_F32Buffer:$dpre_up,
+                      Optional<MoE_F32Buffer>:$dpre_gate);
+  let assemblyFormat = [{
+    $input (`counts` $counts^)? (`gate` $gate^)? `up` $up `down` $down `,` $dout
+    (`saved_u` $saved_u^)? (`saved_a` $saved_a^)?
+    `act` `=` `` $activation attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_ExpertFFNGradWeightOp : MoE_Op<"expert_ffn_grad_weight", [Pure,
+    AttrSizedOperandSegments]> {
+  let summary = "weight part of moe.expert_ffn_grad, over all rows at once";
+  let description = [{
+    Each expert's sums over its live rows: `ddown` = dout^T . hidden,
+    `dup` = dpre_up^T . input and, when `dpre_gate` is given, `dgate` =
+    dpre_gate^T . input, from what `moe.expert_ffn_grad_data` returns for
+    the whole buffer (`hidden`, `dpre_up`, `dpre_gate` in the buffer's
+    layout with F columns). The sums are split as `moe.expert_ffn_grad`
+    splits them, so the results are bit for bit its weight gradients (an
+    expert without a live row gets 0).
+  }];
+  let arguments = (ins MoE_ActBuffer:$input, Optional<MoE_I32_2D>:$counts,
+                       MoE_ActBuffer:$dout, MoE_F32Buffer:$hidden,
+                       MoE_F32Buffer:$dpre_up,
+                       Optional<MoE_F32Buffer>:$dpre_gate);
+  let results = (outs Optional<MoE_Act3D>:$dgate, MoE_Act3D:$dup,
+                      MoE_Act3D:$ddown);
+  let assemblyFormat = [{
+    $input (`counts` $counts^)? `,` $dout `hidden` $hidden `dpre_up` $dpre_up
+    (`dpre_gate` $dpre_gate^)? attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def MoE_MLPGradOp : MoE_Op<"mlp_grad", [Pure, AttrSizedOperandSegments,
     AttrSizedResultSegments]> {
   let summary = "gradient of moe.mlp, sigmoid gate included";
