@@ -109,3 +109,20 @@ func.func @bucket(%a: tensor<4x4xf32>, %b: tensor<4xf32>) -> (tensor<4x4xf32>, t
   %1:2 = moe.unpack %0 : (tensor<20xf32>) -> (tensor<4x4xf32>, tensor<4xf32>)
   return %1#0, %1#1 : tensor<4x4xf32>, tensor<4xf32>
 }
+
+// -----
+
+// moe-overlap's split of expert_ffn_grad (dropless, swiglu): the data part
+// with the layout of moert_expert_ffn_grad and the per-row values [rows, F]
+// (here 16 x 8), then the weight part on the same layout.
+// CHECK-LABEL: func.func @moe_entry_split_grad
+// CHECK-DAG: %[[NULL:.*]] = llvm.mlir.zero : !llvm.ptr
+// CHECK: call @moert_expert_ffn_grad_data(%arg0, %[[X:[^,]*]], %[[C:[^,]*]], %{{[^,]*}}, %{{[^,]*}}, %{{[^,]*}}, %[[DY:[^,]*]], %[[NULL]], %[[NULL]], %{{[^,]*}}, %[[H:[^,]*]], %[[DA:[^,]*]], %[[DU:[^,]*]], %c4_i64, %c2_i64, %c0_i64, %c16_i64, %c32_i64, %c8_i64, %{{[^,]*}}, %c0_i32)
+// CHECK: call @moert_expert_ffn_grad_weight(%arg0, %[[X]], %[[C]], %[[DY]], %[[H]], %[[DA]], %[[DU]], %{{[^,]*}}, %{{[^,]*}}, %{{[^,]*}}, %c4_i64, %c2_i64, %c0_i64, %c16_i64, %c32_i64, %c8_i64, %c0_i32)
+func.func @split_grad(%x: tensor<16x32xf32>, %c: tensor<2x4xi32>, %g: tensor<4x8x32xf32>,
+                      %u: tensor<4x8x32xf32>, %d: tensor<4x32x8xf32>, %dy: tensor<16x32xf32>)
+    -> (tensor<16x32xf32>, tensor<4x8x32xf32>, tensor<4x8x32xf32>, tensor<4x32x8xf32>) {
+  %dx, %h, %du, %da = moe.expert_ffn_grad_data %x counts %c gate %g up %u down %d, %dy act = swiglu : (tensor<16x32xf32>, tensor<2x4xi32>, tensor<4x8x32xf32>, tensor<4x8x32xf32>, tensor<4x32x8xf32>, tensor<16x32xf32>) -> (tensor<16x32xf32>, tensor<16x8xf32>, tensor<16x8xf32>, tensor<16x8xf32>)
+  %dg, %dup, %dd = moe.expert_ffn_grad_weight %x counts %c, %dy hidden %h dpre_up %du dpre_gate %da : (tensor<16x32xf32>, tensor<2x4xi32>, tensor<16x32xf32>, tensor<16x8xf32>, tensor<16x8xf32>, tensor<16x8xf32>) -> (tensor<4x8x32xf32>, tensor<4x8x32xf32>, tensor<4x32x8xf32>)
+  return %dx, %dg, %dup, %dd : tensor<16x32xf32>, tensor<4x8x32xf32>, tensor<4x8x32xf32>, tensor<4x32x8xf32>
+}

@@ -76,10 +76,29 @@
 // TRAIN: %[[XIN:.*]] = moe.join_rows {{.*}} counts %[[RC]] : (tensor<68x32xf32>, tensor<68x32xf32>, tensor<2x4xi32>) -> tensor<128x32xf32>
 // TRAIN: moe.join_rows {{.*}} -> tensor<64x32xf32>
 // TRAIN: return {{.*}}%[[XIN]]
+// The backward: the same schedule on the gradient (chunks in reverse
+// order), a data gradient per chunk on its received counts and the chunk
+// of the FFN's input, one weight gradient on the joined rows.
 // TRAIN-LABEL: func.func @backward
-// TRAIN-NOT: moe.all_to_all_v_start
-// TRAIN: moe.expert_ffn_grad
-// TRAIN: moe.all_to_all_v
+// TRAIN-SAME: %[[SX:[a-z0-9]+]]: tensor<128x32xf32> {moe.saved
+// TRAIN: %[[C1:.*]] = moe.chunk_counts %[[SC:.*]] index = 1 chunks = 2 : (tensor<1x8xi32>) -> tensor<1x8xi32>
+// TRAIN: %[[RC1:.*]] = moe.chunk_counts %[[RC:.*]] index = 1 chunks = 2 : (tensor<2x4xi32>) -> tensor<2x4xi32>
+// TRAIN: %[[F1:.*]] = moe.all_to_all_v_start %{{.*}}, %[[C1]], %[[RC1]]
+// TRAIN: moe.chunk_counts %[[SC]] index = 0 chunks = 2
+// TRAIN: %[[F0:.*]] = moe.all_to_all_v_start
+// TRAIN: %[[G1:.*]] = moe.wait %[[F1]]
+// TRAIN: %[[X1:.*]] = moe.chunk_rows %[[SX]], %[[RC]] index = 1 chunks = 2 : (tensor<128x32xf32>, tensor<2x4xi32>) -> tensor<68x32xf32>
+// TRAIN: %[[D1:.*]], %[[H1:.*]], %[[U1:.*]] = moe.expert_ffn_grad_data %[[X1]] counts %[[RC1]] up %{{.*}} down %{{.*}}, %[[G1]] act = relu
+// TRAIN: moe.all_to_all_v_start %[[D1]], %[[RC1]], %[[C1]]
+// TRAIN: %[[G0:.*]] = moe.wait %[[F0]]
+// TRAIN: %[[D0:.*]], %[[H0:.*]], %[[U0:.*]] = moe.expert_ffn_grad_data
+// TRAIN: %[[G:.*]] = moe.join_rows %[[G0]], %[[G1]] counts %[[RC]] : (tensor<68x32xf32>, tensor<68x32xf32>, tensor<2x4xi32>) -> tensor<128x32xf32>
+// TRAIN: %[[H:.*]] = moe.join_rows %[[H0]], %[[H1]] counts %[[RC]] : (tensor<68x96xf32>, tensor<68x96xf32>, tensor<2x4xi32>) -> tensor<128x96xf32>
+// TRAIN: %[[U:.*]] = moe.join_rows %[[U0]], %[[U1]] counts %[[RC]]
+// TRAIN: moe.expert_ffn_grad_weight %[[SX]] counts %[[RC]], %[[G]] hidden %[[H]] dpre_up %[[U]]
+// TRAIN: moe.wait
+// TRAIN: moe.join_rows {{.*}} counts %[[SC]] {{.*}} -> tensor<64x32xf32>
+// TRAIN-NOT: moe.expert_ffn_grad
 func.func @forward(%x: tensor<64x32xf32> {moe.input = "hidden_states"}, %wr: tensor<8x32xf32> {moe.weight = "gate.weight"}, %u: tensor<8x96x32xf32> {moe.weight = "experts.{e}.up.weight"}, %d: tensor<8x32x96xf32> {moe.weight = "experts.{e}.down.weight"}) -> (tensor<64x32xf32> {moe.output = "hidden_states"}) {
   %l = moe.router %x, %wr : (tensor<64x32xf32>, tensor<8x32xf32>) -> tensor<64x8xf32>
   %w, %i, %s = moe.topk %l k = 2 score = softmax : (tensor<64x8xf32>) -> (tensor<64x2xf32>, tensor<64x2xi32>, tensor<64x8xf32>)

@@ -2,9 +2,9 @@
 
 // Training (after moe-differentiate): forward_train is pipelined, and the
 // values it saves from inside the exchange (the FFN's input, the buffer that
-// comes back) are the interleaves of the chunks; the backward keeps its one
-// expert_ffn_grad over the whole buffer (its weight gradient sums over all
-// rows).
+// comes back) are the interleaves of the chunks; the backward is pipelined
+// too (overlap-backward.mlir): a data gradient per chunk, one weight
+// gradient over the whole buffer.
 // CHECK-LABEL: func.func @forward_train
 // CHECK: %[[X0:.*]] = moe.wait
 // CHECK: %[[Y0:.*]] = moe.expert_ffn %[[X0]]
@@ -16,9 +16,10 @@
 // CHECK-DAG: %[[BS:.*]] = moe.interleave %[[B0]], %[[B1]] dim = 1 : {{.*}} -> tensor<8x8x32xf32>
 // CHECK: return {{.*}}%[[BS]], %[[XS]]
 // CHECK-LABEL: func.func @backward
-// CHECK-NOT: moe.chunk
-// CHECK-NOT: _start
-// CHECK: moe.expert_ffn_grad {{.*}} : (tensor<4x16x32xf32>
+// CHECK: moe.all_to_all_start
+// CHECK: moe.expert_ffn_grad_data {{.*}} -> (tensor<4x8x32xf32>, tensor<4x8x96xf32>, tensor<4x8x96xf32>)
+// CHECK: moe.expert_ffn_grad_data
+// CHECK: moe.expert_ffn_grad_weight {{.*}} : (tensor<4x16x32xf32>
 // CHECK-NOT: moe.expert_ffn_grad
 // CHECK-LABEL: func.func @step_adamw
 func.func @forward(%x: tensor<64x32xf32> {moe.input = "hidden_states"}, %wr: tensor<8x32xf32> {moe.weight = "gate.weight"}, %u: tensor<8x96x32xf32> {moe.weight = "experts.{e}.up.weight"}, %d: tensor<8x32x96xf32> {moe.weight = "experts.{e}.down.weight"}) -> (tensor<64x32xf32> {moe.output = "hidden_states"}) {

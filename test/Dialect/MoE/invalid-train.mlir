@@ -344,3 +344,84 @@ func.func @f(%b: tensor<16x32xbf16>, %c: tensor<1x4xi32>, %u: tensor<4x16x32xbf1
   %y, %s = moe.expert_ffn_train %b counts %c up %u down %d act = relu : (tensor<16x32xbf16>, tensor<1x4xi32>, tensor<4x16x32xbf16>, tensor<4x32x16xbf16>) -> (tensor<16x32xbf16>, tensor<16x16xf32>)
   return
 }
+
+// -----
+
+// moe.expert_ffn_grad_data / _weight (moe-overlap's split of expert_ffn_grad).
+func.func @f(%b: tensor<16x32xf32>, %c: tensor<1x4xi32>, %g: tensor<4x16x32xf32>, %u: tensor<4x16x32xf32>, %d: tensor<4x32x16xf32>) {
+  // expected-error @+1 {{has a gate weight but no dpre_gate result}}
+  %0:3 = moe.expert_ffn_grad_data %b counts %c gate %g up %u down %d, %b act = swiglu : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<16x32xf32>) -> (tensor<16x32xf32>, tensor<16x16xf32>, tensor<16x16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%b: tensor<16x32xf32>, %c: tensor<1x4xi32>, %u: tensor<4x16x32xf32>, %d: tensor<4x32x16xf32>) {
+  // expected-error @+1 {{hidden has shape [16, 32], expected [16, 16]}}
+  %0:3 = moe.expert_ffn_grad_data %b counts %c up %u down %d, %b act = relu : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<16x32xf32>) -> (tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%b: tensor<4x6x32xf32>, %u: tensor<4x16x32xf32>, %d: tensor<4x32x16xf32>, %s: tensor<24x32xf32>) {
+  // expected-error @+1 {{saved_u has shape [24, 32], expected [24, 16]}}
+  %0:3 = moe.expert_ffn_grad_data %b up %u down %d, %b saved_u %s act = relu : (tensor<4x6x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<4x6x32xf32>, tensor<24x32xf32>) -> (tensor<4x6x32xf32>, tensor<4x6x16xf32>, tensor<4x6x16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%b: tensor<4x6x32xf32>, %u: tensor<4x16x32xf32>, %d: tensor<4x32x16xf32>, %s: tensor<4x3x16xf32>) {
+  // expected-error @+1 {{saved_u has shape [4, 3, 16], expected [4, 6, 16]}}
+  %0:3 = moe.expert_ffn_grad_data %b up %u down %d, %b saved_u %s act = relu : (tensor<4x6x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<4x6x32xf32>, tensor<4x3x16xf32>) -> (tensor<4x6x32xf32>, tensor<4x6x16xf32>, tensor<4x6x16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%b: tensor<16x32xf16>, %c: tensor<1x4xi32>, %u: tensor<4x16x32xf16>, %d: tensor<4x32x16xf16>) {
+  // expected-error @+1 {{returns f32 row values: the input must be f32}}
+  %0:3 = moe.expert_ffn_grad_data %b counts %c up %u down %d, %b act = relu : (tensor<16x32xf16>, tensor<1x4xi32>, tensor<4x16x32xf16>, tensor<4x32x16xf16>, tensor<16x32xf16>) -> (tensor<16x32xf16>, tensor<16x16xf32>, tensor<16x16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%b: tensor<16x32xf32>, %h: tensor<16x16xf32>) {
+  // expected-error @+1 {{packed (2-D) input needs counts}}
+  %0:2 = moe.expert_ffn_grad_weight %b, %b hidden %h dpre_up %h : (tensor<16x32xf32>, tensor<16x32xf32>, tensor<16x16xf32>, tensor<16x16xf32>) -> (tensor<4x16x32xf32>, tensor<4x32x16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%b: tensor<16x32xf32>, %c: tensor<1x4xi32>, %h: tensor<16x16xf32>, %e: tensor<8x16xf32>) {
+  // expected-error @+1 {{dpre_up has shape [8, 16], expected [16, 16]}}
+  %0:2 = moe.expert_ffn_grad_weight %b counts %c, %b hidden %h dpre_up %e : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<16x32xf32>, tensor<16x16xf32>, tensor<8x16xf32>) -> (tensor<4x16x32xf32>, tensor<4x32x16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%b: tensor<16x32xf32>, %c: tensor<1x4xi32>, %h: tensor<16x16xf32>) {
+  // expected-error @+1 {{has a dpre_gate operand but no dgate result}}
+  %0:2 = moe.expert_ffn_grad_weight %b counts %c, %b hidden %h dpre_up %h dpre_gate %h : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<16x32xf32>, tensor<16x16xf32>, tensor<16x16xf32>, tensor<16x16xf32>) -> (tensor<4x16x32xf32>, tensor<4x32x16xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%b: tensor<4x6x32xf32>, %h: tensor<4x6x16xf32>) {
+  // expected-error @+1 {{ddown has shape [4, 16, 32], expected [4, 32, 16]}}
+  %0:2 = moe.expert_ffn_grad_weight %b, %b hidden %h dpre_up %h : (tensor<4x6x32xf32>, tensor<4x6x32xf32>, tensor<4x6x16xf32>, tensor<4x6x16xf32>) -> (tensor<4x16x32xf32>, tensor<4x16x32xf32>)
+  return
+}
+
+// -----
+
+func.func @f(%b: tensor<4x6x32xf32>, %h: tensor<4x6x16xf32>) {
+  // expected-error @+1 {{dup has shape [2, 16, 32], expected [4, 16, 32]}}
+  %0:2 = moe.expert_ffn_grad_weight %b, %b hidden %h dpre_up %h : (tensor<4x6x32xf32>, tensor<4x6x32xf32>, tensor<4x6x16xf32>, tensor<4x6x16xf32>) -> (tensor<2x16x32xf32>, tensor<4x32x16xf32>)
+  return
+}

@@ -11,7 +11,8 @@ func.func @grads(%x: tensor<8x32xf32>, %n: tensor<32xf32>, %dy: tensor<8x32xf32>
                  %counts: tensor<1x4xi32>, %g: tensor<4x16x32xf32>, %u: tensor<4x16x32xf32>,
                  %d: tensor<4x32x16xf32>, %cap: tensor<4x6x32xf32>,
                  %mg: tensor<16x32xf32>, %mu: tensor<16x32xf32>, %md: tensor<32x16xf32>,
-                 %sg: tensor<1x32xf32>, %stats: tensor<2x4xf32>, %one: tensor<f32>) {
+                 %sg: tensor<1x32xf32>, %stats: tensor<2x4xf32>, %one: tensor<f32>,
+                 %sv: tensor<24x16xf32>) {
   // CHECK: moe.rmsnorm_grad %{{.*}}, %{{.*}}, %{{.*}} {eps = 9.99999997E-7 : f32} : (tensor<8x32xf32>, tensor<32xf32>, tensor<8x32xf32>) -> (tensor<8x32xf32>, tensor<32xf32>)
   %0:2 = moe.rmsnorm_grad %x, %n, %dy {eps = 1.0e-6 : f32} : (tensor<8x32xf32>, tensor<32xf32>, tensor<8x32xf32>) -> (tensor<8x32xf32>, tensor<32xf32>)
   // CHECK: moe.layernorm_grad %{{.*}}, %{{.*}}, %{{.*}} {eps = 9.99999997E-7 : f32} : (tensor<8x32xf32>, tensor<32xf32>, tensor<8x32xf32>) -> (tensor<8x32xf32>, tensor<32xf32>)
@@ -34,6 +35,14 @@ func.func @grads(%x: tensor<8x32xf32>, %n: tensor<32xf32>, %dy: tensor<8x32xf32>
   %7:4 = moe.expert_ffn_grad %buf counts %counts gate %g up %u down %d, %buf act = swiglu : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<16x32xf32>) -> (tensor<16x32xf32>, tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>)
   // CHECK: moe.expert_ffn_grad %{{.*}} up %{{.*}} down %{{.*}}, %{{.*}} act = gelu : (tensor<4x6x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<4x6x32xf32>) -> (tensor<4x6x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>)
   %8:3 = moe.expert_ffn_grad %cap up %u down %d, %cap act = gelu : (tensor<4x6x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<4x6x32xf32>) -> (tensor<4x6x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>)
+  // CHECK: moe.expert_ffn_grad_data %{{.*}} counts %{{.*}} gate %{{.*}} up %{{.*}} down %{{.*}}, %{{.*}} act = swiglu : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<16x32xf32>) -> (tensor<16x32xf32>, tensor<16x16xf32>, tensor<16x16xf32>, tensor<16x16xf32>)
+  %dd:4 = moe.expert_ffn_grad_data %buf counts %counts gate %g up %u down %d, %buf act = swiglu : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<16x32xf32>) -> (tensor<16x32xf32>, tensor<16x16xf32>, tensor<16x16xf32>, tensor<16x16xf32>)
+  // CHECK: moe.expert_ffn_grad_weight %{{.*}} counts %{{.*}}, %{{.*}} hidden %{{.*}} dpre_up %{{.*}} dpre_gate %{{.*}} : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<16x32xf32>, tensor<16x16xf32>, tensor<16x16xf32>, tensor<16x16xf32>) -> (tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>)
+  %dw3:3 = moe.expert_ffn_grad_weight %buf counts %counts, %buf hidden %dd#1 dpre_up %dd#2 dpre_gate %dd#3 : (tensor<16x32xf32>, tensor<1x4xi32>, tensor<16x32xf32>, tensor<16x16xf32>, tensor<16x16xf32>, tensor<16x16xf32>) -> (tensor<4x16x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>)
+  // CHECK: moe.expert_ffn_grad_data %{{.*}} up %{{.*}} down %{{.*}}, %{{.*}} saved_u %{{.*}} act = gelu : (tensor<4x6x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<4x6x32xf32>, tensor<24x16xf32>) -> (tensor<4x6x32xf32>, tensor<4x6x16xf32>, tensor<4x6x16xf32>)
+  %cd:3 = moe.expert_ffn_grad_data %cap up %u down %d, %cap saved_u %sv act = gelu : (tensor<4x6x32xf32>, tensor<4x16x32xf32>, tensor<4x32x16xf32>, tensor<4x6x32xf32>, tensor<24x16xf32>) -> (tensor<4x6x32xf32>, tensor<4x6x16xf32>, tensor<4x6x16xf32>)
+  // CHECK: moe.expert_ffn_grad_weight %{{.*}}, %{{.*}} hidden %{{.*}} dpre_up %{{.*}} : (tensor<4x6x32xf32>, tensor<4x6x32xf32>, tensor<4x6x16xf32>, tensor<4x6x16xf32>) -> (tensor<4x16x32xf32>, tensor<4x32x16xf32>)
+  %cw:2 = moe.expert_ffn_grad_weight %cap, %cap hidden %cd#1 dpre_up %cd#2 : (tensor<4x6x32xf32>, tensor<4x6x32xf32>, tensor<4x6x16xf32>, tensor<4x6x16xf32>) -> (tensor<4x16x32xf32>, tensor<4x32x16xf32>)
   // CHECK: moe.mlp_grad %{{.*}} gate %{{.*}} up %{{.*}} down %{{.*}} sigmoid_gate %{{.*}}, %{{.*}} act = swiglu {{.*}}: (tensor<8x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<32x16xf32>, tensor<1x32xf32>, tensor<8x32xf32>) -> (tensor<8x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<32x16xf32>, tensor<1x32xf32>)
   %9:5 = moe.mlp_grad %x gate %mg up %mu down %md sigmoid_gate %sg, %dy act = swiglu {resultSegmentSizes = array<i32: 1, 1, 1, 1, 1>} : (tensor<8x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<32x16xf32>, tensor<1x32xf32>, tensor<8x32xf32>) -> (tensor<8x32xf32>, tensor<16x32xf32>, tensor<16x32xf32>, tensor<32x16xf32>, tensor<1x32xf32>)
   // CHECK: moe.mlp_grad %{{.*}} up %{{.*}} down %{{.*}}, %{{.*}} act = relu {{.*}}: (tensor<8x32xf32>, tensor<16x32xf32>, tensor<32x16xf32>, tensor<8x32xf32>) -> (tensor<8x32xf32>, tensor<16x32xf32>, tensor<32x16xf32>)

@@ -449,12 +449,14 @@ LogicalResult pipelineBackward(Exchange &x, ExpertFFNGradOp g, int64_t degree) {
   x.reverse = true;
   x.compute = [&](OpBuilder &b, int64_t i, Value in, IRMapping &map) {
     Type ty = in.getType(), rowsF = withF(ty);
+    // One statement each: the order of the ops in the IR is fixed.
     Value input = chunkOf(b, g.getInput(), i, ty);
+    Value u = savedChunk(b, savedU, savedUView, i, rowsF);
+    Value a = savedChunk(b, savedA, savedAView, i, rowsF);
     auto data = ExpertFFNGradDataOp::create(
         b, loc, ty, rowsF, rowsF, g.getGate() ? rowsF : Type(), input,
         counts ? map.lookupOrDefault(counts) : Value(), g.getGate(), g.getUp(),
-        g.getDown(), in, savedChunk(b, savedU, savedUView, i, rowsF),
-        savedChunk(b, savedA, savedAView, i, rowsF), g.getActivationAttr());
+        g.getDown(), in, u, a, g.getActivationAttr());
     dout[i] = in;
     hidden[i] = data.getHidden();
     dpreUp[i] = data.getDpreUp();
@@ -468,11 +470,14 @@ LogicalResult pipelineBackward(Exchange &x, ExpertFFNGradOp g, int64_t degree) {
       return InterleaveOp::create(b, loc, whole, chunks, int64_t(1));
     };
     Type rowsF = withF(g.getInput().getType());
+    Value dy = join(dout, g.getDout().getType());
+    Value h = join(hidden, rowsF);
+    Value du = join(dpreUp, rowsF);
+    Value da = g.getGate() ? join(dpreGate, rowsF) : Value();
     auto weight = ExpertFFNGradWeightOp::create(
         b, loc, g.getGate() ? g.getDgate().getType() : Type(),
-        g.getDup().getType(), g.getDdown().getType(), g.getInput(), counts,
-        join(dout, g.getDout().getType()), join(hidden, rowsF),
-        join(dpreUp, rowsF), g.getGate() ? join(dpreGate, rowsF) : Value());
+        g.getDup().getType(), g.getDdown().getType(), g.getInput(), counts, dy,
+        h, du, da);
     if (g.getGate())
       g.getDgate().replaceAllUsesWith(weight.getDgate());
     g.getDup().replaceAllUsesWith(weight.getDup());
