@@ -18,6 +18,8 @@ Output, one line per check (FileCheck reads them):
   LOSS <family> compiled=<l> reference=<l>
   A2A <family> <mesh> <op> forward=<b> backward=<b>   (rank 0's bytes sent by the
                            token all-to-alls of forward_train and backward: equal)
+  BWD <family> <mesh> expert_ffn_grad_data=<n> expert_ffn_grad_weight=<m> expert_ffn_grad=0
+                           (with +overlap=N: the backward pipelined, n = N m)
   GRADS <family> <n> tensors max_rel_err=<e>
   STEP <family> <optimizer> steps=<n> <m> tensors max_rel_err=<e>
   BITWISE <family> <mesh> = <other mesh> <n> tensors   (with --same-bits-as)
@@ -170,6 +172,18 @@ def check_exchange(args: argparse.Namespace, m: Module, where: str) -> None:
     if bwd[tokens] != fwd[tokens] or (dropless and not hier and bwd["all_to_all"] != 0):
         raise CheckError(f"the backward's all-to-all bytes {bwd} differ from the "
                          f"forward's {fwd}")
+    # +overlap=N: the backward is pipelined too, a data gradient per chunk and
+    # one weight gradient per exchange (no fused expert_ffn_grad left).
+    degree = overlap_degree(args.mesh)
+    if degree and degree > 1:
+        calls = {p["name"]: p["calls"] for p in m.stats["backward"]["phases"]}
+        data, weight = calls.get("expert_ffn_grad_data", 0), calls.get("expert_ffn_grad_weight", 0)
+        fused = calls.get("expert_ffn_grad", 0)
+        say(f"BWD{where}{args.family} {args.mesh} expert_ffn_grad_data={data} "
+            f"expert_ffn_grad_weight={weight} expert_ffn_grad={fused}")
+        if weight == 0 or data != degree * weight or fused != 0:
+            raise CheckError(f"the backward of {args.mesh} is not pipelined in {degree} "
+                             f"chunks: {calls}")
 
 
 def moddir_of(work: str, policy: str, args: argparse.Namespace) -> str:
@@ -322,7 +336,7 @@ def check(args: argparse.Namespace, work: str) -> None:
                ",".join(args.policies), "--", *routing]
         out = run(cmd)
         for line in out.splitlines():
-            if line.startswith(("LOSS", "GRADS", "STEP", "A2A", "CALLS", "BITWISE")) \
+            if line.startswith(("LOSS", "GRADS", "STEP", "A2A", "CALLS", "BITWISE", "BWD")) \
                     and " rank 0 " in line:
                 print(line.replace(" rank 0 ", " "))
         bad = [ln for ln in out.splitlines() if ln.startswith("FAIL")]

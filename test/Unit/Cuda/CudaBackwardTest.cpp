@@ -481,6 +481,72 @@ TEST_F(CudaBackwardTest, ExpertFfnGradFromSavedActivationsMatchesCpu) {
   }
 }
 
+TEST_F(CudaBackwardTest, ExpertFfnGradDataAndWeightMatchCpu) {
+  // moe-overlap's split of the gradient: moert_expert_ffn_grad_data (dx and
+  // the rows' h, du, da, dead rows 0) then moert_expert_ffn_grad_weight on
+  // them, on the GPU against the CPU, in every layout and activation.
+  const int64_t E = 4, D = 64, F = 96;
+  unsigned seed = 900;
+  for (const FfnLayout &L : kLayouts) {
+    for (int32_t act : kActivations) {
+      SCOPED_TRACE(std::string(L.name) + " " + actName(act));
+      const int64_t S = L.segments, R = L.rowsPerExpert, C = R ? R / S : 0;
+      std::mt19937 gen(seed += 10);
+      std::vector<int32_t> counts(S * E);
+      for (int32_t &c : counts)
+        c = int32_t(gen() % (R ? C + 1 : 40));
+      counts[1] = 0;
+      int64_t live = 0;
+      for (int32_t c : counts)
+        live += c;
+      const int64_t rows = R ? E * R : live + 5;
+      const bool glu = gated(act);
+      const float ws = 1.0f / std::sqrt(float(D)),
+                  wd = 1.0f / std::sqrt(float(F));
+      auto x = twin(*cpu, *gpu, randomVec(rows * D, seed + 1));
+      auto wg = twin(*cpu, *gpu, randomVec(E * F * D, seed + 2, -ws, ws));
+      auto wu = twin(*cpu, *gpu, randomVec(E * F * D, seed + 3, -ws, ws));
+      auto wdn = twin(*cpu, *gpu, randomVec(E * D * F, seed + 4, -wd, wd));
+      auto dy = twin(*cpu, *gpu, randomVec(rows * D, seed + 5));
+      auto cnt = twin(*cpu, *gpu, counts);
+      auto dx = outputs(*cpu, *gpu, rows * D * 4);
+      auto h = outputs(*cpu, *gpu, rows * F * 4),
+           pu = outputs(*cpu, *gpu, rows * F * 4),
+           pg = outputs(*cpu, *gpu, rows * F * 4);
+      auto dgate = outputs(*cpu, *gpu, E * F * D * 4),
+           dup = outputs(*cpu, *gpu, E * F * D * 4),
+           ddown = outputs(*cpu, *gpu, E * D * F * 4);
+      auto run = [&](Backend &b, bool onCpu) {
+        auto f = [&](const Twin &t) -> float * {
+          return onCpu ? t.cf() : t.gf();
+        };
+        const int32_t *c = L.counts ? (onCpu ? cnt.ci() : cnt.gi()) : nullptr;
+        Status st = b.expertFfnGradData(f(x), c, glu ? f(wg) : nullptr, f(wu),
+                                        f(wdn), f(dy), nullptr, nullptr, f(dx),
+                                        f(h), glu ? f(pg) : nullptr, f(pu), E,
+                                        S, R, rows, D, F, act, MOERT_F32);
+        if (!st.isOk())
+          return st;
+        return b.expertFfnGradWeight(f(x), c, f(dy), f(h),
+                                     glu ? f(pg) : nullptr, f(pu),
+                                     glu ? f(dgate) : nullptr, f(dup), f(ddown),
+                                     E, S, R, rows, D, F, MOERT_F32);
+      };
+      ASSERT_OK(run(*cpu, true));
+      ASSERT_OK(run(*gpu, false));
+      EXPECT_TRUE(matches(dx)) << "dx";
+      EXPECT_TRUE(matches(h)) << "hidden";
+      EXPECT_TRUE(matches(pu)) << "dpre_up";
+      EXPECT_TRUE(matches(dup)) << "dup";
+      EXPECT_TRUE(matches(ddown)) << "ddown";
+      if (glu) {
+        EXPECT_TRUE(matches(pg)) << "dpre_gate";
+        EXPECT_TRUE(matches(dgate)) << "dgate";
+      }
+    }
+  }
+}
+
 TEST_F(CudaBackwardTest, ExpertFfnGradOddSizesAndManySegments) {
   // D = 13, F = 7: rows not 16-byte aligned (the GEMMs loop); 8 segments
   // and 16 experts: more than 16 problems (the grouped GEMM in auto mode).

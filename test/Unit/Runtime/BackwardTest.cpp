@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -737,6 +738,189 @@ INSTANTIATE_TEST_SUITE_P(
       return actName(std::get<0>(info.param)) +
              kLayouts[std::get<1>(info.param)].name;
     });
+
+//===--- moe-overlap's split of the gradient ------------------------------===//
+
+class ExpertFfnSplit
+    : public CpuRuntimeTest,
+      public ::testing::WithParamInterface<std::tuple<int32_t, int>> {};
+
+TEST_P(ExpertFfnSplit, DataThenWeightGiveTheFusedBits) {
+  // moert_expert_ffn_grad_data then moert_expert_ffn_grad_weight on its
+  // rows: the bits of moert_expert_ffn_grad (dx and the three weight
+  // gradients), with one chunk or many, recomputing or reading the saved
+  // activations; the per-row values are zero on dead rows.
+  const int32_t act = std::get<0>(GetParam());
+  const FfnLayout &L = kLayouts[std::get<1>(GetParam())];
+  const int64_t D = 9, F = 21, rows = L.totalRows;
+  ExpertSet w(kE, D, F, act, 81);
+  const int32_t *counts = L.counts.empty() ? nullptr : L.counts.data();
+  std::vector<float> x = randomVec(rows * D, 82), dy = randomVec(rows * D, 83);
+  auto live = liveRows(counts, kE, L.S, L.R);
+  std::vector<bool> isLive(rows, false);
+  for (const auto &e : live)
+    for (int64_t r : e)
+      isLive[r] = true;
+  for (int64_t chunk : {0, 1, 3})
+    for (bool save : {false, true}) {
+      SCOPED_TRACE("chunk rows " + std::to_string(chunk) +
+                   (save ? ", saved" : ", recomputed"));
+      moert::CpuBackend backend(0);
+      backend.setFfnChunkRows(chunk);
+      std::vector<float> y(rows * D), a(gated(act) ? rows * F : 0),
+          u(save ? rows * F : 0);
+      float *sa = save && gated(act) ? a.data() : nullptr;
+      float *su = save ? u.data() : nullptr;
+      if (save) {
+        ASSERT_TRUE(backend
+                        .expertFfn(x.data(), counts, w.gatePtr(), w.up.data(),
+                                   w.down.data(), y.data(), sa, su, kE, L.S,
+                                   L.R, rows, D, F, act, MOERT_F32)
+                        .isOk());
+      }
+      std::vector<float> dx(rows * D, kNaN), dg(w.up.size(), kNaN),
+          du(w.up.size(), kNaN), dd(w.down.size(), kNaN);
+      ASSERT_TRUE(backend
+                      .expertFfnGrad(
+                          x.data(), counts, w.gatePtr(), w.up.data(),
+                          w.down.data(), dy.data(), sa, su, dx.data(),
+                          gated(act) ? dg.data() : nullptr, du.data(),
+                          dd.data(), kE, L.S, L.R, rows, D, F, act, MOERT_F32)
+                      .isOk());
+      std::vector<float> dx2(rows * D, kNaN), h(rows * F, kNaN),
+          pu(rows * F, kNaN), pg(gated(act) ? rows * F : 0, kNaN),
+          dg2(w.up.size(), kNaN), du2(w.up.size(), kNaN),
+          dd2(w.down.size(), kNaN);
+      float *pgp = gated(act) ? pg.data() : nullptr;
+      moert::Status s = backend.expertFfnGradData(
+          x.data(), counts, w.gatePtr(), w.up.data(), w.down.data(), dy.data(),
+          sa, su, dx2.data(), h.data(), pgp, pu.data(), kE, L.S, L.R, rows, D,
+          F, act, MOERT_F32);
+      ASSERT_TRUE(s.isOk()) << s.message();
+      s = backend.expertFfnGradWeight(
+          x.data(), counts, dy.data(), h.data(), pgp, pu.data(),
+          gated(act) ? dg2.data() : nullptr, du2.data(), dd2.data(), kE, L.S,
+          L.R, rows, D, F, MOERT_F32);
+      ASSERT_TRUE(s.isOk()) << s.message();
+      expectSameBits(dx2, dx, "dx");
+      expectSameBits(du2, du, "dup");
+      expectSameBits(dd2, dd, "ddown");
+      if (gated(act))
+        expectSameBits(dg2, dg, "dgate");
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t f = 0; f < F; ++f) {
+          if (isLive[r]) {
+            ASSERT_TRUE(std::isfinite(h[r * F + f])) << "row " << r;
+            continue;
+          }
+          ASSERT_EQ(h[r * F + f], 0.0f) << "dead row " << r << " of hidden";
+          ASSERT_EQ(pu[r * F + f], 0.0f) << "dead row " << r << " of dpre_up";
+          if (gated(act)) {
+            ASSERT_EQ(pg[r * F + f], 0.0f) << "dead row " << r;
+          }
+        }
+    }
+
+  // Through the C ABI.
+  std::vector<float> dx(rows * D), dg(w.up.size()), du(w.up.size()),
+      dd(w.down.size()), dx2(rows * D), dg2(w.up.size()), du2(w.up.size()),
+      dd2(w.down.size()), h(rows * F), pu(rows * F),
+      pg(gated(act) ? rows * F : 0);
+  float *dgp = gated(act) ? dg.data() : nullptr;
+  float *dg2p = gated(act) ? dg2.data() : nullptr;
+  float *pgp = gated(act) ? pg.data() : nullptr;
+  moert_expert_ffn_grad(ctx, x.data(), counts, w.gatePtr(), w.up.data(),
+                        w.down.data(), dy.data(), nullptr, nullptr, dx.data(),
+                        dgp, du.data(), dd.data(), kE, L.S, L.R, rows, D, F,
+                        act, MOERT_F32);
+  moert_expert_ffn_grad_data(ctx, x.data(), counts, w.gatePtr(), w.up.data(),
+                             w.down.data(), dy.data(), nullptr, nullptr,
+                             dx2.data(), h.data(), pgp, pu.data(), kE, L.S, L.R,
+                             rows, D, F, act, MOERT_F32);
+  moert_expert_ffn_grad_weight(ctx, x.data(), counts, dy.data(), h.data(), pgp,
+                               pu.data(), dg2p, du2.data(), dd2.data(), kE, L.S,
+                               L.R, rows, D, F, MOERT_F32);
+  ASSERT_TRUE(ok()) << err();
+  expectSameBits(dx2, dx, "dx through the C ABI");
+  expectSameBits(du2, du, "dup through the C ABI");
+  expectSameBits(dd2, dd, "ddown through the C ABI");
+  expectSameBits(dg2, dg, "dgate through the C ABI");
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, ExpertFfnSplit,
+    ::testing::Combine(::testing::Values(MOERT_ACT_RELU, MOERT_ACT_GELU,
+                                         MOERT_ACT_SWIGLU, MOERT_ACT_GEGLU),
+                       ::testing::Values(0, 1, 2)),
+    [](const auto &info) {
+      return actName(std::get<0>(info.param)) +
+             kLayouts[std::get<1>(info.param)].name;
+    });
+
+TEST_F(Backward, GradDataOfRowChunksIsTheWholeBits) {
+  // moe-overlap's chunks of a packed buffer (a block of rows of every
+  // segment, moe.chunk_rows): the data gradient of each chunk has the bits
+  // of the same rows of the whole buffer's, for F not a multiple of 8 (the
+  // activation's vector path) and rows not a multiple of the GEMM tiles.
+  const int64_t D = 20, F = 37, S = 3, n = 3;
+  const std::vector<int32_t> counts = {7, 0, 5, 1, 9, 0, 6, 2, 3}; // [S, E]
+  int64_t rows = 0;
+  for (int32_t c : counts)
+    rows += c;
+  std::vector<float> x = randomVec(rows * D, 91), dy = randomVec(rows * D, 92);
+  for (int32_t act : {MOERT_ACT_SWIGLU, MOERT_ACT_GELU}) {
+    SCOPED_TRACE(actName(act));
+    ExpertSet w(kE, D, F, act, 93);
+    moert::CpuBackend backend(2);
+    auto data = [&](const std::vector<float> &xs, const std::vector<float> &dys,
+                    const std::vector<int32_t> &cs, int64_t r,
+                    std::vector<float> &dx, std::vector<float> &h,
+                    std::vector<float> &pu, std::vector<float> &pg) {
+      dx.assign(r * D, kNaN);
+      h.assign(r * F, kNaN);
+      pu.assign(r * F, kNaN);
+      pg.assign(gated(act) ? r * F : 0, kNaN);
+      moert::Status s = backend.expertFfnGradData(
+          xs.data(), cs.data(), w.gatePtr(), w.up.data(), w.down.data(),
+          dys.data(), nullptr, nullptr, dx.data(), h.data(),
+          gated(act) ? pg.data() : nullptr, pu.data(), kE, S, 0, r, D, F, act,
+          MOERT_F32);
+      ASSERT_TRUE(s.isOk()) << s.message();
+    };
+    std::vector<float> dx, h, pu, pg;
+    data(x, dy, counts, rows, dx, h, pu, pg);
+    for (int64_t i = 0; i < n; ++i) {
+      // Chunk i: rows [c*i/n, c*(i+1)/n) of every segment, and where they
+      // are in the whole buffer.
+      std::vector<int32_t> cc;
+      std::vector<int64_t> at;
+      for (int64_t seg = 0, start = 0; seg < S * kE; start += counts[seg++]) {
+        int64_t c = counts[seg], lo = c * i / n, hi = c * (i + 1) / n;
+        cc.push_back(int32_t(hi - lo));
+        for (int64_t r = lo; r < hi; ++r)
+          at.push_back(start + r);
+      }
+      int64_t r = int64_t(at.size());
+      std::vector<float> xc(r * D), dyc(r * D);
+      for (int64_t j = 0; j < r; ++j) {
+        std::copy_n(&x[at[j] * D], D, &xc[j * D]);
+        std::copy_n(&dy[at[j] * D], D, &dyc[j * D]);
+      }
+      std::vector<float> dxc, hc, puc, pgc;
+      data(xc, dyc, cc, r, dxc, hc, puc, pgc);
+      for (int64_t j = 0; j < r; ++j) {
+        SCOPED_TRACE("chunk " + std::to_string(i) + " row " +
+                     std::to_string(j));
+        ASSERT_EQ(std::memcmp(&dxc[j * D], &dx[at[j] * D], D * 4), 0);
+        ASSERT_EQ(std::memcmp(&hc[j * F], &h[at[j] * F], F * 4), 0);
+        ASSERT_EQ(std::memcmp(&puc[j * F], &pu[at[j] * F], F * 4), 0);
+        if (gated(act)) {
+          ASSERT_EQ(std::memcmp(&pgc[j * F], &pg[at[j] * F], F * 4), 0);
+        }
+      }
+    }
+  }
+}
 
 //===--- Dense MLP --------------------------------------------------------===//
 

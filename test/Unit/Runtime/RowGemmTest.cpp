@@ -134,6 +134,54 @@ TEST(RowGemm, RowsAreTheSameBitsInCallsOfAnySizeOffsetAndThreads) {
       }
 }
 
+TEST(RowGemm, NnIsNtOfTheTransposeAndAccumulatesFromC) {
+  // c = a . b with b [K, N] (the backward's dh = dy.down, dx = du.up): the
+  // bits of nt with b^T, on every path, thread count and row split; with
+  // accumulate, each element's fma chain starts from c's value.
+  for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{13, 33, 7},
+                         {97, 35, 257},
+                         {6, 16, 256},
+                         {200, 17, 300}}) {
+    SCOPED_TRACE("M" + std::to_string(M) + "N" + std::to_string(N) + "K" +
+                 std::to_string(K));
+    std::vector<float> a = randomVec(M * K, 5), b = randomVec(K * N, 6),
+                       c0 = randomVec(M * N, 7);
+    std::vector<float> bt(N * K);
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < N; ++n)
+        bt[n * K + k] = b[k * N + n];
+    RowGemm g;
+    std::vector<float> want =
+        nt(g, a.data(), bt.data(), M, N, K, 1, RowGemmPath::Portable);
+    for (RowGemmPath path : paths())
+      for (int threads : {1, 3})
+        for (int64_t rows : {M, int64_t(5)}) {
+          std::vector<float> c(M * N, std::numeric_limits<float>::quiet_NaN());
+          std::vector<float> acc = c0;
+          for (int64_t off = 0; off < M; off += rows) {
+            int64_t m = std::min(rows, M - off);
+            ASSERT_TRUE(g.nn(a.data() + off * K, b.data(), c.data() + off * N,
+                             m, N, K, threads, "test", false, path)
+                            .isOk());
+            ASSERT_TRUE(g.nn(a.data() + off * K, b.data(), acc.data() + off * N,
+                             m, N, K, threads, "test", true, path)
+                            .isOk());
+          }
+          ASSERT_TRUE(sameBits(c.data(), want.data(), M * N))
+              << moert::cpu::rowGemmPathName(path) << ", " << threads
+              << " threads, " << rows << " rows a call";
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              float chain = c0[m * N + n];
+              for (int64_t k = 0; k < K; ++k)
+                chain = std::fma(a[m * K + k], b[k * N + n], chain);
+              ASSERT_EQ(std::memcmp(&chain, &acc[m * N + n], sizeof chain), 0)
+                  << "accumulated c[" << m << "," << n << "]";
+            }
+        }
+  }
+}
+
 TEST(RowGemm, ANonFiniteRowStaysInItsRow) {
   // The padding of edge tiles multiplies zeros with other rows' values: a
   // NaN or infinity must reach only its own row.
