@@ -1,7 +1,8 @@
 //===- CpuBackend.h - The kernels on host memory ----------------*- C++ -*-===//
 //
-// f32 kernels on the host: RowGemm (RowGemm.h) for the forward GEMMs of the
-// expert FFN and the MLP, OpenBLAS for the other GEMMs (router, gradients),
+// f32 kernels on the host: RowGemm (RowGemm.h) for the per-row GEMMs of the
+// expert FFN and the MLP (forward, and the backward's recomputation, dh and
+// dx), OpenBLAS for the other GEMMs (router, weight gradients),
 // OpenMP for everything else. Other dtypes answer
 // MOERT_ERR_UNSUPPORTED. Scratch memory is held here and only grows, so
 // steady-state calls do not allocate. One backend serves one context and is not
@@ -177,9 +178,10 @@ public:
   void setFfnChunkRows(int64_t rows) { ffnChunkRows_ = rows; }
   static constexpr int64_t kFfnWorkspaceBytes = int64_t(256) << 20;
 
-  /// The GEMMs c = a.w^T of the FFN forward (and of its recomputation in the
-  /// backward): RowGemm (the default: a row's bits do not depend on the rows
-  /// around it) or OpenBLAS (bench/cpu/ffn_gemm.sh compares the two).
+  /// The per-row GEMMs of the FFN (the forward's c = a.w^T, also where the
+  /// backward recomputes them, and the backward's dh and dx): RowGemm (the
+  /// default: a row's bits do not depend on the rows around it) or OpenBLAS
+  /// (bench/cpu/ffn_gemm.sh compares the two).
   enum class FfnGemm { RowIndependent, Blas };
   void setFfnGemm(FfnGemm gemm) { ffnGemm_ = gemm; }
 

@@ -3,10 +3,11 @@
 // Each expert runs three GEMMs (two for ungated activations) over only its
 // live rows, with the activation fused into one pass over the GEMM outputs.
 // The GEMMs of the forward (x.gate^T, x.up^T, h.down^T, also where the
-// backward recomputes them) are RowGemm's (RowGemm.h): a row of their output
+// backward recomputes them) and the backward's per-row ones (dh = dy.down,
+// dx = du.up + da.gate) are RowGemm's (RowGemm.h): a row of their output
 // has the same bits whatever the rows around it, so neither the chunks below
-// nor moe-overlap's chunks of the slots change the result. The backward's
-// other GEMMs are OpenBLAS's. Both pack the whole weight matrix on every
+// nor moe-overlap's chunks (forward and backward) change the result. The
+// backward's weight GEMMs (sums over rows) are OpenBLAS's. Both pack the whole weight matrix on every
 // call, so an expert's rows go through as few and as large GEMMs as the
 // workspace budget allows, in chunks of equal size. A chunk that spans
 // several segments is gathered into contiguous rows first, so that many

@@ -1,7 +1,8 @@
 //===- RowGemm.h - Row-independent SGEMM for the expert FFN -----*- C++ -*-===//
 //
 // c[m,n] = sum_k a[m,k] b[n,k] (the NT form of the FFN's forward GEMMs:
-// weights are stored [out, in]) where every element of c is computed by the
+// weights are stored [out, in]; `nn` takes b as [K, N] for the backward's
+// data GEMMs) where every element of c is computed by the
 // same sequence of floating-point operations whatever the number of rows of
 // the call, the row's position in it, the thread count and the blocking:
 //

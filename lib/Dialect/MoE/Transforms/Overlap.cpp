@@ -47,10 +47,18 @@
 // (moe/Analysis/CostModel.h: the cluster file's links, the GEMM rate) predicts
 // fastest for this schedule.
 //
-// Only the forward exchange is pipelined. The backward's expert_ffn_grad
-// sums the weight gradients over all rows of the buffer, and splitting that
-// sum into chunks would change its rounding, so the pass runs after
-// moe-differentiate and leaves the backward as it is.
+// The backward's exchange (moe-differentiate's adjoint of the forward's,
+// around moe.expert_ffn_grad) gets the same schedule with the chunks in
+// reverse order. expert_ffn_grad sums the weight gradients over all rows of
+// the buffer, and splitting that sum into chunks would change its rounding,
+// so each chunk runs moe.expert_ffn_grad_data (dx and the per-row values the
+// weight gradients sum: h, du, da), and ONE moe.expert_ffn_grad_weight runs
+// on the joined rows after the last chunk, while the last return is in
+// flight: the same GEMMs over the same rows as expert_ffn_grad, hence its
+// bits. A backward whose weight gradient is read before the exchange ends,
+// or whose capacity buffer has counts, stays at degree 1 with a remark. The
+// pass runs after moe-differentiate, so the backward is built from the
+// unchunked forward.
 //
 //===----------------------------------------------------------------------===//
 #include "moe/Analysis/CostModel.h"

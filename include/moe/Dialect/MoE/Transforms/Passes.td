@@ -175,10 +175,16 @@ def MoEOverlap : Pass<"moe-overlap", "::mlir::ModuleOp"> {
     is split). The degree must divide each expert's slots on a rank.
 
     Where it runs: after moe-differentiate, on @forward and @forward_train
-    (whose saved FFN input and output are rebuilt by `moe.interleave`); the
-    backward is not pipelined: expert_ffn_grad sums the weight gradients
-    over the rows, which chunking would reorder. Dropless exchanges
-    (`all_to_all_v`) are refused with degree > 1 (not yet pipelined).
+    (whose saved FFN input and output are rebuilt by `moe.interleave`), and
+    on the backward's exchange around `moe.expert_ffn_grad`, chunks in
+    reverse order: each chunk runs `moe.expert_ffn_grad_data` (dx and the
+    rows' h, du, da) and one `moe.expert_ffn_grad_weight` over the joined
+    rows computes the weight gradients (a sum over the rows that chunking
+    would reorder) with the bits of expert_ffn_grad; a backward whose weight
+    gradient is read before the exchange ends, or whose capacity buffer has
+    counts, stays at degree 1 (a remark says why). Dropless exchanges
+    (`all_to_all_v`) are chunked by rows (`moe.chunk_rows`, counts per chunk
+    from `moe.chunk_counts`, `moe.join_rows` back).
     With `degree=auto` each exchange gets the degree among 1, 2, 4, 8
     (dividing its slots) with the least time the cost model predicts for
     this schedule (`cluster`: its cluster file; empty: the built-in one).
