@@ -1,6 +1,10 @@
 // RUN: moe-opt %s -moe-shard="mesh=ep=2" -moe-differentiate -moe-checkpoint="policy=none" -moe-overlap="degree=2" | FileCheck %s
 // RUN: moe-opt %s -moe-shard="mesh=ep=2" -moe-differentiate -moe-overlap="degree=4" | FileCheck %s --check-prefix=FOUR
 // RUN: moe-opt %s -moe-shard="mesh=ep=2,tp=2 expert-tp=true" -moe-drop-duplicate-tokens -moe-differentiate -moe-overlap="degree=2" | FileCheck %s --check-prefix=DTD
+// RUN: echo '{"version": 1, "nodes": 1, "devices_per_node": 8, "device": {"gemm_flop_per_s": 1e9, "gemm_latency_s": 1e-6, "copy_bytes_per_s": 1e10, "memory_bytes": 1e9}, "links": {"intra_node": {"alpha_s": 1e-6, "bandwidth_bytes_per_s": 1e10}}, "axes": {"ep": {"alpha_s": 1e-6, "bandwidth_bytes_per_s": 1e7}}}' > %t.slow.json
+// RUN: echo '{"version": 1, "nodes": 1, "devices_per_node": 8, "device": {"gemm_flop_per_s": 1e12, "gemm_latency_s": 1e-3, "copy_bytes_per_s": 1e10, "memory_bytes": 1e9}, "links": {"intra_node": {"alpha_s": 1e-3, "bandwidth_bytes_per_s": 1e12}}}' > %t.fast.json
+// RUN: moe-opt %s -moe-shard="mesh=ep=2" -moe-differentiate -moe-overlap="degree=auto cluster=%t.slow.json" | FileCheck %s --check-prefix=SLOW
+// RUN: moe-opt %s -moe-shard="mesh=ep=2" -moe-differentiate -moe-overlap="degree=auto cluster=%t.fast.json" | FileCheck %s --check-prefix=FAST
 
 // The backward's exchange (capacity, swiglu) in 2 chunks, in reverse order:
 // the all-to-all of the gradient of chunk 0 is in flight while chunk 1's
@@ -72,6 +76,16 @@
 // DTD: moe.expert_ffn_grad_data
 // DTD: moe.expert_ffn_grad_weight {{.*}} -> (tensor<4x48x32xf32>, tensor<4x48x32xf32>, tensor<4x32x48xf32>)
 // DTD-NOT: moe.expert_ffn_grad
+// degree=auto prices the backward's exchange (expert_ffn_grad between its
+// all-to-alls) like the forward's: a slow ep link gets 8 chunks (the most
+// that divide the 8 slots), a fast one none.
+// SLOW-LABEL: func.func @backward
+// SLOW: moe.chunk {{.*}} index = 7 chunks = 8
+// SLOW: moe.expert_ffn_grad_weight
+// FAST-LABEL: func.func @backward
+// FAST-NOT: _start
+// FAST: moe.expert_ffn_grad %
+// FAST-NOT: moe.expert_ffn_grad_data
 func.func @forward(%x: tensor<64x32xf32> {moe.input = "hidden_states"}, %wr: tensor<8x32xf32> {moe.weight = "gate.weight"}, %g: tensor<8x96x32xf32> {moe.weight = "experts.{e}.gate.weight"}, %u: tensor<8x96x32xf32> {moe.weight = "experts.{e}.up.weight"}, %d: tensor<8x32x96xf32> {moe.weight = "experts.{e}.down.weight"}) -> (tensor<64x32xf32> {moe.output = "hidden_states"}) {
   %l = moe.router %x, %wr : (tensor<64x32xf32>, tensor<8x32xf32>) -> tensor<64x8xf32>
   %w, %i, %s = moe.topk %l k = 1 score = softmax : (tensor<64x8xf32>) -> (tensor<64x1xf32>, tensor<64x1xi32>, tensor<64x8xf32>)
