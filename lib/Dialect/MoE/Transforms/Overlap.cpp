@@ -55,8 +55,9 @@
 // weight gradients sum: h, du, da), and ONE moe.expert_ffn_grad_weight runs
 // on the joined rows after the last chunk, while the last return is in
 // flight: the same GEMMs over the same rows as expert_ffn_grad, hence its
-// bits. A backward whose weight gradient is read before the exchange ends,
-// or whose capacity buffer has counts, stays at degree 1 with a remark. The
+// bits. A backward exchange that cannot be chunked (a weight gradient or a
+// value of the exchange read before it ends, another chain, a capacity
+// buffer with counts) stays at degree 1 with a remark, not an error. The
 // pass runs after moe-differentiate, so the backward is built from the
 // unchunked forward.
 //
@@ -133,9 +134,12 @@ struct Exchange {
 /// [all_gather tp]` around `ffn` (which reads the exchange's buffer as
 /// `input`, packed by `counts`, and returns `output`); fails without a
 /// diagnostic when `ffn` is not in an exchange, with one when the exchange
-/// cannot be pipelined.
+/// cannot be pipelined. In the backward (`backward`) an exchange that
+/// cannot be pipelined is not an error: a remark says why it stays at
+/// degree 1, and no exchange is returned.
 FailureOr<std::optional<Exchange>> matchExchange(Operation *ffn, Value input,
-                                                 Value output, Value counts) {
+                                                 Value output, Value counts,
+                                                 bool backward = false) {
   Exchange x;
   x.ffn = ffn;
   SmallVector<Operation *> before;
@@ -160,6 +164,12 @@ FailureOr<std::optional<Exchange>> matchExchange(Operation *ffn, Value input,
   x.ops.push_back(ffn);
 
   auto fail = [&](const Twine &why) -> FailureOr<std::optional<Exchange>> {
+    if (backward) {
+      ffn->emitRemark() << "moe-overlap: the backward's exchange stays at "
+                           "degree 1: "
+                        << why;
+      return std::optional<Exchange>();
+    }
     ffn->emitOpError() << "moe-overlap: " << why;
     return failure();
   };
@@ -399,6 +409,13 @@ std::string backwardBlocker(const Exchange &x, ExpertFFNGradOp g) {
     return "its capacity buffer has counts (a chunk of the slots has no "
            "counts of its own)";
   Operation *last = x.ops.back();
+  for (Operation *o : x.ops)
+    for (Operation *user : o->getResult(0).getUsers())
+      if (!llvm::is_contained(x.ops, user) &&
+          (user->getBlock() != last->getBlock() || user->isBeforeInBlock(last)))
+        return (Twine("'") + user->getName().getStringRef() +
+                "' uses the exchange before it ends")
+            .str();
   for (Value r : {g.getDgate(), g.getDup(), g.getDdown()}) {
     if (!r)
       continue;
@@ -538,7 +555,8 @@ struct MoEOverlapPass : moe::impl::MoEOverlapBase<MoEOverlapPass> {
     module.walk([&](ExpertFFNGradOp op) { grads.push_back(op); });
     for (ExpertFFNGradOp g : grads) {
       FailureOr<std::optional<Exchange>> x =
-          matchExchange(g, g.getDout(), g.getDinput(), g.getCounts());
+          matchExchange(g, g.getDout(), g.getDinput(), g.getCounts(),
+                        /*backward=*/true);
       if (failed(x))
         return signalPassFailure();
       if (!*x)

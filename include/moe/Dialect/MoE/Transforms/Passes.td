@@ -180,9 +180,10 @@ def MoEOverlap : Pass<"moe-overlap", "::mlir::ModuleOp"> {
     reverse order: each chunk runs `moe.expert_ffn_grad_data` (dx and the
     rows' h, du, da) and one `moe.expert_ffn_grad_weight` over the joined
     rows computes the weight gradients (a sum over the rows that chunking
-    would reorder) with the bits of expert_ffn_grad; a backward whose weight
-    gradient is read before the exchange ends, or whose capacity buffer has
-    counts, stays at degree 1 (a remark says why). Dropless exchanges
+    would reorder) with the bits of expert_ffn_grad; a backward exchange
+    that cannot be chunked (a weight gradient or a value of the exchange
+    read before it ends, another chain, a capacity buffer with counts)
+    stays at degree 1 (a remark says why). Dropless exchanges
     (`all_to_all_v`) are chunked by rows (`moe.chunk_rows`, counts per chunk
     from `moe.chunk_counts`, `moe.join_rows` back).
     With `degree=auto` each exchange gets the degree among 1, 2, 4, 8
