@@ -758,6 +758,15 @@ void moert_stats_phase(moert_ctx *ctx, int32_t phase) {
   ctx->stats.phase = phase;
 }
 
+void moert_hold_weights(moert_ctx *ctx, int32_t hold) {
+  runKernel(ctx, "moert_hold_weights", [&] {
+    if (hold != 0 && hold != 1)
+      return error(MOERT_ERR_INVALID,
+                   "moert_hold_weights: hold %d is not 0 or 1", hold);
+    return ctx->backend->holdWeights(hold != 0);
+  });
+}
+
 void moert_copy(moert_ctx *ctx, const void *src, void *dst, int64_t bytes) {
   runKernel(ctx, "moert_copy", [&] {
     MOERT_TRY(checkCopy(ctx, "moert_copy", dst, src, bytes));

@@ -42,6 +42,29 @@ bool rowGemmHasAvx2();
 RowGemmPath rowGemmAutoPath();
 const char *rowGemmPathName(RowGemmPath path);
 
+/// b [N, K] packed once (RowGemm::pack) for any number of RowGemm::nt calls:
+/// the packing reads and rewrites all of b, which for a few rows costs more
+/// than the product. Packing moves values only, so a product with a packed
+/// b has the bits of one that packs b itself.
+class PackedB {
+public:
+  PackedB() = default;
+  PackedB(const PackedB &) = delete;
+  PackedB &operator=(const PackedB &) = delete;
+  ~PackedB();
+  /// The b it was packed from, and its shape.
+  const float *source() const { return source_; }
+  int64_t n() const { return n_; }
+  int64_t k() const { return k_; }
+  int64_t bytes() const;
+
+private:
+  friend class RowGemm;
+  float *data_ = nullptr; // per block of kKc values of k, its panels
+  const float *source_ = nullptr;
+  int64_t n_ = 0, k_ = 0;
+};
+
 /// The row-independent SGEMM, with its packing buffers (they only grow). Not
 /// thread-safe: one per backend.
 class RowGemm {
@@ -57,12 +80,23 @@ public:
   Status nt(const float *a, const float *b, float *c, int64_t M, int64_t N,
             int64_t K, int threads, const char *fn,
             RowGemmPath path = RowGemmPath::Auto);
+  /// nt with b packed beforehand (b.n() x b.k()): the same bits.
+  Status nt(const float *a, const PackedB &b, float *c, int64_t M, int threads,
+            const char *fn, RowGemmPath path = RowGemmPath::Auto);
+  /// Packs b [N, K] into `out` (replacing what it held), on up to `threads`
+  /// threads.
+  static Status pack(const float *b, int64_t N, int64_t K, int threads,
+                     const char *fn, PackedB &out,
+                     RowGemmPath path = RowGemmPath::Auto);
 
   // Blocking (none of it changes a bit): register tile kMr x kNr, K in
   // blocks of kKc, rows of a packed in blocks of kMc.
   static constexpr int64_t kMr = 6, kNr = 16, kKc = 256, kMc = 96;
 
 private:
+  Status run(const float *a, const float *b, const PackedB *packed, float *c,
+             int64_t M, int64_t N, int64_t K, int threads, const char *fn,
+             RowGemmPath path);
   Status reserve(int64_t floats, const char *fn);
   float *pack_ = nullptr;
   int64_t packSize_ = 0;

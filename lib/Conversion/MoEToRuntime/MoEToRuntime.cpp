@@ -424,13 +424,27 @@ LogicalResult FunctionLowering::run() {
     recomputePhase = recompute;
     return em->call(abi::moert_stats_phase{.phase = em->i32(recompute)});
   };
+  // moe.hold_weights = "open" ... "close" (moe-overlap's chunks of one
+  // FFN): moert_hold_weights around them, closed at the return at the
+  // latest, so that nothing stays held past the entry.
+  bool holding = false;
+  auto hold = [&](bool on) -> LogicalResult {
+    if (on == holding)
+      return success();
+    holding = on;
+    return em->call(abi::moert_hold_weights{.hold = em->i32(on)});
+  };
+  auto holdMark = [](Operation &op) {
+    auto mark = op.getAttrOfType<StringAttr>(MoEDialect::kHoldWeightsAttrName);
+    return mark ? mark.getValue() : StringRef();
+  };
   for (Operation &op : body) {
     em->setLoc(op.getLoc());
     if (isa<CollectiveOpInterface>(op) &&
         failed(setPhase(op.hasAttr(MoEDialect::kRecomputeAttrName))))
       return failure();
     if (auto ret = dyn_cast<func::ReturnOp>(op)) {
-      if (failed(setPhase(false)))
+      if (failed(setPhase(false)) || failed(hold(false)))
         return failure();
       // Results not written in place (arguments, values returned twice).
       for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
@@ -447,7 +461,11 @@ LogicalResult FunctionLowering::run() {
       func::ReturnOp::create(em->builder(), op.getLoc());
       continue;
     }
+    if (holdMark(op) == "open" && failed(hold(true)))
+      return failure();
     if (failed(lowerOp(op)))
+      return failure();
+    if (holdMark(op) == "close" && failed(hold(false)))
       return failure();
   }
   func.erase();

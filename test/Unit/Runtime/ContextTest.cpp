@@ -442,6 +442,8 @@ const BadCall badCalls[] = {
      },
      MOERT_ERR_INVALID,
      "moert_dispatch: positions[0,1] = 9 is past the 4 output rows"},
+    {"HoldWeightsNotABool", [](moert_ctx *c) { moert_hold_weights(c, 2); },
+     MOERT_ERR_INVALID, "moert_hold_weights: hold 2 is not 0 or 1"},
     {"ExpertFfnGatedWithoutGate",
      [](moert_ctx *c) {
        moert_expert_ffn(c, F, I, nullptr, F, F, F, 2, 1, 0, 4, 4, 4,
