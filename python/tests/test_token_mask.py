@@ -146,3 +146,31 @@ def test_replayed_padding_rows(tmp_path):
              "routing.1.experts": experts})
     with pytest.raises(ConfigError, match=r"token 0, choice 1: expert -1"):
         load_routing(str(p), cfg, None, 4)
+
+
+def test_cli_reference_and_train_reference_read_the_mask(tmp_path):
+    from moe_compiler.cli import main
+    from moe_compiler.safetensors import load
+
+    cfg_path = str(EXAMPLES / "tiny-mixtral.json")
+    w = tmp_path / "w.safetensors"
+    assert main(["init-weights", "--hf-config", cfg_path, "--seed", "1", "-o", str(w)]) == 0
+    x = np.random.default_rng(7).standard_normal((T, 32)).astype(np.float32)
+    xm = tmp_path / "xm.safetensors"
+    save(xm, {"hidden_states": x, "token_mask": _mask()})
+    ref = tmp_path / "ref.safetensors"
+    assert main(["reference", "--hf-config", cfg_path, "--losses", "--weights", str(w),
+                 "--inputs", str(xm), "-o", str(ref)]) == 0
+    y = load(ref)["hidden_states"]
+    pad = ~_mask().astype(bool)
+    assert np.array_equal(y[pad], x[pad])
+    assert not np.array_equal(y[~pad], x[~pad])
+    g = tmp_path / "g.safetensors"
+    assert main(["train-reference", "--hf-config", cfg_path, "--losses", "--steps", "1",
+                 "--weights", str(w), "--inputs", str(xm), "--targets", str(xm),
+                 "--grads", str(g)]) == 0
+    assert not np.any(load(g)["hidden_states"][pad])
+    mlir = tmp_path / "m.mlir"
+    assert main(["emit", "--hf-config", cfg_path, "--tokens", str(T), "--token-mask",
+                 "-o", str(mlir)]) == 0
+    assert "token_mask" in mlir.read_text()
