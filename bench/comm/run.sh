@@ -12,8 +12,11 @@
 #      best degree, auto within 5% of the best): the same layer with capacity
 #      factor 1 in 4 token groups (T=$OVL_TOKENS) for --mesh ep=4 at --overlap-degree 1, 2, 4, 8 and
 #      auto (cluster file from moe-run --calibrate under the same link), run over
-#      an emulated slow ep link ($OVL_NET); "compute only" is degree 1 without
-#      the emulation. hidden = 1 - (t_d - t_compute) / (t_1 - t_compute).
+#      an emulated slow ep link; "compute only" is degree 1 without the
+#      emulation. The link ($OVL_NET, default: measured) has alpha=100us and
+#      the bandwidth at which the two exchanges of a run take as long as the
+#      expert FFN in a first compute-only run (the issue's setting).
+#      hidden = 1 - (t_d - t_compute) / (t_1 - t_compute).
 # Usage: bench/comm/run.sh [--quick] [--only-overlap]
 #        (needs build/ and python3 -m moe_compiler)
 set -euo pipefail
@@ -24,11 +27,11 @@ export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 work=${OUT:-out/bench-comm}
 mkdir -p "$work"
 TOKENS=2048 REPS=7 REPEAT=5
-OVL_TOKENS=${OVL_TOKENS:-512} OVL_NET=${OVL_NET:-ep:alpha=1ms,bw=20MB/s}
+OVL_TOKENS=${OVL_TOKENS:-2048} OVL_NET=${OVL_NET:-}
 ONLY_OVERLAP=0
 for a in "$@"; do
   case $a in
-  --quick) TOKENS=256 REPS=3 REPEAT=2 OVL_TOKENS=128 ;;
+  --quick) TOKENS=256 REPS=3 REPEAT=2 OVL_TOKENS=512 ;;
   --only-overlap) ONLY_OVERLAP=1 ;;
   *) echo "usage: bench/comm/run.sh [--quick] [--only-overlap]" >&2; exit 2 ;;
   esac
@@ -81,17 +84,13 @@ print(f"per run: 1 rank {t['single']*1e3:.1f} ms, ep=4 on 4 ranks "
 PY
 fi # ONLY_OVERLAP
 
-step "overlap degrees: Mixtral-shaped layer, capacity factor 1, T=$OVL_TOKENS, ep=4, --net $OVL_NET"
+step "overlap degrees: Mixtral-shaped layer, capacity factor 1, T=$OVL_TOKENS, ep=4"
 mc emit --hf-config "$work/config.json" --tokens "$OVL_TOKENS" \
   --capacity-factor 1.0 --token-groups 4 -o "$work/ovl.mlir"
 mc init-inputs --hf-config "$work/config.json" --tokens "$OVL_TOKENS" --seed 2 \
   -o "$work/ovl-x.safetensors"
-$MPIRUN "$BUILD_DIR/bin/moe-run" --calibrate "$work/ovl-cluster.json" \
-  --net "$OVL_NET" > "$work/calibrate.log"
-for d in 1 2 4 8 auto; do
-  "$BUILD_DIR/bin/moe-compile" "$work/ovl.mlir" -o "$work/ovl-$d" --mesh ep=4 \
-    --overlap-degree "$d" --cluster "$work/ovl-cluster.json" > "$work/ovl-$d.log"
-done
+"$BUILD_DIR/bin/moe-compile" "$work/ovl.mlir" -o "$work/ovl-1" --mesh ep=4 \
+  > "$work/ovl-1.log"
 ovl_run() { # NAME MODULE [moe-run options]
   local name=$1 module=$2; shift 2
   $MPIRUN "$BUILD_DIR/bin/moe-run" "$work/$module" "$@" \
@@ -99,6 +98,34 @@ ovl_run() { # NAME MODULE [moe-run options]
     --output "$work/$name.safetensors" --warmup 1 --repeat "$REPEAT" \
     --stats "$work/$name.stats.json" --quiet
 }
+if [ -z "$OVL_NET" ]; then
+  # The link: alpha = 100 us per message, and the bandwidth at which the
+  # exchanges of a run (messages x alpha + bytes / bw, the emulator's time)
+  # take as long as the slowest rank's expert FFN.
+  ovl_run probe ovl-1
+  OVL_NET=$(python3 - "$work/probe.stats.json" "$REPEAT" << 'PY'
+import json, sys
+ranks, runs = json.load(open(sys.argv[1])), int(sys.argv[2]) + 1  # + warm-up
+ffn = max(p["seconds"] for r in ranks for p in r["phases"]
+          if p["name"] == "expert_ffn") / runs
+a2a = [c for r in ranks for c in r["collectives"] if c["op"] == "all_to_all"]
+sent = max(c["bytes_sent"] for c in a2a) / runs
+messages = max(c["messages"] for c in a2a) / runs
+alpha = 100e-6
+bw = sent / max(ffn - messages * alpha, ffn / 2)
+print(f"ep:alpha=100us,bw={bw / 1e6:.3f}MB/s")
+PY
+  )
+  echo "expert FFN of the compute-only run -> emulated link --net $OVL_NET"
+fi
+$MPIRUN "$BUILD_DIR/bin/moe-run" --calibrate "$work/ovl-cluster.json" \
+  --net "$OVL_NET" > "$work/calibrate.log"
+for d in 2 4 8 auto; do
+  "$BUILD_DIR/bin/moe-compile" "$work/ovl.mlir" -o "$work/ovl-$d" --mesh ep=4 \
+    --overlap-degree "$d" --cluster "$work/ovl-cluster.json" > "$work/ovl-$d.log"
+done
+# Two started all-to-alls per chunk (out and back), one exchange.
+echo "auto chose degree $(( $(grep -c 'call @moert_all_to_all_start' "$work/ovl-auto/module.mlir") / 2 ))"
 # Rounds in rotating order, so that a slow minute of a shared machine does not
 # land on one configuration.
 names="compute d1 d2 d4 d8 dauto"
@@ -120,7 +147,8 @@ def per_run(name):  # the slowest rank sets the pace; median over the rounds
         for k in (1, 2, 3))
 t = {n: per_run(n) for n in ("compute", "d1", "d2", "d4", "d8", "dauto")}
 tc, t1 = t["compute"], t["d1"]
-print(f"compute only (degree 1, no emulation): {tc*1e3:.1f} ms per run")
+print(f"compute only (degree 1, no emulation): {tc*1e3:.1f} ms per run; "
+      f"the emulated exchanges add {(t1 - tc)*1e3:.1f} ms at degree 1")
 for n in ("d1", "d2", "d4", "d8", "dauto"):
     hidden = 1 - (t[n] - tc) / (t1 - tc) if t1 > tc else float("nan")
     print(f"degree {n[1:]:>4}: {t[n]*1e3:8.1f} ms  hidden {hidden:6.1%}")

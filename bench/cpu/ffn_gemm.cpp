@@ -10,13 +10,19 @@
 //   ffn_blas   CpuBackend::expertFfn with FfnGemm::Blas (cblas_sgemm)
 //   gemm_row   the FFN's three NT GEMMs per expert alone, RowGemm::nt
 //   gemm_blas  the same through cblas_sgemm
+//   ffn_chunks       ffn_row in --chunks N calls, chunk i taking rows
+//                    [c*i/N, c*(i+1)/N) of each expert's c (moe-overlap's
+//                    dropless chunks), each call packing the weights again
+//   ffn_chunks_held  the same between moert_hold_weights 1 and 0
+//                    (CpuBackend::holdWeights): the weights packed once
 // Prints per contender the median and the best of all timed runs (wall
 // clock) and the median process CPU time, and the ratios row / blas; the two
 // FFN outputs must agree to rounding (max |difference| / max |y| printed, at
-// most 1e-5).
+// most 1e-5), and both chunked outputs must be ffn_row's bit for bit.
 //
 // usage: ffn_gemm [--tokens T] [--d D] [--f F] [--experts E] [--top K]
-//                 [--threads N] [--rounds R] [--repeat N] [--json FILE]
+//                 [--threads N] [--rounds R] [--repeat N] [--chunks N]
+//                 [--json FILE]
 #include "cpu/CpuBackend.h"
 #include "cpu/RowGemm.h"
 
@@ -62,7 +68,7 @@ double median(std::vector<double> v) {
   std::fprintf(stderr,
                "ffn_gemm: %s\nusage: ffn_gemm [--tokens T] [--d D] [--f F] "
                "[--experts E] [--top K] [--threads N] [--rounds R] "
-               "[--repeat N] [--json FILE]\n",
+               "[--repeat N] [--chunks N] [--json FILE]\n",
                why);
   std::exit(2);
 }
@@ -86,7 +92,7 @@ struct Contender {
 
 int main(int argc, char **argv) {
   int64_t T = 2048, D = 1024, F = 3584, E = 8, K = 2;
-  int threads = 0, rounds = 3, repeat = 3;
+  int threads = 0, rounds = 3, repeat = 3, chunks = 8;
   const char *json = nullptr;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -116,6 +122,8 @@ int main(int argc, char **argv) {
       rounds = int(n);
     else if (a == "--repeat")
       repeat = int(n);
+    else if (a == "--chunks")
+      chunks = int(n);
     else
       usage(("unknown argument " + a).c_str());
   }
@@ -174,12 +182,52 @@ int main(int argc, char **argv) {
          counts[e], D, F);
     }
   };
+  // Chunk i of every expert's rows, gathered into xc (packed by cc), run,
+  // and scattered back into y.
+  std::vector<float> xc(rows * D), yc(rows * D), yChunks(rows * D),
+      yHeld(rows * D);
+  std::vector<int32_t> cc(E);
+  auto chunked = [&](bool held, std::vector<float> &y) {
+    backend.setFfnGemm(moert::CpuBackend::FfnGemm::RowIndependent);
+    auto check = [](moert::Status s) {
+      if (!s.isOk()) {
+        std::fprintf(stderr, "ffn_gemm: %s\n", s.message());
+        std::exit(1);
+      }
+    };
+    if (held)
+      check(backend.holdWeights(true));
+    for (int64_t i = 0; i < chunks; ++i) {
+      int64_t at = 0;
+      for (int64_t e = 0, r = 0; e < E; r += counts[e++]) {
+        int64_t c = counts[e], b = c * i / chunks, n = c * (i + 1) / chunks - b;
+        cc[e] = int32_t(n);
+        std::memcpy(xc.data() + at * D, x.data() + (r + b) * D,
+                    n * D * sizeof(float));
+        at += n;
+      }
+      check(backend.expertFfn(xc.data(), cc.data(), gate.data(), up.data(),
+                              down.data(), yc.data(), nullptr, nullptr, E, 1, 0,
+                              rows, D, F, MOERT_ACT_SWIGLU, MOERT_F32));
+      at = 0;
+      for (int64_t e = 0, r = 0; e < E; r += counts[e++]) {
+        int64_t c = counts[e], b = c * i / chunks, n = c * (i + 1) / chunks - b;
+        std::memcpy(y.data() + (r + b) * D, yc.data() + at * D,
+                    n * D * sizeof(float));
+        at += n;
+      }
+    }
+    if (held)
+      check(backend.holdWeights(false));
+  };
   using G = moert::CpuBackend::FfnGemm;
   std::vector<Contender> cs{
       {"ffn_row", [&] { ffn(G::RowIndependent, yRow); }, {}},
       {"ffn_blas", [&] { ffn(G::Blas, yBlas); }, {}},
       {"gemm_row", [&] { gemms(true); }, {}},
       {"gemm_blas", [&] { gemms(false); }, {}},
+      {"ffn_chunks", [&] { chunked(false, yChunks); }, {}},
+      {"ffn_chunks_held", [&] { chunked(true, yHeld); }, {}},
   };
   std::printf("T=%lld D=%lld F=%lld E=%lld top-%lld, threads %d, row path %s,"
               " counts",
@@ -229,6 +277,14 @@ int main(int argc, char **argv) {
               median(cs[2].cpu) / median(cs[3].cpu));
   std::printf("max |difference| of the two FFN outputs / max |y|: %.2e\n",
               diff);
+  bool sameBits =
+      std::memcmp(yChunks.data(), yRow.data(), rows * D * sizeof(float)) == 0 &&
+      std::memcmp(yHeld.data(), yRow.data(), rows * D * sizeof(float)) == 0;
+  std::printf("%d chunks / whole, CPU time medians: packed per call %.3f, "
+              "weights held %.3f; outputs %s\n",
+              chunks, median(cs[4].cpu) / median(cs[0].cpu),
+              median(cs[5].cpu) / median(cs[0].cpu),
+              sameBits ? "bit for bit ffn_row's" : "DIFFER from ffn_row's");
   if (json) {
     FILE *f = std::fopen(json, "w");
     if (!f) {
@@ -251,9 +307,14 @@ int main(int argc, char **argv) {
     }
     std::fprintf(f,
                  "\"ffn_ratio_median\": %.4f, \"gemm_ratio_median\": %.4f, "
+                 "\"chunks\": %d, \"chunks_ratio_cpu\": %.4f, "
+                 "\"chunks_held_ratio_cpu\": %.4f, \"chunks_same_bits\": %s, "
                  "\"max_rel_diff\": %.3e}\n",
-                 ratio(0, 1, false), ratio(2, 3, false), diff);
+                 ratio(0, 1, false), ratio(2, 3, false), chunks,
+                 median(cs[4].cpu) / median(cs[0].cpu),
+                 median(cs[5].cpu) / median(cs[0].cpu),
+                 sameBits ? "true" : "false", diff);
     std::fclose(f);
   }
-  return diff < 1e-5 ? 0 : 1;
+  return diff < 1e-5 && sameBits ? 0 : 1;
 }

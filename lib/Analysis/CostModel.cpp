@@ -550,7 +550,16 @@ CostModel::exchangeStage(llvm::ArrayRef<Operation *> dispatch,
   FailureOr<Cost> d = ops(dispatch), f = ops(compute), c = ops(combine);
   if (failed(d) || failed(f) || failed(c))
     return failure();
-  return ExchangeStage{*d, *f, *c};
+  // Every call of an expert FFN streams all its weights.
+  double weightBytes = 0;
+  for (Operation *o : compute)
+    if (isa<ExpertFFNOp, ExpertFFNTrainOp>(o))
+      for (unsigned i = 1; i < o->getNumOperands(); ++i) // after the input
+        if (auto t = dyn_cast<RankedTensorType>(o->getOperand(i).getType());
+            t && t.getRank() == 3)
+          weightBytes +=
+              static_cast<double>(std::max<int64_t>(tensorBytes(t), 0));
+  return ExchangeStage{*d, *f, *c, copy(weightBytes).seconds()};
 }
 
 //===----------------------------------------------------------------------===//
@@ -581,7 +590,8 @@ mlir::moe::cost::predictPipelinedExchange(const ExchangeStage &stage,
                                           int64_t degree) {
   assert(degree >= 1 && "the degree must be positive");
   double dispatch = stage.dispatch.chunk(degree).seconds();
-  double compute = stage.compute.chunk(degree).seconds();
+  double compute =
+      std::max(stage.compute.chunk(degree).seconds(), stage.computeFloor);
   double combine = stage.combine.chunk(degree).seconds();
   llvm::SmallVector<Task> tasks;
   llvm::SmallVector<int64_t> dispatchTask(degree, -1);

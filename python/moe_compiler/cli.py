@@ -21,6 +21,7 @@ from .configs import ConfigError, MoEConfig, load_hf_config, parse_layers, parse
 from .presets import PRESETS, get_preset
 from .routing import load_routing
 from .safetensors import SafetensorsError, SafetensorsFile, save
+from .token_mask import read_token_mask
 
 PROG = "python3 -m moe_compiler"
 
@@ -160,7 +161,8 @@ def cmd_emit(args: argparse.Namespace) -> int:
 
     cfg = _routed(args)
     layers = parse_layers(args.layers, cfg.num_layers)
-    text = emit_module(cfg, args.tokens, layers, args.dtype, source=_model_source(args))
+    text = emit_module(cfg, args.tokens, layers, args.dtype, source=_model_source(args),
+                       token_mask=args.token_mask)
     _write_text(args.output, text)
     return 0
 
@@ -205,10 +207,11 @@ def cmd_reference(args: argparse.Namespace) -> int:
     layers = parse_layers(args.layers, cfg.num_layers)
     with SafetensorsFile(args.inputs) as xf:
         x = xf.get("hidden_states")
+    mask = read_token_mask(args.inputs, x.shape[0])
     with Checkpoint(args.weights) as wf:
         forced = (load_routing(args.replay_routing, cfg, layers, x.shape[0])
                   if args.replay_routing else None)
-        out = model_forward(cfg, x, wf.get, layers, forced)
+        out = model_forward(cfg, x, wf.get, layers, forced, mask)
     save(args.output, {k: np.asarray(v, dtype=np.float32) for k, v in out.items()},
          metadata={"generator": "moe_compiler reference (float64, written as f32)"})
     return 0
@@ -315,9 +318,13 @@ def cmd_train_reference(args: argparse.Namespace) -> int:
 
     forced = (load_routing(args.replay_routing, cfg, layers, x.shape[0])
               if args.replay_routing else None)
+    mask = read_token_mask(args.inputs, x.shape[0])
+    if mask is not None and biased:
+        raise ConfigError(f"inputs {args.inputs}: a token mask with a selection-bias "
+                          "update is not supported (as moe-compile --train)")
     results = train(cfg, x, t, weights, opt, args.steps, layers,
                     DEFAULT_BIAS_UPDATE_RATE if rate is None else rate, report,
-                    args.clip_grad_norm, forced)
+                    args.clip_grad_norm, forced, mask)
     # Everything is computed: only now are files written (each one atomically).
     meta = {"generator": "moe_compiler train-reference (float64)", "model": cfg.name}
     if args.grads:
@@ -454,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=("f32", "bf16", "f16"), default="f32",
                    help="tensor element type (default f32)")
     _add_routing(s)
+    s.add_argument("--token-mask", action="store_true",
+                   help="add the input token_mask ([T] i32: 1 = real token, 0 = padding): "
+                   "padding is not routed, not counted, and its output is the residual")
     s.add_argument("-o", "--output", required=True, metavar="MODEL.mlir", help="'-' = stdout")
     s.set_defaults(func=cmd_emit)
 
@@ -491,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", required=True, metavar="W",
                    help="safetensors file or checkpoint folder (model.safetensors.index.json "
                    "and its shards; F8_E4M3 with block scales is dequantized)")
-    s.add_argument("--inputs", required=True, metavar="X.safetensors")
+    s.add_argument("--inputs", required=True, metavar="X.safetensors",
+                   help="hidden_states, and token_mask for a masked model")
     _add_routing(s)
     s.add_argument("--replay-routing", metavar="R.safetensors",
                    help="force every MoE layer's experts (routing.<layer>.experts, as "

@@ -21,6 +21,7 @@ import numpy as np
 from .configs import ConfigError, MoEConfig
 from .layout import Sublayer, load_operand, sublayers
 from .routing import layer_keys
+from .token_mask import check_token_mask
 
 __all__ = [
     "Routing",
@@ -29,11 +30,13 @@ __all__ = [
     "ffn",
     "kept_mask",
     "layernorm",
+    "mask_routing",
     "model_forward",
     "moe_layer",
     "prenorm",
     "rmsnorm",
     "route",
+    "routing_losses",
     "sublayer_apply",
     "sublayer_forward",
     "sublayer_weights",
@@ -151,11 +154,39 @@ def route(x: np.ndarray, router: np.ndarray, cfg: MoEConfig, num_experts: int,
         np.put_along_axis(keep, _top(gscore, cfg.groups_kept), True, axis=-1)
         sel = np.where(np.repeat(keep, e // g, axis=-1), sel, -np.inf)
     idx = _top(sel, k) if forced is None else np.asarray(forced, dtype=np.int64)
-    w = np.take_along_axis(scores, idx, axis=-1)
+    # A replayed row of -1 is a padding token of a masked dump: weight 0.
+    unrouted = np.all(idx == -1, axis=-1, keepdims=True)
+    w = np.where(unrouted, 0.0, np.take_along_axis(scores, np.maximum(idx, 0), axis=-1))
     if cfg.renormalize:
-        w = w / w.sum(axis=-1, keepdims=True)
+        w = w / np.where(unrouted, 1.0, w.sum(axis=-1, keepdims=True))
     w = w * _f32(cfg.routed_scaling)
     return Routing(logits, scores, idx, w)
+
+
+def mask_routing(r: Routing, mask: np.ndarray | None) -> Routing:
+    """``r`` with the padding rows of ``mask`` (bool [T]) unrouted: expert -1, weight 0
+    (what moe.mask_rows makes of them)."""
+    if mask is None:
+        return r
+    real = mask[:, None]
+    return Routing(r.logits, r.scores, np.where(real, r.idx, -1), np.where(real, r.weights, 0.0))
+
+
+def routing_losses(cfg: MoEConfig, r: Routing, num_experts: int,
+                   mask: np.ndarray | None = None) -> tuple[float, float, np.ndarray, int]:
+    """(load-balance loss, z-loss, expert counts, real tokens) over the real tokens of
+    ``mask`` (every token without one); both losses are 0 without real tokens."""
+    real = np.ones(r.idx.shape[0], dtype=bool) if mask is None else mask
+    n, k = int(real.sum()), r.idx.shape[1]
+    idx = r.idx[real]
+    load = np.bincount(idx[idx >= 0].ravel(), minlength=num_experts)
+    if n == 0:
+        return 0.0, 0.0, load, 0
+    f = load / (n * k)
+    p = r.scores[real].mean(axis=0)
+    aux = _f32(cfg.aux_loss_coeff) * num_experts * float(np.sum(f * p))
+    z = _f32(cfg.z_loss_coeff) * float(np.mean(logsumexp(r.logits[real]) ** 2))
+    return aux, z, load, n
 
 
 def capacity_for(cfg: MoEConfig, tokens_per_group: int, num_experts: int) -> int:
@@ -173,11 +204,14 @@ def capacity_for(cfg: MoEConfig, tokens_per_group: int, num_experts: int) -> int
 
 
 def kept_mask(idx: np.ndarray, cfg: MoEConfig, num_experts: int) -> np.ndarray:
-    """[T, k] bool: which assignments survive capacity (slot-major, tokens in order)."""
+    """[T, k] bool: which assignments survive capacity (slot-major, tokens in order).
+
+    Expert -1 (a padding token) is not an assignment: never kept, takes no slot. The
+    capacity comes from the static T (padding included)."""
     t, k = idx.shape
     groups = cfg.token_groups
     if cfg.capacity <= 0 and cfg.capacity_factor <= 0:
-        return np.ones((t, k), dtype=bool)
+        return idx >= 0
     if t % groups:
         raise ConfigError(f"token_groups={groups} does not divide tokens={t}")
     tg = t // groups
@@ -187,9 +221,11 @@ def kept_mask(idx: np.ndarray, cfg: MoEConfig, num_experts: int) -> np.ndarray:
         rows = slice(g * tg, (g + 1) * tg)
         used = np.zeros(num_experts, dtype=np.int64)
         for j in range(k):  # every token's j-th choice before any (j+1)-th
-            onehot = np.eye(num_experts, dtype=np.int64)[idx[rows, j]]
+            col = idx[rows, j]
+            onehot = np.eye(num_experts, dtype=np.int64)[np.maximum(col, 0)] * (col >= 0)[:, None]
             position = used + np.cumsum(onehot, axis=0) - 1  # queue position per expert
-            kept[rows, j] = np.take_along_axis(position, idx[rows, j, None], axis=1)[:, 0] < cap
+            at = np.take_along_axis(position, np.maximum(col, 0)[:, None], axis=1)[:, 0]
+            kept[rows, j] = (at < cap) & (col >= 0)
             used += onehot.sum(axis=0)
     return kept
 
@@ -197,11 +233,12 @@ def kept_mask(idx: np.ndarray, cfg: MoEConfig, num_experts: int) -> np.ndarray:
 # -- layers -----------------------------------------------------------------------------
 
 def moe_layer(x: np.ndarray, w: dict[str, np.ndarray], cfg: MoEConfig,
-              num_experts: int, forced: np.ndarray | None = None
-              ) -> tuple[np.ndarray, float, float]:
+              num_experts: int, forced: np.ndarray | None = None,
+              mask: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """One MoE block: returns (y, load-balance loss, z-loss) for tokens ``x`` [T, D]
-    (``forced``: replayed experts, see :func:`route`)."""
-    r = route(x, w["router"], cfg, num_experts, w.get("bias"), forced)
+    (``forced``: replayed experts, see :func:`route`; ``mask``: bool [T], False for
+    padding, whose row of y is 0)."""
+    r = mask_routing(route(x, w["router"], cfg, num_experts, w.get("bias"), forced), mask)
     kept = kept_mask(r.idx, cfg, num_experts)
     y = np.zeros_like(x)
     gate = w.get("gate")
@@ -212,18 +249,14 @@ def moe_layer(x: np.ndarray, w: dict[str, np.ndarray], cfg: MoEConfig,
                       w["up"][e], w["down"][e])
             np.add.at(y, tok, r.weights[tok, slot, None] * out)
     if cfg.drop_policy == "passthrough":
-        dropped = ~kept
+        dropped = ~kept & (r.idx >= 0)
         y += (r.weights * dropped).sum(axis=1, keepdims=True) * x
     if cfg.num_shared_experts:
         s = ffn(x, cfg.activation, w.get("shared_gate"), w["shared_up"], w["shared_down"])
         if cfg.shared_gated:
             s = s * sigmoid(x @ w["shared_sigmoid_gate"].T)
-        y += s
-    t, k = r.idx.shape
-    f = np.bincount(r.idx.ravel(), minlength=num_experts) / (t * k)
-    p = r.scores.mean(axis=0)
-    aux = _f32(cfg.aux_loss_coeff) * num_experts * float(np.sum(f * p))
-    z = _f32(cfg.z_loss_coeff) * float(np.mean(logsumexp(r.logits) ** 2))
+        y += s if mask is None else s * mask[:, None]
+    aux, z, _, _ = routing_losses(cfg, r, num_experts, mask)
     return y, aux, z
 
 
@@ -247,22 +280,27 @@ def sublayer_weights(sub: Sublayer, get: Callable[[str], np.ndarray]) -> dict[st
 
 def sublayer_forward(cfg: MoEConfig, sub: Sublayer, h: np.ndarray,
                      get: Callable[[str], np.ndarray],
-                     forced: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
-    """``h + FFN(norm(h))`` for one sublayer, with its losses."""
-    return sublayer_apply(cfg, sub, h, sublayer_weights(sub, get), forced)
+                     forced: np.ndarray | None = None,
+                     mask: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+    """``h + FFN(norm(h))`` for one sublayer, with its losses (``mask``: bool [T],
+    padding rows are ``h`` alone)."""
+    return sublayer_apply(cfg, sub, h, sublayer_weights(sub, get), forced, mask)
 
 
 def sublayer_apply(cfg: MoEConfig, sub: Sublayer, h: np.ndarray,
                    w: dict[str, np.ndarray],
-                   forced: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+                   forced: np.ndarray | None = None,
+                   mask: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
     """:func:`sublayer_forward` on operands already loaded by :func:`sublayer_weights`."""
     n = prenorm(cfg, h, w["norm"], w.get("norm_bias"))
     if sub.kind == "moe":
-        y, aux, z = moe_layer(n, w, cfg, sub.num_experts, forced)
+        y, aux, z = moe_layer(n, w, cfg, sub.num_experts, forced, mask)
     else:
         y = ffn(n, cfg.dense_act, w.get("gate"), w["up"], w["down"])
         if "sigmoid_gate" in w:
             y = y * sigmoid(n @ w["sigmoid_gate"].T)
+        if mask is not None:
+            y = y * mask[:, None]
         aux = z = 0.0
     return h + y, aux, z
 
@@ -270,10 +308,12 @@ def sublayer_apply(cfg: MoEConfig, sub: Sublayer, h: np.ndarray,
 def model_forward(cfg: MoEConfig, hidden_states: np.ndarray,
                   get: Callable[[str], np.ndarray],
                   layers: range | None = None,
-                  routing: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                  routing: dict[str, np.ndarray] | None = None,
+                  token_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The model graph of ``layers``: outputs by name (float64).
 
-    ``routing`` (layer key -> [T, k] experts, :mod:`.routing`) replays a routing.
+    ``routing`` (layer key -> [T, k] experts, :mod:`.routing`) replays a routing;
+    ``token_mask`` ([T], 1 = real token, 0 = padding, :mod:`.token_mask`) masks one.
 
     ``get`` maps a Hugging Face tensor name to its array (e.g. a lazy
     SafetensorsFile.get), so only the tensors of the layer range are read.
@@ -282,6 +322,7 @@ def model_forward(cfg: MoEConfig, hidden_states: np.ndarray,
     if h.ndim != 2 or h.shape[1] != cfg.hidden_size:
         raise ConfigError(f"inputs: hidden_states has shape {list(h.shape)}, expected "
                           f"[T, {cfg.hidden_size}]")
+    mask = None if token_mask is None else check_token_mask(token_mask, h.shape[0])
     aux_total = z_total = 0.0
     subs = sublayers(cfg, layers)
     keys = iter(layer_keys(subs))
@@ -290,7 +331,7 @@ def model_forward(cfg: MoEConfig, hidden_states: np.ndarray,
         if sub.kind == "moe":
             key = next(keys)
             forced = routing[key] if routing is not None else None
-        h, aux, z = sublayer_forward(cfg, sub, h, get, forced)
+        h, aux, z = sublayer_forward(cfg, sub, h, get, forced, mask)
         aux_total += aux
         z_total += z
     out = {"hidden_states": h}

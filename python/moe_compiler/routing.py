@@ -49,13 +49,15 @@ def load_routing(path: str, cfg: MoEConfig, layers: range | None,
             if idx.shape != (tokens, cfg.top_k):
                 raise ConfigError(f"{path}: tensor '{name}' has shape {list(idx.shape)}, "
                                   f"expected {[tokens, cfg.top_k]}")
-            bad = np.argwhere((idx < 0) | (idx >= sub.num_experts))
+            # A row of -1: a padding token of a masked run (emit --token-mask).
+            padding = np.all(idx == -1, axis=1, keepdims=True)
+            bad = np.argwhere(((idx < 0) | (idx >= sub.num_experts)) & ~padding)
             if bad.size:
                 t, j = bad[0]
                 raise ConfigError(f"{path}: '{name}': token {t}, choice {j}: expert "
                                   f"{idx[t, j]} is not in [0, {sub.num_experts})")
             srt = np.sort(idx, axis=1)
-            dup = np.argwhere(srt[:, 1:] == srt[:, :-1])
+            dup = np.argwhere((srt[:, 1:] == srt[:, :-1]) & ~padding)
             if dup.size:
                 raise ConfigError(f"{path}: '{name}': token {dup[0][0]} chooses expert "
                                   f"{srt[dup[0][0], dup[0][1]]} twice")

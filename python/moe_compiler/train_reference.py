@@ -39,13 +39,16 @@ from .reference import (
     activation,
     kept_mask,
     logsumexp,
+    mask_routing,
     prenorm,
     route,
+    routing_losses,
     sigmoid,
     softmax,
 )
 from .routing import layer_keys
 from .safetensors import save
+from .token_mask import check_token_mask
 from .weights import _rng, weight_tensors
 
 __all__ = [
@@ -220,13 +223,16 @@ class MoECache:
     shared_out: np.ndarray | None = None  # FFN_shared(x) before its sigmoid gate
     shared_sig: np.ndarray | None = None  # sigmoid(x . g) [T, 1]
     load: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    mask: np.ndarray | None = None  # bool [T]: False for padding
+    real: int = 0  # tokens the losses average over
 
 
 def moe_layer_forward(x: np.ndarray, w: Mapping[str, np.ndarray], cfg: MoEConfig,
-                      num_experts: int, forced: np.ndarray | None = None
+                      num_experts: int, forced: np.ndarray | None = None,
+                      mask: np.ndarray | None = None
                       ) -> tuple[np.ndarray, float, float, MoECache]:
     """:func:`reference.moe_layer` with its intermediates (bitwise the same results)."""
-    r = route(x, w["router"], cfg, num_experts, w.get("bias"), forced)
+    r = mask_routing(route(x, w["router"], cfg, num_experts, w.get("bias"), forced), mask)
     kept = kept_mask(r.idx, cfg, num_experts)
     y = np.zeros_like(x)
     gate = w.get("gate")
@@ -239,9 +245,9 @@ def moe_layer_forward(x: np.ndarray, w: Mapping[str, np.ndarray], cfg: MoEConfig
             np.add.at(y, tok, r.weights[tok, slot, None] * out)
             experts.append((e, tok, slot, out, c))
     if cfg.drop_policy == "passthrough":
-        dropped = ~kept
+        dropped = ~kept & (r.idx >= 0)
         y += (r.weights * dropped).sum(axis=1, keepdims=True) * x
-    cache = MoECache(x, r, kept, experts)
+    cache = MoECache(x, r, kept, experts, mask=mask)
     if cfg.num_shared_experts:
         s, cache.shared = ffn_forward(x, cfg.activation, w.get("shared_gate"), w["shared_up"],
                                       w["shared_down"])
@@ -249,13 +255,8 @@ def moe_layer_forward(x: np.ndarray, w: Mapping[str, np.ndarray], cfg: MoEConfig
             cache.shared_out = s
             cache.shared_sig = sigmoid(x @ w["shared_sigmoid_gate"].T)
             s = s * cache.shared_sig
-        y += s
-    t, k = r.idx.shape
-    cache.load = np.bincount(r.idx.ravel(), minlength=num_experts)
-    f = cache.load / (t * k)
-    p = r.scores.mean(axis=0)
-    aux = _f32(cfg.aux_loss_coeff) * num_experts * float(np.sum(f * p))
-    z = _f32(cfg.z_loss_coeff) * float(np.mean(logsumexp(r.logits) ** 2))
+        y += s if mask is None else s * mask[:, None]
+    aux, z, cache.load, cache.real = routing_losses(cfg, r, num_experts, mask)
     return y, aux, z, cache
 
 
@@ -310,19 +311,26 @@ def moe_layer_backward(cache: MoECache, w: Mapping[str, np.ndarray], cfg: MoECon
         grads["up"][e] = du
         grads["down"][e] = dd
     if cfg.drop_policy == "passthrough":
-        dropped = ~kept
+        dropped = ~kept & (r.idx >= 0)
         dweights += dropped * np.sum(dy * x, axis=-1, keepdims=True)
         dx += (r.weights * dropped).sum(axis=1, keepdims=True) * dy
+    real = None if cache.mask is None else cache.mask[:, None]
     if cache.shared is not None:
         dx += _gated_mlp_backward(cache.shared, cache.shared_out, cache.shared_sig, w,
-                                  "shared_", "shared_sigmoid_gate", dy, grads)
+                                  "shared_", "shared_sigmoid_gate",
+                                  dy if real is None else dy * real, grads)
+    # The losses average over the n real tokens (all T without a mask).
+    n = max(cache.real, 1)
     # aux = c * E * sum_e f_e * mean_t scores[t, e]: the counts f_e are constants.
     dscores = np.broadcast_to(
-        d_aux * _f32(cfg.aux_loss_coeff) * num_experts * (cache.load / (t * k)) / t,
+        d_aux * _f32(cfg.aux_loss_coeff) * num_experts * (cache.load / (n * k)) / n,
         r.scores.shape)
     # z = c * mean_t lse_t^2  ->  dlogits = c * 2 lse_t / T * softmax(logits)_t
     lse = logsumexp(r.logits)
-    dlogits = (d_z * _f32(cfg.z_loss_coeff) * 2.0 / t) * lse[:, None] * softmax(r.logits)
+    dlogits = (d_z * _f32(cfg.z_loss_coeff) * 2.0 / n) * lse[:, None] * softmax(r.logits)
+    if real is not None:
+        dscores = dscores * real
+        dlogits = dlogits * real
     dxr, grads["router"] = route_backward(x, w["router"], cfg, r, dweights, dscores, dlogits)
     return dx + dxr, grads
 
@@ -337,22 +345,26 @@ class SublayerCache:
     ffn: FfnCache | None = None
     out: np.ndarray | None = None
     sig: np.ndarray | None = None
+    mask: np.ndarray | None = None  # bool [T]: False for padding
 
 
 def _sublayer_forward(cfg: MoEConfig, sub: Sublayer, h: np.ndarray,
-                      w: Mapping[str, np.ndarray], forced: np.ndarray | None = None
+                      w: Mapping[str, np.ndarray], forced: np.ndarray | None = None,
+                      mask: np.ndarray | None = None
                       ) -> tuple[np.ndarray, float, float, SublayerCache]:
     """:func:`reference.sublayer_apply` with its intermediates."""
     n = prenorm(cfg, h, w["norm"], w.get("norm_bias"))
-    cache = SublayerCache(h, n)
+    cache = SublayerCache(h, n, mask=mask)
     if sub.kind == "moe":
-        y, aux, z, cache.moe = moe_layer_forward(n, w, cfg, sub.num_experts, forced)
+        y, aux, z, cache.moe = moe_layer_forward(n, w, cfg, sub.num_experts, forced, mask)
     else:
         y, cache.ffn = ffn_forward(n, cfg.dense_act, w.get("gate"), w["up"], w["down"])
         if "sigmoid_gate" in w:
             cache.out = y
             cache.sig = sigmoid(n @ w["sigmoid_gate"].T)
             y = y * cache.sig
+        if mask is not None:
+            y = y * mask[:, None]
         aux = z = 0.0
     return h + y, aux, z, cache
 
@@ -365,8 +377,9 @@ def _sublayer_backward(cfg: MoEConfig, sub: Sublayer, cache: SublayerCache,
     else:
         assert cache.ffn is not None
         grads = {}
+        dy = dh if cache.mask is None else dh * cache.mask[:, None]
         dn = _gated_mlp_backward(cache.ffn, cache.out, cache.sig, w, "", "sigmoid_gate",
-                                 dh, grads)
+                                 dy, grads)
     dxn = _norm_backward(cfg, cache.h, w, dn, grads)
     return dh + dxn, grads
 
@@ -403,7 +416,8 @@ class StepResult:
 def forward_backward(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndarray,
                      get: Callable[[str], np.ndarray],
                      layers: range | None = None, backward: bool = True,
-                     forced_routing: Mapping[str, np.ndarray] | None = None) -> StepResult:
+                     forced_routing: Mapping[str, np.ndarray] | None = None,
+                     token_mask: np.ndarray | None = None) -> StepResult:
     """The training loss of ``layers`` for ``targets`` and its gradients.
 
     ``get`` maps a Hugging Face name to its tensor (as for the forward). The loss is
@@ -412,6 +426,8 @@ def forward_backward(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndar
     after the forward (``dx`` is then empty and ``grads`` too; ``loads`` and
     ``routing`` are filled). ``forced_routing`` (layer key -> [T, k] experts,
     :mod:`.routing`) replays a routing: the backward keeps those experts.
+    ``token_mask`` ([T], 1 = real token, 0 = padding): the mean is over the real
+    tokens' rows, which alone get gradients; padding is masked as in the forward.
     """
     h = np.asarray(hidden_states, dtype=np.float64)
     if h.ndim != 2 or h.shape[1] != cfg.hidden_size:
@@ -421,6 +437,7 @@ def forward_backward(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndar
     if t.shape != h.shape:
         raise ConfigError(f"targets: hidden_states has shape {list(t.shape)}, expected "
                           f"{list(h.shape)} (the shape of the output)")
+    mask = None if token_mask is None else check_token_mask(token_mask, h.shape[0])
     subs = sublayers(cfg, layers)
     stack = []
     aux_total = z_total = 0.0
@@ -431,12 +448,18 @@ def forward_backward(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndar
         if sub.kind == "moe":
             key = next(keys)
             forced = forced_routing[key] if forced_routing is not None else None
-        h, aux, z, cache = _sublayer_forward(cfg, sub, h, w, forced)
+        h, aux, z, cache = _sublayer_forward(cfg, sub, h, w, forced, mask)
         aux_total += aux
         z_total += z
         stack.append((sub, w, cache))
     diff = h - t
-    mse = float(np.mean(diff * diff))
+    if mask is not None:  # the real tokens' rows only (none: 0)
+        diff = diff * mask[:, None]
+        count = max(int(mask.sum()) * h.shape[1], 1)
+        mse = float(np.sum(diff * diff)) / count
+    else:
+        count = diff.size
+        mse = float(np.mean(diff * diff))
     outputs = {"hidden_states": h}
     aux_out = z_out = None
     if cfg.aux_loss_coeff > 0:
@@ -459,7 +482,7 @@ def forward_backward(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndar
     if not backward:
         return StepResult(loss, mse, aux_out, z_out, outputs, np.zeros(0), grads, loads,
                           routing)
-    dh = (2.0 / diff.size) * diff
+    dh = (2.0 / count) * diff
     for sub, w, cache in reversed(stack):
         dh, g = _sublayer_backward(cfg, sub, cache, w, dh)
         for spec in sub.specs():
@@ -660,7 +683,8 @@ def train(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndarray,
           layers: range | None = None, bias_update_rate: float = DEFAULT_BIAS_UPDATE_RATE,
           on_step: Callable[[int, StepResult], None] | None = None,
           clip_grad_norm: float | None = None,
-          forced_routing: Mapping[str, np.ndarray] | None = None) -> list[StepResult]:
+          forced_routing: Mapping[str, np.ndarray] | None = None,
+          token_mask: np.ndarray | None = None) -> list[StepResult]:
     """``steps`` training steps on one batch; updates ``weights`` and ``opt`` in place.
 
     Each step: forward and backward with the current weights, the gradient norm
@@ -680,7 +704,7 @@ def train(cfg: MoEConfig, hidden_states: np.ndarray, targets: np.ndarray,
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             # overflow shows up as a non-finite loss or gradient, reported below
             res = forward_backward(cfg, x, targets, weights.__getitem__, layers,
-                                   forced_routing=forced_routing)
+                                   forced_routing=forced_routing, token_mask=token_mask)
         where = f"step {i} (optimizer step {opt.step_count + 1})"
         if not math.isfinite(res.loss):
             raise TrainError(f"{where}: the loss is {res.loss}")

@@ -61,6 +61,13 @@ public:
   /// The stream the kernels run on (a cudaStream_t), for the communicator
   /// to order its own stream after; null on the CPU.
   virtual void *computeStream() { return nullptr; }
+  /// moert_hold_weights: from `hold` = true until false, the expert FFN's
+  /// weight buffers are neither written nor freed, so what the backend
+  /// prepares from them may be kept for later calls (none by default).
+  virtual Status holdWeights(bool hold) {
+    (void)hold;
+    return Status::ok();
+  }
 
   //===--- Kernels (semantics: moert.h and docs/dialect.md) ---------------===//
   virtual Status rmsnorm(const void *x, const void *w, void *y, int64_t T,

@@ -758,6 +758,15 @@ void moert_stats_phase(moert_ctx *ctx, int32_t phase) {
   ctx->stats.phase = phase;
 }
 
+void moert_hold_weights(moert_ctx *ctx, int32_t hold) {
+  runKernel(ctx, "moert_hold_weights", [&] {
+    if (hold != 0 && hold != 1)
+      return error(MOERT_ERR_INVALID,
+                   "moert_hold_weights: hold %d is not 0 or 1", hold);
+    return ctx->backend->holdWeights(hold != 0);
+  });
+}
+
 void moert_copy(moert_ctx *ctx, const void *src, void *dst, int64_t bytes) {
   runKernel(ctx, "moert_copy", [&] {
     MOERT_TRY(checkCopy(ctx, "moert_copy", dst, src, bytes));
@@ -1066,6 +1075,12 @@ void moert_topk_forced(moert_ctx *ctx, const float *logits,
     MOERT_TRY(b.copyToHost(sc.data(), scores, T * E * 4));
     for (int64_t t = 0; t < T; ++t) {
       const int32_t *row = idx.data() + t * k;
+      // A row of -1 is a token the mask left unrouted (a dump of a masked
+      // batch): weight 0; moe.mask_rows after the replay keeps it so.
+      if (std::all_of(row, row + k, [](int32_t e) { return e == -1; })) {
+        std::fill(w.begin() + t * k, w.begin() + (t + 1) * k, 0.0f);
+        continue;
+      }
       double sum = 0;
       for (int64_t j = 0; j < k; ++j) {
         if (row[j] < 0 || row[j] >= E)
@@ -1278,25 +1293,156 @@ void moert_expert_load(moert_ctx *ctx, const float *scores,
   });
 }
 
-void moert_load_balance_loss(moert_ctx *ctx, const float *stats, float *out,
-                             int64_t E, int64_t tokens, int64_t k,
-                             float coeff) {
+//===--- Token mask (padding) ---------------------------------------------===//
+//
+// Backend-neutral: the mask is read on the host (it is checked there, so
+// that an error can name the token), and the backends' own kernels run on
+// the runs of real rows. Correct on every backend; on a GPU each call costs
+// a copy of the [T] mask to the host.
+
+namespace {
+/// The token mask on the host, every entry checked to be 0 or 1.
+Status readMask(moert_ctx *ctx, const char *fn, const int32_t *mask, int64_t T,
+                std::vector<int32_t> &out) {
+  out.assign(static_cast<size_t>(T), 0);
+  if (T > 0)
+    MOERT_TRY(ctx->backend->copyToHost(out.data(), mask, T * 4));
+  for (int64_t t = 0; t < T; ++t)
+    if (out[t] != 0 && out[t] != 1)
+      return error(MOERT_ERR_INVALID,
+                   "%s: token_mask of token %" PRId64
+                   " (of this rank's %" PRId64
+                   ") is %d: 1 marks a real token, 0 padding, nothing else",
+                   fn, t, T, out[t]);
+  return Status::ok();
+}
+
+/// f(begin, end) for every maximal run of rows whose mask is `value`.
+template <typename F>
+Status forRuns(const std::vector<int32_t> &mask, int32_t value, F f) {
+  int64_t n = static_cast<int64_t>(mask.size());
+  for (int64_t t = 0; t < n;) {
+    if (mask[t] != value) {
+      ++t;
+      continue;
+    }
+    int64_t end = t;
+    while (end < n && mask[end] == value)
+      ++end;
+    MOERT_TRY(f(t, end));
+    t = end;
+  }
+  return Status::ok();
+}
+
+/// The real-token count of a masked batch (a device f32 scalar): a whole
+/// non-negative number.
+Status readCount(moert_ctx *ctx, const char *fn, const float *count,
+                 int64_t &tokens) {
+  float c = 0;
+  MOERT_TRY(ctx->backend->copyToHost(&c, count, 4));
+  if (!(c >= 0) || c != std::floor(c) || c > 9.0e15f)
+    return error(MOERT_ERR_INVALID,
+                 "%s: the real-token count %g is not a whole number >= 0", fn,
+                 static_cast<double>(c));
+  tokens = static_cast<int64_t>(c);
+  return Status::ok();
+}
+
+/// out[0] = v (a device f32 scalar).
+Status storeScalar(moert_ctx *ctx, float *out, double v) {
+  float f = static_cast<float>(v);
+  return ctx->backend->copyToDevice(out, &f, 4);
+}
+} // namespace
+
+void moert_mask_rows(moert_ctx *ctx, const void *x, const int32_t *mask,
+                     void *y, int64_t T, int64_t row_bytes, int32_t fill) {
+  runKernel(ctx, "moert_mask_rows", [&]() -> Status {
+    Args a("moert_mask_rows");
+    a.nonNegative("T", T).nonNegative("row_bytes", row_bytes);
+    a.require(fill == 0 || fill == 255, "fill (%d) is neither 0 nor 255", fill);
+    if (T > 0 && row_bytes > 0)
+      a.ptrs({{"x", x}, {"mask", mask}, {"y", y}});
+    MOERT_TRY(a.status());
+    if (T == 0 || row_bytes == 0)
+      return Status::ok();
+    std::vector<int32_t> m;
+    MOERT_TRY(readMask(ctx, "moert_mask_rows", mask, T, m));
+    Backend &b = *ctx->backend;
+    if (x != y)
+      MOERT_TRY(b.copy(y, x, T * row_bytes));
+    std::vector<unsigned char> ones;
+    char *out = static_cast<char *>(y);
+    return forRuns(m, 0, [&](int64_t begin, int64_t end) -> Status {
+      int64_t bytes = (end - begin) * row_bytes;
+      if (fill == 0)
+        return b.memsetZero(out + begin * row_bytes, bytes);
+      ones.assign(static_cast<size_t>(bytes), 0xff);
+      return b.copyToDevice(out + begin * row_bytes, ones.data(), bytes);
+    });
+  });
+}
+
+void moert_token_count(moert_ctx *ctx, const int32_t *mask, float *count,
+                       int64_t T) {
+  runKernel(ctx, "moert_token_count", [&]() -> Status {
+    Args a("moert_token_count");
+    a.ptr("count", count).nonNegative("T", T);
+    if (T > 0)
+      a.ptr("mask", mask);
+    MOERT_TRY(a.status());
+    std::vector<int32_t> m;
+    MOERT_TRY(readMask(ctx, "moert_token_count", mask, T, m));
+    int64_t n = 0;
+    for (int32_t v : m)
+      n += v;
+    return storeScalar(ctx, count, double(n));
+  });
+}
+
+void moert_load_balance_loss(moert_ctx *ctx, const float *stats,
+                             const float *count, float *out, int64_t E,
+                             int64_t tokens, int64_t k, float coeff) {
   runKernel(ctx, "moert_load_balance_loss", [&] {
     Args a("moert_load_balance_loss");
     a.ptrs({{"stats", stats}, {"out", out}});
     MOERT_TRY(a.positive({{"E", E}, {"tokens", tokens}, {"k", k}}).status());
+    if (count) {
+      MOERT_TRY(readCount(ctx, "moert_load_balance_loss", count, tokens));
+      if (tokens == 0)
+        return storeScalar(ctx, out, 0.0);
+    }
     return ctx->backend->loadBalanceLoss(stats, out, E, tokens, k, coeff);
   });
 }
 
-void moert_z_loss(moert_ctx *ctx, const float *logits, float *out, int64_t T,
-                  int64_t E, int64_t total_tokens, float coeff) {
-  runKernel(ctx, "moert_z_loss", [&] {
+void moert_z_loss(moert_ctx *ctx, const float *logits, const int32_t *mask,
+                  const float *count, float *out, int64_t T, int64_t E,
+                  int64_t total_tokens, float coeff) {
+  runKernel(ctx, "moert_z_loss", [&]() -> Status {
     Args a("moert_z_loss");
     a.ptrs({{"logits", logits}, {"out", out}});
     a.positive({{"T", T}, {"E", E}, {"total_tokens", total_tokens}});
+    a.require(!mask == !count, "mask and count must be given together");
     MOERT_TRY(a.status());
-    return ctx->backend->zLoss(logits, out, T, E, total_tokens, coeff);
+    if (!mask)
+      return ctx->backend->zLoss(logits, out, T, E, total_tokens, coeff);
+    // The real tokens' share: the backend's kernel on each run of them.
+    std::vector<int32_t> m;
+    MOERT_TRY(readMask(ctx, "moert_z_loss", mask, T, m));
+    MOERT_TRY(readCount(ctx, "moert_z_loss", count, total_tokens));
+    double sum = 0;
+    if (total_tokens > 0)
+      MOERT_TRY(forRuns(m, 1, [&](int64_t begin, int64_t end) -> Status {
+        MOERT_TRY(ctx->backend->zLoss(logits + begin * E, out, end - begin, E,
+                                      total_tokens, coeff));
+        float part = 0;
+        MOERT_TRY(ctx->backend->copyToHost(&part, out, 4));
+        sum += part;
+        return Status::ok();
+      }));
+    return storeScalar(ctx, out, sum);
   });
 }
 
@@ -1539,46 +1685,93 @@ void moert_expert_load_grad(moert_ctx *ctx, const float *dstats, float *dscores,
 }
 
 void moert_load_balance_loss_grad(moert_ctx *ctx, const float *stats,
-                                  const float *dloss, float *dstats, int64_t E,
-                                  int64_t tokens, int64_t k, float coeff) {
+                                  const float *dloss, const float *count,
+                                  float *dstats, int64_t E, int64_t tokens,
+                                  int64_t k, float coeff) {
   runKernel(ctx, "moert_load_balance_loss_grad", [&] {
     Args a("moert_load_balance_loss_grad");
     a.ptrs({{"stats", stats}, {"dloss", dloss}, {"dstats", dstats}});
     a.positive({{"E", E}, {"tokens", tokens}, {"k", k}});
     a.require(std::isfinite(coeff), "coeff (%g) must be finite", coeff);
     MOERT_TRY(a.status());
+    if (count) {
+      MOERT_TRY(readCount(ctx, "moert_load_balance_loss_grad", count, tokens));
+      if (tokens == 0)
+        return ctx->backend->memsetZero(dstats, 2 * E * 4);
+    }
     return ctx->backend->loadBalanceLossGrad(stats, dloss, dstats, E, tokens, k,
                                              coeff);
   });
 }
 
 void moert_z_loss_grad(moert_ctx *ctx, const float *logits, const float *dloss,
-                       float *dlogits, int64_t T, int64_t E,
-                       int64_t total_tokens, float coeff) {
-  runKernel(ctx, "moert_z_loss_grad", [&] {
+                       const int32_t *mask, const float *count, float *dlogits,
+                       int64_t T, int64_t E, int64_t total_tokens,
+                       float coeff) {
+  runKernel(ctx, "moert_z_loss_grad", [&]() -> Status {
     Args a("moert_z_loss_grad");
     a.ptrs({{"logits", logits}, {"dloss", dloss}, {"dlogits", dlogits}});
     a.positive({{"T", T}, {"E", E}, {"total_tokens", total_tokens}});
     a.require(std::isfinite(coeff), "coeff (%g) must be finite", coeff);
+    a.require(!mask == !count, "mask and count must be given together");
     MOERT_TRY(a.status());
-    return ctx->backend->zLossGrad(logits, dloss, dlogits, T, E, total_tokens,
-                                   coeff);
+    if (!mask)
+      return ctx->backend->zLossGrad(logits, dloss, dlogits, T, E, total_tokens,
+                                     coeff);
+    std::vector<int32_t> m;
+    MOERT_TRY(readMask(ctx, "moert_z_loss_grad", mask, T, m));
+    MOERT_TRY(readCount(ctx, "moert_z_loss_grad", count, total_tokens));
+    MOERT_TRY(ctx->backend->memsetZero(dlogits, T * E * 4));
+    if (total_tokens == 0)
+      return Status::ok();
+    return forRuns(m, 1, [&](int64_t begin, int64_t end) {
+      return ctx->backend->zLossGrad(logits + begin * E, dloss,
+                                     dlogits + begin * E, end - begin, E,
+                                     total_tokens, coeff);
+    });
   });
 }
 
 void moert_mse_loss(moert_ctx *ctx, const void *y, const void *target,
-                    float *loss, void *dy, int64_t n, int64_t total_n,
+                    const int32_t *mask, const float *count, float *loss,
+                    void *dy, int64_t rows, int64_t n, int64_t total_n,
                     int32_t dtype) {
-  runKernel(ctx, "moert_mse_loss", [&] {
+  runKernel(ctx, "moert_mse_loss", [&]() -> Status {
     Args a("moert_mse_loss");
     a.ptr("loss", loss).nonNegative("n", n).positive("total_n", total_n);
-    a.require(n <= total_n, "n (%" PRId64 ") exceeds total_n (%" PRId64 ")", n,
-              total_n);
+    a.nonNegative("rows", rows);
+    a.require(n <= total_n || mask,
+              "n (%" PRId64 ") exceeds total_n (%" PRId64 ")", n, total_n);
+    a.require(!mask == !count, "mask and count must be given together");
+    a.require(!mask || (rows > 0 && n % rows == 0),
+              "n (%" PRId64 ") is not a whole number of rows (%" PRId64 ")", n,
+              rows);
     a.f32(dtype);
     if (n > 0)
       a.ptrs({{"y", y}, {"target", target}, {"dy", dy}});
     MOERT_TRY(a.status());
-    return ctx->backend->mseLoss(y, target, loss, dy, n, total_n, dtype);
+    if (!mask)
+      return ctx->backend->mseLoss(y, target, loss, dy, n, total_n, dtype);
+    // The real rows' share; padding rows get no gradient.
+    std::vector<int32_t> m;
+    int64_t real = 0, width = n / rows, rowBytes = width * 4;
+    MOERT_TRY(readMask(ctx, "moert_mse_loss", mask, rows, m));
+    MOERT_TRY(readCount(ctx, "moert_mse_loss", count, real));
+    MOERT_TRY(ctx->backend->memsetZero(dy, n * 4));
+    double sum = 0;
+    if (real > 0)
+      MOERT_TRY(forRuns(m, 1, [&](int64_t begin, int64_t end) -> Status {
+        MOERT_TRY(ctx->backend->mseLoss(
+            static_cast<const char *>(y) + begin * rowBytes,
+            static_cast<const char *>(target) + begin * rowBytes, loss,
+            static_cast<char *>(dy) + begin * rowBytes, (end - begin) * width,
+            real * width, dtype));
+        float part = 0;
+        MOERT_TRY(ctx->backend->copyToHost(&part, loss, 4));
+        sum += part;
+        return Status::ok();
+      }));
+    return storeScalar(ctx, loss, sum);
   });
 }
 

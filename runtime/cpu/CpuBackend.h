@@ -15,6 +15,7 @@
 #include "core/Backend.h"
 #include "cpu/RowGemm.h"
 
+#include <memory>
 #include <vector>
 
 namespace moert {
@@ -63,6 +64,7 @@ public:
                            int64_t dstRows, int64_t index, int64_t chunks,
                            bool join) override;
   Status synchronize() override { return Status::ok(); }
+  Status holdWeights(bool hold) override;
   double now() override;
 
   Status rmsnorm(const void *x, const void *w, void *y, int64_t T, int64_t D,
@@ -226,6 +228,10 @@ private:
   /// FfnGemm chosen.
   Status gemmNT(const float *a, const float *b, float *c, int64_t m, int64_t n,
                 int64_t kk);
+  /// b packed while the weights are held (moert_hold_weights) and an expert
+  /// FFN runs; null otherwise or past kHeldBytes (the caller packs per call).
+  Status heldWeight(const float *b, int64_t n, int64_t kk,
+                    const cpu::PackedB *&out);
   /// Backward of the FFN over the live rows in `blocks`: dx of those rows
   /// and the weight gradients (overwritten: 0 without live rows). When
   /// `fOut` is not null, the FFN's output of those rows is written there.
@@ -279,6 +285,13 @@ private:
   FfnGemm ffnGemm_ = FfnGemm::RowIndependent;
   cpu::RowGemm rowGemm_;
   Workspace ffnWork_;
+  /// moert_hold_weights: the expert FFN's weight matrices packed once while
+  /// held (inExpertFfn_: inside moert_expert_ffn / _train), dropped when
+  /// released. At most kHeldBytes are kept.
+  static constexpr int64_t kHeldBytes = int64_t(1) << 30;
+  bool holding_ = false, inExpertFfn_ = false;
+  std::vector<std::unique_ptr<cpu::PackedB>> held_;
+  int64_t heldBytes_ = 0;
   /// Live row blocks of every expert: blocks of e are
   /// blocks_[blockStart_[e] .. blockStart_[e+1]).
   std::vector<RowBlock> blocks_;

@@ -116,10 +116,42 @@ int64_t walkRows(const RowBlock *blocks, int64_t numBlocks, Cursor &cur,
 
 } // namespace
 
+Status CpuBackend::holdWeights(bool hold) {
+  holding_ = hold;
+  held_.clear(); // a new hold starts empty
+  heldBytes_ = 0;
+  return Status::ok();
+}
+
+Status CpuBackend::heldWeight(const float *b, int64_t n, int64_t kk,
+                              const cpu::PackedB *&out) {
+  out = nullptr;
+  if (!holding_ || !inExpertFfn_)
+    return Status::ok();
+  for (const auto &p : held_)
+    if (p->source() == b && p->n() == n && p->k() == kk) {
+      out = p.get();
+      return Status::ok();
+    }
+  int64_t bytes = n * kk * int64_t(sizeof(float));
+  if (heldBytes_ + bytes > kHeldBytes)
+    return Status::ok();
+  auto p = std::make_unique<cpu::PackedB>();
+  MOERT_TRY(cpu::RowGemm::pack(b, n, kk, threads_, "moert_expert_ffn", *p));
+  heldBytes_ += p->bytes();
+  out = held_.emplace_back(std::move(p)).get();
+  return Status::ok();
+}
+
 Status CpuBackend::gemmNT(const float *a, const float *b, float *c, int64_t m,
                           int64_t n, int64_t kk) {
-  if (ffnGemm_ == FfnGemm::RowIndependent)
+  if (ffnGemm_ == FfnGemm::RowIndependent) {
+    const cpu::PackedB *packed;
+    MOERT_TRY(heldWeight(b, n, kk, packed));
+    if (packed)
+      return rowGemm_.nt(a, *packed, c, m, threads_, "moert_expert_ffn");
     return rowGemm_.nt(a, b, c, m, n, kk, threads_, "moert_expert_ffn");
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, kk, 1.0f, a, kk, b,
               kk, 0.0f, c, n);
   return Status::ok();
@@ -613,6 +645,12 @@ Status CpuBackend::expertFfn(const void *x, const int32_t *counts,
   for (void *saved : {saveA, saveU})
     if (saved)
       zeroUncoveredRows(static_cast<float *>(saved), F, totalRows);
+  // Held weights (moert_hold_weights) serve this kernel's GEMMs only.
+  struct InExpertFfn {
+    bool &flag;
+    explicit InExpertFfn(bool &f) : flag(f) { flag = true; }
+    ~InExpertFfn() { flag = false; }
+  } scope(inExpertFfn_);
   for (int64_t e = 0; e < E; ++e) {
     FfnWeights w{gate ? static_cast<const float *>(gate) + e * F * D : nullptr,
                  static_cast<const float *>(up) + e * F * D,

@@ -154,10 +154,12 @@ Status CpuBackend::topk(const float *logits, const float *bias, float *weights,
 }
 
 namespace {
+/// Every index is an expert in [0, E) or -1 (a token the mask left
+/// unrouted: no slot, not counted).
 Status checkIndices(const char *fn, const int32_t *indices, int64_t T,
                     int64_t k, int64_t E) {
   for (int64_t i = 0; i < T * k; ++i)
-    if (indices[i] < 0 || indices[i] >= E)
+    if (indices[i] < -1 || indices[i] >= E)
       return error(MOERT_ERR_INVALID,
                    "%s: indices[%" PRId64 ",%" PRId64 "] = %d is not an "
                    "expert in [0, %" PRId64 ")",
@@ -175,7 +177,8 @@ Status CpuBackend::assign(const int32_t *indices, int32_t *positions,
     // each expert a cursor at its offset and walk assignments in order.
     cursor_.assign(static_cast<size_t>(E), 0);
     for (int64_t i = 0; i < T * k; ++i)
-      ++cursor_[indices[i]];
+      if (indices[i] >= 0)
+        ++cursor_[indices[i]];
     int64_t offset = 0;
     for (int64_t e = 0; e < E; ++e) {
       counts[e] = static_cast<int32_t>(cursor_[e]);
@@ -183,7 +186,8 @@ Status CpuBackend::assign(const int32_t *indices, int32_t *positions,
       offset += counts[e];
     }
     for (int64_t i = 0; i < T * k; ++i)
-      positions[i] = static_cast<int32_t>(cursor_[indices[i]]++);
+      positions[i] =
+          indices[i] < 0 ? -1 : static_cast<int32_t>(cursor_[indices[i]]++);
     return Status::ok();
   }
   // Capacity: per token group, slot-major (every first choice of the group
@@ -197,7 +201,9 @@ Status CpuBackend::assign(const int32_t *indices, int32_t *positions,
       for (int64_t t = g * perGroup; t < (g + 1) * perGroup; ++t) {
         int32_t e = indices[t * k + j];
         int32_t &pos = positions[t * k + j];
-        if (fill[e] < capacity)
+        if (e < 0)
+          pos = -1; // not routed: takes no slot
+        else if (fill[e] < capacity)
           pos = static_cast<int32_t>(e * groups * capacity + g * capacity +
                                      fill[e]++);
         else
@@ -213,7 +219,8 @@ Status CpuBackend::expertLoad(const float *scores, const int32_t *indices,
   MOERT_TRY(checkIndices("moert_expert_load", indices, T, k, E));
   sums_.assign(static_cast<size_t>(2 * E), 0.0);
   for (int64_t i = 0; i < T * k; ++i)
-    sums_[indices[i]] += 1.0;
+    if (indices[i] >= 0)
+      sums_[indices[i]] += 1.0;
   for (int64_t t = 0; t < T; ++t)
     for (int64_t e = 0; e < E; ++e)
       sums_[E + e] += scores[t * E + e];

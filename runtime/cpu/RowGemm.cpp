@@ -264,7 +264,82 @@ const char *rowGemmPathName(RowGemmPath path) {
   }
 }
 
+namespace {
+/// The kernel and the packing of b of `path` (Auto: this process's).
+void choose(RowGemmPath path, Kernel &kernel, PackB &packB) {
+  if (path == RowGemmPath::Auto)
+    path = rowGemmAutoPath();
+  kernel = kernelPortable;
+  packB = packBPortable;
+#ifdef MOERT_ROWGEMM_X86
+  if (path == RowGemmPath::Avx2 && rowGemmHasAvx2()) {
+    kernel = kernelAvx2;
+    packB = packBAvx2;
+  }
+#endif
+}
+
+int64_t panelsOf(int64_t N) { return (N + kNr - 1) / kNr; }
+} // namespace
+
+PackedB::~PackedB() { std::free(data_); }
+
+int64_t PackedB::bytes() const {
+  return panelsOf(n_) * kNr * k_ * int64_t(sizeof(float));
+}
+
 RowGemm::~RowGemm() { std::free(pack_); }
+
+Status RowGemm::pack(const float *b, int64_t N, int64_t K, int threads,
+                     const char *fn, PackedB &out, RowGemmPath path) {
+  std::free(out.data_);
+  out.data_ = nullptr;
+  out.source_ = b;
+  out.n_ = std::max<int64_t>(N, 0);
+  out.k_ = std::max<int64_t>(K, 0);
+  if (N <= 0 || K <= 0)
+    return Status::ok();
+  Kernel kernel;
+  PackB packB;
+  choose(path, kernel, packB);
+  int64_t panels = panelsOf(N);
+  void *p = nullptr;
+  if (posix_memalign(&p, 64, static_cast<size_t>(out.bytes())))
+    return error(MOERT_ERR_NOMEM,
+                 "%s: cannot allocate %" PRId64 " bytes of packed weights", fn,
+                 out.bytes());
+  out.data_ = static_cast<float *>(p);
+  // Block pc holds panels of kc values of k from panels * kNr * pc on (every
+  // block before it has kKc).
+#pragma omp parallel for num_threads(std::max(1, threads)) schedule(static)
+  for (int64_t p0 = 0; p0 < panels; ++p0)
+    for (int64_t pc = 0; pc < K; pc += kKc) {
+      int64_t kc = std::min(kKc, K - pc);
+      packB(b, N, K, p0 * kNr, pc, kc,
+            out.data_ + panels * kNr * pc + p0 * kNr * kc);
+    }
+  return Status::ok();
+}
+
+Status RowGemm::nt(const float *a, const float *b, float *c, int64_t M,
+                   int64_t N, int64_t K, int threads, const char *fn,
+                   RowGemmPath path) {
+  return run(a, b, nullptr, c, M, N, K, threads, fn, /*bKN=*/false,
+             /*accumulateC=*/false, path);
+}
+
+Status RowGemm::nn(const float *a, const float *b, float *c, int64_t M,
+                   int64_t N, int64_t K, int threads, const char *fn,
+                   bool accumulate, RowGemmPath path) {
+  return run(a, b, nullptr, c, M, N, K, threads, fn, /*bKN=*/true, accumulate,
+             path);
+}
+
+Status RowGemm::nt(const float *a, const PackedB &b, float *c, int64_t M,
+                   int threads, const char *fn, RowGemmPath path) {
+  return run(a, b.source(), &b, c, M, b.n(), b.k(), threads, fn,
+             /*bKN=*/false, /*accumulateC=*/false, path);
+}
 
 Status RowGemm::reserve(int64_t floats, const char *fn) {
   if (floats <= packSize_)
@@ -282,22 +357,10 @@ Status RowGemm::reserve(int64_t floats, const char *fn) {
   return Status::ok();
 }
 
-Status RowGemm::nt(const float *a, const float *b, float *c, int64_t M,
-                   int64_t N, int64_t K, int threads, const char *fn,
-                   RowGemmPath path) {
-  return run(a, b, c, M, N, K, threads, fn, /*bKN=*/false,
-             /*accumulate=*/false, path);
-}
-
-Status RowGemm::nn(const float *a, const float *b, float *c, int64_t M,
-                   int64_t N, int64_t K, int threads, const char *fn,
-                   bool accumulate, RowGemmPath path) {
-  return run(a, b, c, M, N, K, threads, fn, /*bKN=*/true, accumulate, path);
-}
-
-Status RowGemm::run(const float *a, const float *b, float *c, int64_t M,
-                    int64_t N, int64_t K, int threads, const char *fn, bool bKN,
-                    bool accumulateC, RowGemmPath path) {
+Status RowGemm::run(const float *a, const float *b, const PackedB *packed,
+                    float *c, int64_t M, int64_t N, int64_t K, int threads,
+                    const char *fn, bool bKN, bool accumulateC,
+                    RowGemmPath path) {
   if (M <= 0 || N <= 0)
     return Status::ok();
   if (K <= 0) { // the empty sum
@@ -305,16 +368,9 @@ Status RowGemm::run(const float *a, const float *b, float *c, int64_t M,
       std::memset(c, 0, static_cast<size_t>(M * N) * sizeof(float));
     return Status::ok();
   }
-  if (path == RowGemmPath::Auto)
-    path = rowGemmAutoPath();
-  Kernel kernel = kernelPortable;
-  PackB packB = packBPortable;
-#ifdef MOERT_ROWGEMM_X86
-  if (path == RowGemmPath::Avx2 && rowGemmHasAvx2()) {
-    kernel = kernelAvx2;
-    packB = packBAvx2;
-  }
-#endif
+  Kernel kernel;
+  PackB packB;
+  choose(path, kernel, packB);
   if (bKN)
     packB = packBKN;
   threads = std::max(1, threads);
@@ -322,10 +378,10 @@ Status RowGemm::run(const float *a, const float *b, float *c, int64_t M,
   // same bits).
   if (M * N * std::min(K, kKc) < (int64_t(1) << 18))
     threads = 1;
-  int64_t panels = (N + kNr - 1) / kNr;
+  int64_t panels = panelsOf(N);
   threads = static_cast<int>(std::min<int64_t>(threads, panels));
   int64_t kcMax = std::min(K, kKc);
-  int64_t packedB = panels * kNr * kcMax, packedA = kMc * kcMax;
+  int64_t packedB = packed ? 0 : panels * kNr * kcMax, packedA = kMc * kcMax;
   MOERT_TRY(reserve(packedB + threads * packedA, fn));
   // Each thread owns a range of column panels: it packs them and computes
   // every row of them, so no thread waits for another until the end.
@@ -337,9 +393,14 @@ Status RowGemm::run(const float *a, const float *b, float *c, int64_t M,
     for (int64_t pc = 0; pc < K && p0 < p1; pc += kKc) {
       int64_t kc = std::min(kKc, K - pc);
       bool accumulate = pc > 0 || accumulateC;
-      float *bp = pack_ + p0 * kNr * kcMax;
-      for (int64_t p = p0; p < p1; ++p)
-        packB(b, N, K, p * kNr, pc, kc, bp + (p - p0) * kNr * kc);
+      float *bp;
+      if (packed) {
+        bp = packed->data_ + panels * kNr * pc + p0 * kNr * kc;
+      } else {
+        bp = pack_ + p0 * kNr * kcMax;
+        for (int64_t p = p0; p < p1; ++p)
+          packB(b, N, K, p * kNr, pc, kc, bp + (p - p0) * kNr * kc);
+      }
       for (int64_t m0 = 0; m0 < M; m0 += kMc) {
         int64_t mc = std::min(kMc, M - m0);
         packA(a, M, K, m0, mc, pc, kc, ap);

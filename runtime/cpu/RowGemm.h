@@ -43,6 +43,29 @@ bool rowGemmHasAvx2();
 RowGemmPath rowGemmAutoPath();
 const char *rowGemmPathName(RowGemmPath path);
 
+/// b [N, K] packed once (RowGemm::pack) for any number of RowGemm::nt calls:
+/// the packing reads and rewrites all of b, which for a few rows costs more
+/// than the product. Packing moves values only, so a product with a packed
+/// b has the bits of one that packs b itself.
+class PackedB {
+public:
+  PackedB() = default;
+  PackedB(const PackedB &) = delete;
+  PackedB &operator=(const PackedB &) = delete;
+  ~PackedB();
+  /// The b it was packed from, and its shape.
+  const float *source() const { return source_; }
+  int64_t n() const { return n_; }
+  int64_t k() const { return k_; }
+  int64_t bytes() const;
+
+private:
+  friend class RowGemm;
+  float *data_ = nullptr; // per block of kKc values of k, its panels
+  const float *source_ = nullptr;
+  int64_t n_ = 0, k_ = 0;
+};
+
 /// The row-independent SGEMM, with its packing buffers (they only grow). Not
 /// thread-safe: one per backend.
 class RowGemm {
@@ -58,6 +81,14 @@ public:
   Status nt(const float *a, const float *b, float *c, int64_t M, int64_t N,
             int64_t K, int threads, const char *fn,
             RowGemmPath path = RowGemmPath::Auto);
+  /// nt with b packed beforehand (b.n() x b.k()): the same bits.
+  Status nt(const float *a, const PackedB &b, float *c, int64_t M, int threads,
+            const char *fn, RowGemmPath path = RowGemmPath::Auto);
+  /// Packs b [N, K] into `out` (replacing what it held), on up to `threads`
+  /// threads.
+  static Status pack(const float *b, int64_t N, int64_t K, int threads,
+                     const char *fn, PackedB &out,
+                     RowGemmPath path = RowGemmPath::Auto);
 
   /// c[M,N] = a[M,K] . b[K,N] (the NN form of the backward's data GEMMs:
   /// dh = dy.down, dx = du.up), each element the same ascending fma chain.
@@ -72,10 +103,11 @@ public:
   static constexpr int64_t kMr = 6, kNr = 16, kKc = 256, kMc = 96;
 
 private:
-  /// nt (bKN false: b is [N, K]) or nn (bKN true: b is [K, N]).
-  Status run(const float *a, const float *b, float *c, int64_t M, int64_t N,
-             int64_t K, int threads, const char *fn, bool bKN, bool accumulate,
-             RowGemmPath path);
+  /// b is [N, K] (nt; or `packed`) or, with bKN, [K, N] (nn); with
+  /// accumulateC each element's chain starts from c's value.
+  Status run(const float *a, const float *b, const PackedB *packed, float *c,
+             int64_t M, int64_t N, int64_t K, int threads, const char *fn,
+             bool bKN, bool accumulateC, RowGemmPath path);
   Status reserve(int64_t floats, const char *fn);
   float *pack_ = nullptr;
   int64_t packSize_ = 0;

@@ -7,7 +7,7 @@
 
 // Every module exports `const int32_t moe_abi_version = MOERT_ABI_VERSION`
 // (raise the number here with MOERT_ABI_VERSION).
-// CHECK: llvm.mlir.global external constant @moe_abi_version(10 : i32) {addr_space = 0 : i32} : i32
+// CHECK: llvm.mlir.global external constant @moe_abi_version(12 : i32) {addr_space = 0 : i32} : i32
 // CHECK-LABEL: func.func @moe_entry_empty
 func.func @empty(%x: tensor<4xf32>) -> tensor<4xf32> {
   return %x : tensor<4xf32>
@@ -28,8 +28,8 @@ func.func @empty(%x: tensor<4xf32>) -> tensor<4xf32> {
 // CHECK-DAG: func.func private @moert_combine(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, i32)
 // CHECK-DAG: func.func private @moert_mlp(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, i32, i32)
 // CHECK-DAG: func.func private @moert_expert_load(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64)
-// CHECK-DAG: func.func private @moert_load_balance_loss(!llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, f32)
-// CHECK-DAG: func.func private @moert_z_loss(!llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, f32)
+// CHECK-DAG: func.func private @moert_load_balance_loss(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, f32)
+// CHECK-DAG: func.func private @moert_z_loss(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, f32)
 // CHECK-LABEL: func.func @moe_entry_compute
 func.func @compute(%x: tensor<64x32xf32>, %n: tensor<32xf32>, %wr: tensor<8x32xf32>, %u: tensor<8x16x32xf32>, %d: tensor<8x32x16xf32>, %mg: tensor<48x32xf32>, %mu: tensor<48x32xf32>, %md: tensor<32x48xf32>) -> (tensor<64x32xf32>, tensor<64x32xf32>, tensor<f32>, tensor<f32>, tensor<64x32xf32>) {
   %0 = moe.rmsnorm %x, %n {eps = 1.0e-05 : f32} : (tensor<64x32xf32>, tensor<32xf32>) -> tensor<64x32xf32>
@@ -156,9 +156,9 @@ func.func @layernorm(%x: tensor<16x32xf32>, %w: tensor<32xf32>, %b: tensor<32xf3
 //   func.func private @moert_expert_ffn_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, i64, i64, i64, i32, i32)
 //   func.func private @moert_mlp_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, i32, i32)
 //   func.func private @moert_expert_load_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64)
-//   func.func private @moert_load_balance_loss_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, f32)
-//   func.func private @moert_z_loss_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, f32)
-//   func.func private @moert_mse_loss(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i32)
+//   func.func private @moert_load_balance_loss_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, f32)
+//   func.func private @moert_z_loss_grad(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, f32)
+//   func.func private @moert_mse_loss(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64, i32)
 //   func.func private @moert_adamw(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64)
 //   func.func private @moert_sgd(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64)
 //   func.func private @moert_bias_update(!llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, !llvm.ptr, i64, i64, i64)

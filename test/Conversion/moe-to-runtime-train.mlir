@@ -16,9 +16,9 @@
 // CHECK: call @moert_combine_grad(%arg0, %[[BUF:[^,]*]], %[[POS:[^,]*]], %[[W:[^,]*]], %[[X]], %[[DY:[^,]*]], %[[BASE]], %[[DW:[^,]*]], %[[DP:[^,]*]], %c8_i64, %c2_i64, %c32_i64, %[[C24]], %c0_i32)
 // CHECK: call @moert_expert_ffn_grad(%arg0, %[[BUF]], %[[NULL]], %[[NULL]], %{{[^,]*}}, %{{[^,]*}}, %[[BASE]], %[[NULL]], %[[NULL]], %[[DB:[^,]*]], %[[NULL]], %{{[^,]*}}, %{{[^,]*}}, %c4_i64, %c1_i64, %c6_i64, %[[C24]], %c32_i64, %c16_i64, %[[GELU]], %c0_i32)
 // CHECK: call @moert_dispatch_grad(%arg0, %[[DB]], %[[POS]], %{{[^,]*}}, %c8_i64, %c2_i64, %c32_i64, %[[C24]], %c0_i32)
-// CHECK: call @moert_load_balance_loss_grad(%arg0, %{{[^,]*}}, %[[ONE:[^,]*]], %[[DST:[^,]*]], %c4_i64, %c8_i64, %c2_i64, %{{[^)]*}})
+// CHECK: call @moert_load_balance_loss_grad(%arg0, %{{[^,]*}}, %[[ONE:[^,]*]], %[[NULL]], %[[DST:[^,]*]], %c4_i64, %c8_i64, %c2_i64, %{{[^)]*}})
 // CHECK: call @moert_expert_load_grad(%arg0, %[[DST]], %[[DS:[^,]*]], %c8_i64, %c4_i64)
-// CHECK: call @moert_z_loss_grad(%arg0, %[[LOGITS:[^,]*]], %[[ONE]], %{{[^,]*}}, %c8_i64, %c4_i64, %c8_i64, %{{[^)]*}})
+// CHECK: call @moert_z_loss_grad(%arg0, %[[LOGITS:[^,]*]], %[[ONE]], %[[NULL]], %[[NULL]], %{{[^,]*}}, %c8_i64, %c4_i64, %c8_i64, %{{[^)]*}})
 // CHECK: call @moert_topk_grad(%arg0, %[[LOGITS]], %{{[^,]*}}, %[[DW]], %[[DS]], %{{[^,]*}}, %c8_i64, %c4_i64, %c2_i64, %c0_i32, %c1_i32, %{{[^)]*}})
 // CHECK: call @moert_router_grad(%arg0, %[[X]],
 // CHECK: call @moert_rmsnorm_grad(%arg0, %[[X]], %{{[^,]*}}, %{{[^,]*}}, %{{[^,]*}}, %{{[^,]*}}, %c8_i64, %c32_i64, %[[EPS]], %c0_i32)
@@ -51,7 +51,7 @@ func.func @backward(%x: tensor<8x32xf32>, %n: tensor<32xf32>, %dy: tensor<8x32xf
 // CHECK-LABEL: func.func @moe_entry_train_bits
 // CHECK-DAG: %[[Y:.*]] = llvm.load %arg1 : !llvm.ptr -> !llvm.ptr
 // CHECK-DAG: %[[R0:.*]] = llvm.load %arg2 : !llvm.ptr -> !llvm.ptr
-// CHECK: call @moert_mse_loss(%arg0, %[[Y]], %{{[^,]*}}, %[[R0]], %{{[^,]*}}, %c256_i64, %c512_i64, %c0_i32)
+// CHECK: call @moert_mse_loss(%arg0, %[[Y]], %{{[^,]*}}, %{{[^,]*}}, %{{[^,]*}}, %[[R0]], %{{[^,]*}}, %c8_i64, %c256_i64, %c512_i64, %c0_i32)
 // CHECK: call @moert_copy(%arg0, %{{[^,]*}}, %{{[^,]*}}, %c4_i64)
 // CHECK: call @moert_copy(%arg0, %{{[^,]*}}, %{{[^,]*}}, %c16_i64)
 // CHECK: return

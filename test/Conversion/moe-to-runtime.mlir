@@ -138,3 +138,24 @@ func.func @row_chunks(%x: tensor<64x32xf32>, %c: tensor<1x8xi32>) -> (tensor<64x
   %2 = moe.join_rows %1, %0 counts %c : (tensor<36x32xf32>, tensor<36x32xf32>, tensor<1x8xi32>) -> tensor<64x32xf32>
   return %2, %n : tensor<64x32xf32>, tensor<1x8xi32>
 }
+
+// -----
+
+// moe.hold_weights (moe-overlap's chunks of one FFN): moert_hold_weights 1
+// before the "open" FFN, 0 after the "close" one; an "open" left unclosed is
+// closed at the return, so nothing stays held past the entry.
+// CHECK-LABEL: func.func @moe_entry_held
+// CHECK: call @moert_hold_weights(%{{.*}}, %[[ON:.*]]) :
+// CHECK-NEXT: call @moert_expert_ffn
+// CHECK-NEXT: call @moert_expert_ffn
+// CHECK-NEXT: call @moert_hold_weights(%{{.*}}, %[[OFF:.*]]) :
+// CHECK-NEXT: call @moert_hold_weights(%{{.*}}, %[[ON]]) :
+// CHECK-NEXT: call @moert_expert_ffn
+// CHECK-NEXT: call @moert_hold_weights(%{{.*}}, %[[OFF]]) :
+// CHECK-NEXT: return
+func.func @held(%x: tensor<2x4x8xf32>, %u: tensor<2x16x8xf32>, %d: tensor<2x8x16xf32>) -> (tensor<2x4x8xf32>, tensor<2x4x8xf32>, tensor<2x4x8xf32>) {
+  %a = moe.expert_ffn %x up %u down %d act = relu {moe.hold_weights = "open"} : (tensor<2x4x8xf32>, tensor<2x16x8xf32>, tensor<2x8x16xf32>) -> tensor<2x4x8xf32>
+  %b = moe.expert_ffn %x up %u down %d act = relu {moe.hold_weights = "close"} : (tensor<2x4x8xf32>, tensor<2x16x8xf32>, tensor<2x8x16xf32>) -> tensor<2x4x8xf32>
+  %c = moe.expert_ffn %x up %u down %d act = relu {moe.hold_weights = "open"} : (tensor<2x4x8xf32>, tensor<2x16x8xf32>, tensor<2x8x16xf32>) -> tensor<2x4x8xf32>
+  return %a, %b, %c : tensor<2x4x8xf32>, tensor<2x4x8xf32>, tensor<2x4x8xf32>
+}

@@ -25,27 +25,28 @@
 // CHECK-NOT: moe.all_to_all
 
 // Degree 4: at most one chunk ahead. Chunk i+1 is started before FFN(i), and
-// the return of chunk i-1 is waited after FFN(i).
+// the return of chunk i-1 is waited after FFN(i). The weights are held from
+// the first chunk's FFN to the last's (only those two are marked).
 // FOUR-LABEL: func.func @capacity
 // FOUR: %[[F0:.*]] = moe.all_to_all_start {{.*}} -> !moe.future<tensor<4x4x32xf32>>
 // FOUR: %[[F1:.*]] = moe.all_to_all_start
 // FOUR: moe.wait %[[F0]]
-// FOUR-NEXT: moe.expert_ffn
+// FOUR-NEXT: moe.expert_ffn {{.*}} {moe.hold_weights = "open"}
 // FOUR-NEXT: %[[R0:.*]] = moe.all_to_all_start {{.*}} split = 1 concat = 0
 // FOUR-NEXT: moe.chunk {{.*}} index = 2 chunks = 4
 // FOUR-NEXT: %[[F2:.*]] = moe.all_to_all_start
 // FOUR-NEXT: moe.wait %[[F1]]
-// FOUR-NEXT: moe.expert_ffn
+// FOUR-NEXT: moe.expert_ffn {{.*}} act = relu :
 // FOUR-NEXT: %[[R1:.*]] = moe.all_to_all_start {{.*}} split = 1 concat = 0
 // FOUR-NEXT: moe.wait %[[R0]]
 // FOUR-NEXT: moe.chunk {{.*}} index = 3 chunks = 4
 // FOUR-NEXT: %[[F3:.*]] = moe.all_to_all_start
 // FOUR-NEXT: moe.wait %[[F2]]
-// FOUR-NEXT: moe.expert_ffn
+// FOUR-NEXT: moe.expert_ffn {{.*}} act = relu :
 // FOUR-NEXT: %[[R2:.*]] = moe.all_to_all_start
 // FOUR-NEXT: moe.wait %[[R1]]
 // FOUR-NEXT: moe.wait %[[F3]]
-// FOUR-NEXT: moe.expert_ffn
+// FOUR-NEXT: moe.expert_ffn {{.*}} {moe.hold_weights = "close"}
 // FOUR-NEXT: %[[R3:.*]] = moe.all_to_all_start
 // FOUR-NEXT: %[[B2:.*]] = moe.wait %[[R2]]
 // FOUR-NEXT: %[[B3:.*]] = moe.wait %[[R3]]

@@ -356,7 +356,11 @@ llvm::Error checkTrainable(ModuleOp module) {
     return makeError("--train needs a function @forward to differentiate");
   for (auto [i, t] : llvm::enumerate(forward.getArgumentTypes())) {
     auto elem = cast<ShapedType>(t).getElementType();
-    if (elem.isF32())
+    auto input = forward.getArgAttrOfType<StringAttr>(
+        i, moe::MoEDialect::kInputAttrName);
+    // The token mask (i32) is an input, not a weight (spec.md 3.11).
+    if (elem.isF32() ||
+        (elem.isInteger(32) && input && input.getValue() == "token_mask"))
       continue;
     auto name = forward.getArgAttrOfType<StringAttr>(
         i, moe::MoEDialect::kWeightAttrName);

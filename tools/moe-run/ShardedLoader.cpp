@@ -178,6 +178,27 @@ Status ShardedLoader::read(const TensorSpec &spec, char *out) const {
                 : readFrom(*inputs_, spec, out);
 }
 
+/// The token mask (docs/spec.md 3.11) is 1 or 0 per token: checked where it
+/// is read, so that the error names the token's index in the whole batch.
+static Status checkTokenMask(const std::string &path, const TensorSpec &spec,
+                             const Slice &slice, const char *out) {
+  if (spec.role != "input" || spec.name != "token_mask" ||
+      spec.dtype != MOERT_I32 || slice.lo.size() != 1)
+    return Status::ok();
+  int64_t n = slice.hi[0] - slice.lo[0];
+  for (int64_t t = 0; t < n; ++t) {
+    int32_t v;
+    std::memcpy(&v, out + t * 4, 4);
+    if (v != 0 && v != 1)
+      return supportError(MOERT_ERR_INVALID,
+                          "%s: tensor 'token_mask': token %lld has mask %d: "
+                          "1 marks a real token, 0 padding, nothing else",
+                          path.c_str(), static_cast<long long>(slice.lo[0] + t),
+                          v);
+  }
+  return Status::ok();
+}
+
 template <typename File>
 static Status readSpec(const Mesh &mesh, const std::vector<int64_t> &coords,
                        const File &file, const TensorSpec &spec, char *out) {
@@ -185,7 +206,8 @@ static Status readSpec(const Mesh &mesh, const std::vector<int64_t> &coords,
   MOERT_TRY(computeSlice(mesh, spec, coords, slice));
   if (spec.isExpertStack())
     return loadExpertStack(file, spec, slice, out);
-  return loadPlain(file, spec, slice, out);
+  MOERT_TRY(loadPlain(file, spec, slice, out));
+  return checkTokenMask(file.path(), spec, slice, out);
 }
 
 Status ShardedLoader::readFrom(const SafetensorsFile &file,

@@ -180,6 +180,10 @@ struct GroupLinks {
 /// At degree d each of the three is cut into d chunks (Cost::chunk).
 struct ExchangeStage {
   Cost dispatch, compute, combine;
+  /// The least time of one chunk's compute, whatever its rows: the expert
+  /// FFN reads all its weights on every call (their bytes at the copy
+  /// rate), so small chunks become memory-bound.
+  double computeFloor = 0;
 };
 
 /// The cost model: a cluster and the queries of the passes.
@@ -267,10 +271,11 @@ struct PipelinePrediction {
 /// The schedule moe-overlap emits at degree d, on two resources that run at
 /// once (compute; one link on which collectives run in the order they are
 /// started): dispatch chunk 0 and 1 start first; the expert FFN of chunk i
-/// waits for its dispatch; after it the combine of chunk i and the dispatch
-/// of chunk i+2 are started, so that the link carries D0 D1 C0 D2 C1 ...
-/// while the FFN computes. Each chunk pays its collectives' latency again,
-/// so the exposed communication first falls with d and then grows.
+/// (no faster than stage.computeFloor) waits for its dispatch; after it the
+/// combine of chunk i and the dispatch of chunk i+2 are started, so that the
+/// link carries D0 D1 C0 D2 C1 ... while the FFN computes. Each chunk pays its
+/// collectives' latency again, so the exposed communication first falls with d
+/// and then grows.
 PipelinePrediction predictPipelinedExchange(const ExchangeStage &stage,
                                             int64_t degree);
 

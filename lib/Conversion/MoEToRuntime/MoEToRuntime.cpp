@@ -424,13 +424,27 @@ LogicalResult FunctionLowering::run() {
     recomputePhase = recompute;
     return em->call(abi::moert_stats_phase{.phase = em->i32(recompute)});
   };
+  // moe.hold_weights = "open" ... "close" (moe-overlap's chunks of one
+  // FFN): moert_hold_weights around them, closed at the return at the
+  // latest, so that nothing stays held past the entry.
+  bool holding = false;
+  auto hold = [&](bool on) -> LogicalResult {
+    if (on == holding)
+      return success();
+    holding = on;
+    return em->call(abi::moert_hold_weights{.hold = em->i32(on)});
+  };
+  auto holdMark = [](Operation &op) {
+    auto mark = op.getAttrOfType<StringAttr>(MoEDialect::kHoldWeightsAttrName);
+    return mark ? mark.getValue() : StringRef();
+  };
   for (Operation &op : body) {
     em->setLoc(op.getLoc());
     if (isa<CollectiveOpInterface>(op) &&
         failed(setPhase(op.hasAttr(MoEDialect::kRecomputeAttrName))))
       return failure();
     if (auto ret = dyn_cast<func::ReturnOp>(op)) {
-      if (failed(setPhase(false)))
+      if (failed(setPhase(false)) || failed(hold(false)))
         return failure();
       // Results not written in place (arguments, values returned twice).
       for (auto [i, v] : llvm::enumerate(ret.getOperands())) {
@@ -447,7 +461,11 @@ LogicalResult FunctionLowering::run() {
       func::ReturnOp::create(em->builder(), op.getLoc());
       continue;
     }
+    if (holdMark(op) == "open" && failed(hold(true)))
+      return failure();
     if (failed(lowerOp(op)))
+      return failure();
+    if (holdMark(op) == "close" && failed(hold(false)))
       return failure();
   }
   func.erase();
@@ -623,6 +641,7 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
       .Case([&](LoadBalanceLossOp o) {
         return e.call(abi::moert_load_balance_loss{
             .stats = ptr(o.getStats()),
+            .count = optPtr(o.getCount()),
             .out = ptr(o.getLoss()),
             .E = dim(o.getStats(), 1),
             .tokens = e.i64(o.getTokens()),
@@ -632,11 +651,30 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
       .Case([&](ZLossOp o) {
         return e.call(
             abi::moert_z_loss{.logits = ptr(o.getLogits()),
+                              .mask = optPtr(o.getMask()),
+                              .count = optPtr(o.getCount()),
                               .out = ptr(o.getLoss()),
                               .T = dim(o.getLogits(), 0),
                               .E = dim(o.getLogits(), 1),
                               .total_tokens = e.i64(o.getTokens()),
                               .coeff = e.f32(o.getCoeff().convertToFloat())});
+      })
+      // Token mask: i32 indices get -1 (every byte 0xff), the rest 0.
+      .Case([&](MaskRowsOp o) {
+        auto ty = tensorOf(o.getInput());
+        int64_t rows = ty.getDimSize(0);
+        return e.call(abi::moert_mask_rows{
+            .x = ptr(o.getInput()),
+            .mask = ptr(o.getMask()),
+            .y = ptr(o.getOutput()),
+            .T = e.i64(rows),
+            .row_bytes = e.i64(rows ? byteSize(ty) / rows : 0),
+            .fill = e.i32(ty.getElementType().isInteger(32) ? 255 : 0)});
+      })
+      .Case([&](TokenCountOp o) {
+        return e.call(abi::moert_token_count{.mask = ptr(o.getMask()),
+                                             .count = ptr(o.getCount()),
+                                             .T = dim(o.getMask(), 0)});
       })
       // Training (moe-differentiate): one kernel per gradient op.
       .Case([&](RMSNormGradOp o) {
@@ -817,6 +855,7 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
         return e.call(abi::moert_load_balance_loss_grad{
             .stats = ptr(o.getStats()),
             .dloss = ptr(o.getDloss()),
+            .count = optPtr(o.getCount()),
             .dstats = ptr(o.getDstats()),
             .E = dim(o.getStats(), 1),
             .tokens = e.i64(o.getTokens()),
@@ -827,6 +866,8 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
         return e.call(abi::moert_z_loss_grad{
             .logits = ptr(o.getLogits()),
             .dloss = ptr(o.getDloss()),
+            .mask = optPtr(o.getMask()),
+            .count = optPtr(o.getCount()),
             .dlogits = ptr(o.getDlogits()),
             .T = dim(o.getLogits(), 0),
             .E = dim(o.getLogits(), 1),
@@ -837,8 +878,11 @@ LogicalResult FunctionLowering::lowerOp(Operation &op) {
         return e.call(abi::moert_mse_loss{
             .y = ptr(o.getOutput()),
             .target = ptr(o.getTarget()),
+            .mask = optPtr(o.getMask()),
+            .count = optPtr(o.getCount()),
             .loss = ptr(o.getLoss()),
             .dy = ptr(o.getDoutput()),
+            .rows = dim(o.getOutput(), 0),
             .n = e.i64(tensorOf(o.getOutput()).getNumElements()),
             .total_n = e.i64(o.getTotal()),
             .dtype = dtype(o.getOutput())});

@@ -323,3 +323,21 @@ moe.mesh @mesh axes = ["dp", "ep", "tp"] shape = [16, 1, 1]
 func.func @huge_global(%x: tensor<72057594037927936x4xf32> {moe.input = "x", moe.shard = [["dp"], []], moe.global_shape = array<i64: 1152921504606846976, 4>}) {
   return
 }
+
+// -----
+
+// moe.hold_weights marks moe-overlap's chunks of one expert FFN: only on the
+// expert FFN ops, only "open" or "close".
+func.func @hold_on_other(%x: tensor<4x8xf32>, %w: tensor<8xf32>) -> tensor<4x8xf32> {
+  // expected-error @+1 {{'moe.hold_weights' belongs on moe.expert_ffn or moe.expert_ffn_train}}
+  %y = moe.rmsnorm %x, %w {eps = 1.0e-05 : f32, moe.hold_weights = "open"} : (tensor<4x8xf32>, tensor<8xf32>) -> tensor<4x8xf32>
+  return %y : tensor<4x8xf32>
+}
+
+// -----
+
+func.func @hold_value(%x: tensor<2x4x8xf32>, %u: tensor<2x16x8xf32>, %d: tensor<2x8x16xf32>) -> tensor<2x4x8xf32> {
+  // expected-error @+1 {{'moe.hold_weights' must be "open" or "close", got "keep"}}
+  %y = moe.expert_ffn %x up %u down %d act = relu {moe.hold_weights = "keep"} : (tensor<2x4x8xf32>, tensor<2x16x8xf32>, tensor<2x8x16xf32>) -> tensor<2x4x8xf32>
+  return %y : tensor<2x4x8xf32>
+}

@@ -203,6 +203,8 @@ TEST_F(OpCost, OpsAreDispatchedByKind) {
   expectCost(stage->dispatch, a->fixed, a->proportional);
   expectCost(stage->compute, 1e-5,
              2.0 * 32 * 16 * 32 * 3 / 1e11 + 3 * 512 / 1e10);
+  // The FFN's three weights (4 x 32 x 16 f32 each) at the copy rate.
+  EXPECT_NEAR(stage->computeFloor, 3 * 4 * 32 * 16 * 4 / 1e10, 1e-15);
   EXPECT_TRUE(failed(m.exchangeStage({named("h")}, {}, {})));
   EXPECT_EQ(getExpertFFNFlops(named("a")), -1);
 }
@@ -244,6 +246,20 @@ TEST(Pipeline, SlowLinkPicksAHigherDegreeFastLinkDegreeOne) {
   // A tie goes to the smaller degree.
   ExchangeStage nothing{{0, 0}, {0, 1e-3}, {0, 0}};
   EXPECT_EQ(chooseExchangeDegree(nothing, {8, 4, 2, 1}).degree, 1);
+}
+
+TEST(Pipeline, AChunkNeverComputesFasterThanItsWeightsStream) {
+  // The FFN streams its weights on every call (0.4 ms here): 8 chunks of a
+  // 2 ms FFN take 8 x 0.4 ms, not 8 x 0.25 ms, and the choice follows.
+  ExchangeStage slow{{20e-6, 1e-3}, {5e-6, 2e-3}, {20e-6, 1e-3}};
+  ExchangeStage floored = slow;
+  floored.computeFloor = 0.4e-3;
+  EXPECT_NEAR(predictPipelinedExchange(floored, 8).computeSeconds,
+              8 * 0.4e-3, 1e-12);
+  EXPECT_NEAR(predictPipelinedExchange(floored, 2).computeSeconds,
+              2 * 1.005e-3, 1e-12);
+  EXPECT_EQ(chooseExchangeDegree(slow, kDefaultDegreeCandidates).degree, 8);
+  EXPECT_LT(chooseExchangeDegree(floored, kDefaultDegreeCandidates).degree, 8);
 }
 
 TEST(Pipeline, SchedulerRunsEachResourceInOrder) {

@@ -989,7 +989,8 @@ void runAbiChain(int32_t device, AbiChain &r) {
   moert_combine(ctx, eo, pos, static_cast<float *>(w), nullptr, y, T, k, D,
                 MOERT_F32);
   // Backward and one AdamW step of the experts' up weights, in place.
-  moert_mse_loss(ctx, y, target, loss, dy, T * D, T * D, MOERT_F32);
+  moert_mse_loss(ctx, y, target, nullptr, nullptr, loss, dy, T, T * D, T * D,
+                 MOERT_F32);
   moert_combine_grad(ctx, eo, pos, static_cast<float *>(w), nullptr, dy, deo,
                      dw, nullptr, T, k, D, rows, MOERT_F32);
   moert_expert_ffn_grad(ctx, buf, cnt, gate, up, down, deo, nullptr, nullptr,
@@ -1031,6 +1032,113 @@ TEST(CudaBackwardAbiTest, BackwardChainMatchesCpuContext) {
         "\"dispatch_grad\"", "\"rmsnorm_grad\"", "\"adamw\""})
     EXPECT_NE(g.stats.find(phase), std::string::npos)
         << phase << " missing from " << g.stats;
+}
+
+//===--- Token mask (backend-neutral kernels, docs/spec.md 3.11)
+//------------===//
+
+/// The token mask's kernels on one context: mask_rows (f32 and i32),
+/// token_count, assign and expert_load with unrouted tokens, and the masked
+/// losses with their gradients; every result copied back.
+struct MaskRun {
+  std::vector<float> rows, count, stats, z, dz, lb, dlb, mse, dy;
+  std::vector<int32_t> idx, pos, cnt;
+};
+
+void runMaskChain(int32_t device, MaskRun &r) {
+  const int64_t T = 40, E = 8, k = 2, D = 12, C = 4;
+  moert_ctx_options o;
+  moert_ctx_options_init(&o);
+  o.device = device;
+  o.num_threads = 2;
+  moert_ctx *ctx = nullptr;
+  ASSERT_EQ(moert_ctx_create(&o, &ctx), MOERT_OK) << moert_last_error();
+  std::vector<void *> owned;
+  auto alloc = [&](int64_t bytes) {
+    void *p = nullptr;
+    EXPECT_EQ(moert_alloc(ctx, bytes, &p), MOERT_OK);
+    owned.push_back(p);
+    return p;
+  };
+  auto in = [&](const auto &v) {
+    const int64_t bytes = int64_t(v.size() * sizeof(v[0]));
+    void *p = alloc(bytes);
+    EXPECT_EQ(moert_copy_to_device(ctx, p, v.data(), bytes), MOERT_OK);
+    return p;
+  };
+  auto out = [&](auto &v, const void *p, int64_t n) {
+    v.resize(n);
+    EXPECT_EQ(moert_copy_to_host(ctx, v.data(), p, n * sizeof(v[0])), MOERT_OK);
+  };
+  std::vector<int32_t> mask(T, 1);
+  for (int64_t t : {0, 3, 4, 5, 17, 30, 39})
+    mask[t] = 0;
+  auto *m = static_cast<int32_t *>(in(mask));
+  auto *x = static_cast<float *>(in(randomVec(T * D, 1500)));
+  auto *logits = static_cast<float *>(in(randomVec(T * E, 1501, -2, 2)));
+  auto *scores = static_cast<float *>(in(randomVec(T * E, 1502, 0, 1)));
+  auto *idx = static_cast<int32_t *>(in(randomIndices(T, k, E, 1503)));
+  auto *target = static_cast<float *>(in(randomVec(T * D, 1504)));
+  auto *one = static_cast<float *>(in(std::vector<float>{1.0f}));
+  auto *rows = static_cast<float *>(alloc(T * D * 4));
+  auto *midx = static_cast<int32_t *>(alloc(T * k * 4));
+  auto *pos = static_cast<int32_t *>(alloc(T * k * 4));
+  auto *cnt = static_cast<int32_t *>(alloc(E * 4));
+  auto *count = static_cast<float *>(alloc(4));
+  auto *stats = static_cast<float *>(alloc(2 * E * 4));
+  auto *z = static_cast<float *>(alloc(4)),
+       *lb = static_cast<float *>(alloc(4));
+  auto *dz = static_cast<float *>(alloc(T * E * 4));
+  auto *dlb = static_cast<float *>(alloc(2 * E * 4));
+  auto *loss = static_cast<float *>(alloc(4));
+  auto *dy = static_cast<float *>(alloc(T * D * 4));
+  moert_mask_rows(ctx, x, m, rows, T, D * 4, 0);
+  moert_mask_rows(ctx, idx, m, midx, T, k * 4, 255);
+  moert_token_count(ctx, m, count, T);
+  moert_assign(ctx, midx, pos, cnt, T, k, E, C, 1);
+  moert_expert_load(ctx, scores, midx, stats, T, k, E);
+  moert_z_loss(ctx, logits, m, count, z, T, E, T, 1e-3f);
+  moert_z_loss_grad(ctx, logits, one, m, count, dz, T, E, T, 1e-3f);
+  moert_load_balance_loss(ctx, stats, count, lb, E, T, k, 1e-2f);
+  moert_load_balance_loss_grad(ctx, stats, one, count, dlb, E, T, k, 1e-2f);
+  moert_mse_loss(ctx, x, target, m, count, loss, dy, T, T * D, T * D,
+                 MOERT_F32);
+  ASSERT_EQ(moert_synchronize(ctx), MOERT_OK) << moert_ctx_error(ctx);
+  ASSERT_EQ(moert_ctx_status(ctx), MOERT_OK) << moert_ctx_error(ctx);
+  out(r.rows, rows, T * D);
+  out(r.idx, midx, T * k);
+  out(r.count, count, 1);
+  out(r.pos, pos, T * k);
+  out(r.cnt, cnt, E);
+  out(r.stats, stats, 2 * E);
+  out(r.z, z, 1);
+  out(r.dz, dz, T * E);
+  out(r.lb, lb, 1);
+  out(r.dlb, dlb, 2 * E);
+  out(r.mse, loss, 1);
+  out(r.dy, dy, T * D);
+  for (void *p : owned)
+    moert_free(ctx, p);
+  moert_ctx_destroy(ctx);
+}
+
+TEST(CudaTokenMaskTest, MaskKernelsMatchCpuContext) {
+  SKIP_WITHOUT_CUDA();
+  MaskRun c, g;
+  ASSERT_NO_FATAL_FAILURE(runMaskChain(MOERT_DEVICE_CPU, c));
+  ASSERT_NO_FATAL_FAILURE(runMaskChain(MOERT_DEVICE_CUDA, g));
+  EXPECT_EQ(g.rows, c.rows);
+  EXPECT_EQ(g.idx, c.idx);
+  EXPECT_EQ(g.count, c.count);
+  EXPECT_EQ(g.pos, c.pos);
+  EXPECT_EQ(g.cnt, c.cnt);
+  EXPECT_TRUE(close(g.stats, c.stats, MOERT_F32, 1e-5)) << "stats";
+  EXPECT_TRUE(close(g.z, c.z, MOERT_F32, 1e-5)) << "z_loss";
+  EXPECT_TRUE(close(g.dz, c.dz, MOERT_F32)) << "z_loss_grad";
+  EXPECT_TRUE(close(g.lb, c.lb, MOERT_F32, 1e-5)) << "load_balance_loss";
+  EXPECT_TRUE(close(g.dlb, c.dlb, MOERT_F32)) << "load_balance_loss_grad";
+  EXPECT_TRUE(close(g.mse, c.mse, MOERT_F32, 1e-5)) << "mse_loss";
+  EXPECT_TRUE(close(g.dy, c.dy, MOERT_F32)) << "mse dy";
 }
 
 } // namespace

@@ -169,7 +169,7 @@ TEST_F(MoEDialectTest, LayerCapacityAndDecomposition) {
   auto layer = LayerOp::create(
       builder, builder.getUnknownLoc(), f32({64, 32}), TypeRange{},
       f.getArgument(0), f.getArgument(1), Value(), Value(), f.getArgument(2),
-      f.getArgument(3), Value(), Value(), Value(), Value(),
+      f.getArgument(3), Value(), Value(), Value(), Value(), Value(),
       builder.getI64IntegerAttr(8), builder.getI64IntegerAttr(1),
       ScoreFuncAttr::get(&context, ScoreFunc::softmax), UnitAttr(),
       builder.getF32FloatAttr(1.0f), builder.getI64IntegerAttr(1),

@@ -1054,8 +1054,8 @@ TEST_F(Backward, LossStatisticsGradients) {
   const float coeff = 0.03f;
   std::vector<float> stats = {3, 1, 4, 0, 4, 1.5f, 0.5f, 2, 1, 1};
   std::vector<float> dloss = {1.75f}, dstats(2 * E, kNaN);
-  moert_load_balance_loss_grad(ctx, stats.data(), dloss.data(), dstats.data(),
-                               E, tokens, k, coeff);
+  moert_load_balance_loss_grad(ctx, stats.data(), dloss.data(), nullptr,
+                               dstats.data(), E, tokens, k, coeff);
   ASSERT_TRUE(ok());
   for (int64_t e = 0; e < E; ++e) {
     EXPECT_EQ(dstats[e], 0.0f);
@@ -1065,9 +1065,11 @@ TEST_F(Backward, LossStatisticsGradients) {
   // Linear in the score sums: the gradient is the exact slope.
   std::vector<float> out(1), bumped = stats;
   bumped[E + 2] += 1.0f;
-  moert_load_balance_loss(ctx, stats.data(), out.data(), E, tokens, k, coeff);
+  moert_load_balance_loss(ctx, stats.data(), nullptr, out.data(), E, tokens, k,
+                          coeff);
   float base = out[0];
-  moert_load_balance_loss(ctx, bumped.data(), out.data(), E, tokens, k, coeff);
+  moert_load_balance_loss(ctx, bumped.data(), nullptr, out.data(), E, tokens, k,
+                          coeff);
   EXPECT_NEAR((out[0] - base) * 1.75, dstats[E + 2], 1e-6);
 
   // expert_load: dscores[t, e] = dstats[1, e].
@@ -1084,8 +1086,8 @@ TEST_F(Backward, ZLossGradMatchesReferenceAndFiniteDifferences) {
   const float coeff = 0.01f;
   std::vector<float> logits = randomVec(T * E, 81, -3.0f, 3.0f);
   std::vector<float> dloss = {2.0f}, dl(T * E, kNaN);
-  moert_z_loss_grad(ctx, logits.data(), dloss.data(), dl.data(), T, E, total,
-                    coeff);
+  moert_z_loss_grad(ctx, logits.data(), dloss.data(), nullptr, nullptr,
+                    dl.data(), T, E, total, coeff);
   ASSERT_TRUE(ok());
   std::vector<double> ref(T * E);
   for (int64_t t = 0; t < T; ++t) {
@@ -1100,7 +1102,8 @@ TEST_F(Backward, ZLossGradMatchesReferenceAndFiniteDifferences) {
   expectClose(dl, ref, 1e-6, 1e-9, "dlogits");
   auto loss = [&] {
     std::vector<float> out(1);
-    moert_z_loss(ctx, logits.data(), out.data(), T, E, total, coeff);
+    moert_z_loss(ctx, logits.data(), nullptr, nullptr, out.data(), T, E, total,
+                 coeff);
     return 2.0 * out[0];
   };
   checkFiniteDiff(logits, dl, loss, "z_loss dlogits", false, 6, 1e-2f);
@@ -1111,8 +1114,8 @@ TEST_F(Backward, MseLossIsThisRanksShareOfTheGlobalMean) {
   const int64_t n = 1000, total = 4000;
   std::vector<float> y = randomVec(n, 91), t = randomVec(n, 92);
   std::vector<float> loss(1, kNaN), dy(n, kNaN);
-  moert_mse_loss(ctx, y.data(), t.data(), loss.data(), dy.data(), n, total,
-                 MOERT_F32);
+  moert_mse_loss(ctx, y.data(), t.data(), nullptr, nullptr, loss.data(),
+                 dy.data(), 1, n, total, MOERT_F32);
   ASSERT_TRUE(ok());
   double sum = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -1122,15 +1125,16 @@ TEST_F(Backward, MseLossIsThisRanksShareOfTheGlobalMean) {
   }
   EXPECT_EQ(loss[0], static_cast<float>(sum / total));
   // In place: dy may be y.
-  moert_mse_loss(ctx, y.data(), t.data(), loss.data(), y.data(), n, total,
-                 MOERT_F32);
+  moert_mse_loss(ctx, y.data(), t.data(), nullptr, nullptr, loss.data(),
+                 y.data(), 1, n, total, MOERT_F32);
   ASSERT_TRUE(ok());
   EXPECT_EQ(y, dy);
 }
 
 TEST_F(Backward, StatsNameAPhaseAfterEachKernel) {
   float buf[64] = {};
-  moert_mse_loss(ctx, buf, buf, buf, buf + 8, 8, 8, MOERT_F32);
+  moert_mse_loss(ctx, buf, buf, nullptr, nullptr, buf, buf + 8, 1, 8, 8,
+                 MOERT_F32);
   moert_rmsnorm_grad(ctx, buf, buf, buf, buf + 16, buf + 32, 2, 4, 1e-5f,
                      MOERT_F32);
   ASSERT_TRUE(ok());

@@ -442,6 +442,8 @@ const BadCall badCalls[] = {
      },
      MOERT_ERR_INVALID,
      "moert_dispatch: positions[0,1] = 9 is past the 4 output rows"},
+    {"HoldWeightsNotABool", [](moert_ctx *c) { moert_hold_weights(c, 2); },
+     MOERT_ERR_INVALID, "moert_hold_weights: hold 2 is not 0 or 1"},
     {"ExpertFfnGatedWithoutGate",
      [](moert_ctx *c) {
        moert_expert_ffn(c, F, I, nullptr, F, F, F, 2, 1, 0, 4, 4, 4,
@@ -497,13 +499,15 @@ const BadCall badCalls[] = {
      MOERT_ERR_INVALID, "moert_combine: weights is null"},
     {"ExpertLoadIndexOutOfRange",
      [](moert_ctx *c) {
-       int32_t idx[2] = {0, -1};
+       int32_t idx[2] = {0, -2};
        moert_expert_load(c, F, idx, F, 2, 1, 4);
      },
      MOERT_ERR_INVALID,
-     "moert_expert_load: indices[1,0] = -1 is not an expert in [0, 4)"},
+     "moert_expert_load: indices[1,0] = -2 is not an expert in [0, 4)"},
     {"ZLossZeroTokens",
-     [](moert_ctx *c) { moert_z_loss(c, F, F, 2, 4, 0, 1.0f); },
+     [](moert_ctx *c) {
+       moert_z_loss(c, F, nullptr, nullptr, F, 2, 4, 0, 1.0f);
+     },
      MOERT_ERR_INVALID, "moert_z_loss: total_tokens (0) must be positive"},
     {"CopyNullSource", [](moert_ctx *c) { moert_copy(c, nullptr, F, 4); },
      MOERT_ERR_INVALID, "moert_copy: src is null"},
@@ -586,7 +590,9 @@ const BadCall badCalls[] = {
      },
      MOERT_ERR_INVALID, "moert_mlp: F (0) must be positive"},
     {"LoadBalanceLossZeroExperts",
-     [](moert_ctx *c) { moert_load_balance_loss(c, F, F, 0, 4, 1, 1.0f); },
+     [](moert_ctx *c) {
+       moert_load_balance_loss(c, F, nullptr, F, 0, 4, 1, 1.0f);
+     },
      MOERT_ERR_INVALID, "moert_load_balance_loss: E (0) must be positive"},
     // The training kernels (f32 only; docs/spec.md section 7).
     {"RmsnormGradBf16",
@@ -789,17 +795,35 @@ const BadCall badCalls[] = {
      MOERT_ERR_INVALID, "moert_expert_load_grad: E (0) must be positive"},
     {"LoadBalanceLossGradNullDloss",
      [](moert_ctx *c) {
-       moert_load_balance_loss_grad(c, F, nullptr, F, 4, 8, 2, 0.01f);
+       moert_load_balance_loss_grad(c, F, nullptr, nullptr, F, 4, 8, 2, 0.01f);
      },
      MOERT_ERR_INVALID, "moert_load_balance_loss_grad: dloss is null"},
+    {"ZLossMaskWithoutCount",
+     [](moert_ctx *c) {
+       int32_t m[2] = {1, 1};
+       moert_z_loss(c, F, m, nullptr, F, 2, 4, 2, 1.0f);
+     },
+     MOERT_ERR_INVALID, "moert_z_loss: mask and count must be given together"},
+    {"MaskRowsBadFill",
+     [](moert_ctx *c) { moert_mask_rows(c, F, nullptr, F, 2, 4, 7); },
+     MOERT_ERR_INVALID, "moert_mask_rows: fill (7) is neither 0 nor 255"},
+    {"TokenCountNullMask",
+     [](moert_ctx *c) { moert_token_count(c, nullptr, F, 2); },
+     MOERT_ERR_INVALID, "moert_token_count: mask is null"},
     {"ZLossGradZeroTotalTokens",
-     [](moert_ctx *c) { moert_z_loss_grad(c, F, F, F, 2, 4, 0, 0.01f); },
+     [](moert_ctx *c) {
+       moert_z_loss_grad(c, F, F, nullptr, nullptr, F, 2, 4, 0, 0.01f);
+     },
      MOERT_ERR_INVALID, "moert_z_loss_grad: total_tokens (0) must be positive"},
     {"MseLossMoreThanTotal",
-     [](moert_ctx *c) { moert_mse_loss(c, F, F, F, F, 8, 4, MOERT_F32); },
+     [](moert_ctx *c) {
+       moert_mse_loss(c, F, F, nullptr, nullptr, F, F, 1, 8, 4, MOERT_F32);
+     },
      MOERT_ERR_INVALID, "moert_mse_loss: n (8) exceeds total_n (4)"},
     {"MseLossBf16",
-     [](moert_ctx *c) { moert_mse_loss(c, F, F, F, F, 4, 4, MOERT_BF16); },
+     [](moert_ctx *c) {
+       moert_mse_loss(c, F, F, nullptr, nullptr, F, F, 1, 4, 4, MOERT_BF16);
+     },
      MOERT_ERR_UNSUPPORTED, "moert_mse_loss: dtype bf16 is not supported"},
     {"AdamwNullHparams",
      [](moert_ctx *c) { moert_adamw(c, F, F, F, F, nullptr, F, F, F, 4); },

@@ -275,7 +275,7 @@ TEST_F(Routing, LoadBalanceLossIsCoeffWhenBalanced) {
   // f_e = P_e = 1/E for every e: E * sum_e (1/E)^2 = 1.
   std::vector<float> stats{4, 4, 4, 4, 2, 2, 2, 2};
   float out = 0;
-  moert_load_balance_loss(ctx, stats.data(), &out, 4, 8, 2, 0.01f);
+  moert_load_balance_loss(ctx, stats.data(), nullptr, &out, 4, 8, 2, 0.01f);
   ASSERT_TRUE(ok());
   EXPECT_NEAR(out, 0.01f, 1e-8);
 }
@@ -284,7 +284,7 @@ TEST_F(Routing, LoadBalanceLossMatchesFormula) {
   // T = 5 tokens, k = 2; counts sum to 10, score sums to 5.
   std::vector<float> stats{7, 2, 1, 0, 2.5f, 1.5f, 0.75f, 0.25f};
   float out = 0;
-  moert_load_balance_loss(ctx, stats.data(), &out, 4, 5, 2, 0.1f);
+  moert_load_balance_loss(ctx, stats.data(), nullptr, &out, 4, 5, 2, 0.1f);
   ASSERT_TRUE(ok());
   double want = 0;
   for (int e = 0; e < 4; ++e)
@@ -304,11 +304,11 @@ TEST_F(Routing, ZLossIsScaledMeanOfSquaredLogSumExp) {
     sum += (m + std::log(s)) * (m + std::log(s));
   }
   float out = 0;
-  moert_z_loss(ctx, logits.data(), &out, T, E, T, 0.001f);
+  moert_z_loss(ctx, logits.data(), nullptr, nullptr, &out, T, E, T, 0.001f);
   ASSERT_TRUE(ok());
   EXPECT_NEAR(out, 0.001 * sum / T, 1e-6 * std::fabs(0.001 * sum / T));
   // A rank holding 5 of 20 tokens contributes its share of the mean.
-  moert_z_loss(ctx, logits.data(), &out, T, E, 20, 0.001f);
+  moert_z_loss(ctx, logits.data(), nullptr, nullptr, &out, T, E, 20, 0.001f);
   EXPECT_NEAR(out, 0.001 * sum / 20, 1e-6 * std::fabs(0.001 * sum / 20));
 }
 

@@ -182,6 +182,38 @@ TEST(RowGemm, NnIsNtOfTheTransposeAndAccumulatesFromC) {
   }
 }
 
+TEST(RowGemm, PackedBGivesTheSameBits) {
+  // b packed once (RowGemm::pack, on any threads) for calls of any rows:
+  // the bits of the call that packs b itself. N = 45 ends in a partial
+  // panel, K = 600 in a partial k block.
+  const int64_t M = 40, N = 45, K = 600;
+  std::vector<float> a = randomVec(M * K, 21), b = randomVec(N * K, 22);
+  RowGemm g;
+  for (RowGemmPath path : paths())
+    for (int packThreads : {1, 3}) {
+      moert::cpu::PackedB packed;
+      ASSERT_TRUE(
+          RowGemm::pack(b.data(), N, K, packThreads, "test", packed, path)
+              .isOk());
+      EXPECT_EQ(packed.source(), b.data());
+      for (int threads : {1, 2})
+        for (int64_t rows : {1, 6, 13, 40}) {
+          SCOPED_TRACE(std::string(moert::cpu::rowGemmPathName(path)) +
+                       ", pack on " + std::to_string(packThreads) + ", " +
+                       std::to_string(threads) + " threads, " +
+                       std::to_string(rows) + " rows");
+          std::vector<float> want =
+              nt(g, a.data(), b.data(), rows, N, K, threads, path);
+          std::vector<float> got(rows * N,
+                                 std::numeric_limits<float>::quiet_NaN());
+          ASSERT_TRUE(
+              g.nt(a.data(), packed, got.data(), rows, threads, "test", path)
+                  .isOk());
+          ASSERT_TRUE(sameBits(got.data(), want.data(), rows * N));
+        }
+    }
+}
+
 TEST(RowGemm, ANonFiniteRowStaysInItsRow) {
   // The padding of edge tiles multiplies zeros with other rows' values: a
   // NaN or infinity must reach only its own row.
@@ -284,30 +316,75 @@ TEST(RowGemmFfn, CyclicChunksOfTheSlotsGiveTheSameBits) {
   };
   std::vector<float> whole;
   ffn(x, counts.data(), C, whole);
-  for (int64_t n : {2, 3, 4, 8}) {
-    SCOPED_TRACE("degree " + std::to_string(n));
-    int64_t cc = C / n; // slots of a chunk per segment
-    for (int64_t i = 0; i < n; ++i) {
-      std::vector<float> in(E * S * cc * D), out;
-      std::vector<int32_t> cnt(S * E);
-      for (int64_t s = 0; s < S; ++s)
-        for (int64_t e = 0; e < E; ++e) {
-          int64_t live = counts[s * E + e] - i;
-          cnt[s * E + e] = live > 0 ? int32_t((live + n - 1) / n) : 0;
-          for (int64_t j = 0; j < cc; ++j)
-            std::copy_n(&x[(e * R + s * C + i + j * n) * D], D,
-                        &in[(e * S * cc + s * cc + j) * D]);
-        }
-      ffn(in, cnt.data(), cc, out);
-      for (int64_t e = 0; e < E; ++e)
+  // Also with the weights held across the chunks (moert_hold_weights, as
+  // moe-overlap emits it): packed once, the same bits.
+  for (bool held : {false, true})
+    for (int64_t n : {2, 3, 4, 8}) {
+      SCOPED_TRACE("degree " + std::to_string(n) + (held ? ", held" : ""));
+      int64_t cc = C / n; // slots of a chunk per segment
+      if (held) {
+        ASSERT_TRUE(backend.holdWeights(true).isOk());
+      }
+      for (int64_t i = 0; i < n; ++i) {
+        std::vector<float> in(E * S * cc * D), out;
+        std::vector<int32_t> cnt(S * E);
         for (int64_t s = 0; s < S; ++s)
-          for (int64_t j = 0; j < cc; ++j)
-            ASSERT_TRUE(sameBits(&out[(e * S * cc + s * cc + j) * D],
-                                 &whole[(e * R + s * C + i + j * n) * D], D))
-                << "chunk " << i << ", expert " << e << ", segment " << s
-                << ", slot " << i + j * n;
+          for (int64_t e = 0; e < E; ++e) {
+            int64_t live = counts[s * E + e] - i;
+            cnt[s * E + e] = live > 0 ? int32_t((live + n - 1) / n) : 0;
+            for (int64_t j = 0; j < cc; ++j)
+              std::copy_n(&x[(e * R + s * C + i + j * n) * D], D,
+                          &in[(e * S * cc + s * cc + j) * D]);
+          }
+        ffn(in, cnt.data(), cc, out);
+        for (int64_t e = 0; e < E; ++e)
+          for (int64_t s = 0; s < S; ++s)
+            for (int64_t j = 0; j < cc; ++j)
+              ASSERT_TRUE(sameBits(&out[(e * S * cc + s * cc + j) * D],
+                                   &whole[(e * R + s * C + i + j * n) * D], D))
+                  << "chunk " << i << ", expert " << e << ", segment " << s
+                  << ", slot " << i + j * n;
+      }
+      if (held) {
+        ASSERT_TRUE(backend.holdWeights(false).isOk());
+      }
     }
+}
+
+TEST(RowGemmFfn, HeldWeightsFollowTheirBuffersAndEndWithTheHold) {
+  // While held, each weight buffer is packed once and found again by its
+  // address; another set of weights in the same hold gets its own. After
+  // the hold ends, weights changed in place are read afresh.
+  const int64_t E = 2, D = 20, F = 36, rows = 30;
+  std::vector<int32_t> counts{17, 13};
+  Weights w1(E, D, F), w2(E, D, F);
+  for (float &v : w2.up)
+    v *= -0.5f;
+  std::vector<float> x = randomVec(rows * D, 31);
+  auto ffn = [&](moert::CpuBackend &b, const Weights &w) {
+    std::vector<float> y(rows * D, std::numeric_limits<float>::quiet_NaN());
+    moert::Status st =
+        b.expertFfn(x.data(), counts.data(), w.gate.data(), w.up.data(),
+                    w.down.data(), y.data(), nullptr, nullptr, E, 1, 0, rows, D,
+                    F, MOERT_ACT_SWIGLU, MOERT_F32);
+    EXPECT_TRUE(st.isOk()) << st.message();
+    return y;
+  };
+  moert::CpuBackend plain(1), held(1);
+  std::vector<float> y1 = ffn(plain, w1), y2 = ffn(plain, w2);
+  ASSERT_FALSE(sameBits(y1.data(), y2.data(), rows * D));
+  ASSERT_TRUE(held.holdWeights(true).isOk());
+  for (int round = 0; round < 2; ++round) {
+    std::vector<float> h1 = ffn(held, w1), h2 = ffn(held, w2);
+    ASSERT_TRUE(sameBits(h1.data(), y1.data(), rows * D)) << round;
+    ASSERT_TRUE(sameBits(h2.data(), y2.data(), rows * D)) << round;
   }
+  ASSERT_TRUE(held.holdWeights(false).isOk());
+  for (float &v : w1.down)
+    v *= 2.0f;
+  std::vector<float> fresh = ffn(plain, w1), after = ffn(held, w1);
+  ASSERT_FALSE(sameBits(fresh.data(), y1.data(), rows * D));
+  ASSERT_TRUE(sameBits(after.data(), fresh.data(), rows * D));
 }
 
 } // namespace

@@ -74,7 +74,8 @@ std::optional<SmallVector<Place, 2>> allowedPlaces(StringRef name) {
   if (name == D::kShardAttrName || name == D::kGlobalShapeAttrName)
     return SmallVector<Place, 2>{Place::Argument, Place::Result};
   if (name == D::kArenaBytesAttrName || name == D::kManifestAttrName ||
-      name == D::kRecomputeAttrName || name == D::kCheckpointAttrName)
+      name == D::kRecomputeAttrName || name == D::kCheckpointAttrName ||
+      name == D::kHoldWeightsAttrName)
     return SmallVector<Place, 2>{Place::Operation};
   return std::nullopt;
 }
@@ -348,6 +349,18 @@ LogicalResult MoEDialect::verifyOperationAttribute(Operation *op,
     if (!isa<UnitAttr>(attr.getValue()))
       return op->emitError()
              << "'" << name << "' is a unit attribute, got " << attr.getValue();
+    return success();
+  }
+  if (name == kHoldWeightsAttrName) {
+    if (!isa<ExpertFFNOp, ExpertFFNTrainOp>(op))
+      return op->emitError() << "'" << name
+                             << "' belongs on moe.expert_ffn or "
+                                "moe.expert_ffn_train";
+    auto s = dyn_cast<StringAttr>(attr.getValue());
+    if (!s || (s.getValue() != "open" && s.getValue() != "close"))
+      return op->emitError()
+             << "'" << name << "' must be \"open\" or \"close\", got "
+             << attr.getValue();
     return success();
   }
   if (name == kCheckpointAttrName) {

@@ -457,11 +457,39 @@ LogicalResult LoadBalanceLossOp::verify() {
   return success();
 }
 
+/// A token mask and the real-token count come together, the mask with one
+/// entry per row of `rowsOf`.
+static LogicalResult verifyTokenMask(Operation *op, Value mask, Value count,
+                                     Value rowsOf, StringRef rowsName) {
+  if (bool(mask) != bool(count))
+    return op->emitOpError() << (mask ? "has a token mask but no count"
+                                      : "has a count but no token mask");
+  if (!mask)
+    return success();
+  int64_t m = tensorType(mask).getDimSize(0);
+  int64_t t = tensorType(rowsOf).getDimSize(0);
+  if (!sameDim(m, t))
+    return op->emitOpError()
+           << "token mask has " << dimStr(m) << " entries but " << rowsName
+           << " have " << dimStr(t) << " rows";
+  return success();
+}
+
 LogicalResult ZLossOp::verify() {
   int64_t t = tensorType(getLogits()).getDimSize(0);
   if (!ShapedType::isDynamic(t) && int64_t(getTokens()) < t)
     return emitOpError() << "tokens (" << getTokens() << ") is less than the "
                          << t << " tokens of the logits";
+  return verifyTokenMask(*this, getMask(), getCount(), getLogits(), "logits");
+}
+
+LogicalResult MaskRowsOp::verify() {
+  int64_t m = tensorType(getMask()).getDimSize(0);
+  int64_t t = tensorType(getInput()).getDimSize(0);
+  if (!sameDim(m, t))
+    return emitOpError() << "token mask has " << dimStr(m)
+                         << " entries but the input has " << dimStr(t)
+                         << " rows";
   return success();
 }
 
@@ -568,6 +596,13 @@ LogicalResult LayerOp::verify() {
   if (Value g = getSharedSigmoidGate())
     if (failed(expectShape(*this, g, {1, d}, "shared sigmoid gate")))
       return failure();
+
+  if (Value m = getTokenMask())
+    if (!sameDim(tensorType(m).getDimSize(0), t))
+      return emitOpError() << "token_mask has "
+                           << dimStr(tensorType(m).getDimSize(0))
+                           << " entries but the input has " << dimStr(t)
+                           << " tokens";
 
   size_t losses = size_t(hasAuxLoss()) + size_t(hasZLoss());
   if (getLosses().size() != losses)
@@ -1328,6 +1363,9 @@ LogicalResult LoadBalanceLossGradOp::verify() {
 }
 
 LogicalResult ZLossGradOp::verify() {
+  if (failed(
+          verifyTokenMask(*this, getMask(), getCount(), getLogits(), "logits")))
+    return failure();
   return expectGradOf(*this, getDlogits(), getLogits(), "dlogits", "logits");
 }
 
@@ -1336,7 +1374,9 @@ LogicalResult MSELossOp::verify() {
           expectGradOf(*this, getTarget(), getOutput(), "target", "output")) ||
       failed(expectGradOf(*this, getDoutput(), getOutput(), "doutput",
                           "output")) ||
-      failed(expectShape(*this, getLoss(), {1}, "loss")))
+      failed(expectShape(*this, getLoss(), {1}, "loss")) ||
+      failed(
+          verifyTokenMask(*this, getMask(), getCount(), getOutput(), "output")))
     return failure();
   auto y = tensorType(getOutput());
   if (y.hasStaticShape() && int64_t(getTotal()) < y.getNumElements())

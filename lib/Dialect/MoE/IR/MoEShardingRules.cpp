@@ -406,7 +406,23 @@ LogicalResult ZLossOp::shardToRank(ShardingContext &ctx) {
   return success();
 }
 
-// Its statistics are already global (summed after moe.expert_load).
+// Its statistics are already global (summed after moe.expert_load), and so
+// is the real-token count of a masked batch (summed after moe.token_count).
 LogicalResult LoadBalanceLossOp::shardToRank(ShardingContext &) {
+  return success();
+}
+
+//===----------------------------------------------------------------------===//
+// Token mask: split over the token axes like the tokens it masks
+//===----------------------------------------------------------------------===//
+
+LogicalResult MaskRowsOp::shardToRank(ShardingContext &ctx) {
+  ctx.sameAs(getOutput(), getInput());
+  return success();
+}
+
+// Each rank counts its own tokens; the batch's count is their sum.
+LogicalResult TokenCountOp::shardToRank(ShardingContext &ctx) {
+  sumOverTokenAxes(ctx, getCount());
   return success();
 }

@@ -51,13 +51,24 @@ struct DecomposeLayer : OpRewritePattern<LayerOp> {
         op.getNumGroupsAttr(), op.getGroupsKeptAttr(),
         GroupScoreAttr::get(getContext(), op.getGroupScore()));
 
+    // Token mask: padding rows get expert -1 ("not routed": no slot, not
+    // counted) and gate weight 0.
+    Value mask = op.getTokenMask();
+    Value indices = topk.getIndices(), weights = topk.getWeights();
+    if (mask) {
+      indices =
+          MaskRowsOp::create(rewriter, loc, indices.getType(), indices, mask);
+      weights =
+          MaskRowsOp::create(rewriter, loc, weights.getType(), weights, mask);
+    }
+
     // Placement: capacity per token group, or dropless.
     int64_t capacity = op.computeCapacity();
     int64_t groups = capacity > 0 ? op.getTokenGroups() : 1;
-    auto assign = AssignOp::create(
-        rewriter, loc, RankedTensorType::get({t, k}, i32),
-        RankedTensorType::get({groups, e}, i32), topk.getIndices(), i64Attr(e),
-        i64Attr(capacity), i64Attr(groups));
+    auto assign =
+        AssignOp::create(rewriter, loc, RankedTensorType::get({t, k}, i32),
+                         RankedTensorType::get({groups, e}, i32), indices,
+                         i64Attr(e), i64Attr(capacity), i64Attr(groups));
 
     RankedTensorType bufTy =
         capacity > 0 ? RankedTensorType::get({e, groups * capacity, d},
@@ -71,7 +82,7 @@ struct DecomposeLayer : OpRewritePattern<LayerOp> {
     Value passthrough =
         op.getDropPolicy() == DropPolicy::passthrough ? op.getInput() : Value();
     Value y = CombineOp::create(rewriter, loc, xTy, ybuf, assign.getPositions(),
-                                topk.getWeights(), passthrough);
+                                weights, passthrough);
 
     // Shared experts (and PR-MoE's residual branch) see every token.
     if (op.getNumSharedExperts() > 0) {
@@ -81,20 +92,31 @@ struct DecomposeLayer : OpRewritePattern<LayerOp> {
           ActivationAttr::get(getContext(), op.getActivation()));
       y = AddOp::create(rewriter, loc, xTy, y, shared);
     }
+    // A padding row's output is 0: the sublayer adds nothing to its residual.
+    if (mask)
+      y = MaskRowsOp::create(rewriter, loc, xTy, y, mask);
 
     SmallVector<Value> results{y};
     auto scalarTy = RankedTensorType::get({}, f32);
+    // The losses average over the real tokens of the batch.
+    Value count;
+    if (mask && (op.hasAuxLoss() || op.hasZLoss()))
+      count = TokenCountOp::create(rewriter, loc, scalarTy, mask);
     if (op.hasAuxLoss()) {
-      Value stats = ExpertLoadOp::create(rewriter, loc,
-                                         RankedTensorType::get({2, e}, f32),
-                                         topk.getScores(), topk.getIndices());
-      results.push_back(LoadBalanceLossOp::create(rewriter, loc, scalarTy,
-                                                  stats, i64Attr(t), i64Attr(k),
-                                                  op.getAuxLossCoeffAttr()));
+      Value scores = topk.getScores();
+      if (mask)
+        scores =
+            MaskRowsOp::create(rewriter, loc, scores.getType(), scores, mask);
+      Value stats = ExpertLoadOp::create(
+          rewriter, loc, RankedTensorType::get({2, e}, f32), scores, indices);
+      results.push_back(LoadBalanceLossOp::create(
+          rewriter, loc, scalarTy, stats, count, i64Attr(t), i64Attr(k),
+          op.getAuxLossCoeffAttr()));
     }
     if (op.hasZLoss())
-      results.push_back(ZLossOp::create(rewriter, loc, scalarTy, logits,
-                                        i64Attr(t), op.getZLossCoeffAttr()));
+      results.push_back(ZLossOp::create(rewriter, loc, scalarTy, logits, mask,
+                                        count, i64Attr(t),
+                                        op.getZLossCoeffAttr()));
     rewriter.replaceOp(op, results);
     return success();
   }

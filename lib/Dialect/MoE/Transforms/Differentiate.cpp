@@ -99,7 +99,11 @@ private:
   /// Values summed by a collective over tp (partial sums of a tp-split op):
   /// the gradients of that op's tp-replicated operands are partial too.
   llvm::DenseMap<Value, SmallVector<StringRef>> partialAxes;
-  unsigned inputArg = 0;    // hidden_states in @forward
+  unsigned inputArg = 0; // hidden_states in @forward
+  /// The token mask (moe.input "token_mask") in @forward, if any: an input,
+  /// not a weight; the backward gets it as a saved value.
+  std::optional<unsigned> maskArg;
+  bool isWeightArg(unsigned i) const { return i != inputArg && i != maskArg; }
   Value output, aux, zloss; // forward_train's results of the forward
   Value seed, one;          // forward_train: dy, and 1.0 for the losses
   SmallVector<Operation *> forwardOps; // of forward_train, program order
@@ -118,6 +122,12 @@ LogicalResult Differentiator::checkForward() {
   bool haveInput = false;
   for (unsigned i = 0; i < forward.getNumArguments(); ++i) {
     auto t = dyn_cast<RankedTensorType>(forward.getArgumentTypes()[i]);
+    if (StringAttr in = argName(forward, i, D::kInputAttrName);
+        in && in.getValue() == "token_mask" && t &&
+        t.getElementType().isInteger(32)) {
+      maskArg = i;
+      continue;
+    }
     if (!t || !t.getElementType().isF32())
       return forward.emitOpError()
              << "moe-differentiate: training supports f32 models only, "
@@ -216,8 +226,15 @@ LogicalResult Differentiator::buildForwardTrain() {
       if (auto g = forward.getResultAttrOfType<DenseI64ArrayAttr>(
               i, D::kGlobalShapeAttrName))
         total = llvm::product_of(g.asArrayRef());
-  auto mse = MSELossOp::create(b, loc, scalar1, yTy, output, targets,
-                               b.getI64IntegerAttr(total));
+  // A masked batch: the mean is over the real tokens' rows.
+  Value mask, count;
+  if (maskArg) {
+    mask = body.getArgument(*maskArg + 1); // targets is argument 1
+    count = TokenCountOp::create(b, loc, RankedTensorType::get({}, f32), mask);
+    count = allReduce(b, loc, count, tokenAxes);
+  }
+  auto mse = MSELossOp::create(b, loc, scalar1, yTy, output, targets, mask,
+                               count, b.getI64IntegerAttr(total));
   seed = mse.getDoutput();
   // Each rank's share, summed over the ranks that hold other tokens.
   Value loss = allReduce(b, loc, mse.getLoss(), tokenAxes);
@@ -251,6 +268,10 @@ LogicalResult Differentiator::buildForwardTrain() {
     auto topk = dyn_cast<TopKOp>(op);
     if (!topk || !topk.getBias())
       continue;
+    if (maskArg)
+      return topk.emitOpError(
+          "moe-differentiate: the selection-bias update of a masked batch "
+          "(token_mask) is not supported");
     auto arg = dyn_cast<BlockArgument>(topk.getBias());
     if (!arg || arg.getOwner() != &body)
       return topk.emitOpError("moe-differentiate: the selection bias must be "
@@ -314,7 +335,8 @@ LogicalResult Differentiator::buildForwardTrain() {
 Value Differentiator::primal(Value v) {
   Block &trainBody = train.getBody().front();
   if (auto arg = dyn_cast<BlockArgument>(v);
-      arg && arg.getOwner() == &trainBody && arg.getArgNumber() > 1) {
+      arg && arg.getOwner() == &trainBody && arg.getArgNumber() > 1 &&
+      isWeightArg(arg.getArgNumber() - 1)) {
     // A weight: train argument n is @forward argument n - 1.
     return weightArgs.at(arg.getArgNumber());
   }
@@ -602,18 +624,31 @@ LogicalResult Differentiator::adjoint(Operation *op) {
         addGradOf(o.getScores(), ds);
         return success();
       })
+      .Case([&](MaskRowsOp o) {
+        // Floats only (addGrad drops the rest): the same rows masked.
+        if (isa<FloatType>(tensorOf(o.getInput()).getElementType()))
+          addGradOf(o.getInput(),
+                    MaskRowsOp::create(b, loc, o.getInput().getType(),
+                                       grad(o.getOutput()),
+                                       primal(o.getMask())));
+        return success();
+      })
       .Case([&](LoadBalanceLossOp o) {
+        Value count = o.getCount() ? primal(o.getCount()) : Value();
         Value dst = LoadBalanceLossGradOp::create(
             b, loc, o.getStats().getType(), primal(o.getStats()),
-            grad(o.getLoss()), o.getTokensAttr(), o.getKAttr(),
+            grad(o.getLoss()), count, o.getTokensAttr(), o.getKAttr(),
             o.getCoeffAttr());
         addGradOf(o.getStats(), dst);
         return success();
       })
       .Case([&](ZLossOp o) {
-        Value dl = ZLossGradOp::create(b, loc, o.getLogits().getType(),
-                                       primal(o.getLogits()), grad(o.getLoss()),
-                                       o.getTokensAttr(), o.getCoeffAttr());
+        Value mask = o.getMask() ? primal(o.getMask()) : Value();
+        Value count = o.getCount() ? primal(o.getCount()) : Value();
+        Value dl =
+            ZLossGradOp::create(b, loc, o.getLogits().getType(),
+                                primal(o.getLogits()), grad(o.getLoss()), mask,
+                                count, o.getTokensAttr(), o.getCoeffAttr());
         addGradOf(o.getLogits(), dl);
         return success();
       })
@@ -636,7 +671,7 @@ void Differentiator::synchronizeGradients() {
   // (axes, weights) in order of first appearance.
   SmallVector<std::pair<SmallVector<StringRef>, SmallVector<Value>>> groups;
   for (unsigned i = 0; i < forward.getNumArguments(); ++i) {
-    if (i == inputArg || !grad(trainBody.getArgument(i + 1)))
+    if (!isWeightArg(i) || !grad(trainBody.getArgument(i + 1)))
       continue;
     SmallVector<StringRef> split = shardAxes(i), axes;
     for (StringRef a : tokenAxes)
@@ -712,7 +747,7 @@ LogicalResult Differentiator::buildBackward() {
   // Weights: every @forward weight, in order (train argument i + 1).
   Block &trainBody = train.getBody().front();
   for (unsigned i = 0; i < forward.getNumArguments(); ++i) {
-    if (i == inputArg)
+    if (!isWeightArg(i))
       continue;
     weightArgs[i + 1] = body->addArgument(forward.getArgumentTypes()[i], loc);
   }
@@ -742,7 +777,7 @@ LogicalResult Differentiator::buildBackward() {
   results.push_back(dx);
   resultAttrs.push_back(like(0, D::kOutputAttrName, "grad.hidden_states"));
   for (unsigned i = 0; i < forward.getNumArguments(); ++i) {
-    if (i == inputArg)
+    if (!isWeightArg(i))
       continue;
     Value g = grad(trainBody.getArgument(i + 1));
     if (!g)
@@ -760,7 +795,7 @@ LogicalResult Differentiator::buildBackward() {
   for (unsigned i = 0; i < saved.size(); ++i)
     argAttrs.push_back(named(D::kSavedAttrName, "saved." + Twine(i)));
   for (unsigned i = 0; i < forward.getNumArguments(); ++i)
-    if (i != inputArg)
+    if (isWeightArg(i))
       argAttrs.push_back(forward.getArgAttrDict(i));
   backward.setAllArgAttrs(argAttrs);
   backward.setAllResultAttrs(resultAttrs);
@@ -809,7 +844,7 @@ void Differentiator::buildStep(bool adamw) {
   // weights..., grad.<name>..., state..., optimizer.hparams, load.<bias>...
   llvm::DenseMap<unsigned, Value> weights;
   for (unsigned i = 0; i < forward.getNumArguments(); ++i)
-    if (i != inputArg)
+    if (isWeightArg(i))
       weights[i] =
           addArg(forward.getArgumentTypes()[i], forward.getArgAttrDict(i));
   SmallVector<Value> g;

@@ -10,7 +10,11 @@
 //   wait return(n-1); [gather]; interleave
 //
 // so that the all-to-all of chunk i+1 and the return of chunk i-1 are in
-// flight while the experts compute chunk i.
+// flight while the experts compute chunk i. The chunks' FFNs read the same
+// weights: the first is marked moe.hold_weights = "open" and the last
+// "close", so that the runtime prepares the weights once for all chunks
+// (the CPU backend packs each weight matrix for its GEMM once instead of
+// once per chunk, which at high degree costs more than the GEMMs).
 //
 // The chunks are cyclic (moe.chunk: slots i, i+n, i+2n, ...), which
 // commutes with every op of the exchange: the slice and gathers over tp cut
@@ -315,6 +319,9 @@ LogicalResult pipeline(Exchange &x, int64_t degree) {
       map.map(o->getOperand(0), in);
       Operation *c = b.clone(*o, map);
       c->getResult(0).setType(chunkType(x, k, degree));
+      if (o == x.ffn && (i == 0 || i == degree - 1))
+        c->setAttr(MoEDialect::kHoldWeightsAttrName,
+                   b.getStringAttr(i == 0 ? "open" : "close"));
       in = value[i][k] = c->getResult(0);
     }
     return in;

@@ -79,10 +79,23 @@ struct Routed {
   Value indices, weights;
 };
 
+/// `v` as the layer uses it: after the token mask (moe.mask_rows) when the
+/// model has one, so that padding shows as expert -1 and weight 0.
+Value afterMask(Value v) {
+  for (Operation *user : v.getUsers())
+    if (auto m = dyn_cast<MaskRowsOp>(user); m && m.getInput() == v)
+      return m.getOutput();
+  return v;
+}
+
+Routed routedOf(Value indices, Value weights) {
+  return {afterMask(indices), afterMask(weights)};
+}
+
 SmallVector<Routed> routedOf(ArrayRef<TopKOp> topks) {
   SmallVector<Routed> out;
   for (TopKOp op : topks)
-    out.push_back({op.getIndices(), op.getWeights()});
+    out.push_back(routedOf(op.getIndices(), op.getWeights()));
   return out;
 }
 
@@ -172,7 +185,7 @@ FailureOr<func::FuncOp> RoutingIO::replayOf(func::FuncOp f, StringRef name,
         op.getScores().getType(), op.getLogits(), forced, op.getScoreAttr(),
         op.getRenormalizeAttr(), op.getRoutedScalingAttr());
     op.replaceAllUsesWith(rep->getResults());
-    routed.push_back({rep.getIndices(), rep.getWeights()});
+    routed.push_back(routedOf(rep.getIndices(), rep.getWeights()));
     op.erase();
   }
   replay.setType(FunctionType::get(replay.getContext(), body.getArgumentTypes(),
@@ -240,8 +253,7 @@ bool isForwardEntry(StringRef name) {
 }
 
 struct MoECheckKeptRoutingPass
-    : public mlir::moe::impl::MoECheckKeptRoutingBase<
-          MoECheckKeptRoutingPass> {
+    : public mlir::moe::impl::MoECheckKeptRoutingBase<MoECheckKeptRoutingPass> {
   void runOnOperation() override {
     for (auto f : getOperation().getOps<func::FuncOp>()) {
       if (isForwardEntry(f.getSymName()))

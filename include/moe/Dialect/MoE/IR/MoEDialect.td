@@ -70,6 +70,12 @@ def MoE_Dialect : Dialect {
     /// saved bytes, recompute cost) that the manifest records.
     static constexpr ::llvm::StringLiteral kCheckpointAttrName =
         "moe.checkpoint";
+    /// moe.expert_ffn / moe.expert_ffn_train ("open" or "close"): the
+    /// pipelined chunks of one FFN (moe-overlap) read the same weights, so
+    /// the runtime may keep them prepared (the CPU backend: packed for its
+    /// GEMM) from the call marked "open" through the one marked "close".
+    static constexpr ::llvm::StringLiteral kHoldWeightsAttrName =
+        "moe.hold_weights";
   }];
 }
 

@@ -23,7 +23,10 @@ def MoE_ActBuffer : AnyTypeOf<[MoE_Act2D, MoE_Act3D],
     "2-D [rows, D] or 3-D [E, C, D] float tensor">;
 def MoE_F32_1D : 1DTensorOf<[F32]>;
 def MoE_F32_2D : 2DTensorOf<[F32]>;
+def MoE_I32_1D : 1DTensorOf<[I32]>;
 def MoE_I32_2D : 2DTensorOf<[I32]>;
+// Token rows that moe.mask_rows can mask: activations, gate weights, indices.
+def MoE_Rows2D : 2DTensorOf<[F32, F16, BF16, I32]>;
 def MoE_Scalar : 0DTensorOf<[F32]>;
 def MoE_AnyTensor : RankedTensorOf<[F32, F16, BF16, I32, I64]>;
 
@@ -381,33 +384,82 @@ def MoE_LoadBalanceLossOp : MoE_Op<"load_balance_loss", [Pure, MoE_ShardingRule]
   let summary = "Switch/GShard load-balancing loss";
   let description = [{
     `coeff * E * sum_e f_e * P_e` with `f_e = stats[0, e] / (tokens * k)`
-    and `P_e = stats[1, e] / tokens`.
+    and `P_e = stats[1, e] / tokens`. With `count` (the number of real
+    tokens of a masked batch, `moe.token_count`) `tokens` is `count` instead
+    of the attribute; a batch without real tokens has loss 0.
   }];
-  let arguments = (ins MoE_F32_2D:$stats, MoE_PositiveI64:$tokens,
+  let arguments = (ins MoE_F32_2D:$stats, Optional<MoE_Scalar>:$count,
+                       MoE_PositiveI64:$tokens,
                        MoE_PositiveI64:$k, F32Attr:$coeff);
   let results = (outs MoE_Scalar:$loss);
   let assemblyFormat = [{
-    $stats `tokens` `=` $tokens `k` `=` $k `coeff` `=` $coeff attr-dict `:`
-    functional-type(operands, results)
+    $stats (`count` $count^)? `tokens` `=` $tokens `k` `=` $k `coeff` `=`
+    $coeff attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }
 
-def MoE_ZLossOp : MoE_Op<"z_loss", [Pure, MoE_ShardingRule]> {
+def MoE_ZLossOp : MoE_Op<"z_loss", [Pure, AttrSizedOperandSegments,
+    MoE_ShardingRule]> {
   let summary = "router z-loss (ST-MoE)";
   let description = [{
     `coeff * sum_t logsumexp(logits[t])^2 / tokens`, where `tokens` is the
     number of tokens of the whole batch (a sharded program sums the
-    per-rank values).
+    per-rank values). With `mask` (`[T]` i32, the token mask) and `count`
+    (the real tokens of the whole batch, `moe.token_count`): the sum is over
+    the tokens with `mask = 1` and `tokens` is `count` (0 real tokens: 0).
   }];
-  let arguments = (ins MoE_F32_2D:$logits, MoE_PositiveI64:$tokens,
+  let arguments = (ins MoE_F32_2D:$logits, Optional<MoE_I32_1D>:$mask,
+                       Optional<MoE_Scalar>:$count, MoE_PositiveI64:$tokens,
                        F32Attr:$coeff);
   let results = (outs MoE_Scalar:$loss);
   let assemblyFormat = [{
-    $logits `tokens` `=` $tokens `coeff` `=` $coeff attr-dict `:`
-    functional-type(operands, results)
+    $logits (`mask` $mask^)? (`count` $count^)? `tokens` `=` $tokens `coeff`
+    `=` $coeff attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
+}
+
+//===----------------------------------------------------------------------===//
+// Token mask (padding and variable length)
+//===----------------------------------------------------------------------===//
+
+def MoE_MaskRowsOp : MoE_Op<"mask_rows", [Pure, MoE_ShardingRule,
+    AllTypesMatch<["input", "output"]>]> {
+  let summary = "rows of masked tokens replaced: 0, or -1 for indices";
+  let description = [{
+    `output[t] = input[t]` where `mask[t] = 1`; where `mask[t] = 0` the row
+    is 0 (floating-point input: activations, gate weights, scores) or -1
+    (i32 input: expert indices, -1 = "not routed", which moe.assign and
+    moe.expert_load skip). Any other mask value is an error that names the
+    token (at run time). The gradient of a float `mask_rows` is the same
+    `mask_rows` of the output gradient.
+
+    ```mlir
+    %y = moe.mask_rows %x, %mask : (tensor<64x32xf32>, tensor<64xi32>)
+        -> tensor<64x32xf32>
+    ```
+  }];
+  let arguments = (ins MoE_Rows2D:$input, MoE_I32_1D:$mask);
+  let results = (outs MoE_Rows2D:$output);
+  let assemblyFormat = [{
+    $input `,` $mask attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
+def MoE_TokenCountOp : MoE_Op<"token_count", [Pure, MoE_ShardingRule]> {
+  let summary = "number of real tokens of a token mask (f32)";
+  let description = [{
+    `count = sum_t mask[t]` as f32; every `mask[t]` must be 0 or 1 (an
+    error that names the token otherwise). A sharded program sums the
+    per-rank counts over the token axes.
+  }];
+  let arguments = (ins MoE_I32_1D:$mask);
+  let results = (outs MoE_Scalar:$count);
+  let assemblyFormat = [{
+    $mask attr-dict `:` functional-type(operands, results)
+  }];
 }
 
 //===----------------------------------------------------------------------===//
@@ -426,7 +478,10 @@ def MoE_LayerOp : MoE_Op<"layer", [Pure, AttrSizedOperandSegments,
     Operands: router weight `[E, D]`, optional selection `bias` `[E]`,
     expert weights (`gate` for swiglu/geglu) `[E, F, D]`, `[E, D, F]`,
     optional shared-expert MLP weights `[Fs, D]`, `[D, Fs]` and its optional
-    sigmoid gate `[1, D]`. Results: the output, then one `tensor<f32>` per
+    sigmoid gate `[1, D]`, optional `token_mask` `[T]` (i32: 1 = a real
+    token, 0 = padding; padding is not routed, takes no capacity slot, is
+    not counted in the load statistics or the aux losses, and its output
+    row is 0, so the residual alone). Results: the output, then one `tensor<f32>` per
     enabled loss: load balance (`aux_loss_coeff > 0`), then z-loss
     (`z_loss_coeff > 0`).
 
@@ -450,6 +505,7 @@ def MoE_LayerOp : MoE_Op<"layer", [Pure, AttrSizedOperandSegments,
       Optional<MoE_Act2D>:$shared_gate, Optional<MoE_Act2D>:$shared_up,
       Optional<MoE_Act2D>:$shared_down,
       Optional<MoE_Act2D>:$shared_sigmoid_gate,
+      Optional<MoE_I32_1D>:$token_mask,
       MoE_PositiveI64:$num_experts,
       MoE_PositiveI64:$top_k,
       DefaultValuedAttr<MoE_ScoreFuncAttr,
@@ -479,7 +535,8 @@ def MoE_LayerOp : MoE_Op<"layer", [Pure, AttrSizedOperandSegments,
     $input `router` $router_weight (`bias` $bias^)? (`gate` $gate^)?
     `up` $up `down` $down (`shared_gate` $shared_gate^)?
     (`shared_up` $shared_up^)? (`shared_down` $shared_down^)?
-    (`shared_sigmoid_gate` $shared_sigmoid_gate^)? attr-dict `:`
+    (`shared_sigmoid_gate` $shared_sigmoid_gate^)?
+    (`token_mask` $token_mask^)? attr-dict `:`
     functional-type(operands, results)
   }];
   let hasVerifier = 1;

@@ -265,30 +265,37 @@ def MoE_LoadBalanceLossGradOp : MoE_Op<"load_balance_loss_grad", [Pure]> {
   let summary = "gradient of moe.load_balance_loss into its statistics";
   let description = [{
     `dstats[0, :] = 0`, `dstats[1, e] = dloss * coeff * E * f_e / tokens`
-    (the counts `f_e` are constants).
+    (the counts `f_e` are constants); `tokens` is `count` when given
+    (moe.load_balance_loss with a token mask).
   }];
   let arguments = (ins MoE_F32_2D:$stats, MoE_Scalar:$dloss,
+                       Optional<MoE_Scalar>:$count,
                        MoE_PositiveI64:$tokens, MoE_PositiveI64:$k,
                        F32Attr:$coeff);
   let results = (outs MoE_F32_2D:$dstats);
   let assemblyFormat = [{
-    $stats `,` $dloss `tokens` `=` $tokens `k` `=` $k `coeff` `=` $coeff
-    attr-dict `:` functional-type(operands, results)
+    $stats `,` $dloss (`count` $count^)? `tokens` `=` $tokens `k` `=` $k
+    `coeff` `=` $coeff attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }
 
-def MoE_ZLossGradOp : MoE_Op<"z_loss_grad", [Pure]> {
+def MoE_ZLossGradOp : MoE_Op<"z_loss_grad", [Pure,
+    AttrSizedOperandSegments]> {
   let summary = "gradient of moe.z_loss into the logits";
   let description = [{
     `dlogits[t, e] = dloss * coeff * 2 * lse_t * softmax(logits[t])[e] /
-    tokens`.
+    tokens`; with `mask` and `count` (moe.z_loss with a token mask) rows
+    with `mask = 0` are 0 and `tokens` is `count`.
   }];
   let arguments = (ins MoE_F32_2D:$logits, MoE_Scalar:$dloss,
+                       Optional<MoE_I32_1D>:$mask,
+                       Optional<MoE_Scalar>:$count,
                        MoE_PositiveI64:$tokens, F32Attr:$coeff);
   let results = (outs MoE_F32_2D:$dlogits);
   let assemblyFormat = [{
-    $logits `,` $dloss `tokens` `=` $tokens `coeff` `=` $coeff attr-dict `:`
+    $logits `,` $dloss (`mask` $mask^)? (`count` $count^)? `tokens` `=`
+    $tokens `coeff` `=` $coeff attr-dict `:`
     functional-type(operands, results)
   }];
   let hasVerifier = 1;
@@ -298,20 +305,24 @@ def MoE_ZLossGradOp : MoE_Op<"z_loss_grad", [Pure]> {
 // The training loss
 //===----------------------------------------------------------------------===//
 
-def MoE_MSELossOp : MoE_Op<"mse_loss", [Pure]> {
+def MoE_MSELossOp : MoE_Op<"mse_loss", [Pure, AttrSizedOperandSegments]> {
   let summary = "mean squared error against targets, and its gradient (the seed)";
   let description = [{
     `loss[0] = sum_i (y_i - target_i)^2 / total` (this rank's share, summed in
     double) and `dy = 2 (y - target) / total`, where `total` is the element
     count of the global batch (docs/spec.md 7.1): the seed of the backward
-    pass.
+    pass. With `mask` (`[T]` i32, the token mask) and `count` (the real
+    tokens of the global batch): the sum is over the rows with `mask = 1`,
+    `dy` is 0 on the other rows and `total` is `count * D`.
   }];
   let arguments = (ins MoE_Act2D:$output, MoE_Act2D:$target,
+                       Optional<MoE_I32_1D>:$mask,
+                       Optional<MoE_Scalar>:$count,
                        MoE_PositiveI64:$total);
   let results = (outs MoE_F32_1D:$loss, MoE_Act2D:$doutput);
   let assemblyFormat = [{
-    $output `,` $target `total` `=` $total attr-dict `:`
-    functional-type(operands, results)
+    $output `,` $target (`mask` $mask^)? (`count` $count^)? `total` `=`
+    $total attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }
