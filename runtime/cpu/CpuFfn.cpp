@@ -7,11 +7,11 @@
 // dx = du.up + da.gate) are RowGemm's (RowGemm.h): a row of their output
 // has the same bits whatever the rows around it, so neither the chunks below
 // nor moe-overlap's chunks (forward and backward) change the result. The
-// backward's weight GEMMs (sums over rows) are OpenBLAS's. Both pack the whole weight matrix on every
-// call, so an expert's rows go through as few and as large GEMMs as the
-// workspace budget allows, in chunks of equal size. A chunk that spans
-// several segments is gathered into contiguous rows first, so that many
-// small segments still make one large GEMM.
+// backward's weight GEMMs (sums over rows) are OpenBLAS's. Both pack the whole
+// weight matrix on every call, so an expert's rows go through as few and as
+// large GEMMs as the workspace budget allows, in chunks of equal size. A chunk
+// that spans several segments is gathered into contiguous rows first, so that
+// many small segments still make one large GEMM.
 //
 //===----------------------------------------------------------------------===//
 #include "cpu/CpuBackend.h"
