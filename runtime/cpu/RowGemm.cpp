@@ -404,10 +404,23 @@ Status RowGemm::run(const float *a, const float *b, const PackedB *packed,
       for (int64_t m0 = 0; m0 < M; m0 += kMc) {
         int64_t mc = std::min(kMc, M - m0);
         packA(a, M, K, m0, mc, pc, kc, ap);
+        int64_t tiles = (mc + kMr - 1) / kMr;
         for (int64_t p = p0; p < p1; ++p) {
           const float *bPanel = bp + (p - p0) * kNr * kc;
           int64_t n0 = p * kNr, cols = std::min(kNr, N - n0);
-          for (int64_t i = 0; i < mc; i += kMr) {
+          // b packed beforehand (held weights) comes from memory, and the
+          // tiles of one panel are too few for the hardware prefetcher to
+          // run ahead: the next panel goes into L2, a share per tile.
+          const char *next =
+              packed && p + 1 < p1
+                  ? reinterpret_cast<const char *>(bPanel + kNr * kc)
+                  : nullptr;
+          int64_t lines = kNr * kc * int64_t(sizeof(float)) / 64;
+          for (int64_t i = 0, t = 0; i < mc; i += kMr, ++t) {
+            if (next)
+              for (int64_t l = lines * t / tiles; l < lines * (t + 1) / tiles;
+                   ++l)
+                __builtin_prefetch(next + 64 * l, 0, 2);
             float *ct = c + (m0 + i) * N + n0;
             const float *aPanel = ap + i * kc;
             int64_t rows = std::min(kMr, mc - i);
