@@ -41,7 +41,8 @@ criterion ``|y - ref| <= atol + rtol |ref|`` holds everywhere.
 A mesh is ``dp=..,ep=..,tp=..`` optionally followed by ``+dtd``, ``+expert-tp``
 ``+overlap=N`` and ``+hier=R`` (the moe-compile flags; ``overlap=N`` is
 ``--overlap-degree N``, ``maxrecv=N`` is ``--max-recv-tokens N``, ``hier=R`` is
-``--hierarchical-a2a --ranks-per-node R`` and its
+``--hierarchical-a2a --ranks-per-node R``, ``cluster=FILE`` is ``--cluster FILE``
+for ``overlap=auto``, and its
 run is compared byte for byte with the same mesh's without it;
 and its run's outputs are compared with the same mesh's without it: byte for byte
 with ``--overlap-bitwise``, else to rtol 1e-4). Arguments after ``--`` are routing options
@@ -160,11 +161,11 @@ class MeshRun:
                 self.overlap = f.partition("=")[2]
             elif f.startswith("hier="):
                 self.hier = f.partition("=")[2]
-            elif f.startswith("maxrecv="):
+            elif f.startswith(("maxrecv=", "cluster=")):
                 pass
             elif f not in ("dtd", "expert-tp"):
                 raise Failure(f"mesh {spec!r}: unknown flag +{f} (dtd, expert-tp, "
-                              "overlap=N, hier=R or maxrecv=N)")
+                              "overlap=N, hier=R, maxrecv=N or cluster=FILE)")
         self.axes = {"dp": 1, "ep": 1, "tp": 1}
         if self.mesh != "single":
             for part in self.mesh.split(","):
@@ -186,6 +187,8 @@ class MeshRun:
                 flags += ["--hierarchical-a2a", f"--ranks-per-node={self.hier}"]
             elif f.startswith("maxrecv="):
                 flags.append(f"--max-recv-tokens={f.partition('=')[2]}")
+            elif f.startswith("cluster="):
+                flags.append(f"--cluster={f.partition('=')[2]}")
             else:
                 flags.append(f"--{f}")
         return flags
@@ -198,7 +201,7 @@ class MeshRun:
 
     def without_overlap(self) -> str:
         return "+".join([self.mesh] + [f for f in self.flags
-                                       if not f.startswith("overlap=")])
+                                       if not f.startswith(("overlap=", "cluster="))])
 
 
 # -- checks -------------------------------------------------------------------------------
