@@ -10,7 +10,8 @@
 #      (threads per rank: the node's cores / the ranks on it).
 #   3. the overlap degree sweep (issue aims: 80% of the all-to-all hidden at the
 #      best degree, auto within 5% of the best): the same layer with capacity
-#      factor 1 in 4 token groups (T=$OVL_TOKENS) for --mesh ep=4 at --overlap-degree 1, 2, 4, 8 and
+#      factor 1 in 4 token groups (T=$OVL_TOKENS, default 4096: Tutel's tokens
+#      per step) for --mesh ep=4 at --overlap-degree 1, 2, 4, 8 and
 #      auto (cluster file from moe-run --calibrate under the same link), run over
 #      an emulated slow ep link; "compute only" is degree 1 without the
 #      emulation. The link ($OVL_NET, default: measured) has alpha=100us and
@@ -27,7 +28,7 @@ export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 work=${OUT:-out/bench-comm}
 mkdir -p "$work"
 TOKENS=2048 REPS=7 REPEAT=5
-OVL_TOKENS=${OVL_TOKENS:-2048} OVL_NET=${OVL_NET:-}
+OVL_TOKENS=${OVL_TOKENS:-4096} OVL_NET=${OVL_NET:-}
 ONLY_OVERLAP=0
 for a in "$@"; do
   case $a in

@@ -68,6 +68,13 @@ public:
     (void)hold;
     return Status::ok();
   }
+  /// moert_expert_ffn_prepare, the weights held: prepare them now (none by
+  /// default).
+  virtual Status prepareExpertFfn(const void *gate, const void *up,
+                                  const void *down, int64_t E, int64_t D,
+                                  int64_t F) {
+    return Status::ok();
+  }
 
   //===--- Kernels (semantics: moert.h and docs/dialect.md) ---------------===//
   virtual Status rmsnorm(const void *x, const void *w, void *y, int64_t T,

@@ -767,6 +767,19 @@ void moert_hold_weights(moert_ctx *ctx, int32_t hold) {
   });
 }
 
+void moert_expert_ffn_prepare(moert_ctx *ctx, const void *gate, const void *up,
+                              const void *down, int64_t E, int64_t D, int64_t F,
+                              int32_t activation, int32_t dtype) {
+  runKernel(ctx, "moert_expert_ffn_prepare", [&] {
+    Args a("moert_expert_ffn_prepare");
+    checkFfnWeights(a, activation, gate, up, down);
+    a.positive({{"E", E}, {"D", D}, {"F", F}});
+    MOERT_TRY(a.dtype(dtype).status());
+    MOERT_TRY(ctx->backend->holdWeights(true));
+    return ctx->backend->prepareExpertFfn(gate, up, down, E, D, F);
+  });
+}
+
 void moert_copy(moert_ctx *ctx, const void *src, void *dst, int64_t bytes) {
   runKernel(ctx, "moert_copy", [&] {
     MOERT_TRY(checkCopy(ctx, "moert_copy", dst, src, bytes));

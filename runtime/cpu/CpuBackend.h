@@ -65,6 +65,8 @@ public:
                            bool join) override;
   Status synchronize() override { return Status::ok(); }
   Status holdWeights(bool hold) override;
+  Status prepareExpertFfn(const void *gate, const void *up, const void *down,
+                          int64_t E, int64_t D, int64_t F) override;
   double now() override;
 
   Status rmsnorm(const void *x, const void *w, void *y, int64_t T, int64_t D,
@@ -228,8 +230,9 @@ private:
   /// FfnGemm chosen.
   Status gemmNT(const float *a, const float *b, float *c, int64_t m, int64_t n,
                 int64_t kk);
-  /// b packed while the weights are held (moert_hold_weights) and an expert
-  /// FFN runs; null otherwise or past kHeldBytes (the caller packs per call).
+  /// b packed while the weights are held (moert_hold_weights), packed now
+  /// if it was not yet; null when not held or past kHeldBytes (the caller
+  /// packs per call).
   Status heldWeight(const float *b, int64_t n, int64_t kk,
                     const cpu::PackedB *&out);
   /// Backward of the FFN over the live rows in `blocks`: dx of those rows

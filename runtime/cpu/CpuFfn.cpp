@@ -117,16 +117,36 @@ int64_t walkRows(const RowBlock *blocks, int64_t numBlocks, Cursor &cur,
 } // namespace
 
 Status CpuBackend::holdWeights(bool hold) {
+  if (hold && holding_) // already held: keep what was prepared
+    return Status::ok();
   holding_ = hold;
-  held_.clear(); // a new hold starts empty
+  held_.clear(); // a new hold starts empty, a release frees
   heldBytes_ = 0;
+  return Status::ok();
+}
+
+Status CpuBackend::prepareExpertFfn(const void *gate, const void *up,
+                                    const void *down, int64_t E, int64_t D,
+                                    int64_t F) {
+  if (ffnGemm_ != FfnGemm::RowIndependent)
+    return Status::ok();
+  const cpu::PackedB *packed;
+  for (int64_t e = 0; e < E; ++e) {
+    if (gate)
+      MOERT_TRY(heldWeight(static_cast<const float *>(gate) + e * F * D, F, D,
+                           packed));
+    MOERT_TRY(
+        heldWeight(static_cast<const float *>(up) + e * F * D, F, D, packed));
+    MOERT_TRY(
+        heldWeight(static_cast<const float *>(down) + e * D * F, D, F, packed));
+  }
   return Status::ok();
 }
 
 Status CpuBackend::heldWeight(const float *b, int64_t n, int64_t kk,
                               const cpu::PackedB *&out) {
   out = nullptr;
-  if (!holding_ || !inExpertFfn_)
+  if (!holding_)
     return Status::ok();
   for (const auto &p : held_)
     if (p->source() == b && p->n() == n && p->k() == kk) {
@@ -146,8 +166,9 @@ Status CpuBackend::heldWeight(const float *b, int64_t n, int64_t kk,
 Status CpuBackend::gemmNT(const float *a, const float *b, float *c, int64_t m,
                           int64_t n, int64_t kk) {
   if (ffnGemm_ == FfnGemm::RowIndependent) {
-    const cpu::PackedB *packed;
-    MOERT_TRY(heldWeight(b, n, kk, packed));
+    const cpu::PackedB *packed = nullptr;
+    if (inExpertFfn_)
+      MOERT_TRY(heldWeight(b, n, kk, packed));
     if (packed)
       return rowGemm_.nt(a, *packed, c, m, threads_, "moert_expert_ffn");
     return rowGemm_.nt(a, b, c, m, n, kk, threads_, "moert_expert_ffn");

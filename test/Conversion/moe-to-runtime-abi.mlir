@@ -7,7 +7,7 @@
 
 // Every module exports `const int32_t moe_abi_version = MOERT_ABI_VERSION`
 // (raise the number here with MOERT_ABI_VERSION).
-// CHECK: llvm.mlir.global external constant @moe_abi_version(12 : i32) {addr_space = 0 : i32} : i32
+// CHECK: llvm.mlir.global external constant @moe_abi_version(13 : i32) {addr_space = 0 : i32} : i32
 // CHECK-LABEL: func.func @moe_entry_empty
 func.func @empty(%x: tensor<4xf32>) -> tensor<4xf32> {
   return %x : tensor<4xf32>

@@ -159,3 +159,25 @@ func.func @held(%x: tensor<2x4x8xf32>, %u: tensor<2x16x8xf32>, %d: tensor<2x8x16
   %c = moe.expert_ffn %x up %u down %d act = relu {moe.hold_weights = "open"} : (tensor<2x4x8xf32>, tensor<2x16x8xf32>, tensor<2x8x16xf32>) -> tensor<2x4x8xf32>
   return %a, %b, %c : tensor<2x4x8xf32>, tensor<2x4x8xf32>, tensor<2x4x8xf32>
 }
+
+// -----
+
+// moe.expert_ffn_prepare (moe-overlap, before the first wait): one
+// moert_expert_ffn_prepare (E, D, F, act) that holds the weights itself, so
+// the "open" FFN after it emits no second hold; "close" releases.
+// CHECK-LABEL: func.func @moe_entry_prepared
+// CHECK-DAG: %[[E:.*]] = arith.constant 2 : i64
+// CHECK-DAG: %[[D:.*]] = arith.constant 8 : i64
+// CHECK-DAG: %[[F:.*]] = arith.constant 16 : i64
+// CHECK: call @moert_expert_ffn_prepare(%{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[E]], %[[D]], %[[F]], %{{.*}}, %{{.*}}) :
+// CHECK-NOT: moert_hold_weights
+// CHECK: call @moert_expert_ffn
+// CHECK-NEXT: call @moert_expert_ffn
+// CHECK-NEXT: call @moert_hold_weights(%{{.*}}, %{{.*}}) :
+// CHECK-NEXT: return
+func.func @prepared(%x: tensor<2x4x8xf32>, %u: tensor<2x16x8xf32>, %d: tensor<2x8x16xf32>) -> (tensor<2x4x8xf32>, tensor<2x4x8xf32>) {
+  moe.expert_ffn_prepare up %u down %d act = relu : tensor<2x16x8xf32>, tensor<2x8x16xf32>
+  %a = moe.expert_ffn %x up %u down %d act = relu {moe.hold_weights = "open"} : (tensor<2x4x8xf32>, tensor<2x16x8xf32>, tensor<2x8x16xf32>) -> tensor<2x4x8xf32>
+  %b = moe.expert_ffn %x up %u down %d act = relu {moe.hold_weights = "close"} : (tensor<2x4x8xf32>, tensor<2x16x8xf32>, tensor<2x8x16xf32>) -> tensor<2x4x8xf32>
+  return %a, %b : tensor<2x4x8xf32>, tensor<2x4x8xf32>
+}

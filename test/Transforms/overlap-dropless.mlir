@@ -36,6 +36,7 @@
 // FOUR: %[[F0:.*]] = moe.all_to_all_v_start {{.*}} : (tensor<22x32xf32>, tensor<1x8xi32>, tensor<2x4xi32>) -> !moe.future<tensor<38x32xf32>>
 // FOUR: moe.chunk_rows {{.*}} index = 1 chunks = 4
 // FOUR-NEXT: %[[F1:.*]] = moe.all_to_all_v_start
+// FOUR-NEXT: moe.expert_ffn_prepare up %arg2 down %arg3 act = relu
 // FOUR-NEXT: moe.wait %[[F0]]
 // FOUR-NEXT: moe.expert_ffn
 // FOUR-NEXT: %[[R0:.*]] = moe.all_to_all_v_start

@@ -25,12 +25,15 @@
 // CHECK-NOT: moe.all_to_all
 
 // Degree 4: at most one chunk ahead. Chunk i+1 is started before FFN(i), and
-// the return of chunk i-1 is waited after FFN(i). The weights are held from
-// the first chunk's FFN to the last's (only those two are marked).
+// the return of chunk i-1 is waited after FFN(i). The weights are held and
+// prepared (moe.expert_ffn_prepare) before the first wait, while chunks 0 and
+// 1 are in flight, until the last chunk's FFN ("close"; the first is marked
+// "open").
 // FOUR-LABEL: func.func @capacity
 // FOUR: %[[F0:.*]] = moe.all_to_all_start {{.*}} -> !moe.future<tensor<4x4x32xf32>>
 // FOUR: %[[F1:.*]] = moe.all_to_all_start
-// FOUR: moe.wait %[[F0]]
+// FOUR-NEXT: moe.expert_ffn_prepare up %arg2 down %arg3 act = relu : tensor<4x96x32xf32>, tensor<4x32x96xf32>
+// FOUR-NEXT: moe.wait %[[F0]]
 // FOUR-NEXT: moe.expert_ffn {{.*}} {moe.hold_weights = "open"}
 // FOUR-NEXT: %[[R0:.*]] = moe.all_to_all_start {{.*}} split = 1 concat = 0
 // FOUR-NEXT: moe.chunk {{.*}} index = 2 chunks = 4

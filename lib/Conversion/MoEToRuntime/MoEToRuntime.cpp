@@ -463,6 +463,22 @@ LogicalResult FunctionLowering::run() {
     }
     if (holdMark(op) == "open" && failed(hold(true)))
       return failure();
+    if (auto prep = dyn_cast<ExpertFFNPrepareOp>(op)) {
+      // moert_expert_ffn_prepare holds the weights itself.
+      holding = true;
+      auto up = cast<RankedTensorType>(prep.getUp().getType());
+      if (failed(em->call(abi::moert_expert_ffn_prepare{
+              .gate = optPtr(prep.getGate()),
+              .up = ptr(prep.getUp()),
+              .down = ptr(prep.getDown()),
+              .E = em->i64(up.getDimSize(0)),
+              .D = em->i64(up.getDimSize(2)),
+              .F = em->i64(up.getDimSize(1)),
+              .activation = em->i32(abi::toMoert(prep.getActivation())),
+              .dtype = dtype(prep.getUp())})))
+        return failure();
+      continue;
+    }
     if (failed(lowerOp(op)))
       return failure();
     if (holdMark(op) == "close" && failed(hold(false)))

@@ -31,7 +31,7 @@
  * loader refuses a module of another version (docs/module-format.md). Bump it
  * with every change to moert_kernels.def (a kernel's name, parameters or
  * their order or types) or to the enumeration values. */
-#define MOERT_ABI_VERSION 12
+#define MOERT_ABI_VERSION 13
 /* The name of that exported constant. */
 #define MOERT_ABI_VERSION_SYMBOL "moe_abi_version"
 /* Every compiled module also exports `const char moe_manifest[]`: the JSON

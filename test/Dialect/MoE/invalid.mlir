@@ -316,6 +316,24 @@ func.func @f(%x: tensor<2x4x32xf32>, %u: tensor<4x16x32xf32>, %d: tensor<4x32x16
 
 // -----
 
+// expert_ffn_prepare: the weights of moe.expert_ffn (a gated act needs its
+// gate, down is [E, D, F]).
+func.func @f(%u: tensor<4x16x32xf32>, %d: tensor<4x32x16xf32>) {
+  // expected-error @+1 {{activation 'swiglu' needs the gate weight}}
+  moe.expert_ffn_prepare up %u down %d act = swiglu : tensor<4x16x32xf32>, tensor<4x32x16xf32>
+  return
+}
+
+// -----
+
+func.func @f(%u: tensor<4x16x32xf32>, %d: tensor<4x16x32xf32>) {
+  // expected-error @+1 {{down weight}}
+  moe.expert_ffn_prepare up %u down %d act = relu : tensor<4x16x32xf32>, tensor<4x16x32xf32>
+  return
+}
+
+// -----
+
 // expert_ffn: gated act needs gate
 func.func @f(%x: tensor<4x4x32xf32>, %u: tensor<4x16x32xf32>, %d: tensor<4x32x16xf32>) {
   // expected-error @+1 {{activation 'swiglu' needs the gate weight}}

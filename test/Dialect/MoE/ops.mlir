@@ -54,6 +54,8 @@ func.func @dropless_path(%x: tensor<64x32xf32>, %idx: tensor<64x2xi32>, %w: tens
   // CHECK: moe.assign %{{.*}} experts = 8 : (tensor<64x2xi32>) -> (tensor<64x2xi32>, tensor<1x8xi32>)
   %pos, %counts = moe.assign %idx experts = 8 : (tensor<64x2xi32>) -> (tensor<64x2xi32>, tensor<1x8xi32>)
   %buf = moe.dispatch %x, %pos : (tensor<64x32xf32>, tensor<64x2xi32>) -> tensor<128x32xf32>
+  // CHECK: moe.expert_ffn_prepare gate %{{.*}} up %{{.*}} down %{{.*}} act = swiglu : tensor<8x64x32xf32>, tensor<8x64x32xf32>, tensor<8x32x64xf32>
+  moe.expert_ffn_prepare gate %g up %up down %down act = swiglu : tensor<8x64x32xf32>, tensor<8x64x32xf32>, tensor<8x32x64xf32>
   // CHECK: moe.expert_ffn %{{.*}} counts %{{.*}} gate %{{.*}} up %{{.*}} down %{{.*}} act = swiglu :
   %y = moe.expert_ffn %buf counts %counts gate %g up %up down %down act = swiglu : (tensor<128x32xf32>, tensor<1x8xi32>, tensor<8x64x32xf32>, tensor<8x64x32xf32>, tensor<8x32x64xf32>) -> tensor<128x32xf32>
   %o = moe.combine %y, %pos, %w : (tensor<128x32xf32>, tensor<64x2xi32>, tensor<64x2xf32>) -> tensor<64x32xf32>

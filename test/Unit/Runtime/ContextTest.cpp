@@ -442,6 +442,12 @@ const BadCall badCalls[] = {
      },
      MOERT_ERR_INVALID,
      "moert_dispatch: positions[0,1] = 9 is past the 4 output rows"},
+    {"ExpertFfnPrepareWithoutUp",
+     [](moert_ctx *c) {
+       moert_expert_ffn_prepare(c, nullptr, nullptr, F, 2, 4, 4, MOERT_ACT_RELU,
+                                MOERT_F32);
+     },
+     MOERT_ERR_INVALID, "moert_expert_ffn_prepare: up is null"},
     {"HoldWeightsNotABool", [](moert_ctx *c) { moert_hold_weights(c, 2); },
      MOERT_ERR_INVALID, "moert_hold_weights: hold 2 is not 0 or 1"},
     {"ExpertFfnGatedWithoutGate",

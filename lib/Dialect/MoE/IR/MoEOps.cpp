@@ -394,6 +394,12 @@ LogicalResult DispatchOp::verify() {
                                "result");
 }
 
+LogicalResult ExpertFFNPrepareOp::verify() {
+  auto up = cast<RankedTensorType>(getUp().getType());
+  return verifyFFNWeights(*this, getGate(), getUp(), getDown(), getActivation(),
+                          {up.getDimSize(0)}, up.getDimSize(2), "");
+}
+
 LogicalResult ExpertFFNOp::verify() {
   auto x = tensorType(getInput());
   if (failed(verifyExpertFFNOperands(*this, getInput(), getCounts(), getGate(),

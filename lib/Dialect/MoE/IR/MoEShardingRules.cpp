@@ -36,7 +36,7 @@ constexpr bool onlyInShardedPrograms =
                     AllReduceStartOp, SliceOp, WaitOp>::value ||
     // moe-overlap runs on per-rank programs.
     llvm::is_one_of<OpTy, ChunkOp, InterleaveOp, ChunkCountsOp, ChunkRowsOp,
-                    JoinRowsOp>::value ||
+                    JoinRowsOp, ExpertFFNPrepareOp>::value ||
     // moe-hierarchical-a2a runs on per-rank programs.
     llvm::is_one_of<OpTy, RegroupOp, CheckRecvBoundOp>::value ||
     // Training: moe-differentiate runs after moe-shard (docs/design.md,

@@ -14,7 +14,9 @@
 // weights: the first is marked moe.hold_weights = "open" and the last
 // "close", so that the runtime prepares the weights once for all chunks
 // (the CPU backend packs each weight matrix for its GEMM once instead of
-// once per chunk, which at high degree costs more than the GEMMs).
+// once per chunk, which at high degree costs more than the GEMMs), and
+// moe.expert_ffn_prepare before the first wait prepares them while the
+// first chunks' all-to-alls are in flight.
 //
 // The chunks are cyclic (moe.chunk: slots i, i+n, i+2n, ...), which
 // commutes with every op of the exchange: the slice and gathers over tp cut
@@ -376,6 +378,11 @@ LogicalResult pipeline(Exchange &x, int64_t degree) {
     int64_t i = id(j);
     if (j + 1 < degree)
       issue(id(j + 1));
+    // The weights held for the chunks are prepared while the first chunks'
+    // all-to-alls are in flight, not in the first chunk's FFN.
+    if (auto ffn = dyn_cast<ExpertFFNOp>(x.ffn); ffn && j == 0)
+      ExpertFFNPrepareOp::create(b, loc, ffn.getGate(), ffn.getUp(),
+                                 ffn.getDown(), ffn.getActivationAttr());
     Value in = wait(i, x.forward, started[i]);
     returning[i] = startA2A(i, x.back, emitRange(i, x.forward + 1, x.back, in));
     if (j > 0)

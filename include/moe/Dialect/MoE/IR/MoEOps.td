@@ -319,6 +319,27 @@ def MoE_ExpertFFNOp : MoE_Op<"expert_ffn", [Pure, AttrSizedOperandSegments,
   let hasVerifier = 1;
 }
 
+def MoE_ExpertFFNPrepareOp : MoE_Op<"expert_ffn_prepare"> {
+  let summary = "hold an expert FFN's weights and prepare them ahead of use";
+  let description = [{
+    From here until an `moe.expert_ffn` marked `moe.hold_weights = "close"`
+    (or the function's return), the runtime holds these weights
+    (`moert_hold_weights`) and prepares them now (the CPU backend packs each
+    matrix for its GEMM), so that the FFN calls that follow find them ready.
+    moe-overlap puts it between the first chunks' started all-to-alls and
+    the first wait, where the compute resource would otherwise idle.
+    Weights and activation as in `moe.expert_ffn`. It has no result and
+    changes no value: removing it changes no bit.
+  }];
+  let arguments = (ins Optional<MoE_Act3D>:$gate, MoE_Act3D:$up,
+                       MoE_Act3D:$down, MoE_ActivationAttr:$activation);
+  let assemblyFormat = [{
+    (`gate` $gate^)? `up` $up `down` $down `act` `=` `` $activation attr-dict
+    `:` type(operands)
+  }];
+  let hasVerifier = 1;
+}
+
 def MoE_CombineOp : MoE_Op<"combine", [Pure, MoE_ShardingRule]> {
   let summary = "weighted sum of every token's expert outputs";
   let description = [{
