@@ -929,7 +929,7 @@ struct AbiChain {
   std::string stats;
 };
 
-void runAbiChain(int32_t device, AbiChain &r) {
+void runAbiChain(int32_t device, AbiChain &r, bool held = false) {
   const int64_t T = 24, D = 32, F = 48, E = 4, k = 2, rows = T * k;
   const float eps = 1e-6f;
   moert_ctx_options o;
@@ -984,8 +984,13 @@ void runAbiChain(int32_t device, AbiChain &r) {
   moert_rmsnorm(ctx, h, wn, x, T, D, eps, MOERT_F32);
   moert_assign(ctx, static_cast<int32_t *>(idx), pos, cnt, T, k, E, 0, 1);
   moert_dispatch(ctx, x, pos, buf, T, k, D, rows, MOERT_F32);
+  if (held) // moe-overlap's calls around its chunks (docs/runtime.md, ABI 13)
+    moert_expert_ffn_prepare(ctx, gate, up, down, E, D, F, MOERT_ACT_SWIGLU,
+                             MOERT_F32);
   moert_expert_ffn(ctx, buf, cnt, gate, up, down, eo, E, 1, 0, rows, D, F,
                    MOERT_ACT_SWIGLU, MOERT_F32);
+  if (held)
+    moert_hold_weights(ctx, 0);
   moert_combine(ctx, eo, pos, static_cast<float *>(w), nullptr, y, T, k, D,
                 MOERT_F32);
   // Backward and one AdamW step of the experts' up weights, in place.
@@ -1032,6 +1037,18 @@ TEST(CudaBackwardAbiTest, BackwardChainMatchesCpuContext) {
         "\"dispatch_grad\"", "\"rmsnorm_grad\"", "\"adamw\""})
     EXPECT_NE(g.stats.find(phase), std::string::npos)
         << phase << " missing from " << g.stats;
+}
+
+TEST(CudaBackwardAbiTest, HeldAndPreparedWeightsMatchCpuContext) {
+  // moert_expert_ffn_prepare / moert_hold_weights: nothing to prepare on
+  // CUDA, the calls succeed and change nothing.
+  SKIP_WITHOUT_CUDA();
+  AbiChain c, g;
+  ASSERT_NO_FATAL_FAILURE(runAbiChain(MOERT_DEVICE_CPU, c));
+  ASSERT_NO_FATAL_FAILURE(runAbiChain(MOERT_DEVICE_CUDA, g, /*held=*/true));
+  EXPECT_TRUE(close(g.loss, c.loss, MOERT_F32, 1e-5)) << "loss";
+  EXPECT_TRUE(close(g.dh, c.dh, MOERT_F32)) << "dh";
+  EXPECT_TRUE(close(g.up, c.up, MOERT_F32)) << "up after AdamW";
 }
 
 //===--- Token mask (backend-neutral kernels, docs/spec.md 3.11)
