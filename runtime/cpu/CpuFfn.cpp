@@ -114,6 +114,85 @@ int64_t walkRows(const RowBlock *blocks, int64_t numBlocks, Cursor &cur,
   return done;
 }
 
+/// The live rows in `blocks`, `chunk` rows at a time, in order. A chunk in
+/// one block runs in place, inPlace(first row, rows); any other is gathered
+/// (gather(row, n, at, rows) per piece, `at` its first row in the chunk),
+/// run by gathered(rows) and scattered back (scatter(row, n, at, rows)).
+template <typename InPlace, typename Gather, typename Gathered,
+          typename Scatter>
+Status forEachRowChunk(const RowBlock *blocks, int64_t numBlocks, int64_t chunk,
+                       InPlace &&inPlace, Gather &&gather, Gathered &&gathered,
+                       Scatter &&scatter) {
+  Cursor cur;
+  while (cur.block < numBlocks) {
+    Cursor start = cur, probe = cur;
+    int64_t pieces = 0, first = 0;
+    int64_t rows =
+        walkRows(blocks, numBlocks, probe, chunk, [&](int64_t row, int64_t) {
+          if (pieces++ == 0)
+            first = row;
+        });
+    if (pieces == 1) {
+      MOERT_TRY(inPlace(first, rows));
+      cur = probe;
+      continue;
+    }
+    int64_t at = 0;
+    walkRows(blocks, numBlocks, cur, chunk, [&](int64_t row, int64_t n) {
+      gather(row, n, at, rows);
+      at += n;
+    });
+    MOERT_TRY(gathered(rows));
+    at = 0;
+    walkRows(blocks, numBlocks, start, chunk, [&](int64_t row, int64_t n) {
+      scatter(row, n, at, rows);
+      at += n;
+    });
+  }
+  return Status::ok();
+}
+
+int64_t liveRows(const RowBlock *blocks, int64_t numBlocks) {
+  int64_t live = 0;
+  for (int64_t b = 0; b < numBlocks; ++b)
+    live += blocks[b].rows;
+  return live;
+}
+
+/// The inputs of the FFN's backward for some rows, and where they go.
+struct GradInputs {
+  const float *x, *dy, *savedA, *savedU;
+};
+struct GradGathered {
+  float *x, *dy, *a, *u;
+};
+
+/// Rows [row, row + n) of the backward's inputs (x, dy and, when saved, a
+/// and u: a only when gated, that is when `to.a` is not null) to rows
+/// [at, at + n) of a gathered chunk.
+void gatherGradInputs(GradInputs from, GradGathered to, int64_t row, int64_t n,
+                      int64_t at, int64_t D, int64_t F) {
+  size_t rowBytes = static_cast<size_t>(D) * sizeof(float);
+  size_t hiddenRowBytes = static_cast<size_t>(F) * sizeof(float);
+  std::memcpy(to.x + at * D, from.x + row * D, n * rowBytes);
+  std::memcpy(to.dy + at * D, from.dy + row * D, n * rowBytes);
+  if (from.savedU)
+    std::memcpy(to.u + at * F, from.savedU + row * F, n * hiddenRowBytes);
+  if (from.savedU && to.a)
+    std::memcpy(to.a + at * F, from.savedA + row * F, n * hiddenRowBytes);
+}
+
+/// The weight gradients of an expert without live rows: exactly zero (gate
+/// null when ungated).
+void zeroWeightGrads(float *gate, float *up, float *down, int64_t D,
+                     int64_t F) {
+  size_t bytes = static_cast<size_t>(F * D) * sizeof(float);
+  if (gate)
+    std::memset(gate, 0, bytes);
+  std::memset(up, 0, bytes);
+  std::memset(down, 0, bytes);
+}
+
 } // namespace
 
 Status CpuBackend::holdWeights(bool hold) {
@@ -234,9 +313,7 @@ Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
                           int64_t numBlocks, const FfnWeights &w, int64_t D,
                           int64_t F, int32_t activation, float *saveA,
                           float *saveU) {
-  int64_t live = 0;
-  for (int64_t b = 0; b < numBlocks; ++b)
-    live += blocks[b].rows;
+  int64_t live = liveRows(blocks, numBlocks);
   if (live == 0)
     return Status::ok();
   bool gated = isGatedActivation(activation);
@@ -252,40 +329,27 @@ Status CpuBackend::runFfn(const float *x, float *y, const RowBlock *blocks,
   float *ag = gated ? ug + chunk * F : nullptr;
   size_t rowBytes = static_cast<size_t>(D) * sizeof(float);
   size_t hiddenRowBytes = static_cast<size_t>(F) * sizeof(float);
-  Cursor cur;
-  while (cur.block < numBlocks) {
-    Cursor start = cur, probe = cur;
-    int64_t pieces = 0, first = 0;
-    int64_t rows =
-        walkRows(blocks, numBlocks, probe, chunk, [&](int64_t row, int64_t) {
-          if (pieces++ == 0)
-            first = row;
-        });
-    if (pieces == 1) {
-      MOERT_TRY(ffnChunk(x + first * D, y + first * D, rows, w, D, F,
-                         activation, saveA ? saveA + first * F : nullptr,
-                         saveU ? saveU + first * F : nullptr));
-      cur = probe;
-      continue;
-    }
-    int64_t at = 0;
-    walkRows(blocks, numBlocks, cur, chunk, [&](int64_t row, int64_t n) {
-      std::memcpy(xg + at * D, x + row * D, n * rowBytes);
-      at += n;
-    });
-    MOERT_TRY(ffnChunk(xg, yg, rows, w, D, F, activation, saveA ? ag : nullptr,
-                       saveU ? ug : nullptr));
-    at = 0;
-    walkRows(blocks, numBlocks, start, chunk, [&](int64_t row, int64_t n) {
-      std::memcpy(y + row * D, yg + at * D, n * rowBytes);
-      if (saveU)
-        std::memcpy(saveU + row * F, ug + at * F, n * hiddenRowBytes);
-      if (saveA)
-        std::memcpy(saveA + row * F, ag + at * F, n * hiddenRowBytes);
-      at += n;
-    });
-  }
-  return Status::ok();
+  return forEachRowChunk(
+      blocks, numBlocks, chunk,
+      [&](int64_t first, int64_t rows) {
+        return ffnChunk(x + first * D, y + first * D, rows, w, D, F, activation,
+                        saveA ? saveA + first * F : nullptr,
+                        saveU ? saveU + first * F : nullptr);
+      },
+      [&](int64_t row, int64_t n, int64_t at, int64_t) {
+        std::memcpy(xg + at * D, x + row * D, n * rowBytes);
+      },
+      [&](int64_t rows) {
+        return ffnChunk(xg, yg, rows, w, D, F, activation, saveA ? ag : nullptr,
+                        saveU ? ug : nullptr);
+      },
+      [&](int64_t row, int64_t n, int64_t at, int64_t) {
+        std::memcpy(y + row * D, yg + at * D, n * rowBytes);
+        if (saveU)
+          std::memcpy(saveU + row * F, ug + at * F, n * hiddenRowBytes);
+        if (saveA)
+          std::memcpy(saveA + row * F, ag + at * F, n * hiddenRowBytes);
+      });
 }
 
 //===--- Backward (docs/spec.md 7.2) --------------------------------------===//
@@ -371,15 +435,9 @@ Status CpuBackend::runFfnGrad(const float *x, const float *dy, float *dx,
                               int64_t F, int32_t activation, float *fOut,
                               const float *savedA, const float *savedU) {
   bool gated = isGatedActivation(activation);
-  int64_t live = 0;
-  for (int64_t b = 0; b < numBlocks; ++b)
-    live += blocks[b].rows;
-  if (live == 0) { // no row: exactly zero gradients
-    size_t bytes = static_cast<size_t>(F * D) * sizeof(float);
-    if (gated)
-      std::memset(g.gate, 0, bytes);
-    std::memset(g.up, 0, bytes);
-    std::memset(g.down, 0, bytes);
+  int64_t live = liveRows(blocks, numBlocks);
+  if (live == 0) {
+    zeroWeightGrads(gated ? g.gate : nullptr, g.up, g.down, D, F);
     return Status::ok();
   }
   int64_t perRow = (gated ? 4 : 3) * F;
@@ -391,55 +449,38 @@ Status CpuBackend::runFfnGrad(const float *x, const float *dy, float *dx,
   float *dxg = dyg + chunk * D;
   float *fg = dxg + chunk * D;
   size_t rowBytes = static_cast<size_t>(D) * sizeof(float);
-  size_t hiddenRowBytes = static_cast<size_t>(F) * sizeof(float);
-  Hidden copy = savedU ? Hidden::Copy : Hidden::Recompute;
-  Cursor cur;
   float beta = 0.0f; // the first chunk overwrites the weight gradients
-  while (cur.block < numBlocks) {
-    Cursor start = cur, probe = cur;
-    int64_t pieces = 0, firstRow = 0;
-    int64_t rows =
-        walkRows(blocks, numBlocks, probe, chunk, [&](int64_t row, int64_t) {
-          if (pieces++ == 0)
-            firstRow = row;
-        });
-    if (pieces == 1) {
-      int64_t o = firstRow * D;
-      int64_t h = firstRow * F;
-      MOERT_TRY(ffnGradChunk(x + o, dy + o, dx + o, fOut ? fOut + o : nullptr,
-                             rows, w, g, beta, D, F, activation, copy,
-                             savedA ? savedA + h : nullptr,
-                             savedU ? savedU + h : nullptr));
-      cur = probe;
-      beta = 1.0f;
-      continue;
-    }
-    // Saved a and u go straight to where ffnGradChunk keeps them.
-    float *ag = gated ? ffnWork_.data() : nullptr;
-    float *ug = ffnWork_.data() + (gated ? rows * F : 0);
-    int64_t at = 0;
-    walkRows(blocks, numBlocks, cur, chunk, [&](int64_t row, int64_t n) {
-      std::memcpy(xg + at * D, x + row * D, n * rowBytes);
-      std::memcpy(dyg + at * D, dy + row * D, n * rowBytes);
-      if (savedU)
-        std::memcpy(ug + at * F, savedU + row * F, n * hiddenRowBytes);
-      if (savedU && gated)
-        std::memcpy(ag + at * F, savedA + row * F, n * hiddenRowBytes);
-      at += n;
-    });
-    MOERT_TRY(ffnGradChunk(
-        xg, dyg, dxg, fOut ? fg : nullptr, rows, w, g, beta, D, F, activation,
-        savedU ? Hidden::Loaded : Hidden::Recompute, nullptr, nullptr));
-    beta = 1.0f;
-    at = 0;
-    walkRows(blocks, numBlocks, start, chunk, [&](int64_t row, int64_t n) {
-      std::memcpy(dx + row * D, dxg + at * D, n * rowBytes);
-      if (fOut)
-        std::memcpy(fOut + row * D, fg + at * D, n * rowBytes);
-      at += n;
-    });
-  }
-  return Status::ok();
+  return forEachRowChunk(
+      blocks, numBlocks, chunk,
+      [&](int64_t first, int64_t rows) {
+        int64_t o = first * D, h = first * F;
+        Status st = ffnGradChunk(
+            x + o, dy + o, dx + o, fOut ? fOut + o : nullptr, rows, w, g, beta,
+            D, F, activation, savedU ? Hidden::Copy : Hidden::Recompute,
+            savedA ? savedA + h : nullptr, savedU ? savedU + h : nullptr);
+        beta = 1.0f;
+        return st;
+      },
+      // Saved a and u go straight to where ffnGradChunk keeps them.
+      [&](int64_t row, int64_t n, int64_t at, int64_t rows) {
+        float *ag = gated ? ffnWork_.data() : nullptr;
+        float *ug = ffnWork_.data() + (gated ? rows * F : 0);
+        gatherGradInputs({x, dy, savedA, savedU}, {xg, dyg, ag, ug}, row, n, at,
+                         D, F);
+      },
+      [&](int64_t rows) {
+        Status st = ffnGradChunk(xg, dyg, dxg, fOut ? fg : nullptr, rows, w, g,
+                                 beta, D, F, activation,
+                                 savedU ? Hidden::Loaded : Hidden::Recompute,
+                                 nullptr, nullptr);
+        beta = 1.0f;
+        return st;
+      },
+      [&](int64_t row, int64_t n, int64_t at, int64_t) {
+        std::memcpy(dx + row * D, dxg + at * D, n * rowBytes);
+        if (fOut)
+          std::memcpy(fOut + row * D, fg + at * D, n * rowBytes);
+      });
 }
 
 Status CpuBackend::runFfnGradData(const float *x, const float *dy, float *dx,
@@ -449,9 +490,7 @@ Status CpuBackend::runFfnGradData(const float *x, const float *dy, float *dx,
                                   int32_t activation, const float *savedA,
                                   const float *savedU) {
   bool gated = isGatedActivation(activation);
-  int64_t live = 0;
-  for (int64_t b = 0; b < numBlocks; ++b)
-    live += blocks[b].rows;
+  int64_t live = liveRows(blocks, numBlocks);
   if (live == 0)
     return Status::ok();
   int64_t perRow = (gated ? 4 : 3) * F;
@@ -463,58 +502,50 @@ Status CpuBackend::runFfnGradData(const float *x, const float *dy, float *dx,
   float *dxg = dyg + chunk * D;
   size_t rowBytes = static_cast<size_t>(D) * sizeof(float);
   size_t hiddenRowBytes = static_cast<size_t>(F) * sizeof(float);
-  Hidden copy = savedU ? Hidden::Copy : Hidden::Recompute;
-  Cursor cur;
-  while (cur.block < numBlocks) {
-    Cursor start = cur, probe = cur;
-    int64_t pieces = 0, firstRow = 0;
-    int64_t rows =
-        walkRows(blocks, numBlocks, probe, chunk, [&](int64_t row, int64_t) {
-          if (pieces++ == 0)
-            firstRow = row;
-        });
-    // ffnGradRows leaves da, du and h here ([rows, F] each).
-    float *ag = gated ? ffnWork_.data() : nullptr;
-    float *ug = ffnWork_.data() + (gated ? rows * F : 0);
-    float *hg = ug + rows * F;
-    if (pieces == 1) {
-      int64_t o = firstRow * D;
-      int64_t h = firstRow * F;
-      MOERT_TRY(ffnGradRows(x + o, dy + o, dx + o, nullptr, rows, w, D, F,
-                            activation, copy, savedA ? savedA + h : nullptr,
-                            savedU ? savedU + h : nullptr));
-      size_t bytes = static_cast<size_t>(rows) * hiddenRowBytes;
-      std::memcpy(hidden + h, hg, bytes);
-      std::memcpy(dpreUp + h, ug, bytes);
-      if (gated)
-        std::memcpy(dpreGate + h, ag, bytes);
-      cur = probe;
-      continue;
-    }
-    int64_t at = 0;
-    walkRows(blocks, numBlocks, cur, chunk, [&](int64_t row, int64_t n) {
-      std::memcpy(xg + at * D, x + row * D, n * rowBytes);
-      std::memcpy(dyg + at * D, dy + row * D, n * rowBytes);
-      if (savedU)
-        std::memcpy(ug + at * F, savedU + row * F, n * hiddenRowBytes);
-      if (savedU && gated)
-        std::memcpy(ag + at * F, savedA + row * F, n * hiddenRowBytes);
-      at += n;
-    });
-    MOERT_TRY(ffnGradRows(xg, dyg, dxg, nullptr, rows, w, D, F, activation,
-                          savedU ? Hidden::Loaded : Hidden::Recompute, nullptr,
-                          nullptr));
-    at = 0;
-    walkRows(blocks, numBlocks, start, chunk, [&](int64_t row, int64_t n) {
-      std::memcpy(dx + row * D, dxg + at * D, n * rowBytes);
-      std::memcpy(hidden + row * F, hg + at * F, n * hiddenRowBytes);
-      std::memcpy(dpreUp + row * F, ug + at * F, n * hiddenRowBytes);
-      if (gated)
-        std::memcpy(dpreGate + row * F, ag + at * F, n * hiddenRowBytes);
-      at += n;
-    });
-  }
-  return Status::ok();
+  // ffnGradRows leaves da, du and h at the start of the workspace ([rows, F]
+  // each).
+  auto hiddens = [&](int64_t rows, float *&ag, float *&ug, float *&hg) {
+    ag = gated ? ffnWork_.data() : nullptr;
+    ug = ffnWork_.data() + (gated ? rows * F : 0);
+    hg = ug + rows * F;
+  };
+  return forEachRowChunk(
+      blocks, numBlocks, chunk,
+      [&](int64_t first, int64_t rows) {
+        int64_t o = first * D, h = first * F;
+        MOERT_TRY(ffnGradRows(
+            x + o, dy + o, dx + o, nullptr, rows, w, D, F, activation,
+            savedU ? Hidden::Copy : Hidden::Recompute,
+            savedA ? savedA + h : nullptr, savedU ? savedU + h : nullptr));
+        float *ag, *ug, *hg;
+        hiddens(rows, ag, ug, hg);
+        size_t bytes = static_cast<size_t>(rows) * hiddenRowBytes;
+        std::memcpy(hidden + h, hg, bytes);
+        std::memcpy(dpreUp + h, ug, bytes);
+        if (gated)
+          std::memcpy(dpreGate + h, ag, bytes);
+        return Status::ok();
+      },
+      [&](int64_t row, int64_t n, int64_t at, int64_t rows) {
+        float *ag, *ug, *hg;
+        hiddens(rows, ag, ug, hg);
+        gatherGradInputs({x, dy, savedA, savedU}, {xg, dyg, ag, ug}, row, n, at,
+                         D, F);
+      },
+      [&](int64_t rows) {
+        return ffnGradRows(xg, dyg, dxg, nullptr, rows, w, D, F, activation,
+                           savedU ? Hidden::Loaded : Hidden::Recompute, nullptr,
+                           nullptr);
+      },
+      [&](int64_t row, int64_t n, int64_t at, int64_t rows) {
+        float *ag, *ug, *hg;
+        hiddens(rows, ag, ug, hg);
+        std::memcpy(dx + row * D, dxg + at * D, n * rowBytes);
+        std::memcpy(hidden + row * F, hg + at * F, n * hiddenRowBytes);
+        std::memcpy(dpreUp + row * F, ug + at * F, n * hiddenRowBytes);
+        if (gated)
+          std::memcpy(dpreGate + row * F, ag + at * F, n * hiddenRowBytes);
+      });
 }
 
 Status CpuBackend::runFfnGradWeight(const float *x, const float *dy,
@@ -523,15 +554,9 @@ Status CpuBackend::runFfnGradWeight(const float *x, const float *dy,
                                     int64_t numBlocks, const FfnGrads &g,
                                     int64_t D, int64_t F) {
   bool gated = g.gate != nullptr;
-  int64_t live = 0;
-  for (int64_t b = 0; b < numBlocks; ++b)
-    live += blocks[b].rows;
-  if (live == 0) { // no row: exactly zero gradients
-    size_t bytes = static_cast<size_t>(F * D) * sizeof(float);
-    if (gated)
-      std::memset(g.gate, 0, bytes);
-    std::memset(g.up, 0, bytes);
-    std::memset(g.down, 0, bytes);
+  int64_t live = liveRows(blocks, numBlocks);
+  if (live == 0) {
+    zeroWeightGrads(g.gate, g.up, g.down, D, F);
     return Status::ok();
   }
   // The chunks of runFfnGrad (same live rows, same gated): the same GEMMs
@@ -547,39 +572,30 @@ Status CpuBackend::runFfnGradWeight(const float *x, const float *dy,
   float *ag = gated ? ug + chunk * F : nullptr;
   size_t rowBytes = static_cast<size_t>(D) * sizeof(float);
   size_t hiddenRowBytes = static_cast<size_t>(F) * sizeof(float);
-  Cursor cur;
   float beta = 0.0f; // the first chunk overwrites the weight gradients
-  while (cur.block < numBlocks) {
-    Cursor probe = cur;
-    int64_t pieces = 0, firstRow = 0;
-    int64_t rows =
-        walkRows(blocks, numBlocks, probe, chunk, [&](int64_t row, int64_t) {
-          if (pieces++ == 0)
-            firstRow = row;
-        });
-    if (pieces == 1) {
-      int64_t o = firstRow * D;
-      int64_t h = firstRow * F;
-      ffnGradWeights(x + o, dy + o, hidden + h, dpreUp + h,
-                     gated ? dpreGate + h : nullptr, rows, g, beta, D, F);
-      cur = probe;
-      beta = 1.0f;
-      continue;
-    }
-    int64_t at = 0;
-    walkRows(blocks, numBlocks, cur, chunk, [&](int64_t row, int64_t n) {
-      std::memcpy(xg + at * D, x + row * D, n * rowBytes);
-      std::memcpy(dyg + at * D, dy + row * D, n * rowBytes);
-      std::memcpy(hg + at * F, hidden + row * F, n * hiddenRowBytes);
-      std::memcpy(ug + at * F, dpreUp + row * F, n * hiddenRowBytes);
-      if (gated)
-        std::memcpy(ag + at * F, dpreGate + row * F, n * hiddenRowBytes);
-      at += n;
-    });
-    ffnGradWeights(xg, dyg, hg, ug, ag, rows, g, beta, D, F);
-    beta = 1.0f;
-  }
-  return Status::ok();
+  return forEachRowChunk(
+      blocks, numBlocks, chunk,
+      [&](int64_t first, int64_t rows) {
+        int64_t o = first * D, h = first * F;
+        ffnGradWeights(x + o, dy + o, hidden + h, dpreUp + h,
+                       gated ? dpreGate + h : nullptr, rows, g, beta, D, F);
+        beta = 1.0f;
+        return Status::ok();
+      },
+      [&](int64_t row, int64_t n, int64_t at, int64_t) {
+        std::memcpy(xg + at * D, x + row * D, n * rowBytes);
+        std::memcpy(dyg + at * D, dy + row * D, n * rowBytes);
+        std::memcpy(hg + at * F, hidden + row * F, n * hiddenRowBytes);
+        std::memcpy(ug + at * F, dpreUp + row * F, n * hiddenRowBytes);
+        if (gated)
+          std::memcpy(ag + at * F, dpreGate + row * F, n * hiddenRowBytes);
+      },
+      [&](int64_t rows) {
+        ffnGradWeights(xg, dyg, hg, ug, ag, rows, g, beta, D, F);
+        beta = 1.0f;
+        return Status::ok();
+      },
+      [](int64_t, int64_t, int64_t, int64_t) {}); // nothing per row
 }
 
 /// Zeroes the rows of `buf` ([totalRows, width]) that no block of blocks_
