@@ -460,39 +460,34 @@ FailureOr<Cost> CostModel::op(Operation *op) const {
       return failure();
     return gemm(static_cast<double>(flops));
   }
-  if (auto g = dyn_cast<ExpertFFNGradOp>(op)) {
+  // `matrices` GEMMs of an FFN weight matrix over every row of `input`,
+  // F from `upLike` ([E, F, D]).
+  auto ffnGemms = [&](Value input, Value upLike,
+                      int64_t matrices) -> FailureOr<Cost> {
     int64_t rows, d;
-    auto up = dyn_cast<RankedTensorType>(g.getUp().getType());
-    if (!bufferRows(g.getInput(), rows, d) || !up || !up.hasStaticShape())
+    auto up = dyn_cast<RankedTensorType>(upLike.getType());
+    if (!bufferRows(input, rows, d) || !up || !up.hasStaticShape())
       return failure();
-    // Recompute the first layer (gate, up) unless moe.expert_ffn_train
-    // saved it, then dgrad and wgrad of all.
+    return gemm(
+        static_cast<double>(ffnFlops(rows, d, up.getShape()[1], matrices)));
+  };
+  // Recompute the first layer (gate, up) unless moe.expert_ffn_train saved
+  // it, then dgrad and wgrad of all.
+  if (auto g = dyn_cast<ExpertFFNGradOp>(op)) {
     int64_t m = g.getGate() ? 3 : 2;
     int64_t recompute = g.getSavedU() ? 0 : m - 1;
-    return gemm(static_cast<double>(
-        ffnFlops(rows, d, up.getShape()[1], recompute + 2 * m)));
+    return ffnGemms(g.getInput(), g.getUp(), recompute + 2 * m);
   }
   // The two parts of expert_ffn_grad (moe-overlap's backward): the rows
   // (the recomputation unless saved, dh = dy.down and dx: m matrices) and
   // the weight gradients (m).
   if (auto g = dyn_cast<ExpertFFNGradDataOp>(op)) {
-    int64_t rows, d;
-    auto up = dyn_cast<RankedTensorType>(g.getUp().getType());
-    if (!bufferRows(g.getInput(), rows, d) || !up || !up.hasStaticShape())
-      return failure();
     int64_t m = g.getGate() ? 3 : 2;
     int64_t recompute = g.getSavedU() ? 0 : m - 1;
-    return gemm(static_cast<double>(
-        ffnFlops(rows, d, up.getShape()[1], recompute + m)));
+    return ffnGemms(g.getInput(), g.getUp(), recompute + m);
   }
-  if (auto g = dyn_cast<ExpertFFNGradWeightOp>(op)) {
-    int64_t rows, d;
-    auto up = dyn_cast<RankedTensorType>(g.getDup().getType());
-    if (!bufferRows(g.getInput(), rows, d) || !up || !up.hasStaticShape())
-      return failure();
-    int64_t m = g.getDpreGate() ? 3 : 2;
-    return gemm(static_cast<double>(ffnFlops(rows, d, up.getShape()[1], m)));
-  }
+  if (auto g = dyn_cast<ExpertFFNGradWeightOp>(op))
+    return ffnGemms(g.getInput(), g.getDup(), g.getDpreGate() ? 3 : 2);
   auto mlpLike = [&](Value input, Value up, bool gated, bool sigmoidGate,
                      int64_t passes) -> FailureOr<Cost> {
     int64_t rows, d;
