@@ -137,6 +137,21 @@ LogicalResult verifyExpertFFNOperands(Operation *op, Value input, Value counts,
   }
   return success();
 }
+
+/// The results and the scaling shared by `moe.topk` and `moe.topk_forced`:
+/// routed_scaling positive, weights and indices [t, k], scores [t, e].
+LogicalResult verifyRoutingResults(Operation *op, APFloat routedScaling,
+                                   Value weights, Value indices, Value scores,
+                                   int64_t t, int64_t k, int64_t e) {
+  if (!(routedScaling.convertToFloat() > 0))
+    return op->emitOpError()
+           << "routed_scaling (" << routedScaling.convertToFloat()
+           << ") must be positive";
+  if (failed(expectShape(op, weights, {t, k}, "weights result")) ||
+      failed(expectShape(op, indices, {t, k}, "indices result")))
+    return failure();
+  return expectShape(op, scores, {t, e}, "scores result");
+}
 } // namespace
 
 //===----------------------------------------------------------------------===//
@@ -323,14 +338,8 @@ LogicalResult TopKOp::verify() {
                               "experts per group, got "
                            << e / groups;
   }
-  if (!(getRoutedScaling().convertToFloat() > 0))
-    return emitOpError() << "routed_scaling ("
-                         << getRoutedScaling().convertToFloat()
-                         << ") must be positive";
-  if (failed(expectShape(*this, getWeights(), {t, k}, "weights result")) ||
-      failed(expectShape(*this, getIndices(), {t, k}, "indices result")))
-    return failure();
-  return expectShape(*this, getScores(), {t, e}, "scores result");
+  return verifyRoutingResults(*this, getRoutedScaling(), getWeights(),
+                              getIndices(), getScores(), t, k, e);
 }
 
 LogicalResult TopKForcedOp::verify() {
@@ -347,14 +356,8 @@ LogicalResult TopKForcedOp::verify() {
     return emitOpError() << "the forced indices choose " << k
                          << " experts per token, more than the " << e
                          << " experts of the logits";
-  if (!(getRoutedScaling().convertToFloat() > 0))
-    return emitOpError() << "routed_scaling ("
-                         << getRoutedScaling().convertToFloat()
-                         << ") must be positive";
-  if (failed(expectShape(*this, getWeights(), {t, k}, "weights result")) ||
-      failed(expectShape(*this, getIndices(), {t, k}, "indices result")))
-    return failure();
-  return expectShape(*this, getScores(), {t, e}, "scores result");
+  return verifyRoutingResults(*this, getRoutedScaling(), getWeights(),
+                              getIndices(), getScores(), t, k, e);
 }
 
 LogicalResult AssignOp::verify() {
